@@ -1,0 +1,10 @@
+"""fastdecode: lossless speculative, multi-draft and long-context decoding for Hugging Face causal LMs."""
+from .api import generate
+from .config import MultiDraftConfig, SamplingConfig, SpeculativeConfig
+from .models import check_pair, load_model, load_pair
+from .stats import DecodeStats, GenerationResult
+
+__all__ = [
+    "generate", "GenerationResult", "DecodeStats", "SamplingConfig", "SpeculativeConfig", "MultiDraftConfig",
+    "check_pair", "load_model", "load_pair",
+]

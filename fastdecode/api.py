@@ -1,0 +1,135 @@
+"""``fastdecode.generate``: validates arguments, picks the method, returns sequences and statistics."""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import time
+
+import torch
+
+from .config import MultiDraftConfig, SamplingConfig, SpeculativeConfig
+from .decoding.common import TokenStream
+from .models import check_pair
+from .stats import DecodeStats, GenerationResult
+
+METHODS = ("autoregressive", "speculative", "multi_draft", "entropy_switch")
+
+
+def _eos_ids(target, eos_token_id) -> set[int]:
+    if eos_token_id is None:
+        gc = getattr(target, "generation_config", None)
+        eos_token_id = getattr(gc, "eos_token_id", None)
+        if eos_token_id is None:
+            eos_token_id = getattr(target.config, "eos_token_id", None)
+    if eos_token_id is None:
+        return set()
+    if isinstance(eos_token_id, int):
+        return {eos_token_id}
+    return {int(e) for e in eos_token_id}
+
+
+def _check_input_ids(input_ids) -> None:
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"input_ids must be an integer tensor [batch, prompt_len], got {type(input_ids).__name__}"
+                         + (f" of dtype {input_ids.dtype}" if isinstance(input_ids, torch.Tensor) else ""))
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must have shape [batch, prompt_len], got {tuple(input_ids.shape)}")
+    if input_ids.shape[0] != 1:
+        raise ValueError(f"fastdecode.generate supports batch size 1 for now, got batch {input_ids.shape[0]}")
+    if input_ids.shape[1] == 0:
+        raise ValueError("the prompt is empty: input_ids must hold at least one token")
+
+
+def generate(
+    target,
+    input_ids: torch.Tensor,
+    draft=None,
+    method: str = "auto",
+    max_new_tokens: int = 128,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    draft_length: int = 4,
+    eos_token_id=None,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    *,
+    adaptive_draft: bool = True,
+    max_draft_length: int = 16,
+    confidence_threshold: float = 0.4,
+    verifier: str | None = None,
+    num_drafts: int = 1,
+    lambda_attention=None,
+    progress: bool = False,
+    **method_options,
+) -> GenerationResult:
+    """Generate up to ``max_new_tokens`` tokens after ``input_ids`` [1, prompt_len].
+
+    method: "autoregressive", "speculative" (single draft), "multi_draft" (k draft sequences verified
+    as a tree), "entropy_switch" (lossy: small model while confident); "auto" = speculative when a
+    draft is given, else autoregressive. See the README for every method's guarantees.
+    """
+    if method == "auto":
+        method = "speculative" if draft is not None else "autoregressive"
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {('auto',) + METHODS}")
+    _check_input_ids(input_ids)
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    sampling = SamplingConfig(temperature, top_k, top_p)
+    if method != "autoregressive":
+        if draft is None:
+            raise ValueError(f"method {method!r} needs a draft model (draft=...)")
+        check_pair(target, draft)
+    if method_options and method != "entropy_switch":
+        raise ValueError(f"unexpected arguments for method {method!r}: {sorted(method_options)}")
+    if seed is not None and generator is not None:
+        raise ValueError("pass either seed or generator, not both")
+    if seed is not None:
+        generator = torch.Generator(device=target.device).manual_seed(int(seed))
+
+    device = target.device
+    input_ids = input_ids.to(device)
+    stream = TokenStream(input_ids, max_new_tokens, _eos_ids(target, eos_token_id))
+    stats = DecodeStats(method=method)
+
+    if method == "speculative":
+        spec = SpeculativeConfig(draft_length, adaptive_draft, max(max_draft_length, draft_length),
+                                 confidence_threshold, verifier or "token")
+    elif method == "multi_draft":
+        md = MultiDraftConfig(num_drafts=num_drafts, draft_length=draft_length, verifier=verifier or "rrs")
+    elif method == "entropy_switch":
+        es_mod = importlib.import_module(".decoding.entropy_switch", __package__)
+        es = es_mod.EntropySwitchConfig(**method_options)
+    elif verifier is not None:
+        raise ValueError(f"verifier= applies to speculative and multi_draft decoding, not to {method!r}")
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=max_new_tokens, desc=method, unit="tok")
+
+    with contextlib.ExitStack() as stack, torch.inference_mode():
+        if lambda_attention is not None:
+            from .attention import lambda_attention as lambda_ctx
+            for m in (target, draft) if draft is not None else (target,):
+                stack.enter_context(lambda_ctx(m, lambda_attention))
+        t0 = time.perf_counter()
+        if method == "autoregressive":
+            from .decoding import autoregressive
+            autoregressive.decode(target, stream, sampling, generator, stats, bar)
+        elif method == "speculative":
+            from .decoding import speculative
+            speculative.decode(target, draft, stream, sampling, spec, generator, stats, bar)
+        elif method == "multi_draft":
+            from .decoding import multi_draft
+            multi_draft.decode(target, draft, stream, sampling, md, generator, stats, bar)
+        else:
+            es_mod.decode(target, draft, stream, sampling, es, generator, stats, bar)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        stats.wall_time_s = time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+    stats.new_tokens = stream.new_tokens
+    return GenerationResult(sequences=stream.as_tensor(device), stats=stats)

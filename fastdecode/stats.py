@@ -1,0 +1,99 @@
+"""Decoding statistics and the result object returned by :func:`fastdecode.generate`.
+
+Terms (used the same way in code, stats and benchmark output):
+- p: target distribution, q: draft distribution.
+- accepted: a drafted token the target keeps. residual: the token sampled from what is left of p
+  after a rejection. bonus: the extra target token after a fully accepted draft.
+- alpha (``acceptance_rate``): accepted / drafted.
+- tau (``tokens_per_target_call``): emitted tokens / target forward passes (bonus and residual included).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class DecodeStats:
+    method: str = "autoregressive"
+    target_calls: int = 0
+    draft_calls: int = 0
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
+    new_tokens: int = 0
+    wall_time_s: float = 0.0
+    # accepted_length_histogram[n] = number of steps in which exactly n drafted tokens were accepted
+    accepted_length_histogram: list[int] = field(default_factory=list)
+    # per position i (0-based) of a draft: [times a token was drafted there, times it was accepted]
+    position_drafted: list[int] = field(default_factory=list)
+    position_accepted: list[int] = field(default_factory=list)
+    lossy: bool = False
+    extra: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ recording
+    def record_step(self, drafted: int, accepted: int) -> None:
+        """One verification step of a chain of ``drafted`` tokens of which the first ``accepted`` were kept."""
+        self.drafted_tokens += drafted
+        self.accepted_tokens += accepted
+        _bump(self.accepted_length_histogram, accepted)
+        for i in range(drafted):
+            _bump(self.position_drafted, i)
+            if i < accepted:
+                _bump(self.position_accepted, i)
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def steps(self) -> int:
+        return sum(self.accepted_length_histogram)
+
+    @property
+    def acceptance_rate(self) -> float:
+        """alpha = accepted / drafted (nan when nothing was drafted)."""
+        return self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else float("nan")
+
+    @property
+    def tokens_per_target_call(self) -> float:
+        """tau = new tokens / target forward passes (the prefill counts as a call)."""
+        return self.new_tokens / self.target_calls if self.target_calls else float("nan")
+
+    @property
+    def per_position_acceptance(self) -> list[float]:
+        """Acceptance frequency of the i-th drafted token of a step, given it was verified."""
+        return [a / d if d else float("nan") for a, d in zip(self.position_accepted, self.position_drafted)]
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.wall_time_s if self.wall_time_s > 0 else float("nan")
+
+    def summary(self) -> str:
+        s = f"{self.new_tokens} tokens in {self.wall_time_s:.2f} s ({self.tokens_per_s:.1f} tok/s), method={self.method}"
+        if self.drafted_tokens:
+            s += f", alpha={self.acceptance_rate:.3f}, tau={self.tokens_per_target_call:.2f}"
+        s += f", target calls={self.target_calls}, draft calls={self.draft_calls}"
+        if self.lossy:
+            s += " (lossy)"
+        return s
+
+    def as_dict(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items()}
+        d.update(
+            acceptance_rate=self.acceptance_rate,
+            tokens_per_target_call=self.tokens_per_target_call,
+            per_position_acceptance=self.per_position_acceptance,
+            tokens_per_s=self.tokens_per_s,
+            steps=self.steps,
+        )
+        return d
+
+
+def _bump(hist: list[int], i: int) -> None:
+    while len(hist) <= i:
+        hist.append(0)
+    hist[i] += 1
+
+
+@dataclass
+class GenerationResult:
+    sequences: torch.Tensor  # [batch, prompt_len + new_tokens]
+    stats: DecodeStats

@@ -1,0 +1,70 @@
+"""Verification rules: pure functions on probability tensors (p = target, q = draft).
+
+Every rule lives in its own module and exposes ``verify_<name>(p, q, drafts, generator)`` returning a
+:class:`VerifyResult`, and ``acceptance_<name>(p, q, k)`` giving the probability that the emitted token
+is one of the drafts. :data:`METHODS` says which module implements a method, which draft scheme it
+needs, and whether it is lossless.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+import torch
+
+from .common import VerifyResult, check_distributions, check_drafts, residual, sample
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    module: str        # fastdecode.verification.<module>
+    function: str      # verify_<function> / acceptance_<function> in that module
+    scheme: str        # draft scheme the method needs: "iid", "without_replacement" or "greedy"
+    lossless: bool
+    single_draft: bool = False
+
+
+METHODS: dict[str, MethodInfo] = {
+    "speculative": MethodInfo("speculative", "speculative", "iid", True, single_draft=True),
+    "rrs": MethodInfo("rrs", "rrs", "iid", True),
+    "rrs_without_replacement": MethodInfo("rrs", "rrs_without_replacement", "without_replacement", True),
+    "spectr": MethodInfo("spectr", "spectr", "iid", True),
+    "greedy_draft": MethodInfo("greedy_draft", "greedy_draft", "greedy", True),
+    "typical": MethodInfo("typical", "typical", "iid", False),
+    "optimal": MethodInfo("optimal", "optimal", "iid", True),
+}
+
+
+def method_info(method: str) -> MethodInfo:
+    if method not in METHODS:
+        raise ValueError(f"unknown verification method {method!r}; choose one of {sorted(METHODS)}")
+    return METHODS[method]
+
+
+def _fn(method: str, kind: str):
+    info = method_info(method)
+    mod = importlib.import_module(f"{__name__}.{info.module}")
+    return getattr(mod, f"{kind}_{info.function}")
+
+
+def verify(method: str, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, generator=None) -> VerifyResult:
+    """Decide, per row, which token is emitted. p, q: [N, V]; drafts: [N, k] drawn with the method's scheme."""
+    info = method_info(method)
+    check_distributions(p, q)
+    check_drafts(drafts, p.shape[0], p.shape[1], 1 if info.single_draft else None)
+    return _fn(method, "verify")(p, q, drafts, generator)
+
+
+def acceptance_probability(method: str, p: torch.Tensor, q: torch.Tensor, k: int):
+    """[N] probability that the emitted token is one of k drafts (see each module for exact vs estimated)."""
+    info = method_info(method)
+    check_distributions(p, q)
+    if info.single_draft and k != 1:
+        raise ValueError(f"method {method!r} verifies a single draft: k must be 1, got {k}")
+    return _fn(method, "acceptance")(p, q, k)
+
+
+__all__ = [
+    "METHODS", "MethodInfo", "VerifyResult", "verify", "acceptance_probability", "method_info",
+    "check_distributions", "check_drafts", "residual", "sample",
+]

@@ -1,0 +1,48 @@
+"""Classic speculative sampling (Leviathan et al. ICML'23; Chen et al. 2023), algorithms.md section 1.
+
+For one draft x ~ q: accept x with probability min(1, p(x) / q(x)); otherwise emit a residual token
+y ~ norm(max(0, p - q)). The output is exactly p-distributed: min(p, q) + (1 - sum min(p, q)) *
+norm(max(0, p - q)) = p. Acceptance probability: sum_x min(p(x), q(x)).
+"""
+from __future__ import annotations
+
+import torch
+
+from .common import VerifyResult, residual, sample, uniform
+
+
+def verify_speculative(p, q, drafts, generator=None) -> VerifyResult:
+    # p, q: [N, V]; drafts: [N, 1]
+    x = drafts[:, 0].long()
+    px = p.gather(1, x[:, None])[:, 0].double()
+    qx = q.gather(1, x[:, None])[:, 0].double()
+    u = uniform(x.shape[0], generator, p.device)
+    accepted = (u * qx < px) & (qx > 0)
+    res = sample(residual(p, q), generator)
+    tokens = torch.where(accepted, x, res)
+    return VerifyResult(tokens, accepted, torch.where(accepted, 0, -1))
+
+
+def acceptance_speculative(p, q, k: int = 1):
+    return torch.minimum(p, q).sum(-1)
+
+
+def verify_chain(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, generator=None) -> tuple[int, int]:
+    """Token-by-token verification of one drafted chain.
+
+    p: [gamma + 1, V] target distributions after each prefix; q: [gamma, V] draft distributions the
+    drafts were sampled from; drafts: [gamma]. Returns (number of accepted drafts n, next token): the
+    residual at position n when n < gamma, else the bonus token from p[gamma].
+    """
+    g = drafts.shape[0]
+    x = drafts.long()
+    px = p[:g].gather(1, x[:, None])[:, 0].double()
+    qx = q.gather(1, x[:, None])[:, 0].double()
+    u = uniform(g, generator, p.device)
+    ok = (u * qx < px) & (qx > 0)
+    n = int(ok.long().cumprod(0).sum()) if g else 0
+    if n == g:
+        nxt = sample(p[g : g + 1], generator)
+    else:
+        nxt = sample(residual(p[n : n + 1], q[n : n + 1]), generator)
+    return n, int(nxt[0])
