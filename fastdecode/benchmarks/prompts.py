@@ -1,0 +1,69 @@
+"""Prompts and corpora from the Python standard library (never seen by the code pair in training)."""
+from __future__ import annotations
+
+import random
+import sysconfig
+from pathlib import Path
+
+# well-known, stable modules present in every CPython install
+STDLIB_FILES = [
+    "json/decoder.py", "json/encoder.py", "argparse.py", "textwrap.py", "shutil.py", "tempfile.py",
+    "csv.py", "fractions.py", "dataclasses.py", "functools.py", "heapq.py", "bisect.py", "string.py",
+    "calendar.py", "difflib.py", "glob.py", "fnmatch.py", "pprint.py", "queue.py", "statistics.py",
+    "contextlib.py", "abc.py", "base64.py", "configparser.py", "copy.py", "enum.py", "gettext.py",
+    "inspect.py", "ipaddress.py", "locale.py", "logging/__init__.py", "mimetypes.py", "netrc.py",
+    "operator.py", "optparse.py", "pathlib.py", "pickle.py", "platform.py", "plistlib.py", "random.py",
+    "sched.py", "secrets.py", "selectors.py", "shlex.py", "smtplib.py", "socket.py", "subprocess.py",
+    "tarfile.py", "threading.py", "tokenize.py", "trace.py", "traceback.py", "typing.py", "uuid.py",
+    "warnings.py", "weakref.py", "zipfile/__init__.py", "zipfile.py", "ast.py", "codecs.py", "colorsys.py",
+    "datetime.py", "decimal.py", "filecmp.py", "getopt.py", "hashlib.py", "hmac.py", "imaplib.py",
+]
+
+
+def stdlib_dir() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def stdlib_sources(limit: int | None = None) -> list[tuple[str, str]]:
+    """(relative path, source text) of the standard-library files above that exist on this machine."""
+    root, out = stdlib_dir(), []
+    for rel in STDLIB_FILES:
+        f = root / rel
+        if f.is_file():
+            out.append((rel, f.read_text(encoding="utf-8", errors="replace")))
+        if limit is not None and len(out) >= limit:
+            break
+    if not out:
+        raise FileNotFoundError(f"no standard-library sources found under {root}")
+    return out
+
+
+def stdlib_prompts(tokenizer, n: int = 8, prompt_tokens: int = 64, seed: int = 0) -> list[list[int]]:
+    """n prompts of ``prompt_tokens`` tokens, each a window of a different standard-library file,
+    starting at a line boundary chosen at random (seeded) past the module docstring region."""
+    rng = random.Random(seed)
+    prompts = []
+    for rel, text in stdlib_sources():
+        lines = text.splitlines(keepends=True)
+        if len(lines) < 60:
+            continue
+        start = rng.randrange(20, len(lines) - 30)
+        ids = tokenizer("".join(lines[start:]))["input_ids"]
+        if len(ids) >= prompt_tokens:
+            prompts.append(ids[:prompt_tokens])
+        if len(prompts) == n:
+            break
+    if len(prompts) < n:
+        raise ValueError(f"only {len(prompts)} standard-library prompts of {prompt_tokens} tokens available")
+    return prompts
+
+
+def stdlib_corpus(tokenizer, num_tokens: int) -> list[int]:
+    """Concatenated standard-library sources (files joined by the tokenizer's eos), ``num_tokens`` long."""
+    ids: list[int] = []
+    sep = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    for _, text in stdlib_sources():
+        ids += tokenizer(text)["input_ids"] + sep
+        if len(ids) >= num_tokens:
+            return ids[:num_tokens]
+    raise ValueError(f"the standard library gives only {len(ids)} tokens, fewer than {num_tokens}")

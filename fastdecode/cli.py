@@ -1,0 +1,104 @@
+"""Command line: ``fastdecode generate | bench | acceptance | quality | long-context``.
+
+Each benchmark subcommand lives in ``fastdecode.benchmarks.<module>``, which exposes
+``add_arguments(parser)`` and ``run(args)``; this file only wires them up.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from .models import DEFAULT_PAIR
+
+SUBCOMMANDS = {
+    "bench": ("e2e", "end-to-end speed vs Hugging Face generate and assisted generation"),
+    "acceptance": ("acceptance", "acceptance rate of every verifier against the optimal-transport bound"),
+    "quality": ("quality", "entropy-switch line-completion quality benchmark"),
+    "long-context": ("long_context", "Lambda attention: perplexity, passkey and memory vs context length"),
+}
+
+
+def _generate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", default=str(DEFAULT_PAIR / "target"), help="target model folder or HF id")
+    p.add_argument("--draft", default=str(DEFAULT_PAIR / "draft"), help="draft model folder or HF id ('none' for no draft)")
+    p.add_argument("--prompt", default=None, help="prompt text")
+    p.add_argument("--prompt-file", default=None, help="read the prompt from this file")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--method", default="auto",
+                   help="auto | autoregressive | speculative | multi_draft | entropy_switch")
+    p.add_argument("--draft-length", type=int, default=4)
+    p.add_argument("--num-drafts", type=int, default=1, help="k for multi_draft")
+    p.add_argument("--verifier", default=None, help="token | block (speculative); rrs | spectr | optimal | ... (multi_draft)")
+    p.add_argument("--entropy-threshold", type=float, default=None, help="bits, for entropy_switch")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--compare", action="store_true", help="also run plain autoregressive decoding and print the speed-up")
+
+
+def _run_generate(args) -> int:
+    import torch
+
+    from . import generate
+    from .models import check_pair, load_model
+
+    if args.prompt is None and args.prompt_file is None:
+        args.prompt = "import os\n\n\ndef read_lines(path):\n    "
+    text = Path(args.prompt_file).read_text() if args.prompt_file else args.prompt
+    target, tok = load_model(args.target, args.device)
+    draft = None
+    if args.draft and args.draft.lower() != "none" and args.method != "autoregressive":
+        draft, dtok = load_model(args.draft, args.device)
+        check_pair(target, draft, tok, dtok)
+    ids = tok(text, return_tensors="pt").input_ids.to(args.device)
+    kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+              top_p=args.top_p, draft_length=args.draft_length, seed=args.seed)
+    if args.method == "multi_draft":
+        kw.update(num_drafts=args.num_drafts)
+    if args.verifier:
+        kw["verifier"] = args.verifier
+    if args.entropy_threshold is not None:
+        kw["entropy_threshold"] = args.entropy_threshold
+    with torch.inference_mode():
+        # warm-up run so the timing below does not include one-off start-up costs
+        generate(target, ids, draft=draft, method=args.method, **{**kw, "max_new_tokens": 4})
+        out = generate(target, ids, draft=draft, method=args.method, **kw)
+    print(text + tok.decode(out.sequences[0, ids.shape[1]:]))
+    print("-" * 60)
+    print(out.stats.summary())
+    if args.compare and out.stats.method != "autoregressive":
+        base = generate(target, ids, method="autoregressive", **kw)
+        print(base.stats.summary())
+        print(f"speed-up over fastdecode autoregressive: {out.stats.tokens_per_s / base.stats.tokens_per_s:.2f}x")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fastdecode", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="generate text with a target (and draft) model")
+    _generate_args(g)
+    for name, (module, help_) in SUBCOMMANDS.items():
+        sp = sub.add_parser(name, help=help_)
+        try:
+            mod = importlib.import_module(f".benchmarks.{module}", __package__)
+        except ModuleNotFoundError as e:  # a benchmark whose optional dependency is missing
+            sp.set_defaults(_missing=str(e))
+            continue
+        mod.add_arguments(sp)
+        sp.set_defaults(_run=mod.run)
+    args = parser.parse_args(argv)
+    if args.command == "generate":
+        return _run_generate(args)
+    if getattr(args, "_missing", None):
+        print(f"fastdecode {args.command}: unavailable ({args._missing})", file=sys.stderr)
+        return 2
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
