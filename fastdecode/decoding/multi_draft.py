@@ -1,0 +1,168 @@
+"""Multi-draft speculative decoding (SpecTr, Sun et al. NeurIPS'23, and its successors; algorithms.md
+sections 2-4, optimal_verifier.md section 1).
+
+One step:
+1. Drafting: k draft sequences of ``draft_length`` tokens grow as one prefix tree. At each depth every
+   frontier node carrying m sequences draws m children from q(.|node) with the verifier's scheme
+   ("iid", "without_replacement", "greedy"); equal draws share a child node (its multiplicity counts).
+   All new nodes of a depth are scored by the draft model in ONE forward with a tree attention mask,
+   so drafting costs ``draft_length`` draft forwards whatever k is.
+2. Verification pass: the target scores the whole tree in ONE forward (4D tree mask + per-node
+   position ids) on top of its cache.
+3. Tree walk: from the root, run the verifier over the draws of the current node (duplicates counted
+   as separate drafts, in draw order); on acceptance descend into that child, on a residual stop; a
+   bonus token ~ p(.|leaf) follows an accepted leaf.
+4. Both caches keep only the accepted path (``cache.select``), never recomputing the prompt.
+
+Temperature 0: children are the draft's top-m tokens (distinct, whatever the scheme) and every
+verifier reduces to exact matching against the target's argmax, so the output equals greedy decoding.
+k = 1 with a lossless verifier is single-draft speculative decoding: the chain is verified with the
+token-by-token rule and consumes randomness exactly like ``method="speculative"`` with a fixed draft
+length, so both give the same tokens for the same seed.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import kernels
+from ..config import MultiDraftConfig, SamplingConfig
+from ..stats import DecodeStats
+from ..verification import method_info, verify
+from ..verification.common import sample
+from ..verification.speculative import verify_chain
+from . import cache as kv
+from .common import TokenStream
+from .tree import DraftTree, score_nodes
+
+
+def draw_children(q: torch.Tensor, m: int, scheme: str, greedy: bool, logits: torch.Tensor, generator) -> list[int]:
+    """m child tokens of one node, in draw order. q: [V] draft distribution; logits: [V] raw draft logits."""
+    if greedy:
+        return torch.topk(logits, m).indices.tolist()
+    if m == 1:
+        return [int(sample(q[None], generator)[0])]
+    if scheme == "without_replacement" or scheme == "greedy":
+        m = min(m, int((q > 0).sum()))  # cannot draw more distinct tokens than q's support
+    from ..verification.drafts import sample_drafts
+    return sample_drafts(q[None], m, scheme, generator=generator)[0].tolist()
+
+
+class MultiDraftDecoder:
+    """State of one multi-draft generation: both caches plus the step logic (tests drive ``step``)."""
+
+    def __init__(self, target, draft, stream: TokenStream, sampling: SamplingConfig, cfg: MultiDraftConfig,
+                 generator, stats: DecodeStats):
+        self.target, self.draft, self.stream = target, draft, stream
+        self.sampling, self.cfg, self.generator, self.stats = sampling, cfg, generator, stats
+        self.tcache, self.dcache = kv.new_cache(target), kv.new_cache(draft)
+        self.lossless = method_info(cfg.verifier).lossless
+        stats.lossy = not self.lossless
+        stats.extra.setdefault("tree_nodes", 0)
+        stats.extra.update(num_drafts=cfg.num_drafts, verifier=cfg.verifier, scheme=cfg.scheme)
+
+    def _probs(self, logits: torch.Tensor) -> torch.Tensor:
+        s = self.sampling
+        return kernels.probs(logits, s.temperature, s.top_k, s.top_p)
+
+    # ------------------------------------------------------------------ drafting
+    def draft_tree(self, depth: int) -> tuple[DraftTree, dict[int, int]]:
+        """Grow the draft tree to ``depth`` levels. Returns the tree and node -> draft-cache offset
+        (relative to the end of the context) for the nodes the draft model has scored."""
+        tree, s = DraftTree(), self.sampling
+        pending = self.stream.tokens[kv.cache_length(self.dcache):]
+        logits = kv.forward(self.draft, torch.tensor([pending], device=self.draft.device), self.dcache,
+                            logits_to_keep=1)[0]
+        self.stats.draft_calls += 1
+        n_context = kv.cache_length(self.dcache)
+        cached: dict[int, int] = {}
+        frontier = [(-1, self.cfg.num_drafts)]
+        for d in range(depth):
+            q = self._probs(logits)  # [F, V]
+            new_frontier = []
+            for i, (node, m) in enumerate(frontier):
+                tree.q[node] = q[i]
+                draws = draw_children(q[i], m, self.cfg.scheme, s.greedy, logits[i], self.generator)
+                new_frontier += tree.add_children(node, draws)
+            frontier = new_frontier
+            if d + 1 == depth:
+                break
+            nodes = [n for n, _ in frontier]
+            logits = score_nodes(self.draft, self.dcache, tree, [], nodes, n_context, cached,
+                                 self.stream.length - 1)
+            self.stats.draft_calls += 1
+            for n in nodes:
+                cached[n] = len(cached)
+        return tree, cached
+
+    # ------------------------------------------------------------------ verification
+    def walk(self, tree: DraftTree, p: torch.Tensor) -> tuple[list[int], int]:
+        """Walk the tree with the verifier. p: [1 + len(tree), V] target distributions at the root and at
+        every node. Returns (accepted node path, next token: residual or bonus)."""
+        s, path, node = self.sampling, [], -1
+        row = lambda n: n + 1  # noqa: E731  (row of p holding node n; the root is row 0)
+        if not s.greedy and self.cfg.num_drafts == 1 and self.lossless and len(tree):
+            chain = tree.ancestors(len(tree) - 1)
+            n_acc, nxt = verify_chain(p[[0] + [row(n) for n in chain]],
+                                      torch.stack([tree.q[-1]] + [tree.q[n] for n in chain[:-1]]),
+                                      torch.tensor([tree.tokens[n] for n in chain], device=p.device),
+                                      self.generator)
+            return chain[:n_acc], nxt
+        while node in tree.draws:
+            draws = tree.draws[node]
+            if s.greedy:
+                tok = int(p[row(node)].argmax())
+                if tok not in draws:
+                    return path, tok
+            else:
+                res = verify(self.cfg.verifier, p[row(node)][None], tree.q[node][None],
+                             torch.tensor([draws], device=p.device), self.generator)
+                tok = int(res.tokens[0])
+                if not bool(res.accepted[0]):
+                    return path, tok
+            node = tree.child[(node, tok)]
+            path.append(node)
+        bonus = int(p[row(node)].argmax()) if s.greedy else int(sample(p[row(node)][None], self.generator)[0])
+        return path, bonus
+
+    # ------------------------------------------------------------------ one step
+    def step(self) -> int:
+        stream, s = self.stream, self.sampling
+        depth = min(self.cfg.draft_length, stream.remaining - 1)
+        base = stream.length
+        t_pending = stream.tokens[kv.cache_length(self.tcache):]
+        t_context = kv.cache_length(self.tcache) + len(t_pending)
+        if depth <= 0:
+            logits = kv.forward(self.target, torch.tensor([t_pending], device=self.target.device), self.tcache,
+                                logits_to_keep=1)[0]
+            self.stats.target_calls += 1
+            nxt = int(logits.argmax()) if s.greedy else int(sample(self._probs(logits), self.generator)[0])
+            return stream.append([nxt])
+
+        tree, dcached = self.draft_tree(depth)
+        nodes = list(range(len(tree)))
+        logits = score_nodes(self.target, self.tcache, tree, t_pending, nodes, kv.cache_length(self.tcache), {},
+                             base - 1)
+        self.stats.target_calls += 1
+        self.stats.extra["tree_nodes"] += len(tree)
+        p = logits if s.greedy else self._probs(logits)
+        path, nxt = self.walk(tree, p)
+        self.stats.record_step(depth, len(path))
+
+        # keep the context and the accepted path in both caches
+        dev = self.target.device
+        keep_t = torch.cat([torch.arange(t_context, device=dev), torch.tensor(path, dtype=torch.long, device=dev) + t_context])
+        kv.select(self.tcache, keep_t)
+        d_context = kv.cache_length(self.dcache) - len(dcached)
+        d_path = [dcached[n] + d_context for n in path if n in dcached]
+        keep_d = torch.cat([torch.arange(d_context, device=dev), torch.tensor(d_path, dtype=torch.long, device=dev)])
+        kv.select(self.dcache, keep_d)
+        return stream.append([tree.tokens[n] for n in path] + [nxt])
+
+
+def decode(target, draft, stream: TokenStream, sampling: SamplingConfig, cfg: MultiDraftConfig, generator,
+           stats: DecodeStats, progress=None) -> None:
+    dec = MultiDraftDecoder(target, draft, stream, sampling, cfg, generator, stats)
+    while not stream.done:
+        kept = dec.step()
+        if progress is not None:
+            progress.update(kept)

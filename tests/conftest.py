@@ -1,0 +1,38 @@
+"""Shared fixtures: the real code pair, standard-library prompts, and tiny random Llama pairs."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def code_pair():
+    from fastdecode.models import load_pair
+    torch.manual_seed(0)
+    target, draft, tok = load_pair()
+    return target, draft, tok
+
+
+@pytest.fixture(scope="session")
+def stdlib_prompts(code_pair):
+    from fastdecode.benchmarks.prompts import stdlib_prompts
+    return stdlib_prompts(code_pair[2], n=8, prompt_tokens=48)
+
+
+def tiny_llama(seed: int, vocab: int = 12, hidden: int = 32, layers: int = 2, scale: float = 4.0):
+    """A randomly initialised Llama with a small vocabulary whose next-token distributions are far from
+    uniform (output embeddings scaled up), fast enough for thousands of seeded generations."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+                      tie_word_embeddings=False, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    torch.manual_seed(seed)
+    m = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        m.lm_head.weight.mul_(scale)
+    return m
+
+
+@pytest.fixture(scope="session")
+def tiny_pair():
+    return tiny_llama(1), tiny_llama(2, scale=3.0)
