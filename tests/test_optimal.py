@@ -1,0 +1,279 @@
+"""The OT-optimal verifier (verification/optimal.py).
+
+Three levels: exact (the race kernel, the selection law by enumerating every draft tuple, output = p,
+acceptance = alpha* by brute force over all token sets), statistical (10^5+ batched samples, chi-square
+against p, with broken variants that must fail), and scale (V = 32000 and 151936, k up to 16).
+The spec oracle ../shared/reference/optimal_iid.py is used where present.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fastdecode.verification import acceptance_probability, verify
+from fastdecode.verification.optimal import (acceptance_optimal, build_race, race_select, race_uniforms,
+                                             selection_marginal, speculative_against)
+
+REF_PATH = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "optimal_iid.py"
+
+
+@pytest.fixture(scope="module")
+def ref():
+    if not REF_PATH.exists():
+        pytest.skip(f"spec oracle not found at {REF_PATH}")
+    spec = importlib.util.spec_from_file_location("optimal_iid_reference", REF_PATH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _random_case(rng, trial):
+    V, k = int(rng.integers(2, 7)), int(rng.integers(1, 5))
+    p = rng.dirichlet(np.ones(V) * rng.choice([0.2, 1.0, 3.0]))
+    q = rng.dirichlet(np.ones(V) * rng.choice([0.2, 1.0, 3.0]))
+    if trial % 3 == 0:
+        p[rng.integers(V)] = 0.0
+        p /= p.sum()
+    if trial % 4 == 0:
+        q[rng.integers(V)] = 0.0
+        q /= q.sum()
+    return p, q, k
+
+
+def _alpha_brute(p, q, k):
+    """1 - max over ALL token sets H of q(H)^k - p(H) (no sorting assumed)."""
+    best = 0.0
+    for mask in itertools.product((0, 1), repeat=len(p)):
+        m = np.array(mask, bool)
+        best = max(best, q[m].sum() ** k - p[m].sum())
+    return 1.0 - best
+
+
+def _alpha_sorted(p, q, k):
+    """1 - max over prefixes of the tokens sorted by p/q ascending (numpy, O(V log V))."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.where(q > 0, p / np.where(q > 0, q, 1.0), np.inf)
+    o = np.argsort(r, kind="stable")
+    d = np.cumsum(q[o]).clip(max=1.0) ** k - np.cumsum(p[o])
+    return 1.0 - max(0.0, d.max())
+
+
+def _dense_kernel(st, row=0):
+    """D[j, i] (rank order): probability that a draft of rank j draws its time in interval i."""
+    ell, own = st.ell[row].numpy(), st.own[row].numpy()
+    xs, xd = st.xs[row].numpy(), st.xd[row].numpy()
+    L, R = st.left[row].numpy(), st.right[row].numpy()
+    V = len(ell)
+    safe = np.where(ell > 0, ell, 1.0)
+    D = np.diag(np.where(ell > 0, own / safe, 1.0))
+    use = xs + xd > 0
+    L, R, xs, xd = L[use], R[use], xs[use], xd[use]
+    g = xs + xd
+    np.add.at(D, (L, L), xs / safe[L] * xs / g)
+    np.add.at(D, (L, R), xs / safe[L] * xd / g)
+    np.add.at(D, (R, R), xd / safe[R] * xd / g)
+    np.add.at(D, (R, L), xd / safe[R] * xs / g)
+    return D, V
+
+
+def _enumerated_selection(D, ranks_of_token, q, k):
+    """Exact law of the selected token: every draft tuple, every interval; within an interval the
+    drafts' times are uniform, so each of the drafts landing there is first with equal chance."""
+    V = len(q)
+    tuples = np.array(list(itertools.product(range(V), repeat=k)))       # [T, k] token ids
+    w = np.prod(q[tuples], axis=1)
+    Dt = D[ranks_of_token[tuples]]                                        # [T, k, V] interval law per draft
+    after = np.flip(np.cumsum(np.flip(Dt, -1), -1), -1) - Dt              # P(interval > i)
+    b = np.zeros(V)
+    for r in range(k):
+        others = [s for s in range(k) if s != r]
+        win = np.zeros(Dt.shape[::2])                                     # [T, V]
+        for S in itertools.product((0, 1), repeat=k - 1):
+            term = Dt[:, r] / (1 + sum(S))
+            for s, inside in zip(others, S):
+                term = term * (Dt[:, s] if inside else after[:, s])
+            win += term
+        np.add.at(b, tuples[:, r], w * win.sum(-1))
+    return b
+
+
+# ---------------------------------------------------------------------------- exact
+def test_exact_selection_output_and_acceptance():
+    rng = np.random.default_rng(7)
+    for trial in range(40):
+        p, q, k = _random_case(rng, trial)
+        st = build_race(torch.tensor(p)[None], torch.tensor(q)[None], k)
+        D, Vs = _dense_kernel(st)
+        ell = st.ell[0].numpy()
+        pos = ell > 0
+        assert np.allclose(D[pos].sum(1), 1.0, atol=1e-13)                # a draft's time lands somewhere
+        assert np.allclose(ell @ D, ell, atol=1e-14)                      # time of a draft ~ U[0, 1]
+        ranks = st.rank[0].numpy().clip(max=Vs - 1)
+        b_enum = _enumerated_selection(D, ranks, q, k)
+        b_real = st.b_real[0].numpy()
+        assert np.abs(b_enum - b_real).max() < 1e-13, trial
+        acc_y = np.where(b_real > 0, np.minimum(1.0, p / np.where(b_real > 0, b_real, 1.0)), 0.0)
+        acc = float((b_enum * acc_y).sum())
+        res = np.maximum(p - b_real, 0.0)
+        out = b_enum * acc_y + ((1 - acc) * res / res.sum() if res.sum() > 0 else 0.0)
+        assert np.abs(out - p).max() < 1e-13, trial
+        alpha = _alpha_brute(p, q, k)
+        assert abs(acc - alpha) < 1e-13, (trial, acc, alpha)
+        assert abs(float(st.alpha[0]) - alpha) < 1e-13
+        assert abs(float(acceptance_optimal(torch.tensor(p)[None], torch.tensor(q)[None], k)[0]) - alpha) < 1e-13
+
+
+def test_matches_spec_oracle_batched(ref):
+    rng = np.random.default_rng(8)
+    cases = [_random_case(rng, t) for t in range(60)]
+    for k in (1, 2, 3, 4, 8):                                             # one batch of rows of equal V per k
+        for V in (3, 5, 6):
+            rows = [(p, q) for p, q, _ in cases if len(p) == V]
+            P = torch.tensor(np.array([r[0] for r in rows]))
+            Q = torch.tensor(np.array([r[1] for r in rows]))
+            st = build_race(P, Q, k)
+            for i, (p, q) in enumerate(rows):
+                o = ref.build(p, q, k)
+                assert np.abs(st.b_real[i].numpy() - o["breal"]).max() < 1e-13
+                assert abs(float(st.alpha[i]) - ref.alpha_star(p, q, k)) < 1e-13
+
+
+def test_k1_is_classic_speculative_sampling():
+    g = torch.Generator().manual_seed(0)
+    p = torch.rand(5, 40, generator=g, dtype=torch.float64).pow(3)
+    q = torch.rand(5, 40, generator=g, dtype=torch.float64).pow(3)
+    p, q = p / p.sum(-1, keepdim=True), q / q.sum(-1, keepdim=True)
+    assert torch.allclose(selection_marginal(p, q, 1), q, atol=1e-14)
+    assert torch.allclose(acceptance_optimal(p, q, 1), torch.minimum(p, q).sum(-1), atol=1e-14)
+
+
+def test_identical_distributions_accept_always():
+    p = torch.tensor([[0.5, 0.25, 0.25, 0.0]], dtype=torch.float64)
+    for k in (1, 2, 5):
+        assert abs(float(acceptance_optimal(p, p, k)[0]) - 1.0) < 1e-14
+
+
+# ---------------------------------------------------------------------------- statistical
+def _chi2_pvalue(tokens, probs):
+    from scipy.stats import chi2
+
+    obs = torch.bincount(tokens, minlength=probs.shape[0]).double().numpy()
+    exp = probs.numpy() * tokens.shape[0]
+    keep = exp > 0
+    assert obs[~keep].sum() == 0, "a zero-probability token was emitted"
+    stat = ((obs[keep] - exp[keep]) ** 2 / exp[keep]).sum()
+    return float(chi2.sf(stat, keep.sum() - 1))
+
+
+# a case where the race needs pools at k = 3 and 4, with a zero-probability target token
+P_STAT = [0.3, 0.3, 0.15, 0.1, 0.15, 0.0]
+Q_STAT = [0.02, 0.08, 0.3, 0.3, 0.2, 0.1]
+
+
+def _expanded(st, n):
+    """The race of one row, viewed as n identical rows (no copy)."""
+    return dataclasses.replace(st, **{f.name: getattr(st, f.name).expand(n, *getattr(st, f.name).shape[1:])
+                                      for f in dataclasses.fields(st) if f.name not in ("k", "alpha")})
+
+
+def _run_variant(st, drafts, u, gen, variant):
+    if variant == "pools_swapped":            # a draft in a pool goes to the wrong side
+        st = dataclasses.replace(st, xs=st.xd, xd=st.xs)
+    elif variant == "no_pools":               # earliest rank wins (selection law dW), b_real still assumed
+        st = dataclasses.replace(st, own=st.ell, last=torch.full_like(st.last, -1))
+    sel = race_select(st, drafts, u)
+    y = drafts.gather(1, sel[:, None])[:, 0]
+    b = st.b_real
+    if variant == "q_as_proposal":            # verifying the selected draft as if it were a plain q-draft
+        b = st.p.new_tensor(Q_STAT).expand_as(b)
+    return y, speculative_against(st.p, b, y, gen)[0]
+
+
+@pytest.mark.parametrize("k", [3, 4])
+def test_statistical_output_is_p_and_broken_variants_fail(k):
+    pytest.importorskip("scipy")
+    N = 100_000
+    gen = torch.Generator().manual_seed(k)
+    p = torch.tensor(P_STAT, dtype=torch.float64)
+    q = torch.tensor(Q_STAT, dtype=torch.float64)
+    st1 = build_race(p[None], q[None], k)
+    assert int((st1.xs > 0).sum()) >= 1, "the case must exercise the pools"
+    drafts = torch.multinomial(q, N * k, replacement=True, generator=gen).view(N, k)
+    # the public path, batched over N rows: registry -> verify_optimal
+    res = verify("optimal", p.expand(N, -1), q.expand(N, -1), drafts, gen)
+    assert _chi2_pvalue(res.tokens, p) > 1e-4
+    alpha = float(acceptance_probability("optimal", p[None], q[None], k)[0])
+    rate = res.accepted.double().mean().item()
+    assert abs(rate - alpha) < 5 * (alpha * (1 - alpha) / N) ** 0.5, (rate, alpha)
+    idx = res.draft_index
+    assert ((idx == -1) == ~res.accepted).all() and (idx < k).all()
+    assert (drafts.gather(1, idx.clamp_min(0)[:, None])[:, 0] == res.tokens)[res.accepted].all()
+    # the selection follows b_real; each broken variant moves the output away from p
+    st, N2 = _expanded(st1, 2 * N), 2 * N
+    drafts = torch.multinomial(q, N2 * k, replacement=True, generator=gen).view(N2, k)
+    y, tokens = _run_variant(st, drafts, race_uniforms(N2, k, gen, "cpu"), gen, "none")
+    assert _chi2_pvalue(y, st1.b_real[0]) > 1e-4 and _chi2_pvalue(tokens, p) > 1e-4
+    for variant in ("pools_swapped", "no_pools", "q_as_proposal"):
+        _, tokens = _run_variant(st, drafts, race_uniforms(N2, k, gen, "cpu"), gen, variant)
+        assert _chi2_pvalue(tokens, p) < 1e-8, variant
+
+
+# ---------------------------------------------------------------------------- scale
+def _realistic_pair(V, seed, top_p=None):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(1, V, generator=g, dtype=torch.float64) * 2.5
+    p = logits.softmax(-1)
+    q = (logits + torch.randn(1, V, generator=g, dtype=torch.float64)).softmax(-1)
+    if top_p is not None:                                  # zero-probability tokens, as with top-p
+        for t in (p, q):
+            s, i = t.sort(-1, descending=True)
+            drop = (s.cumsum(-1) - s) >= top_p
+            t.masked_fill_(torch.zeros_like(drop).scatter_(-1, i, drop), 0.0)
+            t.div_(t.sum(-1, keepdim=True))
+    return p, q
+
+
+@pytest.mark.parametrize("V", [32000, 151936])
+def test_scale_acceptance_equals_alpha_star(V):
+    try:
+        from fastdecode.verification.bound import optimal_acceptance_rate
+    except ImportError:
+        optimal_acceptance_rate = None
+    for k in (2, 4, 8, 16):
+        p, q = _realistic_pair(V, seed=k, top_p=0.98 if k in (4, 16) else None)
+        st = build_race(p, q, k)
+        acc = float(torch.minimum(st.p, st.b_real).sum())
+        alpha = _alpha_sorted(p[0].numpy(), q[0].numpy(), k)
+        assert abs(acc - alpha) < 1e-9, (V, k, acc, alpha)
+        assert abs(float(st.alpha[0]) - alpha) < 1e-9
+        assert abs(float(st.b_real.sum()) - 1.0) < 1e-9 and float(st.b_real.min()) >= 0.0
+        assert abs(float(st.b.sum()) - 1.0) < 1e-9
+        # achievable: for the top-j ranks T, b_real(T) <= 1 - (1 - q(T))^k
+        br = st.b_real[0][st.order[0]].cumsum(0)
+        qt = q[0][st.order[0]].cumsum(0).clamp_max(1.0)
+        assert bool((br <= 1 - (1 - qt) ** k + 1e-9).all())
+        if optimal_acceptance_rate is not None:
+            ref_alpha = float(torch.as_tensor(optimal_acceptance_rate(p, q, k, scheme="iid")).reshape(-1)[0])
+            assert abs(acc - ref_alpha) < 1e-9
+
+
+# ---------------------------------------------------------------------------- interface
+def test_interface_and_validation():
+    gen = torch.Generator().manual_seed(1)
+    p = torch.softmax(torch.randn(3, 50, generator=gen), -1)         # float32, as from the decoding loop
+    q = torch.softmax(torch.randn(3, 50, generator=gen), -1)
+    drafts = torch.multinomial(q, 4, replacement=True, generator=gen)
+    res = verify("optimal", p, q, drafts, gen)
+    assert res.tokens.shape == (3,) and res.tokens.dtype == torch.long
+    assert ((res.tokens >= 0) & (res.tokens < 50)).all()
+    assert acceptance_probability("optimal", p, q, 4).shape == (3,)
+    with pytest.raises(ValueError, match="k must be"):
+        build_race(p, q, 0)
+    with pytest.raises(ValueError, match="same shape"):
+        build_race(p, q[:, :10], 2)
