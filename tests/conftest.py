@@ -19,7 +19,7 @@ def stdlib_prompts(code_pair):
     return stdlib_prompts(code_pair[2], n=8, prompt_tokens=48)
 
 
-def tiny_llama(seed: int, vocab: int = 12, hidden: int = 32, layers: int = 2, scale: float = 4.0):
+def tiny_llama(seed: int, vocab: int = 6, hidden: int = 32, layers: int = 2, scale: float = 4.0):
     """A randomly initialised Llama with a small vocabulary whose next-token distributions are far from
     uniform (output embeddings scaled up), fast enough for thousands of seeded generations."""
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -135,6 +135,7 @@ class MultiDraftDecoder:
             logits = kv.forward(self.target, torch.tensor([t_pending], device=self.target.device), self.tcache,
                                 logits_to_keep=1)[0]
             self.stats.target_calls += 1
+            self.stats.record_step(0, 0)
             nxt = int(logits.argmax()) if s.greedy else int(sample(self._probs(logits), self.generator)[0])
             return stream.append([nxt])
 

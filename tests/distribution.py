@@ -1,0 +1,59 @@
+"""Helpers for distribution tests of whole generations: exact laws by enumeration, and a chi-square test."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+
+import fastdecode
+from fastdecode import kernels
+
+
+@torch.inference_mode()
+def exact_law(model, prompt: list[int], n_tokens: int, temperature=1.0, top_k=0, top_p=1.0) -> dict:
+    """{(x1, .., xn): probability} of the first n generated tokens under the model (enumeration)."""
+    law = {(): 1.0}
+    for _ in range(n_tokens):
+        nxt = {}
+        for seq, pr in law.items():
+            logits = model(torch.tensor([prompt + list(seq)])).logits[0, -1:].float()
+            p = kernels.probs(logits, temperature, top_k, top_p)[0].double()
+            for x in torch.nonzero(p).flatten().tolist():
+                nxt[seq + (x,)] = pr * float(p[x])
+        law = nxt
+    return law
+
+
+def sample_law(target, draft, prompt, n_tokens, runs, max_new_tokens=None, **kw) -> dict:
+    counts: dict = {}
+    ids = torch.tensor([prompt])
+    for seed in range(runs):
+        out = fastdecode.generate(target, ids, draft=draft, max_new_tokens=max_new_tokens or n_tokens,
+                                  seed=seed, eos_token_id=[], **kw)
+        key = tuple(out.sequences[0, len(prompt):len(prompt) + n_tokens].tolist())
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def chi_square_pvalue(counts: dict, law: dict, min_expected: float = 5.0) -> float:
+    """Pearson chi-square p-value of observed counts against an exact law (cells with small expected
+    counts are pooled; an observation outside the law's support gives p = 0)."""
+    from scipy.stats import chi2
+
+    n = sum(counts.values())
+    if any(k not in law for k in counts):
+        return 0.0
+    cells = sorted(law, key=lambda k: -law[k])
+    obs, exp, po, pe = [], [], 0.0, 0.0
+    for c in cells:
+        e = law[c] * n
+        if e >= min_expected:
+            obs.append(counts.get(c, 0)); exp.append(e)
+        else:
+            po += counts.get(c, 0); pe += e
+    if pe > 0:
+        obs.append(po); exp.append(pe)
+    obs, exp = np.array(obs, float), np.array(exp, float)
+    stat = float(((obs - exp) ** 2 / exp).sum())
+    return float(chi2.sf(stat, max(len(obs) - 1, 1)))

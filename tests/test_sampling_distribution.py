@@ -1,0 +1,81 @@
+"""Losslessness of sampling, end to end: the law of whole generations equals the target's.
+
+Tiny random Llama pairs (V = 6) make thousands of seeded generations cheap; the exact law of the first
+two tokens comes from enumeration. Each test also runs a deliberately broken variant that must fail.
+"""
+import pytest
+import torch
+
+import fastdecode
+from distribution import chi_square_pvalue, exact_law, sample_law
+
+PROMPT = [1, 2, 3, 4]
+RUNS = 1200
+ALPHA = 1e-3  # seeds are fixed, so each test is deterministic; this only sets its power
+
+
+@pytest.fixture(scope="module")
+def law2(tiny_pair):
+    return exact_law(tiny_pair[0], PROMPT, 2)
+
+
+def _pvalue(tiny_pair, law2, **kw):
+    counts = sample_law(*tiny_pair, PROMPT, 2, RUNS, max_new_tokens=3, temperature=1.0, **kw)
+    return chi_square_pvalue(counts, law2)
+
+
+def test_speculative_two_token_law(tiny_pair, law2):
+    assert _pvalue(tiny_pair, law2, method="speculative", draft_length=2, adaptive_draft=False) > ALPHA
+
+
+def test_block_two_token_law(tiny_pair, law2):
+    pytest.importorskip("fastdecode.verification.block")
+    assert _pvalue(tiny_pair, law2, method="speculative", draft_length=2, adaptive_draft=False,
+                   verifier="block") > ALPHA
+
+
+def test_broken_speculative_rule_fails(tiny_pair, law2, monkeypatch):
+    """Accepting every draft (output q instead of p) must be caught."""
+    import fastdecode.verification.speculative as sp
+
+    def accept_all(p, q, drafts, generator=None):
+        return drafts.shape[0], int(fastdecode.verification.sample(p[-1:], generator)[0])
+
+    monkeypatch.setattr(sp, "verify_chain", accept_all)
+    assert _pvalue(tiny_pair, law2, method="speculative", draft_length=2, adaptive_draft=False) < ALPHA
+
+
+@pytest.mark.parametrize("verifier,k", [("rrs", 2), ("rrs_without_replacement", 3), ("spectr", 3),
+                                        ("greedy_draft", 3), ("optimal", 3)])
+def test_multi_draft_two_token_law(tiny_pair, law2, verifier, k):
+    mod = {"rrs_without_replacement": "rrs"}.get(verifier, verifier)
+    pytest.importorskip(f"fastdecode.verification.{mod}")
+    assert _pvalue(tiny_pair, law2, method="multi_draft", num_drafts=k, draft_length=2, verifier=verifier) > ALPHA
+
+
+def test_broken_tree_walk_fails(tiny_pair, law2, monkeypatch):
+    """Verifying without-replacement siblings sorted by q instead of in draw order is biased."""
+    pytest.importorskip("fastdecode.verification.rrs")
+    from fastdecode.decoding import tree as tree_mod
+
+    orig = tree_mod.DraftTree.add_children
+
+    def sorted_children(self, node, draws):
+        q = self.q[node]
+        return orig(self, node, sorted(draws, key=lambda t: -float(q[t])))
+
+    monkeypatch.setattr(tree_mod.DraftTree, "add_children", sorted_children)
+    assert _pvalue(tiny_pair, law2, method="multi_draft", num_drafts=3, draft_length=2,
+                   verifier="rrs_without_replacement") < ALPHA
+
+
+def test_k1_multi_draft_equals_single_draft(tiny_pair):
+    """k = 1 reduces exactly to single-draft speculative decoding: same tokens for the same seed."""
+    target, draft = tiny_pair
+    ids = torch.tensor([PROMPT])
+    for seed in range(5):
+        a = fastdecode.generate(target, ids, draft=draft, method="speculative", draft_length=3, adaptive_draft=False,
+                                max_new_tokens=20, seed=seed, eos_token_id=[])
+        b = fastdecode.generate(target, ids, draft=draft, method="multi_draft", num_drafts=1, draft_length=3,
+                                max_new_tokens=20, seed=seed, eos_token_id=[])
+        assert torch.equal(a.sequences, b.sequences)
