@@ -16,6 +16,11 @@ from transformers import DynamicCache
 
 
 def new_cache(model) -> DynamicCache:
+    """A fresh KV cache for ``model``: a DynamicCache, or the bounded cache a context such as
+    ``fastdecode.lambda_attention`` installed on the model (as ``model._fastdecode_new_cache``)."""
+    factory = getattr(model, "_fastdecode_new_cache", None)
+    if factory is not None:
+        return factory()
     try:
         return DynamicCache(config=model.config)
     except TypeError:  # pragma: no cover - older signature
@@ -37,6 +42,9 @@ def crop(cache, length: int) -> None:
 
 def select(cache, positions: torch.Tensor) -> None:
     """Keep only the given sequence positions (in that order) of every layer: [n] long."""
+    if hasattr(cache, "select_positions"):  # caches with their own layout (fastdecode.attention.LambdaCache)
+        cache.select_positions(positions)
+        return
     for layer in cache.layers:
         if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
             continue

@@ -1,0 +1,214 @@
+"""Plugging Lambda attention into a transformers model: ``with lambda_attention(model, cfg): ...``.
+
+How it plugs in (no modelling file is copied or patched):
+
+1. An attention function is registered once under the name ``"fastdecode_lambda"`` through
+   transformers' ``AttentionInterface``, and the model is switched to it with
+   ``model.set_attn_implementation`` (restored on exit). transformers' mask factory does not know the
+   name, so it passes ``attention_mask=None`` (or a caller's 4D mask, e.g. a tree mask) straight through.
+2. Each attention layer carries the Lambda settings (``window``, ``num_global``, the model's RoPE
+   ``inv_freq``) in an attribute for the duration of the context; the model carries a cache factory that
+   :func:`fastdecode.decoding.cache.new_cache` uses, so every decoding loop gets a bounded
+   :class:`~fastdecode.attention.cache.LambdaCache` without knowing about it.
+3. RoPE is applied inside the attention layer before the attention function runs, so queries and keys
+   arrive rotated at their true positions. Local scores use them as they are (true distance < L). For a
+   global key outside the window the function moves the query to position L and the key to position 0
+   (one extra rotation each, :mod:`fastdecode.attention.rope`), which scores it at the distance limit L.
+   The cache therefore stores ordinary rotated keys; only the n_global global keys are un-rotated, per
+   call. This is the paper code's "q_rot(L) . k_raw" for globals, without re-rotating the whole window.
+
+Key positions are not passed to attention functions, so they are derived from the layout every cache
+here obeys: globals first, then a contiguous run of recent tokens ending just before the chunk, then the
+chunk itself (whose positions are the ``position_ids`` the layer receives, so tree position ids work).
+With c queries, m keys and the chunk starting at logical position s = position_ids[0]:
+``kpos = [j if j < num_global else j + s - (m - c) for the m - c cached ones] + position_ids``.
+A plain ``DynamicCache`` (or no cache) is the special case without eviction (m - c == s).
+
+Limits: batch rows must share their position ids; 2D padding masks are dropped by transformers for
+custom attention names (batch 1 / unpadded input only); rope types whose frequencies depend on the
+sequence length ("dynamic", "longrope") are refused.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from .cache import LambdaCache
+from .lambda_mask import LambdaAttention, lambda_attention_rotated
+from .rope import move
+
+ATTN_NAME = "fastdecode_lambda"
+_STATE = "_fastdecode_lambda"  # attribute on each attention layer and on the model
+_FACTORY = "_fastdecode_new_cache"  # attribute read by fastdecode.decoding.cache.new_cache
+
+# families whose attention applies rotate-half RoPE before calling ALL_ATTENTION_FUNCTIONS
+ROPE_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma")
+ALIBI_MODEL_TYPES = ("bloom", "mpt", "baichuan", "jais")
+VARIABLE_ROPE_TYPES = ("dynamic", "longrope")
+
+
+class LambdaState:
+    """What the attention function needs for one model: the config and the RoPE frequencies."""
+
+    def __init__(self, cfg: LambdaAttention, inv_freq: torch.Tensor, num_layers: int):
+        self.cfg, self.inv_freq, self.num_layers = cfg, inv_freq, num_layers
+
+    def new_cache(self) -> LambdaCache:
+        """A fresh bounded cache for this model."""
+        return LambdaCache(self.num_layers, self.cfg.window, self.cfg.num_global)
+
+
+def _rotary_inv_freq(model) -> torch.Tensor | None:
+    found = [m.inv_freq for m in model.modules() if isinstance(getattr(m, "inv_freq", None), torch.Tensor)]
+    if not found:
+        return None
+    if any(f.shape != found[0].shape or not torch.equal(f, found[0]) for f in found[1:]):
+        return torch.empty(0)  # several different rotary embeddings (e.g. local/global layers)
+    return found[0]
+
+
+def check_supported(model) -> torch.Tensor:
+    """Raise ValueError (naming the model type) unless Lambda attention can run on ``model``;
+    returns its RoPE inverse frequencies [head_dim_rot / 2]."""
+    config = getattr(model, "config", None)
+    mtype = getattr(config, "model_type", None) or type(model).__name__
+    alibi = (mtype in ALIBI_MODEL_TYPES or bool(getattr(config, "alibi", False))
+             or bool(getattr(getattr(config, "attn_config", None), "alibi", False)))
+    if alibi:
+        raise ValueError(f"Lambda attention needs rotary position embeddings (RoPE); model type {mtype!r} uses "
+                         "ALiBi attention biases, which are not supported")
+    inv_freq = _rotary_inv_freq(model)
+    if inv_freq is None:
+        absolute = any(name.split(".")[-1] in ("wpe", "embed_positions", "position_embeddings")
+                       for name, _ in model.named_modules())
+        kind = "absolute position embeddings" if absolute else "no rotary position embedding"
+        raise ValueError(f"Lambda attention needs rotary position embeddings (RoPE); model type {mtype!r} has "
+                         f"{kind}, so its distances cannot be re-assigned")
+    if mtype not in ROPE_MODEL_TYPES:
+        raise ValueError(f"Lambda attention supports the RoPE model types {ROPE_MODEL_TYPES}; model type {mtype!r} "
+                         "is not one of them (its rotary convention or attention code is not validated)")
+    if inv_freq.numel() == 0:
+        raise ValueError(f"model type {mtype!r} uses several rotary embeddings; Lambda attention needs one")
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
+    if rope_type in VARIABLE_ROPE_TYPES:
+        raise ValueError(f"model type {mtype!r} uses rope_type {rope_type!r}, whose frequencies change with the "
+                         "sequence length; Lambda attention needs fixed frequencies")
+    if not model._can_set_attn_implementation():
+        raise ValueError(f"model type {mtype!r} does not dispatch through transformers' AttentionInterface")
+    return inv_freq
+
+
+def _key_positions(m: int, qpos: torch.Tensor, num_global: int) -> torch.Tensor:
+    # [m] long: cached keys from the layout rule (module docstring), then the chunk's own positions
+    c = qpos.shape[0]
+    j = torch.arange(m - c, device=qpos.device)
+    cached = torch.where(j < num_global, j, j + (qpos[0] - (m - c)))
+    return torch.cat([cached, qpos])
+
+
+def _gather_mask(mask: torch.Tensor, kpos: torch.Tensor, qpos: torch.Tensor, m: int) -> torch.Tensor:
+    # a caller's 4D mask indexes the logical sequence [0, s + c); keep the stored columns only
+    if mask.shape[-1] == m:
+        return mask
+    c = qpos.shape[0]
+    cols = torch.cat([kpos[: m - c], qpos[0] + torch.arange(c, device=qpos.device)])
+    return mask.index_select(-1, cols.to(mask.device))
+
+
+def lambda_attention_function(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                              attention_mask: torch.Tensor | None, scaling: float | None = None,
+                              dropout: float = 0.0, **kwargs):
+    """transformers attention function: query [B, H, c, D], key/value [B, Hkv, m, D] -> ([B, c, H, D], None)."""
+    state: LambdaState | None = getattr(module, _STATE, None)
+    if state is None:
+        raise RuntimeError("the fastdecode_lambda attention function runs only inside fastdecode.lambda_attention()")
+    cfg = state.cfg
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    c, m = query.shape[2], key.shape[2]
+    position_ids = kwargs.get("position_ids")
+    if position_ids is None:
+        qpos = torch.arange(m - c, m, device=query.device)
+    else:
+        position_ids = position_ids.to(query.device)
+        if position_ids.dim() == 2 and position_ids.shape[0] > 1 and not bool((position_ids == position_ids[:1]).all()):
+            raise ValueError("Lambda attention needs the same position ids in every batch row")
+        qpos = position_ids.reshape(-1, c)[0].long()
+    kpos = _key_positions(m, qpos, cfg.num_global)
+    inv_freq = state.inv_freq.to(query.device)
+    mask = None
+    if attention_mask is not None:
+        if attention_mask.dim() != 4:
+            raise ValueError(f"Lambda attention takes no mask or a 4D mask, got shape {tuple(attention_mask.shape)}")
+        mask = _gather_mask(attention_mask, kpos, qpos, m)
+    if c == 1 and mask is None and query.is_cuda:
+        out = _decode_step(query, key, value, qpos, kpos, cfg, inv_freq, scaling)
+        if out is not None:
+            return out, None
+    out = lambda_attention_rotated(query, key, value, qpos, kpos, cfg, inv_freq, scaling, mask)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _decode_step(query, key, value, qpos, kpos, cfg, inv_freq, scaling):
+    try:
+        from ..kernels.lambda_decode import lambda_decode
+        import triton  # noqa: F401
+    except ImportError:  # pragma: no cover - triton missing on a CUDA machine
+        return None
+    g = min(cfg.num_global, key.shape[2])
+    q = query[:, :, 0]  # [B, H, D]
+    q_far = move(query, qpos, torch.full_like(qpos, cfg.window), inv_freq)[:, :, 0]
+    k_glob = move(key[:, :, :g], kpos[:g], torch.zeros_like(kpos[:g]), inv_freq)
+    out = lambda_decode(q, q_far, key, value, k_glob, kpos, qpos, cfg.window, cfg.num_global, scaling)
+    return out[:, None]  # [B, 1, H, D]
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    if ATTN_NAME not in ALL_ATTENTION_FUNCTIONS.valid_keys():
+        AttentionInterface.register(ATTN_NAME, lambda_attention_function)
+
+
+def _attention_layers(model) -> list:
+    return [m for m in model.modules() if type(m).__name__.endswith("Attention") and hasattr(m, "layer_idx")]
+
+
+@contextlib.contextmanager
+def lambda_attention(model, cfg: LambdaAttention):
+    """Run ``model`` with Lambda-shaped attention inside the ``with`` block; yields a :class:`LambdaState`
+    (``state.new_cache()`` makes a bounded cache). Nested entry with the same config is a no-op."""
+    if not isinstance(cfg, LambdaAttention):
+        raise ValueError(f"lambda_attention needs a fastdecode.LambdaAttention config, got {type(cfg).__name__}")
+    current: LambdaState | None = getattr(model, _STATE, None)
+    if current is not None:
+        if current.cfg != cfg:
+            raise ValueError(f"model is already under lambda_attention({current.cfg}); cannot nest {cfg}")
+        yield current
+        return
+    inv_freq = check_supported(model)
+    layers = _attention_layers(model)
+    num_layers = int(getattr(model.config, "num_hidden_layers", len(layers)))
+    if len(layers) != num_layers:
+        raise ValueError(f"found {len(layers)} attention layers in a {num_layers}-layer {model.config.model_type!r} model")
+    _register()
+    state = LambdaState(cfg, inv_freq.detach().clone(), num_layers)
+    previous = model.config._attn_implementation
+    model.set_attn_implementation(ATTN_NAME)
+    try:
+        if model.config._attn_implementation != ATTN_NAME:
+            raise ValueError(f"could not switch model type {model.config.model_type!r} to Lambda attention")
+        for layer in layers:
+            setattr(layer, _STATE, state)
+        setattr(model, _STATE, state)
+        setattr(model, _FACTORY, state.new_cache)
+        yield state
+    finally:
+        for obj in (*layers, model):
+            for attr in (_STATE, _FACTORY):
+                if attr in obj.__dict__:
+                    delattr(obj, attr)
+        model.set_attn_implementation(previous)

@@ -1,0 +1,51 @@
+"""Rotary position embedding (RoPE) arithmetic needed to re-assign distances after the fact.
+
+Hugging Face models apply RoPE inside the attention layer *before* the attention function runs, so the
+query and key tensors that reach an attention function are already rotated at their true positions:
+``x_rot(i) = a * R(theta_i) x`` with ``theta_i = float32(i * inv_freq)`` and ``a`` the rope type's
+``attention_scaling`` (1 for the default rope). Rotations compose, so a rotated vector is moved from
+position ``i`` to position ``p`` by one more plain rotation ``R(theta_p - theta_i)`` (``a`` is kept,
+exactly as it is kept for every other score). This file holds that rotation ("rotate_by") and the
+angles ("rope_angles"), computed the same way the model computes them so that un-rotating a key that
+the model rotated gives back the raw key up to float rounding.
+
+Only the "rotate half" convention (Llama, Mistral, Qwen2, ...) is implemented: the first ``2 * F``
+channels of a head (``F = len(inv_freq)``, fewer than head_dim for partial rotary) are split into two
+halves that rotate together; the remaining channels carry no position.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def rope_angles(positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """theta [n, F] float32 for integer positions [n], computed exactly as transformers does
+    (``position.float() * inv_freq`` in float32)."""
+    return positions.to(torch.float32)[:, None] * inv_freq.to(device=positions.device, dtype=torch.float32)[None, :]
+
+
+def rotate_by(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` [..., n, D] by the angles ``delta`` [n, F] (float, any precision), rotate-half convention.
+
+    ``cos``/``sin`` are evaluated in float64 from the given angles and then cast to x's dtype, so a
+    difference of two float32 angles (``theta_p - theta_i``) is used exactly as given.
+    """
+    f = delta.shape[-1]
+    rot = 2 * f
+    c = torch.cos(delta.double()).to(x.dtype)  # [n, F]
+    s = torch.sin(delta.double()).to(x.dtype)
+    x1, x2, rest = x[..., :f], x[..., f:rot], x[..., rot:]
+    y1 = x1 * c - x2 * s
+    y2 = x2 * c + x1 * s
+    return torch.cat([y1, y2, rest], dim=-1) if rest.shape[-1] else torch.cat([y1, y2], dim=-1)
+
+
+def move(x: torch.Tensor, from_pos: torch.Tensor, to_pos: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Re-rotate ``x`` [..., n, D], rotated at ``from_pos`` [n], so that it is rotated at ``to_pos`` [n]."""
+    delta = rope_angles(to_pos, inv_freq).double() - rope_angles(from_pos, inv_freq).double()
+    return rotate_by(x, delta)
+
+
+def apply_rope(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Rotate raw vectors ``x`` [..., n, D] at ``positions`` [n] (reference helper for tests)."""
+    return rotate_by(x, rope_angles(positions, inv_freq))
