@@ -178,8 +178,9 @@ Q_STAT = [0.02, 0.08, 0.3, 0.3, 0.2, 0.1]
 
 def _expanded(st, n):
     """The race of one row, viewed as n identical rows (no copy)."""
-    return dataclasses.replace(st, **{f.name: getattr(st, f.name).expand(n, *getattr(st, f.name).shape[1:])
-                                      for f in dataclasses.fields(st) if f.name not in ("k", "alpha")})
+    out = dataclasses.replace(st, **{f.name: getattr(st, f.name).expand(n, *getattr(st, f.name).shape[1:])
+                                     for f in dataclasses.fields(st) if f.name not in ("k", "alpha")})
+    return dataclasses.replace(out, cum=out.cum.contiguous())        # searchsorted wants it contiguous
 
 
 def _run_variant(st, drafts, u, gen, variant):

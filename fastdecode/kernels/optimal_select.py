@@ -51,6 +51,13 @@ def _kernel():
     import triton
     import triton.language as tl
 
+    # reductions go through tl.reduce with our own combine function, passed as a constexpr: tl.min is
+    # a @jit function of triton's standard library and stays compiled-only if triton was imported
+    # before TRITON_INTERPRET was set; everything here is built lazily, so the interpreter is honoured
+    @triton.jit
+    def _min_combine(a, b):
+        return tl.minimum(a, b)
+
     @triton.jit(do_not_specialize=["V", "M2"])
     def _optimal_select_kernel(
         ranks_ptr,   # [N, K] int64
@@ -62,7 +69,7 @@ def _kernel():
         xs_ptr, xd_ptr,              # [N, M] float64
         out_ptr,     # [N] int64
         K, V, M2,
-        BLOCK_K: tl.constexpr, N_ITER: tl.constexpr,
+        BLOCK_K: tl.constexpr, N_ITER: tl.constexpr, MIN: tl.constexpr,
     ):
         # read ~(10 + log2(2M)) values per draft; write 1 value per row
         row = tl.program_id(0).to(tl.int64)
@@ -102,13 +109,13 @@ def _kernel():
         interval = tl.where(in_pool, tl.where(to_left, li, ri), j)
         big = V + 1
         interval = tl.where(lmask, interval, big)
-        first_iv = tl.min(interval, axis=0)
+        first_iv = tl.reduce(interval, 0, MIN)
         key = tl.where((interval == first_iv) & lmask, u3, 2.0)
-        kmin = tl.min(key, axis=0)
-        win = tl.min(tl.where(key == kmin, lane, BLOCK_K), axis=0)
+        kmin = tl.reduce(key, 0, MIN)
+        win = tl.reduce(tl.where(key == kmin, lane, BLOCK_K), 0, MIN)
         tl.store(out_ptr + row, win.to(tl.int64))
 
-    return _optimal_select_kernel
+    return _optimal_select_kernel, _min_combine
 
 
 def triton_available() -> bool:
@@ -147,7 +154,8 @@ def optimal_select(ranks, u, ell, own, first, last, base, cum, left, right, xs, 
         return out
     args = [t.contiguous() for t in (ranks, u, ell, own, base, first, last, cum, left, right, xs, xd)]
     n_iter = max(1, int(2 * M).bit_length())
-    _kernel()[(N,)](*args, out, K, V, 2 * M, BLOCK_K=triton.next_power_of_2(max(K, 2)), N_ITER=n_iter)
+    kernel, combine = _kernel()
+    kernel[(N,)](*args, out, K, V, 2 * M, BLOCK_K=triton.next_power_of_2(max(K, 2)), N_ITER=n_iter, MIN=combine)
     return out
 
 

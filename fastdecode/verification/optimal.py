@@ -79,9 +79,7 @@ def _normalise(t: torch.Tensor) -> torch.Tensor:
 
 def ratio_order(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """[N, V] token ids sorted by p/q descending (q = 0 < p first, p = q = 0 last), stable."""
-    pos = q > 0
-    r = torch.where(pos, p / torch.where(pos, q, torch.ones_like(q)),
-                    torch.where(p > 0, torch.full_like(p, float("inf")), torch.full_like(p, -1.0)))
+    r = (p / q).nan_to_num(nan=-1.0, posinf=float("inf"))              # q = 0: inf if p > 0, 0/0 -> -1
     return torch.sort(-r, dim=-1, stable=True).indices
 
 
@@ -93,8 +91,8 @@ def _optimal_b(ps, qs, k: int):
     R = (raw / raw[:, :1]).clamp_max(1.0)                                  # [N, V + 1]
     W = 1.0 - R.pow(k)
     pos = qs > 0
-    frac = torch.where(raw[:, :-1] > 0, qs / raw[:, :-1].clamp_min(1e-300), torch.zeros_like(qs)).clamp_max(1.0)
-    dW = torch.where(pos, R[:, :-1].pow(k) * -torch.expm1(k * torch.log1p(-frac)), torch.zeros_like(qs))
+    frac = (qs / raw[:, :-1].clamp_min(1e-300)).clamp_max(1.0)          # q_j / R_j (0 where R_j = 0)
+    dW = (R[:, :-1].pow(k) * -torch.expm1(k * torch.log1p(-frac))).masked_fill(~pos, 0.0)
     P = torch.cat([zero, ps.cumsum(-1)], -1)                               # [N, V + 1]
     d = P - W
     d[:, 0] = 0.0
@@ -111,8 +109,7 @@ def _optimal_b(ps, qs, k: int):
     touch[:, -1] = True
     b = b.clamp_min(0.0)
     b = torch.where(touch[:, :-1] & touch[:, 1:] & pos, dW, b)            # intervals touching W at both ends
-    b = torch.where(pos, b, torch.zeros_like(b))
-    return b, dW, Dstar[:, 0]
+    return b.masked_fill(~pos, 0.0), dW, Dstar[:, 0]
 
 
 def _merge_sorted(a: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -149,11 +146,11 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
     b, dW, Dstar = _optimal_b(ps, ell, k)
     pos = ell > 0
     safe_ell = torch.where(pos, ell, torch.ones_like(ell))
-    m = torch.where(pos, dW / safe_ell, torch.zeros_like(ell))            # density of the earliest time
-    beta = torch.where(pos, b / safe_ell, torch.zeros_like(ell))
+    m = dW / safe_ell                                                     # density of the earliest time
+    beta = b / safe_ell                                                   # (dW = b = 0 where q = 0)
 
     # FIFO matching of surplus and deficit along the rank order -> pool slots
-    diff = torch.where(pos, dW - b, torch.zeros_like(b))
+    diff = dW - b
     surplus, deficit = diff.clamp_min(0.0), (-diff).clamp_min(0.0)
     zero = ell.new_zeros(N, 1)
     Sc = torch.cat([zero, surplus.cumsum(-1)], -1)                        # [N, Vs + 1]
@@ -165,20 +162,20 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
     # slot n = [cuts[n], cuts[n+1]) lies in surplus rank left[n] and deficit rank right[n] (when dL > 0)
     left, right = ia[:, :-1].clamp(0, Vs - 1), ic[:, :-1].clamp(0, Vs - 1)
     ok = (dL > 0) & (surplus.gather(1, left) > 0) & (deficit.gather(1, right) > 0) & (left < right)
-    f64zero = torch.zeros_like(dL)
-    xs = torch.where(ok, dL * ell.gather(1, left) / surplus.gather(1, left).clamp_min(1e-300), f64zero)
-    xd = torch.where(ok, dL / (beta.gather(1, left) - m.gather(1, right)).clamp_min(1e-300), f64zero)
+    dL = dL.masked_fill(~ok, 0.0)
+    xs = dL * ell.gather(1, left) / surplus.gather(1, left).clamp_min(1e-300)
+    xd = dL / (beta.gather(1, left) - m.gather(1, right)).clamp_min(1e-300)
     used = ell.new_zeros(N, Vs).scatter_add_(1, left, xs).scatter_add_(1, right, xd)
-    scale = torch.where(used > ell, ell / used.clamp_min(1e-300), torch.ones_like(used))   # rounding guard
+    scale = (ell / used.clamp_min(1e-300)).clamp_max(1.0)                 # rounding guard: used <= ell
     xs, xd = xs * scale.gather(1, left), xd * scale.gather(1, right)
     used = ell.new_zeros(N, Vs).scatter_add_(1, left, xs).scatter_add_(1, right, xd)
-    lam = torch.where(pos, (1.0 - used / safe_ell).clamp(0.0, 1.0), torch.ones_like(ell))
+    lam = (1.0 - used / safe_ell).clamp(0.0, 1.0)                         # 1 where q = 0 (no pools)
     own = lam * ell
 
     # b_real: the selection law of exactly this kernel
     g = xs + xd
     cm = xs * m.gather(1, left) + xd * m.gather(1, right)
-    share = torch.where(ok, cm / g.clamp_min(1e-300), f64zero)
+    share = cm / g.clamp_min(1e-300)                                      # 0 on unused slots
     b_real_s = own * m
     b_real_s = b_real_s.scatter_add(1, left, xs * share).scatter_add(1, right, xd * share)
 
