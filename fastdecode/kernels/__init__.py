@@ -1,19 +1,86 @@
 """Hot per-token work. Each kernel file holds a Triton kernel, its host function and a PyTorch
 ``*_reference`` that is also the CPU path. The functions here are the one dispatch the rest of the
-package calls: Triton on CUDA tensors (when triton is installed), the reference elsewhere."""
+package calls: Triton on CUDA tensors (when triton is installed), the reference elsewhere.
+
+Set the environment variable ``FASTDECODE_KERNELS=reference`` to force the PyTorch references on CUDA
+too (for A/B comparisons). The verify functions take their noise as inputs (see kernels/verify.py):
+``u`` uniforms [N, k] for the acceptance tests, ``noise`` exponential(1) draws [N, V] for the residual.
+"""
 from __future__ import annotations
+
+import functools
+import os
 
 import torch
 
 from .entropy import entropy_reference
 from .probs import probs_reference
+from .verify import verify_kseq_reference, verify_rrs_reference, verify_speculative_reference
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def use_triton(t: torch.Tensor) -> bool:
+    """True when ``t`` lives on a CUDA device, triton imports and the references are not forced."""
+    return t.is_cuda and os.environ.get("FASTDECODE_KERNELS", "auto") != "reference" and triton_available()
 
 
 def probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """Logits [rows, V] -> probabilities [rows, V] float32 (see kernels/probs.py for the semantics)."""
+    if use_triton(logits):
+        from .probs import probs as probs_triton
+
+        return probs_triton(logits, temperature, top_k, top_p)
     return probs_reference(logits, temperature, top_k, top_p)
 
 
-def entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy in bits of softmax(logits) per row, before temperature: [rows, V] -> [rows]."""
-    return entropy_reference(logits)
+def entropy(logits: torch.Tensor, unit: str = "bits") -> torch.Tensor:
+    """Entropy of softmax(logits) per row, before temperature, in bits (or "nats"): [rows, V] -> [rows]."""
+    if use_triton(logits):
+        from .entropy import entropy as entropy_triton
+
+        return entropy_triton(logits, unit)
+    return entropy_reference(logits, unit)
+
+
+def verify_speculative(p, q, drafts, u, noise) -> tuple[torch.Tensor, torch.Tensor]:
+    """Single-draft speculative verification with given noise. p, q: [N, V]; drafts: [N, 1]; u: [N];
+    noise: [N, V]. Returns (tokens [N] long, index [N] long: 0 accepted, -1 residual)."""
+    if use_triton(p):
+        from .verify import verify_speculative as fused
+
+        return fused(p, q, drafts, u, noise)
+    return verify_speculative_reference(p, q, drafts, u, noise)
+
+
+def verify_rrs(p, q, drafts, u, noise, replacement: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Recursive rejection sampling with (or without) replacement; drafts, u: [N, k] in draw order.
+    Returns (tokens [N], index [N]: accepted draft position, -1 for a residual token)."""
+    if use_triton(p):
+        from .verify import verify_rrs as fused
+
+        return fused(p, q, drafts, u, noise, replacement)
+    return verify_rrs_reference(p, q, drafts, u, noise, replacement)
+
+
+def verify_kseq(p, q, drafts, u, noise, rho) -> tuple[torch.Tensor, torch.Tensor]:
+    """K-SEQ (SpecTr) with a given rho* [N]; drafts, u: [N, k]. Returns (tokens [N], index [N])."""
+    if use_triton(p):
+        from .verify import verify_kseq as fused
+
+        return fused(p, q, drafts, u, noise, rho)
+    return verify_kseq_reference(p, q, drafts, u, noise, rho)
+
+
+__all__ = [
+    "probs", "entropy", "verify_speculative", "verify_rrs", "verify_kseq", "use_triton", "triton_available",
+    "probs_reference", "entropy_reference", "verify_speculative_reference", "verify_rrs_reference",
+    "verify_kseq_reference",
+]

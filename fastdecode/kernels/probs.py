@@ -6,10 +6,36 @@
 - top_p < 1: keep the smallest set of most probable tokens whose mass reaches top_p (after top-k),
   i.e. token x is kept iff the mass of tokens strictly more probable than x is < top_p.
 - the result is renormalised, float32.
-"""
-from __future__ import annotations
 
+``probs`` runs ``_probs_kernel``, one program per row, without sorting the vocabulary:
+1. a pass computes x = logit * float32(1 / temperature) (what torch on CUDA computes for
+   ``logits / temperature``; on the CPU torch divides, which can differ in the last bit),
+   the running max m, s = sum e^(x - m) and the range of the row's order keys (the float bits
+   mapped to int32 so that integer order is float order);
+2. top-k: the k-th largest x is found exactly by a multi-way bisection over the int32 keys: each pass
+   counts, for NT thresholds splitting the current bracket [lo, hi), how many keys are >= each one
+   and keeps the sub-bracket where the count crosses k. It stops when count(>= lo) == k or the
+   bracket holds one key value, so the kept set is {key >= lo}, ties at the k-th value included;
+3. top-p: the same search on the mass G(t) = sum of e^(x - m) over keys >= t: the kept set is
+   {x >= v*}, v* the largest value with G(v*) >= top_p * G(top-k threshold). The search starts at
+   m + log((1 - top_p) Z / V) - 1 (tokens below are always dropped: the mass of all tokens less
+   probable than (1 - top_p) / V is < 1 - top_p) and stops when its bracket holds one element;
+4. a pass writes e^(x - m) / G(kept) for kept tokens and 0 elsewhere.
+Cost: 2 + (top-k passes) + (top-p passes) reads of the row (typically 5-8 search passes at 152k; the
+later ones hit L2) and one write. The kept set equals the reference's except when float32 rounding
+of the cumulative mass decides a boundary token (the reference sums in sorted order, the kernel per
+lane), and at exact ties of probability on the top-p boundary, where the reference keeps part of the
+tie group (in sort order) and the kernel keeps all of it.
+"""
 import torch
+
+try:  # guarded: the reference path needs no triton
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised only where triton is missing
+    triton = None
+
+NT = 16  # thresholds per search pass: each pass narrows the key bracket about 16-fold
 
 
 def probs_reference(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -31,3 +57,194 @@ def probs_reference(logits: torch.Tensor, temperature: float = 1.0, top_k: int =
         probs = probs.masked_fill(drop, 0.0)
         probs = probs / probs.sum(-1, keepdim=True)
     return probs
+
+
+if triton is not None:
+
+    @triton.jit
+    def _order_key(x):
+        """float32 -> int32 with the same order (-0.0 maps to +0.0's key)."""
+        bits = x.to(tl.int32, bitcast=True)
+        bits = tl.where(bits == -2147483648, 0, bits)
+        return tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+    @triton.jit
+    def _search_pass(row_ptr, V, inv_t, m_safe, lo, hi, target, BY_MASS: tl.constexpr,
+                     BLOCK_S: tl.constexpr, NT: tl.constexpr):
+        """One pass: counts and masses at NT thresholds in [lo, hi); returns the sub-bracket
+        [t_j, t_j+1) with the largest t_j whose count (or mass) still reaches ``target``."""
+        jj = tl.arange(0, NT)
+        thr64 = lo + ((hi - lo) * jj.to(tl.int64)) // NT
+        thr = thr64.to(tl.int32)
+        cnt = tl.zeros([BLOCK_S, NT], dtype=tl.int32)
+        mass = tl.zeros([BLOCK_S, NT], dtype=tl.float32)
+        offs0 = tl.arange(0, BLOCK_S)
+        for start in range(0, V, BLOCK_S):  # read BLOCK_S elements, compare each with NT thresholds
+            offs = start + offs0
+            ok = offs < V
+            z = tl.load(row_ptr + offs, mask=ok, other=float("-inf")).to(tl.float32)
+            x = z * inv_t
+            ge = (_order_key(x)[:, None] >= thr[None, :]) & ok[:, None]
+            cnt += ge.to(tl.int32)
+            if BY_MASS:
+                e = tl.exp(x - m_safe)
+                mass += tl.where(ge, e[:, None], 0.0)
+        c = tl.sum(cnt, 0)
+        g = tl.sum(mass, 0)
+        if BY_MASS:
+            reach = g >= target
+        else:
+            reach = c >= target
+        js = tl.max(tl.where(reach | (jj == 0), jj, 0), 0)
+        new_lo = tl.sum(tl.where(jj == js, thr64, 0), 0)
+        c_lo = tl.sum(tl.where(jj == js, c, 0), 0)
+        g_lo = tl.sum(tl.where(jj == js, g, 0.0), 0)
+        nxt = js + 1 < NT
+        new_hi = tl.where(nxt, tl.sum(tl.where(jj == js + 1, thr64, 0), 0), hi)
+        c_hi = tl.sum(tl.where(jj == js + 1, c, 0), 0)  # 0 when js is the last threshold: see caller
+        return new_lo, new_hi, c_lo, g_lo, c_hi, nxt
+
+    @triton.jit(do_not_specialize=["top_k", "use_top_k", "use_top_p", "greedy"])
+    def _probs_kernel(
+        x_ptr,     # [rows, V] logits, any float dtype, unit stride along V
+        out_ptr,   # [rows, V] float32
+        V, stride_x, stride_o,
+        inv_t, top_k, top_p,      # inv_t = float32(1 / temperature), as torch on CUDA divides by a scalar
+        greedy, use_top_k, use_top_p,   # runtime flags (0/1): one compiled kernel for every setting
+        BLOCK: tl.constexpr, BLOCK_S: tl.constexpr, NT: tl.constexpr,
+    ):
+        row = tl.program_id(0).to(tl.int64)
+        xrow = x_ptr + row * stride_x
+        orow = out_ptr + row * stride_o
+        offs0 = tl.arange(0, BLOCK)
+        if greedy:
+            best = tl.full([BLOCK], float("-inf"), tl.float32)
+            best_i = tl.full([BLOCK], 2147483647, tl.int32)
+            for start in range(0, V, BLOCK):  # per-lane running argmax, first index kept on ties
+                offs = start + offs0
+                ok = offs < V
+                z = tl.load(xrow + offs, mask=ok, other=float("-inf")).to(tl.float32)
+                upd = ok & ((z > best) | (best_i == 2147483647))
+                best = tl.where(upd, z, best)
+                best_i = tl.where(upd, offs, best_i)
+            top = tl.max(best, 0)
+            arg = tl.min(tl.where(best == top, best_i, 2147483647), 0)
+            for start in range(0, V, BLOCK):  # write one-hot
+                offs = start + offs0
+                tl.store(orow + offs, tl.where(offs == arg, 1.0, 0.0), mask=offs < V)
+        else:
+            # pass 1: running max / sum-exp of x = z / T, and the key range
+            m = tl.full([], float("-inf"), tl.float32)
+            s = tl.zeros([], tl.float32)
+            kmin = tl.full([BLOCK], 2147483647, tl.int32)
+            kmax = tl.full([BLOCK], -2147483648, tl.int32)
+            for start in range(0, V, BLOCK):
+                offs = start + offs0
+                ok = offs < V
+                z = tl.load(xrow + offs, mask=ok, other=float("-inf")).to(tl.float32)
+                x = z * inv_t
+                m_new = tl.maximum(m, tl.max(x, 0))
+                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+                s = s * tl.exp(m - m_safe) + tl.sum(tl.exp(x - m_safe), 0)
+                m = m_new
+                key = _order_key(x)
+                kmin = tl.where(ok, tl.minimum(kmin, key), kmin)
+                kmax = tl.where(ok, tl.maximum(kmax, key), kmax)
+            m_safe = tl.where(m == float("-inf"), 0.0, m)
+            key_lo = tl.min(kmin, 0).to(tl.int64)
+            key_hi = tl.max(kmax, 0).to(tl.int64) + 1
+            lo = key_lo
+            z_kept = s
+            g_lo = s
+            c_nxt = tl.zeros([], tl.int32)
+            nxt = c_nxt > 0
+            if use_top_k:  # invariant: count(key >= lo) >= top_k > count(key >= hi)
+                hi = key_hi
+                c_lo = V + 0
+                it = tl.zeros([], tl.int32)
+                while (hi - lo > 1) & (c_lo != top_k):
+                    lo, hi, c_lo, g_lo, c_nxt, nxt = _search_pass(
+                        xrow, V, inv_t, m_safe, lo, hi, top_k, False, BLOCK_S, NT)
+                    it += 1
+                if it > 0:  # the mass above the top-k threshold, for top-p and the normalisation
+                    lo, hi, c_lo, g_lo, c_nxt, nxt = _search_pass(
+                        xrow, V, inv_t, m_safe, lo, lo + 1, 0, True, BLOCK_S, NT)
+                    z_kept = g_lo
+            if use_top_p:  # invariant: G(lo) >= top_p * Z > G(hi)
+                target = top_p * z_kept
+                bound = m_safe + tl.log(tl.maximum((1.0 - top_p) * z_kept / V, 1e-30)) - 1.0
+                lo = tl.maximum(lo, _order_key(bound).to(tl.int64))
+                hi = key_hi
+                c_lo = V + 1
+                c_hi = tl.zeros([], tl.int32)
+                g_lo = z_kept
+                it = tl.zeros([], tl.int32)
+                while (it == 0) | ((hi - lo > 1) & (c_lo - c_hi > 1)):
+                    lo, new_hi, c_lo, g_lo, c_nxt, nxt = _search_pass(
+                        xrow, V, inv_t, m_safe, lo, hi, target, True, BLOCK_S, NT)
+                    c_hi = tl.where(nxt, c_nxt, c_hi)
+                    hi = new_hi
+                    it += 1
+                z_kept = g_lo
+            thr = lo.to(tl.int32)
+            inv = tl.where(z_kept > 0, 1.0 / tl.where(z_kept > 0, z_kept, 1.0), 0.0)
+            for start in range(0, V, BLOCK):  # write e^(x - m) / Z on kept tokens
+                offs = start + offs0
+                ok = offs < V
+                z = tl.load(xrow + offs, mask=ok, other=float("-inf")).to(tl.float32)
+                x = z * inv_t
+                keep = _order_key(x) >= thr
+                tl.store(orow + offs, tl.where(keep, tl.exp(x - m_safe) * inv, 0.0), mask=ok)
+
+
+def _inverse_temperature(temperature: float) -> float:
+    """float32(1 / float32(T)): torch on CUDA divides a float32 tensor by a scalar T this way."""
+    if temperature == 0:
+        return 1.0
+    t32 = torch.tensor(float(temperature), dtype=torch.float32)
+    return float(torch.tensor(1.0, dtype=torch.float32) / t32)
+
+
+def _check(logits, temperature, top_k, top_p) -> None:
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or not logits.is_floating_point():
+        raise ValueError(f"logits must be a floating-point [rows, V] tensor, got {getattr(logits, 'shape', type(logits))}")
+    if logits.shape[1] == 0:
+        raise ValueError("logits has an empty vocabulary (V = 0)")
+    if not (temperature >= 0 and temperature < float("inf")):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if int(top_k) != top_k or top_k < 0:
+        raise ValueError(f"top_k must be an int >= 0 (0 disables it), got {top_k!r}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+
+
+def probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, *,
+          block: int | None = None, search_block: int | None = None) -> torch.Tensor:
+    """Triton version of :func:`probs_reference`: [rows, V] logits -> [rows, V] float32 probabilities.
+
+    block / search_block: elements per step of the plain and the search passes (powers of two;
+    None picks min(4096, next power of two of V) and 256 on the GPU, larger in the interpreter).
+    """
+    if triton is None:
+        raise RuntimeError("triton is not installed: use probs_reference")
+    _check(logits, temperature, top_k, top_p)
+    rows, V = logits.shape
+    out = torch.empty(rows, V, dtype=torch.float32, device=logits.device)
+    if rows == 0:
+        return out
+    if logits.stride(1) != 1:
+        logits = logits.contiguous()
+    # the interpreter (CPU) pays per operation, not per element: give it big blocks
+    block = block or max(16, min(4096 if logits.is_cuda else 16384, triton.next_power_of_2(V)))
+    search_block = search_block or min(block, 256 if logits.is_cuda else 8192)
+    for name, b in (("block", block), ("search_block", search_block)):
+        if b & (b - 1) or not 16 <= b <= 16384:
+            raise ValueError(f"{name} must be a power of two in [16, 16384], got {b}")
+    greedy = temperature == 0
+    _probs_kernel[(rows,)](
+        logits, out, V, logits.stride(0), out.stride(0),
+        _inverse_temperature(temperature), int(top_k), float(top_p),
+        int(greedy), int(0 < top_k < V), int(top_p < 1.0),
+        BLOCK=block, BLOCK_S=search_block, NT=NT, num_warps=8 if block >= 2048 else 4, enable_fp_fusion=True,
+    )
+    return out
