@@ -51,12 +51,15 @@ def _kernel():
     import triton
     import triton.language as tl
 
-    # reductions go through tl.reduce with our own combine function, passed as a constexpr: tl.min is
-    # a @jit function of triton's standard library and stays compiled-only if triton was imported
-    # before TRITON_INTERPRET was set; everything here is built lazily, so the interpreter is honoured
+    # Reductions go through tl.reduce with our own combine function: tl.min is a @jit function of
+    # triton's standard library and stays compiled-only if triton was imported before TRITON_INTERPRET
+    # was set. Both are built here, on first use, so the interpreter is honoured; the kernel body looks
+    # the helper up among this module's globals (compiler and interpreter alike), hence the binding.
     @triton.jit
     def _min_combine(a, b):
         return tl.minimum(a, b)
+
+    globals()["_min_combine"] = _min_combine
 
     @triton.jit(do_not_specialize=["V", "M2"])
     def _optimal_select_kernel(
@@ -69,7 +72,7 @@ def _kernel():
         xs_ptr, xd_ptr,              # [N, M] float64
         out_ptr,     # [N] int64
         K, V, M2,
-        BLOCK_K: tl.constexpr, N_ITER: tl.constexpr, MIN: tl.constexpr,
+        BLOCK_K: tl.constexpr, N_ITER: tl.constexpr,
     ):
         # read ~(10 + log2(2M)) values per draft; write 1 value per row
         row = tl.program_id(0).to(tl.int64)
@@ -109,13 +112,13 @@ def _kernel():
         interval = tl.where(in_pool, tl.where(to_left, li, ri), j)
         big = V + 1
         interval = tl.where(lmask, interval, big)
-        first_iv = tl.reduce(interval, 0, MIN)
+        first_iv = tl.reduce(interval, 0, _min_combine)  # noqa: F821
         key = tl.where((interval == first_iv) & lmask, u3, 2.0)
-        kmin = tl.reduce(key, 0, MIN)
-        win = tl.reduce(tl.where(key == kmin, lane, BLOCK_K), 0, MIN)
+        kmin = tl.reduce(key, 0, _min_combine)  # noqa: F821
+        win = tl.reduce(tl.where(key == kmin, lane, BLOCK_K), 0, _min_combine)  # noqa: F821
         tl.store(out_ptr + row, win.to(tl.int64))
 
-    return _optimal_select_kernel, _min_combine
+    return _optimal_select_kernel
 
 
 def triton_available() -> bool:
@@ -154,8 +157,7 @@ def optimal_select(ranks, u, ell, own, first, last, base, cum, left, right, xs, 
         return out
     args = [t.contiguous() for t in (ranks, u, ell, own, base, first, last, cum, left, right, xs, xd)]
     n_iter = max(1, int(2 * M).bit_length())
-    kernel, combine = _kernel()
-    kernel[(N,)](*args, out, K, V, 2 * M, BLOCK_K=triton.next_power_of_2(max(K, 2)), N_ITER=n_iter, MIN=combine)
+    _kernel()[(N,)](*args, out, K, V, 2 * M, BLOCK_K=triton.next_power_of_2(max(K, 2)), N_ITER=n_iter)
     return out
 
 

@@ -89,10 +89,11 @@ def _optimal_b(ps, qs, k: int):
     zero = ps.new_zeros(N, 1)
     raw = torch.cat([qs.flip(-1).cumsum(-1).flip(-1), zero], -1)           # suffix q-mass, accurate at the end
     R = (raw / raw[:, :1]).clamp_max(1.0)                                  # [N, V + 1]
-    W = 1.0 - R.pow(k)
+    Rk = R.pow(k)
+    W = 1.0 - Rk
     pos = qs > 0
     frac = (qs / raw[:, :-1].clamp_min(1e-300)).clamp_max(1.0)          # q_j / R_j (0 where R_j = 0)
-    dW = (R[:, :-1].pow(k) * -torch.expm1(k * torch.log1p(-frac))).masked_fill(~pos, 0.0)
+    dW = (Rk[:, :-1] * -torch.expm1(k * torch.log1p(-frac))).masked_fill(~pos, 0.0)
     P = torch.cat([zero, ps.cumsum(-1)], -1)                               # [N, V + 1]
     d = P - W
     d[:, 0] = 0.0
@@ -118,11 +119,10 @@ def _merge_sorted(a: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch
     Returns (merged [N, 2L], ia [N, 2L], ic [N, 2L]): ia / ic count the elements of a / c at merged
     positions <= n, minus one, i.e. the index of the last element of a / c at or before position n."""
     N, L = a.shape
-    ar = torch.arange(L, device=a.device).expand(N, L)
-    pa = ar + torch.searchsorted(c, a, right=False)
-    pc = ar + torch.searchsorted(a, c, right=True)
-    out = a.new_empty(N, 2 * L).scatter_(1, pa, a).scatter_(1, pc, c)
-    from_a = torch.zeros(N, 2 * L, dtype=torch.long, device=a.device).scatter_(1, pa, 1)
+    pa = torch.arange(L, device=a.device) + torch.searchsorted(c, a, right=False)   # final places of a
+    from_a = torch.zeros(N, 2 * L, dtype=torch.bool, device=a.device).scatter_(1, pa, True)
+    out = a.new_empty(N, 2 * L).scatter_(1, pa, a)
+    out.masked_scatter_(~from_a, c)                    # c fills the other L places of each row, in order
     ia = from_a.cumsum(-1) - 1
     ic = torch.arange(2 * L, device=a.device) - ia - 1
     return out, ia, ic
