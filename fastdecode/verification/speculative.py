@@ -3,11 +3,15 @@
 For one draft x ~ q: accept x with probability min(1, p(x) / q(x)); otherwise emit a residual token
 y ~ norm(max(0, p - q)). The output is exactly p-distributed: min(p, q) + (1 - sum min(p, q)) *
 norm(max(0, p - q)) = p. Acceptance probability: sum_x min(p(x), q(x)).
+
+On CUDA tensors the acceptance test and the residual sample run fused in one Triton kernel
+(fastdecode.kernels.verify_speculative) with the same random draws; the CPU path is the PyTorch code.
 """
 from __future__ import annotations
 
 import torch
 
+from .. import kernels
 from .common import VerifyResult, residual, sample, uniform
 
 
@@ -17,6 +21,10 @@ def verify_speculative(p, q, drafts, generator=None) -> VerifyResult:
     px = p.gather(1, x[:, None])[:, 0].double()
     qx = q.gather(1, x[:, None])[:, 0].double()
     u = uniform(x.shape[0], generator, p.device)
+    if kernels.use_triton(p):
+        noise = torch.empty(p.shape, dtype=torch.float32, device=p.device).exponential_(generator=generator)
+        tokens, index = kernels.verify_speculative(p, q, x[:, None], u, noise)
+        return VerifyResult(tokens, index >= 0, index)
     accepted = (u * qx < px) & (qx > 0)
     res = sample(residual(p, q), generator)
     tokens = torch.where(accepted, x, res)
@@ -43,6 +51,9 @@ def verify_chain(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, generat
     n = int(ok.long().cumprod(0).sum()) if g else 0
     if n == g:
         nxt = sample(p[g : g + 1], generator)
+    elif kernels.use_triton(p):  # fused residual: the kernel repeats row n's (rejecting) test
+        noise = torch.empty((1, p.shape[1]), dtype=torch.float32, device=p.device).exponential_(generator=generator)
+        nxt, _ = kernels.verify_speculative(p[n : n + 1], q[n : n + 1], x[n : n + 1, None], u[n : n + 1], noise)
     else:
         nxt = sample(residual(p[n : n + 1], q[n : n + 1]), generator)
     return n, int(nxt[0])
