@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
+from .bound import optimal_acceptance_rate
 from .common import VerifyResult, check_distributions, check_drafts, residual, sample
+from .drafts import check_scheme, sample_drafts
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ def verify(method: str, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, 
     info = method_info(method)
     check_distributions(p, q)
     check_drafts(drafts, p.shape[0], p.shape[1], 1 if info.single_draft else None)
+    check_scheme(q, drafts, info.scheme)
     return _fn(method, "verify")(p, q, drafts, generator)
 
 
@@ -66,5 +69,5 @@ def acceptance_probability(method: str, p: torch.Tensor, q: torch.Tensor, k: int
 
 __all__ = [
     "METHODS", "MethodInfo", "VerifyResult", "verify", "acceptance_probability", "method_info",
-    "check_distributions", "check_drafts", "residual", "sample",
+    "check_distributions", "check_drafts", "residual", "sample", "sample_drafts", "optimal_acceptance_rate",
 ]

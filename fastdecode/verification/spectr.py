@@ -1,0 +1,83 @@
+"""SpecTr's K-SEQ (Sun, Suresh, Ro, Beirami, Jain, Yu, NeurIPS'23), algorithms.md section 2.
+
+Drafts x_1..x_k i.i.d. from q (duplicates counted). With beta(rho) = sum_x min(q(x), p(x) / rho),
+rho* is the smallest rho in [1, k] with 1 - (1 - beta(rho))^k <= rho * beta(rho) (the left side
+decreases in rho, the right side increases). Each draft is accepted with probability
+min(1, p(x_i) / (rho* q(x_i))) in turn; when all are rejected the token is drawn from the residual.
+
+For any valid rho, P(emit x and accept) = min(q, p / rho)(x) * c with c = (1 - (1 - beta)^k) / beta,
+so the residual is norm(p - c * min(q, p / rho)), nonnegative exactly when c <= rho; at rho* it is
+norm(max(0, p - rho* q)). rho* is found by bisection keeping the upper end (so the residual never has
+negative mass), with beta(rho) evaluated in O(log V) from the tokens sorted by p/q. Lossless; the
+acceptance is alpha = 1 - (1 - beta(rho*))^k (= rho* beta(rho*)), at least (1 - 1/e) times the optimum
+for i.i.d. drafts. For k = 1, rho* = 1 and K-SEQ is speculative sampling.
+"""
+from __future__ import annotations
+
+import torch
+
+from .common import VerifyResult
+from .drafts import check_k
+from .sequential import run
+
+_BISECTION_STEPS = 64
+
+
+def _accept_any(beta: torch.Tensor, k: int) -> torch.Tensor:
+    # 1 - (1 - beta)^k, accurate for small beta
+    return -torch.expm1(k * torch.log1p(-beta.clamp(0.0, 1.0)))
+
+
+def rho_star(p: torch.Tensor, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rho* [N], beta(rho*) [N]) in float64. p, q: [N, V]."""
+    pd, qd = p.double(), q.double()
+    n = pd.shape[0]
+    ratio = torch.where(qd > 0, pd / qd.clamp_min(1e-300), torch.full_like(pd, float("inf")))
+    r_sorted, order = ratio.sort(-1, descending=True)                  # [N, V]
+    q_in = torch.cat([qd.new_zeros(n, 1), qd.gather(1, order).cumsum(-1)], 1)           # q of the top j
+    p_sorted = torch.where(qd > 0, pd, torch.zeros_like(pd)).gather(1, order)
+    p_out = torch.cat([p_sorted.flip(-1).cumsum(-1).flip(-1), pd.new_zeros(n, 1)], 1)   # p beyond the top j
+    neg = (-r_sorted).contiguous()
+
+    def beta(rho: torch.Tensor) -> torch.Tensor:
+        j = torch.searchsorted(neg, -rho[:, None], right=True)         # number of tokens with ratio >= rho
+        return q_in.gather(1, j)[:, 0] + p_out.gather(1, j)[:, 0] / rho
+
+    lo = torch.ones(n, dtype=torch.float64, device=pd.device)
+    hi = torch.full_like(lo, float(k))
+    for _ in range(_BISECTION_STEPS if k > 1 else 0):
+        mid = 0.5 * (lo + hi)
+        b = beta(mid)
+        ok = _accept_any(b, k) <= mid * b                                # f(mid) <= 0: mid is valid
+        hi = torch.where(ok, mid, hi)
+        lo = torch.where(ok, lo, mid)
+    if k == 1:
+        hi = lo
+    return hi, beta(hi)
+
+
+def plan_spectr(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor):
+    """(acc [N, k], res [N, V]) of K-SEQ (see sequential.py)."""
+    pd, qd = p.double(), q.double()
+    x = drafts.long()
+    k = x.shape[1]
+    rho, b = rho_star(pd, qd, k)
+    px, qx = pd.gather(1, x), qd.gather(1, x)
+    acc = torch.where(qx > 0, (px / (rho[:, None] * qx.clamp_min(1e-300))).clamp_max(1.0), torch.zeros_like(px))
+    c = torch.where(b > 0, _accept_any(b, k) / b.clamp_min(1e-300), torch.full_like(b, float(k)))
+    res = (pd - c[:, None] * torch.minimum(qd, pd / rho[:, None])).clamp_min(0)
+    empty = res.sum(-1, keepdim=True) <= 1e-12 * pd.shape[1]            # never used: then beta = 1
+    res = torch.where(empty, pd, res)
+    return acc, res / res.sum(-1, keepdim=True)
+
+
+def verify_spectr(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, generator=None) -> VerifyResult:
+    # p, q: [N, V]; drafts: [N, k] i.i.d. from q
+    return run(*plan_spectr(p, q, drafts), drafts, generator)
+
+
+def acceptance_spectr(p: torch.Tensor, q: torch.Tensor, k: int) -> torch.Tensor:
+    """[N] exact: 1 - (1 - beta(rho*))^k."""
+    check_k(k, p.shape[1], "iid")
+    _, b = rho_star(p, q, k)
+    return _accept_any(b, k)

@@ -1,0 +1,114 @@
+"""optimal_acceptance_rate against the primal transport LP (scipy linprog) and an independent
+enumeration, and its behaviour at scale (batched rows, float32, large vocabularies)."""
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import math
+
+import pytest
+import torch
+
+from fastdecode.verification import METHODS, acceptance_probability, optimal_acceptance_rate
+from fastdecode.verification.rrs import acceptance_rrs_without_replacement
+from verification_cases import draft_tuples, small_cases, transport_lp
+
+HAS_OPTIMAL = importlib.util.find_spec("fastdecode.verification.optimal") is not None
+
+
+def _random_pair(v: int, n: int, seed: int, scale: float = 2.5, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, v, generator=g, dtype=torch.float64) * scale
+    p = torch.softmax(logits, -1)
+    q = torch.softmax(logits + torch.randn(n, v, generator=g, dtype=torch.float64), -1)
+    return p.to(dtype), q.to(dtype)
+
+
+@pytest.mark.parametrize("scheme", ["iid", "without_replacement", "greedy"])
+def test_equals_transport_lp(scheme):
+    cases = small_cases(seed=1, n_random=10)
+    for name, p, q in cases:
+        for k in (2, 3):
+            if scheme != "iid" and k > p.shape[0]:
+                continue
+            if scheme == "iid" and p.shape[0] ** k > 200:
+                continue                                          # keep the LP small
+            lp = transport_lp(p, q, k, scheme)
+            ours = float(optimal_acceptance_rate(p[None], q[None], k, scheme)[0])
+            assert abs(ours - lp) < 1e-7, (scheme, name, k, ours, lp)
+
+
+def test_without_replacement_prefix_values_are_exact():
+    # V = 9 with tiny and zero q: compare the integral with exact Q(X in H) for every subset H,
+    # i.e. also checks that the best H is a prefix of the tokens sorted by p / q
+    g = torch.Generator().manual_seed(5)
+    for trial in range(3):
+        v, k = 9, 3
+        p = torch.rand(v, generator=g, dtype=torch.float64) ** 4
+        q = torch.rand(v, generator=g, dtype=torch.float64) ** 6
+        q[trial] = 1e-10
+        q[trial + 3] = 0
+        p, q = p / p.sum(), q / q.sum()
+        d, w = draft_tuples(q, k, "without_replacement")
+        best = 0.0
+        for mask in itertools.product([False, True], repeat=v):
+            inside = torch.tensor(mask)
+            qh = float(w[inside[d].all(-1)].sum())
+            best = max(best, qh - float(p[inside].sum()))
+        ours = float(optimal_acceptance_rate(p[None], q[None], k, "without_replacement")[0])
+        assert abs(ours - (1 - best)) < 1e-12, (trial, ours, 1 - best)
+
+
+def test_methods_never_beat_their_optimum():
+    p, q = _random_pair(40, 12, seed=2, scale=2.0)
+    g = torch.Generator().manual_seed(0)
+    for k in (2, 4, 8):
+        best = {s: optimal_acceptance_rate(p, q, k, s) for s in ("iid", "without_replacement", "greedy")}
+        for method, info in METHODS.items():
+            if not info.lossless or info.single_draft or (method == "optimal" and not HAS_OPTIMAL):
+                continue
+            if method == "rrs_without_replacement":
+                est = acceptance_rrs_without_replacement(p, q, k, samples=64, generator=g)
+                assert (est.mean - 5 * est.stderr <= best[info.scheme] + 1e-12).all()
+                continue
+            acc = acceptance_probability(method, p, q, k)
+            assert (acc <= best[info.scheme] + 1e-9).all(), method
+            if method == "spectr":
+                assert (acc >= (1 - 1 / math.e) * best["iid"]).all()
+            if method == "optimal":
+                assert torch.allclose(acc.double(), best["iid"], atol=1e-9, rtol=0)
+
+
+def test_batched_rows_dtypes_and_float32():
+    p, q = _random_pair(1000, 5, seed=3)
+    for scheme, k in (("iid", 4), ("without_replacement", 4), ("greedy", 4), ("without_replacement", 16)):
+        full = optimal_acceptance_rate(p, q, k, scheme)
+        assert full.dtype == torch.float64 and full.shape == (5,)
+        one = torch.cat([optimal_acceptance_rate(p[i : i + 1], q[i : i + 1], k, scheme) for i in range(5)])
+        assert torch.allclose(full, one, atol=1e-12, rtol=0)
+        f32 = optimal_acceptance_rate(p.float(), q.float(), k, scheme)
+        assert torch.allclose(full, f32, atol=1e-5, rtol=0)
+        # a bigger quadrature memory budget changes the batching, not the answer
+        assert torch.allclose(full, optimal_acceptance_rate(p, q, k, scheme, max_elements=1 << 16), atol=1e-12)
+
+
+def test_without_replacement_beats_iid_and_grows_with_k():
+    p, q = _random_pair(2000, 4, seed=4)
+    prev = torch.minimum(p, q).sum(-1)
+    for k in (2, 4, 8):
+        iid = optimal_acceptance_rate(p, q, k, "iid")
+        wo = optimal_acceptance_rate(p, q, k, "without_replacement")
+        assert (wo >= iid - 1e-12).all() and (iid >= prev - 1e-12).all()
+        prev = iid
+
+
+def test_large_vocabulary_and_exhausted_support():
+    p, q = _random_pair(151_936, 1, seed=6, scale=3.0, dtype=torch.float32)
+    a = optimal_acceptance_rate(p, q, 16, "iid")
+    assert 0 < float(a) <= 1
+    # fewer positive q tokens than drafts (temperature 0 / top-k): the closed form for that case
+    p = torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.0]], dtype=torch.float64)
+    q = torch.tensor([[0.0, 1.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    assert abs(float(optimal_acceptance_rate(p, q, 1, "without_replacement")) - 0.2) < 1e-12
+    lp = transport_lp(p[0], q[0], 3, "without_replacement")
+    assert abs(float(optimal_acceptance_rate(p, q, 3, "without_replacement")) - lp) < 1e-7
