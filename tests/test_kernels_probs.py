@@ -11,7 +11,8 @@ import os
 import subprocess
 import sys
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported anywhere in this process
+DEVICE = os.environ.get("FASTDECODE_TEST_DEVICE", "cpu")  # bench/kernels_gpu_check.py sets "cuda"
+os.environ.setdefault("TRITON_INTERPRET", "1" if DEVICE == "cpu" else "0")  # before triton is imported
 
 import pytest
 import torch
@@ -31,9 +32,14 @@ def mod():
     from triton.runtime.interpreter import InterpretedFunction
 
     m = importlib.import_module("fastdecode.kernels.probs")
-    if not isinstance(m._probs_kernel, InterpretedFunction):
+    if DEVICE == "cpu" and not isinstance(m._probs_kernel, InterpretedFunction):
         m = importlib.reload(m)
     return m
+
+
+def kernel(mod, logits, *args, **kwargs):
+    """The Triton host function on DEVICE (the interpreter on the CPU), result back on the CPU."""
+    return mod.probs(logits.to(DEVICE), *args, **kwargs).cpu()
 
 
 def exact_kept(logits, temperature, top_k, top_p, mod):
@@ -65,7 +71,7 @@ def exact_kept(logits, temperature, top_k, top_p, mod):
 
 
 def check(mod, logits, temperature=1.0, top_k=0, top_p=1.0, **launch):
-    out = mod.probs(logits, temperature, top_k, top_p, **launch)
+    out = kernel(mod, logits, temperature, top_k, top_p, **launch)
     ref = mod.probs_reference(logits, temperature, top_k, top_p)
     assert out.dtype == torch.float32 and out.shape == logits.shape
     assert torch.isfinite(out).all() and (out >= 0).all()
@@ -126,18 +132,18 @@ def test_small_blocks_span_many_iterations(mod):
 def test_edge_rows(mod):
     one = torch.tensor([[0.3]])
     for cfg in CONFIGS:
-        assert torch.equal(mod.probs(one, *cfg), torch.ones(1, 1))
+        assert torch.equal(kernel(mod, one, *cfg), torch.ones(1, 1))
     flat = torch.zeros(2, 300)  # all tied: top-k keeps the whole tie group, top-p too
-    assert torch.equal(mod.probs(flat, 1.0, 5, 1.0) > 0, torch.ones(2, 300, dtype=torch.bool))
-    assert torch.equal(mod.probs(flat, 1.0, 0, 0.5) > 0, torch.ones(2, 300, dtype=torch.bool))
+    assert torch.equal(kernel(mod, flat, 1.0, 5, 1.0) > 0, torch.ones(2, 300, dtype=torch.bool))
+    assert torch.equal(kernel(mod, flat, 1.0, 0, 0.5) > 0, torch.ones(2, 300, dtype=torch.bool))
     masked = logits_for(2, 500, torch.float32, seed=9)
     masked[:, 100:] = float("-inf")  # a padded vocabulary
     for cfg in CONFIGS:
         out = check(mod, masked, *cfg)
         assert (out[:, 100:] == 0).all()
     ties = torch.tensor([[1.0, 5.0, 5.0, 2.0], [5.0, 5.0, 5.0, 5.0]])
-    assert mod.probs(ties, 0.0).argmax(-1).tolist() == [1, 0]
-    assert (mod.probs(torch.empty(0, 10)).shape) == (0, 10)
+    assert kernel(mod, ties, 0.0).argmax(-1).tolist() == [1, 0]
+    assert kernel(mod, torch.empty(0, 10)).shape == (0, 10)
 
 
 def test_rejects_bad_arguments(mod):
@@ -187,6 +193,7 @@ build("fastdecode.kernels.verify", "_verify_kernel",
 """
 
 
+@pytest.mark.skipif(DEVICE != "cpu", reason="on a GPU the kernels are compiled and run by the other tests")
 def test_kernels_compile_for_a_gpu():
     """The interpreter accepts code that the GPU compiler rejects: compile all three kernels of this
     package (probs, entropy, verify) for sm_90 in a clean process (no GPU needed)."""

@@ -8,7 +8,8 @@ TRITON_INTERPRET=1, at three levels:
 import importlib
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported anywhere in this process
+DEVICE = os.environ.get("FASTDECODE_TEST_DEVICE", "cpu")  # bench/kernels_gpu_check.py sets "cuda"
+os.environ.setdefault("TRITON_INTERPRET", "1" if DEVICE == "cpu" else "0")  # before triton is imported
 
 import pytest
 import torch
@@ -22,9 +23,17 @@ def kv():
     from triton.runtime.interpreter import InterpretedFunction
 
     m = importlib.import_module("fastdecode.kernels.verify")
-    if not isinstance(m._verify_kernel, InterpretedFunction):
+    if DEVICE == "cpu" and not isinstance(m._verify_kernel, InterpretedFunction):
         m = importlib.reload(m)  # an earlier import in this process built the kernel for the GPU
     return m
+
+
+def on_device(fn):
+    """A Triton host function run on DEVICE (the interpreter on the CPU), results back on the CPU."""
+    def run(*args, **kwargs):
+        out = fn(*(a.to(DEVICE) if isinstance(a, torch.Tensor) else a for a in args), **kwargs)
+        return tuple(o.cpu() for o in out)
+    return run
 
 
 def pair(N, V, seed, spread=1.5, dtype=torch.float32):
@@ -69,7 +78,7 @@ def run_both(kv, method, p, q, drafts, u, e, rho=None, **launch):
     else:
         rep = method == "rrs"
         args, fk, fr = (p, q, drafts, u, e, rep), kv.verify_rrs, kv.verify_rrs_reference
-    got, want = fk(*args, **launch), fr(*args)
+    got, want = on_device(fk)(*args, **launch), fr(*args)
     return got, want
 
 
@@ -117,7 +126,7 @@ def test_hand_built_cases(kv):
     uniform = torch.full((1, V), 1.0 / V, dtype=torch.float64)
     e = torch.ones(1, V)
     u = torch.tensor([0.5], dtype=torch.float64)
-    for f in (kv.verify_speculative, kv.verify_speculative_reference):
+    for f in (on_device(kv.verify_speculative), kv.verify_speculative_reference):
         assert f(onehot(3), onehot(3), torch.tensor([[3]]), u, e) == (torch.tensor([3]), torch.tensor([0]))
         # p(0) = 0: rejected; residual max(p - q, 0) is all on token 2
         assert f(onehot(2), uniform, torch.tensor([[0]]), u, e) == (torch.tensor([2]), torch.tensor([-1]))
@@ -130,14 +139,14 @@ def test_hand_built_cases(kv):
         er = torch.tensor([[1.0, 1.0, 0.1, 1.0, 1.0]])
         assert f(pq, pq, torch.tensor([[4]]), u, er) == (torch.tensor([2]), torch.tensor([-1]))
     one = torch.ones(1, 1)
-    assert kv.verify_rrs(one, one, torch.zeros(1, 3, dtype=torch.long), torch.full((1, 3), 0.9, dtype=torch.float64),
+    assert on_device(kv.verify_rrs)(one, one, torch.zeros(1, 3, dtype=torch.long), torch.full((1, 3), 0.9, dtype=torch.float64),
                          one) == (torch.tensor([0]), torch.tensor([0]))
     # RRS without replacement never emits a rejected draft as the residual
     p = torch.tensor([[0.3, 0.3, 0.2, 0.2, 0.0]], dtype=torch.float64)
     q = torch.tensor([[0.4, 0.4, 0.1, 0.1, 0.0]], dtype=torch.float64)
     d = torch.tensor([[0, 1]])
     uu = torch.full((1, 2), 1 - 1e-12, dtype=torch.float64)
-    for f in (kv.verify_rrs, kv.verify_rrs_reference):
+    for f in (on_device(kv.verify_rrs), kv.verify_rrs_reference):
         tok, idx = f(p, q, d, uu, torch.tensor([[1e-3, 1e-3, 1.0, 2.0, 1.0]]), replacement=False)
         assert idx.item() == -1 and tok.item() == 2
 
@@ -148,7 +157,7 @@ def test_speculative_rule_matches_the_verification_module(kv):
     p, q, g = pair(N, V, seed=11)
     x = draw(q, 1, g)
     u, e = noise_for(N, V, 1, g)
-    tok, idx = kv.verify_speculative(p, q, x, u[:, 0], e)
+    tok, idx = on_device(kv.verify_speculative)(p, q, x, u[:, 0], e)
     px, qx = p.double().gather(1, x)[:, 0], q.double().gather(1, x)[:, 0]
     assert torch.equal(idx == 0, (u[:, 0] * qx < px) & (qx > 0))
 

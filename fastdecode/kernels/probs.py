@@ -69,8 +69,7 @@ if triton is not None:
         return tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
 
     @triton.jit
-    def _search_pass(row_ptr, V, inv_t, m_safe, lo, hi, target, BY_MASS: tl.constexpr,
-                     BLOCK_S: tl.constexpr, NT: tl.constexpr):
+    def _search_pass(row_ptr, V, inv_t, m_safe, lo, hi, target, by_mass, BLOCK_S: tl.constexpr, NT: tl.constexpr):
         """One pass: counts and masses at NT thresholds in [lo, hi); returns the sub-bracket
         [t_j, t_j+1) with the largest t_j whose count (or mass) still reaches ``target``."""
         jj = tl.arange(0, NT)
@@ -86,15 +85,12 @@ if triton is not None:
             x = z * inv_t
             ge = (_order_key(x)[:, None] >= thr[None, :]) & ok[:, None]
             cnt += ge.to(tl.int32)
-            if BY_MASS:
+            if by_mass:
                 e = tl.exp(x - m_safe)
                 mass += tl.where(ge, e[:, None], 0.0)
         c = tl.sum(cnt, 0)
         g = tl.sum(mass, 0)
-        if BY_MASS:
-            reach = g >= target
-        else:
-            reach = c >= target
+        reach = tl.where(by_mass, g >= target, c.to(tl.float32) >= target)
         js = tl.max(tl.where(reach | (jj == 0), jj, 0), 0)
         new_lo = tl.sum(tl.where(jj == js, thr64, 0), 0)
         c_lo = tl.sum(tl.where(jj == js, c, 0), 0)
@@ -153,39 +149,43 @@ if triton is not None:
             m_safe = tl.where(m == float("-inf"), 0.0, m)
             key_lo = tl.min(kmin, 0).to(tl.int64)
             key_hi = tl.max(kmax, 0).to(tl.int64) + 1
+            # the search, one pass per loop iteration (a single call site keeps the compile short):
+            # phase 0: top-k count search, invariant count(key >= lo) >= top_k > count(key >= hi);
+            # phase 1: the mass at the top-k threshold; phase 2: set up top-p;
+            # phase 3: top-p mass search, invariant G(lo) >= top_p * Z > G(hi); phase 4: done
             lo = key_lo
+            hi = key_hi
             z_kept = s
-            g_lo = s
-            c_nxt = tl.zeros([], tl.int32)
-            nxt = c_nxt > 0
-            if use_top_k:  # invariant: count(key >= lo) >= top_k > count(key >= hi)
-                hi = key_hi
-                c_lo = V + 0
-                it = tl.zeros([], tl.int32)
-                while (hi - lo > 1) & (c_lo != top_k):
-                    lo, hi, c_lo, g_lo, c_nxt, nxt = _search_pass(
-                        xrow, V, inv_t, m_safe, lo, hi, top_k, False, BLOCK_S, NT)
-                    it += 1
-                if it > 0:  # the mass above the top-k threshold, for top-p and the normalisation
-                    lo, hi, c_lo, g_lo, c_nxt, nxt = _search_pass(
-                        xrow, V, inv_t, m_safe, lo, lo + 1, 0, True, BLOCK_S, NT)
+            target = top_p * s
+            c_lo = V + 1
+            c_hi = tl.zeros([], tl.int32)
+            phase = tl.where(use_top_k != 0, 0, tl.where(use_top_p != 0, 2, 4))
+            while phase < 4:
+                if phase == 2:
+                    target = top_p * z_kept
+                    bound = m_safe + tl.log(tl.maximum((1.0 - top_p) * z_kept / V, 1e-30)) - 1.0
+                    lo = tl.maximum(lo, _order_key(bound).to(tl.int64))
+                    hi = key_hi
+                    c_lo = V + 1
+                    c_hi = tl.zeros([], tl.int32)
+                    phase = phase + 1
+                goal = tl.where(phase == 0, top_k.to(tl.float32), tl.where(phase == 1, 0.0, target))
+                new_lo, new_hi, n_lo, g_lo, c_nxt, nxt = _search_pass(
+                    xrow, V, inv_t, m_safe, lo, tl.where(phase == 1, lo + 1, hi), goal, phase != 0, BLOCK_S, NT)
+                if phase == 1:
                     z_kept = g_lo
-            if use_top_p:  # invariant: G(lo) >= top_p * Z > G(hi)
-                target = top_p * z_kept
-                bound = m_safe + tl.log(tl.maximum((1.0 - top_p) * z_kept / V, 1e-30)) - 1.0
-                lo = tl.maximum(lo, _order_key(bound).to(tl.int64))
-                hi = key_hi
-                c_lo = V + 1
-                c_hi = tl.zeros([], tl.int32)
-                g_lo = z_kept
-                it = tl.zeros([], tl.int32)
-                while (it == 0) | ((hi - lo > 1) & (c_lo - c_hi > 1)):
-                    lo, new_hi, c_lo, g_lo, c_nxt, nxt = _search_pass(
-                        xrow, V, inv_t, m_safe, lo, hi, target, True, BLOCK_S, NT)
+                    phase = tl.where(use_top_p != 0, 2, 4)
+                else:
                     c_hi = tl.where(nxt, c_nxt, c_hi)
+                    lo = new_lo
                     hi = new_hi
-                    it += 1
-                z_kept = g_lo
+                    c_lo = n_lo
+                    if phase == 0:
+                        if (hi - lo <= 1) | (c_lo == top_k):
+                            phase = phase + 1
+                    elif (hi - lo <= 1) | (c_lo - c_hi <= 1):
+                        z_kept = g_lo
+                        phase = phase + 1
             thr = lo.to(tl.int32)
             inv = tl.where(z_kept > 0, 1.0 / tl.where(z_kept > 0, z_kept, 1.0), 0.0)
             for start in range(0, V, BLOCK):  # write e^(x - m) / Z on kept tokens
@@ -223,7 +223,8 @@ def probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p:
     """Triton version of :func:`probs_reference`: [rows, V] logits -> [rows, V] float32 probabilities.
 
     block / search_block: elements per step of the plain and the search passes (powers of two;
-    None picks min(4096, next power of two of V) and 256 on the GPU, larger in the interpreter).
+    None: 4096 (1024 for V <= 1024) and 256 on the GPU, a few fixed sizes so that few variants get
+    compiled; up to 16384 and 8192 in the interpreter, which pays per operation, not per element).
     """
     if triton is None:
         raise RuntimeError("triton is not installed: use probs_reference")
@@ -235,7 +236,7 @@ def probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p:
     if logits.stride(1) != 1:
         logits = logits.contiguous()
     # the interpreter (CPU) pays per operation, not per element: give it big blocks
-    block = block or max(16, min(4096 if logits.is_cuda else 16384, triton.next_power_of_2(V)))
+    block = block or ((4096 if V > 1024 else 1024) if logits.is_cuda else max(16, min(16384, triton.next_power_of_2(V))))
     search_block = search_block or min(block, 256 if logits.is_cuda else 8192)
     for name, b in (("block", block), ("search_block", search_block)):
         if b & (b - 1) or not 16 <= b <= 16384:

@@ -335,7 +335,7 @@ def _launch(p, q, drafts, u, noise, mode: int, rho=None, *, split: int | None = 
     drafts = drafts.contiguous()
     noise = noise if noise.dtype == torch.float32 else noise.float()
     rho = rho.to(torch.float64).contiguous() if rho is not None else u
-    block = block or max(16, min(2048 if dev.type == "cuda" else 16384, triton.next_power_of_2(V)))
+    block = block or (1024 if dev.type == "cuda" else max(16, min(16384, triton.next_power_of_2(V))))
     if block & (block - 1) or not 16 <= block <= 16384:
         raise ValueError(f"block must be a power of two in [16, 16384], got {block}")
     if split is None:
