@@ -20,9 +20,10 @@ def _qkv(n, H=4, HKV=2, D=16, seed=0):
             torch.randn(1, HKV, n, D, generator=g, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("bad", [dict(window=0), dict(window=2.5), dict(num_global=-1), dict(window=True)])
+@pytest.mark.parametrize("bad", [dict(window=0), dict(window=2.5), dict(num_global=-1), dict(window=True),
+                                 dict(max_rollback=-1)])
 def test_config_validation(bad):
-    with pytest.raises(ValueError, match="window|num_global"):
+    with pytest.raises(ValueError, match="window|num_global|max_rollback"):
         LambdaAttention(**bad)
 
 

@@ -96,3 +96,24 @@ def test_kernel_rejects_bad_shapes():
         lambda_decode(**{**args, "q": args["q"][:, :1].expand(1, 3, 16).contiguous(),
                          "q_far": args["q_far"][:, :1].expand(1, 3, 16).contiguous()},
                       window=4, num_global=2, scaling=0.25)
+
+
+@pytest.mark.parametrize("m,qpos", [(40, 100), (12, 11)])  # globals far away / everything inside the window
+def test_decode_step_glue_matches_rotated_attention(m, qpos):
+    """The CUDA decode path (extra rotations + kernel), run here through the interpreter on CPU tensors."""
+    pytest.importorskip("triton")
+    from fastdecode.attention.context import _decode_step, _key_positions
+    from fastdecode.attention.lambda_mask import lambda_attention_rotated
+    from fastdecode.attention.rope import FarRotation
+    cfg = LambdaAttention(window=16, num_global=4)
+    g = torch.Generator().manual_seed(2)
+    q = torch.randn(1, 4, 1, 16, generator=g)
+    k = torch.randn(1, 2, m, 16, generator=g)
+    v = torch.randn(1, 2, m, 16, generator=g)
+    inv_freq = _inv_freq(16)
+    qp = torch.tensor([qpos])
+    kpos = _key_positions(m, qp, cfg.num_global)
+    far = FarRotation(qp, kpos[:4], cfg.window, inv_freq) if m > cfg.window else None
+    got = _decode_step(q, k, v, qp, kpos, cfg, far, 0.25)[:, 0]  # [B, H, D]
+    want = lambda_attention_rotated(q, k, v, qp, kpos, cfg, inv_freq, 0.25)[:, :, 0]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

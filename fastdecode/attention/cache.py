@@ -10,16 +10,19 @@ function moves the few global keys back to position 0 when it needs the distance
 number of tokens seen (what ``get_seq_length`` and :func:`fastdecode.decoding.cache.cache_length`
 report); the physical size m stays bounded:
 
-- before appending a chunk that starts at logical position s, recent tokens older than s - (window - 1)
-  are evicted (no query of the chunk can see them);
-- after appending, at most ``2 * window - 1`` recent tokens are kept (``window - 1`` for the next query
-  and ``window`` of *rollback slack*), so even a long prefill leaves num_global + 2 * window - 1 tokens.
+- before appending a chunk that starts at logical position s, recent tokens older than
+  s - (window - 1) - max_rollback are evicted: no query of the chunk can see them, and no rollback of up
+  to ``max_rollback`` tokens (speculative decoding rejecting drafts) can need them;
+- after a long chunk (more than ``window`` tokens, i.e. a prefill), only its last
+  window - 1 + max_rollback tokens are kept, so a long prompt never stays in memory.
 
-So one layer holds at most ``num_global + window - 1 + max(chunk, window)`` tokens during a forward and
-``num_global + 2 * window - 1`` between forwards. Rolling back (``crop``) and keeping tree paths
-(``select_positions``) are exact as long as the next query still finds its whole window; anything else
-raises ``ValueError`` instead of silently attending to fewer tokens. Speculative decoding only ever
-rolls back inside the last chunk, which is always possible.
+So one layer holds at most ``num_global + window - 1 + max_rollback + chunk`` tokens during a forward
+and ``num_global + window - 1 + max_rollback + min(last chunk, window)`` between forwards; a decode
+step needs ``num_global + window + max_rollback``. Rolling back (``crop``) to any length >=
+(start of the last chunk, if it had at most ``window`` tokens, else the current length) - max_rollback,
+and keeping tree paths of the last chunk (``select_positions``), are exact; anything that would leave
+the next query without its whole window raises ``ValueError`` instead of silently attending to fewer
+tokens.
 """
 from __future__ import annotations
 
@@ -32,9 +35,9 @@ class LambdaLayer(DynamicLayer):
 
     is_sliding = False
 
-    def __init__(self, window: int, num_global: int):
+    def __init__(self, window: int, num_global: int, max_rollback: int = 64):
         super().__init__()
-        self.window, self.num_global = window, num_global
+        self.window, self.num_global, self.max_rollback = window, num_global, max_rollback
         self.length = 0  # logical tokens seen
 
     # -- layout helpers -------------------------------------------------------------------------
@@ -66,20 +69,20 @@ class LambdaLayer(DynamicLayer):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
             self.keys, self.values = key_states[..., :0, :], value_states[..., :0, :]
-        m, g = self._stored(), self._globals()
-        lo = max(g, m - (self.window - 1))
-        if lo > g:  # evict recent tokens no query of this chunk can see
-            old_k = torch.cat([self.keys[..., :g, :], self.keys[..., lo:, :]], dim=-2)
-            old_v = torch.cat([self.values[..., :g, :], self.values[..., lo:, :]], dim=-2)
+        m, g, c = self._stored(), self._globals(), key_states.shape[-2]
+        recent = self.window - 1 + self.max_rollback  # recent tokens kept before the chunk
+        lo = max(g, m - recent)
+        if lo > g:  # evict what neither this chunk's queries nor a rollback can need (one copy)
+            keys = torch.cat([self.keys[..., :g, :], self.keys[..., lo:, :], key_states], dim=-2)
+            values = torch.cat([self.values[..., :g, :], self.values[..., lo:, :], value_states], dim=-2)
         else:
-            old_k, old_v = self.keys, self.values
-        keys = torch.cat([old_k, key_states], dim=-2)
-        values = torch.cat([old_v, value_states], dim=-2)
-        self.length += key_states.shape[-2]
-        g2, keep = min(self.num_global, keys.shape[-2]), 2 * self.window - 1
-        if keys.shape[-2] > g2 + keep:  # long chunk: store globals + the last 2L - 1 tokens only
-            self.keys = torch.cat([keys[..., :g2, :], keys[..., -keep:, :]], dim=-2)
-            self.values = torch.cat([values[..., :g2, :], values[..., -keep:, :]], dim=-2)
+            keys = torch.cat([self.keys, key_states], dim=-2)
+            values = torch.cat([self.values, value_states], dim=-2)
+        self.length += c
+        g2 = min(self.num_global, keys.shape[-2])
+        if c > self.window and keys.shape[-2] > g2 + recent:  # long chunk (prefill): keep its tail only
+            self.keys = torch.cat([keys[..., :g2, :], keys[..., -recent:, :]], dim=-2)
+            self.values = torch.cat([values[..., :g2, :], values[..., -recent:, :]], dim=-2)
         else:
             self.keys, self.values = keys, values
         return keys, values
@@ -106,7 +109,8 @@ class LambdaLayer(DynamicLayer):
             raise ValueError(
                 f"cannot roll the Lambda cache back to {new_length} tokens: the next query needs tokens "
                 f"{needed_from}..{new_length - 1}, but tokens before {first_local} were evicted (the cache keeps "
-                f"{self.num_global} global + at most {2 * self.window - 1} recent tokens)")
+                f"{self.num_global} global and window - 1 + max_rollback = {self.window - 1 + self.max_rollback} "
+                "recent tokens: raise LambdaAttention.max_rollback above the draft length)")
 
     def crop(self, max_length: int) -> None:
         """Keep the first ``max_length`` logical tokens; a negative value removes that many (both forms
@@ -143,9 +147,9 @@ class LambdaLayer(DynamicLayer):
 class LambdaCache(Cache):
     """KV cache of a model under :func:`fastdecode.attention.lambda_attention`; one :class:`LambdaLayer` per layer."""
 
-    def __init__(self, num_layers: int, window: int, num_global: int):
-        super().__init__(layers=[LambdaLayer(window, num_global) for _ in range(num_layers)])
-        self.window, self.num_global = window, num_global
+    def __init__(self, num_layers: int, window: int, num_global: int, max_rollback: int = 64):
+        super().__init__(layers=[LambdaLayer(window, num_global, max_rollback) for _ in range(num_layers)])
+        self.window, self.num_global, self.max_rollback = window, num_global, max_rollback
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.layers[layer_idx].get_seq_length() if layer_idx < len(self.layers) else 0
@@ -162,7 +166,8 @@ class LambdaCache(Cache):
                 layer.select_positions(pos)
 
     def stored_tokens(self) -> int:
-        """Physical tokens held by the largest layer (bounded by num_global + 2 * window - 1 between forwards)."""
+        """Physical tokens held by the largest layer (at most num_global + window - 1 + max_rollback + the
+        last chunk's length, capped at window, between forwards)."""
         return max((layer._stored() for layer in self.layers), default=0)
 
     def nbytes(self) -> int:

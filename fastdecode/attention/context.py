@@ -36,7 +36,7 @@ import torch
 
 from .cache import LambdaCache
 from .lambda_mask import LambdaAttention, lambda_attention_rotated
-from .rope import move
+from .rope import FarRotation
 
 ATTN_NAME = "fastdecode_lambda"
 _STATE = "_fastdecode_lambda"  # attribute on each attention layer and on the model
@@ -49,14 +49,40 @@ VARIABLE_ROPE_TYPES = ("dynamic", "longrope")
 
 
 class LambdaState:
-    """What the attention function needs for one model: the config and the RoPE frequencies."""
+    """What the attention function needs for one model: the config, the RoPE frequencies, and a memo of
+    the per-forward quantities (key positions, extra rotations) that every layer of a forward shares."""
 
     def __init__(self, cfg: LambdaAttention, inv_freq: torch.Tensor, num_layers: int):
         self.cfg, self.inv_freq, self.num_layers = cfg, inv_freq, num_layers
+        self._memo: tuple | None = None
 
     def new_cache(self) -> LambdaCache:
         """A fresh bounded cache for this model."""
-        return LambdaCache(self.num_layers, self.cfg.window, self.cfg.num_global)
+        return LambdaCache(self.num_layers, self.cfg.window, self.cfg.num_global, self.cfg.max_rollback)
+
+    def positions(self, position_ids: torch.Tensor | None, c: int, m: int, device) -> tuple:
+        """(qpos [c], kpos [m], FarRotation or None) for a forward; computed by the first layer and reused by
+        the others (the memo holds the position_ids tensor itself, so an identity match is safe)."""
+        memo = self._memo
+        if position_ids is not None and memo is not None and memo[0] is position_ids and memo[1] == (c, m, device):
+            return memo[2]
+        if self.inv_freq.device != device:
+            self.inv_freq = self.inv_freq.to(device)
+        if position_ids is None:
+            qpos = torch.arange(m - c, m, device=device)
+        else:
+            pid = position_ids.to(device)
+            if pid.dim() == 2 and pid.shape[0] > 1 and not bool((pid == pid[:1]).all()):
+                raise ValueError("Lambda attention needs the same position ids in every batch row")
+            qpos = pid.reshape(-1, c)[0].long()
+        cfg = self.cfg
+        kpos = _key_positions(m, qpos, cfg.num_global)
+        g = min(cfg.num_global, m) if m > cfg.window else 0
+        far = FarRotation(qpos, kpos[:g], cfg.window, self.inv_freq) if g else None
+        out = (qpos, kpos, far)
+        if position_ids is not None:
+            self._memo = (position_ids, (c, m, device), out)
+        return out
 
 
 def _rotary_inv_freq(model) -> torch.Tensor | None:
@@ -128,39 +154,33 @@ def lambda_attention_function(module, query: torch.Tensor, key: torch.Tensor, va
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     c, m = query.shape[2], key.shape[2]
-    position_ids = kwargs.get("position_ids")
-    if position_ids is None:
-        qpos = torch.arange(m - c, m, device=query.device)
-    else:
-        position_ids = position_ids.to(query.device)
-        if position_ids.dim() == 2 and position_ids.shape[0] > 1 and not bool((position_ids == position_ids[:1]).all()):
-            raise ValueError("Lambda attention needs the same position ids in every batch row")
-        qpos = position_ids.reshape(-1, c)[0].long()
-    kpos = _key_positions(m, qpos, cfg.num_global)
-    inv_freq = state.inv_freq.to(query.device)
+    qpos, kpos, far = state.positions(kwargs.get("position_ids"), c, m, query.device)
     mask = None
     if attention_mask is not None:
         if attention_mask.dim() != 4:
             raise ValueError(f"Lambda attention takes no mask or a 4D mask, got shape {tuple(attention_mask.shape)}")
         mask = _gather_mask(attention_mask, kpos, qpos, m)
     if c == 1 and mask is None and query.is_cuda:
-        out = _decode_step(query, key, value, qpos, kpos, cfg, inv_freq, scaling)
+        out = _decode_step(query, key, value, qpos, kpos, cfg, far, scaling)
         if out is not None:
             return out, None
-    out = lambda_attention_rotated(query, key, value, qpos, kpos, cfg, inv_freq, scaling, mask)
+    out = lambda_attention_rotated(query, key, value, qpos, kpos, cfg, state.inv_freq, scaling, mask, far_rot=far)
     return out.transpose(1, 2).contiguous(), None
 
 
-def _decode_step(query, key, value, qpos, kpos, cfg, inv_freq, scaling):
+def _decode_step(query, key, value, qpos, kpos, cfg, far, scaling):
     try:
-        from ..kernels.lambda_decode import lambda_decode
         import triton  # noqa: F401
+
+        from ..kernels.lambda_decode import lambda_decode
     except ImportError:  # pragma: no cover - triton missing on a CUDA machine
         return None
-    g = min(cfg.num_global, key.shape[2])
     q = query[:, :, 0]  # [B, H, D]
-    q_far = move(query, qpos, torch.full_like(qpos, cfg.window), inv_freq)[:, :, 0]
-    k_glob = move(key[:, :, :g], kpos[:g], torch.zeros_like(kpos[:g]), inv_freq)
+    if far is None:  # no global can be outside the window yet
+        q_far, k_glob = q, key[:, :, :0]
+    else:
+        q_far = far.queries(query)[:, :, 0]
+        k_glob = far.globals(key[:, :, :min(cfg.num_global, key.shape[2])])
     out = lambda_decode(q, q_far, key, value, k_glob, kpos, qpos, cfg.window, cfg.num_global, scaling)
     return out[:, None]  # [B, 1, H, D]
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .rope import apply_rope, move, rotate_by
+from .rope import FarRotation, apply_rope, rotate_by
 
 
 @dataclass(frozen=True)
@@ -40,19 +40,21 @@ class LambdaAttention:
 
     window: L, the local window and the distance limit; set it to the length the model was trained on
         (256 for the code pair). num_global: n_global, the number of leading tokens every query sees.
-    The KV cache under this config keeps ``num_global`` tokens plus at most ``2 * window - 1`` recent ones
-    per layer (``window - 1`` for the next query, up to ``window`` more so that speculative decoding can
-    roll back), see :mod:`fastdecode.attention.cache`.
+    max_rollback: recent tokens kept beyond the window so that the cache can be rolled back by this many
+        tokens (speculative decoding rejecting drafts); it must be at least the longest draft. It costs
+        memory only: the cache holds num_global + window + max_rollback tokens per layer when decoding
+        (see :mod:`fastdecode.attention.cache`), and it never changes what a query attends to.
     """
 
     window: int = 256
     num_global: int = 8
+    max_rollback: int = 64
 
     def __post_init__(self):
-        if not isinstance(self.window, int) or isinstance(self.window, bool) or self.window < 1:
-            raise ValueError(f"LambdaAttention.window must be an int >= 1, got {self.window!r}")
-        if not isinstance(self.num_global, int) or isinstance(self.num_global, bool) or self.num_global < 0:
-            raise ValueError(f"LambdaAttention.num_global must be an int >= 0, got {self.num_global!r}")
+        for name, low in (("window", 1), ("num_global", 0), ("max_rollback", 0)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                raise ValueError(f"LambdaAttention.{name} must be an int >= {low}, got {v!r}")
 
 
 def lambda_masks(qpos: torch.Tensor, kpos: torch.Tensor, cfg: LambdaAttention) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,18 +111,17 @@ def lambda_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     return _softmax_out(scores, visible, v, mask, q.dtype)
 
 
-def _dense_rotated(q, k, v, qpos, kpos, cfg, inv_freq, scaling, mask, n_global_cols: int):
-    # q [B, H, c, D] rotated at qpos; k, v [B, Hkv, m, D] rotated at kpos; the first n_global_cols key
-    # columns are the only ones that may be global (callers keep globals in front)
+def _dense_rotated(q, k, v, qpos, kpos, cfg, scaling, mask, g: int, far_rot: FarRotation | None, rows: slice):
+    # q [B, H, c, D] rotated at qpos; k, v [B, Hkv, m, D] rotated at kpos; only the first g key columns
+    # may be global (callers keep globals in front); far_rot/rows: the queries' extra rotations
     n_rep = q.shape[1] // k.shape[1]
     k, v = _repeat_kv(k, n_rep), _repeat_kv(v, n_rep)
     scores = torch.matmul(q, k.transpose(2, 3)) * scaling  # [B, H, c, m], as eager attention computes it
     local, far = lambda_masks(qpos, kpos, cfg)
-    g = n_global_cols
     if g:
         far_g = far[:, :g]  # [c, g]
-        q_far = move(q, qpos, torch.full_like(qpos, cfg.window), inv_freq)  # q rotated at position L
-        k_raw = move(k[:, :, :g], kpos[:g], torch.zeros_like(kpos[:g]), inv_freq)  # globals at position 0
+        q_far = far_rot.queries(q, rows)  # q rotated at position L
+        k_raw = far_rot.globals(k[:, :, :g])  # globals at position 0
         s_far = torch.matmul(q_far, k_raw.transpose(2, 3)) * scaling  # [B, H, c, g]
         scores = torch.cat([torch.where(far_g, s_far, scores[..., :g]), scores[..., g:]], dim=-1)
         visible = torch.cat([local[:, :g] | far_g, local[:, g:]], dim=-1)
@@ -131,38 +132,42 @@ def _dense_rotated(q, k, v, qpos, kpos, cfg, inv_freq, scaling, mask, n_global_c
 
 def lambda_attention_rotated(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qpos: torch.Tensor,
                              kpos: torch.Tensor, cfg: LambdaAttention, inv_freq: torch.Tensor, scaling: float,
-                             mask: torch.Tensor | None = None, block: int | None = None) -> torch.Tensor:
+                             mask: torch.Tensor | None = None, block: int | None = None,
+                             far_rot: FarRotation | None = None) -> torch.Tensor:
     """Lambda attention on queries/keys ROTATED at their true positions; returns [B, H, c, D].
 
     q [B, H, c, D] at qpos [c]; k, v [B, Hkv, m, D] at kpos [m]. Global keys (kpos < num_global) must be
     the leading columns (the cache layout guarantees it). ``mask``: optional extra mask as in the
     reference. Without a mask and with more than ``block`` (default ``window``) queries, queries are
     processed in blocks against only the columns they can see; this needs qpos and the non-global kpos
-    ascending (a causal chunk, the prefill case).
+    ascending (a causal chunk, the prefill case). ``far_rot``: precomputed :class:`FarRotation` for
+    (qpos, kpos[:g]) (shared by all layers of a forward), computed here when not given.
     """
     c, m = q.shape[2], k.shape[2]
-    g = min(cfg.num_global, m)
-    block = block or cfg.window
     # a far global needs some pair at distance >= L, impossible while every key is within m - 1 < L
     # positions of the queries (true for any contiguous layout); skipping it keeps short inputs exactly
     # equal to vanilla attention
-    far_possible = g > 0 and m > cfg.window
+    g = min(cfg.num_global, m) if m > cfg.window else 0
+    if g and far_rot is None:
+        far_rot = FarRotation(qpos, kpos[:g], cfg.window, inv_freq)
+    block = block or cfg.window
     if mask is not None or c <= block:
-        return _dense_rotated(q, k, v, qpos, kpos, cfg, inv_freq, scaling, mask, g if far_possible else 0)
+        return _dense_rotated(q, k, v, qpos, kpos, cfg, scaling, mask, g, far_rot, slice(None))
     outs = []
+    n_g = min(cfg.num_global, m)
     starts = list(range(0, c, block))
     q_lo = torch.stack([qpos[a] for a in starts]) - (cfg.window - 1)
     q_hi = torch.stack([qpos[min(a + block, c) - 1] for a in starts])
-    lo = torch.searchsorted(kpos[g:].contiguous(), q_lo).tolist()  # one host sync for all blocks
-    hi = torch.searchsorted(kpos[g:].contiguous(), q_hi, right=True).tolist()
+    lo = torch.searchsorted(kpos[n_g:].contiguous(), q_lo).tolist()  # one host sync for all blocks
+    hi = torch.searchsorted(kpos[n_g:].contiguous(), q_hi, right=True).tolist()
     for a, l, h in zip(starts, lo, hi):
         b = min(a + block, c)
-        cols = slice(g + l, g + h)
-        kb = torch.cat([k[:, :, :g], k[:, :, cols]], dim=2)
-        vb = torch.cat([v[:, :, :g], v[:, :, cols]], dim=2)
-        kp = torch.cat([kpos[:g], kpos[cols]])
-        outs.append(_dense_rotated(q[:, :, a:b], kb, vb, qpos[a:b], kp, cfg, inv_freq, scaling, None,
-                                   g if far_possible else 0))
+        cols = slice(n_g + l, n_g + h)
+        kb = torch.cat([k[:, :, :n_g], k[:, :, cols]], dim=2)
+        vb = torch.cat([v[:, :, :n_g], v[:, :, cols]], dim=2)
+        kp = torch.cat([kpos[:n_g], kpos[cols]])
+        outs.append(_dense_rotated(q[:, :, a:b], kb, vb, qpos[a:b], kp, cfg, scaling, None, g, far_rot,
+                                   slice(a, b)))
     return torch.cat(outs, dim=2)
 
 

@@ -24,26 +24,52 @@ def rope_angles(positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor
     return positions.to(torch.float32)[:, None] * inv_freq.to(device=positions.device, dtype=torch.float32)[None, :]
 
 
-def rotate_by(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` [..., n, D] by the angles ``delta`` [n, F] (float, any precision), rotate-half convention.
+def rotation(delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin) [n, F] float64 of the angles ``delta`` [n, F] (float64 keeps a difference of two
+    float32 angles, ``theta_p - theta_i``, exactly as given)."""
+    delta = delta.double()
+    return torch.cos(delta), torch.sin(delta)
 
-    ``cos``/``sin`` are evaluated in float64 from the given angles and then cast to x's dtype, so a
-    difference of two float32 angles (``theta_p - theta_i``) is used exactly as given.
-    """
-    f = delta.shape[-1]
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` [..., n, D] by (cos, sin) [n, F] (rotate-half convention; cast to x's dtype)."""
+    f = cos.shape[-1]
     rot = 2 * f
-    c = torch.cos(delta.double()).to(x.dtype)  # [n, F]
-    s = torch.sin(delta.double()).to(x.dtype)
+    c, s = cos.to(x.dtype), sin.to(x.dtype)
     x1, x2, rest = x[..., :f], x[..., f:rot], x[..., rot:]
-    y1 = x1 * c - x2 * s
-    y2 = x2 * c + x1 * s
-    return torch.cat([y1, y2, rest], dim=-1) if rest.shape[-1] else torch.cat([y1, y2], dim=-1)
+    parts = [x1 * c - x2 * s, x2 * c + x1 * s]
+    return torch.cat(parts + [rest] if rest.shape[-1] else parts, dim=-1)
+
+
+def rotate_by(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` [..., n, D] by the angles ``delta`` [n, F] (any float precision)."""
+    return rotate(x, *rotation(delta))
 
 
 def move(x: torch.Tensor, from_pos: torch.Tensor, to_pos: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
     """Re-rotate ``x`` [..., n, D], rotated at ``from_pos`` [n], so that it is rotated at ``to_pos`` [n]."""
     delta = rope_angles(to_pos, inv_freq).double() - rope_angles(from_pos, inv_freq).double()
     return rotate_by(x, delta)
+
+
+class FarRotation:
+    """The two extra rotations of Lambda attention, computed once per forward and shared by all layers:
+    queries rotated at ``qpos`` [c] -> rotated at the distance limit ``window``; the leading global keys
+    rotated at ``kpos_glob`` [g] -> position 0 (pre-RoPE)."""
+
+    def __init__(self, qpos: torch.Tensor, kpos_glob: torch.Tensor, window: int, inv_freq: torch.Tensor):
+        theta_q = rope_angles(qpos, inv_freq).double()
+        self.q = rotation(rope_angles(torch.full_like(qpos, window), inv_freq).double() - theta_q)
+        self.k = rotation(-rope_angles(kpos_glob, inv_freq).double())
+
+    def queries(self, q: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+        # q: [B, H, c', D] (rows of this forward's queries) -> rotated at position window
+        return rotate(q, self.q[0][rows], self.q[1][rows])
+
+    def globals(self, k: torch.Tensor) -> torch.Tensor:
+        # k: [B, Hkv, g', D] (the first g' <= g global keys) -> pre-RoPE
+        g = k.shape[-2]
+        return rotate(k, self.k[0][:g], self.k[1][:g])
 
 
 def apply_rope(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
