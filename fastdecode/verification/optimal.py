@@ -153,8 +153,9 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
     diff = dW - b
     surplus, deficit = diff.clamp_min(0.0), (-diff).clamp_min(0.0)
     zero = ell.new_zeros(N, 1)
-    Sc = torch.cat([zero, surplus.cumsum(-1)], -1)                        # [N, Vs + 1]
-    Dc = torch.cat([zero, deficit.cumsum(-1)], -1)
+    # cummax: a parallel (GPU) scan of nonnegative numbers need not be monotone in floating point
+    Sc = torch.cat([zero, surplus.cumsum(-1)], -1).cummax(-1).values      # [N, Vs + 1]
+    Dc = torch.cat([zero, deficit.cumsum(-1)], -1).cummax(-1).values
     tot = torch.minimum(Sc[:, -1:], Dc[:, -1:])
     merged, ia, ic = _merge_sorted(Sc, Dc)
     cuts = torch.minimum(merged, tot)                                     # [N, 2 Vs + 2], nondecreasing
@@ -182,7 +183,7 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
     # pool entries for the per-draft search
     M = left.shape[1]
     mass = torch.cat([xs, xd], -1)                                        # [N, 2M]
-    cum = mass.cumsum(-1)
+    cum = mass.cumsum(-1).cummax(-1).values                               # nondecreasing (see Sc)
     cum_excl = torch.cat([zero, cum[:, :-1]], -1)
     tok = torch.cat([left, right], -1)
     valid = torch.cat([ok, ok], -1) & (mass > 0)
