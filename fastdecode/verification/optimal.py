@@ -72,6 +72,9 @@ class RaceState:
         return self.left.shape[1]
 
 
+_SCRATCH = 256   # scratch columns that absorb unused pool entries in the scatter-reduces (spread, see above)
+
+
 def _normalise(t: torch.Tensor) -> torch.Tensor:
     t = t.double()
     return t / t.sum(-1, keepdim=True)
@@ -164,6 +167,10 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
     left, right = ia[:, :-1].clamp(0, Vs - 1), ic[:, :-1].clamp(0, Vs - 1)
     ok = (dL > 0) & (surplus.gather(1, left) > 0) & (deficit.gather(1, right) > 0) & (left < right)
     dL = dL.masked_fill(~ok, 0.0)
+    # unused slots add exactly 0 in the scatter-adds below: spread them over the ranks instead of piling
+    # them onto one address (GPU atomics on one address serialise)
+    spread = torch.arange(dL.shape[1], device=dev) % Vs
+    left, right = torch.where(ok, left, spread), torch.where(ok, right, spread)
     xs = dL * ell.gather(1, left) / surplus.gather(1, left).clamp_min(1e-300)
     xd = dL / (beta.gather(1, left) - m.gather(1, right)).clamp_min(1e-300)
     used = ell.new_zeros(N, Vs).scatter_add_(1, left, xs).scatter_add_(1, right, xd)
@@ -187,10 +194,11 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
     cum_excl = torch.cat([zero, cum[:, :-1]], -1)
     tok = torch.cat([left, right], -1)
     valid = torch.cat([ok, ok], -1) & (mass > 0)
-    tok = torch.where(valid, tok, torch.full_like(tok, Vs))                # invalid entries -> dummy column Vs
-    ent = torch.arange(2 * M, device=dev).expand(N, 2 * M)
-    first = torch.full((N, Vs + 1), 2 * M, dtype=torch.long, device=dev).scatter_reduce(1, tok, ent, "amin")[:, :Vs]
-    last = torch.full((N, Vs + 1), -1, dtype=torch.long, device=dev).scatter_reduce(1, tok, ent, "amax")[:, :Vs]
+    ent = torch.arange(2 * M, device=dev)
+    tok = torch.where(valid, tok, Vs + ent % _SCRATCH)                   # invalid entries -> scratch columns
+    ent = ent.expand(N, 2 * M)
+    first = torch.full((N, Vs + _SCRATCH), 2 * M, dtype=torch.long, device=dev).scatter_reduce(1, tok, ent, "amin")[:, :Vs]
+    last = torch.full((N, Vs + _SCRATCH), -1, dtype=torch.long, device=dev).scatter_reduce(1, tok, ent, "amax")[:, :Vs]
     base = cum_excl.gather(1, first.clamp_max(2 * M - 1))
 
     def to_tokens(x):
