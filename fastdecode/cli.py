@@ -35,6 +35,10 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-drafts", type=int, default=1, help="k for multi_draft")
     p.add_argument("--verifier", default=None, help="token | block (speculative); rrs | spectr | optimal | ... (multi_draft)")
     p.add_argument("--entropy-threshold", type=float, default=None, help="bits, for entropy_switch")
+    p.add_argument("--entropy-window", type=int, default=None, help="rolling-mean window w, for entropy_switch")
+    p.add_argument("--min-dwell", type=int, default=None, help="tokens between two switches, for entropy_switch")
+    p.add_argument("--speculate-when-large", action="store_true",
+                   help="entropy_switch: the large model verifies drafts of the small one (lossless segments)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--compare", action="store_true", help="also run plain autoregressive decoding and print the speed-up")
@@ -63,6 +67,10 @@ def _run_generate(args) -> int:
         kw["verifier"] = args.verifier
     if args.entropy_threshold is not None:
         kw["entropy_threshold"] = args.entropy_threshold
+    if args.method == "entropy_switch":
+        kw.update({k: v for k, v in (("entropy_window", args.entropy_window), ("min_dwell", args.min_dwell)) if v is not None})
+        if args.speculate_when_large:
+            kw["speculate_when_large"] = True
     with torch.inference_mode():
         # warm-up run so the timing below does not include one-off start-up costs
         generate(target, ids, draft=draft, method=args.method, **{**kw, "max_new_tokens": 4})
