@@ -70,10 +70,12 @@ def _verify_inputs(rows, V, k, replacement, g):
 
 def cases(quick: bool):
     """(kernel, variant, make(rows, V, g) -> (triton_fn, reference, reference_args, bytes), compile?)"""
+    import importlib
+
     from .. import kernels as K
-    from ..kernels import entropy as E
-    from ..kernels import probs as P
-    from ..kernels import verify as VF
+
+    # the package attributes ``probs`` / ``entropy`` are the dispatch functions: import the modules
+    P, E, VF = (importlib.import_module(f"fastdecode.kernels.{m}") for m in ("probs", "entropy", "verify"))
 
     def probs_case(t, k, p):
         def make(rows, V, g):

@@ -223,7 +223,7 @@ def probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p:
     """Triton version of :func:`probs_reference`: [rows, V] logits -> [rows, V] float32 probabilities.
 
     block / search_block: elements per step of the plain and the search passes (powers of two;
-    None: 4096 (1024 for V <= 1024) and 256 on the GPU, a few fixed sizes so that few variants get
+    None: 4096 (1024 for V <= 1024) and 1024 on the GPU, a few fixed sizes so that few variants get
     compiled; up to 16384 and 8192 in the interpreter, which pays per operation, not per element).
     """
     if triton is None:
@@ -237,7 +237,8 @@ def probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p:
         logits = logits.contiguous()
     # the interpreter (CPU) pays per operation, not per element: give it big blocks
     block = block or ((4096 if V > 1024 else 1024) if logits.is_cuda else max(16, min(16384, triton.next_power_of_2(V))))
-    search_block = search_block or min(block, 256 if logits.is_cuda else 8192)
+    # GPU: a search step compares 1024 elements with 16 thresholds (128 registers, no spills at 16 warps)
+    search_block = search_block or min(block, 1024 if logits.is_cuda else 8192)
     for name, b in (("block", block), ("search_block", search_block)):
         if b & (b - 1) or not 16 <= b <= 16384:
             raise ValueError(f"{name} must be a power of two in [16, 16384], got {b}")
@@ -246,6 +247,6 @@ def probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p:
         logits, out, V, logits.stride(0), out.stride(0),
         _inverse_temperature(temperature), int(top_k), float(top_p),
         int(greedy), int(0 < top_k < V), int(top_p < 1.0),
-        BLOCK=block, BLOCK_S=search_block, NT=NT, num_warps=8 if block >= 2048 else 4, enable_fp_fusion=True,
+        BLOCK=block, BLOCK_S=search_block, NT=NT, num_warps=16 if search_block >= 1024 else 4, enable_fp_fusion=True,
     )
     return out

@@ -335,14 +335,15 @@ def _launch(p, q, drafts, u, noise, mode: int, rho=None, *, split: int | None = 
     drafts = drafts.contiguous()
     noise = noise if noise.dtype == torch.float32 else noise.float()
     rho = rho.to(torch.float64).contiguous() if rho is not None else u
-    block = block or (1024 if dev.type == "cuda" else max(16, min(16384, triton.next_power_of_2(V))))
-    if block & (block - 1) or not 16 <= block <= 16384:
-        raise ValueError(f"block must be a power of two in [16, 16384], got {block}")
     if split is None:
         sms = _num_sms(dev.index if dev.index is not None else torch.cuda.current_device()) if dev.type == "cuda" else 4
-        split = triton.cdiv(2 * sms, N)
+        split = triton.cdiv(4 * sms, N)
     if mode != 2 and K > 1:
         split = 1  # RRS passes over the whole row for every rejection: one program per row
+    # GPU: 1024-element steps when the row is split over programs, 2048 (8 warps) for one program per row
+    block = block or ((1024 if split > 1 else 2048) if dev.type == "cuda" else max(16, min(16384, triton.next_power_of_2(V))))
+    if block & (block - 1) or not 16 <= block <= 16384:
+        raise ValueError(f"block must be a power of two in [16, 16384], got {block}")
     split = max(1, min(split, MAX_SPLIT, triton.cdiv(V, block)))
     chunk = triton.cdiv(triton.cdiv(V, split), block) * block
     split = triton.cdiv(V, chunk)
