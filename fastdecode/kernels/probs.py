@@ -21,8 +21,9 @@
    m + log((1 - top_p) Z / V) - 1 (tokens below are always dropped: the mass of all tokens less
    probable than (1 - top_p) / V is < 1 - top_p) and stops when its bracket holds one element;
 4. a pass writes e^(x - m) / G(kept) for kept tokens and 0 elsewhere.
-Cost: 2 + (top-k passes) + (top-p passes) reads of the row (typically 5-8 search passes at 152k; the
-later ones hit L2) and one write. The kept set equals the reference's except when float32 rounding
+Cost: 2 + (top-k passes + 1 for the mass at the top-k threshold) + (top-p passes) reads of the row
+(a handful of search passes each at 152k; after the first they hit L2) and one write. One program
+per row: a few rows leave most of a large GPU idle (see bench/kernels.py for the measured numbers). The kept set equals the reference's except when float32 rounding
 of the cumulative mass decides a boundary token (the reference sums in sorted order, the kernel per
 lane), and at exact ties of probability on the top-p boundary, where the reference keeps part of the
 tie group (in sort order) and the kernel keeps all of it.
