@@ -21,9 +21,9 @@ def _qkv(n, H=4, HKV=2, D=16, seed=0):
 
 
 @pytest.mark.parametrize("bad", [dict(window=0), dict(window=2.5), dict(num_global=-1), dict(window=True),
-                                 dict(max_rollback=-1)])
+                                 dict(max_rollback=-1), dict(decode_kernel=1)])
 def test_config_validation(bad):
-    with pytest.raises(ValueError, match="window|num_global|max_rollback"):
+    with pytest.raises(ValueError, match="window|num_global|max_rollback|decode_kernel"):
         LambdaAttention(**bad)
 
 

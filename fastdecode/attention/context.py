@@ -16,6 +16,9 @@ How it plugs in (no modelling file is copied or patched):
    (one extra rotation each, :mod:`fastdecode.attention.rope`), which scores it at the distance limit L.
    The cache therefore stores ordinary rotated keys; only the n_global global keys are un-rotated, per
    call. This is the paper code's "q_rot(L) . k_raw" for globals, without re-rotating the whole window.
+   The cos/sin of these rotations and the key positions are computed by the first layer of a forward
+   and reused by the others (:meth:`LambdaState.positions`). One-token decode steps on CUDA run the
+   Triton kernel of :mod:`fastdecode.kernels.lambda_decode` (``LambdaAttention.decode_kernel``).
 
 Key positions are not passed to attention functions, so they are derived from the layout every cache
 here obeys: globals first, then a contiguous run of recent tokens ending just before the chunk, then the
@@ -160,7 +163,7 @@ def lambda_attention_function(module, query: torch.Tensor, key: torch.Tensor, va
         if attention_mask.dim() != 4:
             raise ValueError(f"Lambda attention takes no mask or a 4D mask, got shape {tuple(attention_mask.shape)}")
         mask = _gather_mask(attention_mask, kpos, qpos, m)
-    if c == 1 and mask is None and query.is_cuda:
+    if c == 1 and mask is None and query.is_cuda and cfg.decode_kernel:
         out = _decode_step(query, key, value, qpos, kpos, cfg, far, scaling)
         if out is not None:
             return out, None

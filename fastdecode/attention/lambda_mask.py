@@ -44,17 +44,22 @@ class LambdaAttention:
         tokens (speculative decoding rejecting drafts); it must be at least the longest draft. It costs
         memory only: the cache holds num_global + window + max_rollback tokens per layer when decoding
         (see :mod:`fastdecode.attention.cache`), and it never changes what a query attends to.
+    decode_kernel: on CUDA, run one-token decode steps through the Triton kernel
+        (:mod:`fastdecode.kernels.lambda_decode`) instead of the PyTorch path; both compute the same thing.
     """
 
     window: int = 256
     num_global: int = 8
     max_rollback: int = 64
+    decode_kernel: bool = True
 
     def __post_init__(self):
         for name, low in (("window", 1), ("num_global", 0), ("max_rollback", 0)):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < low:
                 raise ValueError(f"LambdaAttention.{name} must be an int >= {low}, got {v!r}")
+        if not isinstance(self.decode_kernel, bool):
+            raise ValueError(f"LambdaAttention.decode_kernel must be a bool, got {self.decode_kernel!r}")
 
 
 def lambda_masks(qpos: torch.Tensor, kpos: torch.Tensor, cfg: LambdaAttention) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,9 +17,10 @@ to the longest requested length (``prompts.stdlib_corpus``):
 2. Passkey retrieval adapted to code: ``key = 48213`` on the first line, standard-library code as
    filler, then ``assert key ==``; the true key must out-score 9 random 5-digit keys (teacher-forced
    log-likelihood) and is also decoded greedily (exact match).
-3. Decode speed and memory vs context length, vanilla vs Lambda: tokens/s over greedy decode steps after
-   a chunked prefill, the KV-cache bytes, and on CUDA the peak of ``torch.cuda.max_memory_allocated``
-   above the weights (prefill + decode, and decode alone).
+3. Decode speed and memory vs context length, vanilla vs Lambda: tokens/s (median over greedy decode
+   steps, after warm-up) following a chunked prefill, the KV-cache bytes, and on CUDA the peak of
+   ``torch.cuda.max_memory_allocated`` above the weights (prefill + decode, and decode alone). On CUDA
+   Lambda is timed twice: with the Triton decode kernel and with the PyTorch path (``decode_kernel=False``).
 
 Results: ``bench/results/long_context.json`` (``long_context_quick.json`` with ``--quick``) and PNG plots
 next to it; a markdown table is printed and stored in the JSON.
@@ -235,16 +236,21 @@ def decode_speed(model, corpus: list[int], args, device) -> dict:
     from tqdm.auto import tqdm
 
     from ..attention import LambdaAttention, lambda_attention
-    res = {"vanilla": {}, "lambda": {}}
+    cfgs = {"lambda": LambdaAttention(args.window, args.num_global)}
+    if device.type == "cuda":  # the same attention through the PyTorch path instead of the Triton kernel
+        cfgs["lambda_torch"] = LambdaAttention(args.window, args.num_global, decode_kernel=False)
+    res = {"vanilla": {}, **{m: {} for m in cfgs}}
     with torch.inference_mode():
         _decode_run(model, torch.tensor([corpus[:64]], device=device), 4, 64)  # warm-up (CUDA init)
-        with lambda_attention(model, LambdaAttention(args.window, args.num_global)):
-            _decode_run(model, torch.tensor([corpus[:2 * args.window]], device=device), 4, args.window)
+        for cfg in cfgs.values():  # warm-up (Triton compilation)
+            with lambda_attention(model, cfg):
+                _decode_run(model, torch.tensor([corpus[:2 * args.window]], device=device), 4, args.window)
         for L in tqdm(args.lengths, desc="decode"):
             ids = torch.tensor([corpus[:L]], device=device)
             res["vanilla"][L] = _decode_run(model, ids, args.decode_tokens, 1024)
-            with lambda_attention(model, LambdaAttention(args.window, args.num_global)):
-                res["lambda"][L] = _decode_run(model, ids, args.decode_tokens, args.window)
+            for m, cfg in cfgs.items():
+                with lambda_attention(model, cfg):
+                    res[m][L] = _decode_run(model, ids, args.decode_tokens, args.window)
     return res
 
 
@@ -272,13 +278,16 @@ def _table(results: dict) -> str:
     if "decode" in results:
         d = results["decode"]
         cuda = "decode_peak_bytes" in next(iter(d["vanilla"].values()))
-        hdr = "| context | vanilla tok/s | lambda tok/s | vanilla cache MiB | lambda cache MiB |"
+        torch_path = "lambda_torch" in d
+        hdr = "| context | vanilla tok/s | lambda tok/s |" + (" lambda (PyTorch path) tok/s |" if torch_path else "")
+        hdr += " vanilla cache MiB | lambda cache MiB |"
         hdr += " vanilla peak MiB | lambda peak MiB |" if cuda else ""
         lines += [hdr, "|---" * (hdr.count("|") - 1) + "|"]
         for L in sorted(d["vanilla"]):
             v, lam = d["vanilla"][L], d["lambda"][L]
-            row = (f"| {L} | {v['tokens_per_s']:.1f} | {lam['tokens_per_s']:.1f} | {v['cache_bytes'] / 2**20:.1f} | "
-                   f"{lam['cache_bytes'] / 2**20:.1f} |")
+            row = f"| {L} | {v['tokens_per_s']:.1f} | {lam['tokens_per_s']:.1f} |"
+            row += f" {d['lambda_torch'][L]['tokens_per_s']:.1f} |" if torch_path else ""
+            row += f" {v['cache_bytes'] / 2**20:.1f} | {lam['cache_bytes'] / 2**20:.1f} |"
             if cuda:
                 row += (f" {max(v['prefill_peak_bytes'], v['decode_peak_bytes']) / 2**20:.1f} |"
                         f" {max(lam['prefill_peak_bytes'], lam['decode_peak_bytes']) / 2**20:.1f} |")
@@ -313,7 +322,7 @@ def _plots(results: dict, stem: Path) -> list[str]:
         Ls = sorted(d["vanilla"])
         cuda = "decode_peak_bytes" in d["vanilla"][Ls[0]]
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-        for m in ("vanilla", "lambda"):
+        for m in d:
             axes[0].plot(Ls, [d[m][L]["ms_per_token"] for L in Ls], marker="o", label=m)
             key = "decode_peak_bytes" if cuda else "cache_bytes"
             axes[1].plot(Ls, [d[m][L][key] / 2**20 for L in Ls], marker="o", label=m)
