@@ -15,6 +15,12 @@ Times inside an interval are uniform, so comparing (interval, u3) lexicographica
 Cost: O(k log V) per row, one program per row in the Triton kernel (the torch reference launches ~20
 small ops). ``optimal_select_reference`` is the definition and the CPU path; ``optimal_select`` runs
 the Triton kernel (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1) and agrees bit for bit.
+
+Measured (H100, torch 2.11, triton 3.6, 16 rows, k = 4, do_bench medians; bench/optimal_cost.py):
+the selection takes 0.59-0.69 ms as torch ops and 0.074-0.096 ms as this kernel for V = 8192-151936
+(bit-exact agreement on every draw checked). The step is launch-bound, not bandwidth-bound: it reads
+~(10 + log2 4V) values per draft. The race's build (sort, scans, pools; torch ops) costs far more
+(4-19 ms for those 16 rows, before the scatter-contention fix) and is where a fused kernel would pay.
 """
 from __future__ import annotations
 
