@@ -34,19 +34,22 @@ class LineTask:
     reference: str   # the rest of the line (no newline)
 
 
-def _function_statements(tree: ast.AST):
-    """Simple statements whose nearest enclosing scope is a function body."""
-    def visit(node, in_function: bool):
+def _function_statements(tree: ast.AST) -> list[ast.stmt]:
+    """Simple statements whose nearest enclosing scope is a function body, in source order."""
+    out, stack = [], [(tree, False)]
+    while stack:
+        node, in_function = stack.pop()
         for child in ast.iter_child_nodes(node):
             if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                yield from visit(child, True)
+                stack.append((child, True))
             elif isinstance(child, ast.ClassDef):
-                yield from visit(child, False)
-            else:
-                if in_function and isinstance(child, _SIMPLE):
-                    yield child
-                yield from visit(child, in_function)
-    yield from visit(tree, False)
+                stack.append((child, False))
+            elif isinstance(child, _SIMPLE):
+                if in_function:
+                    out.append(child)
+            elif isinstance(child, (ast.stmt, ast.excepthandler, ast.match_case)):  # statements live only here
+                stack.append((child, in_function))
+    return sorted(out, key=lambda st: (st.lineno, st.col_offset))
 
 
 def _is_docstring(stmt: ast.stmt) -> bool:
@@ -82,13 +85,14 @@ def line_candidates(rel: str, text: str, max_rest_chars: int = 100) -> list[tupl
 
 
 def line_tasks(tokenizer, n: int = 500, max_prompt_tokens: int = 160, seed: int = 0,
-               max_rest_chars: int = 100) -> list[LineTask]:
-    """``n`` tasks, drawn round-robin over the standard-library files (each file's lines shuffled, seeded)."""
+               max_rest_chars: int = 100, max_files: int | None = None) -> list[LineTask]:
+    """``n`` tasks, drawn round-robin over the standard-library files (each file's lines shuffled, seeded);
+    ``max_files`` keeps only the first files of :data:`~fastdecode.benchmarks.prompts.STDLIB_FILES`."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     rng = random.Random(seed)
     pools = []
-    for rel, text in stdlib_sources():
+    for rel, text in stdlib_sources(max_files):
         cands = line_candidates(rel, text, max_rest_chars)
         rng.shuffle(cands)
         if cands:
