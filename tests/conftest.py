@@ -1,6 +1,13 @@
 """Shared fixtures: the real code pair, standard-library prompts, and tiny random Llama pairs."""
 from __future__ import annotations
 
+import os
+
+# Triton kernels are tested on the CPU in interpreter mode; the variable must be set before triton is
+# first imported by any test module (fastdecode.kernels imports it when present).
+if os.environ.get("FASTDECODE_TEST_DEVICE", "cpu") == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import pytest
 import torch
 
