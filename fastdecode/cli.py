@@ -1,4 +1,4 @@
-"""Command line: ``fastdecode generate | bench | acceptance | quality | long-context``.
+"""Command line: ``fastdecode generate | bench | acceptance | quality | long-context | kernels | optimal-cost``.
 
 Each benchmark subcommand lives in ``fastdecode.benchmarks.<module>``, which exposes
 ``add_arguments(parser)`` and ``run(args)``; this file only wires them up.
@@ -17,6 +17,8 @@ SUBCOMMANDS = {
     "acceptance": ("acceptance", "acceptance rate of every verifier against the optimal-transport bound"),
     "quality": ("quality", "entropy-switch line-completion quality benchmark"),
     "long-context": ("long_context", "Lambda attention: perplexity, passkey and memory vs context length"),
+    "kernels": ("kernels", "Triton kernels vs PyTorch references (GPU)"),
+    "optimal-cost": ("optimal_cost", "per-step cost of the OT-optimal verifier's selection"),
 }
 
 
