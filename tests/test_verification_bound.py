@@ -112,3 +112,19 @@ def test_large_vocabulary_and_exhausted_support():
     assert abs(float(optimal_acceptance_rate(p, q, 1, "without_replacement")) - 0.2) < 1e-12
     lp = transport_lp(p[0], q[0], 3, "without_replacement")
     assert abs(float(optimal_acceptance_rate(p, q, 3, "without_replacement")) - lp) < 1e-7
+
+
+def test_many_k_helpers_equal_single_calls():
+    from fastdecode.verification.bound import optimal_acceptance_rate_many
+    from fastdecode.verification.rrs import acceptance_rrs, acceptance_rrs_many
+    from fastdecode.verification.spectr import acceptance_spectr, acceptance_spectr_many
+    from fastdecode.verification.typical import acceptance_typical, acceptance_typical_many
+
+    p, q = _random_pair(300, 3, seed=7)
+    ks = [1, 2, 4, 8]
+    for many, one in ((acceptance_rrs_many, acceptance_rrs), (acceptance_spectr_many, acceptance_spectr),
+                      (acceptance_typical_many, acceptance_typical)):
+        assert torch.allclose(many(p, q, ks), torch.stack([one(p, q, k) for k in ks]), atol=1e-15, rtol=0)
+    for scheme in ("iid", "without_replacement", "greedy"):
+        single = torch.stack([optimal_acceptance_rate(p, q, k, scheme) for k in ks])
+        assert torch.allclose(optimal_acceptance_rate_many(p, q, ks, scheme), single, atol=1e-15, rtol=0)

@@ -122,3 +122,38 @@ def test_enumeration_detects_the_pitfalls():
     assert float((law - p).abs().max()) > 1e-2
     law, _ = exact(_broken_reset, "iid", p, q, 3)
     assert float((law - p).abs().max()) > 1e-2
+
+
+def _broken_paths(p, q, k, samples, generator):
+    # broken estimator: rejected siblings drawn from q_i itself instead of norm(max(0, q_i - p_i))
+    from fastdecode.verification.drafts import categorical
+
+    pc, qc = p.double().repeat(samples, 1), q.double().repeat(samples, 1)
+    reject = torch.ones(samples, dtype=torch.float64)
+    for _ in range(k):
+        qi = qc / qc.sum(-1, keepdim=True)
+        reject = reject * (1 - torch.minimum(pc, qi).sum(-1))
+        x = categorical(qi, generator, 1)
+        pc, qc = residual(pc, qi), qc.scatter(1, x, 0.0)
+    return 1 - reject
+
+
+def test_rrs_without_replacement_estimate_matches_enumeration():
+    from fastdecode.verification.rrs import acceptance_rrs_without_replacement
+
+    g = torch.Generator().manual_seed(0)
+    plan, scheme = PLANS["rrs_without_replacement"]
+    for name, p, q in CASES:
+        for k in (1, 2, 3):
+            if k > p.shape[0]:
+                continue
+            _, acc = exact(plan, scheme, p, q, k)
+            est = acceptance_rrs_without_replacement(p[None], q[None], k, samples=4000, generator=g)
+            # rare rejection paths (probability < 1e-4) may be missed by the sample: 2e-4 slack
+            assert abs(float(est.mean[0]) - acc) < 5 * float(est.stderr[0]) + 2e-4, (name, k, acc, est)
+            if k == 1:
+                assert float(est.stderr[0]) < 1e-12 and abs(float(est.mean[0]) - acc) < 1e-12
+    p, q = CASES[0][1], CASES[0][2]
+    _, acc = exact(plan, scheme, p, q, 3)
+    vals = _broken_paths(p[None], q[None], 3, 4000, g)
+    assert abs(float(vals.mean()) - acc) > 5 * float(vals.std()) / 4000 ** 0.5 + 2e-4

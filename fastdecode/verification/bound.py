@@ -32,35 +32,52 @@ import torch
 
 from .common import check_distributions
 from .drafts import check_k
+from .ratio import RatioTable, ratio_table
 _STEP = 0.25            # quadrature step in log t: error ~ exp(-pi^2 / step), measured <= 1e-14 for k <= 8
 _STEP_LARGE_K = 0.2     # k > 8 (measured 5e-13 at k = 16 with 0.25, 1e-16 with 0.15)
 
 
 def optimal_acceptance_rate(p: torch.Tensor, q: torch.Tensor, k: int, scheme: str = "iid",
-                            max_elements: int = 1 << 22) -> torch.Tensor:
+                            max_elements: int | None = None) -> torch.Tensor:
     """[N] float64: the largest acceptance probability of any lossless verifier of k drafts drawn from
     q [N, V] by ``scheme`` ("iid", "without_replacement" or "greedy") for target p [N, V].
-    ``max_elements`` bounds the working memory of the without-replacement computation."""
-    check_distributions(p, q)
+    ``max_elements`` bounds the working memory of the without-replacement computation (float64
+    elements per batch of rows; default 2^22 on the CPU, 2^26 on other devices)."""
     check_k(k, p.shape[1], scheme)
+    return optimal_acceptance_rate_many(p, q, [k], scheme, max_elements)[0]
+
+
+def optimal_acceptance_rate_many(p: torch.Tensor, q: torch.Tensor, ks: list[int], scheme: str = "iid",
+                                 max_elements: int | None = None) -> torch.Tensor:
+    """[len(ks), N] optimal_acceptance_rate for several k, sorting the tokens once."""
+    check_distributions(p, q)
+    if max_elements is None:
+        max_elements = 1 << 22 if p.device.type == "cpu" else 1 << 26
+    for k in ks:
+        check_k(k, p.shape[1], scheme)
     pd, qd = p.double(), q.double()
     pd, qd = pd / pd.sum(-1, keepdim=True), qd / qd.sum(-1, keepdim=True)
     if scheme == "greedy":
         from .greedy_draft import acceptance_greedy_draft
-        return acceptance_greedy_draft(pd, qd, k)
-    if k == 1:
-        return torch.minimum(pd, qd).sum(-1)
-    ps, qs = _ratio_sorted(pd, qd)
+        return torch.stack([acceptance_greedy_draft(pd, qd, k) for k in ks])
     if scheme == "iid":
-        return _iid(ps, qs, k)
-    return _without_replacement(ps, qs, k, max_elements)
+        return optimal_iid_from_table(ratio_table(pd, qd), ks)
+    ps, qs = _ratio_sorted(pd, qd)
+    return torch.stack([torch.minimum(pd, qd).sum(-1) if k == 1 else _without_replacement(ps, qs, k, max_elements)
+                        for k in ks])
+
+
+def optimal_iid_from_table(table: RatioTable, ks: list[int]) -> torch.Tensor:
+    """[len(ks), N] the i.i.d. optimum from a ratio_table (the prefixes of p/q ascending are the
+    complements of the first j tokens of the table's descending order)."""
+    return torch.stack([1 - (table.q_rest ** k - table.p_rest).max(-1).values.clamp_min(0) for k in ks])
 
 
 def _ratio_sorted(p: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """p, q [N, V] reordered by p/q ascending: tokens with p = q = 0 first, tokens with q = 0 < p
     last (among themselves by p ascending: the order the exhausted-support case needs)."""
-    by_p = p.argsort(dim=-1, stable=True)
-    p1, q1 = p.gather(1, by_p), q.gather(1, by_p)
+    by = p.argsort(dim=-1, stable=True)
+    p1, q1 = p.gather(1, by), q.gather(1, by)
     key = torch.where(q1 > 0, p1 / q1.clamp_min(1e-300),
                       torch.where(p1 > 0, torch.full_like(p1, float("inf")), torch.full_like(p1, -1.0)))
     order = key.argsort(dim=-1, stable=True)
@@ -75,13 +92,6 @@ def _prefix(x: torch.Tensor) -> torch.Tensor:
 def _suffix(x: torch.Tensor) -> torch.Tensor:
     # [N, V] -> [N, V + 1] sums of the entries after the first j (accurate when small)
     return torch.cat([x.flip(-1).cumsum(-1).flip(-1), x.new_zeros(x.shape[0], 1)], 1)
-
-
-def _iid(ps: torch.Tensor, qs: torch.Tensor, k: int) -> torch.Tensor:
-    r = _suffix(qs).clamp(0.0, 1.0)                              # q mass outside the prefix
-    qh_k = torch.exp(k * torch.log1p(-r))                       # q(H)^k
-    gap = qh_k - _prefix(ps)
-    return 1 - gap.max(-1).values.clamp_min(0)
 
 
 def _without_replacement(ps: torch.Tensor, qs: torch.Tensor, k: int, max_elements: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ renormalised. Accept x_i with probability min(1, p_i(x_i) / q_i(x_i)); after a r
 p_{i+1} = norm(max(0, p_i - q_i)), using q_i *before* x_i is removed (this zeroes p_{i+1}(x_i)).
 The siblings must be verified in draw order (sorting them by q breaks exactness) and p_i must be
 carried across siblings. Lossless. Its acceptance has no closed form: :func:`acceptance_rrs_without_replacement`
-returns an unbiased Monte Carlo estimate. When the k drafts exhaust q's support, the later q_i are
+returns an unbiased Monte Carlo estimate (over rejection paths). When the k drafts exhaust q's support, the later q_i are
 uniform over the tokens not yet drawn, matching :func:`fastdecode.verification.drafts.sample_drafts`.
 
 Zero residuals (p_i == q_i, e.g. p == q) fall back to p_i; the draft is then accepted with
@@ -23,8 +23,9 @@ from __future__ import annotations
 import torch
 
 from .common import VerifyResult, residual
-from .drafts import check_k
-from .sequential import AcceptanceEstimate, estimate, run
+from .drafts import categorical, check_k
+from .ratio import RatioTable, ratio_table
+from .sequential import AcceptanceEstimate, run
 
 
 def _ratio(pc: torch.Tensor, qc: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -74,17 +75,74 @@ def verify_rrs_without_replacement(p: torch.Tensor, q: torch.Tensor, drafts: tor
 def acceptance_rrs(p: torch.Tensor, q: torch.Tensor, k: int) -> torch.Tensor:
     """[N] exact: 1 - prod_{i=1..k} (1 - sum min(p_i, q)), p_{i+1} = norm(max(0, p_i - q))."""
     check_k(k, p.shape[1], "iid")
-    pc, qd = p.double(), q.double()
-    reject = torch.ones(p.shape[0], dtype=torch.float64, device=p.device)
-    for _ in range(k):
-        reject = reject * (1 - torch.minimum(pc, qd).sum(-1)).clamp_min(0)
-        pc = residual(pc, qd)
-    return 1 - reject
+    return acceptance_rrs_many(p, q, [k])[0]
+
+
+def acceptance_rrs_many(p: torch.Tensor, q: torch.Tensor, ks: list[int], table: RatioTable | None = None) -> torch.Tensor:
+    """[len(ks), N] acceptance_rrs for several k, in O(V log V + k log V) per row.
+
+    Every residual has the form p_i = max(0, p - c_i q) / D_i with c_1 = 0, D_1 = 1, and
+    c_{i+1} = c_i + D_i, D_{i+1} = D_i (1 - beta_i): D_{i+1} is the probability that the first i
+    drafts are rejected. D_i beta_i = sum_x min(max(0, p - c q), D q) splits over the tokens with
+    ratio p/q in (c, c + D) (they give p - c q) and those at or above c + D (they give D q), so it
+    is read from the ratio-sorted prefix sums (``table``: a precomputed ratio_table(p, q))."""
+    for k in ks:
+        check_k(k, p.shape[1], "iid")
+    t = ratio_table(p, q) if table is None else table
+    c = torch.zeros(t.neg_ratio.shape[0], dtype=torch.float64, device=t.neg_ratio.device)
+    d = torch.ones_like(c)
+    reject = [d]
+    for _ in range(max(ks)):
+        hi, lo = t.count_at_least(c + d), t.count_above(c)           # ratio >= c + D, ratio > c
+        band = (t.at(t.p_rest, hi) - t.at(t.p_rest, lo)) - c * (t.at(t.q_rest, hi) - t.at(t.q_rest, lo))
+        d_beta = band + d * t.at(t.q_top, hi)
+        c, d = c + d, (d - d_beta).clamp_min(0)
+        reject.append(d)
+    return torch.stack([1 - reject[k] for k in ks])
 
 
 def acceptance_rrs_without_replacement(p: torch.Tensor, q: torch.Tensor, k: int, samples: int = 32,
-                                       generator: torch.Generator | None = None) -> AcceptanceEstimate:
-    """Unbiased Monte Carlo estimate (mean [N], stderr [N]): ``samples`` draft tuples per row drawn
-    without replacement, each scored with its exact acceptance probability given the drafts."""
+                                       generator: torch.Generator | None = None,
+                                       max_elements: int = 1 << 24) -> AcceptanceEstimate:
+    """Unbiased Monte Carlo estimate (mean [N], stderr [N]) from ``samples`` rejection paths per row.
+
+    Given the rejected drafts x_1..x_{i-1}, sibling i is accepted with probability
+    beta_i = sum_x min(p_i(x), q_i(x)) whatever x_i is, and a rejected x_i has the law
+    norm(max(0, q_i - p_i)). So P(all k rejected) = E[prod_i (1 - beta_i)] over paths whose drafts are
+    drawn from those rejection laws: each path gives an unbiased value, exact for k = 1, and with far
+    less variance than simulating the accept/reject decisions."""
     check_k(k, p.shape[1], "without_replacement")
-    return estimate(plan_rrs_without_replacement, p, q, k, "without_replacement", samples, generator)
+    if not isinstance(samples, int) or samples < 2:
+        raise ValueError(f"samples must be an int >= 2 (the standard error needs two), got {samples!r}")
+    n, v = p.shape
+    rows = max(1, max_elements // max(1, v * samples))
+    vals = torch.cat([_rejection_paths(p[s : s + rows], q[s : s + rows], k, samples, generator)
+                      for s in range(0, n, rows)])                         # [N, samples]
+    return AcceptanceEstimate(vals.mean(-1), vals.std(-1) / samples ** 0.5)
+
+
+def _rejection_paths(p: torch.Tensor, q: torch.Tensor, k: int, samples: int, generator) -> torch.Tensor:
+    # [n, samples] values 1 - prod_i (1 - beta_i) along sampled rejection paths
+    pc = p.double().repeat_interleave(samples, 0)
+    qc = q.double().repeat_interleave(samples, 0)
+    drawn = []
+    reject = torch.ones(pc.shape[0], dtype=torch.float64, device=pc.device)
+    for i in range(k):
+        mass = qc.sum(-1, keepdim=True)
+        qi = qc / mass.clamp_min(1e-300)
+        if (mass <= 0).any():                                              # q's support exhausted
+            left = torch.ones_like(qc).scatter_(1, torch.cat(drawn, 1), 0.0)
+            qi = torch.where(mass > 0, qi, left / left.sum(-1, keepdim=True))
+        over = (pc - qi).clamp_min_(0)                                     # max(0, p_i - q_i)
+        left_p = over.sum(-1, keepdim=True)                                # 1 - beta_i
+        reject = reject * left_p[:, 0].clamp(0.0, 1.0)
+        if i + 1 == k:
+            break
+        rejected = over.sub_(pc).add_(qi)                                  # max(0, q_i - p_i), in place
+        none = rejected.sum(-1, keepdim=True) <= 0                          # beta_i = 1: path value settled
+        x = categorical(torch.where(none, qi, rejected), generator, 1)    # [rows, 1]
+        over = (pc - qi).clamp_min_(0)
+        pc = torch.where(left_p > 1e-12 * pc.shape[1], over / left_p.clamp_min(1e-300), pc)   # residual
+        qc.scatter_(1, x, 0.0)
+        drawn.append(x)
+    return (1 - reject).view(-1, samples)

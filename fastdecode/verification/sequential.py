@@ -60,24 +60,3 @@ def accept_given_drafts(acc: torch.Tensor, res: torch.Tensor, drafts: torch.Tens
     mask = torch.zeros(res.shape, dtype=torch.bool, device=res.device).scatter_(1, x, True)
     law = output_law(acc, res, drafts)
     return (law * mask).sum(-1)
-
-
-def estimate(plan, p: torch.Tensor, q: torch.Tensor, k: int, scheme: str, samples: int, generator,
-             max_elements: int = 1 << 25) -> AcceptanceEstimate:
-    """Rao-Blackwellised Monte Carlo acceptance of a sequential rule: draw ``samples`` draft tuples
-    per row with ``scheme`` and average the exact acceptance given the drafts. Unbiased."""
-    from .drafts import sample_drafts
-
-    if not isinstance(samples, int) or samples < 2:
-        raise ValueError(f"samples must be an int >= 2 (the standard error needs two), got {samples!r}")
-    n, v = p.shape
-    rows = max(1, max_elements // max(1, v * samples))
-    out = []
-    for s in range(0, n, rows):                                          # chunks of rows bound memory
-        pr = p[s : s + rows].repeat_interleave(samples, 0)
-        qr = q[s : s + rows].repeat_interleave(samples, 0)
-        d = sample_drafts(qr, k, scheme, generator)
-        a, r = plan(pr, qr, d)
-        out.append(accept_given_drafts(a, r, d).view(-1, samples))
-    vals = torch.cat(out)                                                # [N, samples]
-    return AcceptanceEstimate(vals.mean(-1), vals.std(-1) / samples ** 0.5)

@@ -8,7 +8,7 @@ min(1, p(x_i) / (rho* q(x_i))) in turn; when all are rejected the token is drawn
 For any valid rho, P(emit x and accept) = min(q, p / rho)(x) * c with c = (1 - (1 - beta)^k) / beta,
 so the residual is norm(p - c * min(q, p / rho)), nonnegative exactly when c <= rho; at rho* it is
 norm(max(0, p - rho* q)). rho* is found by bisection keeping the upper end (so the residual never has
-negative mass), with beta(rho) evaluated in O(log V) from the tokens sorted by p/q. Lossless; the
+negative mass), with beta(rho) evaluated in O(log V) from the tokens sorted by p/q (ratio.py). Lossless; the
 acceptance is alpha = 1 - (1 - beta(rho*))^k (= rho* beta(rho*)), at least (1 - 1/e) times the optimum
 for i.i.d. drafts. For k = 1, rho* = 1 and K-SEQ is speculative sampling.
 """
@@ -18,6 +18,7 @@ import torch
 
 from .common import VerifyResult
 from .drafts import check_k
+from .ratio import RatioTable, ratio_table
 from .sequential import run
 
 _BISECTION_STEPS = 64
@@ -28,32 +29,30 @@ def _accept_any(beta: torch.Tensor, k: int) -> torch.Tensor:
     return -torch.expm1(k * torch.log1p(-beta.clamp(0.0, 1.0)))
 
 
-def rho_star(p: torch.Tensor, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rho* [N], beta(rho*) [N]) in float64. p, q: [N, V]."""
-    pd, qd = p.double(), q.double()
-    n = pd.shape[0]
-    ratio = torch.where(qd > 0, pd / qd.clamp_min(1e-300), torch.full_like(pd, float("inf")))
-    r_sorted, order = ratio.sort(-1, descending=True)                  # [N, V]
-    q_in = torch.cat([qd.new_zeros(n, 1), qd.gather(1, order).cumsum(-1)], 1)           # q of the top j
-    p_sorted = torch.where(qd > 0, pd, torch.zeros_like(pd)).gather(1, order)
-    p_out = torch.cat([p_sorted.flip(-1).cumsum(-1).flip(-1), pd.new_zeros(n, 1)], 1)   # p beyond the top j
-    neg = (-r_sorted).contiguous()
+def _beta(table: RatioTable, rho: torch.Tensor) -> torch.Tensor:
+    # beta(rho) = q(tokens with p/q >= rho) + p(the others) / rho
+    j = table.count_at_least(rho)
+    return table.at(table.q_top, j) + table.at(table.p_rest, j) / rho
 
-    def beta(rho: torch.Tensor) -> torch.Tensor:
-        j = torch.searchsorted(neg, -rho[:, None], right=True)         # number of tokens with ratio >= rho
-        return q_in.gather(1, j)[:, 0] + p_out.gather(1, j)[:, 0] / rho
 
-    lo = torch.ones(n, dtype=torch.float64, device=pd.device)
+def _bisect(table: RatioTable, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    n, dev = table.neg_ratio.shape[0], table.neg_ratio.device
+    lo = torch.ones(n, dtype=torch.float64, device=dev)
+    if k == 1:
+        return lo, _beta(table, lo)
     hi = torch.full_like(lo, float(k))
-    for _ in range(_BISECTION_STEPS if k > 1 else 0):
+    for _ in range(_BISECTION_STEPS):
         mid = 0.5 * (lo + hi)
-        b = beta(mid)
+        b = _beta(table, mid)
         ok = _accept_any(b, k) <= mid * b                                # f(mid) <= 0: mid is valid
         hi = torch.where(ok, mid, hi)
         lo = torch.where(ok, lo, mid)
-    if k == 1:
-        hi = lo
-    return hi, beta(hi)
+    return hi, _beta(table, hi)
+
+
+def rho_star(p: torch.Tensor, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rho* [N], beta(rho*) [N]) in float64. p, q: [N, V]."""
+    return _bisect(ratio_table(p, q), k)
 
 
 def plan_spectr(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor):
@@ -81,3 +80,12 @@ def acceptance_spectr(p: torch.Tensor, q: torch.Tensor, k: int) -> torch.Tensor:
     check_k(k, p.shape[1], "iid")
     _, b = rho_star(p, q, k)
     return _accept_any(b, k)
+
+
+def acceptance_spectr_many(p: torch.Tensor, q: torch.Tensor, ks: list[int], table: RatioTable | None = None) -> torch.Tensor:
+    """[len(ks), N] acceptance_spectr for several k from one ratio sort (``table``: a precomputed
+    ratio_table(p, q))."""
+    for k in ks:
+        check_k(k, p.shape[1], "iid")
+    table = ratio_table(p, q) if table is None else table
+    return torch.stack([_accept_any(_bisect(table, k)[1], k) for k in ks])

@@ -53,10 +53,23 @@ def acceptance_typical(p: torch.Tensor, q: torch.Tensor, k: int, *,
                        posterior_threshold: float = POSTERIOR_THRESHOLD,
                        posterior_alpha: float = POSTERIOR_ALPHA) -> torch.Tensor:
     """[N] exact probability that the emitted token is one of k i.i.d. drafts (module docstring)."""
-    check_k(k, p.shape[1], "iid")
+    return acceptance_typical_many(p, q, [k], posterior_threshold=posterior_threshold,
+                                   posterior_alpha=posterior_alpha)[0]
+
+
+def acceptance_typical_many(p: torch.Tensor, q: torch.Tensor, ks: list[int], *,
+                            posterior_threshold: float = POSTERIOR_THRESHOLD,
+                            posterior_alpha: float = POSTERIOR_ALPHA) -> torch.Tensor:
+    """[len(ks), N] acceptance_typical for several k."""
+    for k in ks:
+        check_k(k, p.shape[1], "iid")
     pd, qd = p.double(), q.double()
     a = passing(pd, posterior_threshold, posterior_alpha)
     miss = (1 - torch.where(a, qd, torch.zeros_like(qd)).sum(-1, keepdim=True)).clamp(0.0, 1.0)   # 1 - q(A)
-    none = miss ** k
-    also = torch.where(a, torch.zeros_like(pd), pd * (none - (miss - qd).clamp_min(0) ** k)).sum(-1)
-    return 1 - none[:, 0] + also
+    p_out = torch.where(a, torch.zeros_like(pd), pd)                                               # p outside A
+    miss_x = (miss - qd).clamp_min(0)
+    out = []
+    for k in ks:
+        none = miss ** k
+        out.append(1 - none[:, 0] + (p_out * (none - miss_x ** k)).sum(-1))
+    return torch.stack(out)

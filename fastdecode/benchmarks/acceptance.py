@@ -1,0 +1,294 @@
+"""Acceptance rate of every verifier against the optimal-transport bound (``fastdecode acceptance``).
+
+Teacher-forces a target and a draft model over a text corpus (default: the code pair on Python
+standard-library files, cut into 256-token windows as the pair was trained on 256), takes the next-token
+distributions p (target) and q (draft) at every position at each temperature, and reports for
+k = 1, 2, 4, 8 drafts the mean over positions of
+- each verifier's acceptance probability (the chance that the emitted token is one of the drafts:
+  algorithms.md sections 1-4): exact closed forms for speculative, rrs, spectr, greedy_draft and
+  typical (lossy), a Monte Carlo estimate for rrs_without_replacement, and "optimal" when
+  fastdecode.verification.optimal is installed;
+- the optimal acceptance rate of any lossless verifier for i.i.d. drafts and for drafts without
+  replacement (fastdecode.verification.bound).
+
+The exact quantities cost O(V log V) per position and are computed at every position. Three costly
+ones are computed on a random subset of positions and combined with a cheap exact *control*
+computed everywhere: estimate = mean_all(control) + mean_subset(value - control):
+rrs_without_replacement (control rrs, 2 draft samples per position, ``--subsample`` positions),
+optimal and the without-replacement optimum (control: the i.i.d. optimum, ``--bound-subsample``
+positions). Their error bars are standard errors (subset sampling with finite-population correction,
+plus the Monte Carlo term); they vanish when the subset is every position and the value is exact.
+
+Run: ``python bench/acceptance.py --quick`` (smoke) or ``python bench/acceptance.py`` (64k tokens).
+Results: bench/results/acceptance.json (+ acceptance.png).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+DEFAULT_OUT = Path("bench/results/acceptance.json")
+EXACT = ["speculative", "rrs", "spectr", "greedy_draft", "typical"]
+SUBSET = ["rrs_without_replacement", "optimal"]
+BOUNDS = ["optimal_iid", "optimal_without_replacement"]
+CONTROL = {"rrs_without_replacement": "rrs", "optimal": "optimal_iid", "optimal_without_replacement": "optimal_iid"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..models import DEFAULT_PAIR
+
+    parser.add_argument("--target", default=str(DEFAULT_PAIR / "target"), help="target model folder or HF id")
+    parser.add_argument("--draft", default=str(DEFAULT_PAIR / "draft"), help="draft model folder or HF id")
+    parser.add_argument("--tokens", type=int, default=65536, help="corpus positions to score")
+    parser.add_argument("--window", type=int, default=256, help="teacher-forcing window (the pair's training length)")
+    parser.add_argument("--temperatures", default="0.7,1.0")
+    parser.add_argument("--ks", default="1,2,4,8", help="numbers of drafts (1..16)")
+    parser.add_argument("--methods", default="all", help="comma list of verifiers, or 'all'")
+    parser.add_argument("--batch-windows", type=int, default=None,
+                        help="windows per forward pass / batch (default: 1 on the CPU, 16 on CUDA)")
+    parser.add_argument("--subsample", type=int, default=None,
+                        help="positions for the Monte Carlo rrs_without_replacement estimate (0 = all; "
+                             "default: all on CUDA, 2048 on the CPU)")
+    parser.add_argument("--bound-subsample", type=int, default=None,
+                        help="positions for 'optimal' and the without-replacement optimum (0 = all; "
+                             "default: all on CUDA, 256 on the CPU)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 4096 tokens, small subsets")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--no-plot", action="store_true")
+
+
+def _methods(spec: str) -> list[str]:
+    from ..verification import METHODS
+
+    have_optimal = importlib.util.find_spec("fastdecode.verification.optimal") is not None
+    names = [m for m in METHODS if m != "optimal" or have_optimal] if spec == "all" else spec.split(",")
+    for m in names:
+        if m not in METHODS:
+            raise ValueError(f"unknown method {m!r} in --methods; choose from {sorted(METHODS)}")
+    return names
+
+
+class _Acc:
+    """Running sums for one (temperature, k, quantity): every position, or a subset with a control."""
+
+    def __init__(self):
+        self.n = 0                 # positions seen
+        self.total = 0.0           # sum of the value (exact quantities) or of the control
+        self.m = 0                 # subset positions
+        self.d1 = self.d2 = 0.0    # sum and sum of squares of value - control on the subset
+        self.mc = 0.0              # sum over the subset of the Monte Carlo variance of the value
+
+    def result(self, exact: bool) -> dict:
+        if exact:
+            return {"mean": self.total / self.n, "stderr": None, "positions": self.n}
+        mean = self.total / self.n + self.d1 / self.m
+        var_d = max(self.d2 / self.m - (self.d1 / self.m) ** 2, 0.0) * self.m / max(self.m - 1, 1)
+        var = (1 - self.m / self.n) * var_d / self.m + self.mc / self.m ** 2
+        return {"mean": mean, "stderr": math.sqrt(var), "positions": self.m}
+
+
+def _score(p, q, ks, methods, sub, bsub, gen, samples: int = 2) -> dict:
+    """{name: ([len(ks), n] value or None, [len(ks), n_subset] value, [len(ks), n_subset] mc variance)}."""
+    from ..verification import bound, greedy_draft, rrs, spectr, typical
+    from ..verification.ratio import ratio_table
+
+    out = {}
+    table = ratio_table(p, q)                                    # one sort serves rrs, spectr and the bound
+    beta = torch.minimum(p, q).sum(-1)
+    if "speculative" in methods and 1 in ks:
+        out["speculative"] = torch.stack([beta if k == 1 else torch.full_like(beta, float("nan")) for k in ks])
+    if "rrs" in methods or "rrs_without_replacement" in methods:
+        out["rrs"] = rrs.acceptance_rrs_many(p, q, ks, table)
+    if "spectr" in methods:
+        out["spectr"] = spectr.acceptance_spectr_many(p, q, ks, table)
+    if "greedy_draft" in methods:
+        out["greedy_draft"] = torch.stack([greedy_draft.acceptance_greedy_draft(p, q, k) for k in ks])
+    if "typical" in methods:
+        out["typical"] = typical.acceptance_typical_many(p, q, ks)
+    out["optimal_iid"] = bound.optimal_iid_from_table(table, ks)
+    subset = {}
+    if "rrs_without_replacement" in methods and sub.numel():
+        est = [rrs.acceptance_rrs_without_replacement(p[sub], q[sub], k, samples=samples, generator=gen) for k in ks]
+        subset["rrs_without_replacement"] = (sub, torch.stack([e.mean for e in est]),
+                                             torch.stack([e.stderr ** 2 for e in est]))
+    if bsub.numel():
+        if "optimal" in methods:
+            from ..verification import acceptance_probability
+            val = torch.stack([acceptance_probability("optimal", p[bsub], q[bsub], k).double() for k in ks])
+            subset["optimal"] = (bsub, val, torch.zeros_like(val))
+        val = bound.optimal_acceptance_rate_many(p[bsub], q[bsub], ks, "without_replacement")
+        subset["optimal_without_replacement"] = (bsub, val, torch.zeros_like(val))
+    return {"all": out, "subset": subset}
+
+
+def run(args) -> int:
+    from tqdm.auto import tqdm
+
+    from ..benchmarks.prompts import stdlib_corpus
+    from ..models import check_pair, load_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.tokens = min(args.tokens, 4096)
+        args.subsample = 1024 if args.subsample is None else args.subsample
+        args.bound_subsample = 64 if args.bound_subsample is None else args.bound_subsample
+    dev = torch.device(args.device)
+    if args.subsample is None:
+        args.subsample = 0 if dev.type == "cuda" else 2048
+    if args.bound_subsample is None:
+        args.bound_subsample = 0 if dev.type == "cuda" else 256
+    if args.batch_windows is None:
+        args.batch_windows = 16 if dev.type == "cuda" else 1
+    temps = [float(t) for t in args.temperatures.split(",")]
+    ks = sorted({int(k) for k in args.ks.split(",")})
+    if not ks or ks[0] < 1 or ks[-1] > 16:
+        raise ValueError(f"--ks must lie in 1..16, got {args.ks!r}")
+    methods = _methods(args.methods)
+
+    target, tok = load_model(args.target, dev)
+    draft, dtok = load_model(args.draft, dev)
+    check_pair(target, draft, tok, dtok)
+    w = args.window
+    n_windows = math.ceil(args.tokens / w)
+    ids = torch.tensor(stdlib_corpus(tok, n_windows * w), device=dev).view(n_windows, w)
+    total = n_windows * w
+    f_sub = 1.0 if args.subsample == 0 else min(1.0, args.subsample / total)
+    f_bound = 1.0 if args.bound_subsample == 0 else min(1.0, args.bound_subsample / total, f_sub)
+    gen = torch.Generator(device=dev).manual_seed(args.seed)
+
+    acc = {t: {k: {} for k in ks} for t in temps}
+    t0 = time.perf_counter()
+    bar = tqdm(total=total, desc="acceptance", unit="tok")
+    for s in range(0, n_windows, args.batch_windows):
+        batch = ids[s : s + args.batch_windows]
+        with torch.inference_mode():
+            lt = target(batch).logits.float().reshape(-1, target.config.vocab_size)   # [n, V]
+            ld = draft(batch).logits.float().reshape(-1, target.config.vocab_size)
+        u = torch.rand(lt.shape[0], generator=gen, device=dev)
+        sub, bsub = (u < f_sub).nonzero()[:, 0], (u < f_bound).nonzero()[:, 0]
+        for t in temps:
+            p = torch.softmax(lt.double() / t, -1)
+            q = torch.softmax(ld.double() / t, -1)
+            scores = _score(p, q, ks, methods, sub, bsub, gen)
+            for i, k in enumerate(ks):
+                for name, val in scores["all"].items():
+                    a = acc[t][k].setdefault(name, _Acc())
+                    a.n += val.shape[1]
+                    a.total += float(val[i].sum())
+                for name, (idx, val, mc) in scores["subset"].items():
+                    a = acc[t][k].setdefault(name, _Acc())
+                    control = scores["all"][CONTROL[name]][i]
+                    d = val[i] - control[idx]
+                    a.n += control.shape[0]
+                    a.total += float(control.sum())
+                    a.m += idx.numel()
+                    a.d1 += float(d.sum())
+                    a.d2 += float((d * d).sum())
+                    a.mc += float(mc[i].sum())
+        bar.update(batch.numel())
+    bar.close()
+    elapsed = time.perf_counter() - t0
+
+    results = {}
+    for t in temps:
+        for k in ks:
+            row = {}
+            for name, a in acc[t][k].items():
+                if name == "speculative" and k != 1:
+                    continue
+                if a.n and (name not in CONTROL or a.m):
+                    row[name] = a.result(exact=name not in CONTROL)
+            results.setdefault(str(t), {})[str(k)] = row
+    report = {
+        "description": "mean acceptance probability per position (emitted token is one of the k drafts) "
+                       "and the optimal rate of any lossless verifier for each draft scheme",
+        "target": args.target, "draft": args.draft, "tokens": total, "window": w,
+        "corpus": "Python standard library (fastdecode.benchmarks.prompts.stdlib_corpus)",
+        "temperatures": temps, "ks": ks, "methods": methods,
+        "subsample": {"rrs_without_replacement": round(f_sub * total), "optimal_and_bound": round(f_bound * total)},
+        "device": str(dev), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+        "elapsed_s": round(elapsed, 1), "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(format_table(report))
+    print(f"\n{total} positions in {elapsed:.0f} s on {dev}; results in {args.out}")
+    if not args.no_plot:
+        png = args.out.with_suffix(".png")
+        plot(report, png)
+        print(f"plot in {png}")
+    return 0
+
+
+def format_table(report: dict) -> str:
+    cols = [m for m in report["methods"]] + BOUNDS
+    short = {"rrs_without_replacement": "rrs_wo", "greedy_draft": "greedy", "speculative": "spec",
+             "optimal_iid": "OPT iid", "optimal_without_replacement": "OPT w/o"}
+    lines = []
+    for t, by_k in report["results"].items():
+        lines.append(f"\nT = {t}   (acceptance probability; +- standard error where estimated)")
+        lines.append("  k " + "".join(f"{short.get(c, c):>16}" for c in cols))
+        for k, row in by_k.items():
+            cells = []
+            for c in cols:
+                r = row.get(c)
+                if r is None:
+                    cells.append(f"{'-':>16}")
+                elif r["stderr"] is None:
+                    cells.append(f"{r['mean']:>16.4f}")
+                else:
+                    cells.append(f"{r['mean']:>9.4f}+-{r['stderr']:<5.4f}")
+            lines.append(f"{k:>3} " + "".join(cells))
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    temps = list(report["results"])
+    fig, axes = plt.subplots(1, len(temps), figsize=(6 * len(temps), 4.5), squeeze=False)
+    for ax, t in zip(axes[0], temps):
+        by_k = report["results"][t]
+        ks = [int(k) for k in by_k]
+        for name in report["methods"] + BOUNDS:
+            pts = [(k, by_k[str(k)][name]) for k in ks if name in by_k[str(k)]]
+            if not pts:
+                continue
+            x = [k for k, _ in pts]
+            y = [r["mean"] for _, r in pts]
+            err = [r["stderr"] or 0.0 for _, r in pts]
+            if name in BOUNDS:
+                style = dict(color="black", linestyle="--" if name == "optimal_iid" else ":", linewidth=2)
+                label = "optimum, i.i.d. drafts" if name == "optimal_iid" else "optimum, drafts w/o replacement"
+                ax.plot(x, y, label=label, **style)
+                if any(err):
+                    ax.fill_between(x, [a - e for a, e in zip(y, err)], [a + e for a, e in zip(y, err)],
+                                    color="black", alpha=0.12, linewidth=0)
+            else:
+                label = name + (" (lossy)" if name == "typical" else "")
+                ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.set_xlabel("k (drafts per position)")
+        ax.set_ylabel("acceptance probability")
+        ax.set_title(f"T = {t}, {report['tokens']} positions")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Acceptance vs number of drafts, with the optimal-transport bound")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
