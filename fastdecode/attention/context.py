@@ -17,15 +17,18 @@ How it plugs in (no modelling file is copied or patched):
    The cache therefore stores ordinary rotated keys; only the n_global global keys are un-rotated, per
    call. This is the paper code's "q_rot(L) . k_raw" for globals, without re-rotating the whole window.
    The cos/sin of these rotations and the key positions are computed by the first layer of a forward
-   and reused by the others (:meth:`LambdaState.positions`). One-token decode steps on CUDA run the
+   and reused by the others (:meth:`LambdaState.view`). One-token decode steps on CUDA run the
    Triton kernel of :mod:`fastdecode.kernels.lambda_decode` (``LambdaAttention.decode_kernel``).
 
-Key positions are not passed to attention functions, so they are derived from the layout every cache
-here obeys: globals first, then a contiguous run of recent tokens ending just before the chunk, then the
-chunk itself (whose positions are the ``position_ids`` the layer receives, so tree position ids work).
-With c queries, m keys and the chunk starting at logical position s = position_ids[0]:
-``kpos = [j if j < num_global else j + s - (m - c) for the m - c cached ones] + position_ids``.
-A plain ``DynamicCache`` (or no cache) is the special case without eviction (m - c == s).
+Key positions are not passed to attention functions. A :class:`~fastdecode.attention.cache.LambdaCache`
+made here records the true position and logical index of every stored key: its ``update`` tells the
+state which layer returned the keys (``LambdaState.track``), and the attention function attaches the
+forward's ``position_ids`` to the new slots and reads the positions back
+(:mod:`fastdecode.attention.positions`). So token trees work: tree nodes at root + depth (siblings share a
+position), a draft cache holding the context plus earlier tree levels, paths kept by ``select``, and a
+caller's 4D mask over the logical sequence ([1, 1, c, cached + c]) mapped onto the stored keys. Without a
+LambdaCache (no cache, or a ``DynamicCache``) the cached keys are taken to be a plain sequence ending
+right before the chunk. Reading the position ids on the host costs one device sync per forward on CUDA.
 
 Limits: batch rows must share their position ids; 2D padding masks are dropped by transformers for
 custom attention names (batch 1 / unpadded input only); rope types whose frequencies depend on the
@@ -39,7 +42,8 @@ import torch
 
 from .cache import LambdaCache
 from .lambda_mask import LambdaAttention, lambda_attention_rotated
-from .rope import FarRotation
+from .positions import ForwardView, layout_view, plain_view
+from .positions import key_positions as _key_positions  # noqa: F401  (the plain layout rule; used by tests)
 
 ATTN_NAME = "fastdecode_lambda"
 _STATE = "_fastdecode_lambda"  # attribute on each attention layer and on the model
@@ -52,25 +56,40 @@ VARIABLE_ROPE_TYPES = ("dynamic", "longrope")
 
 
 class LambdaState:
-    """What the attention function needs for one model: the config, the RoPE frequencies, and a memo of
-    the per-forward quantities (key positions, extra rotations) that every layer of a forward shares."""
+    """What the attention function needs for one model: the config, the RoPE frequencies, the query
+    positions of the current forward (on the device and on the host, read once per forward), and the
+    LambdaLayer whose ``update`` returned the keys the next attention call receives (``track``)."""
 
     def __init__(self, cfg: LambdaAttention, inv_freq: torch.Tensor, num_layers: int):
         self.cfg, self.inv_freq, self.num_layers = cfg, inv_freq, num_layers
-        self._memo: tuple | None = None
+        self._memo: tuple | None = None  # (position_ids, (c, device), (qpos, qhost), plain views by m)
+        self._tracked: tuple | None = None  # (LambdaLayer, keys it returned)
 
     def new_cache(self) -> LambdaCache:
-        """A fresh bounded cache for this model."""
-        return LambdaCache(self.num_layers, self.cfg.window, self.cfg.num_global, self.cfg.max_rollback)
+        """A fresh bounded cache for this model, whose layers report their updates here."""
+        return LambdaCache(self.num_layers, self.cfg.window, self.cfg.num_global, self.cfg.max_rollback,
+                           tracker=self)
 
-    def positions(self, position_ids: torch.Tensor | None, c: int, m: int, device) -> tuple:
-        """(qpos [c], kpos [m], FarRotation or None) for a forward; computed by the first layer and reused by
-        the others (the memo holds the position_ids tensor itself, so an identity match is safe)."""
+    def track(self, layer, keys: torch.Tensor) -> None:
+        """Called by ``LambdaLayer.update``: ``keys`` [B, Hkv, m, D] go to the attention function next."""
+        self._tracked = (layer, keys)
+
+    def _claim(self, key: torch.Tensor, c: int):
+        tracked, self._tracked = self._tracked, None
+        if tracked is None:
+            return None
+        if tracked[1] is not key:
+            if key.shape[2] != c:  # a cache is in use, but not the keys our layer returned
+                raise RuntimeError("Lambda attention: the keys reaching the attention function are not the ones the "
+                                   "LambdaCache returned (this model's attention code is not supported)")
+            return None
+        return tracked[0]
+
+    def _queries(self, position_ids: torch.Tensor | None, c: int, m: int, device) -> tuple:
+        # (qpos [c] long on device, the same as host ints), read once per forward (one host sync)
         memo = self._memo
-        if position_ids is not None and memo is not None and memo[0] is position_ids and memo[1] == (c, m, device):
-            return memo[2]
-        if self.inv_freq.device != device:
-            self.inv_freq = self.inv_freq.to(device)
+        if position_ids is not None and memo is not None and memo[0] is position_ids and memo[1] == (c, device):
+            return memo[2], memo[3]
         if position_ids is None:
             qpos = torch.arange(m - c, m, device=device)
         else:
@@ -78,14 +97,28 @@ class LambdaState:
             if pid.dim() == 2 and pid.shape[0] > 1 and not bool((pid == pid[:1]).all()):
                 raise ValueError("Lambda attention needs the same position ids in every batch row")
             qpos = pid.reshape(-1, c)[0].long()
-        cfg = self.cfg
-        kpos = _key_positions(m, qpos, cfg.num_global)
-        g = min(cfg.num_global, m) if m > cfg.window else 0
-        far = FarRotation(qpos, kpos[:g], cfg.window, self.inv_freq) if g else None
-        out = (qpos, kpos, far)
+        out = (qpos, tuple(qpos.tolist()))
         if position_ids is not None:
-            self._memo = (position_ids, (c, m, device), out)
-        return out
+            self._memo = (position_ids, (c, device), out, {})
+        return out, ({} if position_ids is None else self._memo[3])
+
+    def view(self, key: torch.Tensor, position_ids: torch.Tensor | None, c: int, device) -> ForwardView:
+        """Positions of the keys ``key`` [B, Hkv, m, D] and of the c queries of this forward (computed by the
+        first layer of a forward and reused by the others)."""
+        if self.inv_freq.device != device:
+            self.inv_freq = self.inv_freq.to(device)
+        cfg, m = self.cfg, key.shape[2]
+        layer = self._claim(key, c)
+        if layer is not None and position_ids is None:  # continue the logical sequence
+            position_ids = torch.tensor([layer.layout.pos[len(layer.layout.pos) - c:]], device=device)
+        (qpos, qhost), plain = self._queries(position_ids, c, m, device)
+        if layer is not None:
+            full = layer.attach_positions(qhost)
+            return full.memo(("view", device), lambda: layout_view(full, qpos, qhost, cfg.window, cfg.num_global,
+                                                                   self.inv_freq))
+        if m not in plain:
+            plain[m] = plain_view(qpos, qhost, m, cfg.window, cfg.num_global, self.inv_freq)
+        return plain[m]
 
 
 def _rotary_inv_freq(model) -> torch.Tensor | None:
@@ -129,23 +162,6 @@ def check_supported(model) -> torch.Tensor:
     return inv_freq
 
 
-def _key_positions(m: int, qpos: torch.Tensor, num_global: int) -> torch.Tensor:
-    # [m] long: cached keys from the layout rule (module docstring), then the chunk's own positions
-    c = qpos.shape[0]
-    j = torch.arange(m - c, device=qpos.device)
-    cached = torch.where(j < num_global, j, j + (qpos[0] - (m - c)))
-    return torch.cat([cached, qpos])
-
-
-def _gather_mask(mask: torch.Tensor, kpos: torch.Tensor, qpos: torch.Tensor, m: int) -> torch.Tensor:
-    # a caller's 4D mask indexes the logical sequence [0, s + c); keep the stored columns only
-    if mask.shape[-1] == m:
-        return mask
-    c = qpos.shape[0]
-    cols = torch.cat([kpos[: m - c], qpos[0] + torch.arange(c, device=qpos.device)])
-    return mask.index_select(-1, cols.to(mask.device))
-
-
 def lambda_attention_function(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                               attention_mask: torch.Tensor | None, scaling: float | None = None,
                               dropout: float = 0.0, **kwargs):
@@ -156,18 +172,19 @@ def lambda_attention_function(module, query: torch.Tensor, key: torch.Tensor, va
     cfg = state.cfg
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
-    c, m = query.shape[2], key.shape[2]
-    qpos, kpos, far = state.positions(kwargs.get("position_ids"), c, m, query.device)
+    c = query.shape[2]
+    view = state.view(key, kwargs.get("position_ids"), c, query.device)
     mask = None
     if attention_mask is not None:
         if attention_mask.dim() != 4:
             raise ValueError(f"Lambda attention takes no mask or a 4D mask, got shape {tuple(attention_mask.shape)}")
-        mask = _gather_mask(attention_mask, kpos, qpos, m)
+        mask = view.mask_for_keys(attention_mask)
     if c == 1 and mask is None and query.is_cuda and cfg.decode_kernel:
-        out = _decode_step(query, key, value, qpos, kpos, cfg, far, scaling)
+        out = _decode_step(query, key, value, view.qpos, view.kpos, cfg, view.far, scaling)
         if out is not None:
             return out, None
-    out = lambda_attention_rotated(query, key, value, qpos, kpos, cfg, state.inv_freq, scaling, mask, far_rot=far)
+    out = lambda_attention_rotated(query, key, value, view.qpos, view.kpos, cfg, state.inv_freq, scaling, mask,
+                                   far_rot=view.far, g=view.g)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -183,7 +200,7 @@ def _decode_step(query, key, value, qpos, kpos, cfg, far, scaling):
         q_far, k_glob = q, key[:, :, :0]
     else:
         q_far = far.queries(query)[:, :, 0]
-        k_glob = far.globals(key[:, :, :min(cfg.num_global, key.shape[2])])
+        k_glob = far.globals(key[:, :, :far.g])
     out = lambda_decode(q, q_far, key, value, k_glob, kpos, qpos, cfg.window, cfg.num_global, scaling)
     return out[:, None]  # [B, 1, H, D]
 

@@ -138,28 +138,30 @@ def _dense_rotated(q, k, v, qpos, kpos, cfg, scaling, mask, g: int, far_rot: Far
 def lambda_attention_rotated(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qpos: torch.Tensor,
                              kpos: torch.Tensor, cfg: LambdaAttention, inv_freq: torch.Tensor, scaling: float,
                              mask: torch.Tensor | None = None, block: int | None = None,
-                             far_rot: FarRotation | None = None) -> torch.Tensor:
+                             far_rot: FarRotation | None = None, g: int | None = None) -> torch.Tensor:
     """Lambda attention on queries/keys ROTATED at their true positions; returns [B, H, c, D].
 
-    q [B, H, c, D] at qpos [c]; k, v [B, Hkv, m, D] at kpos [m]. Global keys (kpos < num_global) must be
-    the leading columns (the cache layout guarantees it). ``mask``: optional extra mask as in the
-    reference. Without a mask and with more than ``block`` (default ``window``) queries, queries are
-    processed in blocks against only the columns they can see; this needs qpos and the non-global kpos
-    ascending (a causal chunk, the prefill case). ``far_rot``: precomputed :class:`FarRotation` for
-    (qpos, kpos[:g]) (shared by all layers of a forward), computed here when not given.
+    q [B, H, c, D] at qpos [c]; k, v [B, Hkv, m, D] at kpos [m]. Global keys (kpos < num_global) must lie
+    within the first ``g`` columns (the cache layout guarantees it). ``g``: leading columns that may be
+    scored as far globals, 0 when no global can be outside the window; by default min(num_global, m) if
+    m > window else 0, right for any contiguous layout (a far global needs some pair at distance >= L,
+    impossible while every key is within m - 1 < L positions of the queries; skipping it keeps short
+    inputs exactly equal to vanilla attention). ``mask``: optional extra mask as in the reference.
+    Without a mask and with more than ``block`` (default ``window``) queries, queries are processed in
+    blocks against only the columns they can see; this needs qpos and the non-global kpos ascending (a
+    causal chunk, the prefill case). ``far_rot``: precomputed :class:`FarRotation` for (qpos, kpos[:g])
+    (shared by all layers of a forward), computed here when not given.
     """
     c, m = q.shape[2], k.shape[2]
-    # a far global needs some pair at distance >= L, impossible while every key is within m - 1 < L
-    # positions of the queries (true for any contiguous layout); skipping it keeps short inputs exactly
-    # equal to vanilla attention
-    g = min(cfg.num_global, m) if m > cfg.window else 0
+    if g is None:
+        g = min(cfg.num_global, m) if m > cfg.window else 0
     if g and far_rot is None:
         far_rot = FarRotation(qpos, kpos[:g], cfg.window, inv_freq)
     block = block or cfg.window
     if mask is not None or c <= block:
         return _dense_rotated(q, k, v, qpos, kpos, cfg, scaling, mask, g, far_rot, slice(None))
     outs = []
-    n_g = min(cfg.num_global, m)
+    n_g = max(min(cfg.num_global, m), g)
     starts = list(range(0, c, block))
     q_lo = torch.stack([qpos[a] for a in starts]) - (cfg.window - 1)
     q_hi = torch.stack([qpos[min(a + block, c) - 1] for a in starts])

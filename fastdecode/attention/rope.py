@@ -58,6 +58,7 @@ class FarRotation:
     rotated at ``kpos_glob`` [g] -> position 0 (pre-RoPE)."""
 
     def __init__(self, qpos: torch.Tensor, kpos_glob: torch.Tensor, window: int, inv_freq: torch.Tensor):
+        self.g = int(kpos_glob.shape[0])  # number of leading key columns it un-rotates
         theta_q = rope_angles(qpos, inv_freq).double()
         self.q = rotation(rope_angles(torch.full_like(qpos, window), inv_freq).double() - theta_q)
         self.k = rotation(-rope_angles(kpos_glob, inv_freq).double())
