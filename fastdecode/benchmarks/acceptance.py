@@ -11,15 +11,18 @@ k = 1, 2, 4, 8 drafts the mean over positions of
 - the optimal acceptance rate of any lossless verifier for i.i.d. drafts and for drafts without
   replacement (fastdecode.verification.bound).
 
-The exact quantities cost O(V log V) per position and are computed at every position. Three costly
-ones are computed on a random subset of positions and combined with a cheap exact *control*
-computed everywhere: estimate = mean_all(control) + mean_subset(value - control):
-rrs_without_replacement (control rrs, 2 draft samples per position, ``--subsample`` positions),
+The exact quantities cost O(V log V) per position (one ratio sort serves rrs, spectr and the i.i.d.
+optimum) and are computed at every position. Three costly ones are computed on a random subset of
+positions and combined with a cheap exact *control* computed everywhere,
+estimate = mean_all(control) + mean_subset(value - control): rrs_without_replacement (control rrs,
+2 rejection paths per position, ``--subsample`` positions: default 2048 on the CPU, all on CUDA),
 optimal and the without-replacement optimum (control: the i.i.d. optimum, ``--bound-subsample``
-positions). Their error bars are standard errors (subset sampling with finite-population correction,
-plus the Monte Carlo term); they vanish when the subset is every position and the value is exact.
+positions: default 256 on the CPU, all on CUDA). Their error bars are standard errors (subset
+sampling with finite-population correction, plus the Monte Carlo term); they vanish when the subset
+is every position and the value is exact. Subset rows are scored in batches of 256 (CPU) / 4096.
 
-Run: ``python bench/acceptance.py --quick`` (smoke) or ``python bench/acceptance.py`` (64k tokens).
+Run: ``python bench/acceptance.py --quick`` (smoke: 4096 tokens, subsets of 1024 and 64 positions)
+or ``python bench/acceptance.py`` (65536 tokens), also as ``fastdecode acceptance``.
 Results: bench/results/acceptance.json (+ acceptance.png).
 """
 from __future__ import annotations
@@ -35,7 +38,6 @@ from pathlib import Path
 import torch
 
 DEFAULT_OUT = Path("bench/results/acceptance.json")
-EXACT = ["speculative", "rrs", "spectr", "greedy_draft", "typical"]
 SUBSET = ["rrs_without_replacement", "optimal"]
 BOUNDS = ["optimal_iid", "optimal_without_replacement"]
 CONTROL = {"rrs_without_replacement": "rrs", "optimal": "optimal_iid", "optimal_without_replacement": "optimal_iid"}
@@ -97,38 +99,64 @@ class _Acc:
         return {"mean": mean, "stderr": math.sqrt(var), "positions": self.m}
 
 
-def _score(p, q, ks, methods, sub, bsub, gen, samples: int = 2) -> dict:
-    """{name: ([len(ks), n] value or None, [len(ks), n_subset] value, [len(ks), n_subset] mc variance)}."""
+def _exact(p, q, ks, methods) -> dict:
+    """{name: [len(ks), n]} for the quantities computed at every position (closed forms)."""
     from ..verification import bound, greedy_draft, rrs, spectr, typical
     from ..verification.ratio import ratio_table
 
     out = {}
     table = ratio_table(p, q)                                    # one sort serves rrs, spectr and the bound
-    beta = torch.minimum(p, q).sum(-1)
     if "speculative" in methods and 1 in ks:
+        beta = torch.minimum(p, q).sum(-1)
         out["speculative"] = torch.stack([beta if k == 1 else torch.full_like(beta, float("nan")) for k in ks])
     if "rrs" in methods or "rrs_without_replacement" in methods:
         out["rrs"] = rrs.acceptance_rrs_many(p, q, ks, table)
     if "spectr" in methods:
         out["spectr"] = spectr.acceptance_spectr_many(p, q, ks, table)
     if "greedy_draft" in methods:
-        out["greedy_draft"] = torch.stack([greedy_draft.acceptance_greedy_draft(p, q, k) for k in ks])
+        out["greedy_draft"] = greedy_draft.acceptance_greedy_draft_many(p, q, ks)
     if "typical" in methods:
         out["typical"] = typical.acceptance_typical_many(p, q, ks)
     out["optimal_iid"] = bound.optimal_iid_from_table(table, ks)
-    subset = {}
-    if "rrs_without_replacement" in methods and sub.numel():
-        est = [rrs.acceptance_rrs_without_replacement(p[sub], q[sub], k, samples=samples, generator=gen) for k in ks]
-        subset["rrs_without_replacement"] = (sub, torch.stack([e.mean for e in est]),
-                                             torch.stack([e.stderr ** 2 for e in est]))
-    if bsub.numel():
-        if "optimal" in methods:
-            from ..verification import acceptance_probability
-            val = torch.stack([acceptance_probability("optimal", p[bsub], q[bsub], k).double() for k in ks])
-            subset["optimal"] = (bsub, val, torch.zeros_like(val))
-        val = bound.optimal_acceptance_rate_many(p[bsub], q[bsub], ks, "without_replacement")
-        subset["optimal_without_replacement"] = (bsub, val, torch.zeros_like(val))
-    return {"all": out, "subset": subset}
+    return out
+
+
+def _subset_values(name: str, p, q, ks, gen, samples: int = 2):
+    """([len(ks), m] values, [len(ks), m] Monte Carlo variances) of a costly quantity on m positions."""
+    from ..verification import acceptance_probability, bound, rrs
+
+    if name == "rrs_without_replacement":
+        est = [rrs.acceptance_rrs_without_replacement(p, q, k, samples=samples, generator=gen) for k in ks]
+        return torch.stack([e.mean for e in est]), torch.stack([e.stderr ** 2 for e in est])
+    if name == "optimal":
+        val = torch.stack([acceptance_probability("optimal", p, q, k).double() for k in ks])
+    else:
+        val = bound.optimal_acceptance_rate_many(p, q, ks, "without_replacement")
+    return val, torch.zeros_like(val)
+
+
+class _Subset:
+    """Rows of one costly quantity waiting to be scored together (batched work is far cheaper)."""
+
+    def __init__(self, name: str, flush_rows: int):
+        self.name, self.flush_rows, self.rows = name, flush_rows, []
+
+    def add(self, p, q, control, accs, ks, gen, final: bool = False) -> None:
+        if p is not None and p.shape[0]:
+            self.rows.append((p, q, control.T))                 # control: [len(ks), m]
+        n = sum(r[0].shape[0] for r in self.rows)
+        if not n or (n < self.flush_rows and not final):
+            return
+        p, q, control = (torch.cat(x) for x in zip(*self.rows))
+        control, self.rows = control.T, []
+        val, mc = _subset_values(self.name, p, q, ks, gen)
+        for i, k in enumerate(ks):
+            a = accs[k][self.name]
+            d = val[i] - control[i]
+            a.m += d.numel()
+            a.d1 += float(d.sum())
+            a.d2 += float((d * d).sum())
+            a.mc += float(mc[i].sum())
 
 
 def run(args) -> int:
@@ -168,6 +196,10 @@ def run(args) -> int:
     gen = torch.Generator(device=dev).manual_seed(args.seed)
 
     acc = {t: {k: {} for k in ks} for t in temps}
+    subset_names = [m for m in SUBSET if m in methods] + ["optimal_without_replacement"]
+    fraction = {"rrs_without_replacement": f_sub, "optimal": f_bound, "optimal_without_replacement": f_bound}
+    flush = 256 if dev.type == "cpu" else 4096
+    pending = {t: {name: _Subset(name, flush) for name in subset_names} for t in temps}
     t0 = time.perf_counter()
     bar = tqdm(total=total, desc="acceptance", unit="tok")
     for s in range(0, n_windows, args.batch_windows):
@@ -175,28 +207,27 @@ def run(args) -> int:
         with torch.inference_mode():
             lt = target(batch).logits.float().reshape(-1, target.config.vocab_size)   # [n, V]
             ld = draft(batch).logits.float().reshape(-1, target.config.vocab_size)
-        u = torch.rand(lt.shape[0], generator=gen, device=dev)
-        sub, bsub = (u < f_sub).nonzero()[:, 0], (u < f_bound).nonzero()[:, 0]
+        u = torch.rand(lt.shape[0], generator=gen, device=dev)                       # subset membership
         for t in temps:
             p = torch.softmax(lt.double() / t, -1)
             q = torch.softmax(ld.double() / t, -1)
-            scores = _score(p, q, ks, methods, sub, bsub, gen)
+            exact = _exact(p, q, ks, methods)
             for i, k in enumerate(ks):
-                for name, val in scores["all"].items():
+                for name, val in exact.items():
                     a = acc[t][k].setdefault(name, _Acc())
                     a.n += val.shape[1]
                     a.total += float(val[i].sum())
-                for name, (idx, val, mc) in scores["subset"].items():
+                for name in subset_names:                   # the control, at every position
                     a = acc[t][k].setdefault(name, _Acc())
-                    control = scores["all"][CONTROL[name]][i]
-                    d = val[i] - control[idx]
-                    a.n += control.shape[0]
-                    a.total += float(control.sum())
-                    a.m += idx.numel()
-                    a.d1 += float(d.sum())
-                    a.d2 += float((d * d).sum())
-                    a.mc += float(mc[i].sum())
+                    a.n += p.shape[0]
+                    a.total += float(exact[CONTROL[name]][i].sum())
+            for name in subset_names:
+                idx = (u < fraction[name]).nonzero()[:, 0]
+                pending[t][name].add(p[idx], q[idx], exact[CONTROL[name]][:, idx], acc[t], ks, gen)
         bar.update(batch.numel())
+    for t in temps:
+        for name in subset_names:
+            pending[t][name].add(None, None, None, acc[t], ks, gen, final=True)
     bar.close()
     elapsed = time.perf_counter() - t0
 

@@ -70,7 +70,8 @@ def optimal_acceptance_rate_many(p: torch.Tensor, q: torch.Tensor, ks: list[int]
 def optimal_iid_from_table(table: RatioTable, ks: list[int]) -> torch.Tensor:
     """[len(ks), N] the i.i.d. optimum from a ratio_table (the prefixes of p/q ascending are the
     complements of the first j tokens of the table's descending order)."""
-    return torch.stack([1 - (table.q_rest ** k - table.p_rest).max(-1).values.clamp_min(0) for k in ks])
+    log_q = table.q_rest.log()                                       # q(H)^k = exp(k log q(H)); log 0 = -inf
+    return torch.stack([1 - (torch.exp(k * log_q) - table.p_rest).max(-1).values.clamp_min(0) for k in ks])
 
 
 def _ratio_sorted(p: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

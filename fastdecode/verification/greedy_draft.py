@@ -44,8 +44,28 @@ def verify_greedy_draft(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, 
 def acceptance_greedy_draft(p: torch.Tensor, q: torch.Tensor, k: int) -> torch.Tensor:
     """[N] exact: p(D) + sum_{x not in D} min(p(x), q'(x)), D = top k-1 of q (torch.topk ties)."""
     check_k(k, p.shape[1], "greedy")
-    pd = p.double()
-    top = q.topk(k - 1, dim=-1).indices if k > 1 else torch.zeros((q.shape[0], 0), dtype=torch.long, device=q.device)
-    qr = greedy_rest(q, top)
-    in_d = torch.zeros_like(pd, dtype=torch.bool).scatter_(1, top, True)
-    return torch.where(in_d, pd, torch.minimum(pd, qr)).sum(-1)
+    return acceptance_greedy_draft_many(p, q, [k])[0]
+
+
+def acceptance_greedy_draft_many(p: torch.Tensor, q: torch.Tensor, ks: list[int]) -> torch.Tensor:
+    """[len(ks), N] acceptance_greedy_draft for several k, with one top-k of q."""
+    for k in ks:
+        check_k(k, p.shape[1], "greedy")
+    pd, qd = p.double(), q.double()
+    top = qd.topk(max(ks) - 1, dim=-1).indices                                  # [N, kmax - 1], descending q
+    p_top, q_top = pd.gather(1, top), qd.gather(1, top)
+    out = []
+    for k in ks:
+        d = k - 1
+        p_d = p_top[:, :d].sum(-1, keepdim=True)
+        rest = qd.sum(-1, keepdim=True) - q_top[:, :d].sum(-1, keepdim=True)   # q mass outside D
+        if bool((rest <= 0).any()):                                             # exhausted: the exact q'
+            qr = greedy_rest(qd, top[:, :d])
+            in_d = torch.zeros_like(pd, dtype=torch.bool).scatter_(1, top[:, :d], True)
+            out.append(torch.where(in_d, pd, torch.minimum(pd, qr)).sum(-1))
+            continue
+        # sum over x outside D of min(p, q / rest) = sum over all x - sum over D
+        scaled = qd / rest
+        inside = torch.minimum(p_top[:, :d], q_top[:, :d] / rest).sum(-1)
+        out.append(p_d[:, 0] + torch.minimum(pd, scaled).sum(-1) - inside)
+    return torch.stack(out)

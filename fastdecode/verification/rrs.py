@@ -11,9 +11,10 @@ Decoding"): x_i drawn sequentially without replacement, q_1 = q, q_{i+1} = q_i w
 renormalised. Accept x_i with probability min(1, p_i(x_i) / q_i(x_i)); after a rejection
 p_{i+1} = norm(max(0, p_i - q_i)), using q_i *before* x_i is removed (this zeroes p_{i+1}(x_i)).
 The siblings must be verified in draw order (sorting them by q breaks exactness) and p_i must be
-carried across siblings. Lossless. Its acceptance has no closed form: :func:`acceptance_rrs_without_replacement`
-returns an unbiased Monte Carlo estimate (over rejection paths). When the k drafts exhaust q's support, the later q_i are
-uniform over the tokens not yet drawn, matching :func:`fastdecode.verification.drafts.sample_drafts`.
+carried across siblings. Lossless. Its acceptance has no closed form:
+:func:`acceptance_rrs_without_replacement` returns an unbiased Monte Carlo estimate (over rejection
+paths). When the k drafts exhaust q's support, the later q_i are uniform over the tokens not yet
+drawn, matching :func:`fastdecode.verification.drafts.sample_drafts`.
 
 Zero residuals (p_i == q_i, e.g. p == q) fall back to p_i; the draft is then accepted with
 probability 1, so the fallback is never used for the output.

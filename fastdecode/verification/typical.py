@@ -67,9 +67,9 @@ def acceptance_typical_many(p: torch.Tensor, q: torch.Tensor, ks: list[int], *,
     a = passing(pd, posterior_threshold, posterior_alpha)
     miss = (1 - torch.where(a, qd, torch.zeros_like(qd)).sum(-1, keepdim=True)).clamp(0.0, 1.0)   # 1 - q(A)
     p_out = torch.where(a, torch.zeros_like(pd), pd)                                               # p outside A
-    miss_x = (miss - qd).clamp_min(0)
+    log_miss_x = (miss - qd).clamp_min(0).log()                                                   # log 0 = -inf
     out = []
     for k in ks:
         none = miss ** k
-        out.append(1 - none[:, 0] + (p_out * (none - miss_x ** k)).sum(-1))
+        out.append(1 - none[:, 0] + (p_out * (none - torch.exp(k * log_miss_x))).sum(-1))
     return torch.stack(out)
