@@ -99,7 +99,8 @@ def _evaluate_chunk(tasks: list[dict], cfgs: list[RunConfig], settings: dict, pr
         if j == 0:  # untimed warm-up of every configuration
             for cfg in cfgs:
                 one(cfg, ids, 4)
-        rec = dict(task, prompt_tokens=ids.shape[1], runs={})
+        rec = dict(file=task["file"], lineno=task["lineno"], reference=task["reference"],
+                   prompt_tokens=ids.shape[1], runs={})
         for cfg in cfgs:
             res = one(cfg, ids, settings["max_new_tokens"])
             st = res.stats
@@ -236,6 +237,8 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.annotate(f"{r['threshold']:g}" + (f"/d{r['min_dwell']}" if len({x['min_dwell'] for x in sw}) > 1 else ""),
                         (r["large_fraction"], r["accuracy"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
         fig.colorbar(sc, ax=ax, label="threshold tau (bits)") if not spec else None
+    ax.plot([0, 1], [small["accuracy"], large["accuracy"]], c="lightgray", lw=1, zorder=1,
+            label="each line from one model, picked at random (reference)")
     ax.scatter([0], [small["accuracy"]], marker="v", c="tab:red", s=60, label="small alone", zorder=4)
     ax.scatter([1], [large["accuracy"]], marker="^", c="tab:blue", s=60, label="large alone", zorder=4)
     ax.axhline(GOAL_RELATIVE_ACCURACY * large["accuracy"], ls="--", c="gray", lw=1, label="97% of large")
