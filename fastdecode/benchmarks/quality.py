@@ -290,7 +290,8 @@ def run(args) -> int:
     rows = summarize(records, cfgs, n_s, n_l)
     table = markdown_table(rows)
     goal = goal_line(rows)
-    note = (f"{n} prompts, greedy, at most {args.max_new_tokens} new tokens, window w={args.window}, "
+    note = (f"{n} prompts from the Python {platform.python_version()} standard library, greedy, at most "
+            f"{args.max_new_tokens} new tokens, window w={args.window}, min_dwell={args.min_dwell}, "
             f"device {args.device}, {args.workers} worker(s). Accuracy and token fractions are deterministic; "
             "wall times were measured with every configuration interleaved per prompt, but on a shared "
             "machine they are noisy. Cost: N_S = {:.2f} M, N_L = {:.2f} M parameters.".format(n_s / 1e6, n_l / 1e6))
