@@ -100,7 +100,10 @@ def generate(
         md = MultiDraftConfig(num_drafts=num_drafts, draft_length=draft_length, verifier=verifier or "rrs")
     elif method == "entropy_switch":
         es_mod = importlib.import_module(".decoding.entropy_switch", __package__)
-        es = es_mod.EntropySwitchConfig(**method_options)
+        try:
+            es = es_mod.EntropySwitchConfig(**method_options)
+        except TypeError as e:
+            raise ValueError(f"bad entropy_switch option: {e}") from None
     elif verifier is not None:
         raise ValueError(f"verifier= applies to speculative and multi_draft decoding, not to {method!r}")
 
