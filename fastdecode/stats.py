@@ -71,6 +71,12 @@ class DecodeStats:
         if self.drafted_tokens:
             s += f", alpha={self.acceptance_rate:.3f}, tau={self.tokens_per_target_call:.2f}"
         s += f", target calls={self.target_calls}, draft calls={self.draft_calls}"
+        if "large_fraction" in self.extra:  # entropy switch
+            e = self.extra
+            s += (f", large-model tokens={e['large_fraction']:.0%}, switches={e['switches']}, "
+                  f"estimated cost={e['estimated_cost_ratio']:.2f}x the large model alone")
+        if "tree_nodes" in self.extra:  # multi-draft
+            s += f", k={self.extra['num_drafts']} ({self.extra['verifier']}), tree nodes={self.extra['tree_nodes']}"
         if self.lossy:
             s += " (lossy)"
         return s

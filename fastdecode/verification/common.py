@@ -58,13 +58,16 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> tor
     return (probs.float() / noise).argmax(-1)
 
 
+def normalize_or(r: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+    """Normalise nonnegative residual rows r [N, V]; rows with no mass (up to rounding) use ``fallback``."""
+    empty = r.sum(-1, keepdim=True) <= 1e-12 * r.shape[-1]
+    r = torch.where(empty, fallback, r)
+    return r / r.sum(-1, keepdim=True)
+
+
 def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """norm(max(0, p - q)) row-wise, falling back to p where the residual has no mass (p == q up to rounding)."""
-    r = (p - q).clamp_min(0)
-    s = r.sum(-1, keepdim=True)
-    empty = s <= 1e-12 * p.shape[-1]
-    r = torch.where(empty, p, r)
-    return r / r.sum(-1, keepdim=True)
+    return normalize_or((p - q).clamp_min(0), p)
 
 
 def uniform(n: int, generator: torch.Generator | None, device, dtype=torch.float64) -> torch.Tensor:

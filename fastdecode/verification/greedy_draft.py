@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import VerifyResult
+from .common import VerifyResult, normalize_or
 from .drafts import check_k, greedy_rest
 from .sequential import run
 
@@ -31,9 +31,7 @@ def plan_greedy_draft(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor):
     acc = torch.cat([torch.zeros_like(top, dtype=torch.float64), a_last], 1)
     in_d = torch.zeros_like(pd, dtype=torch.bool).scatter_(1, top, True)
     res = torch.where(in_d, pd, (pd - qr).clamp_min(0))
-    empty = res.sum(-1, keepdim=True) <= 1e-12 * pd.shape[1]             # p == q' outside D, p(D) = 0
-    res = torch.where(empty, pd, res)
-    return acc, res / res.sum(-1, keepdim=True)
+    return acc, normalize_or(res, pd)  # p == q' outside D, p(D) = 0
 
 
 def verify_greedy_draft(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, generator=None) -> VerifyResult:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import VerifyResult
+from .common import VerifyResult, normalize_or
 from .drafts import check_k
 from .ratio import RatioTable, ratio_table
 from .sequential import run
@@ -65,9 +65,7 @@ def plan_spectr(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor):
     acc = torch.where(qx > 0, (px / (rho[:, None] * qx.clamp_min(1e-300))).clamp_max(1.0), torch.zeros_like(px))
     c = torch.where(b > 0, _accept_any(b, k) / b.clamp_min(1e-300), torch.full_like(b, float(k)))
     res = (pd - c[:, None] * torch.minimum(qd, pd / rho[:, None])).clamp_min(0)
-    empty = res.sum(-1, keepdim=True) <= 1e-12 * pd.shape[1]            # never used: then beta = 1
-    res = torch.where(empty, pd, res)
-    return acc, res / res.sum(-1, keepdim=True)
+    return acc, normalize_or(res, pd)  # never used: then beta = 1
 
 
 def verify_spectr(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, generator=None) -> VerifyResult:
