@@ -12,6 +12,14 @@ from pathlib import Path
 
 from .models import DEFAULT_PAIR
 
+# ends inside a line: a prompt ending in a bare newline is out of distribution for BPE code models
+DEFAULT_PROMPT = (
+    'import os\n\n\ndef read_config(path):\n    """Read a simple key = value configuration file into a dict."""\n'
+    '    config = {}\n    with open(path, encoding="utf-8") as f:\n        for line in f:\n'
+    '            line = line.strip()\n            if not line or line.startswith("#"):\n                continue\n'
+    '            key, _, value = line.partition("=")\n            config['
+)
+
 SUBCOMMANDS = {
     "bench": ("e2e", "end-to-end speed vs Hugging Face generate and assisted generation"),
     "acceptance": ("acceptance", "acceptance rate of every verifier against the optimal-transport bound"),
@@ -53,7 +61,7 @@ def _run_generate(args) -> int:
     from .models import check_pair, load_model
 
     if args.prompt is None and args.prompt_file is None:
-        args.prompt = "import os\n\n\ndef read_lines(path):\n    "
+        args.prompt = DEFAULT_PROMPT
     text = Path(args.prompt_file).read_text() if args.prompt_file else args.prompt
     target, tok = load_model(args.target, args.device)
     draft = None
