@@ -26,6 +26,19 @@ def stdlib_prompts(code_pair):
     return stdlib_prompts(code_pair[2], n=8, prompt_tokens=48)
 
 
+def kernel_module(name: str, kernel: str, device: str = "cpu"):
+    """``fastdecode.kernels.<name>`` with its Triton kernel ``kernel`` built by the interpreter on the CPU
+    (the module is reloaded if an earlier import in this process built it for the GPU)."""
+    import importlib
+
+    from triton.runtime.interpreter import InterpretedFunction
+
+    m = importlib.import_module(f"fastdecode.kernels.{name}")
+    if device == "cpu" and not isinstance(getattr(m, kernel), InterpretedFunction):
+        m = importlib.reload(m)
+    return m
+
+
 def tiny_llama(seed: int, vocab: int = 6, hidden: int = 32, layers: int = 2, scale: float = 4.0):
     """A randomly initialised Llama with a small vocabulary whose next-token distributions are far from
     uniform (output embeddings scaled up), fast enough for thousands of seeded generations."""

@@ -1,5 +1,4 @@
 """Triton ``entropy`` kernel vs float64 and the PyTorch reference (CPU, TRITON_INTERPRET=1)."""
-import importlib
 import math
 import os
 
@@ -7,6 +6,8 @@ DEVICE = os.environ.get("FASTDECODE_TEST_DEVICE", "cpu")  # bench/kernels_gpu_ch
 os.environ.setdefault("TRITON_INTERPRET", "1" if DEVICE == "cpu" else "0")  # before triton is imported
 
 import pytest
+
+from conftest import kernel_module
 import torch
 
 pytest.importorskip("triton")
@@ -17,12 +18,7 @@ TOLS = {torch.float32: (2e-5, 2e-5), torch.float16: (2e-5, 2e-5), torch.bfloat16
 
 @pytest.fixture(scope="module")
 def mod():
-    from triton.runtime.interpreter import InterpretedFunction
-
-    m = importlib.import_module("fastdecode.kernels.entropy")
-    if DEVICE == "cpu" and not isinstance(m._entropy_kernel, InterpretedFunction):
-        m = importlib.reload(m)  # an earlier import in this process built the kernel for the GPU
-    return m
+    return kernel_module("entropy", "_entropy_kernel", DEVICE)
 
 
 def kernel(mod, logits, *args, **kwargs):

@@ -6,7 +6,6 @@ top-k keeps x >= (k-th largest x), exactly; top-p keeps x iff the mass of strict
 tokens is < top_p. The kernel accumulates masses in float32, so a token whose float64 "mass before"
 lies within MASS_TOL of top_p may go either way; every other token must match.
 """
-import importlib
 import os
 import subprocess
 import sys
@@ -15,6 +14,8 @@ DEVICE = os.environ.get("FASTDECODE_TEST_DEVICE", "cpu")  # bench/kernels_gpu_ch
 os.environ.setdefault("TRITON_INTERPRET", "1" if DEVICE == "cpu" else "0")  # before triton is imported
 
 import pytest
+
+from conftest import kernel_module
 import torch
 
 pytest.importorskip("triton")
@@ -27,14 +28,7 @@ TOLS = {torch.float32: (1e-7, 2e-5), torch.float16: (1e-7, 2e-5), torch.bfloat16
 
 @pytest.fixture(scope="module")
 def mod():
-    """fastdecode.kernels.probs with its kernels built by the interpreter (reloaded if an earlier import
-    in this process built them for the GPU)."""
-    from triton.runtime.interpreter import InterpretedFunction
-
-    m = importlib.import_module("fastdecode.kernels.probs")
-    if DEVICE == "cpu" and not isinstance(m._probs_kernel, InterpretedFunction):
-        m = importlib.reload(m)
-    return m
+    return kernel_module("probs", "_probs_kernel", DEVICE)
 
 
 def kernel(mod, logits, *args, **kwargs):

@@ -5,13 +5,14 @@ TRITON_INTERPRET=1, at three levels:
 3. the references are lossless: emitted-token histograms over many rows match p (chi-square), the
    acceptance rates match their closed forms, and a deliberately broken variant fails the same test.
 """
-import importlib
 import os
 
 DEVICE = os.environ.get("FASTDECODE_TEST_DEVICE", "cpu")  # bench/kernels_gpu_check.py sets "cuda"
 os.environ.setdefault("TRITON_INTERPRET", "1" if DEVICE == "cpu" else "0")  # before triton is imported
 
 import pytest
+
+from conftest import kernel_module
 import torch
 
 pytest.importorskip("triton")
@@ -20,12 +21,7 @@ pytestmark = pytest.mark.filterwarnings("error")  # a NaN from a masked lane wou
 
 @pytest.fixture(scope="module")
 def kv():
-    from triton.runtime.interpreter import InterpretedFunction
-
-    m = importlib.import_module("fastdecode.kernels.verify")
-    if DEVICE == "cpu" and not isinstance(m._verify_kernel, InterpretedFunction):
-        m = importlib.reload(m)  # an earlier import in this process built the kernel for the GPU
-    return m
+    return kernel_module("verify", "_verify_kernel", DEVICE)
 
 
 def on_device(fn):
