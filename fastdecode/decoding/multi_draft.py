@@ -29,6 +29,7 @@ from ..config import MultiDraftConfig, SamplingConfig
 from ..stats import DecodeStats
 from ..verification import method_info, verify
 from ..verification.common import sample
+from ..verification.drafts import sample_drafts
 from ..verification.speculative import verify_chain
 from . import cache as kv
 from .common import TokenStream
@@ -43,7 +44,6 @@ def draw_children(q: torch.Tensor, m: int, scheme: str, greedy: bool, logits: to
         return [int(sample(q[None], generator)[0])]
     if scheme == "without_replacement" or scheme == "greedy":
         m = min(m, int((q > 0).sum()))  # cannot draw more distinct tokens than q's support
-    from ..verification.drafts import sample_drafts
     return sample_drafts(q[None], m, scheme, generator=generator)[0].tolist()
 
 
