@@ -1,4 +1,4 @@
-"""GPU correctness check of the Triton kernels (probs, entropy, verify).
+"""GPU correctness check of the Triton kernels (probs, entropy, verify) and of the verifiers' dispatch to them.
 
 Runs the cases of tests/test_kernels_{probs,entropy,verify}.py with the kernels on the GPU (their
 ``*_reference`` and the float64 checks stay on the CPU, so verify is checked bit for bit across
@@ -14,7 +14,8 @@ import time
 os.environ["FASTDECODE_TEST_DEVICE"] = "cuda"
 os.environ["TRITON_INTERPRET"] = "0"
 
-TESTS = ["tests/test_kernels_probs.py", "tests/test_kernels_entropy.py", "tests/test_kernels_verify.py"]
+TESTS = ["tests/test_kernels_probs.py", "tests/test_kernels_entropy.py", "tests/test_kernels_verify.py",
+         "tests/test_verification_fused_dispatch.py"]
 
 
 class _Lines:

@@ -72,3 +72,16 @@ def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 def uniform(n: int, generator: torch.Generator | None, device, dtype=torch.float64) -> torch.Tensor:
     return torch.rand(n, generator=generator, device=device, dtype=dtype)
+
+
+def kernel_noise(p: torch.Tensor, k: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The random draws of the fused verify kernels (fastdecode.kernels.verify_*): uniforms u [N, k]
+    (float64) for the acceptance tests and exponential(1) noise [N, V] (float32) for the residual race."""
+    u = torch.rand((p.shape[0], k), generator=generator, device=p.device, dtype=torch.float64)
+    noise = torch.empty(p.shape, dtype=torch.float32, device=p.device).exponential_(generator=generator)
+    return u, noise
+
+
+def kernel_result(tokens: torch.Tensor, index: torch.Tensor) -> VerifyResult:
+    """VerifyResult of a fused verify kernel: ``index`` is the accepted draft (draw order) or -1."""
+    return VerifyResult(tokens, index >= 0, index)
