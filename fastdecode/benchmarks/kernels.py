@@ -10,11 +10,18 @@ device's measured device-to-device copy bandwidth (bytes read + written by ``dst
   worst case: drafts are taken where q > p and the uniforms are 1 - 1e-9). RRS reads p and q once per
   rejected draft, so its GB/s counts only the first read.
 Results: bench/results/kernels.json and a markdown table on stdout.
+
+``--smoke`` runs every case once at tiny sizes (V = 100 and 4099, rows 1 and 2) without torch.compile: on
+a GPU as a dry run, on a CPU in the Triton interpreter with wall-clock timings that mean nothing. It
+checks that the script and every case work before GPU time is spent (tests/test_kernels_bench.py).
 """
 from __future__ import annotations
 
+import importlib
 import json
+import os
 import platform
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,33 +52,33 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd references")
     parser.add_argument("--budget-s", type=float, default=None,
                         help="stop starting new torch.compile measurements after this many seconds (default 100 with --quick)")
-    parser.add_argument("--out", default=str(DEFAULT_OUT))
+    parser.add_argument("--smoke", action="store_true",
+                        help="every case once at tiny sizes (CPU: Triton interpreter, timings meaningless); checks the script")
+    parser.add_argument("--out", default=None, help=f"result file (default {DEFAULT_OUT}; with --smoke, not written)")
 
 
-def copy_bandwidth(nbytes: int = 1 << 29) -> float:
+def copy_bandwidth(nbytes: int = 1 << 29, device: str = "cuda") -> float:
     """Device-to-device copy bandwidth in GB/s, counting bytes read plus bytes written."""
-    from triton.testing import do_bench
-
-    src = torch.empty(nbytes // 4, dtype=torch.float32, device="cuda").uniform_()
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
-    ms = do_bench(lambda: dst.copy_(src), warmup=25, rep=200, quantiles=[0.5])
+    ms = _bench(lambda: dst.copy_(src), device, warmup=25, rep=200)[0] / 1e3
     return 2 * nbytes / (ms * 1e-3) / 1e9
 
 
 def _verify_inputs(rows, V, k, replacement, g):
-    p = torch.softmax(torch.randn(rows, V, device="cuda", generator=g) * 2, -1)
-    q = torch.softmax(torch.randn(rows, V, device="cuda", generator=g) * 2, -1)
+    dev = g.device
+    p = torch.softmax(torch.randn(rows, V, device=dev, generator=g) * 2, -1)
+    q = torch.softmax(torch.randn(rows, V, device=dev, generator=g) * 2, -1)
     gap = q - p  # drafts where q > p, uniforms near 1: every draft is rejected
     drafts = gap.topk(k, dim=-1).indices if not replacement else gap.argmax(-1, keepdim=True).expand(rows, k).contiguous()
-    u = torch.full((rows, k), 1 - 1e-9, dtype=torch.float64, device="cuda")
-    e = torch.empty(rows, V, device="cuda").exponential_(generator=g)
+    u = torch.full((rows, k), 1 - 1e-9, dtype=torch.float64, device=dev)
+    e = torch.empty(rows, V, device=dev).exponential_(generator=g)
     return p, q, drafts, u, e
 
 
 def cases(quick: bool):
-    """(kernel, variant, make(rows, V, g) -> (triton_fn, reference, reference_args, bytes), compile?)"""
-    import importlib
-
+    """(kernel, variant, make(rows, V, g) -> (triton_fn, reference, reference_args, bytes), compile?);
+    tensors are made on the generator's device."""
     from .. import kernels as K
 
     # the package attributes ``probs`` / ``entropy`` are the dispatch functions: import the modules
@@ -79,12 +86,12 @@ def cases(quick: bool):
 
     def probs_case(t, k, p):
         def make(rows, V, g):
-            x = torch.randn(rows, V, device="cuda", generator=g) * 3
+            x = torch.randn(rows, V, device=g.device, generator=g) * 3
             return (lambda: P.probs(x, t, k, p)), K.probs_reference, (x, t, k, p), rows * V * 8
         return make
 
     def entropy_case(rows, V, g):
-        x = torch.randn(rows, V, device="cuda", generator=g) * 3
+        x = torch.randn(rows, V, device=g.device, generator=g) * 3
         return (lambda: E.entropy(x)), K.entropy_reference, (x,), rows * V * 4
 
     def verify_case(method, k):
@@ -96,7 +103,7 @@ def cases(quick: bool):
                 return (lambda: VF.verify_speculative(p, q, d, u1, e), K.verify_speculative_reference,
                         (p, q, d, u1, e), nbytes)
             if method == "kseq":
-                rho = torch.full((rows,), 1.5, dtype=torch.float64, device="cuda")
+                rho = torch.full((rows,), 1.5, dtype=torch.float64, device=g.device)
                 return (lambda: VF.verify_kseq(p, q, d, u, e, rho), K.verify_kseq_reference, (p, q, d, u, e, rho), nbytes)
             rep = method == "rrs"
             return (lambda: VF.verify_rrs(p, q, d, u, e, rep), K.verify_rrs_reference, (p, q, d, u, e, rep), nbytes)
@@ -118,12 +125,46 @@ def cases(quick: bool):
     return out
 
 
-def _bench(fn):
-    from triton.testing import do_bench
-
+def _bench(fn, device: str = "cuda", warmup: int = 10, rep: int = 40) -> list[float]:
+    """[median, p20, p80] microseconds: triton.testing.do_bench on a GPU; on a CPU (smoke runs only)
+    three wall-clock calls."""
     fn()  # compile / warm up outside the timing
-    torch.cuda.synchronize()
-    return [1e3 * v for v in do_bench(fn, warmup=10, rep=40, quantiles=QUANTILES)]
+    if device == "cuda":
+        from triton.testing import do_bench
+
+        torch.cuda.synchronize()
+        return [1e3 * v for v in do_bench(fn, warmup=warmup, rep=rep, quantiles=QUANTILES)]
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        fn()
+        times.append(1e6 * (time.perf_counter() - t0))
+    return [statistics.median(times), min(times), max(times)]
+
+
+def _mismatch(got, want) -> str:
+    """'' when the kernel's output agrees with its reference (verify: the same tokens and indices,
+    bit for bit; probs / entropy: float32 tolerances), else a note for the table."""
+    got, want = (x if isinstance(x, tuple) else (x,) for x in (got, want))
+    for a, b in zip(got, want):
+        if a.dtype in (torch.int32, torch.int64):
+            if not torch.equal(a.cpu(), b.cpu()):
+                return "MISMATCH: kernel and reference return different tokens"
+        elif not torch.allclose(a.float().cpu(), b.float().cpu(), rtol=1e-4, atol=1e-6):
+            return f"MISMATCH: max abs difference {float((a.float() - b.float()).abs().max()):.3g}"
+    return ""
+
+
+def _interpreted_kernels() -> None:
+    """Rebuild the kernel modules for the Triton interpreter (CPU tensors); triton.jit reads the
+    variable when a module is imported."""
+    os.environ["TRITON_INTERPRET"] = "1"
+    from triton.runtime.interpreter import InterpretedFunction
+
+    for name, kernel in (("probs", "_probs_kernel"), ("entropy", "_entropy_kernel"), ("verify", "_verify_kernel")):
+        m = importlib.import_module(f"fastdecode.kernels.{name}")
+        if not isinstance(getattr(m, kernel, None), InterpretedFunction):
+            importlib.reload(m)
 
 
 def _fmt(x):
@@ -147,19 +188,27 @@ def markdown(result: dict) -> str:
 
 
 def run(args) -> int:
-    if not torch.cuda.is_available():
+    smoke = bool(getattr(args, "smoke", False))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and not smoke:
         print("bench/kernels.py measures Triton kernels on a CUDA GPU; none is available here, nothing measured.\n"
-              "Run it on a GPU machine: PYTHONPATH=. python3 bench/kernels.py --quick")
+              "Run it on a GPU machine: PYTHONPATH=. python3 bench/kernels.py --quick\n"
+              "(--smoke checks every case here in the Triton interpreter, without meaningful timings)")
         return 0
     from tqdm import tqdm
 
-    vocab = args.vocab or [32000, 151936]
-    rows_list = args.rows or ([1, 8, 64] if args.quick else [1, 2, 4, 8, 16, 32, 64])
-    budget = args.budget_s if args.budget_s is not None else (100.0 if args.quick else float("inf"))
+    if device == "cpu":
+        _interpreted_kernels()
+    if smoke:
+        vocab, rows_list, budget = args.vocab or [100, 4099], args.rows or [1, 2], 0.0
+    else:
+        vocab = args.vocab or [32000, 151936]
+        rows_list = args.rows or ([1, 8, 64] if args.quick else [1, 2, 4, 8, 16, 32, 64])
+        budget = args.budget_s if args.budget_s is not None else (100.0 if args.quick else float("inf"))
     t0 = time.time()
-    g = torch.Generator(device="cuda").manual_seed(0)
-    bw = copy_bandwidth()
-    todo = [(c, V, n) for c in cases(args.quick) for V in vocab for n in rows_list]
+    g = torch.Generator(device=device).manual_seed(0)
+    bw = copy_bandwidth(1 << 29 if not smoke else 1 << 22, device)
+    todo = [(c, V, n) for c in cases(args.quick and not smoke) for V in vocab for n in rows_list]
     compiled = {}
     rows = []
     for (kernel, variant, make, do_compile), V, n in tqdm(todo, desc="kernels", unit="case"):
@@ -167,12 +216,13 @@ def run(args) -> int:
         rows.append(row)
         try:
             fk, ref, ref_args, row.bytes = make(n, V, g)
-            row.triton_us = _bench(fk)
-            row.eager_us = _bench(lambda: ref(*ref_args))
+            row.note = _mismatch(fk(), ref(*ref_args))
+            row.triton_us = _bench(fk, device)
+            row.eager_us = _bench(lambda: ref(*ref_args), device)
         except Exception as e:  # keep going: one broken case must not cost the whole GPU run
             row.note = f"failed: {type(e).__name__}: {e}"[:300]
             continue
-        if do_compile and not args.no_compile:
+        if do_compile and not args.no_compile and not smoke:
             if time.time() - t0 > budget:
                 row.note = "compiled reference skipped (time budget)"
             else:
@@ -181,17 +231,21 @@ def run(args) -> int:
                     compiled[key] = torch.compile(ref, dynamic=True)
                 try:
                     cf = compiled[key]
-                    row.compiled_us = _bench(lambda: cf(*ref_args))
+                    row.compiled_us = _bench(lambda: cf(*ref_args), device)
                 except Exception as e:  # a reference torch.compile cannot handle: say so, keep going
-                    row.note = f"torch.compile failed: {type(e).__name__}"
+                    row.note = f"torch.compile failed: {type(e).__name__}: {e}"[:300]
+    name = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({platform.processor() or platform.machine()}, Triton interpreter)"
     result = {
-        "device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": __import__("triton").__version__,
-        "python": platform.python_version(), "copy_GBps": bw, "quick": bool(args.quick),
+        "device": name, "torch": torch.__version__, "triton": importlib.import_module("triton").__version__,
+        "python": platform.python_version(), "copy_GBps": bw, "quick": bool(args.quick), "smoke": smoke,
         "seconds": time.time() - t0, "rows": [asdict(r) for r in rows],
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    out = Path(args.out) if args.out else (None if smoke else DEFAULT_OUT)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
     print(markdown(result))
-    print(f"\nwrote {out} ({result['seconds']:.0f}s)")
-    return 0
+    failed = [r for r in rows if r.note.startswith(("failed", "MISMATCH"))]
+    print(f"\n{'smoke run (timings meaningless): ' if smoke else ''}{len(rows)} cases, {len(failed)} failed"
+          + (f"; wrote {out}" if out else "") + f" ({result['seconds']:.0f}s)")
+    return 1 if failed else 0
