@@ -54,7 +54,7 @@ def generate(
     seed: int | None = None,
     generator: torch.Generator | None = None,
     *,
-    adaptive_draft: bool = True,
+    adaptive_draft: bool | None = None,
     max_draft_length: int = 16,
     confidence_threshold: float = 0.4,
     verifier: str | None = None,
@@ -68,6 +68,7 @@ def generate(
     method: "autoregressive", "speculative" (single draft), "multi_draft" (k draft sequences verified
     as a tree), "entropy_switch" (lossy: small model while confident); "auto" = speculative when a
     draft is given, else autoregressive. See the README for every method's guarantees.
+    adaptive_draft: None = the method's default (on for "speculative", off for "multi_draft").
     """
     if method == "auto":
         method = "speculative" if draft is not None else "autoregressive"
@@ -77,6 +78,8 @@ def generate(
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     sampling = SamplingConfig(temperature, top_k, top_p)
+    if adaptive_draft is not None and not isinstance(adaptive_draft, bool):
+        raise ValueError(f"adaptive_draft must be True, False or None (the method's default), got {adaptive_draft!r}")
     if method != "autoregressive":
         if draft is None:
             raise ValueError(f"method {method!r} needs a draft model (draft=...)")
@@ -94,10 +97,11 @@ def generate(
     stats = DecodeStats(method=method)
 
     if method == "speculative":
-        spec = SpeculativeConfig(draft_length, adaptive_draft, max(max_draft_length, draft_length),
+        spec = SpeculativeConfig(draft_length, adaptive_draft is not False, max(max_draft_length, draft_length),
                                  confidence_threshold, verifier or "token")
     elif method == "multi_draft":
-        md = MultiDraftConfig(num_drafts=num_drafts, draft_length=draft_length, verifier=verifier or "rrs")
+        md = MultiDraftConfig(num_drafts=num_drafts, draft_length=draft_length, verifier=verifier or "rrs",
+                              adaptive=bool(adaptive_draft), max_draft_length=max(max_draft_length, draft_length))
     elif method == "entropy_switch":
         es_mod = importlib.import_module(".decoding.entropy_switch", __package__)
         try:

@@ -43,6 +43,8 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
                    help="auto | autoregressive | speculative | multi_draft | entropy_switch")
     p.add_argument("--draft-length", type=int, default=4)
     p.add_argument("--num-drafts", type=int, default=1, help="k for multi_draft")
+    p.add_argument("--adaptive-draft", action=argparse.BooleanOptionalAction, default=None,
+                   help="adapt the draft length / tree depth to acceptance (default: on for speculative, off for multi_draft)")
     p.add_argument("--verifier", default=None, help="token | block (speculative); rrs | spectr | optimal | ... (multi_draft)")
     p.add_argument("--entropy-threshold", type=float, default=None, help="bits, for entropy_switch")
     p.add_argument("--entropy-window", type=int, default=None, help="rolling-mean window w, for entropy_switch")
@@ -73,6 +75,8 @@ def _run_generate(args) -> int:
               top_p=args.top_p, draft_length=args.draft_length, seed=args.seed)
     if args.method == "multi_draft":
         kw.update(num_drafts=args.num_drafts)
+    if args.adaptive_draft is not None:
+        kw["adaptive_draft"] = args.adaptive_draft
     if args.verifier:
         kw["verifier"] = args.verifier
     if args.method == "entropy_switch":

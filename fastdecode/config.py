@@ -84,12 +84,17 @@ class MultiDraftConfig:
     num_drafts: int = 2
     draft_length: int = 4
     verifier: str = "rrs"
+    adaptive: bool = False       # tree depth: +2 after a fully accepted path, -1 after a rejection
+    max_draft_length: int = 16   # upper bound of the adaptive depth
 
     def __post_init__(self):
-        if not isinstance(self.num_drafts, int) or not (1 <= self.num_drafts <= 16):
+        if not isinstance(self.num_drafts, int) or isinstance(self.num_drafts, bool) or not (1 <= self.num_drafts <= 16):
             raise ValueError(f"num_drafts must be an int in [1, 16], got {self.num_drafts!r}")
-        if not isinstance(self.draft_length, int) or self.draft_length < 1:
+        if not isinstance(self.draft_length, int) or isinstance(self.draft_length, bool) or self.draft_length < 1:
             raise ValueError(f"draft_length must be an int >= 1, got {self.draft_length!r}")
+        if not isinstance(self.max_draft_length, int) or self.max_draft_length < self.draft_length:
+            raise ValueError(f"max_draft_length must be an int >= draft_length ({self.draft_length}), "
+                             f"got {self.max_draft_length!r}")
         if self.verifier not in MULTI_DRAFT_VERIFIERS:
             raise ValueError(f"unknown multi-draft verifier {self.verifier!r}; choose one of {MULTI_DRAFT_VERIFIERS}")
 

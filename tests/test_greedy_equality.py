@@ -41,6 +41,11 @@ def test_multi_draft_equals_hf(code_pair, stdlib_prompts, hf_greedy, k):
     _check(code_pair, stdlib_prompts, hf_greedy, range(4), method="multi_draft", num_drafts=k, draft_length=3)
 
 
+def test_adaptive_multi_draft_equals_hf(code_pair, stdlib_prompts, hf_greedy):
+    _check(code_pair, stdlib_prompts, hf_greedy, range(4), method="multi_draft", num_drafts=2, draft_length=2,
+           adaptive_draft=True)
+
+
 @pytest.mark.parametrize("verifier", ["rrs_without_replacement", "spectr", "greedy_draft", "optimal", "typical"])
 def test_multi_draft_every_verifier_is_greedy_at_t0(code_pair, stdlib_prompts, hf_greedy, verifier):
     _check(code_pair, stdlib_prompts, hf_greedy, range(2), method="multi_draft", num_drafts=3, draft_length=3,

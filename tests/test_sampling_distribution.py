@@ -53,6 +53,23 @@ def test_multi_draft_two_token_law(tiny_pair, law2, verifier, k):
     assert _pvalue(tiny_pair, law2, method="multi_draft", num_drafts=k, draft_length=2, verifier=verifier) > ALPHA
 
 
+def test_adaptive_multi_draft_two_token_law(tiny_pair, law2):
+    """The tree depth follows past outcomes (here 1, 2, 3, ... within one generation): the law is unchanged."""
+    assert _pvalue(tiny_pair, law2, method="multi_draft", num_drafts=2, draft_length=1, adaptive_draft=True,
+                   verifier="spectr") > ALPHA
+
+
+def test_adaptive_tree_depth_follows_acceptance(tiny_pair):
+    target, draft = tiny_pair
+    out = fastdecode.generate(target, torch.tensor([PROMPT]), draft=draft, method="multi_draft", num_drafts=2,
+                              draft_length=1, adaptive_draft=True, max_draft_length=5, max_new_tokens=60, seed=0,
+                              eos_token_id=[])
+    fixed = fastdecode.generate(target, torch.tensor([PROMPT]), draft=draft, method="multi_draft", num_drafts=2,
+                                draft_length=1, max_new_tokens=60, seed=0, eos_token_id=[])
+    longest = lambda r: len(r.stats.accepted_length_histogram) - 1  # noqa: E731  (most drafts accepted in a step)
+    assert longest(fixed) == 1 and longest(out) > 2  # the depth grew after fully accepted trees
+
+
 def test_broken_tree_walk_fails(tiny_pair, law2, monkeypatch):
     """Verifying without-replacement siblings sorted by q instead of in draw order is biased."""
     pytest.importorskip("fastdecode.verification.rrs")

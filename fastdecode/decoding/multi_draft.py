@@ -13,6 +13,8 @@ One step:
    as separate drafts, in draw order); on acceptance descend into that child, on a residual stop; a
    bonus token ~ p(.|leaf) follows an accepted leaf.
 4. Both caches keep only the accepted path (``cache.select``), never recomputing the prompt.
+With ``adaptive`` the depth of the next tree follows the single-draft policy: +2 after a fully
+accepted path (up to ``max_draft_length``), -1 after a rejection (down to 1).
 
 Temperature 0: children are the draft's top-m tokens (distinct, whatever the scheme) and every
 verifier reduces to exact matching against the target's argmax, so the output equals greedy decoding.
@@ -59,6 +61,7 @@ class MultiDraftDecoder:
         stats.lossy = not self.lossless
         stats.extra.setdefault("tree_nodes", 0)
         stats.extra.update(num_drafts=cfg.num_drafts, verifier=cfg.verifier, scheme=cfg.scheme)
+        self.depth = cfg.draft_length  # the next step's tree depth (changes only with cfg.adaptive)
 
     def _probs(self, logits: torch.Tensor) -> torch.Tensor:
         s = self.sampling
@@ -127,7 +130,7 @@ class MultiDraftDecoder:
     # ------------------------------------------------------------------ one step
     def step(self) -> int:
         stream, s = self.stream, self.sampling
-        depth = min(self.cfg.draft_length, stream.remaining - 1)
+        depth = min(self.depth, stream.remaining - 1)
         base = stream.length
         t_pending = stream.tokens[kv.cache_length(self.tcache):]
         t_context = kv.cache_length(self.tcache) + len(t_pending)
@@ -148,6 +151,8 @@ class MultiDraftDecoder:
         p = logits if s.greedy else self._probs(logits)
         path, nxt = self.walk(tree, p)
         self.stats.record_step(depth, len(path))
+        if self.cfg.adaptive:  # decided from past outcomes only, so the output law is unchanged
+            self.depth = min(self.depth + 2, self.cfg.max_draft_length) if len(path) == depth else max(1, self.depth - 1)
 
         # keep the context and the accepted path in both caches
         dev = self.target.device
