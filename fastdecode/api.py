@@ -23,9 +23,41 @@ def _eos_ids(target, eos_token_id) -> set[int]:
             eos_token_id = getattr(target.config, "eos_token_id", None)
     if eos_token_id is None:
         return set()
-    if isinstance(eos_token_id, int):
-        return {eos_token_id}
-    return {int(e) for e in eos_token_id}
+    try:  # an int, a list of ints, a tensor or a numpy array of them
+        ids = torch.as_tensor(eos_token_id).flatten()
+    except (TypeError, ValueError, RuntimeError):
+        ids = None
+    if ids is not None and ids.numel() == 0:
+        return set()
+    if ids is None or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise ValueError(f"eos_token_id must be an int, a list of ints or None, got {eos_token_id!r}")
+    return {int(e) for e in ids.tolist()}
+
+
+def _check_rollback(cfg, method: str, configs: dict) -> None:
+    """Lambda attention keeps max_rollback tokens beyond its window so that rejected drafts can be rolled
+    back: it must cover the longest draft the method can make (checked here, not mid-generation)."""
+    from .attention import LambdaAttention
+
+    if not isinstance(cfg, LambdaAttention):
+        raise ValueError(f"lambda_attention must be a fastdecode.LambdaAttention, got {type(cfg).__name__}")
+    if method == "speculative":
+        spec = configs["spec"]
+        longest, what = (spec.max_draft_length, "max_draft_length") if spec.adaptive else (spec.draft_length, "draft_length")
+    elif method == "multi_draft":
+        md = configs["md"]
+        longest, what = (md.max_draft_length, "max_draft_length") if md.adaptive else (md.draft_length, "draft_length")
+    elif method == "entropy_switch" and configs["es"].speculate_when_large:
+        longest, what = configs["es"].speculative_length, "speculative_length"
+    else:
+        return
+    if cfg.max_rollback < longest:
+        raise ValueError(f"LambdaAttention.max_rollback = {cfg.max_rollback} is below the longest draft ({what} = "
+                         f"{longest}): rejected drafts could not be rolled back; raise max_rollback or lower {what}")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _check_input_ids(input_ids) -> None:
@@ -55,7 +87,7 @@ def generate(
     generator: torch.Generator | None = None,
     *,
     adaptive_draft: bool | None = None,
-    max_draft_length: int = 16,
+    max_draft_length: int | None = None,
     confidence_threshold: float = 0.4,
     verifier: str | None = None,
     num_drafts: int = 1,
@@ -67,11 +99,16 @@ def generate(
 
     method: "autoregressive", "speculative" (single draft), "multi_draft" (k draft sequences verified
     as a tree), "entropy_switch" (lossy: small model while confident); "auto" = speculative when a
-    draft is given, else autoregressive. See the README for every method's guarantees.
+    draft is given (multi_draft when num_drafts > 1), else autoregressive. See the README for every
+    method's guarantees.
     adaptive_draft: None = the method's default (on for "speculative", off for "multi_draft").
+    max_draft_length: the adaptive length's upper bound; None = max(16, draft_length).
     """
+    if not isinstance(method, str):
+        raise ValueError(f"method must be a string, got {method!r}")
     if method == "auto":
-        method = "speculative" if draft is not None else "autoregressive"
+        method = ("multi_draft" if _is_int(num_drafts) and num_drafts > 1 else "speculative") if draft is not None \
+            else "autoregressive"
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {('auto',) + METHODS}")
     _check_input_ids(input_ids)
@@ -80,6 +117,20 @@ def generate(
     sampling = SamplingConfig(temperature, top_k, top_p)
     if adaptive_draft is not None and not isinstance(adaptive_draft, bool):
         raise ValueError(f"adaptive_draft must be True, False or None (the method's default), got {adaptive_draft!r}")
+    if not _is_int(draft_length) or draft_length < 1:
+        raise ValueError(f"draft_length must be an int >= 1, got {draft_length!r}")
+    if max_draft_length is None:
+        max_draft_length = max(16, draft_length)
+    elif not _is_int(max_draft_length) or max_draft_length < draft_length:
+        raise ValueError(f"max_draft_length must be an int >= draft_length ({draft_length}), got {max_draft_length!r}")
+    if not isinstance(confidence_threshold, (int, float)) or isinstance(confidence_threshold, bool):
+        raise ValueError(f"confidence_threshold must be a number in [0, 1), got {confidence_threshold!r}")
+    if method != "multi_draft" and num_drafts != 1:
+        raise ValueError(f"num_drafts={num_drafts!r} applies to method='multi_draft' (or 'auto'), not to {method!r}")
+    if seed is not None and not _is_int(seed):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     if method != "autoregressive":
         if draft is None:
             raise ValueError(f"method {method!r} needs a draft model (draft=...)")
@@ -97,11 +148,11 @@ def generate(
     stats = DecodeStats(method=method)
 
     if method == "speculative":
-        spec = SpeculativeConfig(draft_length, adaptive_draft is not False, max(max_draft_length, draft_length),
+        spec = SpeculativeConfig(draft_length, adaptive_draft is not False, max_draft_length,
                                  confidence_threshold, verifier or "token")
     elif method == "multi_draft":
         md = MultiDraftConfig(num_drafts=num_drafts, draft_length=draft_length, verifier=verifier or "rrs",
-                              adaptive=bool(adaptive_draft), max_draft_length=max(max_draft_length, draft_length))
+                              adaptive=bool(adaptive_draft), max_draft_length=max_draft_length)
     elif method == "entropy_switch":
         es_mod = importlib.import_module(".decoding.entropy_switch", __package__)
         try:
@@ -110,6 +161,8 @@ def generate(
             raise ValueError(f"bad entropy_switch option: {e}") from None
     elif verifier is not None:
         raise ValueError(f"verifier= applies to speculative and multi_draft decoding, not to {method!r}")
+    if lambda_attention is not None:
+        _check_rollback(lambda_attention, method, locals())
 
     bar = None
     if progress:

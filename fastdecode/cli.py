@@ -36,13 +36,14 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", default=None, help="prompt text")
     p.add_argument("--prompt-file", default=None, help="read the prompt from this file")
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the Python API's default is 1.0)")
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--method", default="auto",
-                   help="auto | autoregressive | speculative | multi_draft | entropy_switch")
+                   choices=["auto", "autoregressive", "speculative", "multi_draft", "entropy_switch"],
+                   help="decoding method (auto: speculative with a draft, multi_draft when --num-drafts > 1)")
     p.add_argument("--draft-length", type=int, default=4)
-    p.add_argument("--num-drafts", type=int, default=1, help="k for multi_draft")
+    p.add_argument("--num-drafts", type=int, default=1, help="k, the number of draft sequences (multi_draft)")
     p.add_argument("--adaptive-draft", action=argparse.BooleanOptionalAction, default=None,
                    help="adapt the draft length / tree depth to acceptance (default: on for speculative, off for multi_draft)")
     p.add_argument("--verifier", default=None, help="token | block (speculative); rrs | spectr | optimal | ... (multi_draft)")
@@ -64,7 +65,26 @@ def _run_generate(args) -> int:
 
     if args.prompt is None and args.prompt_file is None:
         args.prompt = DEFAULT_PROMPT
+    if args.prompt_file and not Path(args.prompt_file).is_file():
+        raise ValueError(f"--prompt-file {args.prompt_file}: no such file")
+    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: this torch build sees no CUDA device")
+    for flag, path in (("--target", args.target), ("--draft", args.draft)):
+        if path and path.lower() != "none" and (path.startswith((".", "/", "~")) or Path(path).exists()) \
+                and not Path(path).expanduser().is_dir():
+            raise ValueError(f"{flag} {path}: no such model folder")
+    # sampling and method arguments are checked before any weights are loaded
+    from .config import MultiDraftConfig, SamplingConfig, SpeculativeConfig
+    SamplingConfig(args.temperature, args.top_k, args.top_p)
+    if args.method == "multi_draft" or (args.method == "auto" and args.num_drafts > 1):
+        MultiDraftConfig(args.num_drafts, args.draft_length, args.verifier or "rrs")
+    elif args.num_drafts != 1:
+        raise ValueError(f"--num-drafts applies to --method multi_draft (or auto), not to {args.method}")
+    elif args.method == "speculative" or (args.method == "auto" and args.verifier):
+        SpeculativeConfig(args.draft_length, max_draft_length=max(16, args.draft_length), verifier=args.verifier or "token")
     text = Path(args.prompt_file).read_text() if args.prompt_file else args.prompt
+    if not text:
+        raise ValueError("the prompt is empty: give --prompt text or a non-empty --prompt-file")
     target, tok = load_model(args.target, args.device)
     draft = None
     if args.draft and args.draft.lower() != "none" and args.method != "autoregressive":
@@ -73,7 +93,7 @@ def _run_generate(args) -> int:
     ids = tok(text, return_tensors="pt").input_ids.to(args.device)
     kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
               top_p=args.top_p, draft_length=args.draft_length, seed=args.seed)
-    if args.method == "multi_draft":
+    if args.num_drafts != 1:
         kw.update(num_drafts=args.num_drafts)
     if args.adaptive_draft is not None:
         kw["adaptive_draft"] = args.adaptive_draft
@@ -92,7 +112,9 @@ def _run_generate(args) -> int:
     print(text + tok.decode(out.sequences[0, ids.shape[1]:]))
     print("-" * 60)
     print(out.stats.summary())
-    if args.compare:
+    if args.compare and out.stats.new_tokens == 0:
+        print("--compare: nothing was generated (max_new_tokens = 0 or an immediate EOS), no speed to compare")
+    elif args.compare:
         import time
 
         base_kw = {k: kw[k] for k in ("max_new_tokens", "temperature", "top_k", "top_p", "seed")}
@@ -113,7 +135,8 @@ def _run_generate(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fastdecode", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    g = sub.add_parser("generate", help="generate text with a target (and draft) model")
+    g = sub.add_parser("generate", help="generate text with a target (and draft) model",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _generate_args(g)
     for name, (module, help_) in SUBCOMMANDS.items():
         sp = sub.add_parser(name, help=help_)
@@ -125,12 +148,14 @@ def main(argv: list[str] | None = None) -> int:
         mod.add_arguments(sp)
         sp.set_defaults(_run=mod.run)
     args = parser.parse_args(argv)
-    if args.command == "generate":
-        return _run_generate(args)
     if getattr(args, "_missing", None):
         print(f"fastdecode {args.command}: unavailable ({args._missing})", file=sys.stderr)
         return 2
-    return int(args._run(args) or 0)
+    try:
+        return _run_generate(args) if args.command == "generate" else int(args._run(args) or 0)
+    except (ValueError, OSError) as e:  # user mistakes: bad values, missing files or models
+        print(f"fastdecode {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -68,7 +68,10 @@ class DecodeStats:
 
     def summary(self) -> str:
         s = f"{self.new_tokens} tokens in {self.wall_time_s:.2f} s ({self.tokens_per_s:.1f} tok/s), method={self.method}"
-        if self.drafted_tokens:
+        if self.drafted_tokens and "large_fraction" in self.extra:  # small-model tokens count in tau too
+            s += (f", alpha={self.acceptance_rate:.3f} (large-model verification), "
+                  f"new tokens per target call={self.tokens_per_target_call:.2f}")
+        elif self.drafted_tokens:
             s += f", alpha={self.acceptance_rate:.3f}, tau={self.tokens_per_target_call:.2f}"
         s += f", target calls={self.target_calls}, draft calls={self.draft_calls}"
         if "large_fraction" in self.extra:  # entropy switch

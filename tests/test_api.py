@@ -29,6 +29,20 @@ IDS = torch.tensor([[1, 2, 3]])
     (dict(method="multi_draft", verifier="nope"), "verifier"),
     (dict(method="speculative", verifier="spectr"), "verifier"),
     (dict(seed=1, generator=torch.Generator()), "seed or generator"),
+    (dict(method="speculative", num_drafts=4), "num_drafts"),
+    (dict(draft_length=8, max_draft_length=2), "max_draft_length"),
+    (dict(max_draft_length="8"), "max_draft_length"),
+    (dict(adaptive_draft="no"), "adaptive_draft"),
+    (dict(draft_length=True), "draft_length"),
+    (dict(seed=1.7), "seed"),
+    (dict(generator=0), "generator"),
+    (dict(confidence_threshold="0.5"), "confidence_threshold"),
+    (dict(eos_token_id=1.5), "eos_token_id"),
+    (dict(method=3), "method"),
+    (dict(lambda_attention={"window": 8}), "LambdaAttention"),
+    (dict(lambda_attention=fastdecode.LambdaAttention(8, 1, max_rollback=3), draft_length=4, adaptive_draft=False),
+     "max_rollback = 3 is below the longest draft \\(draft_length = 4\\)"),
+    (dict(lambda_attention=fastdecode.LambdaAttention(8, 1, max_rollback=8)), "max_draft_length = 16"),
 ])
 def test_bad_arguments_raise(pair, kw, match):
     target, draft = pair
@@ -117,3 +131,48 @@ def test_eos_inside_accepted_draft_stops_like_hf(code_pair, stdlib_prompts, meth
                               eos_token_id=eos, **kw)
     assert out.sequences[0, -1] == eos
     assert torch.equal(out.sequences, ref)
+
+
+def test_auto_with_several_drafts_is_multi_draft(pair):
+    target, draft = pair
+    out = fastdecode.generate(target, IDS, draft=draft, num_drafts=3, max_new_tokens=4, seed=0)
+    assert out.stats.method == "multi_draft" and out.stats.extra["num_drafts"] == 3
+
+
+@pytest.mark.parametrize("eos", [torch.tensor(5), [torch.tensor(5)], torch.tensor([5, 4])])
+def test_eos_token_id_as_tensor(pair, eos):
+    target, draft = pair
+    want = fastdecode.generate(target, IDS, draft=draft, temperature=0, max_new_tokens=12, eos_token_id=[5, 4] if
+                               isinstance(eos, torch.Tensor) and eos.dim() else 5).sequences
+    assert torch.equal(fastdecode.generate(target, IDS, draft=draft, temperature=0, max_new_tokens=12,
+                                           eos_token_id=eos).sequences, want)
+
+
+@pytest.mark.parametrize("method", ["autoregressive", "speculative", "multi_draft"])
+def test_tiny_temperature_is_greedy_not_nan(pair, method):
+    """logits / T overflows float32 for T <= 1e-38: the limit (greedy) is returned, never a NaN row."""
+    target, draft = pair
+    greedy = fastdecode.generate(target, IDS, draft=draft, method=method, temperature=0, max_new_tokens=10,
+                                 eos_token_id=[]).sequences
+    for t in (1e-38, 1e-45, 5e-324):
+        out = fastdecode.generate(target, IDS, draft=draft, method=method, temperature=t, max_new_tokens=10,
+                                  eos_token_id=[], seed=0)
+        assert torch.equal(out.sequences, greedy), t
+
+
+def test_nan_logits_are_an_error_not_token_zero(pair):
+    target, draft = pair
+    from fastdecode.kernels import probs
+
+    x = torch.randn(2, 6)
+    x[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN or \\+inf logits"):
+        probs(x, 1.0)
+    x[1, 2] = float("inf")
+    with pytest.raises(ValueError, match="NaN or \\+inf logits"):
+        probs(x, 0.7, 3, 0.9)
+    broken = tiny_llama(1)
+    with torch.no_grad():
+        broken.lm_head.weight[0, 0] = float("inf")  # logit of token 0 is +-inf or NaN
+    with pytest.raises(ValueError, match="NaN or \\+inf logits"):
+        fastdecode.generate(broken, IDS, draft=draft, max_new_tokens=5, seed=0)

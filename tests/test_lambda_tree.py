@@ -160,6 +160,17 @@ def test_too_little_rollback_slack_raises(code_pair):
     target, draft, _ = code_pair
     prompt = torch.randint(1, 8192, (1, 40), generator=torch.Generator().manual_seed(3))
     cfg = LambdaAttention(window=16, num_global=4, max_rollback=0)
-    with pytest.raises(ValueError, match="evicted.*max_rollback"):
+    with pytest.raises(ValueError, match="max_rollback = 0 is below the longest draft"):  # generate() checks first
         fastdecode.generate(target, prompt, draft=draft, method="multi_draft", num_drafts=4, draft_length=4,
                             verifier="spectr", temperature=0, max_new_tokens=24, lambda_attention=cfg, eos_token_id=-1)
+    # the cache's own check, reached by driving the decoding loop without generate()'s check
+    from fastdecode.attention import lambda_attention
+    from fastdecode.config import MultiDraftConfig, SamplingConfig
+    from fastdecode.decoding import multi_draft
+    from fastdecode.decoding.common import TokenStream
+    from fastdecode.stats import DecodeStats
+
+    with torch.inference_mode(), lambda_attention(target, cfg), lambda_attention(draft, cfg):
+        with pytest.raises(ValueError, match="evicted.*max_rollback"):
+            multi_draft.decode(target, draft, TokenStream(prompt, 24, set()), SamplingConfig(0.0),
+                               MultiDraftConfig(4, 4, "spectr"), None, DecodeStats(method="multi_draft"))

@@ -33,12 +33,35 @@ def use_triton(t: torch.Tensor) -> bool:
 
 
 def probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Logits [rows, V] -> probabilities [rows, V] float32 (see kernels/probs.py for the semantics)."""
+    """Logits [rows, V] -> probabilities [rows, V] float32 (see kernels/probs.py for the semantics).
+
+    Never returns NaN: logits holding NaN or +inf (a model that overflowed, e.g. in float16) raise a
+    ValueError, and a temperature so small that logits / temperature overflows float32 is handled by
+    subtracting each row's max logit first (the limit is greedy decoding)."""
     if use_triton(logits):
         from .probs import probs as probs_triton
 
-        return probs_triton(logits, temperature, top_k, top_p)
-    return probs_reference(logits, temperature, top_k, top_p)
+        out = probs_triton(logits, temperature, top_k, top_p)
+    else:
+        out = probs_reference(logits, temperature, top_k, top_p)
+    if temperature > 0 and not bool(torch.isfinite(out).all()):
+        out = _probs_overflow(logits, temperature, top_k, top_p)
+    return out
+
+
+def _probs_overflow(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    x = logits.float()
+    if torch.isnan(x).any() or (x == float("inf")).any():
+        raise ValueError("the model returned NaN or +inf logits, so there is no distribution to sample from "
+                         "(a float16 overflow? try float32 or bfloat16)")
+    m = x.amax(-1, keepdim=True)
+    if (m == float("-inf")).any():
+        raise ValueError("the model returned a row of logits that are all -inf: every token is masked")
+    scaled = ((x - m).double() / temperature).float()  # <= 0: no overflow to +inf (T may be below float32's range)
+    out = probs_reference(scaled, 1.0, top_k, top_p)
+    if not bool(torch.isfinite(out).all()):  # pragma: no cover - (x - m) / T cannot produce NaN
+        raise ValueError(f"temperature {temperature!r} gives no valid distribution for these logits")
+    return out
 
 
 def entropy(logits: torch.Tensor, unit: str = "bits") -> torch.Tensor:
