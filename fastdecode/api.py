@@ -34,21 +34,19 @@ def _eos_ids(target, eos_token_id) -> set[int]:
     return {int(e) for e in ids.tolist()}
 
 
-def _check_rollback(cfg, method: str, configs: dict) -> None:
+def _check_rollback(cfg, method_cfg) -> None:
     """Lambda attention keeps max_rollback tokens beyond its window so that rejected drafts can be rolled
-    back: it must cover the longest draft the method can make (checked here, not mid-generation)."""
+    back: it must cover the longest draft the method can make (checked here, not mid-generation).
+    method_cfg: the method's SpeculativeConfig, MultiDraftConfig or EntropySwitchConfig (None: no drafts)."""
     from .attention import LambdaAttention
 
     if not isinstance(cfg, LambdaAttention):
         raise ValueError(f"lambda_attention must be a fastdecode.LambdaAttention, got {type(cfg).__name__}")
-    if method == "speculative":
-        spec = configs["spec"]
-        longest, what = (spec.max_draft_length, "max_draft_length") if spec.adaptive else (spec.draft_length, "draft_length")
-    elif method == "multi_draft":
-        md = configs["md"]
-        longest, what = (md.max_draft_length, "max_draft_length") if md.adaptive else (md.draft_length, "draft_length")
-    elif method == "entropy_switch" and configs["es"].speculate_when_large:
-        longest, what = configs["es"].speculative_length, "speculative_length"
+    if hasattr(method_cfg, "speculate_when_large"):  # entropy switch: drafts only when the large model verifies
+        longest, what = (method_cfg.speculative_length if method_cfg.speculate_when_large else 0), "speculative_length"
+    elif method_cfg is not None:
+        longest, what = ((method_cfg.max_draft_length, "max_draft_length") if method_cfg.adaptive
+                         else (method_cfg.draft_length, "draft_length"))
     else:
         return
     if cfg.max_rollback < longest:
@@ -147,22 +145,23 @@ def generate(
     stream = TokenStream(input_ids, max_new_tokens, _eos_ids(target, eos_token_id))
     stats = DecodeStats(method=method)
 
+    method_cfg = None  # the method's own configuration
     if method == "speculative":
-        spec = SpeculativeConfig(draft_length, adaptive_draft is not False, max_draft_length,
+        spec = method_cfg = SpeculativeConfig(draft_length, adaptive_draft is not False, max_draft_length,
                                  confidence_threshold, verifier or "token")
     elif method == "multi_draft":
-        md = MultiDraftConfig(num_drafts=num_drafts, draft_length=draft_length, verifier=verifier or "rrs",
+        md = method_cfg = MultiDraftConfig(num_drafts=num_drafts, draft_length=draft_length, verifier=verifier or "rrs",
                               adaptive=bool(adaptive_draft), max_draft_length=max_draft_length)
     elif method == "entropy_switch":
         es_mod = importlib.import_module(".decoding.entropy_switch", __package__)
         try:
-            es = es_mod.EntropySwitchConfig(**method_options)
+            es = method_cfg = es_mod.EntropySwitchConfig(**method_options)
         except TypeError as e:
             raise ValueError(f"bad entropy_switch option: {e}") from None
     elif verifier is not None:
         raise ValueError(f"verifier= applies to speculative and multi_draft decoding, not to {method!r}")
     if lambda_attention is not None:
-        _check_rollback(lambda_attention, method, locals())
+        _check_rollback(lambda_attention, method_cfg)
 
     bar = None
     if progress:

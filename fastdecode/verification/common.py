@@ -27,14 +27,13 @@ def check_distributions(p: torch.Tensor, q: torch.Tensor, atol: float | None = N
         raise ValueError("p and q have an empty vocabulary (V = 0)")
     if atol is None:  # float32-normalised rows stored in float64 are off by ~1e-7; bfloat16 keeps 8 bits
         atol = {torch.float16: 1e-2, torch.bfloat16: 1e-2, torch.float32: 1e-3}.get(p.dtype, 1e-6)
-    tol = atol
     for name, t in (("p", p), ("q", q)):
         if not torch.isfinite(t).all():
             raise ValueError(f"{name} contains NaN or inf")
         if (t < 0).any():
             raise ValueError(f"{name} has negative entries: not a probability distribution")
         s = t.double().sum(-1)
-        row_tol = tol * max(1, t.shape[1] ** 0.5 / 10)
+        row_tol = atol * max(1, t.shape[1] ** 0.5 / 10)
         bad = (s - 1).abs() > row_tol
         if bad.any():
             i = int(bad.nonzero()[0])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .. import kernels
-from .common import VerifyResult, residual, sample, uniform
+from .common import VerifyResult, kernel_result, residual, sample, uniform
 
 
 def verify_speculative(p, q, drafts, generator=None) -> VerifyResult:
@@ -23,8 +23,7 @@ def verify_speculative(p, q, drafts, generator=None) -> VerifyResult:
     u = uniform(x.shape[0], generator, p.device)
     if kernels.use_triton(p):
         noise = torch.empty(p.shape, dtype=torch.float32, device=p.device).exponential_(generator=generator)
-        tokens, index = kernels.verify_speculative(p, q, x[:, None], u, noise)
-        return VerifyResult(tokens, index >= 0, index)
+        return kernel_result(*kernels.verify_speculative(p, q, x[:, None], u, noise))
     accepted = (u * qx < px) & (qx > 0)
     res = sample(residual(p, q), generator)
     tokens = torch.where(accepted, x, res)
