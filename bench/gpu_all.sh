@@ -1,6 +1,6 @@
 #!/bin/bash
-# Every pending GPU check and benchmark, in one call of the device tool (about 9 minutes on an H100;
-# each step has its own timeout so one slow step cannot eat the rest). Results land in $OUT
+# Every pending GPU check and benchmark, in one call of the device tool (its step limits add up to 10 minutes;
+# not yet run on a GPU; each step has its own timeout so one slow step cannot eat the rest). Results land in $OUT
 # (default bench/results/gpu); the log of each step in $OUT/<step>.log. Usage, from the repo root:
 #   OUT=$OUT bash bench/gpu_all.sh          (on the device machine: $OUT is the folder that comes back)
 # Try it on a CPU first: every step prints "no CUDA device" and is skipped or falls back.
