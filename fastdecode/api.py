@@ -70,6 +70,42 @@ def _check_input_ids(input_ids) -> None:
         raise ValueError("the prompt is empty: input_ids must hold at least one token")
 
 
+CACHE_IMPLEMENTATIONS = ("dynamic", "static")
+STATIC_METHODS = ("autoregressive", "speculative")
+
+
+def _static_mode(cache_implementation, compile, method, target, draft, lambda_attention) -> str | None:
+    """The static engine's compile mode ("eager", "cudagraphs" or "inductor"), or None for the dynamic engine."""
+    from .decoding.static_cache import COMPILE_MODES, static_support_problem
+
+    if cache_implementation not in CACHE_IMPLEMENTATIONS:
+        raise ValueError(f"cache_implementation must be one of {CACHE_IMPLEMENTATIONS}, got {cache_implementation!r}")
+    if compile is not None and not isinstance(compile, bool) and compile not in COMPILE_MODES:
+        raise ValueError(f"compile must be None, True, False or one of {COMPILE_MODES}, got {compile!r}")
+    if cache_implementation == "dynamic":
+        if compile not in (None, False):
+            raise ValueError("compile= needs cache_implementation='static' (recorded forwards need fixed-size caches)")
+        return None
+    if method not in STATIC_METHODS:
+        raise ValueError(f"cache_implementation='static' supports methods {STATIC_METHODS}, not {method!r} yet")
+    if lambda_attention is not None:
+        raise ValueError("Lambda attention keeps its own bounded cache: use cache_implementation='dynamic' with it")
+    for m in (target, draft) if draft is not None and method != "autoregressive" else (target,):
+        problem = static_support_problem(m)
+        if problem:
+            raise ValueError(f"cache_implementation='static': {problem}")
+    cuda = target.device.type == "cuda"
+    if compile is None:
+        mode = "cudagraphs" if cuda else "eager"
+    elif isinstance(compile, bool):
+        mode = "inductor" if compile else "eager"
+    else:
+        mode = compile
+    if mode == "cudagraphs" and not cuda:
+        raise ValueError("compile='cudagraphs' needs a model on a CUDA device (on the CPU use compile=True: inductor)")
+    return mode
+
+
 def generate(
     target,
     input_ids: torch.Tensor,
@@ -90,6 +126,8 @@ def generate(
     verifier: str | None = None,
     num_drafts: int = 1,
     lambda_attention=None,
+    cache_implementation: str = "dynamic",
+    compile=None,
     progress: bool = False,
     **method_options,
 ) -> GenerationResult:
@@ -101,6 +139,10 @@ def generate(
     method's guarantees.
     adaptive_draft: None = the method's default (on for "speculative", off for "multi_draft").
     max_draft_length: the adaptive length's upper bound; None = max(16, draft_length).
+    cache_implementation: "dynamic" (transformers' DynamicCache, cropped after rejections) or "static"
+    (preallocated caches, rejected slots overwritten, fixed-shape forwards replayed; autoregressive and
+    speculative). compile (static only): None = "cudagraphs" on CUDA, "eager" on the CPU; True =
+    "inductor" (torch.compile; with CUDA graphs on CUDA); False = "eager"; or one of those names.
     """
     if not isinstance(method, str):
         raise ValueError(f"method must be a string, got {method!r}")
@@ -162,6 +204,7 @@ def generate(
         raise ValueError(f"verifier= applies to speculative and multi_draft decoding, not to {method!r}")
     if lambda_attention is not None:
         _check_rollback(lambda_attention, method_cfg)
+    compile_mode = _static_mode(cache_implementation, compile, method, target, draft, lambda_attention)
 
     bar = None
     if progress:
@@ -174,7 +217,13 @@ def generate(
             for m in (target, draft) if draft is not None else (target,):
                 stack.enter_context(lambda_ctx(m, lambda_attention))
         t0 = time.perf_counter()
-        if method == "autoregressive":
+        if compile_mode is not None:
+            from .decoding import static
+            if method == "autoregressive":
+                static.decode_autoregressive(target, stream, sampling, generator, stats, bar, compile_mode)
+            else:
+                static.decode_speculative(target, draft, stream, sampling, spec, generator, stats, bar, compile_mode)
+        elif method == "autoregressive":
             from .decoding import autoregressive
             autoregressive.decode(target, stream, sampling, generator, stats, bar)
         elif method == "speculative":

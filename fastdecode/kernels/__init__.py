@@ -32,19 +32,22 @@ def use_triton(t: torch.Tensor) -> bool:
     return t.is_cuda and os.environ.get("FASTDECODE_KERNELS", "auto") != "reference" and triton_available()
 
 
-def probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+def probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+          check_finite: bool = True) -> torch.Tensor:
     """Logits [rows, V] -> probabilities [rows, V] float32 (see kernels/probs.py for the semantics).
 
     Never returns NaN: logits holding NaN or +inf (a model that overflowed, e.g. in float16) raise a
     ValueError, and a temperature so small that logits / temperature overflows float32 is handled by
-    subtracting each row's max logit first (the limit is greedy decoding)."""
+    subtracting each row's max logit first (the limit is greedy decoding).
+    check_finite=False skips that check (it reads the result back to the host, a sync): for callers that
+    check finiteness themselves at their one sync per step (the static engine)."""
     if use_triton(logits):
         from .probs import probs as probs_triton
 
         out = probs_triton(logits, temperature, top_k, top_p)
     else:
         out = probs_reference(logits, temperature, top_k, top_p)
-    if temperature > 0 and not bool(torch.isfinite(out).all()):
+    if check_finite and temperature > 0 and not bool(torch.isfinite(out).all()):
         out = _probs_overflow(logits, temperature, top_k, top_p)
     return out
 

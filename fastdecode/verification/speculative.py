@@ -52,7 +52,10 @@ def verify_chain(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, generat
         nxt = sample(p[g : g + 1], generator)
     elif kernels.use_triton(p):  # fused residual: the kernel repeats row n's (rejecting) test
         noise = torch.empty((1, p.shape[1]), dtype=torch.float32, device=p.device).exponential_(generator=generator)
-        nxt, _ = kernels.verify_speculative(p[n : n + 1], q[n : n + 1], x[n : n + 1, None], u[n : n + 1], noise)
+        # fresh one-row copies: a slice at row n has an n-dependent address alignment, and Triton compiles
+        # one kernel variant per alignment class (seconds each, paid inside the decode loop)
+        nxt, _ = kernels.verify_speculative(p[n : n + 1].clone(), q[n : n + 1].clone(), x[n : n + 1, None].clone(),
+                                            u[n : n + 1].clone(), noise)
     else:
         nxt = sample(residual(p[n : n + 1], q[n : n + 1]), generator)
     return n, int(nxt[0])

@@ -1,0 +1,36 @@
+"""Logits -> distributions and tokens, on the logits' device and without host syncs.
+
+Temperature, top-k and top-p are applied identically to p (target) and q (draft) through
+``kernels.probs``; a token is drawn by the exponential race (argmax w / E, E ~ Exp(1)), whose noise
+comes from the caller's generator on the same device, so a seed fixes the tokens.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import kernels
+from ..config import SamplingConfig
+from ..verification.common import sample
+
+
+def probs(logits: torch.Tensor, sampling: SamplingConfig, check_finite: bool = True) -> torch.Tensor:
+    """logits [rows, V] -> probabilities [rows, V] float32. check_finite=False: no host sync (the caller
+    checks the result at its own sync, see :func:`all_finite`)."""
+    return kernels.probs(logits, sampling.temperature, sampling.top_k, sampling.top_p, check_finite=check_finite)
+
+
+def next_tokens(logits: torch.Tensor, sampling: SamplingConfig, generator, check_finite: bool = True) -> torch.Tensor:
+    """One token per row of ``logits`` [rows, V] as a device tensor [rows] (argmax at temperature 0)."""
+    if sampling.greedy:
+        return logits.argmax(-1)
+    return sample(probs(logits, sampling, check_finite), generator)
+
+
+def all_finite(*tensors: torch.Tensor) -> torch.Tensor:
+    """A device bool scalar: every entry of every tensor is finite (read at the caller's one sync)."""
+    return torch.stack([torch.isfinite(t).all() for t in tensors]).all()
+
+
+def confidence(logits: torch.Tensor) -> torch.Tensor:
+    """The top probability of softmax(raw logits) per row [rows] (the adaptive draft's early-stop signal)."""
+    return torch.softmax(logits.float(), -1).amax(-1)

@@ -1,0 +1,180 @@
+"""The static engine (``cache_implementation="static"``): autoregressive and single-draft speculative
+decoding on preallocated caches, with every forward of a fixed shape replayed from a recording.
+
+One speculative step, all on the device until its single host sync:
+1. the draft proposes g tokens, one recorded one-token forward each, sampled on the device (no sync);
+2. the target scores [last token, x_1..x_g] padded to a bucket length (a few recorded shapes serve
+   every draft length) in one forward at slots L-1 .. ;
+3. the verifier runs on the device: greedy compares argmaxes; the token rule tests u * q(x) < p(x) for
+   every row at once, draws every row's residual (fused kernel on CUDA) and the bonus, and picks the
+   next token by the accepted count n; block verification uses its batched form;
+4. ONE host read brings back (n, drafts, next token); the caches need no rollback: slots past the
+   committed length are hidden by the mask and overwritten by the next step.
+
+The adaptive length (+2 after a fully accepted draft, -1 otherwise) and the confidence stop behave as in
+the dynamic engine. On CUDA the drafts after the first low-confidence one are still computed (stopping
+would need a host sync per draft token) but are not part of the chain the target verifies, so the
+output law is exactly the dynamic engine's; on the CPU, where a sync is free, drafting stops at once.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import kernels
+from ..config import SamplingConfig, SpeculativeConfig
+from ..stats import DecodeStats
+from ..verification.block import verify_block_batched
+from ..verification.common import sample
+from . import sampling as sm
+from .common import TokenStream
+from .static_cache import runner_for
+
+TINY_TEMPERATURE = 1e-30  # below this, logits / T overflows float32: the greedy limit is used
+
+
+def bucket(n: int) -> int:
+    """The recorded length that serves an n-token forward: the next power of two."""
+    return 1 << max(0, n - 1).bit_length()
+
+
+def capacity_for(prompt_len: int, max_new_tokens: int, longest_forward: int) -> int:
+    """Cache slots for a whole generation (rounded up to 128 so that similar calls share the graphs)."""
+    need = prompt_len + max_new_tokens + longest_forward
+    return -(-need // 128) * 128
+
+
+def _sampling(sampling: SamplingConfig) -> SamplingConfig:
+    if 0 < sampling.temperature < TINY_TEMPERATURE:
+        return SamplingConfig(0.0, sampling.top_k, sampling.top_p)
+    return sampling
+
+
+def _raise_non_finite() -> None:
+    raise ValueError("the model returned NaN or +inf logits, so there is no distribution to sample from "
+                     "(a float16 overflow? try float32 or bfloat16)")
+
+
+def decode_autoregressive(target, stream: TokenStream, sampling: SamplingConfig, generator, stats: DecodeStats,
+                          progress=None, mode: str = "eager") -> None:
+    sampling = _sampling(sampling)
+    prompt = torch.tensor([stream.tokens], device=target.device)
+    run = runner_for(target, capacity_for(stream.length, stream.max_new_tokens, 1), mode)
+    run.prefill(prompt[:, :-1])
+    last, pos = prompt[:, -1:], stream.length - 1
+    while not stream.done:
+        logits = run.forward(last, pos)
+        stats.target_calls += 1
+        tok = sm.next_tokens(logits, sampling, generator, check_finite=False)
+        tok_host, finite = torch.stack([tok[0], sm.all_finite(logits).long()]).tolist()  # the one sync
+        if not finite:
+            _raise_non_finite()
+        kept = stream.append([tok_host])
+        if progress is not None:
+            progress.update(kept)
+        last, pos = tok.view(1, 1), pos + 1
+
+
+def decode_speculative(target, draft, stream: TokenStream, sampling: SamplingConfig, spec: SpeculativeConfig,
+                       generator, stats: DecodeStats, progress=None, mode: str = "eager") -> None:
+    sampling = _sampling(sampling)
+    device = target.device
+    longest = spec.max_draft_length if spec.adaptive else spec.draft_length
+    cap = capacity_for(stream.length, stream.max_new_tokens, bucket(longest + 1))
+    trun, drun = runner_for(target, cap, mode), runner_for(draft, cap, mode)
+    prompt = torch.tensor([stream.tokens], device=device)
+    trun.prefill(prompt[:, :-1])
+    drun.prefill(prompt[:, :-1])
+    pad = torch.zeros(bucket(longest + 1), dtype=torch.long, device=device)
+    rows = torch.arange(longest + 1, device=device)
+    last = prompt[0, -1:]     # [1] the newest committed token: in neither cache yet
+    behind = None             # [1] a committed token the draft has not seen (after a fully accepted draft)
+    early_stop = spec.adaptive and spec.confidence_threshold > 0
+    lazy_stop = device.type == "cuda"  # decide the early stop at the step's one sync instead of per draft token
+    gamma = spec.draft_length
+    while not stream.done:
+        L = stream.length
+        g = min(gamma, stream.remaining - 1)
+        if behind is not None:
+            drun.forward(behind.view(1, 1), L - 2)
+            stats.draft_calls += 1
+            behind = None
+        if g <= 0:  # one token left: a plain target step
+            logits = trun.forward(last.view(1, 1), L - 1)
+            stats.target_calls += 1
+            tok = sm.next_tokens(logits, sampling, generator, check_finite=False)
+            tok_host, finite = torch.stack([tok[0], sm.all_finite(logits).long()]).tolist()
+            if not finite:
+                _raise_non_finite()
+            stream.append([tok_host])
+            last, behind = tok, None
+            stats.record_step(0, 0)
+            continue
+
+        # 1. draft g tokens (on CUDA without a host sync)
+        cur, xs, qs, conf = last, [], [], []
+        for i in range(g):
+            dl = drun.forward(cur.view(1, 1), L - 1 + i)
+            if sampling.greedy:
+                x = dl.argmax(-1)
+            else:
+                q = sm.probs(dl, sampling, check_finite=False)
+                x = sample(q, generator)
+                qs.append(q)
+            xs.append(x)
+            cur = x
+            if early_stop and i + 1 < g:
+                if lazy_stop:
+                    conf.append(sm.confidence(dl))
+                elif float(sm.confidence(dl)[0]) < spec.confidence_threshold:
+                    g = i + 1  # where a sync costs nothing (CPU), stop drafting at once, as the dynamic engine does
+                    break
+        stats.draft_calls += len(xs)
+        x = torch.cat(xs)                                              # [g]
+        if conf:  # the chain ends after the first draft whose confidence is below the threshold
+            low = torch.cat(conf) < spec.confidence_threshold          # [g - 1]
+            n_draft = torch.where(low.any(), low.long().argmax() + 1, g)
+        else:
+            n_draft = torch.tensor(g, device=device)
+
+        # 2. one target forward over [last, x_1..x_g], padded to its bucket
+        b = bucket(g + 1)
+        logits = trun.forward(torch.cat([last, x, pad[: b - g - 1]])[None], L - 1)[: g + 1]
+        stats.target_calls += 1
+
+        # 3. verification on the device
+        finite = sm.all_finite(logits, *qs)
+        in_chain = rows[:g] < n_draft
+        if sampling.greedy:
+            t = logits.argmax(-1)                                      # [g + 1]
+            n = ((t[:g] == x) & in_chain).long().cumprod(0).sum()
+            nxt = t[n]
+        else:
+            p = sm.probs(logits, sampling, check_finite=False)         # [g + 1, V]
+            q = torch.cat(qs)                                          # [g, V]
+            if spec.verifier == "block":
+                nd = int(n_draft)  # block verification decides on the chain as a whole: its length first
+                n, nxt = verify_block_batched(p[None, : nd + 1], q[None, :nd], x[None, :nd], generator)
+                n, nxt = n[0], nxt[0]
+            else:
+                u = torch.rand(g, generator=generator, device=device, dtype=torch.float64)
+                noise = torch.empty((g, p.shape[1]), dtype=torch.float32, device=device).exponential_(
+                    generator=generator)
+                res, idx = kernels.verify_speculative(p[:g], q, x[:, None], u, noise)  # residual where rejected
+                n = ((idx == 0) & in_chain).long().cumprod(0).sum()
+                bonus = sample(p, generator)                           # [g + 1]
+                nxt = torch.where(n < n_draft, res[n.clamp(max=g - 1)], bonus[n])
+            finite = finite & sm.all_finite(p)
+
+        # 4. the one host sync of the step
+        vals = torch.cat([torch.stack([n, n_draft.to(n.dtype), nxt.to(n.dtype), finite.to(n.dtype)]), x]).tolist()
+        n_acc, nd, nxt_host, ok = vals[:4]
+        if not ok:
+            _raise_non_finite()
+        kept = stream.append(vals[4 : 4 + n_acc] + [nxt_host])
+        stats.record_step(nd, n_acc)
+        if progress is not None:
+            progress.update(kept)
+        last = nxt.view(1)
+        behind = x[g - 1 : g] if n_acc == g else None  # the draft never fed x_g itself
+        if spec.adaptive:
+            gamma = min(gamma + 2, spec.max_draft_length) if n_acc == nd else max(1, gamma - 1)

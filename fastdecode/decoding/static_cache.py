@@ -1,0 +1,172 @@
+"""The static engine's cache and model runner: preallocated keys and values, rejected positions simply
+overwritten, and each forward shape recorded once and replayed (CUDA graphs or ``torch.compile``).
+
+Why a layer of our own instead of transformers' ``StaticLayer`` as it is: ``StaticLayer`` keeps one
+length counter per layer and advances it inside every ``update``, so a rollback costs one device op per
+layer, and its write slots cannot be chosen. :class:`SlotLayer` reuses ``StaticLayer``'s allocation (and
+its static-address marking for ``torch.compile``) but writes the n new keys at slots
+``start .. start + n - 1``, where ``start`` is ONE device scalar shared by every layer of the model.
+A step sets it once (``start.fill_``, no host sync); a rejected draft needs no rollback at all, since
+its slots lie past the committed length, the attention mask hides them, and the next step overwrites
+them.
+
+The attention mask is ours too (an additive 4D mask over the whole capacity, built on the device from
+``start``): query i of a forward at ``start`` sees the keys at slots ``<= start + i``. transformers
+passes a 4D mask through unchanged in every version we support, so the model's own mask code (which
+differs between releases) never runs inside a recorded step.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from transformers.cache_utils import Cache, StaticLayer
+
+from . import cache as kv
+
+COMPILE_MODES = ("eager", "cudagraphs", "inductor")
+
+
+class SlotLayer(StaticLayer):
+    """A StaticLayer that writes at ``start + arange(n)`` (``start``: a device scalar shared by all layers)."""
+
+    def __init__(self, max_cache_len: int, start: torch.Tensor):
+        super().__init__(max_cache_len=max_cache_len)
+        self.start = start
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        slots = torch.arange(key_states.shape[-2], device=key_states.device) + self.start
+        self.keys.index_copy_(2, slots, key_states)
+        self.values.index_copy_(2, slots, value_states)
+        return self.keys, self.values
+
+    def get_seq_length(self):
+        return self.start
+
+    def crop(self, tokens_to_remove: int) -> None:  # pragma: no cover - the engine never crops
+        raise RuntimeError("a static fastdecode cache is never cropped: the next step overwrites rejected slots")
+
+
+class SlotCache(Cache):
+    """One :class:`SlotLayer` per decoder layer, all writing at the same device scalar ``start``."""
+
+    def __init__(self, num_layers: int, capacity: int, device):
+        self.start = torch.zeros((), dtype=torch.long, device=device)
+        super().__init__(layers=[SlotLayer(capacity, self.start) for _ in range(num_layers)])
+        self.capacity = capacity
+
+    def get_seq_length(self, layer_idx: int = 0):
+        return self.start
+
+
+def static_support_problem(model) -> str | None:
+    """Why ``model`` cannot run on the static engine, or None."""
+    cfg = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
+    types = set(getattr(cfg, "layer_types", None) or ())
+    if types - {"full_attention"}:
+        return (f"{cfg.model_type} has layers of type {sorted(types - {'full_attention'})}; the static engine "
+                "supports full-attention layers only (use cache_implementation='dynamic')")
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True) is not False:
+        return (f"{cfg.model_type} uses a sliding attention window; the static engine does not apply it yet "
+                "(use cache_implementation='dynamic')")
+    if getattr(model, "_fastdecode_new_cache", None) is not None:
+        return "Lambda attention brings its own bounded cache; use cache_implementation='dynamic' with it"
+    return None
+
+
+class StaticRunner:
+    """One model on a :class:`SlotCache`: ``forward(ids, start)`` scores ``ids`` [1, n] at positions
+    start .. start + n - 1 and returns float32 logits [n, V].
+
+    mode: "eager" (plain forwards), "cudagraphs" (each input length recorded once as a CUDA graph of the
+    eager forward, then replayed: no Python or launch cost per layer), "inductor" (``torch.compile``,
+    fullgraph, one graph per length; on CUDA with ``mode="reduce-overhead"``, i.e. CUDA graphs of the
+    compiled kernels). Lengths are the caller's buckets: few distinct lengths, few graphs.
+    """
+
+    def __init__(self, model, capacity: int, mode: str):
+        if mode not in COMPILE_MODES:
+            raise ValueError(f"unknown compile mode {mode!r}; choose one of {COMPILE_MODES}")
+        device = model.device
+        if mode == "cudagraphs" and device.type != "cuda":
+            raise ValueError("compile='cudagraphs' needs a CUDA model")
+        self.model, self.mode, self.capacity, self.device = model, mode, capacity, device
+        cfg = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
+        self.cache = SlotCache(cfg.num_hidden_layers, capacity, device)
+        self.slots = torch.arange(capacity, device=device)
+        self.dtype = next(model.parameters()).dtype
+        self.graphs: dict[int, tuple] = {}
+        self._compiled = None
+        if mode == "inductor":
+            self._compiled = torch.compile(self._forward, fullgraph=True, dynamic=False,
+                                           mode="reduce-overhead" if device.type == "cuda" else None)
+
+    def _forward(self, ids: torch.Tensor) -> torch.Tensor:
+        n = ids.shape[1]
+        pos = self.cache.start + self.slots[:n]
+        allow = self.slots[None, :] <= pos[:, None]
+        mask = torch.zeros(allow.shape, dtype=self.dtype, device=ids.device).masked_fill_(
+            ~allow, torch.finfo(self.dtype).min)[None, None]
+        return kv.forward(self.model, ids, self.cache, position_ids=pos[None], attention_mask=mask)[0]
+
+    def prefill(self, ids: torch.Tensor) -> None:
+        """Fill slots 0 .. n-1 from ``ids`` [1, n] in one eager forward (any length, never recorded)."""
+        if ids.shape[1]:
+            self.cache.start.fill_(0)
+            self._forward(ids)
+
+    def forward(self, ids: torch.Tensor, start: int) -> torch.Tensor:
+        n = ids.shape[1]
+        if start + n > self.capacity:  # pragma: no cover - the engine sizes the cache for the longest step
+            raise RuntimeError(f"static cache overflow: {start} + {n} > capacity {self.capacity}")
+        self.cache.start.fill_(start)
+        if self.mode == "eager":
+            return self._forward(ids)
+        if self.mode == "inductor":
+            if ids.is_cuda:
+                torch.compiler.cudagraph_mark_step_begin()
+            return self._compiled(ids).clone()
+        graph = self.graphs.get(n)
+        if graph is None:
+            return self._record(ids)
+        g, ids_buf, out = graph
+        ids_buf.copy_(ids)
+        g.replay()
+        return out
+
+    def _record(self, ids: torch.Tensor) -> torch.Tensor:
+        """First call at this length: warm up on a side stream, record the graph, replay it. Replays are
+        idempotent (the same keys written to the same slots), so the warm-up forwards do no harm."""
+        ids_buf = ids.clone()
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._forward(ids_buf)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        g = torch.cuda.CUDAGraph()
+        pool = next(iter(self.graphs.values()))[0].pool() if self.graphs else None
+        with torch.cuda.graph(g, pool=pool):
+            out = self._forward(ids_buf)
+        self.graphs[ids.shape[1]] = (g, ids_buf, out)
+        g.replay()
+        return out
+
+
+def runner_for(model, capacity: int, mode: str) -> StaticRunner:
+    """The model's runner, reused across ``generate`` calls while it is big enough (graphs recorded once)."""
+    old = model.__dict__.get("_fastdecode_static")
+    dtype = next(model.parameters()).dtype
+    if old is not None and old.mode == mode and old.capacity >= capacity and old.dtype == dtype \
+            and old.device == model.device:
+        return old
+    if old is not None:
+        model.__dict__.pop("_fastdecode_static")
+        del old
+        with contextlib.suppress(Exception):
+            torch.cuda.empty_cache()
+    runner = StaticRunner(model, capacity, mode)
+    model.__dict__["_fastdecode_static"] = runner
+    return runner

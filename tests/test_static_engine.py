@@ -1,0 +1,152 @@
+"""The static engine (cache_implementation="static"): same greedy tokens as HF and the dynamic engine, the
+target's law when sampling, bucket edges, EOS inside an accepted draft, and clear refusals."""
+import pytest
+import torch
+
+import fastdecode
+from conftest import tiny_llama
+from distribution import chi_square_pvalue, exact_law, sample_law
+from fastdecode.decoding import static
+from fastdecode.decoding.static import bucket, capacity_for
+
+NEW = 40
+PROMPT = [1, 2, 3, 4]
+ALPHA = 1e-3
+
+
+def test_buckets_and_capacity():
+    assert [bucket(n) for n in (1, 2, 3, 4, 5, 8, 9, 17)] == [1, 2, 4, 4, 8, 8, 16, 32]
+    assert capacity_for(100, 28, 1) == 256 and capacity_for(100, 29, 1) == 256 and capacity_for(100, 28, 1) % 128 == 0
+
+
+@pytest.fixture(scope="module")
+def hf_greedy(code_pair, stdlib_prompts):
+    target = code_pair[0]
+    return [target.generate(torch.tensor([p]), max_new_tokens=NEW, do_sample=False) for p in stdlib_prompts[:2]]
+
+
+@pytest.mark.parametrize("kw", [
+    dict(method="autoregressive"),
+    dict(method="speculative"),                                           # adaptive length + confidence stop
+    dict(method="speculative", draft_length=3, adaptive_draft=False),     # g + 1 = 4: exactly a bucket edge
+    dict(method="speculative", draft_length=4, adaptive_draft=False),     # g + 1 = 5: padded to 8
+    dict(method="speculative", draft_length=7, adaptive_draft=False, verifier="block"),
+])
+def test_greedy_equals_hf_and_dynamic(code_pair, stdlib_prompts, hf_greedy, kw):
+    target, draft, _ = code_pair
+    for i, ref in enumerate(hf_greedy):
+        ids = torch.tensor([stdlib_prompts[i]])
+        out = fastdecode.generate(target, ids, draft=draft, temperature=0, max_new_tokens=NEW,
+                                  cache_implementation="static", **kw)
+        assert torch.equal(out.sequences, ref), f"prompt {i} differs from HF greedy with {kw}"
+        dyn = fastdecode.generate(target, ids, draft=draft, temperature=0, max_new_tokens=NEW, **kw)
+        assert out.stats.accepted_tokens == dyn.stats.accepted_tokens
+        assert out.stats.target_calls == dyn.stats.target_calls
+
+
+def test_eos_inside_draft_and_budget_mid_draft(code_pair, stdlib_prompts):
+    """EOS in the middle of an accepted draft and max_new_tokens reached mid-draft cut exactly as HF does."""
+    target, draft, _ = code_pair
+    ids = torch.tensor([stdlib_prompts[0]])
+    full = target.generate(ids, max_new_tokens=NEW, do_sample=False)[0, ids.shape[1]:].tolist()
+    eos = full[17]  # a token that first appears somewhere in the middle of the output
+    cut = full.index(eos) + 1
+    for n_new in (NEW, 13):
+        out = fastdecode.generate(target, ids, draft=draft, method="speculative", temperature=0, draft_length=6,
+                                  adaptive_draft=False, max_new_tokens=n_new, eos_token_id=eos,
+                                  cache_implementation="static")
+        assert out.sequences[0, ids.shape[1]:].tolist() == full[: min(cut, n_new)]
+
+
+def test_reused_runner_gives_the_same_tokens(code_pair, stdlib_prompts):
+    """A second call reuses the preallocated cache (stale slots from the first call must not leak in)."""
+    target, draft, _ = code_pair
+    a = torch.tensor([stdlib_prompts[1]])
+    b = torch.tensor([stdlib_prompts[2][:20]])
+    kw = dict(draft=draft, method="speculative", temperature=0, max_new_tokens=24, cache_implementation="static")
+    first = fastdecode.generate(target, b, **kw).sequences
+    fastdecode.generate(target, a, **kw)
+    assert torch.equal(fastdecode.generate(target, b, **kw).sequences, first)
+
+
+@pytest.fixture(scope="module")
+def law2(tiny_pair):
+    return exact_law(tiny_pair[0], PROMPT, 2)
+
+
+RUNS = 800
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("verifier", ["token", "block"])
+def test_two_token_law(tiny_pair, law2, verifier):
+    counts = sample_law(*tiny_pair, PROMPT, 2, RUNS, max_new_tokens=3, temperature=1.0, method="speculative",
+                        draft_length=2, adaptive_draft=False, verifier=verifier, cache_implementation="static")
+    assert chi_square_pvalue(counts, law2) > ALPHA
+
+
+def test_sampled_autoregressive_equals_dynamic(tiny_pair):
+    """Plain sampling draws the same noise in the same order on both engines: same seed, same tokens."""
+    target = tiny_pair[0]
+    for seed in range(3):
+        kw = dict(method="autoregressive", max_new_tokens=12, seed=seed, eos_token_id=[], top_k=4)
+        a = fastdecode.generate(target, torch.tensor([PROMPT]), **kw).sequences
+        assert torch.equal(a, fastdecode.generate(target, torch.tensor([PROMPT]), cache_implementation="static",
+                                                  **kw).sequences)
+
+
+@pytest.mark.slow
+def test_broken_static_rule_fails(tiny_pair, law2, monkeypatch):
+    """Accepting every draft (output q instead of p) must be caught by the same test."""
+    def accept_all(p, q, drafts, u, noise):
+        return drafts[:, 0], torch.zeros(drafts.shape[0], dtype=torch.long)
+
+    monkeypatch.setattr(static.kernels, "verify_speculative", accept_all)
+    counts = sample_law(*tiny_pair, PROMPT, 2, RUNS, max_new_tokens=3, temperature=1.0, method="speculative",
+                        draft_length=2, adaptive_draft=False, cache_implementation="static")
+    assert chi_square_pvalue(counts, law2) < ALPHA
+
+
+def test_seed_fixes_the_tokens(tiny_pair):
+    target, draft = tiny_pair
+    kw = dict(draft=draft, method="speculative", max_new_tokens=12, cache_implementation="static", eos_token_id=[])
+    a = fastdecode.generate(target, torch.tensor([PROMPT]), seed=3, **kw).sequences
+    assert torch.equal(a, fastdecode.generate(target, torch.tensor([PROMPT]), seed=3, **kw).sequences)
+
+
+@pytest.mark.slow
+def test_compile_on_cpu_through_inductor(tiny_pair):
+    """compile=True runs the recorded steps through torch.compile (inductor) on the CPU, same greedy tokens."""
+    target, draft = tiny_llama(5, vocab=32), tiny_llama(6, vocab=32, layers=1)
+    ids = torch.tensor([PROMPT])
+    kw = dict(draft=draft, temperature=0, max_new_tokens=10, eos_token_id=[], method="speculative", draft_length=3,
+              adaptive_draft=False)
+    ref = fastdecode.generate(target, ids, **kw).sequences
+    out = fastdecode.generate(target, ids, cache_implementation="static", compile=True, **kw).sequences
+    assert torch.equal(out, ref)
+
+
+def test_refusals(tiny_pair):
+    target, draft = tiny_pair
+    ids = torch.tensor([PROMPT])
+    with pytest.raises(ValueError, match="cache_implementation must be one of"):
+        fastdecode.generate(target, ids, cache_implementation="paged")
+    with pytest.raises(ValueError, match="compile= needs cache_implementation='static'"):
+        fastdecode.generate(target, ids, compile=True)
+    with pytest.raises(ValueError, match="compile must be"):
+        fastdecode.generate(target, ids, cache_implementation="static", compile="fast")
+    with pytest.raises(ValueError, match="needs a model on a CUDA device"):
+        fastdecode.generate(target, ids, cache_implementation="static", compile="cudagraphs")
+    with pytest.raises(ValueError, match="supports methods"):
+        fastdecode.generate(target, ids, draft=draft, method="multi_draft", num_drafts=2, cache_implementation="static")
+    with pytest.raises(ValueError, match="Lambda attention"):
+        fastdecode.generate(target, ids, cache_implementation="static",
+                            lambda_attention=fastdecode.LambdaAttention(window=8, num_global=1))
+
+
+def test_sliding_window_model_is_refused():
+    from transformers import MistralConfig, MistralForCausalLM
+    cfg = MistralConfig(vocab_size=16, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        num_key_value_heads=2, sliding_window=4)
+    with pytest.raises(ValueError, match="sliding attention window"):
+        fastdecode.generate(MistralForCausalLM(cfg).eval(), torch.tensor([PROMPT]), cache_implementation="static")
