@@ -23,7 +23,7 @@ DEFAULT_OUT = Path("bench/results/e2e.json")
 @dataclass
 class Config:
     name: str
-    kind: str                 # "hf", "hf_assisted" or "fastdecode"
+    kind: str                 # "hf", "hf_static" (static cache; compiled on CUDA), "hf_assisted" or "fastdecode"
     temperature: float
     kwargs: dict = field(default_factory=dict)
 
@@ -41,6 +41,36 @@ def core_configs(temperatures) -> list[Config]:
             Config("fastdecode speculative block (gamma=4 fixed)", "fastdecode", t,
                    dict(method="speculative", draft_length=4, adaptive_draft=False, verifier="block")),
         ]
+    return out
+
+
+def engine_configs(temperatures, device_type: str, inductor: bool = False) -> list[Config]:
+    """HF's plain, fastest (static cache + torch.compile on CUDA) and assisted generation against fastdecode's
+    dynamic and static engines (CUDA graphs by default on CUDA; ``inductor`` adds compile=True rows)."""
+    st = dict(cache_implementation="static")
+    out = []
+    for t in temperatures:
+        out += [
+            Config("HF generate", "hf", t),
+            Config("HF static" + (" + compile" if device_type == "cuda" else ""), "hf_static", t),
+            Config("HF assisted", "hf_assisted", t),
+            Config("fastdecode autoregressive", "fastdecode", t, dict(method="autoregressive")),
+            Config("fastdecode autoregressive static", "fastdecode", t, dict(method="autoregressive", **st)),
+            Config("fastdecode speculative (adaptive)", "fastdecode", t, dict(method="speculative")),
+            Config("fastdecode speculative static (adaptive)", "fastdecode", t, dict(method="speculative", **st)),
+            Config("fastdecode speculative static (gamma=4)", "fastdecode", t,
+                   dict(method="speculative", draft_length=4, adaptive_draft=False, **st)),
+            Config("fastdecode speculative static (gamma=6)", "fastdecode", t,
+                   dict(method="speculative", draft_length=6, adaptive_draft=False, **st)),
+        ]
+        if t > 0:
+            out.append(Config("fastdecode speculative static block (gamma=4)", "fastdecode", t,
+                              dict(method="speculative", draft_length=4, adaptive_draft=False, verifier="block", **st)))
+        if inductor:
+            out += [Config("fastdecode autoregressive static compile=True", "fastdecode", t,
+                           dict(method="autoregressive", compile=True, **st)),
+                    Config("fastdecode speculative static (gamma=4) compile=True", "fastdecode", t,
+                           dict(method="speculative", draft_length=4, adaptive_draft=False, compile=True, **st))]
     return out
 
 
@@ -74,6 +104,8 @@ def _run_once(cfg: Config, target, draft, ids, new_tokens: int, seed: int):
         kw.update(temperature=cfg.temperature, top_k=0, top_p=1.0)
     if cfg.kind == "hf_assisted":
         kw["assistant_model"] = draft
+    if cfg.kind == "hf_static":  # transformers compiles the forward by itself on CUDA with a static cache
+        kw["cache_implementation"] = "static"
     torch.manual_seed(seed)
     sync()
     t0 = time.perf_counter()
@@ -90,35 +122,46 @@ def run_configs(configs, target, draft, prompts, new_tokens: int, repeats: int, 
     rows = []
     bar = tqdm(total=len(configs) * repeats * len(prompts), desc="bench", disable=not progress, unit="gen")
     for cfg in configs:
-        warm = torch.tensor([prompts[0]], device=device)
-        _run_once(cfg, target, draft, warm, 8, 0)  # warm-up (allocations, lazy imports)
-        rates, alphas, taus, toks = [], [], [], []
-        for r in range(repeats):
-            n_tok, secs = 0, 0.0
-            acc = drafted = calls = 0
-            for i, pr in enumerate(prompts):
-                n, s, st = _run_once(cfg, target, draft, torch.tensor([pr], device=device), new_tokens, 1000 * r + i)
-                n_tok += n
-                secs += s
-                if st is not None:
-                    acc += st.accepted_tokens
-                    drafted += st.drafted_tokens
-                    calls += st.target_calls
-                bar.update(1)
-            rates.append(n_tok / secs)
-            toks.append(n_tok)
-            if drafted:
-                alphas.append(acc / drafted)
-            if calls:
-                taus.append(n_tok / calls)
+        try:
+            t_warm = time.perf_counter()
+            warm = torch.tensor([prompts[0]], device=device)
+            _run_once(cfg, target, draft, warm, new_tokens, 0)  # warm-up (allocations, recordings, compilation)
+            t_warm = time.perf_counter() - t_warm
+            rates, alphas, taus, toks = [], [], [], []
+            for r in range(repeats):
+                n_tok, secs = 0, 0.0
+                acc = drafted = calls = 0
+                for i, pr in enumerate(prompts):
+                    n, s, st = _run_once(cfg, target, draft, torch.tensor([pr], device=device), new_tokens,
+                                         1000 * r + i)
+                    n_tok += n
+                    secs += s
+                    if st is not None:
+                        acc += st.accepted_tokens
+                        drafted += st.drafted_tokens
+                        calls += st.target_calls
+                    bar.update(1)
+                rates.append(n_tok / secs)
+                toks.append(n_tok)
+                if drafted:
+                    alphas.append(acc / drafted)
+                if calls:
+                    taus.append(n_tok / calls)
+        except Exception as e:  # one failing configuration must not cost the rest of the run
+            print(f"\n{cfg.name} (T={cfg.temperature:g}) failed: {type(e).__name__}: {e}", flush=True)
+            rows.append(dict(name=cfg.name, kind=cfg.kind, temperature=cfg.temperature, kwargs=cfg.kwargs,
+                             error=f"{type(e).__name__}: {e}", tokens_per_s=float("nan"), tokens_per_s_min=float("nan"),
+                             tokens_per_s_max=float("nan"), new_tokens=0, alpha=None, tau=None, warmup_s=None))
+            continue
         rows.append(dict(name=cfg.name, kind=cfg.kind, temperature=cfg.temperature, kwargs=cfg.kwargs,
                          tokens_per_s=statistics.median(rates), tokens_per_s_min=min(rates),
                          tokens_per_s_max=max(rates), new_tokens=statistics.median(toks),
                          alpha=statistics.median(alphas) if alphas else None,
-                         tau=statistics.median(taus) if taus else None))
+                         tau=statistics.median(taus) if taus else None, warmup_s=t_warm))
+        print(f"\n{cfg.name} (T={cfg.temperature:g}): {rows[-1]['tokens_per_s']:.1f} tok/s", flush=True)
     bar.close()
     for row in rows:  # speed-ups against the HF baselines of the same temperature, same run
-        for base_kind, key in (("hf", "vs_hf"), ("hf_assisted", "vs_hf_assisted")):
+        for base_kind, key in (("hf", "vs_hf"), ("hf_static", "vs_hf_static"), ("hf_assisted", "vs_hf_assisted")):
             base = next((b for b in rows if b["kind"] == base_kind and b["temperature"] == row["temperature"]), None)
             row[key] = row["tokens_per_s"] / base["tokens_per_s"] if base else None
     return rows
@@ -126,12 +169,18 @@ def run_configs(configs, target, draft, prompts, new_tokens: int, repeats: int, 
 
 def markdown_table(rows: list[dict]) -> str:
     f = lambda x, fmt: "-" if x is None else format(x, fmt)  # noqa: E731
-    lines = ["| T | method | tok/s (median [min, max]) | alpha | tau | vs HF generate | vs HF assisted |",
-             "|---|---|---|---|---|---|---|"]
+    static = any(r["kind"] == "hf_static" for r in rows)
+    lines = ["| T | method | tok/s (median [min, max]) | alpha | tau | vs HF generate |"
+             + (" vs HF static |" if static else "") + " vs HF assisted |",
+             "|---|---|---|---|---|---|" + ("---|" if static else "") + "---|"]
     for r in rows:
+        if r.get("error"):
+            lines.append(f"| {r['temperature']:g} | {r['name']} | failed: {r['error'][:80]} |")
+            continue
         lines.append(f"| {r['temperature']:g} | {r['name']} | {r['tokens_per_s']:.1f} [{r['tokens_per_s_min']:.1f}, "
                      f"{r['tokens_per_s_max']:.1f}] | {f(r['alpha'], '.3f')} | {f(r['tau'], '.2f')} | "
-                     f"{f(r['vs_hf'], '.2f')}x | {f(r['vs_hf_assisted'], '.2f')}x |")
+                     f"{f(r['vs_hf'], '.2f')}x |" + (f" {f(r.get('vs_hf_static'), '.2f')}x |" if static else "")
+                     + f" {f(r['vs_hf_assisted'], '.2f')}x |")
     return "\n".join(lines)
 
 
@@ -170,8 +219,10 @@ def plot_multi(rows: list[dict], path: Path) -> None:
 def add_arguments(p) -> None:
     from ..models import DEFAULT_PAIR
     p.add_argument("--pair", default=str(DEFAULT_PAIR), help="folder with target/ and draft/")
-    p.add_argument("--suite", choices=["core", "multi"], default="core",
-                   help="core: HF vs fastdecode methods (greedy and T=1); multi: multi-draft sweep over k, L, verifiers")
+    p.add_argument("--suite", choices=["core", "multi", "engine"], default="core",
+                   help="core: HF vs fastdecode methods (greedy and T=1); multi: multi-draft sweep over k, L, verifiers; "
+                        "engine: HF plain / static (+compile on CUDA) / assisted vs fastdecode's dynamic and static engines")
+    p.add_argument("--inductor", action="store_true", help="engine suite: add compile=True (torch.compile) rows")
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--prompt-tokens", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=128)
@@ -192,11 +243,13 @@ def run(args) -> int:
 
     if args.quick:
         args.prompts, args.repeats, args.new_tokens = 2, 1, 48
-    temps = [float(t) for t in (args.temperatures or ("0,1" if args.suite == "core" else "0.7,1")).split(",")]
+    temps = [float(t) for t in (args.temperatures or ("0.7,1" if args.suite == "multi" else "0,1")).split(",")]
     target, draft, tok = load_pair(args.pair, args.device, getattr(torch, args.dtype))
     prompts = stdlib_prompts(tok, args.prompts, args.prompt_tokens)
     if args.suite == "core":
         configs = core_configs(temps)
+    elif args.suite == "engine":
+        configs = engine_configs(temps, target.device.type, args.inductor)
     else:
         configs = multi_configs(temps, [int(k) for k in args.ks.split(",")], [int(x) for x in args.lengths.split(",")],
                                 args.verifiers.split(","))

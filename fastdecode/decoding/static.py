@@ -152,7 +152,7 @@ def decode_speculative(target, draft, stream: TokenStream, sampling: SamplingCon
             p = sm.probs(logits, sampling, check_finite=False)         # [g + 1, V]
             q = torch.cat(qs)                                          # [g, V]
             if spec.verifier == "block":
-                nd = int(n_draft)  # block verification decides on the chain as a whole: its length first
+                nd = int(n_draft) if conf else g  # block decides on the chain as a whole: its length first
                 n, nxt = verify_block_batched(p[None, : nd + 1], q[None, :nd], x[None, :nd], generator)
                 n, nxt = n[0], nxt[0]
             else:

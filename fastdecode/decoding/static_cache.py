@@ -100,6 +100,7 @@ class StaticRunner:
         self.graphs: dict[int, tuple] = {}
         self._compiled = None
         if mode == "inductor":
+            torch._dynamo.mark_static_address(self.cache.start)
             self._compiled = torch.compile(self._forward, fullgraph=True, dynamic=False,
                                            mode="reduce-overhead" if device.type == "cuda" else None)
 
@@ -147,8 +148,9 @@ class StaticRunner:
                 self._forward(ids_buf)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         g = torch.cuda.CUDAGraph()
-        pool = next(iter(self.graphs.values()))[0].pool() if self.graphs else None
-        with torch.cuda.graph(g, pool=pool):
+        # each graph its own memory pool: graphs of one runner replay in any order, so sharing a pool
+        # could let one graph's intermediates overwrite another's output
+        with torch.cuda.graph(g):
             out = self._forward(ids_buf)
         self.graphs[ids.shape[1]] = (g, ids_buf, out)
         g.replay()
