@@ -107,6 +107,12 @@ def generate(
         adaptive_draft=adaptive_draft, max_draft_length=max_draft_length,
         confidence_threshold=confidence_threshold, **method_options)
     _check_input_ids(input_ids)
+    emb = target.get_input_embeddings() if hasattr(target, "get_input_embeddings") else None
+    if emb is not None and hasattr(emb, "num_embeddings"):
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        if lo < 0 or hi >= emb.num_embeddings:
+            raise ValueError(f"input_ids hold token id {lo if lo < 0 else hi}, outside the target's "
+                             f"{emb.num_embeddings} embeddings: does the tokenizer belong to this model?")
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     sampling = SamplingConfig(temperature, top_k, top_p)
