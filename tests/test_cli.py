@@ -124,3 +124,51 @@ def test_generate_rejects_token_ids_past_the_embedding(tiny_pair):
     import fastdecode
     with pytest.raises(ValueError, match="token id 9, outside the target's 6 embeddings"):
         fastdecode.generate(tiny_pair[0], torch.tensor([[1, 9]]), max_new_tokens=2)
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("command,module,want", [
+    (["bench", "--quick"], "e2e", "bench/results/tmp/e2e_core.json"),
+    (["bench", "--suite", "multi", "--quick"], "e2e", "bench/results/tmp/e2e_multi.json"),
+    (["bench", "--quick", "--out", "x/e.json"], "e2e", "x/e.json"),
+    (["acceptance", "--quick"], "acceptance", "bench/results/tmp/acceptance.json"),
+    (["acceptance"], "acceptance", "bench/results/acceptance.json"),
+    (["long-context", "--quick"], "long_context", "bench/results/tmp"),
+    (["long-context"], "long_context", "bench/results"),
+    (["optimal-cost", "--quick"], "optimal_cost", "bench/results/tmp/optimal_cost.json"),
+])
+def test_quick_runs_never_write_into_the_published_results(monkeypatch, command, module, want):
+    """--quick writes under bench/results/tmp/ (git-ignored), never over the committed figures."""
+    import importlib
+
+    import fastdecode.models
+    seen = {}
+
+    def stop(*a, **k):
+        raise _Stop
+
+    mod = importlib.import_module(f"fastdecode.benchmarks.{module}")
+    real_run = mod.run
+
+    def spy(args):
+        seen["args"] = args
+        return real_run(args)
+    monkeypatch.setattr(fastdecode.models, "load_pair", stop)
+    monkeypatch.setattr(fastdecode.models, "load_model", stop)
+    monkeypatch.setattr(mod, "run", spy)
+    if module == "optimal_cost":
+        monkeypatch.setattr(mod, "_measure", stop)
+        monkeypatch.setattr("torch.set_num_threads", lambda n: None)
+        command = [*command, "--device", "cpu"]
+    with pytest.raises(_Stop):
+        main(command)
+    args = seen["args"]
+    assert str(args.out) == want
+    if command[:3] == ["bench", "--suite", "multi"]:
+        from fastdecode.benchmarks.e2e import multi_configs
+        configs = multi_configs([float(t) for t in args.temperatures.split(",")], [int(k) for k in args.ks.split(",")],
+                                [int(x) for x in args.lengths.split(",")], args.verifiers.split(","))
+        assert len(configs) <= 10  # a smoke run, not the 43 configurations of the full suite
