@@ -11,6 +11,7 @@ from .decoding.common import TokenStream
 from .models import check_pair
 from .stats import DecodeStats, GenerationResult
 
+
 def _eos_ids(target, eos_token_id) -> set[int]:
     if eos_token_id is None:
         gc = getattr(target, "generation_config", None)
@@ -54,7 +55,7 @@ def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _check_input_ids(input_ids) -> None:
+def _check_input_ids(input_ids, target) -> None:
     if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"input_ids must be an integer tensor [batch, prompt_len], got {type(input_ids).__name__}"
                          + (f" of dtype {input_ids.dtype}" if isinstance(input_ids, torch.Tensor) else ""))
@@ -64,6 +65,12 @@ def _check_input_ids(input_ids) -> None:
         raise ValueError(f"fastdecode.generate supports batch size 1 for now, got batch {input_ids.shape[0]}")
     if input_ids.shape[1] == 0:
         raise ValueError("the prompt is empty: input_ids must hold at least one token")
+    emb = target.get_input_embeddings() if hasattr(target, "get_input_embeddings") else None
+    if emb is not None and hasattr(emb, "num_embeddings"):  # else a raw IndexError deep inside the model
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        if lo < 0 or hi >= emb.num_embeddings:
+            raise ValueError(f"input_ids hold token id {lo if lo < 0 else hi}, outside the target's "
+                             f"{emb.num_embeddings} embeddings: does the tokenizer belong to this model?")
 
 
 def generate(
@@ -106,13 +113,7 @@ def generate(
         method, draft is not None, num_drafts=num_drafts, verifier=verifier, draft_length=draft_length,
         adaptive_draft=adaptive_draft, max_draft_length=max_draft_length,
         confidence_threshold=confidence_threshold, **method_options)
-    _check_input_ids(input_ids)
-    emb = target.get_input_embeddings() if hasattr(target, "get_input_embeddings") else None
-    if emb is not None and hasattr(emb, "num_embeddings"):
-        lo, hi = int(input_ids.min()), int(input_ids.max())
-        if lo < 0 or hi >= emb.num_embeddings:
-            raise ValueError(f"input_ids hold token id {lo if lo < 0 else hi}, outside the target's "
-                             f"{emb.num_embeddings} embeddings: does the tokenizer belong to this model?")
+    _check_input_ids(input_ids, target)
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     sampling = SamplingConfig(temperature, top_k, top_p)
