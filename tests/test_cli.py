@@ -8,6 +8,7 @@ from fastdecode.cli import main
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # a real generation with the code pair
 def test_generate_prints_text_and_summary(capsys):
     assert main(["generate", "--prompt", "def parse(line):\n    ", "--max-new-tokens", "8", "--temperature", "0"]) == 0
     out = capsys.readouterr().out
@@ -18,6 +19,7 @@ def test_generate_prints_text_and_summary(capsys):
     assert "alpha = accepted / drafted" in out and "tau = tokens emitted per target forward pass" in out
 
 
+@pytest.mark.slow  # a real generation with the code pair
 def test_generate_multi_draft_with_verifier(capsys):
     assert main(["generate", "--method", "multi_draft", "--num-drafts", "2", "--verifier", "spectr",
                  "--max-new-tokens", "8", "--temperature", "1"]) == 0
@@ -57,6 +59,7 @@ def test_unknown_method_is_rejected_by_the_parser(capsys):
     assert e.value.code == 2 and "invalid choice: 'beam'" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a real generation with the code pair
 def test_compare_with_nothing_generated(capsys):
     assert main(["generate", "--prompt", "x", "--max-new-tokens", "0", "--compare"]) == 0
     assert "nothing was generated" in capsys.readouterr().out
@@ -74,6 +77,7 @@ def test_argument_errors_come_before_loading_weights(capsys, monkeypatch):
         assert "error: " in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a real generation with the code pair
 def test_compare_repeats_and_prints_median_and_spread(capsys):
     assert main(["generate", "--prompt", "def f(x):\n    ", "--max-new-tokens", "4", "--compare", "--repeats", "2"]) == 0
     out = capsys.readouterr().out
