@@ -64,6 +64,8 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-dwell", type=int, default=None, help="tokens between two switches, for entropy_switch")
     p.add_argument("--speculate-when-large", action="store_true",
                    help="entropy_switch: the large model verifies drafts of the small one (lossless segments)")
+    p.add_argument("--speculative-length", type=int, default=None,
+                   help="entropy_switch with --speculate-when-large: tokens drafted per verification (default 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--compare", action="store_true",
@@ -78,7 +80,7 @@ def _method_kwargs(args) -> dict:
     kw = {k: v for k, v in kw.items() if v is not None}
     if args.num_drafts != 1:
         kw["num_drafts"] = args.num_drafts
-    for name in ("entropy_threshold", "entropy_window", "min_dwell"):
+    for name in ("entropy_threshold", "entropy_window", "min_dwell", "speculative_length"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
     if args.speculate_when_large:

@@ -44,6 +44,8 @@ def test_generate_multi_draft_with_verifier(capsys):
     (["--method", "entropy_switch", "--verifier", "rrs"], "verifier= applies"),
     (["--method", "entropy_switch", "--draft-length", "8", "--speculate-when-large"], "speculative_length"),
     (["--compare", "--repeats", "0"], "--repeats must be >= 1"),
+    (["--method", "entropy_switch", "--speculative-length", "3"], "speculate_when_large=True"),
+    (["--method", "entropy_switch", "--speculate-when-large", "--speculative-length", "0"], "speculative_length must be"),
 ])
 def test_user_mistakes_are_one_line_errors(capsys, monkeypatch, args, message):
     monkeypatch.chdir(REPO)
