@@ -2,17 +2,15 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
+import dataclasses
 import time
 
 import torch
 
-from .config import MultiDraftConfig, SamplingConfig, SpeculativeConfig
+from .config import METHODS, SamplingConfig, build_method_config  # noqa: F401 (METHODS re-exported)
 from .decoding.common import TokenStream
 from .models import check_pair
 from .stats import DecodeStats, GenerationResult
-
-METHODS = ("autoregressive", "speculative", "multi_draft", "entropy_switch")
 
 
 def _eos_ids(target, eos_token_id) -> set[int]:
@@ -58,7 +56,7 @@ def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _check_input_ids(input_ids) -> None:
+def _check_input_ids(input_ids, target) -> None:
     if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"input_ids must be an integer tensor [batch, prompt_len], got {type(input_ids).__name__}"
                          + (f" of dtype {input_ids.dtype}" if isinstance(input_ids, torch.Tensor) else ""))
@@ -68,6 +66,12 @@ def _check_input_ids(input_ids) -> None:
         raise ValueError(f"fastdecode.generate supports batch size 1 for now, got batch {input_ids.shape[0]}")
     if input_ids.shape[1] == 0:
         raise ValueError("the prompt is empty: input_ids must hold at least one token")
+    emb = target.get_input_embeddings() if hasattr(target, "get_input_embeddings") else None
+    if emb is not None and hasattr(emb, "num_embeddings"):  # else a raw IndexError deep inside the model
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        if lo < 0 or hi >= emb.num_embeddings:
+            raise ValueError(f"input_ids hold token id {lo if lo < 0 else hi}, outside the target's "
+                             f"{emb.num_embeddings} embeddings: does the tokenizer belong to this model?")
 
 
 CACHE_IMPLEMENTATIONS = ("dynamic", "static")
@@ -115,14 +119,14 @@ def generate(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
-    draft_length: int = 4,
+    draft_length: int | None = None,
     eos_token_id=None,
     seed: int | None = None,
     generator: torch.Generator | None = None,
     *,
     adaptive_draft: bool | None = None,
     max_draft_length: int | None = None,
-    confidence_threshold: float = 0.4,
+    confidence_threshold: float | None = None,
     verifier: str | None = None,
     num_drafts: int = 1,
     lambda_attention=None,
@@ -137,46 +141,31 @@ def generate(
     as a tree), "entropy_switch" (lossy: small model while confident); "auto" = speculative when a
     draft is given (multi_draft when num_drafts > 1), else autoregressive. See the README for every
     method's guarantees.
+    draft_length: gamma, tokens drafted per step; None = 4.
     adaptive_draft: None = the method's default (on for "speculative", off for "multi_draft").
     max_draft_length: the adaptive length's upper bound; None = max(16, draft_length).
+    confidence_threshold: early stop of an adaptive single draft; None = 0.4.
     cache_implementation: "dynamic" (transformers' DynamicCache, cropped after rejections) or "static"
     (preallocated caches, rejected slots overwritten, fixed-shape forwards replayed; autoregressive and
     speculative). compile (static only): None = "cudagraphs" on CUDA, "eager" on the CPU; True =
     "inductor" (torch.compile; with CUDA graphs on CUDA); False = "eager"; or one of those names.
+    Options that do not apply to the method raise ValueError (see
+    :func:`fastdecode.config.build_method_config`).
     """
-    if not isinstance(method, str):
-        raise ValueError(f"method must be a string, got {method!r}")
-    if method == "auto":
-        method = ("multi_draft" if _is_int(num_drafts) and num_drafts > 1 else "speculative") if draft is not None \
-            else "autoregressive"
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {('auto',) + METHODS}")
-    _check_input_ids(input_ids)
+    method, method_cfg = build_method_config(
+        method, draft is not None, num_drafts=num_drafts, verifier=verifier, draft_length=draft_length,
+        adaptive_draft=adaptive_draft, max_draft_length=max_draft_length,
+        confidence_threshold=confidence_threshold, **method_options)
+    _check_input_ids(input_ids, target)
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     sampling = SamplingConfig(temperature, top_k, top_p)
-    if adaptive_draft is not None and not isinstance(adaptive_draft, bool):
-        raise ValueError(f"adaptive_draft must be True, False or None (the method's default), got {adaptive_draft!r}")
-    if not _is_int(draft_length) or draft_length < 1:
-        raise ValueError(f"draft_length must be an int >= 1, got {draft_length!r}")
-    if max_draft_length is None:
-        max_draft_length = max(16, draft_length)
-    elif not _is_int(max_draft_length) or max_draft_length < draft_length:
-        raise ValueError(f"max_draft_length must be an int >= draft_length ({draft_length}), got {max_draft_length!r}")
-    if not isinstance(confidence_threshold, (int, float)) or isinstance(confidence_threshold, bool):
-        raise ValueError(f"confidence_threshold must be a number in [0, 1), got {confidence_threshold!r}")
-    if method != "multi_draft" and num_drafts != 1:
-        raise ValueError(f"num_drafts={num_drafts!r} applies to method='multi_draft' (or 'auto'), not to {method!r}")
     if seed is not None and not _is_int(seed):
         raise ValueError(f"seed must be an int, got {seed!r}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     if method != "autoregressive":
-        if draft is None:
-            raise ValueError(f"method {method!r} needs a draft model (draft=...)")
         check_pair(target, draft)
-    if method_options and method != "entropy_switch":
-        raise ValueError(f"unexpected arguments for method {method!r}: {sorted(method_options)}")
     if seed is not None and generator is not None:
         raise ValueError("pass either seed or generator, not both")
     if seed is not None:
@@ -187,24 +176,12 @@ def generate(
     stream = TokenStream(input_ids, max_new_tokens, _eos_ids(target, eos_token_id))
     stats = DecodeStats(method=method)
 
-    method_cfg = None  # the method's own configuration
-    if method == "speculative":
-        spec = method_cfg = SpeculativeConfig(draft_length, adaptive_draft is not False, max_draft_length,
-                                 confidence_threshold, verifier or "token")
-    elif method == "multi_draft":
-        md = method_cfg = MultiDraftConfig(num_drafts=num_drafts, draft_length=draft_length, verifier=verifier or "rrs",
-                              adaptive=bool(adaptive_draft), max_draft_length=max_draft_length)
-    elif method == "entropy_switch":
-        es_mod = importlib.import_module(".decoding.entropy_switch", __package__)
-        try:
-            es = method_cfg = es_mod.EntropySwitchConfig(**method_options)
-        except TypeError as e:
-            raise ValueError(f"bad entropy_switch option: {e}") from None
-    elif verifier is not None:
-        raise ValueError(f"verifier= applies to speculative and multi_draft decoding, not to {method!r}")
     if lambda_attention is not None:
         _check_rollback(lambda_attention, method_cfg)
     compile_mode = _static_mode(cache_implementation, compile, method, target, draft, lambda_attention)
+    if compile_mode is not None and method == "speculative" and confidence_threshold is None \
+            and target.device.type == "cuda":  # the stop's per-token host sync costs more than it saves there
+        method_cfg = dataclasses.replace(method_cfg, confidence_threshold=0.0)
 
     bar = None
     if progress:
@@ -222,18 +199,19 @@ def generate(
             if method == "autoregressive":
                 static.decode_autoregressive(target, stream, sampling, generator, stats, bar, compile_mode)
             else:
-                static.decode_speculative(target, draft, stream, sampling, spec, generator, stats, bar, compile_mode)
+                static.decode_speculative(target, draft, stream, sampling, method_cfg, generator, stats, bar, compile_mode)
         elif method == "autoregressive":
             from .decoding import autoregressive
             autoregressive.decode(target, stream, sampling, generator, stats, bar)
         elif method == "speculative":
             from .decoding import speculative
-            speculative.decode(target, draft, stream, sampling, spec, generator, stats, bar)
+            speculative.decode(target, draft, stream, sampling, method_cfg, generator, stats, bar)
         elif method == "multi_draft":
             from .decoding import multi_draft
-            multi_draft.decode(target, draft, stream, sampling, md, generator, stats, bar)
+            multi_draft.decode(target, draft, stream, sampling, method_cfg, generator, stats, bar)
         else:
-            es_mod.decode(target, draft, stream, sampling, es, generator, stats, bar)
+            from .decoding import entropy_switch
+            entropy_switch.decode(target, draft, stream, sampling, method_cfg, generator, stats, bar)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         stats.wall_time_s = time.perf_counter() - t0

@@ -30,19 +30,31 @@ SUBCOMMANDS = {
 }
 
 
+# The CLI is a demo: greedy by default, so that its text is reproducible and equals plain greedy decoding
+# token for token (and speculative decoding pays off most there). The Python API samples at T = 1 by
+# default, the model's own distribution, which is what the lossless guarantee is about.
+CLI_TEMPERATURE = 0.0
+TIMING_SPREAD_LIMIT = 0.25  # (max - min) / median above which --compare says its figures cannot be read
+
+LEGEND = ("alpha = accepted / drafted tokens (acceptance rate); tau = tokens emitted per target forward pass "
+          "(accepted drafts + the residual or bonus token)")
+PROMPT_MARK = "[>>]"
+
+
 def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default=str(DEFAULT_PAIR / "target"), help="target model folder or HF id")
     p.add_argument("--draft", default=str(DEFAULT_PAIR / "draft"), help="draft model folder or HF id ('none' for no draft)")
     p.add_argument("--prompt", default=None, help="prompt text")
     p.add_argument("--prompt-file", default=None, help="read the prompt from this file")
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the Python API's default is 1.0)")
+    p.add_argument("--temperature", type=float, default=CLI_TEMPERATURE,
+                   help="0 = greedy: reproducible demo output (the Python API's default is 1.0, plain sampling)")
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--method", default="auto",
                    choices=["auto", "autoregressive", "speculative", "multi_draft", "entropy_switch"],
                    help="decoding method (auto: speculative with a draft, multi_draft when --num-drafts > 1)")
-    p.add_argument("--draft-length", type=int, default=4)
+    p.add_argument("--draft-length", type=int, default=None, help="gamma, tokens drafted per step (default 4)")
     p.add_argument("--num-drafts", type=int, default=1, help="k, the number of draft sequences (multi_draft)")
     p.add_argument("--adaptive-draft", action=argparse.BooleanOptionalAction, default=None,
                    help="adapt the draft length / tree depth to acceptance (default: on for speculative, off for multi_draft)")
@@ -52,9 +64,113 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-dwell", type=int, default=None, help="tokens between two switches, for entropy_switch")
     p.add_argument("--speculate-when-large", action="store_true",
                    help="entropy_switch: the large model verifies drafts of the small one (lossless segments)")
+    p.add_argument("--speculative-length", type=int, default=None,
+                   help="entropy_switch with --speculate-when-large: tokens drafted per verification (default 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--compare", action="store_true", help="also run plain autoregressive decoding and print the speed-up")
+    p.add_argument("--compare", action="store_true",
+                   help="also time plain autoregressive decoding and HF generate and print the speed-ups")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="with --compare: timed runs of each, after one warm-up; the median and min-max are printed")
+
+
+def _method_kwargs(args) -> dict:
+    """The method options given on the command line, as generate() keyword arguments (None: not given)."""
+    kw = dict(draft_length=args.draft_length, adaptive_draft=args.adaptive_draft, verifier=args.verifier)
+    kw = {k: v for k, v in kw.items() if v is not None}
+    if args.num_drafts != 1:
+        kw["num_drafts"] = args.num_drafts
+    for name in ("entropy_threshold", "entropy_window", "min_dwell", "speculative_length"):
+        if getattr(args, name) is not None:
+            kw[name] = getattr(args, name)
+    if args.speculate_when_large:
+        kw["speculate_when_large"] = True
+    return kw
+
+
+def _check_args(args, has_draft: bool) -> None:
+    """Every argument check that needs no weights: run before any model is loaded."""
+    import torch
+
+    from .config import SamplingConfig, build_method_config
+    from .models import check_model_path
+
+    if args.prompt_file and not Path(args.prompt_file).is_file():
+        raise ValueError(f"--prompt-file {args.prompt_file}: no such file")
+    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: this torch build sees no CUDA device")
+    if args.max_new_tokens < 0:
+        raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+    SamplingConfig(args.temperature, args.top_k, args.top_p)
+    if args.num_drafts != 1 and not (args.method == "multi_draft" or (args.method == "auto" and has_draft)):
+        raise ValueError(f"--num-drafts applies to --method multi_draft (or auto), not to {args.method}")
+    build_method_config(args.method, has_draft, **_method_kwargs(args))
+    check_model_path(args.target)
+    if has_draft and args.method != "autoregressive":
+        check_model_path(args.draft)
+
+
+def _spread(xs: list[float]) -> tuple[float, float, float]:
+    import statistics
+
+    return statistics.median(xs), min(xs), max(xs)
+
+
+def _compare(args, target, draft, ids, kw, out) -> None:
+    """Time the method, fastdecode autoregressive and HF generate: one warm-up each, then --repeats runs."""
+    import time
+
+    import torch
+
+    from . import generate
+
+    def method_rate():
+        return generate(target, ids, draft=draft, method=args.method, **kw).stats.tokens_per_s
+
+    base_kw = {k: kw[k] for k in ("max_new_tokens", "temperature", "top_k", "top_p", "seed")}
+
+    def base_rate():
+        return generate(target, ids, method="autoregressive", **base_kw).stats.tokens_per_s
+
+    hf_kw = dict(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0)
+    if args.temperature > 0:
+        hf_kw.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+
+    def hf_rate(n=args.max_new_tokens):
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            hf = target.generate(ids, attention_mask=torch.ones_like(ids), **{**hf_kw, "max_new_tokens": n})
+        return (hf.shape[1] - ids.shape[1]) / (time.perf_counter() - t0)
+
+    generate(target, ids, method="autoregressive", **{**base_kw, "max_new_tokens": 4})  # warm-ups
+    hf_rate(4)
+    rates = {out.stats.method: [out.stats.tokens_per_s], "fastdecode autoregressive": [], "HF generate": []}
+    for i in range(args.repeats):  # interleaved, so that a slow phase of the machine hits all three alike
+        if i:
+            rates[out.stats.method].append(method_rate())
+        rates["fastdecode autoregressive"].append(base_rate())
+        rates["HF generate"].append(hf_rate())
+    print(f"speed, median of {args.repeats} run(s) after a warm-up [min - max], same prompt and settings:")
+    wide = []
+    for name, xs in rates.items():
+        med, lo, hi = _spread(xs)
+        print(f"  {name:<28} {med:8.1f} tok/s  [{lo:.1f} - {hi:.1f}]")
+        if med > 0 and (hi - lo) / med > TIMING_SPREAD_LIMIT:
+            wide.append(name)
+    m = _spread(rates[out.stats.method])
+    parts = []
+    for name in ("fastdecode autoregressive", "HF generate"):
+        b = _spread(rates[name])
+        parts.append(f"{m[0] / b[0]:.2f}x over {name} [{m[1] / b[2]:.2f} - {m[2] / b[1]:.2f}]")
+    print(f"speed-up of {out.stats.method}: " + ", ".join(parts))
+    if args.repeats < 2:
+        print("one timed run each: no spread to judge the figures by; use --repeats 3 or more")
+    elif wide:
+        print(f"the runs of {', '.join(wide)} differ by more than {TIMING_SPREAD_LIMIT:.0%} of their median: the "
+              "machine is busy or the run is too short, so these speed-ups cannot be read; raise --max-new-tokens "
+              "or --repeats, or use `fastdecode bench`")
 
 
 def _run_generate(args) -> int:
@@ -65,70 +181,34 @@ def _run_generate(args) -> int:
 
     if args.prompt is None and args.prompt_file is None:
         args.prompt = DEFAULT_PROMPT
-    if args.prompt_file and not Path(args.prompt_file).is_file():
-        raise ValueError(f"--prompt-file {args.prompt_file}: no such file")
-    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: this torch build sees no CUDA device")
-    for flag, path in (("--target", args.target), ("--draft", args.draft)):
-        if path and path.lower() != "none" and (path.startswith((".", "/", "~")) or Path(path).exists()) \
-                and not Path(path).expanduser().is_dir():
-            raise ValueError(f"{flag} {path}: no such model folder")
-    # sampling and method arguments are checked before any weights are loaded
-    from .config import MultiDraftConfig, SamplingConfig, SpeculativeConfig
-    SamplingConfig(args.temperature, args.top_k, args.top_p)
-    if args.method == "multi_draft" or (args.method == "auto" and args.num_drafts > 1):
-        MultiDraftConfig(args.num_drafts, args.draft_length, args.verifier or "rrs")
-    elif args.num_drafts != 1:
-        raise ValueError(f"--num-drafts applies to --method multi_draft (or auto), not to {args.method}")
-    elif args.method == "speculative" or (args.method == "auto" and args.verifier):
-        SpeculativeConfig(args.draft_length, max_draft_length=max(16, args.draft_length), verifier=args.verifier or "token")
+    has_draft = bool(args.draft) and args.draft.lower() != "none"
+    _check_args(args, has_draft)  # before any weights are loaded
     text = Path(args.prompt_file).read_text() if args.prompt_file else args.prompt
     if not text:
         raise ValueError("the prompt is empty: give --prompt text or a non-empty --prompt-file")
     target, tok = load_model(args.target, args.device)
     draft = None
-    if args.draft and args.draft.lower() != "none" and args.method != "autoregressive":
+    if has_draft and args.method != "autoregressive":
         draft, dtok = load_model(args.draft, args.device)
         check_pair(target, draft, tok, dtok)
     ids = tok(text, return_tensors="pt").input_ids.to(args.device)
     kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-              top_p=args.top_p, draft_length=args.draft_length, seed=args.seed)
-    if args.num_drafts != 1:
-        kw.update(num_drafts=args.num_drafts)
-    if args.adaptive_draft is not None:
-        kw["adaptive_draft"] = args.adaptive_draft
-    if args.verifier:
-        kw["verifier"] = args.verifier
-    if args.method == "entropy_switch":
-        if args.entropy_threshold is not None:
-            kw["entropy_threshold"] = args.entropy_threshold
-        kw.update({k: v for k, v in (("entropy_window", args.entropy_window), ("min_dwell", args.min_dwell)) if v is not None})
-        if args.speculate_when_large:
-            kw["speculate_when_large"] = True
+              top_p=args.top_p, seed=args.seed, **_method_kwargs(args))
     with torch.inference_mode():
         # warm-up run so the timing below does not include one-off start-up costs
         generate(target, ids, draft=draft, method=args.method, **{**kw, "max_new_tokens": 4})
         out = generate(target, ids, draft=draft, method=args.method, **kw)
-    print(text + tok.decode(out.sequences[0, ids.shape[1]:]))
+    n_new = out.sequences.shape[1] - ids.shape[1]
+    print(f"--- the prompt ({ids.shape[1]} tokens), then {PROMPT_MARK} and the {n_new} generated tokens ---")
+    print(text + PROMPT_MARK + tok.decode(out.sequences[0, ids.shape[1]:]))
     print("-" * 60)
     print(out.stats.summary())
+    if out.stats.drafted_tokens:
+        print(LEGEND)
     if args.compare and out.stats.new_tokens == 0:
         print("--compare: nothing was generated (max_new_tokens = 0 or an immediate EOS), no speed to compare")
     elif args.compare:
-        import time
-
-        base_kw = {k: kw[k] for k in ("max_new_tokens", "temperature", "top_k", "top_p", "seed")}
-        base = generate(target, ids, method="autoregressive", **base_kw)
-        hf_kw = dict(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0)
-        if args.temperature > 0:
-            hf_kw.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            hf = target.generate(ids, **hf_kw)
-        hf_rate = (hf.shape[1] - ids.shape[1]) / (time.perf_counter() - t0)
-        print(f"fastdecode autoregressive: {base.stats.tokens_per_s:.1f} tok/s; HF generate: {hf_rate:.1f} tok/s")
-        print(f"speed-up of {out.stats.method}: {out.stats.tokens_per_s / base.stats.tokens_per_s:.2f}x over "
-              f"autoregressive, {out.stats.tokens_per_s / hf_rate:.2f}x over HF generate (one run, same prompt)")
+        _compare(args, target, draft, ids, kw, out)
     return 0
 
 

@@ -1,12 +1,30 @@
-"""Frozen, validated configuration objects, one per concern.
+"""Frozen, validated configuration objects, one per concern, and the one builder of a method's config.
 
-Every public argument of :func:`fastdecode.generate` lands in one of these dataclasses; their
-``__post_init__`` is the single place where bad input is turned into a ``ValueError`` that names it.
+Every public argument of :func:`fastdecode.generate` (and of ``fastdecode generate`` on the command
+line) lands in one of these dataclasses; their ``__post_init__`` checks types and ranges and turns bad
+input into a ``ValueError`` that names it. :func:`build_method_config` is the single place that decides
+which method runs and rejects options that do not apply to it; ``generate()`` and the CLI both call it,
+so the decoding loops can trust their configuration.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+METHODS = ("autoregressive", "speculative", "multi_draft", "entropy_switch")
+
+# documented defaults of generate(): its signature uses None for them, to tell "passed" from "left out"
+DEFAULT_DRAFT_LENGTH = 4
+DEFAULT_CONFIDENCE_THRESHOLD = 0.4
+DEFAULT_MAX_DRAFT_LENGTH = 16
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 @dataclass(frozen=True)
@@ -23,17 +41,26 @@ class SamplingConfig:
 
     def __post_init__(self):
         t = self.temperature
-        if not isinstance(t, (int, float)) or isinstance(t, bool) or math.isnan(t) or t < 0 or math.isinf(t):
+        if not _is_number(t) or math.isnan(t) or t < 0 or math.isinf(t):
             raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {t!r}")
-        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 0:
+        if not _is_int(self.top_k) or self.top_k < 0:
             raise ValueError(f"top_k must be an int >= 0 (0 disables it), got {self.top_k!r}")
         p = self.top_p
-        if not isinstance(p, (int, float)) or isinstance(p, bool) or math.isnan(p) or not (0.0 < p <= 1.0):
+        if not _is_number(p) or math.isnan(p) or not (0.0 < p <= 1.0):
             raise ValueError(f"top_p must be in (0, 1], got {p!r}")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+
+def _check_lengths(draft_length, max_draft_length, adaptive) -> None:
+    if not _is_int(draft_length) or draft_length < 1:
+        raise ValueError(f"draft_length must be an int >= 1, got {draft_length!r}")
+    if not _is_int(max_draft_length) or max_draft_length < draft_length:
+        raise ValueError(f"max_draft_length must be an int >= draft_length ({draft_length}), got {max_draft_length!r}")
+    if not isinstance(adaptive, bool):
+        raise ValueError(f"adaptive must be True or False, got {adaptive!r}")
 
 
 @dataclass(frozen=True)
@@ -43,28 +70,24 @@ class SpeculativeConfig:
     draft_length: tokens drafted per step (gamma); with ``adaptive`` it is the starting length.
     adaptive: grow the draft length by 2 after a fully accepted draft, shrink it by 1 after a
         rejection (within [1, max_draft_length]), and stop drafting early when the draft's top
-        probability falls below ``confidence_threshold``. This only changes *how many* tokens are
-        drafted, decided from the draft's own distribution, so the output law stays exactly p.
-    verifier: "token" (token-by-token rule of algorithms.md section 1) or "block" (block
-        verification, optimal_verifier.md section 2).
+        probability falls below ``confidence_threshold`` (a number in [0, 1)). This only changes
+        *how many* tokens are drafted, decided from the draft's own distribution, so the output law
+        stays exactly p.
+    verifier: "token" (the token-by-token rule of Leviathan et al.) or "block" (block verification,
+        Sun et al.: the whole block decided jointly).
     """
 
-    draft_length: int = 4
+    draft_length: int = DEFAULT_DRAFT_LENGTH
     adaptive: bool = True
-    max_draft_length: int = 16
-    confidence_threshold: float = 0.4
+    max_draft_length: int = DEFAULT_MAX_DRAFT_LENGTH
+    confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD
     verifier: str = "token"
 
     def __post_init__(self):
-        if not isinstance(self.draft_length, int) or self.draft_length < 1:
-            raise ValueError(f"draft_length must be an int >= 1, got {self.draft_length!r}")
-        if not isinstance(self.max_draft_length, int) or self.max_draft_length < self.draft_length:
-            raise ValueError(
-                f"max_draft_length must be an int >= draft_length ({self.draft_length}), got {self.max_draft_length!r}"
-            )
+        _check_lengths(self.draft_length, self.max_draft_length, self.adaptive)
         c = self.confidence_threshold
-        if not (0.0 <= c < 1.0):
-            raise ValueError(f"confidence_threshold must be in [0, 1), got {c!r}")
+        if not _is_number(c) or not (0.0 <= c < 1.0):  # NaN fails the range test too
+            raise ValueError(f"confidence_threshold must be a number in [0, 1), got {c!r}")
         if self.verifier not in ("token", "block"):
             raise ValueError(f"single-draft verifier must be 'token' or 'block', got {self.verifier!r}")
 
@@ -82,22 +105,138 @@ class MultiDraftConfig:
     """
 
     num_drafts: int = 2
-    draft_length: int = 4
+    draft_length: int = DEFAULT_DRAFT_LENGTH
     verifier: str = "rrs"
     adaptive: bool = False       # tree depth: +2 after a fully accepted path, -1 after a rejection
-    max_draft_length: int = 16   # upper bound of the adaptive depth
+    max_draft_length: int = DEFAULT_MAX_DRAFT_LENGTH   # upper bound of the adaptive depth
 
     def __post_init__(self):
-        if not isinstance(self.num_drafts, int) or isinstance(self.num_drafts, bool) or not (1 <= self.num_drafts <= 16):
+        if not _is_int(self.num_drafts) or not (1 <= self.num_drafts <= 16):
             raise ValueError(f"num_drafts must be an int in [1, 16], got {self.num_drafts!r}")
-        if not isinstance(self.draft_length, int) or isinstance(self.draft_length, bool) or self.draft_length < 1:
-            raise ValueError(f"draft_length must be an int >= 1, got {self.draft_length!r}")
-        if not isinstance(self.max_draft_length, int) or self.max_draft_length < self.draft_length:
-            raise ValueError(f"max_draft_length must be an int >= draft_length ({self.draft_length}), "
-                             f"got {self.max_draft_length!r}")
+        _check_lengths(self.draft_length, self.max_draft_length, self.adaptive)
         if self.verifier not in MULTI_DRAFT_VERIFIERS:
             raise ValueError(f"unknown multi-draft verifier {self.verifier!r}; choose one of {MULTI_DRAFT_VERIFIERS}")
 
     @property
     def scheme(self) -> str:
         return {"rrs_without_replacement": "without_replacement", "greedy_draft": "greedy"}.get(self.verifier, "iid")
+
+
+DRAFT, TARGET = "draft", "target"
+
+
+@dataclass(frozen=True)
+class EntropySwitchConfig:
+    """Options of ``method="entropy_switch"`` (extra keyword arguments of :func:`fastdecode.generate`).
+
+    entropy_threshold: tau in bits; +inf = small model alone, -inf = large model alone. The default, 3.0,
+        gave the demo code pair about 44% large-model tokens on stdlib line completion (bench/quality.py).
+    entropy_window: w, number of recent entropies averaged (paper: 5).
+    min_dwell: tokens a model generates after taking over before another switch is allowed (>= 1).
+    start: which model computes the first entropy ("draft" or "target").
+    speculate_when_large: the large model verifies drafts of the small one while active (lossless segments).
+    speculative_length: gamma, tokens drafted per verification when ``speculate_when_large``.
+    vocab_size: number of real tokens; logit columns past it (vocabulary padding) are left out of the
+        entropy. None: all columns.
+    """
+
+    entropy_threshold: float = 3.0
+    entropy_window: int = 5
+    min_dwell: int = 4
+    start: str = DRAFT
+    speculate_when_large: bool = False
+    speculative_length: int = 4
+    vocab_size: int | None = None
+
+    def __post_init__(self):
+        t = self.entropy_threshold
+        if not _is_number(t) or math.isnan(t):
+            raise ValueError(f"entropy_threshold must be a number of bits (+inf / -inf allowed), got {t!r}")
+        for name in ("entropy_window", "min_dwell", "speculative_length"):
+            v = getattr(self, name)
+            if not _is_int(v) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        if self.start not in (DRAFT, TARGET):
+            raise ValueError(f"start must be 'draft' or 'target', got {self.start!r}")
+        if not isinstance(self.speculate_when_large, bool):
+            raise ValueError(f"speculate_when_large must be a bool, got {self.speculate_when_large!r}")
+        v = self.vocab_size
+        if v is not None and (not _is_int(v) or v < 2):
+            raise ValueError(f"vocab_size must be None or an int >= 2, got {v!r}")
+
+
+def build_method_config(method: str, has_draft: bool, *, num_drafts=1, verifier=None, draft_length=None,
+                        adaptive_draft=None, max_draft_length=None, confidence_threshold=None, **method_options):
+    """Resolve ``method`` and build its configuration: ``(method, config)``, config None for "autoregressive".
+
+    The arguments are those of :func:`fastdecode.generate`; None (and ``num_drafts=1``) means "not given",
+    which selects the documented default (draft_length 4, confidence_threshold 0.4, max_draft_length
+    max(16, draft_length), adaptive on for speculative and off for multi_draft). "auto" is speculative
+    when ``has_draft`` (multi_draft when num_drafts > 1), else autoregressive.
+
+    Raises ValueError for bad values and for options given that do not apply to the method:
+    draft options (draft_length, adaptive_draft, max_draft_length, confidence_threshold, verifier,
+    num_drafts) with autoregressive or entropy_switch (which has its own ``speculative_length``),
+    confidence_threshold with multi_draft, max_draft_length / confidence_threshold with
+    adaptive_draft=False, num_drafts without multi_draft, entropy-switch options with other methods,
+    speculative_length without speculate_when_large=True.
+    """
+    if not isinstance(method, str):
+        raise ValueError(f"method must be a string, got {method!r}")
+    if method == "auto":
+        method = ("multi_draft" if _is_int(num_drafts) and num_drafts > 1 else "speculative") if has_draft \
+            else "autoregressive"
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {('auto',) + METHODS}")
+    if adaptive_draft is not None and not isinstance(adaptive_draft, bool):
+        raise ValueError(f"adaptive_draft must be True, False or None (the method's default), got {adaptive_draft!r}")
+    if confidence_threshold is not None and not _is_number(confidence_threshold):
+        raise ValueError(f"confidence_threshold must be a number in [0, 1), got {confidence_threshold!r}")
+    if method != "multi_draft" and num_drafts != 1:
+        raise ValueError(f"num_drafts={num_drafts!r} applies to method='multi_draft' (or 'auto'), not to {method!r}")
+    if method_options and method != "entropy_switch":
+        raise ValueError(f"unexpected arguments for method {method!r}: {sorted(method_options)}")
+    if method != "autoregressive" and not has_draft:
+        raise ValueError(f"method {method!r} needs a draft model (draft=...)")
+
+    if method in ("autoregressive", "entropy_switch"):
+        if verifier is not None:
+            raise ValueError(f"verifier= applies to speculative and multi_draft decoding, not to {method!r}")
+        given = [name for name, v in (("draft_length", draft_length), ("adaptive_draft", adaptive_draft),
+                                      ("max_draft_length", max_draft_length),
+                                      ("confidence_threshold", confidence_threshold)) if v is not None]
+        if given:
+            hint = (" (entropy_switch drafts only with speculate_when_large=True, speculative_length tokens at a "
+                    "time)" if method == "entropy_switch" else "")
+            raise ValueError(f"{', '.join(given)} applies to speculative and multi_draft decoding, "
+                             f"not to {method!r}{hint}")
+        if method == "autoregressive":
+            return method, None
+        if "speculative_length" in method_options and method_options.get("speculate_when_large") is not True:
+            raise ValueError("speculative_length applies only with speculate_when_large=True")
+        try:
+            return method, EntropySwitchConfig(**method_options)
+        except TypeError as e:
+            raise ValueError(f"bad entropy_switch option: {e}") from None
+
+    draft_length = DEFAULT_DRAFT_LENGTH if draft_length is None else draft_length
+    if not _is_int(draft_length) or draft_length < 1:
+        raise ValueError(f"draft_length must be an int >= 1, got {draft_length!r}")
+    adaptive = (method == "speculative") if adaptive_draft is None else adaptive_draft
+    if not adaptive:
+        for name, v in (("max_draft_length", max_draft_length), ("confidence_threshold", confidence_threshold)):
+            if v is not None:
+                raise ValueError(f"{name} applies only to an adaptive draft length; drop it or pass adaptive_draft=True")
+    if max_draft_length is None:
+        max_draft_length = max(DEFAULT_MAX_DRAFT_LENGTH, draft_length)
+    if method == "speculative":
+        return method, SpeculativeConfig(
+            draft_length, adaptive, max_draft_length,
+            DEFAULT_CONFIDENCE_THRESHOLD if confidence_threshold is None else confidence_threshold,
+            "token" if verifier is None else verifier)
+    if confidence_threshold is not None:
+        raise ValueError("confidence_threshold applies to method='speculative' (early stop of a single draft), "
+                         "not to 'multi_draft'")
+    return method, MultiDraftConfig(num_drafts=num_drafts, draft_length=draft_length,
+                                    verifier="rrs" if verifier is None else verifier,
+                                    adaptive=adaptive, max_draft_length=max_draft_length)

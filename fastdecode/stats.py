@@ -84,17 +84,6 @@ class DecodeStats:
             s += " (lossy)"
         return s
 
-    def as_dict(self) -> dict:
-        d = {k: v for k, v in self.__dict__.items()}
-        d.update(
-            acceptance_rate=self.acceptance_rate,
-            tokens_per_target_call=self.tokens_per_target_call,
-            per_position_acceptance=self.per_position_acceptance,
-            tokens_per_s=self.tokens_per_s,
-            steps=self.steps,
-        )
-        return d
-
 
 def _bump(hist: list[int], i: int) -> None:
     while len(hist) <= i:

@@ -12,6 +12,14 @@ import pytest
 import torch
 
 
+def pytest_collection_modifyitems(config, items):
+    """Every test on the real code pair is slow (it loads and runs a 20 M-parameter model): mark it so
+    that ``pytest -m "not slow"`` is the fast tier on tiny random models. CI runs everything."""
+    for item in items:
+        if "code_pair" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def code_pair():
     from fastdecode.models import load_pair

@@ -43,6 +43,23 @@ IDS = torch.tensor([[1, 2, 3]])
     (dict(lambda_attention=fastdecode.LambdaAttention(8, 1, max_rollback=3), draft_length=4, adaptive_draft=False),
      "max_rollback = 3 is below the longest draft \\(draft_length = 4\\)"),
     (dict(lambda_attention=fastdecode.LambdaAttention(8, 1, max_rollback=8)), "max_draft_length = 16"),
+    # options that do not apply to the chosen method
+    (dict(method="entropy_switch", verifier="rrs"), "verifier= applies to speculative and multi_draft"),
+    (dict(method="autoregressive", draft_length=4), "draft_length applies to speculative and multi_draft"),
+    (dict(method="autoregressive", confidence_threshold=0.5), "confidence_threshold applies"),
+    (dict(method="entropy_switch", draft_length=8, speculate_when_large=True), "speculative_length"),
+    (dict(method="entropy_switch", adaptive_draft=True), "adaptive_draft applies"),
+    (dict(method="entropy_switch", num_drafts=2), "num_drafts=2 applies"),
+    (dict(method="entropy_switch", speculative_length=3), "speculate_when_large=True"),
+    (dict(method="entropy_switch", bogus=1), "bad entropy_switch option"),
+    (dict(method="speculative", entropy_threshold=2.0), "unexpected arguments"),
+    (dict(method="multi_draft", num_drafts=2, confidence_threshold=0.3), "confidence_threshold applies"),
+    (dict(method="multi_draft", num_drafts=2, max_draft_length=8), "adaptive draft length"),
+    (dict(method="speculative", adaptive_draft=False, confidence_threshold=0.3), "adaptive draft length"),
+    (dict(confidence_threshold=1.0), "confidence_threshold"),
+    (dict(confidence_threshold=float("nan")), "confidence_threshold"),
+    (dict(confidence_threshold=True), "confidence_threshold"),
+    (dict(max_draft_length=True), "max_draft_length"),
 ])
 def test_bad_arguments_raise(pair, kw, match):
     target, draft = pair
@@ -78,6 +95,41 @@ def test_tokenizer_mismatch_is_named(code_pair):
         fastdecode.check_pair(target, draft, tok, other)
 
 
+@pytest.mark.parametrize("cls,kw,match", [
+    ("SpeculativeConfig", dict(draft_length=True), "draft_length"),
+    ("SpeculativeConfig", dict(draft_length=2.0), "draft_length"),
+    ("SpeculativeConfig", dict(max_draft_length=True), "max_draft_length"),
+    ("SpeculativeConfig", dict(confidence_threshold="0.4"), "confidence_threshold"),
+    ("SpeculativeConfig", dict(confidence_threshold=None), "confidence_threshold"),
+    ("SpeculativeConfig", dict(adaptive=1), "adaptive"),
+    ("SpeculativeConfig", dict(verifier="rrs"), "verifier"),
+    ("MultiDraftConfig", dict(adaptive="yes"), "adaptive"),
+    ("MultiDraftConfig", dict(max_draft_length=2.5), "max_draft_length"),
+    ("MultiDraftConfig", dict(num_drafts=True), "num_drafts"),
+    ("SamplingConfig", dict(top_k=True), "top_k"),
+    ("EntropySwitchConfig", dict(min_dwell=True), "min_dwell"),
+])
+def test_configs_check_types_and_ranges(cls, kw, match):
+    from fastdecode import config
+    with pytest.raises(ValueError, match=match):
+        getattr(config, cls)(**kw)
+
+
+def test_build_method_config_resolves_and_defaults():
+    from fastdecode.config import (EntropySwitchConfig, MultiDraftConfig, SpeculativeConfig,
+                                   build_method_config)
+    from fastdecode.decoding import entropy_switch
+    assert entropy_switch.EntropySwitchConfig is EntropySwitchConfig  # still importable from the old place
+    assert build_method_config("auto", False) == ("autoregressive", None)
+    assert build_method_config("auto", True) == ("speculative", SpeculativeConfig())
+    m, cfg = build_method_config("auto", True, num_drafts=3, verifier="optimal")
+    assert m == "multi_draft" and cfg == MultiDraftConfig(num_drafts=3, verifier="optimal")
+    m, cfg = build_method_config("speculative", True, draft_length=20)
+    assert cfg.max_draft_length == 20 and cfg.adaptive and cfg.confidence_threshold == 0.4
+    m, cfg = build_method_config("entropy_switch", True, speculate_when_large=True, speculative_length=6)
+    assert cfg == EntropySwitchConfig(speculate_when_large=True, speculative_length=6)
+
+
 def test_speculative_without_draft(pair):
     with pytest.raises(ValueError, match="needs a draft"):
         fastdecode.generate(pair[0], IDS, method="speculative")
@@ -86,7 +138,6 @@ def test_speculative_without_draft(pair):
 @pytest.mark.parametrize("method,kw", [("speculative", {}), ("speculative", dict(adaptive_draft=False)),
                                         ("multi_draft", dict(num_drafts=3, verifier="rrs"))])
 def test_stats_are_consistent(pair, method, kw):
-    pytest.importorskip("fastdecode.verification.rrs")
     target, draft = pair
     out = fastdecode.generate(target, IDS, draft=draft, method=method, max_new_tokens=50, seed=3,
                               eos_token_id=[], **kw)

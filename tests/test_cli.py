@@ -1,16 +1,25 @@
 """The command line: a real generation with the default pair, and clear errors."""
+from pathlib import Path
+
 import pytest
 
 from fastdecode.cli import main
 
+REPO = Path(__file__).resolve().parent.parent
 
+
+@pytest.mark.slow  # a real generation with the code pair
 def test_generate_prints_text_and_summary(capsys):
     assert main(["generate", "--prompt", "def parse(line):\n    ", "--max-new-tokens", "8", "--temperature", "0"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("def parse(line):")
+    lines = out.splitlines()
+    assert lines[0].startswith("--- the prompt (") and "[>>]" in lines[0]
+    assert lines[1] == "def parse(line):" and lines[2].startswith("    [>>]")  # the generation starts at [>>]
     assert "tok/s" in out and "alpha=" in out and "tau=" in out
+    assert "alpha = accepted / drafted" in out and "tau = tokens emitted per target forward pass" in out
 
 
+@pytest.mark.slow  # a real generation with the code pair
 def test_generate_multi_draft_with_verifier(capsys):
     assert main(["generate", "--method", "multi_draft", "--num-drafts", "2", "--verifier", "spectr",
                  "--max-new-tokens", "8", "--temperature", "1"]) == 0
@@ -27,8 +36,19 @@ def test_generate_multi_draft_with_verifier(capsys):
     (["--prompt", ""], "prompt is empty"),
     (["--draft", "none", "--method", "speculative"], "needs a draft"),
     (["--target", "/nonexistent"], "no such model folder"),
+    (["--target", "models/code-pairs/target"], "no such model folder"),
+    (["--target", "models/code-pair"], "is a model pair, not a model: pass models/code-pair/target"),
+    (["--max-new-tokens", "-5"], "--max-new-tokens must be >= 0"),
+    (["--method", "autoregressive", "--draft-length", "3"], "draft_length applies to speculative and multi_draft"),
+    (["--method", "speculative", "--entropy-threshold", "2"], "unexpected arguments for method 'speculative'"),
+    (["--method", "entropy_switch", "--verifier", "rrs"], "verifier= applies"),
+    (["--method", "entropy_switch", "--draft-length", "8", "--speculate-when-large"], "speculative_length"),
+    (["--compare", "--repeats", "0"], "--repeats must be >= 1"),
+    (["--method", "entropy_switch", "--speculative-length", "3"], "speculate_when_large=True"),
+    (["--method", "entropy_switch", "--speculate-when-large", "--speculative-length", "0"], "speculative_length must be"),
 ])
-def test_user_mistakes_are_one_line_errors(capsys, args, message):
+def test_user_mistakes_are_one_line_errors(capsys, monkeypatch, args, message):
+    monkeypatch.chdir(REPO)
     assert main(["generate", "--prompt", "x", "--max-new-tokens", "3", *args]) == 2
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]  # model loading may print progress bars before it
@@ -41,6 +61,120 @@ def test_unknown_method_is_rejected_by_the_parser(capsys):
     assert e.value.code == 2 and "invalid choice: 'beam'" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a real generation with the code pair
 def test_compare_with_nothing_generated(capsys):
     assert main(["generate", "--prompt", "x", "--max-new-tokens", "0", "--compare"]) == 0
     assert "nothing was generated" in capsys.readouterr().out
+
+
+def test_argument_errors_come_before_loading_weights(capsys, monkeypatch):
+    import fastdecode.models
+
+    def no_loading(*a, **k):
+        raise AssertionError("weights were loaded before the arguments were checked")
+    monkeypatch.setattr(fastdecode.models, "load_model", no_loading)
+    for bad in (["--max-new-tokens", "-5"], ["--temperature", "-1"], ["--method", "multi_draft", "--num-drafts", "0"],
+                ["--draft-length", "0"], ["--target", "/nonexistent"]):
+        assert main(["generate", "--prompt", "x", *bad]) == 2, bad
+        assert "error: " in capsys.readouterr().err
+
+
+@pytest.mark.slow  # a real generation with the code pair
+def test_compare_repeats_and_prints_median_and_spread(capsys):
+    assert main(["generate", "--prompt", "def f(x):\n    ", "--max-new-tokens", "4", "--compare", "--repeats", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "median of 2 run(s) after a warm-up [min - max]" in out
+    assert "fastdecode autoregressive" in out and "HF generate" in out and "x over HF generate [" in out
+
+
+def test_load_pair_typo_says_the_folder_does_not_exist(monkeypatch):
+    from fastdecode.models import load_pair
+    monkeypatch.chdir(REPO)
+    with pytest.raises(FileNotFoundError, match="models/code-pairs: no such folder \\(did you mean models/code-pair\\?\\)"):
+        load_pair("models/code-pairs")
+    with pytest.raises(ValueError, match="no target/ or draft/ in this folder"):
+        load_pair("models")
+
+
+def _save_tiny(folder, tokenizer=None):
+    from conftest import tiny_llama
+    tiny_llama(0).save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_model_folder_without_tokenizer_is_one_line(tmp_path, capsys):
+    from fastdecode.models import load_model
+    folder = _save_tiny(tmp_path / "m")
+    with pytest.raises(ValueError, match=f"{folder}: no tokenizer in this model folder"):
+        load_model(folder)
+    capsys.readouterr()
+    assert main(["generate", "--target", str(folder), "--draft", "none", "--prompt", "x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(folder) in err
+
+
+def test_tokenizer_larger_than_the_model_is_a_value_error(tmp_path):
+    from transformers import AutoTokenizer
+
+    from fastdecode.models import DEFAULT_PAIR, load_model
+    folder = _save_tiny(tmp_path / "m", AutoTokenizer.from_pretrained(DEFAULT_PAIR / "target"))
+    with pytest.raises(ValueError, match="the tokenizer has 8192 tokens but the model only 6 embeddings"):
+        load_model(folder)
+
+
+def test_generate_rejects_token_ids_past_the_embedding(tiny_pair):
+    import torch
+
+    import fastdecode
+    with pytest.raises(ValueError, match="token id 9, outside the target's 6 embeddings"):
+        fastdecode.generate(tiny_pair[0], torch.tensor([[1, 9]]), max_new_tokens=2)
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("command,module,want", [
+    (["bench", "--quick"], "e2e", "bench/results/tmp/e2e_core.json"),
+    (["bench", "--suite", "multi", "--quick"], "e2e", "bench/results/tmp/e2e_multi.json"),
+    (["bench", "--quick", "--out", "x/e.json"], "e2e", "x/e.json"),
+    (["acceptance", "--quick"], "acceptance", "bench/results/tmp/acceptance.json"),
+    (["acceptance"], "acceptance", "bench/results/acceptance.json"),
+    (["long-context", "--quick"], "long_context", "bench/results/tmp"),
+    (["long-context"], "long_context", "bench/results"),
+    (["optimal-cost", "--quick"], "optimal_cost", "bench/results/tmp/optimal_cost.json"),
+])
+def test_quick_runs_never_write_into_the_published_results(monkeypatch, command, module, want):
+    """--quick writes under bench/results/tmp/ (git-ignored), never over the committed figures."""
+    import importlib
+
+    import fastdecode.models
+    seen = {}
+
+    def stop(*a, **k):
+        raise _Stop
+
+    mod = importlib.import_module(f"fastdecode.benchmarks.{module}")
+    real_run = mod.run
+
+    def spy(args):
+        seen["args"] = args
+        return real_run(args)
+    monkeypatch.setattr(fastdecode.models, "load_pair", stop)
+    monkeypatch.setattr(fastdecode.models, "load_model", stop)
+    monkeypatch.setattr(mod, "run", spy)
+    if module == "optimal_cost":
+        monkeypatch.setattr(mod, "_measure", stop)
+        monkeypatch.setattr("torch.set_num_threads", lambda n: None)
+        command = [*command, "--device", "cpu"]
+    with pytest.raises(_Stop):
+        main(command)
+    args = seen["args"]
+    assert str(args.out) == want
+    if command[:3] == ["bench", "--suite", "multi"]:
+        from fastdecode.benchmarks.e2e import multi_configs
+        configs = multi_configs([float(t) for t in args.temperatures.split(",")], [int(k) for k in args.ks.split(",")],
+                                [int(x) for x in args.lengths.split(",")], args.verifiers.split(","))
+        assert len(configs) <= 10  # a smoke run, not the 43 configurations of the full suite

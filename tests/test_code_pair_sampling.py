@@ -11,6 +11,8 @@ import torch
 from distribution import chi_square_pvalue, exact_law, sample_law
 from fastdecode import kernels
 
+pytestmark = pytest.mark.slow  # chi-square tests on the real code pair, 2-3 minutes each on 2 cores
+
 RUNS = 300
 ALPHA = 1e-3
 
@@ -53,6 +55,5 @@ def test_broken_rule_fails_on_code_pair(code_pair, hard_prompt, monkeypatch):
 
 
 def test_multi_draft_two_token_law(code_pair, hard_prompt):
-    pytest.importorskip("fastdecode.verification.rrs")
     assert _pvalue(code_pair, hard_prompt, 2, 3, method="multi_draft", num_drafts=2, draft_length=2,
                    verifier="rrs") > ALPHA

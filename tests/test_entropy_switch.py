@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from fastdecode import generate, kernels, load_pair
+from fastdecode import generate, kernels
 from fastdecode.benchmarks.prompts import stdlib_prompts
 from fastdecode.decoding import cache as kv
 from fastdecode.decoding.entropy_switch import (
@@ -20,8 +20,8 @@ NEW = 14  # new tokens per generation: enough for several switches, cheap on a 2
 
 
 @pytest.fixture(scope="module")
-def pair():
-    return load_pair()
+def pair(code_pair):  # the real code pair: these tests are marked slow by conftest.py
+    return code_pair
 
 
 @pytest.fixture(scope="module")

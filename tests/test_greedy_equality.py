@@ -4,6 +4,8 @@ import torch
 
 import fastdecode
 
+pytestmark = pytest.mark.slow  # the real code pair, about 7 minutes on 2 loaded cores
+
 NEW = 40
 
 
@@ -32,7 +34,6 @@ def test_speculative_equals_hf(code_pair, stdlib_prompts, hf_greedy, draft_lengt
 
 
 def test_block_verifier_equals_hf(code_pair, stdlib_prompts, hf_greedy):
-    pytest.importorskip("fastdecode.verification.block")
     _check(code_pair, stdlib_prompts, hf_greedy, range(4), method="speculative", verifier="block")
 
 

@@ -3,14 +3,12 @@
 Three levels: exact (the race kernel, the selection law by enumerating every draft tuple, output = p,
 acceptance = alpha* by brute force over all token sets), statistical (10^5+ batched samples, chi-square
 against p, with broken variants that must fail), and scale (V = 32000 and 151936, k up to 16).
-The spec oracle ../shared/reference/optimal_iid.py is used where present.
+The NumPy spec oracle tests/optimal_iid_reference.py is checked against the batched implementation.
 """
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import itertools
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,17 +18,11 @@ from fastdecode.verification import acceptance_probability, verify
 from fastdecode.verification.optimal import (acceptance_optimal, build_race, race_select, race_uniforms,
                                              selection_marginal, speculative_against)
 
-REF_PATH = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "optimal_iid.py"
-
 
 @pytest.fixture(scope="module")
 def ref():
-    if not REF_PATH.exists():
-        pytest.skip(f"spec oracle not found at {REF_PATH}")
-    spec = importlib.util.spec_from_file_location("optimal_iid_reference", REF_PATH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    import optimal_iid_reference
+    return optimal_iid_reference
 
 
 def _random_case(rng, trial):

@@ -12,6 +12,7 @@ from distribution import chi_square_pvalue, exact_law, sample_law
 PROMPT = [1, 2, 3, 4]
 RUNS = 1200
 ALPHA = 1e-3  # seeds are fixed, so each test is deterministic; this only sets its power
+CHI_SQUARE = pytest.mark.slow  # RUNS seeded generations each: 30-60 s on an idle core, minutes on a loaded one
 
 
 @pytest.fixture(scope="module")
@@ -24,16 +25,18 @@ def _pvalue(tiny_pair, law2, **kw):
     return chi_square_pvalue(counts, law2)
 
 
+@CHI_SQUARE
 def test_speculative_two_token_law(tiny_pair, law2):
     assert _pvalue(tiny_pair, law2, method="speculative", draft_length=2, adaptive_draft=False) > ALPHA
 
 
+@CHI_SQUARE
 def test_block_two_token_law(tiny_pair, law2):
-    pytest.importorskip("fastdecode.verification.block")
     assert _pvalue(tiny_pair, law2, method="speculative", draft_length=2, adaptive_draft=False,
                    verifier="block") > ALPHA
 
 
+@CHI_SQUARE
 def test_broken_speculative_rule_fails(tiny_pair, law2, monkeypatch):
     """Accepting every draft (output q instead of p) must be caught."""
     import fastdecode.verification.speculative as sp
@@ -45,14 +48,14 @@ def test_broken_speculative_rule_fails(tiny_pair, law2, monkeypatch):
     assert _pvalue(tiny_pair, law2, method="speculative", draft_length=2, adaptive_draft=False) < ALPHA
 
 
+@CHI_SQUARE
 @pytest.mark.parametrize("verifier,k", [("rrs", 2), ("rrs_without_replacement", 3), ("spectr", 3),
                                         ("greedy_draft", 3), ("optimal", 3)])
 def test_multi_draft_two_token_law(tiny_pair, law2, verifier, k):
-    mod = {"rrs_without_replacement": "rrs"}.get(verifier, verifier)
-    pytest.importorskip(f"fastdecode.verification.{mod}")
     assert _pvalue(tiny_pair, law2, method="multi_draft", num_drafts=k, draft_length=2, verifier=verifier) > ALPHA
 
 
+@CHI_SQUARE
 def test_adaptive_multi_draft_two_token_law(tiny_pair, law2):
     """The tree depth follows past outcomes (here 1, 2, 3, ... within one generation): the law is unchanged."""
     assert _pvalue(tiny_pair, law2, method="multi_draft", num_drafts=2, draft_length=1, adaptive_draft=True,
@@ -70,9 +73,9 @@ def test_adaptive_tree_depth_follows_acceptance(tiny_pair):
     assert longest(fixed) == 1 and longest(out) > 2  # the depth grew after fully accepted trees
 
 
+@CHI_SQUARE
 def test_broken_tree_walk_fails(tiny_pair, law2, monkeypatch):
     """Verifying without-replacement siblings sorted by q instead of in draw order is biased."""
-    pytest.importorskip("fastdecode.verification.rrs")
     from fastdecode.decoding import tree as tree_mod
 
     orig = tree_mod.DraftTree.add_children

@@ -20,7 +20,7 @@ def _fits(scheme: str, k: int, v: int) -> bool:
 @pytest.mark.parametrize("method", sorted(PLANS))
 def test_output_law_is_p(method):
     plan, scheme = PLANS[method]
-    worst = 0.0
+    checked = 0
     for name, p, q in CASES:
         for k in (1, 2, 3):
             if not _fits(scheme, k, p.shape[0]):
@@ -28,8 +28,8 @@ def test_output_law_is_p(method):
             law, _ = exact(plan, scheme, p, q, k)
             err = float((law - p).abs().max())
             assert err < 1e-9, (method, name, k, law.tolist(), p.tolist())
-            worst = max(worst, err)
-    assert worst < 1e-9
+            checked += 1
+    assert checked >= 2 * len(CASES)  # every case was enumerated (k = 1 and 2 always fit: V >= 2)
 
 
 @pytest.mark.parametrize("method", ["rrs", "spectr", "greedy_draft"])

@@ -3,7 +3,7 @@
 empirical acceptance frequency."""
 from __future__ import annotations
 
-import importlib.util
+import importlib
 
 import pytest
 import torch
@@ -19,9 +19,7 @@ N = 100_000
 P = torch.tensor([0.5, 0.2, 0.15, 0.1, 0.05], dtype=torch.float64)      # the document's example
 Q = torch.tensor([0.1, 0.3, 0.2, 0.25, 0.15], dtype=torch.float64)
 K = 3
-HAS_OPTIMAL = importlib.util.find_spec("fastdecode.verification.optimal") is not None
-LOSSLESS = [m for m, info in METHODS.items() if info.lossless and not info.single_draft
-            and (m != "optimal" or HAS_OPTIMAL)]
+LOSSLESS = [m for m, info in METHODS.items() if info.lossless and not info.single_draft]
 
 
 def _batch(p=P, q=Q, n=N):

@@ -23,7 +23,7 @@ is every position and the value is exact. Subset rows are scored in batches of 2
 
 Run: ``python bench/acceptance.py --quick`` (smoke: 4096 tokens, subsets of 1024 and 64 positions)
 or ``python bench/acceptance.py`` (65536 tokens), also as ``fastdecode acceptance``.
-Results: bench/results/acceptance.json (+ acceptance.png).
+Results: bench/results/acceptance.json (+ acceptance.png); with ``--quick``, bench/results/tmp/.
 """
 from __future__ import annotations
 
@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from . import output_path
 
 DEFAULT_OUT = Path("bench/results/acceptance.json")
 SUBSET = ["rrs_without_replacement", "optimal"]
@@ -64,8 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="smoke run: 4096 tokens, small subsets")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 4096 tokens, small subsets; writes under bench/results/tmp/")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"JSON output (default {DEFAULT_OUT}; bench/results/tmp/ with --quick)")
     parser.add_argument("--no-plot", action="store_true")
 
 
@@ -167,6 +171,7 @@ def run(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.out = output_path(args.out, DEFAULT_OUT, args.quick)
     if args.quick:
         args.tokens = min(args.tokens, 4096)
         args.subsample = 1024 if args.subsample is None else args.subsample
@@ -225,10 +230,10 @@ def run(args) -> int:
                 idx = (u < fraction[name]).nonzero()[:, 0]
                 pending[t][name].add(p[idx], q[idx], exact[CONTROL[name]][:, idx], acc[t], ks, gen)
         bar.update(batch.numel())
-    for t in temps:
-        for name in subset_names:
-            pending[t][name].add(None, None, None, acc[t], ks, gen, final=True)
     bar.close()
+    # the subset estimates left in the buffers (the slow part on the CPU): a bar of their own
+    for t, name in tqdm([(t, name) for t in temps for name in subset_names], desc="subset estimates", unit="set"):
+        pending[t][name].add(None, None, None, acc[t], ks, gen, final=True)
     elapsed = time.perf_counter() - t0
 
     results = {}

@@ -17,7 +17,10 @@ from pathlib import Path
 
 import torch
 
+from . import RESULTS_DIR, output_path
+
 DEFAULT_OUT = Path("bench/results/e2e.json")
+KS, LENGTHS = "1,2,4,8", "2,3,4"  # --suite multi defaults
 
 
 @dataclass
@@ -228,13 +231,16 @@ def add_arguments(p) -> None:
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--temperatures", default=None, help="comma list (default: core 0,1; multi 0.7,1)")
-    p.add_argument("--ks", default="1,2,4,8")
-    p.add_argument("--lengths", default="2,3,4")
+    p.add_argument("--ks", default=KS)
+    p.add_argument("--lengths", default=LENGTHS)
     p.add_argument("--verifiers", default="rrs,spectr,optimal")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--quick", action="store_true", help="2 prompts, 1 repeat, 48 tokens: a smoke run")
-    p.add_argument("--out", default=None, help="JSON output (default bench/results/e2e_<suite>.json)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 2 prompts, 1 repeat, 48 tokens (multi: T=1, k=2,4, gamma=3); "
+                        "writes under bench/results/tmp/")
+    p.add_argument("--out", default=None,
+                   help="JSON output (default bench/results/e2e_<suite>.json; bench/results/tmp/ with --quick)")
 
 
 def run(args) -> int:
@@ -243,7 +249,12 @@ def run(args) -> int:
 
     if args.quick:
         args.prompts, args.repeats, args.new_tokens = 2, 1, 48
+        if args.suite == "multi":  # 9 configurations instead of 2 x 43 (each run on every prompt)
+            args.temperatures = args.temperatures or "1"
+            args.ks = "2,4" if args.ks == KS else args.ks
+            args.lengths = "3" if args.lengths == LENGTHS else args.lengths
     temps = [float(t) for t in (args.temperatures or ("0.7,1" if args.suite == "multi" else "0,1")).split(",")]
+    out = args.out = output_path(args.out, RESULTS_DIR / f"e2e_{args.suite}.json", args.quick)
     target, draft, tok = load_pair(args.pair, args.device, getattr(torch, args.dtype))
     prompts = stdlib_prompts(tok, args.prompts, args.prompt_tokens)
     if args.suite == "core":
@@ -259,7 +270,6 @@ def run(args) -> int:
     print(f"\n{len(prompts)} standard-library prompts x {args.prompt_tokens} tokens, {args.new_tokens} new tokens, "
           f"median of {args.repeats} repeats, {machine}, {args.dtype}\n")
     print(table)
-    out = Path(args.out or f"bench/results/e2e_{args.suite}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(dict(machine=machine, args={k: v for k, v in vars(args).items() if not k.startswith("_")},
                                    rows=rows, table=table), indent=1, default=str))

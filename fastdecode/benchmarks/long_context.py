@@ -22,7 +22,7 @@ to the longest requested length (``prompts.stdlib_corpus``):
    ``torch.cuda.max_memory_allocated`` above the weights (prefill + decode, and decode alone). On CUDA
    Lambda is timed twice: with the Triton decode kernel and with the PyTorch path (``decode_kernel=False``).
 
-Results: ``bench/results/long_context.json`` (``long_context_quick.json`` with ``--quick``) and PNG plots
+Results: ``bench/results/long_context.json`` (``bench/results/tmp/long_context_quick.json`` with ``--quick``) and PNG plots
 next to it; a markdown table is printed and stored in the JSON.
 """
 from __future__ import annotations
@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from . import QUICK_DIR, RESULTS_DIR
 
 METHODS = ("vanilla", "lambda", "window_only", "sliding")
 DEFAULT_LENGTHS = (1024, 2048, 4096, 8192, 16384)
@@ -53,7 +55,7 @@ def add_arguments(p) -> None:
     p.add_argument("--passkey-trials", type=int, default=None)
     p.add_argument("--decode-tokens", type=int, default=None, help="timed decode steps per context length")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: ppl,passkey,decode")
-    p.add_argument("--out", default="bench/results", help="output folder")
+    p.add_argument("--out", default=None, help="output folder (default bench/results; bench/results/tmp with --quick)")
 
 
 def _lengths(text: str | None, default) -> list[int]:
@@ -345,6 +347,7 @@ def run(args) -> int:
     from .prompts import stdlib_corpus
 
     quick = args.quick
+    out = args.out = Path(args.out) if args.out is not None else (QUICK_DIR if quick else RESULTS_DIR)
     args.lengths = _lengths(args.lengths, QUICK_LENGTHS if quick else DEFAULT_LENGTHS)
     device = torch.device(args.device)
     args.sw_stride = args.sw_stride or (8 if device.type == "cuda" else 64)
@@ -368,7 +371,6 @@ def run(args) -> int:
         results["decode"] = decode_speed(target, corpus, args, device)
     results["wall_s"] = time.perf_counter() - t0
     results["table"] = _table(results)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / ("long_context_quick" if quick else "long_context")
     results["plots"] = _plots(results, stem)

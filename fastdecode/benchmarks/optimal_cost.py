@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from . import output_path
+
 DEFAULT_OUT = Path("bench/results/optimal_cost.json")
 
 
@@ -39,8 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="truncate p and q to this top-p mass (smaller support -> cheaper race)")
     parser.add_argument("--check", action="store_true",
                         help="also run a chi-square check of verify_optimal on each device before timing")
-    parser.add_argument("--quick", action="store_true", help="smoke run: V=8192, k=2,4, few repeats")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: V=8192, k=2,4, few repeats; writes under bench/results/tmp/")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"JSON output, plus a PNG beside it (default {DEFAULT_OUT}; bench/results/tmp/ with --quick)")
     parser.add_argument("--no-plot", action="store_true")
 
 
@@ -170,6 +174,7 @@ def _plot(rows: list[dict], path: Path) -> None:
 def run(args) -> int:
     from tqdm import tqdm
 
+    args.out = output_path(args.out, DEFAULT_OUT, args.quick)
     if args.quick:
         args.vocab, args.k, args.repeats = [8192], [2, 4], 3
     torch.set_num_threads(args.threads)

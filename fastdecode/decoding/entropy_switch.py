@@ -30,61 +30,18 @@ Terms:
 """
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass
 
 import torch
 
 from .. import kernels
-from ..config import SamplingConfig, SpeculativeConfig
+from ..config import DRAFT, TARGET, EntropySwitchConfig, SamplingConfig, SpeculativeConfig  # noqa: F401 (re-exported)
 from ..stats import DecodeStats
 from . import cache as kv
 from .autoregressive import next_token
 from .common import TokenStream
 from .speculative import chain_verifier, draft_tokens
-
-DRAFT, TARGET = "draft", "target"
-
-
-@dataclass(frozen=True)
-class EntropySwitchConfig:
-    """Options of ``method="entropy_switch"`` (extra keyword arguments of :func:`fastdecode.generate`).
-
-    entropy_threshold: tau in bits; +inf = small model alone, -inf = large model alone. The default, 3.0,
-        gave the demo code pair about 44% large-model tokens on stdlib line completion (bench/quality.py).
-    entropy_window: w, number of recent entropies averaged (paper: 5).
-    min_dwell: tokens a model generates after taking over before another switch is allowed (>= 1).
-    start: which model computes the first entropy ("draft" or "target").
-    speculate_when_large: the large model verifies drafts of the small one while active (lossless segments).
-    speculative_length: gamma, tokens drafted per verification when ``speculate_when_large``.
-    vocab_size: number of real tokens; logit columns past it (vocabulary padding) are left out of the
-        entropy. None: all columns.
-    """
-
-    entropy_threshold: float = 3.0
-    entropy_window: int = 5
-    min_dwell: int = 4
-    start: str = DRAFT
-    speculate_when_large: bool = False
-    speculative_length: int = 4
-    vocab_size: int | None = None
-
-    def __post_init__(self):
-        t = self.entropy_threshold
-        if not isinstance(t, (int, float)) or isinstance(t, bool) or math.isnan(t):
-            raise ValueError(f"entropy_threshold must be a number of bits (+inf / -inf allowed), got {t!r}")
-        for name in ("entropy_window", "min_dwell", "speculative_length"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-        if self.start not in (DRAFT, TARGET):
-            raise ValueError(f"start must be 'draft' or 'target', got {self.start!r}")
-        if not isinstance(self.speculate_when_large, bool):
-            raise ValueError(f"speculate_when_large must be a bool, got {self.speculate_when_large!r}")
-        v = self.vocab_size
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 2):
-            raise ValueError(f"vocab_size must be None or an int >= 2, got {v!r}")
 
 
 @dataclass

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .bound import optimal_acceptance_rate
-from .common import VerifyResult, check_distributions, check_drafts, residual, sample
+from .common import VerifyResult, check_distributions, check_drafts, check_generator, residual, sample
 from .drafts import check_scheme, sample_drafts
 
 
@@ -53,21 +53,31 @@ def verify(method: str, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, 
     """Decide, per row, which token is emitted. p, q: [N, V]; drafts: [N, k] drawn with the method's scheme."""
     info = method_info(method)
     check_distributions(p, q)
+    check_generator(generator)
     check_drafts(drafts, p.shape[0], p.shape[1], 1 if info.single_draft else None)
     check_scheme(q, drafts, info.scheme)
     return _fn(method, "verify")(p, q, drafts, generator)
 
 
 def acceptance_probability(method: str, p: torch.Tensor, q: torch.Tensor, k: int):
-    """[N] probability that the emitted token is one of k drafts (see each module for exact vs estimated)."""
+    """[N] probability that the emitted token is one of k drafts (see each module for exact vs estimated).
+
+    Rows may miss 1 by the tolerance of :func:`check_distributions`, so the result (the mean of an
+    estimate) is clamped to [0, 1]. Gradients flow through p and q where the rule is differentiable.
+    """
     info = method_info(method)
     check_distributions(p, q)
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
     if info.single_draft and k != 1:
         raise ValueError(f"method {method!r} verifies a single draft: k must be 1, got {k}")
-    return _fn(method, "acceptance")(p, q, k)
+    out = _fn(method, "acceptance")(p, q, k)
+    if isinstance(out, tuple):  # an AcceptanceEstimate (mean, stderr)
+        return out._replace(mean=out.mean.clamp(0, 1))
+    return out.clamp(0, 1)
 
 
 __all__ = [
     "METHODS", "MethodInfo", "VerifyResult", "verify", "acceptance_probability", "method_info",
-    "check_distributions", "check_drafts", "residual", "sample", "sample_drafts", "optimal_acceptance_rate",
+    "check_distributions", "check_drafts", "check_generator", "residual", "sample", "sample_drafts", "optimal_acceptance_rate",
 ]

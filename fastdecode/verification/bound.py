@@ -42,14 +42,17 @@ def optimal_acceptance_rate(p: torch.Tensor, q: torch.Tensor, k: int, scheme: st
     """[N] float64: the largest acceptance probability of any lossless verifier of k drafts drawn from
     q [N, V] by ``scheme`` ("iid", "without_replacement" or "greedy") for target p [N, V].
     ``max_elements`` bounds the working memory of the without-replacement computation (float64
-    elements per batch of rows; default 2^22 on the CPU, 2^26 on other devices)."""
+    elements per batch of rows; default 2^22 on the CPU, 2^26 on other devices).
+    p and q must be tensors [N, V] (a ValueError otherwise; for one distribution pass p[None]); the
+    result is clamped to [0, 1] (rows may miss 1 by the tolerance of check_distributions)."""
+    check_distributions(p, q)
     check_k(k, p.shape[1], scheme)
     return optimal_acceptance_rate_many(p, q, [k], scheme, max_elements)[0]
 
 
 def optimal_acceptance_rate_many(p: torch.Tensor, q: torch.Tensor, ks: list[int], scheme: str = "iid",
                                  max_elements: int | None = None) -> torch.Tensor:
-    """[len(ks), N] optimal_acceptance_rate for several k, sorting the tokens once."""
+    """[len(ks), N] optimal_acceptance_rate for several k, sorting the tokens once (clamped to [0, 1])."""
     check_distributions(p, q)
     if max_elements is None:
         max_elements = 1 << 22 if p.device.type == "cpu" else 1 << 26
@@ -59,12 +62,14 @@ def optimal_acceptance_rate_many(p: torch.Tensor, q: torch.Tensor, ks: list[int]
     pd, qd = pd / pd.sum(-1, keepdim=True), qd / qd.sum(-1, keepdim=True)
     if scheme == "greedy":
         from .greedy_draft import acceptance_greedy_draft
-        return torch.stack([acceptance_greedy_draft(pd, qd, k) for k in ks])
-    if scheme == "iid":
-        return optimal_iid_from_table(ratio_table(pd, qd), ks)
-    ps, qs = _ratio_sorted(pd, qd)
-    return torch.stack([torch.minimum(pd, qd).sum(-1) if k == 1 else _without_replacement(ps, qs, k, max_elements)
-                        for k in ks])
+        out = torch.stack([acceptance_greedy_draft(pd, qd, k) for k in ks])
+    elif scheme == "iid":
+        out = optimal_iid_from_table(ratio_table(pd, qd), ks)
+    else:
+        ps, qs = _ratio_sorted(pd, qd)
+        out = torch.stack([torch.minimum(pd, qd).sum(-1) if k == 1 else _without_replacement(ps, qs, k, max_elements)
+                           for k in ks])
+    return out.clamp(0, 1)
 
 
 def optimal_iid_from_table(table: RatioTable, ks: list[int]) -> torch.Tensor:

@@ -14,31 +14,60 @@ class VerifyResult:
     lossy: bool = False
 
 
+FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
+
+
+def row_sum_tolerance(dtype: torch.dtype, vocab: int) -> float:
+    """How far from 1 a probability row of ``vocab`` entries stored in ``dtype`` may sum.
+
+    Two rounding sources, each bounded: storing every entry in ``dtype`` moves each by at most half an
+    ulp of itself, so the row sum by at most ``eps(dtype) / 2``; the softmax normaliser (a sum of V
+    terms, accumulated in float32 at best) has a relative error that grows like ``eps32 * sqrt(V)``
+    for rounding errors of random sign. The tolerance is ``eps(dtype) + 8 * eps32 * sqrt(V)``: float32
+    gives 2.4e-6 at V = 6, 8.7e-5 at V = 8192 and 3.7e-4 at V = 152064 (a row summing to 1.03 is
+    rejected); bfloat16 gives about 7.8e-3. float64 uses the float32 term too, since float64 rows are
+    often float32 probabilities cast up.
+    """
+    eps = float(torch.finfo(dtype).eps) if dtype.is_floating_point else FLOAT32_EPS
+    return eps + 8 * FLOAT32_EPS * max(1, vocab) ** 0.5
+
+
 def check_distributions(p: torch.Tensor, q: torch.Tensor, atol: float | None = None) -> None:
-    """Raise ValueError unless p and q are [N, V] tensors of probability rows with matching shapes."""
+    """Raise ValueError unless p and q are [N, V] tensors of probability rows with matching shapes.
+
+    Each row must sum to 1 within ``atol`` (default :func:`row_sum_tolerance`). Results computed from
+    rows accepted here can exceed [0, 1] by that much, so the public acceptance functions clamp them.
+    """
     for name, t in (("p", p), ("q", q)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 2:
-            raise ValueError(f"{name} must be a [N, V] tensor, got {getattr(t, 'shape', type(t))}")
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor [N, V] of probabilities, got {type(t).__name__}")
+        if t.dim() != 2:
+            hint = f" (for one distribution pass {name}[None])" if t.dim() == 1 else ""
+            raise ValueError(f"{name} must be a [N, V] tensor, got shape {tuple(t.shape)}{hint}")
         if not t.is_floating_point():
             raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
     if p.shape != q.shape:
         raise ValueError(f"p and q must have the same shape [N, V], got p {tuple(p.shape)} and q {tuple(q.shape)}")
     if p.shape[1] == 0:
         raise ValueError("p and q have an empty vocabulary (V = 0)")
-    if atol is None:  # float32-normalised rows stored in float64 are off by ~1e-7; bfloat16 keeps 8 bits
-        atol = {torch.float16: 1e-2, torch.bfloat16: 1e-2, torch.float32: 1e-3}.get(p.dtype, 1e-6)
     for name, t in (("p", p), ("q", q)):
+        t = t.detach()
         if not torch.isfinite(t).all():
             raise ValueError(f"{name} contains NaN or inf")
         if (t < 0).any():
             raise ValueError(f"{name} has negative entries: not a probability distribution")
         s = t.double().sum(-1)
-        row_tol = atol * max(1, t.shape[1] ** 0.5 / 10)
+        row_tol = row_sum_tolerance(t.dtype, t.shape[1]) if atol is None else atol
         bad = (s - 1).abs() > row_tol
         if bad.any():
             i = int(bad.nonzero()[0])
             raise ValueError(f"row {i} of {name} sums to {float(s[i]):.12g}, not 1 (tolerance {row_tol:.2g} for "
-                             f"{t.dtype}): pass normalised probabilities, not logits")
+                             f"{t.dtype} at V = {t.shape[1]}): pass normalised probabilities, not logits")
+
+
+def check_generator(generator) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
 
 
 def check_drafts(drafts: torch.Tensor, n_rows: int, vocab: int, k: int | None = None) -> None:

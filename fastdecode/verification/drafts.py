@@ -55,6 +55,8 @@ def sample_drafts(q: torch.Tensor, k: int, scheme: str = "iid", generator: torch
     """k drafts per row from q [N, V] under ``scheme``; returns [N, k] long (draw order for
     "without_replacement", the k-1 deterministic tokens first and the sampled one last for "greedy")."""
     _check(q, k, scheme)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     if scheme == "iid":
         return categorical(q, generator, k)
     if scheme == "without_replacement":

@@ -143,7 +143,7 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
     order = ratio_order(p64, q64)
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(V, device=dev).expand(N, V))
     # tokens with p = q = 0 rank last and play no part: keep the first Vs ranks (the largest support)
-    Vs = max(1, int(((p64 > 0) | (q64 > 0)).sum(-1).max()))
+    Vs = max(1, int(((p64 > 0) | (q64 > 0)).sum(-1).max())) if p64.shape[0] else 1
     top = order[:, :Vs]
     ps, ell = p64.gather(1, top), q64.gather(1, top)
     b, dW, Dstar = _optimal_b(ps, ell, k)

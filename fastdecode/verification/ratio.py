@@ -37,7 +37,7 @@ def _argsort_descending(x: torch.Tensor) -> torch.Tensor:
     if x.device.type == "cpu":
         import numpy as np
 
-        return torch.from_numpy(np.argsort(-x.numpy(), axis=-1))
+        return torch.from_numpy(np.argsort(-x.detach().numpy(), axis=-1))  # the order needs no gradient
     return x.argsort(dim=-1, descending=True)
 
 

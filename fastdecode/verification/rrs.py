@@ -127,6 +127,9 @@ def acceptance_rrs_without_replacement(p: torch.Tensor, q: torch.Tensor, k: int,
     if not isinstance(samples, int) or samples < 2:
         raise ValueError(f"samples must be an int >= 2 (the standard error needs two), got {samples!r}")
     n, v = p.shape
+    if n == 0:
+        empty = p.new_zeros(0, dtype=torch.float64)
+        return AcceptanceEstimate(empty, empty.clone())
     rows = max(1, max_elements // max(1, v * samples))
     vals = torch.cat([_rejection_paths(p[s : s + rows], q[s : s + rows], k, samples, generator)
                       for s in range(0, n, rows)])                         # [N, samples]
