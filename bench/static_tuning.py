@@ -1,6 +1,6 @@
-"""Which defaults suit the static engine on a GPU: the adaptive length with its confidence stop decided lazily
-(at the step's sync) or per draft token, without the stop, with shorter caps, fixed lengths, and compile=True
-(torch.compile) against the recorded CUDA graphs. Code pair, 3 stdlib prompts, 128 new tokens, median of 2.
+"""Which defaults suit the static engine on a GPU: the adaptive length with and without its confidence stop,
+a shorter cap, fixed lengths, and compile=True (torch.compile) against the recorded CUDA graphs.
+(bench/results/gpu_h200/static_tuning.* also holds rows of an earlier variant that decided the stop lazily.) Code pair, 3 stdlib prompts, 128 new tokens, median of 2.
 
 Usage: python bench/static_tuning.py [--device cuda] [--out FILE.json] [--quick]
 """
@@ -16,22 +16,18 @@ import torch
 
 import fastdecode
 from fastdecode.benchmarks.prompts import stdlib_prompts
-from fastdecode.decoding import static
 
 ST = dict(cache_implementation="static")
-CONFIGS = [  # (name, lazy early stop, generate kwargs)
-    ("autoregressive", None, dict(method="autoregressive", **ST)),
-    ("adaptive, lazy stop", True, dict(method="speculative", **ST)),
-    ("adaptive, stop per draft token", False, dict(method="speculative", **ST)),
-    ("adaptive, no confidence stop", None, dict(method="speculative", confidence_threshold=0.0, **ST)),
-    ("adaptive max 8, lazy stop", True, dict(method="speculative", max_draft_length=8, **ST)),
-    ("adaptive max 8, stop per token", False, dict(method="speculative", max_draft_length=8, **ST)),
-    ("adaptive max 8, no stop", None, dict(method="speculative", max_draft_length=8, confidence_threshold=0.0, **ST)),
-    ("gamma=3", None, dict(method="speculative", draft_length=3, adaptive_draft=False, **ST)),
-    ("gamma=5", None, dict(method="speculative", draft_length=5, adaptive_draft=False, **ST)),
-    ("gamma=8", None, dict(method="speculative", draft_length=8, adaptive_draft=False, **ST)),
-    ("autoregressive compile=True", None, dict(method="autoregressive", compile=True, **ST)),
-    ("gamma=5 compile=True", None, dict(method="speculative", draft_length=5, adaptive_draft=False, compile=True, **ST)),
+CONFIGS = [  # (name, generate kwargs); on CUDA the adaptive length's confidence stop is off unless given
+    ("autoregressive", dict(method="autoregressive", **ST)),
+    ("adaptive (default)", dict(method="speculative", **ST)),
+    ("adaptive, confidence stop 0.4 (a sync per draft token)", dict(method="speculative", confidence_threshold=0.4, **ST)),
+    ("adaptive max 8", dict(method="speculative", max_draft_length=8, **ST)),
+    ("gamma=3", dict(method="speculative", draft_length=3, adaptive_draft=False, **ST)),
+    ("gamma=5", dict(method="speculative", draft_length=5, adaptive_draft=False, **ST)),
+    ("gamma=8", dict(method="speculative", draft_length=8, adaptive_draft=False, **ST)),
+    ("autoregressive compile=True", dict(method="autoregressive", compile=True, **ST)),
+    ("gamma=5 compile=True", dict(method="speculative", draft_length=5, adaptive_draft=False, compile=True, **ST)),
 ]
 
 
@@ -47,10 +43,9 @@ def main() -> int:
     new, repeats = (16, 1) if args.quick else (128, 2)
     rows = []
     for temp in (0.0, 1.0):
-        for name, lazy, kw in CONFIGS:
+        for name, kw in CONFIGS:
             if args.quick and "compile" in name:
                 continue
-            static.LAZY_EARLY_STOP = lazy
             try:
                 t0 = time.perf_counter()
                 fastdecode.generate(target, torch.tensor([prompts[0]], device=dev), draft=draft, temperature=temp,
@@ -71,8 +66,6 @@ def main() -> int:
                                  warmup_s=round(warm, 1)))
             except Exception as e:
                 rows.append(dict(T=temp, name=name, error=f"{type(e).__name__}: {e}"))
-            finally:
-                static.LAZY_EARLY_STOP = None
             r = rows[-1]
             print(f"T={temp:g} {name}: " + (f"{r['tokens_per_s']:.1f} tok/s, tau {r['tau']:.2f}, warm-up {r['warmup_s']} s"
                                              if "error" not in r else r["error"]), flush=True)
