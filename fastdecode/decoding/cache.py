@@ -5,6 +5,14 @@
 - ``DynamicCache.crop(n)``: in 5.17 a positive n was the absolute length to keep; newer releases reject
   positive values and only accept -tokens_to_remove. :func:`crop` always passes the negative form,
   which means the same thing in both.
+- Sliding-window layers: ``DynamicCache(config=...)`` gives them a ``DynamicSlidingWindowLayer`` that
+  drops keys older than the window and so cannot be cropped back past it, nor have positions selected
+  (its ``cumulative_length`` would go stale). :func:`new_cache` gives those layers a full
+  ``DynamicLayer`` instead: the models' mask functions (``create_sliding_window_causal_mask``) apply the
+  window from ``config.sliding_window`` and the positions, whatever the cache keeps, so the output is the
+  same and crop / select work anywhere (at the cost of keeping the whole context in those layers).
+  Custom 4D masks (the multi-draft tree) bypass those mask functions: :func:`attention_layout` says which
+  window each layer type needs, and ``decoding.tree`` applies it.
 """
 from __future__ import annotations
 
@@ -13,6 +21,7 @@ import inspect
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 
 def new_cache(model) -> DynamicCache:
@@ -22,9 +31,39 @@ def new_cache(model) -> DynamicCache:
     if factory is not None:
         return factory()
     try:
-        return DynamicCache(config=model.config)
+        cache = DynamicCache(config=model.config)
     except TypeError:  # pragma: no cover - older signature
         return DynamicCache()
+    for i, layer in enumerate(cache.layers):
+        if getattr(layer, "is_sliding", False) and isinstance(layer, DynamicLayer):
+            cache.layers[i] = DynamicLayer()  # full layer: the model's mask applies the window (module docstring)
+    return cache
+
+
+def attention_layout(model) -> tuple[int | None, tuple[str, ...] | None]:
+    """(sliding window, layer types) as the model's own mask functions see them.
+
+    window: ``config.sliding_window`` when at least one layer attends through a window, else None.
+    layer types: the distinct ``config.layer_types`` when the layers mix windowed and full attention
+    (the model then takes a dict of masks, one per layer type), else None (one mask for every layer).
+    """
+    cfg = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
+    window = getattr(cfg, "sliding_window", None)
+    if not window:  # None, or 0 in some configs (Qwen2-MoE) that have no window
+        return None, None
+    types = getattr(cfg, "layer_types", None)
+    if types is None:  # Mistral, Phi-3, StarCoder2, Mixtral: every layer uses the window
+        return int(window), None
+    kinds = tuple(sorted(set(types)))
+    if "sliding_attention" not in kinds:
+        return None, None
+    if kinds == ("sliding_attention",):
+        return int(window), None
+    unknown = set(kinds) - {"sliding_attention", "full_attention"}
+    if unknown:
+        raise ValueError(f"model type {cfg.model_type!r} has layer types {sorted(unknown)}: fastdecode builds tree "
+                         "masks only for full and sliding-window attention layers")
+    return int(window), kinds
 
 
 def cache_length(cache) -> int:
@@ -48,6 +87,12 @@ def select(cache, positions: torch.Tensor) -> None:
     for layer in cache.layers:
         if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
             continue
+        if isinstance(getattr(layer, "cumulative_length", None), int):
+            # a layer that counts positions itself (DynamicSlidingWindowLayer): only while it still holds them all
+            if layer.cumulative_length != layer.keys.shape[-2]:
+                raise ValueError(f"cannot select positions of a {type(layer).__name__} that dropped old keys; "
+                                 "build the cache with fastdecode.decoding.cache.new_cache")
+            layer.cumulative_length = int(positions.numel())
         idx = positions.to(layer.keys.device)
         layer.keys = layer.keys.index_select(-2, idx)
         layer.values = layer.values.index_select(-2, idx)
