@@ -7,6 +7,7 @@ import time
 
 import torch
 
+from .checks import check_call, eval_mode
 from .config import MultiDraftConfig, SamplingConfig, SpeculativeConfig
 from .decoding.common import TokenStream
 from .models import check_pair
@@ -140,6 +141,7 @@ def generate(
     if seed is not None:
         generator = torch.Generator(device=target.device).manual_seed(int(seed))
 
+    check_call(target, draft, method, input_ids, max_new_tokens)
     device = target.device
     input_ids = input_ids.to(device)
     stream = TokenStream(input_ids, max_new_tokens, _eos_ids(target, eos_token_id))
@@ -169,6 +171,7 @@ def generate(
         bar = tqdm(total=max_new_tokens, desc=method, unit="tok")
 
     with contextlib.ExitStack() as stack, torch.inference_mode():
+        stack.enter_context(eval_mode(target, draft if method != "autoregressive" else None))
         if lambda_attention is not None:
             from .attention import lambda_attention as lambda_ctx
             for m in (target, draft) if draft is not None else (target,):
