@@ -10,7 +10,7 @@ import torch
 from .checks import check_call, eval_mode
 from .config import MultiDraftConfig, SamplingConfig, SpeculativeConfig
 from .decoding.common import TokenStream
-from .models import check_pair
+from .models import check_pair, shared_vocab
 from .stats import DecodeStats, GenerationResult
 
 METHODS = ("autoregressive", "speculative", "multi_draft", "entropy_switch")
@@ -172,6 +172,8 @@ def generate(
 
     with contextlib.ExitStack() as stack, torch.inference_mode():
         stack.enter_context(eval_mode(target, draft if method != "autoregressive" else None))
+        if method != "autoregressive":
+            stack.enter_context(shared_vocab(target, draft))
         if lambda_attention is not None:
             from .attention import lambda_attention as lambda_ctx
             for m in (target, draft) if draft is not None else (target,):

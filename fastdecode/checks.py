@@ -16,6 +16,8 @@ import warnings
 
 import torch
 
+from .models import input_rows
+
 # model types whose attention builds its own mask from a 2D padding mask and cannot take a 4D one
 # (ALiBi: the bias is added inside the attention code, which unpacks the mask as [batch, seq])
 _NO_4D_MASK = {
@@ -58,13 +60,6 @@ def check_method_support(model, method: str, role: str) -> None:
         if problem is not None:
             raise ValueError(f"method 'multi_draft' needs a 4D tree attention mask, which the {role} (model type "
                              f"{_model_type(model)!r}) cannot take: {problem}. Use method='speculative' instead")
-
-
-def input_rows(model) -> int:
-    """Rows of the input embedding table: the token ids the model can read are 0 .. rows - 1."""
-    emb = model.get_input_embeddings()
-    weight = getattr(emb, "weight", None)
-    return int(weight.shape[0]) if weight is not None else int(model.config.vocab_size)
 
 
 def check_token_ids(model, input_ids: torch.Tensor, role: str) -> None:
@@ -121,7 +116,7 @@ def eval_mode(*models):
 def check_call(target, draft, method: str, input_ids: torch.Tensor, max_new_tokens: int) -> None:
     """Every check above for one generate() call (the draft only when the method uses it)."""
     models = [(target, "target")] + ([(draft, "draft")] if draft is not None and method != "autoregressive" else [])
+    check_token_ids(target, input_ids, "target")  # ids a smaller draft lacks are bridged (models.shared_vocab)
     for model, role in models:
         check_method_support(model, method, role)
-        check_token_ids(model, input_ids, role)
         check_positions(model, input_ids.shape[1], max_new_tokens, role)

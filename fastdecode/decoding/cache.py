@@ -114,7 +114,20 @@ def forward(model, input_ids: torch.Tensor, cache, position_ids: torch.Tensor | 
         start = cache_length(cache)
         position_ids = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)[None].expand(
             input_ids.shape[0], -1)
+    rows = getattr(model, "_fastdecode_input_rows", None)  # set by fastdecode.models.shared_vocab (drafts only)
+    if rows is not None:
+        input_ids = input_ids.masked_fill(input_ids >= rows, 0)
     kwargs = {_cache_kwarg(type(model)): cache}
     out = model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
                 use_cache=True, logits_to_keep=logits_to_keep, **kwargs)
-    return out.logits.float()
+    return fit_width(out.logits.float(), getattr(model, "_fastdecode_logits_width", None))
+
+
+def fit_width(logits: torch.Tensor, width: int | None) -> torch.Tensor:
+    """logits [..., V] cut to ``width`` columns or padded with -inf up to it (None: unchanged)."""
+    if width is None or logits.shape[-1] == width:
+        return logits
+    if logits.shape[-1] > width:
+        return logits[..., :width]
+    pad = logits.new_full(logits.shape[:-1] + (width - logits.shape[-1],), float("-inf"))
+    return torch.cat([logits, pad], -1)
