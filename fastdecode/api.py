@@ -10,6 +10,7 @@ import torch
 from .checks import check_call, eval_mode
 from .config import MultiDraftConfig, SamplingConfig, SpeculativeConfig
 from .decoding.common import TokenStream
+from .defaults import eos_from_model, resolve
 from .models import check_pair, shared_vocab
 from .stats import DecodeStats, GenerationResult
 
@@ -18,10 +19,7 @@ METHODS = ("autoregressive", "speculative", "multi_draft", "entropy_switch")
 
 def _eos_ids(target, eos_token_id) -> set[int]:
     if eos_token_id is None:
-        gc = getattr(target, "generation_config", None)
-        eos_token_id = getattr(gc, "eos_token_id", None)
-        if eos_token_id is None:
-            eos_token_id = getattr(target.config, "eos_token_id", None)
+        eos_token_id = eos_from_model(target)  # as HF: generation_config.eos_token_id only
     if eos_token_id is None:
         return set()
     try:  # an int, a list of ints, a tensor or a numpy array of them
@@ -76,10 +74,10 @@ def generate(
     input_ids: torch.Tensor,
     draft=None,
     method: str = "auto",
-    max_new_tokens: int = 128,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
+    max_new_tokens: int | None = None,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
     draft_length: int = 4,
     eos_token_id=None,
     seed: int | None = None,
@@ -100,6 +98,8 @@ def generate(
     as a tree), "entropy_switch" (lossy: small model while confident); "auto" = speculative when a
     draft is given (multi_draft when num_drafts > 1), else autoregressive. See the README for every
     method's guarantees.
+    max_new_tokens, temperature, top_k, top_p: None = the target's ``generation_config`` (do_sample=False
+    means temperature 0), else 128, 1.0, 0, 1.0 (see ``fastdecode.defaults``).
     adaptive_draft: None = the method's default (on for "speculative", off for "multi_draft").
     max_draft_length: the adaptive length's upper bound; None = max(16, draft_length).
     """
@@ -111,6 +111,8 @@ def generate(
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {('auto',) + METHODS}")
     _check_input_ids(input_ids)
+    max_new_tokens, temperature, top_k, top_p = resolve(target, input_ids.shape[1], max_new_tokens, temperature,
+                                                        top_k, top_p)
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     sampling = SamplingConfig(temperature, top_k, top_p)
