@@ -117,6 +117,9 @@ def score_nodes(model, cache, tree: DraftTree, pending: list[int], new_nodes: li
     ``root_position`` is the absolute position of the root (the last context token). Returns float32
     logits [1 + len(new_nodes), V] (root first) when ``pending`` is given, else [len(new_nodes), V];
     the caller records where the new nodes land in the cache.
+    A 4D mask bypasses the model's own mask functions, so for a model with a sliding window the window is
+    applied here, by position (``cache.attention_layout``): one mask when every layer is windowed, a dict
+    {layer type: mask} when windowed and full layers mix (the form those models accept).
     """
     device = model.device
     ids = pending + [tree.tokens[n] for n in new_nodes]
