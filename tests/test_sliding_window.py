@@ -91,3 +91,16 @@ def test_select_refuses_a_window_layer_that_dropped_keys():
     kv.forward(target, torch.arange(5)[None], small)  # within the window: still selectable, lengths kept
     kv.select(small, torch.tensor([0, 1, 3]))
     assert kv.cache_length(small) == 3
+
+
+@pytest.mark.parametrize("model_type", ["gemma2", "mistral"])
+def test_entropy_switching_and_sampling_past_the_window(model_type):
+    """Lossy entropy switching (both models take turns, catch-ups crop and refill both caches) and sampled
+    multi-draft run past the window without errors and with in-range ids."""
+    target, draft, prompt, _ = _case(model_type)
+    out = fastdecode.generate(target, prompt, draft=draft, method="entropy_switch", temperature=0,
+                              max_new_tokens=NEW, entropy_threshold=0.5, min_dwell=2)
+    assert out.sequences.shape[1] == PROMPT + NEW and out.stats.extra["switches"] > 0
+    for method, kw in [("multi_draft", dict(num_drafts=3)), ("speculative", {})]:
+        out = fastdecode.generate(target, prompt, draft=draft, method=method, max_new_tokens=NEW, seed=0, **kw)
+        assert out.sequences.shape[1] == PROMPT + NEW and int(out.sequences.max()) < target.config.vocab_size
