@@ -9,6 +9,7 @@ import torch
 
 from .checks import check_call, eval_mode
 from .config import MultiDraftConfig, SamplingConfig, SpeculativeConfig
+from .decoding import cache as kv
 from .decoding.common import TokenStream
 from .defaults import eos_from_model, resolve
 from .models import check_pair, shared_vocab
@@ -141,10 +142,10 @@ def generate(
     if seed is not None and generator is not None:
         raise ValueError("pass either seed or generator, not both")
     if seed is not None:
-        generator = torch.Generator(device=target.device).manual_seed(int(seed))
+        generator = torch.Generator(device=kv.device(target)).manual_seed(int(seed))
 
     check_call(target, draft, method, input_ids, max_new_tokens)
-    device = target.device
+    device = kv.device(target)
     input_ids = input_ids.to(device)
     stream = TokenStream(input_ids, max_new_tokens, _eos_ids(target, eos_token_id))
     stats = DecodeStats(method=method)

@@ -39,8 +39,10 @@ def check_pair(target, draft, target_tokenizer=None, draft_tokenizer=None) -> No
             f"target and draft vocabularies differ: target has {vt} output tokens, draft has {vd}. "
             "Speculative decoding needs a draft with the same tokenizer (output sizes may differ only by "
             f"vocabulary padding: at most {MAX_PADDING} rows and 1/{round(1 / MAX_PADDING_FRACTION)} of the size)")
-    if target.device != draft.device:
-        raise ValueError(f"target is on {target.device} but draft is on {draft.device}: put both on one device")
+    from .decoding.cache import device
+    if device(target) != device(draft):
+        raise ValueError(f"target is on {device(target)} but draft is on {device(draft)}: put both on one device "
+                         "(for a target dispatched with accelerate, the device its inputs go to)")
     if target_tokenizer is not None and draft_tokenizer is not None:
         if target_tokenizer.get_vocab() != draft_tokenizer.get_vocab():
             raise ValueError("target and draft tokenizers differ (their vocabularies map tokens to different ids)")

@@ -40,6 +40,17 @@ def new_cache(model) -> DynamicCache:
     return cache
 
 
+def device(model) -> torch.device:
+    """Where ``model``'s inputs go. A model dispatched by accelerate (``device_map``, CPU or disk offload)
+    reports ``meta`` or its first weight's device as ``model.device``; its hooks know the execution device."""
+    if getattr(model, "hf_device_map", None):
+        for module in (model.get_input_embeddings(), model):
+            dev = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+            if dev is not None:
+                return torch.device("cuda", dev) if isinstance(dev, int) else torch.device(dev)
+    return model.device
+
+
 def attention_layout(model) -> tuple[int | None, tuple[str, ...] | None]:
     """(sliding window, layer types) as the model's own mask functions see them.
 
@@ -114,13 +125,19 @@ def forward(model, input_ids: torch.Tensor, cache, position_ids: torch.Tensor | 
         start = cache_length(cache)
         position_ids = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)[None].expand(
             input_ids.shape[0], -1)
+    home = device(model)
+    if input_ids.device != home:  # sharded models: inputs to the first device
+        input_ids, position_ids = input_ids.to(home), position_ids.to(home)
+        attention_mask = attention_mask.to(home) if isinstance(attention_mask, torch.Tensor) else (
+            {k: v.to(home) for k, v in attention_mask.items()} if attention_mask is not None else None)
     rows = getattr(model, "_fastdecode_input_rows", None)  # set by fastdecode.models.shared_vocab (drafts only)
     if rows is not None:
         input_ids = input_ids.masked_fill(input_ids >= rows, 0)
     kwargs = {_cache_kwarg(type(model)): cache}
     out = model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
                 use_cache=True, logits_to_keep=logits_to_keep, **kwargs)
-    return fit_width(out.logits.float(), getattr(model, "_fastdecode_logits_width", None))
+    logits = out.logits.float().to(home)  # sharded models: logits come from the last device
+    return fit_width(logits, getattr(model, "_fastdecode_logits_width", None))
 
 
 def fit_width(logits: torch.Tensor, width: int | None) -> torch.Tensor:

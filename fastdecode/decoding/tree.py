@@ -121,7 +121,7 @@ def score_nodes(model, cache, tree: DraftTree, pending: list[int], new_nodes: li
     applied here, by position (``cache.attention_layout``): one mask when every layer is windowed, a dict
     {layer type: mask} when windowed and full layers mix (the form those models accept).
     """
-    device = model.device
+    device = kv.device(model)
     ids = pending + [tree.tokens[n] for n in new_nodes]
     n_pend = len(pending)
     pos = [root_position - n_pend + 1 + i for i in range(n_pend)] + [root_position + tree.depth[n] for n in new_nodes]
