@@ -1,5 +1,6 @@
 """Fast-tier matrix: tiny random models of many transformers architectures (built from their config classes)
-give HF ``generate``'s greedy output with every lossless method, or are refused up front with a ValueError
+give HF ``generate``'s greedy output with every lossless method (and entropy switching with the large model
+always active, which verifies drafts like speculative decoding), or are refused up front with a ValueError
 that names the model type and the reason. Draft: the target's first layer (same architecture, same vocabulary)."""
 import functools
 
@@ -32,7 +33,8 @@ def test_every_method_equals_hf_greedy(model_type):
     runs = [("autoregressive", None, {}), ("speculative", draft, dict(draft_length=3, adaptive_draft=False)),
             ("speculative", draft, dict(verifier="block")),
             ("multi_draft", draft, dict(num_drafts=2, draft_length=3)),
-            ("multi_draft", target, dict(num_drafts=2, draft_length=4))]  # self-draft: whole paths accepted
+            ("multi_draft", target, dict(num_drafts=2, draft_length=4)),  # self-draft: whole paths accepted
+            ("entropy_switch", draft, dict(entropy_threshold=float("-inf"), speculate_when_large=True))]
     for method, d, kw in runs:
         if method == "multi_draft" and model_type in NO_TREE_MASK:
             continue
