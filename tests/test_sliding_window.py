@@ -18,6 +18,11 @@ CONFIGS = {
     "phi3": dict(sliding_window=WINDOW),
     "qwen2": dict(sliding_window=WINDOW, use_sliding_window=True, max_window_layers=1),  # layer 0 full, layer 1 windowed
     "starcoder2": dict(sliding_window=WINDOW),
+    "mixtral": dict(sliding_window=WINDOW),
+    "cohere2": dict(sliding_window=WINDOW, layer_types=["sliding_attention", "full_attention"]),
+    "olmo3": dict(sliding_window=WINDOW, layer_types=["sliding_attention", "full_attention"]),
+    "exaone4": dict(sliding_window=WINDOW, layer_types=["sliding_attention", "full_attention"]),
+    "gpt_oss": dict(sliding_window=WINDOW, layer_types=["sliding_attention", "full_attention"]),
 }
 
 METHODS = [
