@@ -16,7 +16,8 @@ CONFIGS = {
     "gemma3_text": dict(sliding_window=WINDOW, layer_types=["sliding_attention", "full_attention"]),
     "mistral": dict(sliding_window=WINDOW),  # every layer windowed, no layer_types
     "phi3": dict(sliding_window=WINDOW),
-    "qwen2": dict(sliding_window=WINDOW, use_sliding_window=True, max_window_layers=1),  # layer 0 full, layer 1 windowed
+    # layer 0 full, layer 1 windowed
+    "qwen2": dict(sliding_window=WINDOW, use_sliding_window=True, max_window_layers=1),
     "starcoder2": dict(sliding_window=WINDOW),
     "mixtral": dict(sliding_window=WINDOW),
     "cohere2": dict(sliding_window=WINDOW, layer_types=["sliding_attention", "full_attention"]),

@@ -18,7 +18,8 @@ BASE = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_attenti
 # per-architecture fixes to the shared settings (names the generic keys do not cover)
 EXTRA = {
     "gptj": dict(rotary_dim=8),
-    "qwen2_moe": dict(moe_intermediate_size=32, shared_expert_intermediate_size=32, num_experts=4, num_experts_per_tok=2),
+    "qwen2_moe": dict(moe_intermediate_size=32, shared_expert_intermediate_size=32, num_experts=4,
+                      num_experts_per_tok=2),
     "qwen3_moe": dict(moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2),
     "mixtral": dict(num_local_experts=4, num_experts_per_tok=2),
 }
