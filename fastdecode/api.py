@@ -7,18 +7,18 @@ import time
 
 import torch
 
+from .checks import check_call, eval_mode
 from .config import METHODS, SamplingConfig, build_method_config  # noqa: F401 (METHODS re-exported)
+from .decoding import cache as kv
 from .decoding.common import TokenStream
-from .models import check_pair
+from .defaults import eos_from_model, resolve
+from .models import check_pair, shared_vocab
 from .stats import DecodeStats, GenerationResult
 
 
 def _eos_ids(target, eos_token_id) -> set[int]:
     if eos_token_id is None:
-        gc = getattr(target, "generation_config", None)
-        eos_token_id = getattr(gc, "eos_token_id", None)
-        if eos_token_id is None:
-            eos_token_id = getattr(target.config, "eos_token_id", None)
+        eos_token_id = eos_from_model(target)  # as HF: generation_config.eos_token_id only
     if eos_token_id is None:
         return set()
     try:  # an int, a list of ints, a tensor or a numpy array of them
@@ -56,7 +56,7 @@ def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _check_input_ids(input_ids, target) -> None:
+def _check_input_ids(input_ids) -> None:
     if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"input_ids must be an integer tensor [batch, prompt_len], got {type(input_ids).__name__}"
                          + (f" of dtype {input_ids.dtype}" if isinstance(input_ids, torch.Tensor) else ""))
@@ -66,12 +66,6 @@ def _check_input_ids(input_ids, target) -> None:
         raise ValueError(f"fastdecode.generate supports batch size 1 for now, got batch {input_ids.shape[0]}")
     if input_ids.shape[1] == 0:
         raise ValueError("the prompt is empty: input_ids must hold at least one token")
-    emb = target.get_input_embeddings() if hasattr(target, "get_input_embeddings") else None
-    if emb is not None and hasattr(emb, "num_embeddings"):  # else a raw IndexError deep inside the model
-        lo, hi = int(input_ids.min()), int(input_ids.max())
-        if lo < 0 or hi >= emb.num_embeddings:
-            raise ValueError(f"input_ids hold token id {lo if lo < 0 else hi}, outside the target's "
-                             f"{emb.num_embeddings} embeddings: does the tokenizer belong to this model?")
 
 
 CACHE_IMPLEMENTATIONS = ("dynamic", "static")
@@ -98,7 +92,7 @@ def _static_mode(cache_implementation, compile, method, target, draft, lambda_at
         problem = static_support_problem(m)
         if problem:
             raise ValueError(f"cache_implementation='static': {problem}")
-    cuda = target.device.type == "cuda"
+    cuda = kv.device(target).type == "cuda"
     if compile is None:
         mode = "cudagraphs" if cuda else "eager"
     elif isinstance(compile, bool):
@@ -115,10 +109,10 @@ def generate(
     input_ids: torch.Tensor,
     draft=None,
     method: str = "auto",
-    max_new_tokens: int = 128,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
+    max_new_tokens: int | None = None,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
     draft_length: int | None = None,
     eos_token_id=None,
     seed: int | None = None,
@@ -141,6 +135,8 @@ def generate(
     as a tree), "entropy_switch" (lossy: small model while confident); "auto" = speculative when a
     draft is given (multi_draft when num_drafts > 1), else autoregressive. See the README for every
     method's guarantees.
+    max_new_tokens, temperature, top_k, top_p: None = the target's ``generation_config`` (do_sample=False
+    means temperature 0), else 128, 1.0, 0, 1.0 (see ``fastdecode.defaults``).
     draft_length: gamma, tokens drafted per step; None = 4.
     adaptive_draft: None = the method's default (on for "speculative", off for "multi_draft").
     max_draft_length: the adaptive length's upper bound; None = max(16, draft_length).
@@ -156,7 +152,9 @@ def generate(
         method, draft is not None, num_drafts=num_drafts, verifier=verifier, draft_length=draft_length,
         adaptive_draft=adaptive_draft, max_draft_length=max_draft_length,
         confidence_threshold=confidence_threshold, **method_options)
-    _check_input_ids(input_ids, target)
+    _check_input_ids(input_ids)
+    max_new_tokens, temperature, top_k, top_p = resolve(target, input_ids.shape[1], max_new_tokens, temperature,
+                                                        top_k, top_p)
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     sampling = SamplingConfig(temperature, top_k, top_p)
@@ -169,9 +167,10 @@ def generate(
     if seed is not None and generator is not None:
         raise ValueError("pass either seed or generator, not both")
     if seed is not None:
-        generator = torch.Generator(device=target.device).manual_seed(int(seed))
+        generator = torch.Generator(device=kv.device(target)).manual_seed(int(seed))
 
-    device = target.device
+    check_call(target, draft, method, input_ids, max_new_tokens)
+    device = kv.device(target)
     input_ids = input_ids.to(device)
     stream = TokenStream(input_ids, max_new_tokens, _eos_ids(target, eos_token_id))
     stats = DecodeStats(method=method)
@@ -180,7 +179,7 @@ def generate(
         _check_rollback(lambda_attention, method_cfg)
     compile_mode = _static_mode(cache_implementation, compile, method, target, draft, lambda_attention)
     if compile_mode is not None and method == "speculative" and confidence_threshold is None \
-            and target.device.type == "cuda":  # the stop's per-token host sync costs more than it saves there
+            and kv.device(target).type == "cuda":  # the stop's per-token host sync costs more than it saves there
         method_cfg = dataclasses.replace(method_cfg, confidence_threshold=0.0)
 
     bar = None
@@ -189,6 +188,9 @@ def generate(
         bar = tqdm(total=max_new_tokens, desc=method, unit="tok")
 
     with contextlib.ExitStack() as stack, torch.inference_mode():
+        stack.enter_context(eval_mode(target, draft if method != "autoregressive" else None))
+        if method != "autoregressive":
+            stack.enter_context(shared_vocab(target, draft))
         if lambda_attention is not None:
             from .attention import lambda_attention as lambda_ctx
             for m in (target, draft) if draft is not None else (target,):

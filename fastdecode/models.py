@@ -1,6 +1,7 @@
 """Loading models and checking that a draft can serve a target."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -13,15 +14,35 @@ def vocab_size(model) -> int:
     return int(emb.weight.shape[0]) if emb is not None else int(model.config.vocab_size)
 
 
+# without tokenizers, output sizes may differ by vocabulary padding: at most this many rows and this
+# fraction of the larger size (Qwen2.5: 128 rows of 152064; unrelated vocabularies differ by far more)
+MAX_PADDING = 1024
+MAX_PADDING_FRACTION = 1 / 32
+
+
+def padding_allowed(v1: int, v2: int) -> bool:
+    """Whether two output sizes can be one tokenizer's vocabulary padded differently."""
+    return abs(v1 - v2) <= min(MAX_PADDING, max(v1, v2) * MAX_PADDING_FRACTION)
+
+
 def check_pair(target, draft, target_tokenizer=None, draft_tokenizer=None) -> None:
-    """Raise ValueError when the draft cannot propose tokens for the target (different vocabularies)."""
+    """Raise ValueError when the draft cannot propose tokens for the target.
+
+    Output sizes may differ by vocabulary padding (Qwen2.5-0.5B has 151936 output rows, Qwen2.5-7B 152064,
+    with one tokenizer): :func:`shared_vocab` then brings the draft to the target's size. With tokenizers,
+    they must map tokens to the same ids; without, sizes further apart than padding explains
+    (:func:`padding_allowed`) are taken for different tokenizers and refused.
+    """
     vt, vd = vocab_size(target), vocab_size(draft)
-    if vt != vd:
+    if not padding_allowed(vt, vd) and (target_tokenizer is None or draft_tokenizer is None):
         raise ValueError(
             f"target and draft vocabularies differ: target has {vt} output tokens, draft has {vd}. "
-            "Speculative decoding needs a draft with the same tokenizer and vocabulary size")
-    if target.device != draft.device:
-        raise ValueError(f"target is on {target.device} but draft is on {draft.device}: put both on one device")
+            "Speculative decoding needs a draft with the same tokenizer (output sizes may differ only by "
+            f"vocabulary padding: at most {MAX_PADDING} rows and 1/{round(1 / MAX_PADDING_FRACTION)} of the size)")
+    from .decoding.cache import device
+    if device(target) != device(draft):
+        raise ValueError(f"target is on {device(target)} but draft is on {device(draft)}: put both on one device "
+                         "(for a target dispatched with accelerate, the device its inputs go to)")
     if target_tokenizer is not None and draft_tokenizer is not None:
         if target_tokenizer.get_vocab() != draft_tokenizer.get_vocab():
             raise ValueError("target and draft tokenizers differ (their vocabularies map tokens to different ids)")
@@ -71,6 +92,43 @@ def check_model_path(path: str | Path) -> None:
         raise ValueError(f"{s}: no config.json in this folder, so it is not a Hugging Face model folder")
     if not any((p / f).is_file() for f in TOKENIZER_FILES):
         raise ValueError(f"{s}: no tokenizer in this model folder (none of {', '.join(TOKENIZER_FILES[:3])}, ...)")
+
+
+@contextlib.contextmanager
+def shared_vocab(target, draft):
+    """Make the draft speak the target's output size for the duration of one generation (a no-op when the
+    sizes match). Read by ``decoding.cache.forward``:
+
+    - the draft's logits are cut or padded with -inf to the target's size V_t, so q gives probability 0
+      to ids the draft lacks and never proposes an id the target lacks. The target's logits are never
+      touched, so p stays the target's law over its whole output; q is just another draft distribution,
+      used both to sample and to verify, so every lossless verifier stays lossless;
+    - ids the draft cannot read (a target token past the draft's input embedding table, e.g. a padding
+      row) are fed to the draft as id 0: that changes only what the draft proposes, never p.
+    """
+    vt = vocab_size(target)
+    rows = input_rows(draft)
+    fields = {}
+    if draft is not None and draft is not target and vocab_size(draft) != vt:
+        fields["_fastdecode_logits_width"] = vt
+    if draft is not None and draft is not target and rows < max(vt, input_rows(target)):
+        fields["_fastdecode_input_rows"] = rows
+    for k, v in fields.items():
+        setattr(draft, k, v)
+    try:
+        yield
+    finally:
+        for k in fields:
+            delattr(draft, k)
+
+
+def input_rows(model) -> int:
+    """Rows of the input embedding table: the token ids the model can read are 0 .. rows - 1 (0 for None)."""
+    if model is None:
+        return 0
+    emb = model.get_input_embeddings()
+    weight = getattr(emb, "weight", None)
+    return int(weight.shape[0]) if weight is not None else int(model.config.vocab_size)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):

@@ -128,7 +128,7 @@ def test_generate_rejects_token_ids_past_the_embedding(tiny_pair):
     import torch
 
     import fastdecode
-    with pytest.raises(ValueError, match="token id 9, outside the target's 6 embeddings"):
+    with pytest.raises(ValueError, match="token id 9, but the target .* has 6 input embeddings"):
         fastdecode.generate(tiny_pair[0], torch.tensor([[1, 9]]), max_new_tokens=2)
 
 

@@ -130,6 +130,40 @@ def _rotary_inv_freq(model) -> torch.Tensor | None:
     return found[0]
 
 
+def _missing_rope_reason(model, config) -> str:
+    """Why no single ``inv_freq`` buffer was found: the real reason, for the refusal message."""
+    per_type = sorted({name for m in model.modules() for name, b in m.named_buffers(recurse=False)
+                       if name.endswith("_inv_freq") and not name.endswith("original_inv_freq")})
+    if per_type:
+        return (f"has one rotary embedding per layer type ({', '.join(per_type)}; e.g. different RoPE bases for local "
+                "and global layers)")
+    if getattr(config, "rotary_dim", None) is not None:
+        return ("applies rotary embeddings in the interleaved GPT-J convention from a precomputed sin/cos table "
+                "(config.rotary_dim), not the rotate-half convention Lambda attention re-rotates")
+    leaves = {name.split(".")[-1] for name, _ in model.named_modules()}
+    if leaves & {"wpe", "embed_positions", "position_embeddings"}:
+        return "has absolute position embeddings, so its distances cannot be re-assigned"
+    if any(getattr(config, k, None) is not None for k in ("rope_theta", "rope_parameters", "rope_scaling",
+                                                          "rotary_pct", "partial_rotary_factor")):
+        return "has a rotary embedding that keeps no inv_freq buffer Lambda attention could read"
+    return "has no rotary position embedding"
+
+
+def check_window(model, cfg: LambdaAttention) -> None:
+    """A model with its own sliding window: the smaller window wins. Lambda's window ``L`` <= the model's
+    ``W`` is the smaller, so Lambda attention runs (it replaces the model's attention, window included); a
+    model window below ``L`` is refused, since Lambda attention would let queries see keys the model
+    never saw."""
+    from ..decoding.cache import attention_layout
+
+    window, _ = attention_layout(model)
+    if window is not None and window < cfg.window:
+        mtype = getattr(model.config, "model_type", type(model).__name__)
+        raise ValueError(f"model type {mtype!r} attends through its own sliding window of {window} tokens "
+                         f"(config.sliding_window), smaller than LambdaAttention.window={cfg.window}: Lambda "
+                         f"attention would show keys the model never attends to; use LambdaAttention(window<={window})")
+
+
 def check_supported(model) -> torch.Tensor:
     """Raise ValueError (naming the model type) unless Lambda attention can run on ``model``;
     returns its RoPE inverse frequencies [head_dim_rot / 2]."""
@@ -142,11 +176,8 @@ def check_supported(model) -> torch.Tensor:
                          "ALiBi attention biases, which are not supported")
     inv_freq = _rotary_inv_freq(model)
     if inv_freq is None:
-        absolute = any(name.split(".")[-1] in ("wpe", "embed_positions", "position_embeddings")
-                       for name, _ in model.named_modules())
-        kind = "absolute position embeddings" if absolute else "no rotary position embedding"
-        raise ValueError(f"Lambda attention needs rotary position embeddings (RoPE); model type {mtype!r} has "
-                         f"{kind}, so its distances cannot be re-assigned")
+        raise ValueError(f"Lambda attention needs one rotate-half rotary position embedding (RoPE) with an "
+                         f"inv_freq buffer; model type {mtype!r} {_missing_rope_reason(model, config)}")
     if mtype not in ROPE_MODEL_TYPES:
         raise ValueError(f"Lambda attention supports the RoPE model types {ROPE_MODEL_TYPES}; model type {mtype!r} "
                          "is not one of them (its rotary convention or attention code is not validated)")
@@ -230,6 +261,7 @@ def lambda_attention(model, cfg: LambdaAttention):
         yield current
         return
     inv_freq = check_supported(model)
+    check_window(model, cfg)
     layers = _attention_layers(model)
     num_layers = int(getattr(model.config, "num_hidden_layers", len(layers)))
     if len(layers) != num_layers:

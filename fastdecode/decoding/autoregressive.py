@@ -20,7 +20,7 @@ def next_token(logits: torch.Tensor, sampling: SamplingConfig, generator) -> int
 
 
 def decode(target, stream: TokenStream, sampling: SamplingConfig, generator, stats: DecodeStats, progress=None) -> None:
-    device = target.device
+    device = kv.device(target)
     cache = kv.new_cache(target)
     while not stream.done:
         start = kv.cache_length(cache)

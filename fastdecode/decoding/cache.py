@@ -5,6 +5,14 @@
 - ``DynamicCache.crop(n)``: in 5.17 a positive n was the absolute length to keep; newer releases reject
   positive values and only accept -tokens_to_remove. :func:`crop` always passes the negative form,
   which means the same thing in both.
+- Sliding-window layers: ``DynamicCache(config=...)`` gives them a ``DynamicSlidingWindowLayer`` that
+  drops keys older than the window and so cannot be cropped back past it, nor have positions selected
+  (its ``cumulative_length`` would go stale). :func:`new_cache` gives those layers a full
+  ``DynamicLayer`` instead: the models' mask functions (``create_sliding_window_causal_mask``) apply the
+  window from ``config.sliding_window`` and the positions, whatever the cache keeps, so the output is the
+  same and crop / select work anywhere (at the cost of keeping the whole context in those layers).
+  Custom 4D masks (the multi-draft tree) bypass those mask functions: :func:`attention_layout` says which
+  window each layer type needs, and ``decoding.tree`` applies it.
 """
 from __future__ import annotations
 
@@ -13,6 +21,7 @@ import inspect
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 
 def new_cache(model) -> DynamicCache:
@@ -22,9 +31,50 @@ def new_cache(model) -> DynamicCache:
     if factory is not None:
         return factory()
     try:
-        return DynamicCache(config=model.config)
+        cache = DynamicCache(config=model.config)
     except TypeError:  # pragma: no cover - older signature
         return DynamicCache()
+    for i, layer in enumerate(cache.layers):
+        if getattr(layer, "is_sliding", False) and isinstance(layer, DynamicLayer):
+            cache.layers[i] = DynamicLayer()  # full layer: the model's mask applies the window (module docstring)
+    return cache
+
+
+def device(model) -> torch.device:
+    """Where ``model``'s inputs go. A model dispatched by accelerate (``device_map``, CPU or disk offload)
+    reports ``meta`` or its first weight's device as ``model.device``; its hooks know the execution device."""
+    if getattr(model, "hf_device_map", None):
+        for module in (model.get_input_embeddings(), model):
+            dev = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+            if dev is not None:
+                return torch.device("cuda", dev) if isinstance(dev, int) else torch.device(dev)
+    return model.device
+
+
+def attention_layout(model) -> tuple[int | None, tuple[str, ...] | None]:
+    """(sliding window, layer types) as the model's own mask functions see them.
+
+    window: ``config.sliding_window`` when at least one layer attends through a window, else None.
+    layer types: the distinct ``config.layer_types`` when the layers mix windowed and full attention
+    (the model then takes a dict of masks, one per layer type), else None (one mask for every layer).
+    """
+    cfg = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
+    window = getattr(cfg, "sliding_window", None)
+    if not window:  # None, or 0 in some configs (Qwen2-MoE) that have no window
+        return None, None
+    types = getattr(cfg, "layer_types", None)
+    if types is None:  # Mistral, Phi-3, StarCoder2, Mixtral: every layer uses the window
+        return int(window), None
+    kinds = tuple(sorted(set(types)))
+    if "sliding_attention" not in kinds:
+        return None, None
+    if kinds == ("sliding_attention",):
+        return int(window), None
+    unknown = set(kinds) - {"sliding_attention", "full_attention"}
+    if unknown:
+        raise ValueError(f"model type {cfg.model_type!r} has layer types {sorted(unknown)}: fastdecode builds tree "
+                         "masks only for full and sliding-window attention layers")
+    return int(window), kinds
 
 
 def cache_length(cache) -> int:
@@ -48,6 +98,12 @@ def select(cache, positions: torch.Tensor) -> None:
     for layer in cache.layers:
         if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
             continue
+        if isinstance(getattr(layer, "cumulative_length", None), int):
+            # a layer that counts positions itself (DynamicSlidingWindowLayer): only while it still holds them all
+            if layer.cumulative_length != layer.keys.shape[-2]:
+                raise ValueError(f"cannot select positions of a {type(layer).__name__} that dropped old keys; "
+                                 "build the cache with fastdecode.decoding.cache.new_cache")
+            layer.cumulative_length = int(positions.numel())
         idx = positions.to(layer.keys.device)
         layer.keys = layer.keys.index_select(-2, idx)
         layer.values = layer.values.index_select(-2, idx)
@@ -69,7 +125,26 @@ def forward(model, input_ids: torch.Tensor, cache, position_ids: torch.Tensor | 
         start = cache_length(cache)
         position_ids = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)[None].expand(
             input_ids.shape[0], -1)
+    home = device(model)
+    if input_ids.device != home:  # sharded models: inputs to the first device
+        input_ids, position_ids = input_ids.to(home), position_ids.to(home)
+        attention_mask = attention_mask.to(home) if isinstance(attention_mask, torch.Tensor) else (
+            {k: v.to(home) for k, v in attention_mask.items()} if attention_mask is not None else None)
+    rows = getattr(model, "_fastdecode_input_rows", None)  # set by fastdecode.models.shared_vocab (drafts only)
+    if rows is not None:
+        input_ids = input_ids.masked_fill(input_ids >= rows, 0)
     kwargs = {_cache_kwarg(type(model)): cache}
     out = model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
                 use_cache=True, logits_to_keep=logits_to_keep, **kwargs)
-    return out.logits.float()
+    logits = out.logits.float().to(home)  # sharded models: logits come from the last device
+    return fit_width(logits, getattr(model, "_fastdecode_logits_width", None))
+
+
+def fit_width(logits: torch.Tensor, width: int | None) -> torch.Tensor:
+    """logits [..., V] cut to ``width`` columns or padded with -inf up to it (None: unchanged)."""
+    if width is None or logits.shape[-1] == width:
+        return logits
+    if logits.shape[-1] > width:
+        return logits[..., :width]
+    pad = logits.new_full(logits.shape[:-1] + (width - logits.shape[-1],), float("-inf"))
+    return torch.cat([logits, pad], -1)

@@ -102,7 +102,7 @@ def catch_up(model, cache, tokens: list[int]) -> tuple[torch.Tensor, int]:
     start = kv.cache_length(cache)
     if start >= len(tokens):
         raise ValueError(f"cache already holds {start} positions of a {len(tokens)}-token stream: nothing to feed")
-    ids = torch.tensor([tokens[start:]], device=model.device)
+    ids = torch.tensor([tokens[start:]], device=kv.device(model))
     return kv.forward(model, ids, cache, logits_to_keep=1)[0], len(tokens) - start  # [1, V]
 
 
@@ -182,7 +182,7 @@ class _Switcher:
 
     def speculative_step(self, verify_chain) -> None:
         """The target, active, verifies a chain drafted by the draft model (lossless, algorithms.md section 1)."""
-        stream, device, tcache = self.stream, self.models[TARGET].device, self.caches[TARGET]
+        stream, device, tcache = self.stream, kv.device(self.models[TARGET]), self.caches[TARGET]
         g = min(self.es.speculative_length, stream.remaining - 1)
         spec = SpeculativeConfig(draft_length=max(g, 1), adaptive=False)
         unseen = stream.length - kv.cache_length(self.caches[DRAFT])

@@ -73,7 +73,7 @@ class MultiDraftDecoder:
         (relative to the end of the context) for the nodes the draft model has scored."""
         tree, s = DraftTree(), self.sampling
         pending = self.stream.tokens[kv.cache_length(self.dcache):]
-        logits = kv.forward(self.draft, torch.tensor([pending], device=self.draft.device), self.dcache,
+        logits = kv.forward(self.draft, torch.tensor([pending], device=kv.device(self.draft)), self.dcache,
                             logits_to_keep=1)[0]
         self.stats.draft_calls += 1
         n_context = kv.cache_length(self.dcache)
@@ -135,7 +135,7 @@ class MultiDraftDecoder:
         t_pending = stream.tokens[kv.cache_length(self.tcache):]
         t_context = kv.cache_length(self.tcache) + len(t_pending)
         if depth <= 0:
-            logits = kv.forward(self.target, torch.tensor([t_pending], device=self.target.device), self.tcache,
+            logits = kv.forward(self.target, torch.tensor([t_pending], device=kv.device(self.target)), self.tcache,
                                 logits_to_keep=1)[0]
             self.stats.target_calls += 1
             self.stats.record_step(0, 0)
@@ -155,7 +155,7 @@ class MultiDraftDecoder:
             self.depth = min(self.depth + 2, self.cfg.max_draft_length) if len(path) == depth else max(1, self.depth - 1)
 
         # keep the context and the accepted path in both caches
-        dev = self.target.device
+        dev = kv.device(self.target)
         keep_t = torch.cat([torch.arange(t_context, device=dev), torch.tensor(path, dtype=torch.long, device=dev) + t_context])
         kv.select(self.tcache, keep_t)
         d_context = kv.cache_length(self.dcache) - len(dcached)

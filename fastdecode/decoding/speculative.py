@@ -40,7 +40,7 @@ def chain_verifier(name: str):
 def draft_tokens(draft, dcache, stream: TokenStream, gamma: int, sampling: SamplingConfig,
                  spec: SpeculativeConfig, generator, stats: DecodeStats):
     """Propose up to ``gamma`` tokens. Returns (drafts [n] long, q [n, V] float32)."""
-    device = draft.device
+    device = kv.device(draft)
     drafts, qs = [], []
     pending = stream.tokens[kv.cache_length(dcache):]
     for i in range(gamma):
@@ -62,7 +62,7 @@ def draft_tokens(draft, dcache, stream: TokenStream, gamma: int, sampling: Sampl
 
 def decode(target, draft, stream: TokenStream, sampling: SamplingConfig, spec: SpeculativeConfig,
            generator, stats: DecodeStats, progress=None) -> None:
-    device = target.device
+    device = kv.device(target)
     tcache, dcache = kv.new_cache(target), kv.new_cache(draft)
     verify_chain = chain_verifier(spec.verifier)
     gamma = spec.draft_length

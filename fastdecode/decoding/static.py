@@ -26,6 +26,7 @@ from ..config import SamplingConfig, SpeculativeConfig
 from ..stats import DecodeStats
 from ..verification.block import verify_block_batched
 from ..verification.common import sample
+from . import cache as kv
 from . import sampling as sm
 from .common import TokenStream
 from .static_cache import runner_for
@@ -58,7 +59,7 @@ def _raise_non_finite() -> None:
 def decode_autoregressive(target, stream: TokenStream, sampling: SamplingConfig, generator, stats: DecodeStats,
                           progress=None, mode: str = "eager") -> None:
     sampling = _sampling(sampling)
-    prompt = torch.tensor([stream.tokens], device=target.device)
+    prompt = torch.tensor([stream.tokens], device=kv.device(target))
     run = runner_for(target, capacity_for(stream.length, stream.max_new_tokens, 1), mode)
     run.prefill(prompt[:, :-1])
     last, pos = prompt[:, -1:], stream.length - 1
@@ -78,7 +79,7 @@ def decode_autoregressive(target, stream: TokenStream, sampling: SamplingConfig,
 def decode_speculative(target, draft, stream: TokenStream, sampling: SamplingConfig, spec: SpeculativeConfig,
                        generator, stats: DecodeStats, progress=None, mode: str = "eager") -> None:
     sampling = _sampling(sampling)
-    device = target.device
+    device = kv.device(target)
     longest = spec.max_draft_length if spec.adaptive else spec.draft_length
     cap = capacity_for(stream.length, stream.max_new_tokens, bucket(longest + 1))
     trun, drun = runner_for(target, cap, mode), runner_for(draft, cap, mode)

@@ -71,6 +71,8 @@ def static_support_problem(model) -> str | None:
     if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True) is not False:
         return (f"{cfg.model_type} uses a sliding attention window; the static engine does not apply it yet "
                 "(use cache_implementation='dynamic')")
+    if getattr(model, "hf_device_map", None) and len(set(model.hf_device_map.values())) > 1:
+        return "the model is split or offloaded across devices (device_map); use cache_implementation='dynamic'"
     if getattr(model, "_fastdecode_new_cache", None) is not None:
         return "Lambda attention brings its own bounded cache; use cache_implementation='dynamic' with it"
     return None
@@ -89,7 +91,7 @@ class StaticRunner:
     def __init__(self, model, capacity: int, mode: str):
         if mode not in COMPILE_MODES:
             raise ValueError(f"unknown compile mode {mode!r}; choose one of {COMPILE_MODES}")
-        device = model.device
+        device = kv.device(model)
         if mode == "cudagraphs" and device.type != "cuda":
             raise ValueError("compile='cudagraphs' needs a CUDA model")
         self.model, self.mode, self.capacity, self.device = model, mode, capacity, device
@@ -98,6 +100,7 @@ class StaticRunner:
         self.slots = torch.arange(capacity, device=device)
         self.dtype = next(model.parameters()).dtype
         self.graphs: dict[int, tuple] = {}
+        self.key = runner_key(model)
         self._compiled = None
         if mode == "inductor":
             torch._dynamo.mark_static_address(self.cache.start)
@@ -157,12 +160,17 @@ class StaticRunner:
         return out
 
 
+def runner_key(model) -> tuple:
+    """What a recorded forward depends on besides its shapes: dtype, device, and the output / input sizes a
+    pair with a padded vocabulary imposes on the draft (``models.shared_vocab``)."""
+    return (next(model.parameters()).dtype, kv.device(model), getattr(model, "_fastdecode_logits_width", None),
+            getattr(model, "_fastdecode_input_rows", None))
+
+
 def runner_for(model, capacity: int, mode: str) -> StaticRunner:
     """The model's runner, reused across ``generate`` calls while it is big enough (graphs recorded once)."""
     old = model.__dict__.get("_fastdecode_static")
-    dtype = next(model.parameters()).dtype
-    if old is not None and old.mode == mode and old.capacity >= capacity and old.dtype == dtype \
-            and old.device == model.device:
+    if old is not None and old.mode == mode and old.capacity >= capacity and old.key == runner_key(model):
         return old
     if old is not None:
         model.__dict__.pop("_fastdecode_static")

@@ -1,0 +1,122 @@
+"""Up-front checks of the models and inputs of one :func:`fastdecode.generate` call.
+
+Everything here turns what would otherwise surface as a raw ``IndexError`` / ``RuntimeError`` deep inside
+transformers or torch into a ``ValueError`` (or a warning) that names the model type and the reason:
+- :func:`check_method_support`: methods a model's attention code cannot run (the 4D tree mask of
+  multi-draft decoding under ALiBi attention, unknown attention layer types);
+- :func:`check_token_ids`: prompt ids outside a model's input embedding table;
+- :func:`check_positions`: prompt + new tokens past the table of learned absolute position embeddings;
+- :func:`eval_mode`: a model left in training mode (dropout on) is run in eval mode, with a warning,
+  and given back in the mode it came in.
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import torch
+
+from .models import input_rows
+
+# model types whose attention builds its own mask from a 2D padding mask and cannot take a 4D one
+# (ALiBi: the bias is added inside the attention code, which unpacks the mask as [batch, seq])
+_NO_4D_MASK = {
+    "bloom": "its ALiBi attention takes only a 2D padding mask (transformers' Bloom cannot take a 4D mask)",
+}
+
+# learned absolute position embeddings: the config field that bounds the positions
+_ABSOLUTE_POSITIONS = {
+    "gpt2": "n_positions",
+    "gpt_bigcode": "n_positions",
+    "opt": "max_position_embeddings",
+    "biogpt": "max_position_embeddings",
+    "gpt_neo": "max_position_embeddings",
+}
+
+
+def _model_type(model) -> str:
+    return str(getattr(model.config, "model_type", type(model).__name__))
+
+
+def tree_mask_problem(model) -> str | None:
+    """Why ``model`` cannot score a draft tree (a 4D attention mask), or None when it can."""
+    mtype = _model_type(model)
+    if mtype in _NO_4D_MASK:
+        return _NO_4D_MASK[mtype]
+    if mtype == "falcon" and getattr(model.config, "alibi", False):
+        return "its ALiBi attention (config.alibi=True) takes only a 2D padding mask"
+    from .decoding.cache import attention_layout
+    try:
+        attention_layout(model)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def check_method_support(model, method: str, role: str) -> None:
+    """Raise ValueError when ``model`` (``role``: "target" or "draft") cannot run ``method``."""
+    if method == "multi_draft":
+        problem = tree_mask_problem(model)
+        if problem is not None:
+            raise ValueError(f"method 'multi_draft' needs a 4D tree attention mask, which the {role} (model type "
+                             f"{_model_type(model)!r}) cannot take: {problem}. Use method='speculative' instead")
+
+
+def check_token_ids(model, input_ids: torch.Tensor, role: str) -> None:
+    """Raise ValueError when a prompt id is negative or past ``model``'s input embedding table."""
+    lo, hi = int(input_ids.min()), int(input_ids.max())
+    if lo < 0:
+        raise ValueError(f"input_ids hold a negative token id ({lo})")
+    rows = input_rows(model)
+    if hi >= rows:
+        raise ValueError(f"input_ids hold token id {hi}, but the {role} (model type {_model_type(model)!r}) has "
+                         f"{rows} input embeddings (ids 0..{rows - 1}): was the prompt made by another tokenizer?")
+
+
+def max_positions(model) -> int | None:
+    """Number of positions a model with learned absolute position embeddings can encode (None: no such limit)."""
+    field = _ABSOLUTE_POSITIONS.get(_model_type(model))
+    value = getattr(model.config, field, None) if field else None
+    return int(value) if value else None
+
+
+def check_positions(model, prompt_len: int, max_new_tokens: int, role: str) -> None:
+    """Raise ValueError when the positions fed to ``model`` (prompt + new tokens, the last one is never
+    fed) would run past its absolute position embeddings."""
+    limit = max_positions(model)
+    needed = prompt_len + max_new_tokens - 1 if max_new_tokens > 0 else 0
+    if limit is not None and needed > limit:
+        field = _ABSOLUTE_POSITIONS[_model_type(model)]
+        raise ValueError(f"the {role} (model type {_model_type(model)!r}) has learned absolute position embeddings "
+                         f"for {limit} positions (config.{field}); a {prompt_len}-token prompt plus max_new_tokens="
+                         f"{max_new_tokens} needs {needed}: shorten the prompt or lower max_new_tokens to "
+                         f"{max(limit - prompt_len + 1, 0)}")
+
+
+@contextlib.contextmanager
+def eval_mode(*models):
+    """Run ``models`` (None entries skipped) in eval mode; a model in training mode gets a warning, and every
+    module's own training flag is restored on exit."""
+    saved = []
+    for model in models:
+        if model is None or not any(m.training for m in model.modules()):
+            continue
+        warnings.warn(f"model type {_model_type(model)!r} is in training mode (dropout would make greedy output "
+                      "random): fastdecode runs it in eval mode for this call and restores the mode afterwards; "
+                      "call model.eval() to silence this", stacklevel=4)
+        saved += [(m, m.training) for m in model.modules()]
+        model.eval()
+    try:
+        yield
+    finally:
+        for m, training in saved:
+            m.training = training
+
+
+def check_call(target, draft, method: str, input_ids: torch.Tensor, max_new_tokens: int) -> None:
+    """Every check above for one generate() call (the draft only when the method uses it)."""
+    models = [(target, "target")] + ([(draft, "draft")] if draft is not None and method != "autoregressive" else [])
+    check_token_ids(target, input_ids, "target")  # ids a smaller draft lacks are bridged (models.shared_vocab)
+    for model, role in models:
+        check_method_support(model, method, role)
+        check_positions(model, input_ids.shape[1], max_new_tokens, role)

@@ -1,0 +1,52 @@
+"""Sampling and length defaults of :func:`fastdecode.generate`, read from the model's ``generation_config``
+the way HF ``generate`` reads them.
+
+Priority, per argument: the caller's explicit value > ``target.generation_config`` > fastdecode's documented
+default (temperature 1.0, top_k 0, top_p 1.0, max_new_tokens 128). A generation config field that is None
+(the transformers 5 convention for "not set") says nothing. fastdecode has no ``do_sample``: greedy is
+temperature 0, so ``do_sample=False`` in the generation config means temperature 0 unless the caller
+passes a temperature. The length: ``max_new_tokens``, else ``max_length`` minus the prompt (HF counts the
+prompt in ``max_length``).
+"""
+from __future__ import annotations
+
+DEFAULTS = dict(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=128)
+
+
+def _field(gc, name):
+    return getattr(gc, name, None) if gc is not None else None
+
+
+def resolve(target, prompt_len: int, max_new_tokens, temperature, top_k, top_p) -> tuple:
+    """(max_new_tokens, temperature, top_k, top_p) with every None filled in (priority in the module docstring)."""
+    gc = getattr(target, "generation_config", None)
+    if temperature is None:
+        do_sample = _field(gc, "do_sample")
+        if do_sample is False:
+            temperature = 0.0
+        else:
+            temperature = _field(gc, "temperature")
+            temperature = DEFAULTS["temperature"] if temperature is None else temperature
+    if top_k is None:
+        top_k = _field(gc, "top_k")
+        top_k = DEFAULTS["top_k"] if top_k is None else top_k
+    if top_p is None:
+        top_p = _field(gc, "top_p")
+        top_p = DEFAULTS["top_p"] if top_p is None else top_p
+    if max_new_tokens is None:
+        max_new_tokens = _field(gc, "max_new_tokens")
+        max_length = _field(gc, "max_length")
+        if max_new_tokens is None and max_length is not None:
+            max_new_tokens = max(int(max_length) - prompt_len, 0)
+        max_new_tokens = DEFAULTS["max_new_tokens"] if max_new_tokens is None else max_new_tokens
+    return max_new_tokens, temperature, top_k, top_p
+
+
+def eos_from_model(target):
+    """The EOS id(s) HF ``generate`` stops at when the caller passes none: ``generation_config.eos_token_id``
+    only (HF does not fall back to ``config.eos_token_id``); ``config.eos_token_id`` only for a model
+    without a generation config."""
+    gc = getattr(target, "generation_config", None)
+    if gc is not None:
+        return getattr(gc, "eos_token_id", None)
+    return getattr(target.config, "eos_token_id", None)
