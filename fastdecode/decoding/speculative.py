@@ -25,6 +25,7 @@ from ..stats import DecodeStats
 from ..verification.common import sample
 from . import cache as kv
 from .common import TokenStream
+from .policy import DraftLengthPolicy, cost_ratio
 
 CHAIN_VERIFIERS = {
     "token": ("fastdecode.verification.speculative", "verify_chain"),
@@ -65,9 +66,9 @@ def decode(target, draft, stream: TokenStream, sampling: SamplingConfig, spec: S
     device = kv.device(target)
     tcache, dcache = kv.new_cache(target), kv.new_cache(draft)
     verify_chain = chain_verifier(spec.verifier)
-    gamma = spec.draft_length
+    policy = DraftLengthPolicy(spec, cost_ratio(target, draft))
     while not stream.done:
-        g = min(gamma, stream.remaining - 1)
+        g = policy.next_length(stream.remaining)
         drafts, q = draft_tokens(draft, dcache, stream, g, sampling, spec, generator, stats) if g > 0 else (
             torch.empty(0, dtype=torch.long, device=device), None)
         n_draft = drafts.shape[0]
@@ -90,6 +91,6 @@ def decode(target, draft, stream: TokenStream, sampling: SamplingConfig, spec: S
         # caches keep the accepted text minus the newest token (fed at the start of the next step)
         kv.crop(tcache, base + n_acc)
         kv.crop(dcache, min(kv.cache_length(dcache), base + n_acc))
-
-        if spec.adaptive:
-            gamma = min(gamma + 2, spec.max_draft_length) if n_acc == n_draft else max(1, gamma - 1)
+        policy.update(n_draft, n_acc)
+    if policy.plain_steps:
+        stats.extra["plain_steps"] = policy.plain_steps

@@ -29,6 +29,7 @@ from ..verification.common import sample
 from . import cache as kv
 from . import sampling as sm
 from .common import TokenStream
+from .policy import DraftLengthPolicy, cost_ratio
 from .static_cache import runner_for
 
 TINY_TEMPERATURE = 1e-30  # below this, logits / T overflows float32: the greedy limit is used
@@ -83,32 +84,36 @@ def decode_speculative(target, draft, stream: TokenStream, sampling: SamplingCon
     longest = spec.max_draft_length if spec.adaptive else spec.draft_length
     cap = capacity_for(stream.length, stream.max_new_tokens, bucket(longest + 1))
     trun, drun = runner_for(target, cap, mode), runner_for(draft, cap, mode)
-    prompt = torch.tensor([stream.tokens], device=device)
-    trun.prefill(prompt[:, :-1])
-    drun.prefill(prompt[:, :-1])
-    pad = torch.zeros(bucket(longest + 1), dtype=torch.long, device=device)
-    last = prompt[0, -1:]     # [1] the newest committed token: in neither cache yet
-    behind = None             # [1] a committed token the draft has not seen (after a fully accepted draft)
+    seq = torch.zeros(cap, dtype=torch.long, device=device)  # the committed tokens, on the device
+    seq[: stream.length] = torch.tensor(stream.tokens, device=device)
+    trun.prefill(seq[None, : stream.length - 1])
+    drun.prefill(seq[None, : stream.length - 1])
+    pad = torch.zeros(cap, dtype=torch.long, device=device)
+    dlen = stream.length - 1   # draft slots holding committed tokens (the target always holds L - 1)
+    policy = DraftLengthPolicy(spec, cost_ratio(target, draft))
     early_stop = spec.adaptive and spec.confidence_threshold > 0
-    gamma = spec.draft_length
     while not stream.done:
         L = stream.length
-        g = min(gamma, stream.remaining - 1)
-        if behind is not None:
-            drun.forward(behind.view(1, 1), L - 2)
-            stats.draft_calls += 1
-            behind = None
-        if g <= 0:  # one token left: a plain target step
+        last = seq[L - 1 : L]  # the newest committed token: in neither cache yet
+        g = policy.next_length(stream.remaining)
+        if g <= 0:  # a plain target step
             logits = trun.forward(last.view(1, 1), L - 1)
             stats.target_calls += 1
             tok = sm.next_tokens(logits, sampling, generator, check_finite=False)
+            seq[L : L + 1] = tok
             tok_host, finite = torch.stack([tok[0], sm.all_finite(logits).long()]).tolist()
             if not finite:
                 _raise_non_finite()
-            stream.append([tok_host])
-            last, behind = tok, None
+            kept = stream.append([tok_host])
+            if progress is not None:
+                progress.update(kept)
             stats.record_step(0, 0)
             continue
+        if dlen < L - 1:  # committed tokens the draft has not seen (after a full acceptance or plain steps)
+            n = L - 1 - dlen
+            drun.forward(torch.cat([seq[dlen : L - 1], pad[: bucket(n) - n]])[None], dlen)
+            stats.draft_calls += 1
+            dlen = L - 1
 
         # 1. draft g tokens (no host sync unless the confidence stop is on)
         cur, xs, qs = last, [], []
@@ -160,11 +165,13 @@ def decode_speculative(target, draft, stream: TokenStream, sampling: SamplingCon
         n_acc, nxt_host, ok = vals[:3]
         if not ok:
             _raise_non_finite()
+        seq[L : L + n_acc] = x[:n_acc]
+        seq[L + n_acc : L + n_acc + 1] = nxt.view(1)
         kept = stream.append(vals[3 : 3 + n_acc] + [nxt_host])
         stats.record_step(g, n_acc)
+        policy.update(g, n_acc)
         if progress is not None:
             progress.update(kept)
-        last = nxt.view(1)
-        behind = x[g - 1 : g] if n_acc == g else None  # the draft never fed x_g itself
-        if spec.adaptive:
-            gamma = min(gamma + 2, spec.max_draft_length) if n_acc == g else max(1, gamma - 1)
+        dlen = L + min(n_acc, g - 1)  # the draft fed last and x_1..x_{g-1}; x_g only if rejected after it
+    if policy.plain_steps:
+        stats.extra["plain_steps"] = policy.plain_steps
