@@ -41,7 +41,9 @@ def probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p:
     subtracting each row's max logit first (the limit is greedy decoding).
     check_finite=False skips that check (it reads the result back to the host, a sync): for callers that
     check finiteness themselves at their one sync per step (the static engine)."""
-    if use_triton(logits):
+    # top-k / top-p in the kernel (a threshold search over the row) measured 2.1 ms against 0.37 ms for the
+    # eager reference at V = 151936 on an H200: the filtered case stays in torch until the kernel wins
+    if use_triton(logits) and top_k == 0 and top_p >= 1.0:
         from .probs import probs as probs_triton
 
         out = probs_triton(logits, temperature, top_k, top_p)
