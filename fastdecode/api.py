@@ -8,7 +8,7 @@ import time
 import torch
 
 from .checks import check_call, eval_mode
-from .config import METHODS, SamplingConfig, build_method_config  # noqa: F401 (METHODS re-exported)
+from .config import DRAFTLESS_METHODS, METHODS, SamplingConfig, build_method_config  # noqa: F401 (METHODS re-exported)
 from .decoding import cache as kv
 from .decoding.common import TokenStream
 from .defaults import eos_from_model, resolve
@@ -132,7 +132,9 @@ def generate(
     """Generate up to ``max_new_tokens`` tokens after ``input_ids`` [1, prompt_len].
 
     method: "autoregressive", "speculative" (single draft), "multi_draft" (k draft sequences verified
-    as a tree), "entropy_switch" (lossy: small model while confident); "auto" = speculative when a
+    as a tree), "entropy_switch" (lossy: small model while confident), "prompt_lookup" (drafts copied
+    from the prompt and the generated text, no draft model; options prompt_lookup_num_tokens=10,
+    max_matching_ngram_size=2, min_matching_ngram_size=1); "auto" = speculative when a
     draft is given (multi_draft when num_drafts > 1), else autoregressive. See the README for every
     method's guarantees.
     max_new_tokens, temperature, top_k, top_p: None = the target's ``generation_config`` (do_sample=False
@@ -162,7 +164,7 @@ def generate(
         raise ValueError(f"seed must be an int, got {seed!r}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    if method != "autoregressive":
+    if method not in DRAFTLESS_METHODS:
         check_pair(target, draft)
     if seed is not None and generator is not None:
         raise ValueError("pass either seed or generator, not both")
@@ -189,7 +191,7 @@ def generate(
 
     with contextlib.ExitStack() as stack, torch.inference_mode():
         stack.enter_context(eval_mode(target, draft if method != "autoregressive" else None))
-        if method != "autoregressive":
+        if method not in DRAFTLESS_METHODS:
             stack.enter_context(shared_vocab(target, draft))
         if lambda_attention is not None:
             from .attention import lambda_attention as lambda_ctx
@@ -208,6 +210,9 @@ def generate(
         elif method == "speculative":
             from .decoding import speculative
             speculative.decode(target, draft, stream, sampling, method_cfg, generator, stats, bar)
+        elif method == "prompt_lookup":
+            from .decoding import prompt_lookup
+            prompt_lookup.decode(target, stream, sampling, method_cfg, generator, stats, bar)
         elif method == "multi_draft":
             from .decoding import multi_draft
             multi_draft.decode(target, draft, stream, sampling, method_cfg, generator, stats, bar)
