@@ -80,7 +80,7 @@ def main() -> int:
             target, ids, method="autoregressive", max_new_tokens=n, temperature=0, eos_token_id=[]),
     }
     rows, tables = [], {}
-    for fn in runs.values():  # one warm-up of each, on a short run
+    for fn in runs.values():  # one warm-up of each
         fn(torch.tensor([tasks["copy"][0]]))
     for task, prompts in tasks.items():
         per_prompt = {name: [] for name in runs}
