@@ -244,3 +244,20 @@ def test_cli_errors_before_loading_weights(capsys, monkeypatch):
         assert message in capsys.readouterr().err
     assert main(["generate", "--prompt", "x", "--method", "speculative", "--prompt-lookup-num-tokens", "3"]) == 2
     assert "unexpected arguments" in capsys.readouterr().err
+
+
+def test_lambda_attention(tiny_target):
+    """Under Lambda attention (a window shorter than the text) greedy prompt lookup equals greedy decoding
+    with the same attention; max_rollback must cover prompt_lookup_num_tokens."""
+    from fastdecode import LambdaAttention
+
+    prompt = torch.tensor([REPETITIVE * 2])
+    cfg = LambdaAttention(window=16, num_global=2, max_rollback=10)
+    ref = fastdecode.generate(tiny_target, prompt, method="autoregressive", max_new_tokens=40, temperature=0,
+                              lambda_attention=cfg)
+    out = fastdecode.generate(tiny_target, prompt, method="prompt_lookup", max_new_tokens=40, temperature=0,
+                              lambda_attention=cfg)
+    assert torch.equal(out.sequences, ref.sequences) and out.stats.accepted_tokens > 0
+    with pytest.raises(ValueError, match="max_rollback"):
+        fastdecode.generate(tiny_target, prompt, method="prompt_lookup", max_new_tokens=4, temperature=0,
+                            lambda_attention=LambdaAttention(window=16, num_global=2, max_rollback=4))
