@@ -5,7 +5,8 @@ Two tasks on the code pair's target (no draft model is used):
   ``# the same function again, unchanged:`` and the function's first line again; the model copies;
 - plain: the usual standard-library prompts (a window of a source file), where little is copied.
 Four runs per prompt, interleaved: HF ``generate`` greedy, HF with ``prompt_lookup_num_tokens=10``,
-fastdecode ``prompt_lookup``, fastdecode ``autoregressive``; median of ``--repeats`` runs per prompt (one warm-up of each method first).
+fastdecode ``prompt_lookup``, fastdecode ``autoregressive``; median of ``--repeats`` runs per prompt (one
+warm-up of each method first).
 Every output is checked against HF greedy (all four are greedy: they must agree token for token).
 
 Usage: python bench/prompt_lookup.py [--copy 6] [--plain 6] [--new 96] [--repeats 3] [--out FILE.json]

@@ -69,7 +69,7 @@ def _check_input_ids(input_ids) -> None:
 
 
 CACHE_IMPLEMENTATIONS = ("dynamic", "static")
-STATIC_METHODS = ("autoregressive", "speculative")
+STATIC_METHODS = ("autoregressive", "speculative", "prompt_lookup")
 
 
 def _static_mode(cache_implementation, compile, method, target, draft, lambda_attention) -> str | None:
@@ -144,8 +144,8 @@ def generate(
     max_draft_length: the adaptive length's upper bound; None = max(16, draft_length).
     confidence_threshold: early stop of an adaptive single draft; None = 0.4.
     cache_implementation: "dynamic" (transformers' DynamicCache, cropped after rejections) or "static"
-    (preallocated caches, rejected slots overwritten, fixed-shape forwards replayed; autoregressive and
-    speculative). compile (static only): None = "cudagraphs" on CUDA, "eager" on the CPU; True =
+    (preallocated caches, rejected slots overwritten, fixed-shape forwards replayed; autoregressive,
+    speculative and prompt_lookup). compile (static only): None = "cudagraphs" on CUDA, "eager" on the CPU; True =
     "inductor" (torch.compile; with CUDA graphs on CUDA); False = "eager"; or one of those names.
     Options that do not apply to the method raise ValueError (see
     :func:`fastdecode.config.build_method_config`).
@@ -202,6 +202,8 @@ def generate(
             from .decoding import static
             if method == "autoregressive":
                 static.decode_autoregressive(target, stream, sampling, generator, stats, bar, compile_mode)
+            elif method == "prompt_lookup":
+                static.decode_prompt_lookup(target, stream, sampling, method_cfg, generator, stats, bar, compile_mode)
             else:
                 static.decode_speculative(target, draft, stream, sampling, method_cfg, generator, stats, bar, compile_mode)
         elif method == "autoregressive":

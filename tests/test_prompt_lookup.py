@@ -225,8 +225,6 @@ def test_generate_errors(tiny_pair):
     ids = torch.tensor([LAW_PROMPT])
     with pytest.raises(ValueError, match="takes no draft model"):
         fastdecode.generate(target, ids, draft=draft, method="prompt_lookup", max_new_tokens=2)
-    with pytest.raises(ValueError, match="cache_implementation='static' supports methods"):
-        fastdecode.generate(target, ids, method="prompt_lookup", max_new_tokens=2, cache_implementation="static")
 
 
 def test_cli_errors_before_loading_weights(capsys, monkeypatch):
@@ -261,3 +259,30 @@ def test_lambda_attention(tiny_target):
     with pytest.raises(ValueError, match="max_rollback"):
         fastdecode.generate(tiny_target, prompt, method="prompt_lookup", max_new_tokens=4, temperature=0,
                             lambda_attention=LambdaAttention(window=16, num_global=2, max_rollback=4))
+
+
+# ------------------------------------------------------------------ static engine
+
+@pytest.mark.parametrize("kw", [dict(), dict(adaptive_draft=False, prompt_lookup_num_tokens=5)])
+def test_static_greedy_equals_hf(tiny_target, kw):
+    prompt = torch.tensor([REPETITIVE])
+    ref = hf_greedy(tiny_target, prompt, 40)
+    out = fastdecode.generate(tiny_target, prompt, method="prompt_lookup", max_new_tokens=40, temperature=0,
+                              cache_implementation="static", **kw)
+    assert torch.equal(out.sequences, ref) and out.stats.accepted_tokens > 0
+
+
+@pytest.mark.parametrize("verifier", ["token", "block"])
+def test_static_sampled_runs_and_budget(tiny_target, verifier):
+    prompt = torch.tensor([REPETITIVE])
+    for n in (1, 3, 17):
+        out = fastdecode.generate(tiny_target, prompt, method="prompt_lookup", max_new_tokens=n, temperature=0.8,
+                                  seed=1, cache_implementation="static", verifier=verifier, eos_token_id=[])
+        assert out.sequences.shape[1] == len(REPETITIVE) + n
+
+
+@pytest.mark.slow
+def test_static_two_token_law(tiny_pair, law2):
+    counts = sample_law(tiny_pair[0], None, LAW_PROMPT, 2, RUNS, max_new_tokens=3, temperature=1.0,
+                        method="prompt_lookup", cache_implementation="static")
+    assert chi_square_pvalue(counts, law2) > ALPHA
