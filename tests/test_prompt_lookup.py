@@ -286,3 +286,13 @@ def test_static_two_token_law(tiny_pair, law2):
     counts = sample_law(tiny_pair[0], None, LAW_PROMPT, 2, RUNS, max_new_tokens=3, temperature=1.0,
                         method="prompt_lookup", cache_implementation="static")
     assert chi_square_pvalue(counts, law2) > ALPHA
+
+
+@pytest.mark.slow  # loads the code pair's target
+def test_cli_generate_prompt_lookup(capsys):
+    from fastdecode.cli import main
+
+    assert main(["generate", "--method", "prompt_lookup", "--max-new-tokens", "16",
+                 "--prompt-lookup-num-tokens", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "method=prompt_lookup" in out and "draft calls=0" in out
