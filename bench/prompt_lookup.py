@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import platform
 import statistics
 import time
@@ -114,8 +115,9 @@ def main() -> int:
             print(task, i, {k: round(v[-1], 1) for k, v in per_prompt.items()}, f"target calls {calls}", flush=True)
         tables[task] = {name: statistics.median(v) for name, v in per_prompt.items()}
 
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch " \
-              f"{torch.__version__}"
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor() or platform.machine()) if Path("/proc/cpuinfo").exists() else platform.machine()
+    machine = f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
     summary = {}
     for task, t in tables.items():
         pl, hf_plain, hf_pl, ar = (t["fastdecode prompt_lookup"], t["HF generate"],
