@@ -8,7 +8,7 @@ import time
 import torch
 
 from .checks import check_call, eval_mode
-from .config import DRAFTLESS_METHODS, METHODS, SamplingConfig, build_method_config  # noqa: F401 (METHODS re-exported)
+from .config import METHODS, SamplingConfig, build_method_config  # noqa: F401 (METHODS re-exported)
 from .decoding import cache as kv
 from .decoding.common import TokenStream
 from .defaults import eos_from_model, resolve
@@ -88,6 +88,9 @@ def _static_mode(cache_implementation, compile, method, target, draft, lambda_at
         raise ValueError(f"cache_implementation='static' supports methods {STATIC_METHODS}, not {method!r} yet")
     if lambda_attention is not None:
         raise ValueError("Lambda attention keeps its own bounded cache: use cache_implementation='dynamic' with it")
+    if method == "prompt_lookup" and draft is not None:
+        raise ValueError("cache_implementation='static' runs prompt_lookup without a draft model: drop draft= or "
+                         "use cache_implementation='dynamic'")
     for m in (target, draft) if draft is not None and method != "autoregressive" else (target,):
         problem = static_support_problem(m)
         if problem:
@@ -133,8 +136,8 @@ def generate(
 
     method: "autoregressive", "speculative" (single draft), "multi_draft" (k draft sequences verified
     as a tree), "entropy_switch" (lossy: small model while confident), "prompt_lookup" (drafts copied
-    from the prompt and the generated text, no draft model; options prompt_lookup_num_tokens=10,
-    max_matching_ngram_size=2, min_matching_ngram_size=1); "auto" = speculative when a
+    from the prompt and the generated text; options prompt_lookup_num_tokens=10, max_matching_ngram_size=2,
+    min_matching_ngram_size=1; a draft= model, if given, drafts the steps without a match); "auto" = speculative when a
     draft is given (multi_draft when num_drafts > 1), else autoregressive. See the README for every
     method's guarantees.
     max_new_tokens, temperature, top_k, top_p: None = the target's ``generation_config`` (do_sample=False
@@ -164,7 +167,7 @@ def generate(
         raise ValueError(f"seed must be an int, got {seed!r}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    if method not in DRAFTLESS_METHODS:
+    if method != "autoregressive" and draft is not None:  # prompt_lookup: the draft model is optional
         check_pair(target, draft)
     if seed is not None and generator is not None:
         raise ValueError("pass either seed or generator, not both")
@@ -191,7 +194,7 @@ def generate(
 
     with contextlib.ExitStack() as stack, torch.inference_mode():
         stack.enter_context(eval_mode(target, draft if method != "autoregressive" else None))
-        if method not in DRAFTLESS_METHODS:
+        if method != "autoregressive" and draft is not None:
             stack.enter_context(shared_vocab(target, draft))
         if lambda_attention is not None:
             from .attention import lambda_attention as lambda_ctx
@@ -214,7 +217,7 @@ def generate(
             speculative.decode(target, draft, stream, sampling, method_cfg, generator, stats, bar)
         elif method == "prompt_lookup":
             from .decoding import prompt_lookup
-            prompt_lookup.decode(target, stream, sampling, method_cfg, generator, stats, bar)
+            prompt_lookup.decode(target, stream, sampling, method_cfg, generator, stats, bar, draft=draft)
         elif method == "multi_draft":
             from .decoding import multi_draft
             multi_draft.decode(target, draft, stream, sampling, method_cfg, generator, stats, bar)

@@ -193,7 +193,7 @@ def _run_generate(args) -> int:
         args.prompt = DEFAULT_PROMPT
     has_draft = bool(args.draft) and args.draft.lower() != "none"
     if args.method == "prompt_lookup" and args.draft == str(DEFAULT_PAIR / "draft"):
-        has_draft = False  # the default draft is not used; an explicit --draft is refused by the method's checks
+        has_draft = False  # the default draft is not loaded; an explicit --draft drafts the steps without a match
     _check_args(args, has_draft)  # before any weights are loaded
     text = Path(args.prompt_file).read_text() if args.prompt_file else args.prompt
     if not text:

@@ -12,7 +12,6 @@ import math
 from dataclasses import dataclass
 
 METHODS = ("autoregressive", "speculative", "multi_draft", "entropy_switch", "prompt_lookup")
-DRAFTLESS_METHODS = ("autoregressive", "prompt_lookup")  # methods that take no draft model
 
 # documented defaults of generate(): its signature uses None for them, to tell "passed" from "left out"
 DEFAULT_DRAFT_LENGTH = 4
@@ -125,7 +124,8 @@ class MultiDraftConfig:
 
 @dataclass(frozen=True)
 class PromptLookupConfig:
-    """Prompt lookup (n-gram) speculation: drafts copied from the prompt and the generated text, no draft model.
+    """Prompt lookup (n-gram) speculation: drafts copied from the prompt and the generated text (no draft
+    model needed; one, if given to ``generate``, drafts the steps without an n-gram match).
 
     prompt_lookup_num_tokens: the longest draft (Hugging Face's name and default, 10); with ``adaptive``
         also the starting length.
@@ -224,9 +224,10 @@ def build_method_config(method: str, has_draft: bool, *, num_drafts=1, verifier=
     num_drafts) with autoregressive or entropy_switch (which has its own ``speculative_length``),
     confidence_threshold with multi_draft, max_draft_length / confidence_threshold with
     adaptive_draft=False, num_drafts without multi_draft, entropy-switch options with other methods,
-    speculative_length without speculate_when_large=True. "prompt_lookup" takes no draft model
-    (``has_draft`` must be False), its own options (see :class:`PromptLookupConfig`), adaptive_draft
-    and verifier ("token" / "block"), and none of the other draft options.
+    speculative_length without speculate_when_large=True. "prompt_lookup" needs no draft model (one, if
+    given, drafts the steps without an n-gram match), takes its own options (see
+    :class:`PromptLookupConfig`), adaptive_draft and verifier ("token" / "block"), and none of the other
+    draft options.
     """
     if not isinstance(method, str):
         raise ValueError(f"method must be a string, got {method!r}")
@@ -242,7 +243,7 @@ def build_method_config(method: str, has_draft: bool, *, num_drafts=1, verifier=
     if method != "multi_draft" and num_drafts != 1:
         raise ValueError(f"num_drafts={num_drafts!r} applies to method='multi_draft' (or 'auto'), not to {method!r}")
     if method == "prompt_lookup":
-        return method, _prompt_lookup_config(has_draft, verifier, draft_length, adaptive_draft, max_draft_length,
+        return method, _prompt_lookup_config(verifier, draft_length, adaptive_draft, max_draft_length,
                                              confidence_threshold, method_options)
     if method_options and method != "entropy_switch":
         raise ValueError(f"unexpected arguments for method {method!r}: {sorted(method_options)}")
@@ -292,11 +293,8 @@ def build_method_config(method: str, has_draft: bool, *, num_drafts=1, verifier=
                                     adaptive=adaptive, max_draft_length=max_draft_length)
 
 
-def _prompt_lookup_config(has_draft, verifier, draft_length, adaptive_draft, max_draft_length,
+def _prompt_lookup_config(verifier, draft_length, adaptive_draft, max_draft_length,
                           confidence_threshold, options) -> PromptLookupConfig:
-    if has_draft:
-        raise ValueError("method 'prompt_lookup' drafts from the text itself and takes no draft model: drop draft= "
-                         "(or use method='speculative' with the draft model)")
     given = [name for name, v in (("draft_length", draft_length), ("max_draft_length", max_draft_length),
                                   ("confidence_threshold", confidence_threshold)) if v is not None]
     if given:

@@ -197,7 +197,6 @@ def test_config_defaults_and_options():
 
 
 @pytest.mark.parametrize("has_draft,kw,message", [
-    (True, {}, "takes no draft model"),
     (False, dict(draft_length=4), "draft_length does not apply"),
     (False, dict(max_draft_length=4), "max_draft_length does not apply"),
     (False, dict(confidence_threshold=0.3), "confidence_threshold does not apply"),
@@ -223,8 +222,9 @@ def test_prompt_lookup_options_with_other_methods():
 def test_generate_errors(tiny_pair):
     target, draft = tiny_pair
     ids = torch.tensor([LAW_PROMPT])
-    with pytest.raises(ValueError, match="takes no draft model"):
-        fastdecode.generate(target, ids, draft=draft, method="prompt_lookup", max_new_tokens=2)
+    with pytest.raises(ValueError, match="runs prompt_lookup without a draft model"):
+        fastdecode.generate(target, ids, draft=draft, method="prompt_lookup", max_new_tokens=2,
+                            cache_implementation="static")
 
 
 def test_cli_errors_before_loading_weights(capsys, monkeypatch):
@@ -237,7 +237,7 @@ def test_cli_errors_before_loading_weights(capsys, monkeypatch):
     for bad, message in ((["--draft-length", "3"], "draft_length does not apply"),
                          (["--prompt-lookup-num-tokens", "0"], "prompt_lookup_num_tokens must be"),
                          (["--min-matching-ngram-size", "3"], "must be <= max_matching_ngram_size"),
-                         (["--draft", "/some/draft"], "takes no draft model")):
+                         (["--draft", "/no/such/draft"], "no such")):
         assert main(["generate", "--prompt", "x", "--method", "prompt_lookup", *bad]) == 2, bad
         assert message in capsys.readouterr().err
     assert main(["generate", "--prompt", "x", "--method", "speculative", "--prompt-lookup-num-tokens", "3"]) == 2
@@ -296,3 +296,31 @@ def test_cli_generate_prompt_lookup(capsys):
                  "--prompt-lookup-num-tokens", "6"]) == 0
     out = capsys.readouterr().out
     assert "method=prompt_lookup" in out and "draft calls=0" in out
+
+
+# ------------------------------------------------------------------ with a draft model for the steps without a match
+
+def test_draft_model_fallback_greedy_equals_hf(tiny_target):
+    from tiny_models import draft_of
+
+    draft = draft_of(tiny_target)
+    prompt = torch.tensor([[3, 8, 21, 5, 9, 13, 7, 5, 9, 13, 7, 60, 61]])
+    ref = hf_greedy(tiny_target, prompt, 40)
+    for kw in (dict(), dict(min_matching_ngram_size=2, verifier="block")):
+        out = fastdecode.generate(tiny_target, prompt, draft=draft, method="prompt_lookup", max_new_tokens=40,
+                                  temperature=0, **kw)
+        assert torch.equal(out.sequences, ref), kw
+        assert out.stats.extra["model_draft_steps"] > 0 and out.stats.draft_calls > 0
+        if not kw:  # unigram matches in the generated text: both sources draft
+            assert out.stats.extra["ngram_draft_steps"] > 0
+
+
+@pytest.mark.slow
+def test_draft_model_fallback_two_token_law(tiny_pair):
+    """[1, 2, 3, 4]: the trailing token never occurred before, so the first step drafts with the model."""
+    prompt = [1, 2, 3, 4]
+    out = fastdecode.generate(tiny_pair[0], torch.tensor([prompt]), draft=tiny_pair[1], method="prompt_lookup",
+                              max_new_tokens=3, seed=0)
+    assert out.stats.extra["model_draft_steps"] >= 1
+    counts = sample_law(*tiny_pair, prompt, 2, RUNS, max_new_tokens=3, temperature=1.0, method="prompt_lookup")
+    assert chi_square_pvalue(counts, exact_law(tiny_pair[0], prompt, 2)) > ALPHA

@@ -4,13 +4,18 @@ One step:
 1. :class:`NgramIndex` looks up the trailing n-gram of the text (n from ``max_matching_ngram_size``
    down to ``min_matching_ngram_size``, longest first) and proposes up to gamma tokens that followed
    its LATEST earlier occurrence;
-2. no match: a plain decoding step (one target forward on the pending token, no draft);
+2. no match: a plain decoding step (one target forward on the pending token, no draft; with a draft
+   model, see below, the model drafts instead);
 3. a match x_1..x_g: the target scores the pending tokens plus the drafts in ONE forward pass, and the
    chain verifier of ``speculative`` ("token" or "block") decides, with q_i = one-hot(x_i): the draft is
    a point mass, so the token rule accepts x_i with probability p_i(x_i) and the residual is p_i with
    x_i removed, renormalised. Every emitted token is exactly p-distributed; at temperature 0 the output
    equals plain greedy decoding token for token.
 4. the target cache is cropped back to the accepted text.
+
+With a draft model (``generate(..., method="prompt_lookup", draft=...)``) a step without an n-gram match
+drafts with the model instead, exactly as ``speculative`` does (its q rows, its confidence stop at 0.4);
+which source drafts depends only on the text so far, so the law is unchanged.
 
 Adaptive draft length (``PromptLookupConfig.adaptive``), as in ``speculative``: gamma starts at
 ``prompt_lookup_num_tokens``, shrinks by 1 after a rejection and grows by 2 (up to
@@ -22,12 +27,12 @@ from __future__ import annotations
 import torch
 
 from .. import kernels
-from ..config import PromptLookupConfig, SamplingConfig
+from ..config import DEFAULT_CONFIDENCE_THRESHOLD, PromptLookupConfig, SamplingConfig, SpeculativeConfig
 from ..stats import DecodeStats
 from ..verification.common import sample
 from . import cache as kv
 from .common import TokenStream
-from .speculative import chain_verifier
+from .speculative import chain_verifier, draft_tokens
 
 
 class NgramIndex:
@@ -103,17 +108,30 @@ def one_hot(drafts: torch.Tensor, vocab: int) -> torch.Tensor:
 
 
 def decode(target, stream: TokenStream, sampling: SamplingConfig, cfg: PromptLookupConfig, generator,
-           stats: DecodeStats, progress=None) -> None:
+           stats: DecodeStats, progress=None, draft=None) -> None:
+    """Prompt lookup decoding; ``draft``: a draft model for the steps without an n-gram match (None: those
+    steps are plain decoding steps)."""
     device = kv.device(target)
     tcache = kv.new_cache(target)
+    dcache = kv.new_cache(draft) if draft is not None else None
+    spec = SpeculativeConfig(1, cfg.adaptive, cfg.prompt_lookup_num_tokens, DEFAULT_CONFIDENCE_THRESHOLD, cfg.verifier)
+    stats.extra.update(ngram_draft_steps=0, model_draft_steps=0)
     verify_chain = chain_verifier(cfg.verifier)
     index = NgramIndex(cfg.max_matching_ngram_size, cfg.min_matching_ngram_size)
     gamma = cfg.prompt_lookup_num_tokens
     while not stream.done:
         g = min(gamma, stream.remaining - 1)
         proposal = index.propose(stream.tokens, g) if g > 0 else []
+        if proposal:
+            drafts, q = torch.tensor(proposal, dtype=torch.long, device=device), None  # q: one-hot, below
+            stats.extra["ngram_draft_steps"] += 1
+        elif dcache is not None and g > 0:
+            drafts, q = draft_tokens(draft, dcache, stream, g, sampling, spec, generator, stats)
+            proposal = drafts.tolist()
+            stats.extra["model_draft_steps"] += 1
+        else:
+            drafts = torch.empty(0, dtype=torch.long, device=device)
         n_draft = len(proposal)
-        drafts = torch.tensor(proposal, dtype=torch.long, device=device)
 
         start = kv.cache_length(tcache)
         ids = torch.tensor([stream.tokens[start:] + proposal], device=device)
@@ -121,7 +139,9 @@ def decode(target, stream: TokenStream, sampling: SamplingConfig, cfg: PromptLoo
         stats.target_calls += 1
         p = kernels.probs(logits, sampling.temperature, sampling.top_k, sampling.top_p)
         if n_draft:
-            n_acc, nxt = verify_chain(p, one_hot(drafts, p.shape[-1]), drafts, generator)
+            if q is None:  # n-gram drafts: point masses
+                q = one_hot(drafts, p.shape[-1])
+            n_acc, nxt = verify_chain(p, q, drafts, generator)
         else:
             n_acc, nxt = 0, int(p.argmax(-1)[0]) if sampling.greedy else int(sample(p, generator)[0])
         stats.record_step(n_draft, n_acc)
@@ -131,6 +151,8 @@ def decode(target, stream: TokenStream, sampling: SamplingConfig, cfg: PromptLoo
         if progress is not None:
             progress.update(kept)
         kv.crop(tcache, base + n_acc)  # the newest token is fed at the start of the next step
+        if dcache is not None:
+            kv.crop(dcache, min(kv.cache_length(dcache), base + n_acc))
 
         if cfg.adaptive and n_draft:
             gamma = min(gamma + 2, cfg.prompt_lookup_num_tokens) if n_acc == n_draft else max(1, gamma - 1)
