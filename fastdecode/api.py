@@ -136,10 +136,10 @@ def generate(
 
     method: "autoregressive", "speculative" (single draft), "multi_draft" (k draft sequences verified
     as a tree), "entropy_switch" (lossy: small model while confident), "prompt_lookup" (drafts copied
-    from the prompt and the generated text; options prompt_lookup_num_tokens=10, max_matching_ngram_size=2,
-    min_matching_ngram_size=1; a draft= model, if given, drafts the steps without a match); "auto" = speculative when a
-    draft is given (multi_draft when num_drafts > 1), else autoregressive. See the README for every
-    method's guarantees.
+    from the prompt and the generated text; options prompt_lookup_num_tokens=10,
+    max_matching_ngram_size=2, min_matching_ngram_size=1; a draft= model, if given, drafts the steps
+    without a match); "auto" = speculative when a draft is given (multi_draft when num_drafts > 1),
+    else autoregressive. See the README for every method's guarantees.
     max_new_tokens, temperature, top_k, top_p: None = the target's ``generation_config`` (do_sample=False
     means temperature 0), else 128, 1.0, 0, 1.0 (see ``fastdecode.defaults``).
     draft_length: gamma, tokens drafted per step; None = 4.
@@ -148,8 +148,9 @@ def generate(
     confidence_threshold: early stop of an adaptive single draft; None = 0.4.
     cache_implementation: "dynamic" (transformers' DynamicCache, cropped after rejections) or "static"
     (preallocated caches, rejected slots overwritten, fixed-shape forwards replayed; autoregressive,
-    speculative and prompt_lookup). compile (static only): None = "cudagraphs" on CUDA, "eager" on the CPU; True =
-    "inductor" (torch.compile; with CUDA graphs on CUDA); False = "eager"; or one of those names.
+    speculative and prompt_lookup). compile (static only): None = "cudagraphs" on CUDA, "eager" on the
+    CPU; True = "inductor" (torch.compile; with CUDA graphs on CUDA); False = "eager"; or one of those
+    names.
     Options that do not apply to the method raise ValueError (see
     :func:`fastdecode.config.build_method_config`).
     """

@@ -55,8 +55,8 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
                    choices=["auto", "autoregressive", "speculative", "multi_draft", "entropy_switch",
                             "prompt_lookup"],
                    help="decoding method (auto: speculative with a draft, multi_draft when --num-drafts > 1; "
-                        "prompt_lookup: drafts copied from the prompt and the generated text, no draft "
-                        "model)")
+                        "prompt_lookup: drafts copied from the prompt and the generated text; the default "
+                        "--draft is not loaded, an explicit one drafts the steps without an n-gram match)")
     p.add_argument("--draft-length", type=int, default=None, help="gamma, tokens drafted per step (default 4)")
     p.add_argument("--num-drafts", type=int, default=1, help="k, the number of draft sequences (multi_draft)")
     p.add_argument("--adaptive-draft", action=argparse.BooleanOptionalAction, default=None,
