@@ -61,7 +61,7 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-drafts", type=int, default=1, help="k, the number of draft sequences (multi_draft)")
     p.add_argument("--adaptive-draft", action=argparse.BooleanOptionalAction, default=None,
                    help="adapt the draft length / tree depth to acceptance (default: on for speculative, off for multi_draft)")
-    p.add_argument("--verifier", default=None, help="token | block (speculative); rrs | spectr | optimal | ... (multi_draft)")
+    p.add_argument("--verifier", default=None, help="token | block (speculative, prompt_lookup); rrs | spectr | optimal | ... (multi_draft)")
     p.add_argument("--entropy-threshold", type=float, default=None, help="bits, for entropy_switch")
     p.add_argument("--entropy-window", type=int, default=None, help="rolling-mean window w, for entropy_switch")
     p.add_argument("--min-dwell", type=int, default=None, help="tokens between two switches, for entropy_switch")
