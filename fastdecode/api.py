@@ -69,7 +69,7 @@ def _check_input_ids(input_ids) -> None:
 
 
 CACHE_IMPLEMENTATIONS = ("dynamic", "static")
-STATIC_METHODS = ("autoregressive", "speculative")
+STATIC_METHODS = ("autoregressive", "speculative", "prompt_lookup")
 
 
 def _static_mode(cache_implementation, compile, method, target, draft, lambda_attention) -> str | None:
@@ -88,6 +88,9 @@ def _static_mode(cache_implementation, compile, method, target, draft, lambda_at
         raise ValueError(f"cache_implementation='static' supports methods {STATIC_METHODS}, not {method!r} yet")
     if lambda_attention is not None:
         raise ValueError("Lambda attention keeps its own bounded cache: use cache_implementation='dynamic' with it")
+    if method == "prompt_lookup" and draft is not None:
+        raise ValueError("cache_implementation='static' runs prompt_lookup without a draft model: drop draft= or "
+                         "use cache_implementation='dynamic'")
     for m in (target, draft) if draft is not None and method != "autoregressive" else (target,):
         problem = static_support_problem(m)
         if problem:
@@ -132,9 +135,11 @@ def generate(
     """Generate up to ``max_new_tokens`` tokens after ``input_ids`` [1, prompt_len].
 
     method: "autoregressive", "speculative" (single draft), "multi_draft" (k draft sequences verified
-    as a tree), "entropy_switch" (lossy: small model while confident); "auto" = speculative when a
-    draft is given (multi_draft when num_drafts > 1), else autoregressive. See the README for every
-    method's guarantees.
+    as a tree), "entropy_switch" (lossy: small model while confident), "prompt_lookup" (drafts copied
+    from the prompt and the generated text; options prompt_lookup_num_tokens=10,
+    max_matching_ngram_size=2, min_matching_ngram_size=1; a draft= model, if given, drafts the steps
+    without a match); "auto" = speculative when a draft is given (multi_draft when num_drafts > 1),
+    else autoregressive. See the README for every method's guarantees.
     max_new_tokens, temperature, top_k, top_p: None = the target's ``generation_config`` (do_sample=False
     means temperature 0), else 128, 1.0, 0, 1.0 (see ``fastdecode.defaults``).
     draft_length: gamma, tokens drafted per step; None = 4.
@@ -142,9 +147,10 @@ def generate(
     max_draft_length: the adaptive length's upper bound; None = max(16, draft_length).
     confidence_threshold: early stop of an adaptive single draft; None = 0.4.
     cache_implementation: "dynamic" (transformers' DynamicCache, cropped after rejections) or "static"
-    (preallocated caches, rejected slots overwritten, fixed-shape forwards replayed; autoregressive and
-    speculative). compile (static only): None = "cudagraphs" on CUDA, "eager" on the CPU; True =
-    "inductor" (torch.compile; with CUDA graphs on CUDA); False = "eager"; or one of those names.
+    (preallocated caches, rejected slots overwritten, fixed-shape forwards replayed; autoregressive,
+    speculative and prompt_lookup). compile (static only): None = "cudagraphs" on CUDA, "eager" on the
+    CPU; True = "inductor" (torch.compile; with CUDA graphs on CUDA); False = "eager"; or one of those
+    names.
     Options that do not apply to the method raise ValueError (see
     :func:`fastdecode.config.build_method_config`).
     """
@@ -162,7 +168,7 @@ def generate(
         raise ValueError(f"seed must be an int, got {seed!r}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    if method != "autoregressive":
+    if method != "autoregressive" and draft is not None:  # prompt_lookup: the draft model is optional
         check_pair(target, draft)
     if seed is not None and generator is not None:
         raise ValueError("pass either seed or generator, not both")
@@ -189,7 +195,7 @@ def generate(
 
     with contextlib.ExitStack() as stack, torch.inference_mode():
         stack.enter_context(eval_mode(target, draft if method != "autoregressive" else None))
-        if method != "autoregressive":
+        if method != "autoregressive" and draft is not None:
             stack.enter_context(shared_vocab(target, draft))
         if lambda_attention is not None:
             from .attention import lambda_attention as lambda_ctx
@@ -200,6 +206,8 @@ def generate(
             from .decoding import static
             if method == "autoregressive":
                 static.decode_autoregressive(target, stream, sampling, generator, stats, bar, compile_mode)
+            elif method == "prompt_lookup":
+                static.decode_prompt_lookup(target, stream, sampling, method_cfg, generator, stats, bar, compile_mode)
             else:
                 static.decode_speculative(target, draft, stream, sampling, method_cfg, generator, stats, bar, compile_mode)
         elif method == "autoregressive":
@@ -208,6 +216,9 @@ def generate(
         elif method == "speculative":
             from .decoding import speculative
             speculative.decode(target, draft, stream, sampling, method_cfg, generator, stats, bar)
+        elif method == "prompt_lookup":
+            from .decoding import prompt_lookup
+            prompt_lookup.decode(target, stream, sampling, method_cfg, generator, stats, bar, draft=draft)
         elif method == "multi_draft":
             from .decoding import multi_draft
             multi_draft.decode(target, draft, stream, sampling, method_cfg, generator, stats, bar)

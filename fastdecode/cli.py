@@ -52,13 +52,16 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--method", default="auto",
-                   choices=["auto", "autoregressive", "speculative", "multi_draft", "entropy_switch"],
-                   help="decoding method (auto: speculative with a draft, multi_draft when --num-drafts > 1)")
+                   choices=["auto", "autoregressive", "speculative", "multi_draft", "entropy_switch",
+                            "prompt_lookup"],
+                   help="decoding method (auto: speculative with a draft, multi_draft when --num-drafts > 1; "
+                        "prompt_lookup: drafts copied from the prompt and the generated text; the default "
+                        "--draft is not loaded, an explicit one drafts the steps without an n-gram match)")
     p.add_argument("--draft-length", type=int, default=None, help="gamma, tokens drafted per step (default 4)")
     p.add_argument("--num-drafts", type=int, default=1, help="k, the number of draft sequences (multi_draft)")
     p.add_argument("--adaptive-draft", action=argparse.BooleanOptionalAction, default=None,
                    help="adapt the draft length / tree depth to acceptance (default: on for speculative, off for multi_draft)")
-    p.add_argument("--verifier", default=None, help="token | block (speculative); rrs | spectr | optimal | ... (multi_draft)")
+    p.add_argument("--verifier", default=None, help="token | block (speculative, prompt_lookup); rrs | spectr | optimal | ... (multi_draft)")
     p.add_argument("--entropy-threshold", type=float, default=None, help="bits, for entropy_switch")
     p.add_argument("--entropy-window", type=int, default=None, help="rolling-mean window w, for entropy_switch")
     p.add_argument("--min-dwell", type=int, default=None, help="tokens between two switches, for entropy_switch")
@@ -66,6 +69,12 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
                    help="entropy_switch: the large model verifies drafts of the small one (lossless segments)")
     p.add_argument("--speculative-length", type=int, default=None,
                    help="entropy_switch with --speculate-when-large: tokens drafted per verification (default 4)")
+    p.add_argument("--prompt-lookup-num-tokens", type=int, default=None,
+                   help="prompt_lookup: the longest draft (default 10)")
+    p.add_argument("--max-matching-ngram-size", type=int, default=None,
+                   help="prompt_lookup: the longest n-gram looked up (default 2)")
+    p.add_argument("--min-matching-ngram-size", type=int, default=None,
+                   help="prompt_lookup: the shortest n-gram looked up (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--compare", action="store_true",
@@ -80,7 +89,8 @@ def _method_kwargs(args) -> dict:
     kw = {k: v for k, v in kw.items() if v is not None}
     if args.num_drafts != 1:
         kw["num_drafts"] = args.num_drafts
-    for name in ("entropy_threshold", "entropy_window", "min_dwell", "speculative_length"):
+    for name in ("entropy_threshold", "entropy_window", "min_dwell", "speculative_length",
+                 "prompt_lookup_num_tokens", "max_matching_ngram_size", "min_matching_ngram_size"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
     if args.speculate_when_large:
@@ -182,6 +192,8 @@ def _run_generate(args) -> int:
     if args.prompt is None and args.prompt_file is None:
         args.prompt = DEFAULT_PROMPT
     has_draft = bool(args.draft) and args.draft.lower() != "none"
+    if args.method == "prompt_lookup" and args.draft == str(DEFAULT_PAIR / "draft"):
+        has_draft = False  # the default draft is not loaded; an explicit --draft drafts the steps without a match
     _check_args(args, has_draft)  # before any weights are loaded
     text = Path(args.prompt_file).read_text() if args.prompt_file else args.prompt
     if not text:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-METHODS = ("autoregressive", "speculative", "multi_draft", "entropy_switch")
+METHODS = ("autoregressive", "speculative", "multi_draft", "entropy_switch", "prompt_lookup")
 
 # documented defaults of generate(): its signature uses None for them, to tell "passed" from "left out"
 DEFAULT_DRAFT_LENGTH = 4
@@ -122,6 +122,51 @@ class MultiDraftConfig:
         return {"rrs_without_replacement": "without_replacement", "greedy_draft": "greedy"}.get(self.verifier, "iid")
 
 
+@dataclass(frozen=True)
+class PromptLookupConfig:
+    """Prompt lookup (n-gram) speculation: drafts copied from the prompt and the generated text (no draft
+    model needed; one, if given to ``generate``, drafts the steps without an n-gram match).
+
+    prompt_lookup_num_tokens: the longest draft (Hugging Face's name and default, 10); with ``adaptive``
+        also the starting length.
+    max_matching_ngram_size / min_matching_ngram_size: the trailing n-gram looked up, longest n first,
+        from the max (default 2, as Hugging Face) down to the min (default 1).
+    adaptive: shrink the draft length by 1 after a rejection, grow it by 2 (up to
+        prompt_lookup_num_tokens) after a fully accepted draft.
+    verifier: "token" or "block", the single-draft rules applied with one-hot q.
+    """
+
+    prompt_lookup_num_tokens: int = 10
+    max_matching_ngram_size: int = 2
+    min_matching_ngram_size: int = 1
+    adaptive: bool = True
+    verifier: str = "token"
+
+    def __post_init__(self):
+        for name in ("prompt_lookup_num_tokens", "max_matching_ngram_size", "min_matching_ngram_size"):
+            v = getattr(self, name)
+            if not _is_int(v) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        if self.min_matching_ngram_size > self.max_matching_ngram_size:
+            raise ValueError(f"min_matching_ngram_size ({self.min_matching_ngram_size}) must be <= "
+                             f"max_matching_ngram_size ({self.max_matching_ngram_size})")
+        if not isinstance(self.adaptive, bool):
+            raise ValueError(f"adaptive must be True or False, got {self.adaptive!r}")
+        if self.verifier not in ("token", "block"):
+            raise ValueError(f"prompt_lookup verifier must be 'token' or 'block', got {self.verifier!r}")
+
+    @property
+    def draft_length(self) -> int:  # the longest draft, under the names the rollback check reads
+        return self.prompt_lookup_num_tokens
+
+    @property
+    def max_draft_length(self) -> int:
+        return self.prompt_lookup_num_tokens
+
+
+PROMPT_LOOKUP_OPTIONS = ("prompt_lookup_num_tokens", "max_matching_ngram_size", "min_matching_ngram_size")
+
+
 DRAFT, TARGET = "draft", "target"
 
 
@@ -179,7 +224,10 @@ def build_method_config(method: str, has_draft: bool, *, num_drafts=1, verifier=
     num_drafts) with autoregressive or entropy_switch (which has its own ``speculative_length``),
     confidence_threshold with multi_draft, max_draft_length / confidence_threshold with
     adaptive_draft=False, num_drafts without multi_draft, entropy-switch options with other methods,
-    speculative_length without speculate_when_large=True.
+    speculative_length without speculate_when_large=True. "prompt_lookup" needs no draft model (one, if
+    given, drafts the steps without an n-gram match), takes its own options (see
+    :class:`PromptLookupConfig`), adaptive_draft and verifier ("token" / "block"), and none of the other
+    draft options.
     """
     if not isinstance(method, str):
         raise ValueError(f"method must be a string, got {method!r}")
@@ -194,6 +242,9 @@ def build_method_config(method: str, has_draft: bool, *, num_drafts=1, verifier=
         raise ValueError(f"confidence_threshold must be a number in [0, 1), got {confidence_threshold!r}")
     if method != "multi_draft" and num_drafts != 1:
         raise ValueError(f"num_drafts={num_drafts!r} applies to method='multi_draft' (or 'auto'), not to {method!r}")
+    if method == "prompt_lookup":
+        return method, _prompt_lookup_config(verifier, draft_length, adaptive_draft, max_draft_length,
+                                             confidence_threshold, method_options)
     if method_options and method != "entropy_switch":
         raise ValueError(f"unexpected arguments for method {method!r}: {sorted(method_options)}")
     if method != "autoregressive" and not has_draft:
@@ -240,3 +291,18 @@ def build_method_config(method: str, has_draft: bool, *, num_drafts=1, verifier=
     return method, MultiDraftConfig(num_drafts=num_drafts, draft_length=draft_length,
                                     verifier="rrs" if verifier is None else verifier,
                                     adaptive=adaptive, max_draft_length=max_draft_length)
+
+
+def _prompt_lookup_config(verifier, draft_length, adaptive_draft, max_draft_length,
+                          confidence_threshold, options) -> PromptLookupConfig:
+    given = [name for name, v in (("draft_length", draft_length), ("max_draft_length", max_draft_length),
+                                  ("confidence_threshold", confidence_threshold)) if v is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} does not apply to method 'prompt_lookup': its longest draft is "
+                         "prompt_lookup_num_tokens (default 10)")
+    unknown = sorted(set(options) - set(PROMPT_LOOKUP_OPTIONS))
+    if unknown:
+        raise ValueError(f"unexpected arguments for method 'prompt_lookup': {unknown}; "
+                         f"its options are {list(PROMPT_LOOKUP_OPTIONS)}")
+    return PromptLookupConfig(**options, adaptive=True if adaptive_draft is None else adaptive_draft,
+                              verifier="token" if verifier is None else verifier)

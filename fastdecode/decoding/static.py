@@ -57,24 +57,58 @@ def _raise_non_finite() -> None:
                      "(a float16 overflow? try float32 or bfloat16)")
 
 
+def _verify(logits, qs, x, sampling: SamplingConfig, verifier: str, generator):
+    """Chain verification on the device. logits [g + 1, V]; qs: the draft rows (a list of [1, V], or one
+    [g, V] tensor; unused when greedy); x [g]. Returns device tensors (n accepted, next token, all finite):
+    greedy compares argmaxes; the token rule tests u * q(x) < p(x) for every row at once, draws every
+    row's residual (fused kernel on CUDA) and the bonus, and picks the next token by n; block verification
+    uses its batched form."""
+    g, device = x.shape[0], logits.device
+    finite = sm.all_finite(logits, *qs) if isinstance(qs, list) else sm.all_finite(logits)
+    if sampling.greedy:
+        t = logits.argmax(-1)                                          # [g + 1]
+        n = (t[:g] == x).long().cumprod(0).sum()
+        return n, t[n], finite
+    p = sm.probs(logits, sampling, check_finite=False)                 # [g + 1, V]
+    q = torch.cat(qs) if isinstance(qs, list) else qs                  # [g, V]
+    if verifier == "block":
+        n, nxt = verify_block_batched(p[None], q[None], x[None], generator)
+        n, nxt = n[0], nxt[0]
+    else:
+        u = torch.rand(g, generator=generator, device=device, dtype=torch.float64)
+        noise = torch.empty((g, p.shape[1]), dtype=torch.float32, device=device).exponential_(generator=generator)
+        res, idx = kernels.verify_speculative(p[:g], q, x[:, None], u, noise)  # residual where rejected
+        n = (idx == 0).long().cumprod(0).sum()
+        bonus = sample(p, generator)                                   # [g + 1]
+        nxt = torch.where(n < g, res[n.clamp(max=g - 1)], bonus[n])
+    return n, nxt, finite & sm.all_finite(p)
+
+
+def _plain_step(run, last, pos, sampling, generator, stats) -> tuple[torch.Tensor, int]:
+    """One target forward on the newest token at slot ``pos``: the next token ([1] on the device, and on
+    the host), after the host check that the logits are finite."""
+    logits = run.forward(last.view(1, 1), pos)
+    stats.target_calls += 1
+    tok = sm.next_tokens(logits, sampling, generator, check_finite=False)
+    tok_host, finite = torch.stack([tok[0], sm.all_finite(logits).long()]).tolist()
+    if not finite:
+        _raise_non_finite()
+    return tok, tok_host
+
+
 def decode_autoregressive(target, stream: TokenStream, sampling: SamplingConfig, generator, stats: DecodeStats,
                           progress=None, mode: str = "eager") -> None:
     sampling = _sampling(sampling)
     prompt = torch.tensor([stream.tokens], device=kv.device(target))
     run = runner_for(target, capacity_for(stream.length, stream.max_new_tokens, 1), mode)
     run.prefill(prompt[:, :-1])
-    last, pos = prompt[:, -1:], stream.length - 1
+    last, pos = prompt[0, -1:], stream.length - 1
     while not stream.done:
-        logits = run.forward(last, pos)
-        stats.target_calls += 1
-        tok = sm.next_tokens(logits, sampling, generator, check_finite=False)
-        tok_host, finite = torch.stack([tok[0], sm.all_finite(logits).long()]).tolist()  # the one sync
-        if not finite:
-            _raise_non_finite()
+        last, tok_host = _plain_step(run, last, pos, sampling, generator, stats)  # the one sync per token
         kept = stream.append([tok_host])
         if progress is not None:
             progress.update(kept)
-        last, pos = tok.view(1, 1), pos + 1
+        pos += 1
 
 
 def decode_speculative(target, draft, stream: TokenStream, sampling: SamplingConfig, spec: SpeculativeConfig,
@@ -97,13 +131,8 @@ def decode_speculative(target, draft, stream: TokenStream, sampling: SamplingCon
         last = seq[L - 1 : L]  # the newest committed token: in neither cache yet
         g = policy.next_length(stream.remaining)
         if g <= 0:  # a plain target step
-            logits = trun.forward(last.view(1, 1), L - 1)
-            stats.target_calls += 1
-            tok = sm.next_tokens(logits, sampling, generator, check_finite=False)
+            tok, tok_host = _plain_step(trun, last, L - 1, sampling, generator, stats)
             seq[L : L + 1] = tok
-            tok_host, finite = torch.stack([tok[0], sm.all_finite(logits).long()]).tolist()
-            if not finite:
-                _raise_non_finite()
             kept = stream.append([tok_host])
             if progress is not None:
                 progress.update(kept)
@@ -139,26 +168,7 @@ def decode_speculative(target, draft, stream: TokenStream, sampling: SamplingCon
         stats.target_calls += 1
 
         # 3. verification on the device
-        finite = sm.all_finite(logits, *qs)
-        if sampling.greedy:
-            t = logits.argmax(-1)                                      # [g + 1]
-            n = (t[:g] == x).long().cumprod(0).sum()
-            nxt = t[n]
-        else:
-            p = sm.probs(logits, sampling, check_finite=False)         # [g + 1, V]
-            q = torch.cat(qs)                                          # [g, V]
-            if spec.verifier == "block":
-                n, nxt = verify_block_batched(p[None], q[None], x[None], generator)
-                n, nxt = n[0], nxt[0]
-            else:
-                u = torch.rand(g, generator=generator, device=device, dtype=torch.float64)
-                noise = torch.empty((g, p.shape[1]), dtype=torch.float32, device=device).exponential_(
-                    generator=generator)
-                res, idx = kernels.verify_speculative(p[:g], q, x[:, None], u, noise)  # residual where rejected
-                n = (idx == 0).long().cumprod(0).sum()
-                bonus = sample(p, generator)                           # [g + 1]
-                nxt = torch.where(n < g, res[n.clamp(max=g - 1)], bonus[n])
-            finite = finite & sm.all_finite(p)
+        n, nxt, finite = _verify(logits, qs, x, sampling, spec.verifier, generator)
 
         # 4. the one host sync of the step
         vals = torch.cat([torch.stack([n, nxt.to(n.dtype), finite.to(n.dtype)]), x]).tolist()
@@ -175,3 +185,51 @@ def decode_speculative(target, draft, stream: TokenStream, sampling: SamplingCon
         dlen = L + min(n_acc, g - 1)  # the draft fed last and x_1..x_{g-1}; x_g only if rejected after it
     if policy.plain_steps:
         stats.extra["plain_steps"] = policy.plain_steps
+
+
+def decode_prompt_lookup(target, stream: TokenStream, sampling: SamplingConfig, cfg, generator, stats: DecodeStats,
+                         progress=None, mode: str = "eager") -> None:
+    """``method="prompt_lookup"`` on the static engine: the drafts come from
+    :class:`~fastdecode.decoding.prompt_lookup.NgramIndex` on the host (the text is there anyway), q is
+    one-hot at each draft, and the target forward and verification are those of :func:`decode_speculative`
+    (one host sync per step). No match: a plain one-token step."""
+    from .prompt_lookup import NgramIndex, one_hot
+
+    sampling = _sampling(sampling)
+    device = kv.device(target)
+    longest = cfg.prompt_lookup_num_tokens
+    run = runner_for(target, capacity_for(stream.length, stream.max_new_tokens, bucket(longest + 1)), mode)
+    prompt = torch.tensor([stream.tokens], device=device)
+    run.prefill(prompt[:, :-1])
+    pad = torch.zeros(bucket(longest + 1), dtype=torch.long, device=device)
+    index = NgramIndex(cfg.max_matching_ngram_size, cfg.min_matching_ngram_size)
+    last = prompt[0, -1:]  # [1] the newest committed token, not in the cache yet
+    gamma = longest
+    while not stream.done:
+        L = stream.length
+        g = min(gamma, stream.remaining - 1)
+        proposal = index.propose(stream.tokens, g) if g > 0 else []
+        g = len(proposal)
+        if g == 0:
+            last, tok_host = _plain_step(run, last, L - 1, sampling, generator, stats)
+            kept = stream.append([tok_host])
+            stats.record_step(0, 0)
+            if progress is not None:
+                progress.update(kept)
+            continue
+        x = torch.tensor(proposal, dtype=torch.long, device=device)
+        b = bucket(g + 1)
+        logits = run.forward(torch.cat([last, x, pad[: b - g - 1]])[None], L - 1)[: g + 1]
+        stats.target_calls += 1
+        q = None if sampling.greedy else one_hot(x, logits.shape[-1])
+        n, nxt, finite = _verify(logits, q, x, sampling, cfg.verifier, generator)
+        n_acc, nxt_host, ok = torch.stack([n, nxt.to(n.dtype), finite.to(n.dtype)]).tolist()  # the one sync
+        if not ok:
+            _raise_non_finite()
+        kept = stream.append(proposal[:n_acc] + [nxt_host])
+        stats.record_step(g, n_acc)
+        if progress is not None:
+            progress.update(kept)
+        last = nxt.view(1)
+        if cfg.adaptive:
+            gamma = min(gamma + 2, longest) if n_acc == g else max(1, gamma - 1)
