@@ -39,12 +39,12 @@ def test_block_two_token_law(tiny_pair, law2):
 @CHI_SQUARE
 def test_broken_speculative_rule_fails(tiny_pair, law2, monkeypatch):
     """Accepting every draft (output q instead of p) must be caught."""
-    import fastdecode.verification.speculative as sp
+    from fastdecode.decoding import step
 
     def accept_all(p, q, drafts, generator=None):
         return drafts.shape[0], int(fastdecode.verification.sample(p[-1:], generator)[0])
 
-    monkeypatch.setattr(sp, "verify_chain", accept_all)
+    monkeypatch.setitem(step.CHAIN_VERIFIERS, "token", accept_all)
     assert _pvalue(tiny_pair, law2, method="speculative", draft_length=2, adaptive_draft=False) < ALPHA
 
 

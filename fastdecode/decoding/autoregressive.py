@@ -3,20 +3,11 @@ from __future__ import annotations
 
 import torch
 
-from .. import kernels
 from ..config import SamplingConfig
 from ..stats import DecodeStats
-from ..verification.common import sample
 from . import cache as kv
+from . import sampling as sm
 from .common import TokenStream
-
-
-def next_token(logits: torch.Tensor, sampling: SamplingConfig, generator) -> int:
-    """logits [1, V] -> one token id (argmax at temperature 0)."""
-    if sampling.greedy:
-        return int(logits.argmax(-1)[0])
-    p = kernels.probs(logits, sampling.temperature, sampling.top_k, sampling.top_p)
-    return int(sample(p, generator)[0])
 
 
 def decode(target, stream: TokenStream, sampling: SamplingConfig, generator, stats: DecodeStats, progress=None) -> None:
@@ -27,6 +18,6 @@ def decode(target, stream: TokenStream, sampling: SamplingConfig, generator, sta
         ids = torch.tensor([stream.tokens[start:]], device=device)
         logits = kv.forward(target, ids, cache, logits_to_keep=1)[0]
         stats.target_calls += 1
-        kept = stream.append([next_token(logits, sampling, generator)])
+        kept = stream.append([sm.next_token(logits, sampling, generator)])
         if progress is not None:
             progress.update(kept)

@@ -36,12 +36,12 @@ from dataclasses import dataclass
 import torch
 
 from .. import kernels
-from ..config import DRAFT, TARGET, EntropySwitchConfig, SamplingConfig, SpeculativeConfig  # noqa: F401 (re-exported)
+from ..config import DRAFT, TARGET, EntropySwitchConfig, SamplingConfig  # noqa: F401 (re-exported)
 from ..stats import DecodeStats
 from . import cache as kv
-from .autoregressive import next_token
+from . import sampling as sm
 from .common import TokenStream
-from .speculative import chain_verifier, draft_tokens
+from .step import CHAIN_VERIFIERS, draft_tokens, verify_step
 
 
 @dataclass
@@ -178,54 +178,42 @@ class _Switcher:
                 return
             logits = self.forward(self.active)
             h = float(self.entropy(logits)[0])
-        self.emit([next_token(logits, self.sampling, self.generator)], [h], logits, probe, mean, switched)
+        self.emit([sm.next_token(logits, self.sampling, self.generator)], [h], logits, probe, mean, switched)
 
-    def speculative_step(self, verify_chain) -> None:
+    def speculative_step(self, verifier) -> None:
         """The target, active, verifies a chain drafted by the draft model (lossless, algorithms.md section 1)."""
-        stream, device, tcache = self.stream, kv.device(self.models[TARGET]), self.caches[TARGET]
+        stream, device, dcache = self.stream, kv.device(self.models[TARGET]), self.caches[DRAFT]
         g = min(self.es.speculative_length, stream.remaining - 1)
-        spec = SpeculativeConfig(draft_length=max(g, 1), adaptive=False)
-        unseen = stream.length - kv.cache_length(self.caches[DRAFT])
-        drafts, q = (draft_tokens(self.models[DRAFT], self.caches[DRAFT], stream, g, self.sampling, spec,
-                                  self.generator, self.stats) if g > 0 else
-                     (torch.empty(0, dtype=torch.long, device=device), None))
-        n_draft = drafts.shape[0]
-        if n_draft:  # draft_tokens fed the unseen tokens, then each draft but the last
-            self.fed[DRAFT] += unseen + n_draft - 1
-        start = kv.cache_length(tcache)
-        ids = torch.cat([torch.tensor(stream.tokens[start:], device=device), drafts])[None]
-        logits = kv.forward(self.models[TARGET], ids, tcache, logits_to_keep=n_draft + 1)[0]  # [n_draft + 1, V]
-        self.fed[TARGET] += ids.shape[1]
-        self.stats.target_calls += 1
+        unseen = stream.length - kv.cache_length(dcache)
+        drafts, q = (draft_tokens(self.models[DRAFT], dcache, stream.tokens, g, self.sampling, self.generator,
+                                  self.stats) if g > 0 else (torch.empty(0, dtype=torch.long, device=device), None))
+        if drafts.shape[0]:  # draft_tokens fed the unseen tokens, then each draft but the last
+            self.fed[DRAFT] += unseen + drafts.shape[0] - 1
+        base = stream.length
+        v = verify_step(self.models[TARGET], self.caches[TARGET], stream.tokens, drafts, q, self.sampling, verifier,
+                        self.generator, self.stats)
+        self.fed[TARGET] += v.fed
         if self.takeover:
             self.catchups += 1
-            self.catchup_tokens += ids.shape[1] - n_draft
+            self.catchup_tokens += v.fed - v.n_draft
             self.takeover = False
-        p = kernels.probs(logits, self.sampling.temperature, self.sampling.top_k, self.sampling.top_p)
-        if n_draft:
-            n_acc, nxt = verify_chain(p, q, drafts, self.generator)
-        else:
-            n_acc, nxt = 0, next_token(logits, self.sampling, self.generator)
-        self.stats.record_step(n_draft, n_acc)
-        ent = self.entropy(logits[: n_acc + 1]).tolist()
+        logits = v.logits[: v.n_accepted + 1]
         probe, mean = self.pending_probe or (None, None)
         self.pending_probe = None
-        base = stream.length
-        self.emit(drafts[:n_acc].tolist() + [nxt], ent, logits[: n_acc + 1], probe, mean, probe is not None)
-        kv.crop(tcache, base + n_acc)
-        kv.crop(self.caches[DRAFT], min(kv.cache_length(self.caches[DRAFT]), base + n_acc))
+        self.emit(v.tokens, self.entropy(logits).tolist(), logits, probe, mean, probe is not None)
+        kv.crop(dcache, min(kv.cache_length(dcache), base + v.n_accepted))
         # hand-back check between verification steps, on the entropies of the emitted tokens
         if not stream.done and may_switch(self.since_switch, self.es.min_dwell):
             if wanted_model(self.window.mean, self.es.entropy_threshold) == DRAFT:
                 self.switch_to(DRAFT)
 
     def run(self) -> None:
-        verify_chain = chain_verifier("token") if self.es.speculate_when_large else None
+        verifier = CHAIN_VERIFIERS["token"]
         while not self.stream.done:
             # the first position always goes through the rule (a probe by the starting model)
             if self.active == TARGET and self.es.speculate_when_large and (
                     self.stream.new_tokens > 0 or self.pending_probe is not None):
-                self.speculative_step(verify_chain)
+                self.speculative_step(verifier)
             else:
                 self.token_step()
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import torch
 
-from .. import kernels
 from ..config import MultiDraftConfig, SamplingConfig
 from ..stats import DecodeStats
 from ..verification import method_info, verify
@@ -34,6 +33,7 @@ from ..verification.common import sample
 from ..verification.drafts import sample_drafts
 from ..verification.speculative import verify_chain
 from . import cache as kv
+from . import sampling as sm
 from .common import TokenStream
 from .tree import DraftTree, score_nodes
 
@@ -64,8 +64,7 @@ class MultiDraftDecoder:
         self.depth = cfg.draft_length  # the next step's tree depth (changes only with cfg.adaptive)
 
     def _probs(self, logits: torch.Tensor) -> torch.Tensor:
-        s = self.sampling
-        return kernels.probs(logits, s.temperature, s.top_k, s.top_p)
+        return sm.probs(logits, self.sampling)
 
     # ------------------------------------------------------------------ drafting
     def draft_tree(self, depth: int) -> tuple[DraftTree, dict[int, int]]:

@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import torch
 
-from .. import kernels
-from ..config import DEFAULT_CONFIDENCE_THRESHOLD, PromptLookupConfig, SamplingConfig, SpeculativeConfig
+from ..config import DEFAULT_CONFIDENCE_THRESHOLD, PromptLookupConfig, SamplingConfig
 from ..stats import DecodeStats
-from ..verification.common import sample
 from . import cache as kv
 from .common import TokenStream
-from .speculative import chain_verifier, draft_tokens
+from .step import CHAIN_VERIFIERS, draft_tokens, verify_step
 
 
 class NgramIndex:
@@ -101,12 +99,6 @@ def propose_reference(tokens: list[int], k: int, max_n: int, min_n: int = 1) -> 
     return []
 
 
-def one_hot(drafts: torch.Tensor, vocab: int) -> torch.Tensor:
-    """q for point-mass drafts: [g] long -> [g, vocab] float32 rows one-hot at each draft."""
-    return torch.zeros(drafts.shape[0], vocab, dtype=torch.float32, device=drafts.device).scatter_(
-        1, drafts[:, None], 1.0)
-
-
 def decode(target, stream: TokenStream, sampling: SamplingConfig, cfg: PromptLookupConfig, generator,
            stats: DecodeStats, progress=None, draft=None) -> None:
     """Prompt lookup decoding; ``draft``: a draft model for the steps without an n-gram match (None: those
@@ -114,45 +106,29 @@ def decode(target, stream: TokenStream, sampling: SamplingConfig, cfg: PromptLoo
     device = kv.device(target)
     tcache = kv.new_cache(target)
     dcache = kv.new_cache(draft) if draft is not None else None
-    spec = SpeculativeConfig(1, cfg.adaptive, cfg.prompt_lookup_num_tokens, DEFAULT_CONFIDENCE_THRESHOLD, cfg.verifier)
     stats.extra.update(ngram_draft_steps=0, model_draft_steps=0)
-    verify_chain = chain_verifier(cfg.verifier)
+    verifier = CHAIN_VERIFIERS[cfg.verifier]
     index = NgramIndex(cfg.max_matching_ngram_size, cfg.min_matching_ngram_size)
+    threshold = DEFAULT_CONFIDENCE_THRESHOLD if cfg.adaptive else 0.0
     gamma = cfg.prompt_lookup_num_tokens
     while not stream.done:
         g = min(gamma, stream.remaining - 1)
         proposal = index.propose(stream.tokens, g) if g > 0 else []
+        q = None  # n-gram drafts are point masses: one-hot q
         if proposal:
-            drafts, q = torch.tensor(proposal, dtype=torch.long, device=device), None  # q: one-hot, below
+            drafts = torch.tensor(proposal, dtype=torch.long, device=device)
             stats.extra["ngram_draft_steps"] += 1
         elif dcache is not None and g > 0:
-            drafts, q = draft_tokens(draft, dcache, stream, g, sampling, spec, generator, stats)
-            proposal = drafts.tolist()
+            drafts, q = draft_tokens(draft, dcache, stream.tokens, g, sampling, generator, stats, threshold)
             stats.extra["model_draft_steps"] += 1
         else:
             drafts = torch.empty(0, dtype=torch.long, device=device)
-        n_draft = len(proposal)
-
-        start = kv.cache_length(tcache)
-        ids = torch.tensor([stream.tokens[start:] + proposal], device=device)
-        logits = kv.forward(target, ids, tcache, logits_to_keep=n_draft + 1)[0]  # [n_draft + 1, V]
-        stats.target_calls += 1
-        p = kernels.probs(logits, sampling.temperature, sampling.top_k, sampling.top_p)
-        if n_draft:
-            if q is None:  # n-gram drafts: point masses
-                q = one_hot(drafts, p.shape[-1])
-            n_acc, nxt = verify_chain(p, q, drafts, generator)
-        else:
-            n_acc, nxt = 0, int(p.argmax(-1)[0]) if sampling.greedy else int(sample(p, generator)[0])
-        stats.record_step(n_draft, n_acc)
-
         base = stream.length
-        kept = stream.append(proposal[:n_acc] + [nxt])
+        v = verify_step(target, tcache, stream.tokens, drafts, q, sampling, verifier, generator, stats)
+        kept = stream.append(v.tokens)
         if progress is not None:
             progress.update(kept)
-        kv.crop(tcache, base + n_acc)  # the newest token is fed at the start of the next step
         if dcache is not None:
-            kv.crop(dcache, min(kv.cache_length(dcache), base + n_acc))
-
-        if cfg.adaptive and n_draft:
-            gamma = min(gamma + 2, cfg.prompt_lookup_num_tokens) if n_acc == n_draft else max(1, gamma - 1)
+            kv.crop(dcache, min(kv.cache_length(dcache), base + v.n_accepted))
+        if cfg.adaptive and v.n_draft:
+            gamma = min(gamma + 2, cfg.prompt_lookup_num_tokens) if v.n_accepted == v.n_draft else max(1, gamma - 1)

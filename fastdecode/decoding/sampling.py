@@ -10,7 +10,7 @@ import torch
 
 from .. import kernels
 from ..config import SamplingConfig
-from ..verification.common import sample
+from ..verification.common import sample  # noqa: F401 (re-exported: the sampler of every loop)
 
 
 def probs(logits: torch.Tensor, sampling: SamplingConfig, check_finite: bool = True) -> torch.Tensor:
@@ -29,6 +29,17 @@ def next_tokens(logits: torch.Tensor, sampling: SamplingConfig, generator, check
 def all_finite(*tensors: torch.Tensor) -> torch.Tensor:
     """A device bool scalar: every entry of every tensor is finite (read at the caller's one sync)."""
     return torch.stack([torch.isfinite(t).all() for t in tensors]).all()
+
+
+def next_token(logits: torch.Tensor, sampling: SamplingConfig, generator) -> int:
+    """One token from ``logits`` [1, V] as a host int (argmax at temperature 0)."""
+    return int(next_tokens(logits, sampling, generator)[0])
+
+
+def one_hot(drafts: torch.Tensor, vocab: int) -> torch.Tensor:
+    """q of point-mass drafts (n-gram proposals): [g] long -> [g, vocab] float32 rows one-hot at each draft."""
+    return torch.zeros(drafts.shape[0], vocab, dtype=torch.float32, device=drafts.device).scatter_(
+        1, drafts[:, None], 1.0)
 
 
 def confidence(logits: torch.Tensor) -> torch.Tensor:

@@ -15,82 +15,33 @@ the draft model's own outputs, so every emitted token is still exactly p-distrib
 """
 from __future__ import annotations
 
-import importlib
-
 import torch
 
-from .. import kernels
 from ..config import SamplingConfig, SpeculativeConfig
 from ..stats import DecodeStats
-from ..verification.common import sample
 from . import cache as kv
 from .common import TokenStream
 from .policy import DraftLengthPolicy, cost_ratio
-
-CHAIN_VERIFIERS = {
-    "token": ("fastdecode.verification.speculative", "verify_chain"),
-    "block": ("fastdecode.verification.block", "verify_block"),
-}
-
-
-def chain_verifier(name: str):
-    mod, fn = CHAIN_VERIFIERS[name]
-    return getattr(importlib.import_module(mod), fn)
-
-
-def draft_tokens(draft, dcache, stream: TokenStream, gamma: int, sampling: SamplingConfig,
-                 spec: SpeculativeConfig, generator, stats: DecodeStats):
-    """Propose up to ``gamma`` tokens. Returns (drafts [n] long, q [n, V] float32)."""
-    device = kv.device(draft)
-    drafts, qs = [], []
-    pending = stream.tokens[kv.cache_length(dcache):]
-    for i in range(gamma):
-        ids = torch.tensor([pending], device=device)
-        logits = kv.forward(draft, ids, dcache, logits_to_keep=1)[0]  # [1, V]
-        stats.draft_calls += 1
-        q = kernels.probs(logits, sampling.temperature, sampling.top_k, sampling.top_p)
-        x = int(q.argmax(-1)[0]) if sampling.greedy else int(sample(q, generator)[0])
-        drafts.append(x)
-        qs.append(q)
-        pending = [x]
-        if spec.adaptive and i + 1 < gamma and spec.confidence_threshold > 0:
-            if float(torch.softmax(logits, -1).max()) < spec.confidence_threshold:
-                break
-    if not drafts:
-        return torch.empty(0, dtype=torch.long, device=device), None
-    return torch.tensor(drafts, device=device), torch.cat(qs)
+from .step import CHAIN_VERIFIERS, draft_tokens, verify_step
 
 
 def decode(target, draft, stream: TokenStream, sampling: SamplingConfig, spec: SpeculativeConfig,
            generator, stats: DecodeStats, progress=None) -> None:
-    device = kv.device(target)
     tcache, dcache = kv.new_cache(target), kv.new_cache(draft)
-    verify_chain = chain_verifier(spec.verifier)
+    verifier = CHAIN_VERIFIERS[spec.verifier]
     policy = DraftLengthPolicy(spec, cost_ratio(target, draft))
+    threshold = spec.confidence_threshold if spec.adaptive else 0.0
+    empty = torch.empty(0, dtype=torch.long, device=kv.device(target))
     while not stream.done:
         g = policy.next_length(stream.remaining)
-        drafts, q = draft_tokens(draft, dcache, stream, g, sampling, spec, generator, stats) if g > 0 else (
-            torch.empty(0, dtype=torch.long, device=device), None)
-        n_draft = drafts.shape[0]
-
-        start = kv.cache_length(tcache)
-        ids = torch.cat([torch.tensor(stream.tokens[start:], device=device), drafts])[None]
-        logits = kv.forward(target, ids, tcache, logits_to_keep=n_draft + 1)[0]  # [n_draft + 1, V]
-        stats.target_calls += 1
-        p = kernels.probs(logits, sampling.temperature, sampling.top_k, sampling.top_p)
-        if n_draft:
-            n_acc, nxt = verify_chain(p, q, drafts, generator)
-        else:
-            n_acc, nxt = 0, int(p.argmax(-1)[0]) if sampling.greedy else int(sample(p, generator)[0])
-        stats.record_step(n_draft, n_acc)
-
+        drafts, q = draft_tokens(draft, dcache, stream.tokens, g, sampling, generator, stats, threshold) \
+            if g > 0 else (empty, None)
         base = stream.length
-        kept = stream.append(drafts[:n_acc].tolist() + [nxt])
+        v = verify_step(target, tcache, stream.tokens, drafts, q, sampling, verifier, generator, stats)
+        kept = stream.append(v.tokens)
         if progress is not None:
             progress.update(kept)
-        # caches keep the accepted text minus the newest token (fed at the start of the next step)
-        kv.crop(tcache, base + n_acc)
-        kv.crop(dcache, min(kv.cache_length(dcache), base + n_acc))
-        policy.update(n_draft, n_acc)
+        kv.crop(dcache, min(kv.cache_length(dcache), base + v.n_accepted))
+        policy.update(v.n_draft, v.n_accepted)
     if policy.plain_steps:
         stats.extra["plain_steps"] = policy.plain_steps

@@ -193,7 +193,7 @@ def decode_prompt_lookup(target, stream: TokenStream, sampling: SamplingConfig, 
     :class:`~fastdecode.decoding.prompt_lookup.NgramIndex` on the host (the text is there anyway), q is
     one-hot at each draft, and the target forward and verification are those of :func:`decode_speculative`
     (one host sync per step). No match: a plain one-token step."""
-    from .prompt_lookup import NgramIndex, one_hot
+    from .prompt_lookup import NgramIndex
 
     sampling = _sampling(sampling)
     device = kv.device(target)
@@ -221,7 +221,7 @@ def decode_prompt_lookup(target, stream: TokenStream, sampling: SamplingConfig, 
         b = bucket(g + 1)
         logits = run.forward(torch.cat([last, x, pad[: b - g - 1]])[None], L - 1)[: g + 1]
         stats.target_calls += 1
-        q = None if sampling.greedy else one_hot(x, logits.shape[-1])
+        q = None if sampling.greedy else sm.one_hot(x, logits.shape[-1])
         n, nxt, finite = _verify(logits, q, x, sampling, cfg.verifier, generator)
         n_acc, nxt_host, ok = torch.stack([n, nxt.to(n.dtype), finite.to(n.dtype)]).tolist()  # the one sync
         if not ok:
