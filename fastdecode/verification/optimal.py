@@ -44,12 +44,13 @@ class RaceState:
     """The precomputed race of one verification step, per row (rank order unless said otherwise).
 
     Only the first Vs ranks are kept (Vs: the largest number of tokens with p > 0 or q > 0 in a row;
-    the others have p = q = 0 and rank last). M = 2 Vs + 1 pool slots per row (padded; unused slots
-    have zero mass). Pool entries: entry n < M is
+    the others have p = q = 0, rank last and are never sorted). M = nS + nD + 1 pool slots per row
+    (nS / nD: the largest number of ranks with a surplus / a deficit; padded, unused slots have zero
+    mass). Pool entries: entry n < M is
     the surplus side of slot n, entry M + n its deficit side; each token's entries are contiguous.
     """
 
-    order: torch.Tensor    # [N, V] long: token id at rank j
+    order: torch.Tensor    # [N, Vs] long: token id at rank j (ranks past a row's support: p = q = 0)
     rank: torch.Tensor     # [N, V] long: rank of token id x
     ell: torch.Tensor      # [N, Vs] f64: q in rank order (length of the rank's time interval)
     own: torch.Tensor      # [N, Vs] f64: time mass a rank keeps in its own interval (lam * ell)
@@ -80,10 +81,42 @@ def _normalise(t: torch.Tensor) -> torch.Tensor:
     return t / t.sum(-1, keepdim=True)
 
 
+def _sort_key(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """int64 key whose ascending stable order is p/q descending (q = 0 < p first, p = q = 0 last).
+
+    The ratio r = p/q is >= 0 (inf where q = 0 < p) or set to -1.0 where p = q = 0. The bit pattern of a
+    nonnegative double read as int64 is increasing in its value (IEEE 754), so -bits sorts r descending;
+    -1.0 has the sign bit set, its negated bits are positive and sort after every r >= 0. Sorting int64
+    keys is the same order as sorting -r as doubles (a stable sort keeps ties in token order) and cheaper
+    than a float64 stable sort on the CPU."""
+    r = (p / q).nan_to_num_(nan=-1.0, posinf=float("inf"))
+    return r.view(torch.int64).neg_()
+
+
 def ratio_order(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """[N, V] token ids sorted by p/q descending (q = 0 < p first, p = q = 0 last), stable."""
-    r = (p / q).nan_to_num(nan=-1.0, posinf=float("inf"))              # q = 0: inf if p > 0, 0/0 -> -1
-    return torch.sort(-r, dim=-1, stable=True).indices
+    return torch.argsort(_sort_key(p.double(), q.double()), dim=-1, stable=True)
+
+
+def _compact(mask: torch.Tensor, fill: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-wise compaction of a [N, L] bool mask: (idx [N, C], valid [N, C]), idx[n, c] the column of the
+    c-th True of row n (columns ascending), ``fill`` past the row's count (C = the largest count, >= 1)."""
+    N = mask.shape[0]
+    counts = mask.sum(-1)
+    C = max(1, int(counts.max())) if N else 1
+    r, c = mask.nonzero(as_tuple=True)
+    pos = torch.arange(r.shape[0], device=mask.device) - (counts.cumsum(0) - counts)[r]
+    idx = torch.full((N, C), fill, dtype=torch.long, device=mask.device)
+    idx[r, pos] = c
+    valid = torch.zeros(N, C, dtype=torch.bool, device=mask.device)
+    valid[r, pos] = True
+    return idx, valid
+
+
+def _monotone(x: torch.Tensor) -> torch.Tensor:
+    # a parallel (GPU) scan of nonnegative numbers need not be monotone in floating point; the CPU scan
+    # adds in order, and a rounded sum of nonnegative terms added in order never decreases
+    return x if x.device.type == "cpu" else x.cummax(-1).values
 
 
 def _optimal_b(ps, qs, k: int):
@@ -91,12 +124,12 @@ def _optimal_b(ps, qs, k: int):
     N, V = ps.shape
     zero = ps.new_zeros(N, 1)
     raw = torch.cat([qs.flip(-1).cumsum(-1).flip(-1), zero], -1)           # suffix q-mass, accurate at the end
-    R = (raw / raw[:, :1]).clamp_max(1.0)                                  # [N, V + 1]
+    R = (raw / raw[:, :1]).clamp_max_(1.0)                                 # [N, V + 1]
     Rk = R.pow(k)
     W = 1.0 - Rk
     pos = qs > 0
-    frac = (qs / raw[:, :-1].clamp_min(1e-300)).clamp_max(1.0)          # q_j / R_j (0 where R_j = 0)
-    dW = (Rk[:, :-1] * -torch.expm1(k * torch.log1p(-frac))).masked_fill(~pos, 0.0)
+    frac = (qs / raw[:, :-1].clamp_min(1e-300)).clamp_max_(1.0)         # q_j / R_j (0 where R_j = 0)
+    dW = (Rk[:, :-1] * -torch.expm1(frac.neg_().log1p_().mul_(k))).masked_fill_(~pos, 0.0)
     P = torch.cat([zero, ps.cumsum(-1)], -1)                               # [N, V + 1]
     d = P - W
     d[:, 0] = 0.0
@@ -104,35 +137,50 @@ def _optimal_b(ps, qs, k: int):
     js = d.argmax(-1, keepdim=True)                                        # [N, 1] the cut (first argmax)
     Dstar = d.gather(1, js).clamp_min(0.0)                                 # [N, 1]
     idx = torch.arange(V + 1, device=ps.device)[None]
-    G = torch.where(idx > js, W - P + Dstar, torch.where(idx == js, torch.zeros_like(W), torch.full_like(W, float("inf"))))
+    after = idx > js
+    G = (W - P + Dstar).masked_fill_(~after, float("inf")).masked_fill_(idx == js, 0.0)
     E = G.flip(-1).cummin(-1).values.flip(-1)                              # running min from the right
     before = idx[:, :-1] < js
     b = torch.where(before, ps - Dr.diff(dim=-1), ps + E.diff(dim=-1))
-    touch = torch.where(idx >= js, E == G, Dr == d)
+    touch = torch.where(after | (idx == js), E == G, Dr == d)
     touch[:, 0] = True
     touch[:, -1] = True
-    b = b.clamp_min(0.0)
+    b.clamp_min_(0.0)
     b = torch.where(touch[:, :-1] & touch[:, 1:] & pos, dW, b)            # intervals touching W at both ends
-    return b.masked_fill(~pos, 0.0), dW, Dstar[:, 0]
+    return b.masked_fill_(~pos, 0.0), dW, Dstar[:, 0]
 
 
 def _merge_sorted(a: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Row-wise merge of two nondecreasing [N, L] tensors (a before equal c values).
+    """Row-wise merge of nondecreasing [N, La] and [N, Lc] tensors (a before equal c values).
 
-    Returns (merged [N, 2L], ia [N, 2L], ic [N, 2L]): ia / ic count the elements of a / c at merged
-    positions <= n, minus one, i.e. the index of the last element of a / c at or before position n."""
-    N, L = a.shape
-    pa = torch.arange(L, device=a.device) + torch.searchsorted(c, a, right=False)   # final places of a
-    from_a = torch.zeros(N, 2 * L, dtype=torch.bool, device=a.device).scatter_(1, pa, True)
-    out = a.new_empty(N, 2 * L).scatter_(1, pa, a)
-    out.masked_scatter_(~from_a, c)                    # c fills the other L places of each row, in order
+    Returns (merged [N, La + Lc], ia, ic): ia / ic count the elements of a / c at merged positions
+    <= n, minus one, i.e. the index of the last element of a / c at or before position n."""
+    N, La = a.shape
+    L = La + c.shape[1]
+    pa = torch.arange(La, device=a.device) + torch.searchsorted(c, a, right=False)   # final places of a
+    from_a = torch.zeros(N, L, dtype=torch.bool, device=a.device).scatter_(1, pa, True)
+    out = a.new_empty(N, L).scatter_(1, pa, a)
+    out.masked_scatter_(~from_a, c)                    # c fills the other places of each row, in order
     ia = from_a.cumsum(-1) - 1
-    ic = torch.arange(2 * L, device=a.device) - ia - 1
+    ic = torch.arange(L, device=a.device) - ia - 1
     return out, ia, ic
 
 
+def _prefix_at(x: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """[N, C + 1]: 0, then the inclusive cumulative sum of x [N, Vs] at the compacted columns idx (the
+    row total past the row's count), i.e. the boundaries of the compacted tokens' masses."""
+    cs = _monotone(x.cumsum(-1))
+    at = cs.gather(1, idx.clamp_max(x.shape[1] - 1))
+    at = torch.where(valid, at, cs[:, -1:])
+    return torch.cat([x.new_zeros(x.shape[0], 1), at], -1)
+
+
 def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
-    """Build the race of section 1 for every row. p, q: [N, V] probabilities; k: number of i.i.d. drafts."""
+    """Build the race of section 1 for every row. p, q: [N, V] probabilities; k: number of i.i.d. drafts.
+
+    Cost (see the README's profile): one stable sort of the tokens with p > 0 or q > 0 (tokens with
+    p = q = 0 are dropped before sorting, they rank last and take no part), O(Vs) scans, and the pools,
+    built only over the tokens with a surplus or a deficit (compacted before the FIFO merge)."""
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k must be an int >= 1, got {k!r}")
     if p.dim() != 2 or p.shape != q.shape:
@@ -140,44 +188,59 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
     p64, q64 = _normalise(p), _normalise(q)
     N, V = p64.shape
     dev = p64.device
-    order = ratio_order(p64, q64)
-    rank = torch.empty_like(order).scatter_(1, order, torch.arange(V, device=dev).expand(N, V))
-    # tokens with p = q = 0 rank last and play no part: keep the first Vs ranks (the largest support)
-    Vs = max(1, int(((p64 > 0) | (q64 > 0)).sum(-1).max())) if p64.shape[0] else 1
-    top = order[:, :Vs]
-    ps, ell = p64.gather(1, top), q64.gather(1, top)
+    cpu = dev.type == "cpu"
+    # support: tokens with p > 0 or q > 0 (Vs: the largest count over the rows); the others play no part
+    nz = (p64 > 0) | (q64 > 0)
+    if N and bool(nz.all()):
+        ps_t, qs_t, sup = p64, q64, None
+    else:
+        sup, sval = _compact(nz, V)                                        # padding -> column V (zeros)
+        pad = lambda t: torch.cat([t, t.new_zeros(N, 1)], -1).gather(1, sup)   # noqa: E731
+        ps_t, qs_t = pad(p64), pad(q64)
+    Vs = ps_t.shape[1]
+    order_s = torch.argsort(_sort_key(ps_t, qs_t), dim=-1, stable=True)    # [N, Vs] rank -> support column
+    ps, ell = ps_t.gather(1, order_s), qs_t.gather(1, order_s)
+    order = order_s if sup is None else sup.gather(1, order_s)             # rank -> token id (V: padding)
+    rank = torch.full((N, V + 1), Vs - 1, dtype=torch.long, device=dev)
+    rank.scatter_(1, order, torch.arange(Vs, device=dev).expand(N, Vs))
+    rank = rank[:, :V]
+    order_pad = order
+    if sup is not None:
+        order = order.clamp_max(V - 1)                                     # padding ranks (p = q = 0)
     b, dW, Dstar = _optimal_b(ps, ell, k)
     pos = ell > 0
     safe_ell = torch.where(pos, ell, torch.ones_like(ell))
     m = dW / safe_ell                                                     # density of the earliest time
     beta = b / safe_ell                                                   # (dW = b = 0 where q = 0)
 
-    # FIFO matching of surplus and deficit along the rank order -> pool slots
+    # FIFO matching of surplus and deficit along the rank order -> pool slots, over the compacted lists
+    # of the ranks with a surplus (sr) and with a deficit (dr) only
     diff = dW - b
     surplus, deficit = diff.clamp_min(0.0), (-diff).clamp_min(0.0)
-    zero = ell.new_zeros(N, 1)
-    # cummax: a parallel (GPU) scan of nonnegative numbers need not be monotone in floating point
-    Sc = torch.cat([zero, surplus.cumsum(-1)], -1).cummax(-1).values      # [N, Vs + 1]
-    Dc = torch.cat([zero, deficit.cumsum(-1)], -1).cummax(-1).values
+    sr, sv = _compact(surplus > 0, 0)
+    dr, dv = _compact(deficit > 0, 0)
+    Sc, Dc = _prefix_at(surplus, sr, sv), _prefix_at(deficit, dr, dv)     # [N, nS + 1], [N, nD + 1]
     tot = torch.minimum(Sc[:, -1:], Dc[:, -1:])
     merged, ia, ic = _merge_sorted(Sc, Dc)
-    cuts = torch.minimum(merged, tot)                                     # [N, 2 Vs + 2], nondecreasing
-    dL = cuts[:, 1:] - cuts[:, :-1]                                       # M = 2 Vs + 1 slots
+    cuts = torch.minimum(merged, tot)                                     # [N, nS + nD + 2], nondecreasing
+    dL = cuts[:, 1:] - cuts[:, :-1]                                       # M = nS + nD + 1 slots
     # slot n = [cuts[n], cuts[n+1]) lies in surplus rank left[n] and deficit rank right[n] (when dL > 0)
-    left, right = ia[:, :-1].clamp(0, Vs - 1), ic[:, :-1].clamp(0, Vs - 1)
+    left = sr.gather(1, ia[:, :-1].clamp(0, sr.shape[1] - 1))
+    right = dr.gather(1, ic[:, :-1].clamp(0, dr.shape[1] - 1))
     ok = (dL > 0) & (surplus.gather(1, left) > 0) & (deficit.gather(1, right) > 0) & (left < right)
-    dL = dL.masked_fill(~ok, 0.0)
-    # unused slots add exactly 0 in the scatter-adds below: spread them over the ranks instead of piling
-    # them onto one address (GPU atomics on one address serialise)
-    spread = torch.arange(dL.shape[1], device=dev) % Vs
-    left, right = torch.where(ok, left, spread), torch.where(ok, right, spread)
+    dL = dL.masked_fill_(~ok, 0.0)
+    if not cpu:
+        # unused slots add exactly 0 in the scatter-adds below: spread them over the ranks instead of
+        # piling them onto one address (GPU atomics on one address serialise)
+        spread = torch.arange(dL.shape[1], device=dev) % Vs
+        left, right = torch.where(ok, left, spread), torch.where(ok, right, spread)
     xs = dL * ell.gather(1, left) / surplus.gather(1, left).clamp_min(1e-300)
     xd = dL / (beta.gather(1, left) - m.gather(1, right)).clamp_min(1e-300)
     used = ell.new_zeros(N, Vs).scatter_add_(1, left, xs).scatter_add_(1, right, xd)
-    scale = (ell / used.clamp_min(1e-300)).clamp_max(1.0)                 # rounding guard: used <= ell
+    scale = (ell / used.clamp_min(1e-300)).clamp_max_(1.0)                # rounding guard: used <= ell
     xs, xd = xs * scale.gather(1, left), xd * scale.gather(1, right)
     used = ell.new_zeros(N, Vs).scatter_add_(1, left, xs).scatter_add_(1, right, xd)
-    lam = (1.0 - used / safe_ell).clamp(0.0, 1.0)                         # 1 where q = 0 (no pools)
+    lam = (1.0 - used / safe_ell).clamp_(0.0, 1.0)                        # 1 where q = 0 (no pools)
     own = lam * ell
 
     # b_real: the selection law of exactly this kernel
@@ -185,24 +248,28 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
     cm = xs * m.gather(1, left) + xd * m.gather(1, right)
     share = cm / g.clamp_min(1e-300)                                      # 0 on unused slots
     b_real_s = own * m
-    b_real_s = b_real_s.scatter_add(1, left, xs * share).scatter_add(1, right, xd * share)
+    b_real_s = b_real_s.scatter_add_(1, left, xs * share).scatter_add_(1, right, xd * share)
 
     # pool entries for the per-draft search
     M = left.shape[1]
+    zero = ell.new_zeros(N, 1)
     mass = torch.cat([xs, xd], -1)                                        # [N, 2M]
-    cum = mass.cumsum(-1).cummax(-1).values                               # nondecreasing (see Sc)
+    cum = _monotone(mass.cumsum(-1))                                      # nondecreasing (see _monotone)
     cum_excl = torch.cat([zero, cum[:, :-1]], -1)
     tok = torch.cat([left, right], -1)
     valid = torch.cat([ok, ok], -1) & (mass > 0)
     ent = torch.arange(2 * M, device=dev)
-    tok = torch.where(valid, tok, Vs + ent % _SCRATCH)                   # invalid entries -> scratch columns
+    n_scratch = 1 if cpu else _SCRATCH                                    # one scratch column on the CPU
+    tok = torch.where(valid, tok, Vs + (ent % n_scratch if n_scratch > 1 else 0))
     ent = ent.expand(N, 2 * M)
-    first = torch.full((N, Vs + _SCRATCH), 2 * M, dtype=torch.long, device=dev).scatter_reduce(1, tok, ent, "amin")[:, :Vs]
-    last = torch.full((N, Vs + _SCRATCH), -1, dtype=torch.long, device=dev).scatter_reduce(1, tok, ent, "amax")[:, :Vs]
+    first = torch.full((N, Vs + n_scratch), 2 * M, dtype=torch.long, device=dev).scatter_reduce_(1, tok, ent, "amin")[:, :Vs]
+    last = torch.full((N, Vs + n_scratch), -1, dtype=torch.long, device=dev).scatter_reduce_(1, tok, ent, "amax")[:, :Vs]
     base = cum_excl.gather(1, first.clamp_max(2 * M - 1))
 
     def to_tokens(x):
-        return p64.new_zeros(p64.shape).scatter_(1, top, x)
+        if sup is None:
+            return p64.new_zeros(N, V).scatter_(1, order, x)
+        return p64.new_zeros(N, V + 1).scatter_(1, order_pad, x)[:, :V]  # padding ranks -> column V
 
     return RaceState(order=order, rank=rank, ell=ell, own=own, first=first, last=last, base=base, cum=cum,
                      left=left, right=right, xs=xs, xd=xd, p=p64, b=to_tokens(b), b_real=to_tokens(b_real_s),
