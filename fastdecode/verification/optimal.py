@@ -76,6 +76,33 @@ class RaceState:
 _SCRATCH = 256   # scratch columns that absorb unused pool entries in the scatter-reduces (spread, see above)
 
 
+_ARANGE: dict = {}
+
+
+def _arange(n: int, device) -> torch.Tensor:
+    """torch.arange(n) (int64) sliced from a cached, growing tensor: allocating and filling a fresh
+    arange of ~V elements costs about as much as a scan, and the build needs several per call."""
+    key = torch.device(device)
+    a = _ARANGE.get(key)
+    if a is None or a.shape[0] < n:
+        a = torch.arange(max(n, 1 << 12), device=key)
+        _ARANGE[key] = a
+    return a[:n]
+
+
+def _int_pow(x: torch.Tensor, k: int) -> torch.Tensor:
+    """x ** k for an int k >= 1 by repeated squaring (a few multiplications; torch.pow takes a slow
+    generic path for float64 on the CPU). Relative error <= 2 log2(k) ulps, as pow's few ulps."""
+    out, sq = None, x
+    while True:
+        if k & 1:
+            out = sq if out is None else out * sq
+        k >>= 1
+        if not k:
+            return out
+        sq = sq * sq
+
+
 def _normalise(t: torch.Tensor) -> torch.Tensor:
     t = t.double()
     return t / t.sum(-1, keepdim=True)
@@ -105,7 +132,7 @@ def _compact(mask: torch.Tensor, fill: int) -> tuple[torch.Tensor, torch.Tensor]
     counts = mask.sum(-1)
     C = max(1, int(counts.max())) if N else 1
     r, c = mask.nonzero(as_tuple=True)
-    pos = torch.arange(r.shape[0], device=mask.device) - (counts.cumsum(0) - counts)[r]
+    pos = _arange(r.shape[0], mask.device) - (counts.cumsum(0) - counts)[r]
     idx = torch.full((N, C), fill, dtype=torch.long, device=mask.device)
     idx[r, pos] = c
     valid = torch.zeros(N, C, dtype=torch.bool, device=mask.device)
@@ -125,7 +152,7 @@ def _optimal_b(ps, qs, k: int):
     zero = ps.new_zeros(N, 1)
     raw = torch.cat([qs.flip(-1).cumsum(-1).flip(-1), zero], -1)           # suffix q-mass, accurate at the end
     R = (raw / raw[:, :1]).clamp_max_(1.0)                                 # [N, V + 1]
-    Rk = R.pow(k)
+    Rk = _int_pow(R, k)
     W = 1.0 - Rk
     pos = qs > 0
     frac = (qs / raw[:, :-1].clamp_min(1e-300)).clamp_max_(1.0)         # q_j / R_j (0 where R_j = 0)
@@ -136,7 +163,7 @@ def _optimal_b(ps, qs, k: int):
     Dr = d.clamp_min(0.0).cummax(-1).values
     js = d.argmax(-1, keepdim=True)                                        # [N, 1] the cut (first argmax)
     Dstar = d.gather(1, js).clamp_min(0.0)                                 # [N, 1]
-    idx = torch.arange(V + 1, device=ps.device)[None]
+    idx = _arange(V + 1, ps.device)[None]
     after = idx > js
     G = (W - P + Dstar).masked_fill_(~after, float("inf")).masked_fill_(idx == js, 0.0)
     E = G.flip(-1).cummin(-1).values.flip(-1)                              # running min from the right
@@ -157,12 +184,12 @@ def _merge_sorted(a: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch
     <= n, minus one, i.e. the index of the last element of a / c at or before position n."""
     N, La = a.shape
     L = La + c.shape[1]
-    pa = torch.arange(La, device=a.device) + torch.searchsorted(c, a, right=False)   # final places of a
+    pa = _arange(La, a.device) + torch.searchsorted(c, a, right=False)   # final places of a
     from_a = torch.zeros(N, L, dtype=torch.bool, device=a.device).scatter_(1, pa, True)
     out = a.new_empty(N, L).scatter_(1, pa, a)
     out.masked_scatter_(~from_a, c)                    # c fills the other places of each row, in order
     ia = from_a.cumsum(-1) - 1
-    ic = torch.arange(L, device=a.device) - ia - 1
+    ic = _arange(L, a.device) - ia - 1
     return out, ia, ic
 
 
@@ -202,7 +229,7 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
     ps, ell = ps_t.gather(1, order_s), qs_t.gather(1, order_s)
     order = order_s if sup is None else sup.gather(1, order_s)             # rank -> token id (V: padding)
     rank = torch.full((N, V + 1), Vs - 1, dtype=torch.long, device=dev)
-    rank.scatter_(1, order, torch.arange(Vs, device=dev).expand(N, Vs))
+    rank.scatter_(1, order, _arange(Vs, dev).expand(N, Vs))
     rank = rank[:, :V]
     order_pad = order
     if sup is not None:
@@ -232,7 +259,7 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
     if not cpu:
         # unused slots add exactly 0 in the scatter-adds below: spread them over the ranks instead of
         # piling them onto one address (GPU atomics on one address serialise)
-        spread = torch.arange(dL.shape[1], device=dev) % Vs
+        spread = _arange(dL.shape[1], dev) % Vs
         left, right = torch.where(ok, left, spread), torch.where(ok, right, spread)
     xs = dL * ell.gather(1, left) / surplus.gather(1, left).clamp_min(1e-300)
     xd = dL / (beta.gather(1, left) - m.gather(1, right)).clamp_min(1e-300)
@@ -258,7 +285,7 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
     cum_excl = torch.cat([zero, cum[:, :-1]], -1)
     tok = torch.cat([left, right], -1)
     valid = torch.cat([ok, ok], -1) & (mass > 0)
-    ent = torch.arange(2 * M, device=dev)
+    ent = _arange(2 * M, dev)
     n_scratch = 1 if cpu else _SCRATCH                                    # one scratch column on the CPU
     tok = torch.where(valid, tok, Vs + (ent % n_scratch if n_scratch > 1 else 0))
     ent = ent.expand(N, 2 * M)
