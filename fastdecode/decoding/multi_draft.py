@@ -29,7 +29,7 @@ import torch
 from .. import kernels
 from ..config import MultiDraftConfig, SamplingConfig
 from ..stats import DecodeStats
-from ..verification import method_info, verify
+from ..verification import PREPARABLE, method_info, prepare, verify
 from ..verification.common import sample
 from ..verification.drafts import sample_drafts
 from ..verification.speculative import verify_chain
@@ -98,6 +98,18 @@ class MultiDraftDecoder:
         return tree, cached
 
     # ------------------------------------------------------------------ verification
+    def prepare_nodes(self, tree: DraftTree, p: torch.Tensor) -> dict:
+        """node -> the verifier's draft-independent work (the optimal verifier's race), for every node
+        with draws, in ONE batched call before the walk; empty for verifiers without such work. The walk
+        then consumes the generator and decides exactly as with one verify call per visited node."""
+        nodes = list(tree.draws)
+        if not nodes or self.cfg.verifier not in PREPARABLE:
+            return {}
+        rows = torch.tensor([n + 1 for n in nodes], device=p.device)
+        prep = prepare(self.cfg.verifier, p.index_select(0, rows), torch.stack([tree.q[n] for n in nodes]),
+                       [len(tree.draws[n]) for n in nodes])
+        return {} if prep is None else dict(zip(nodes, prep))
+
     def walk(self, tree: DraftTree, p: torch.Tensor) -> tuple[list[int], int]:
         """Walk the tree with the verifier. p: [1 + len(tree), V] target distributions at the root and at
         every node. Returns (accepted node path, next token: residual or bonus)."""
@@ -110,6 +122,7 @@ class MultiDraftDecoder:
                                       torch.tensor([tree.tokens[n] for n in chain], device=p.device),
                                       self.generator)
             return chain[:n_acc], nxt
+        prepared = {} if s.greedy else self.prepare_nodes(tree, p)
         while node in tree.draws:
             draws = tree.draws[node]
             if s.greedy:
@@ -118,7 +131,7 @@ class MultiDraftDecoder:
                     return path, tok
             else:
                 res = verify(self.cfg.verifier, p[row(node)][None], tree.q[node][None],
-                             torch.tensor([draws], device=p.device), self.generator)
+                             torch.tensor([draws], device=p.device), self.generator, prepared.get(node))
                 tok = int(res.tokens[0])
                 if not bool(res.accepted[0]):
                     return path, tok

@@ -31,7 +31,7 @@ Drafts must be sampled from q itself (q(X) > 0): a draft of a q = 0 token is not
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -331,15 +331,45 @@ def speculative_against(p: torch.Tensor, b: torch.Tensor, y: torch.Tensor, gener
     return torch.where(accepted, y, res), accepted
 
 
-def verify_optimal(p, q, drafts, generator=None) -> VerifyResult:
-    """p, q: [N, V]; drafts: [N, k] i.i.d. from q. Select one draft by the race, then verify it against
-    p with proposal b_real. Emits exactly p; accepts with probability alpha*."""
-    state = build_race(p, q, drafts.shape[1])
-    u = race_uniforms(drafts.shape[0], drafts.shape[1], generator, p.device)
+def race_row(state: RaceState, i: int) -> RaceState:
+    """Row i of a batched race as a one-row race (views, no copy)."""
+    return RaceState(**{f.name: getattr(state, f.name)[i:i + 1] for f in fields(state) if f.name != "k"},
+                     k=state.k)
+
+
+def build_races(p: torch.Tensor, q: torch.Tensor, ks: list[int]) -> list[RaceState]:
+    """One-row races for rows with different numbers of drafts (the nodes of a draft tree): one batched
+    :func:`build_race` per distinct k (the race depends on k through W = 1 - R^k). p, q: [N, V];
+    ks: N ints. Row i of the result equals ``build_race(p[i:i+1], q[i:i+1], ks[i])`` in every value
+    that the selection and the verification read (padding aside), so verifying with it consumes the
+    generator and decides exactly as :func:`verify_optimal` does."""
+    if len(ks) != p.shape[0]:
+        raise ValueError(f"need one k per row: {len(ks)} ks for {p.shape[0]} rows")
+    out: list[RaceState | None] = [None] * len(ks)
+    for k in sorted(set(ks)):
+        rows = [i for i, kk in enumerate(ks) if kk == k]
+        idx = torch.tensor(rows, device=p.device)
+        st = build_race(p.index_select(0, idx), q.index_select(0, idx), k)
+        for j, i in enumerate(rows):
+            out[i] = race_row(st, j)
+    return out
+
+
+def verify_prepared(state: RaceState, drafts: torch.Tensor, generator=None) -> VerifyResult:
+    """verify_optimal with the race already built (``state`` for the rows of drafts [N, k])."""
+    if drafts.shape[1] != state.k:
+        raise ValueError(f"the race was built for k = {state.k} drafts, got {drafts.shape[1]}")
+    u = race_uniforms(drafts.shape[0], drafts.shape[1], generator, drafts.device)
     sel = race_select(state, drafts, u)                                    # [N]
     y = drafts.long().gather(1, sel[:, None])[:, 0]
     tokens, accepted = speculative_against(state.p, state.b_real, y, generator)
     return VerifyResult(tokens, accepted, torch.where(accepted, sel, torch.full_like(sel, -1)))
+
+
+def verify_optimal(p, q, drafts, generator=None) -> VerifyResult:
+    """p, q: [N, V]; drafts: [N, k] i.i.d. from q. Select one draft by the race, then verify it against
+    p with proposal b_real. Emits exactly p; accepts with probability alpha*."""
+    return verify_prepared(build_race(p, q, drafts.shape[1]), drafts, generator)
 
 
 def acceptance_optimal(p, q, k: int) -> torch.Tensor:
