@@ -38,6 +38,9 @@ from .common import TokenStream
 from .tree import DraftTree, score_nodes
 
 
+BATCH_NODES: bool | None = None   # MultiDraftDecoder.prepare_nodes: None = batched off the CPU only
+
+
 def draw_children(q: torch.Tensor, m: int, scheme: str, greedy: bool, logits: torch.Tensor, generator) -> list[int]:
     """m child tokens of one node, in draw order. q: [V] draft distribution; logits: [V] raw draft logits."""
     if greedy:
@@ -98,12 +101,20 @@ class MultiDraftDecoder:
         return tree, cached
 
     # ------------------------------------------------------------------ verification
-    def prepare_nodes(self, tree: DraftTree, p: torch.Tensor) -> dict:
+    def prepare_nodes(self, tree: DraftTree, p: torch.Tensor, batch: bool | None = None) -> dict:
         """node -> the verifier's draft-independent work (the optimal verifier's race), for every node
         with draws, in ONE batched call before the walk; empty for verifiers without such work. The walk
-        then consumes the generator and decides exactly as with one verify call per visited node."""
+        then consumes the generator and decides exactly as with one verify call per visited node.
+
+        ``batch`` None: the module's BATCH_NODES, and if that is None, batch off the CPU only. The
+        batched call builds every node's race, the walk visits only a path of them: on a GPU the build
+        is launch-bound and one call for all nodes costs about one node's; on the CPU the cost is per row, and building unvisited nodes made decoding
+        slower (bench/optimal_e2e.py, code pair, k = 4: 19.9 vs 27.2 tokens/s), so there every visited
+        node builds its own race inside verify."""
         nodes = list(tree.draws)
-        if not nodes or self.cfg.verifier not in PREPARABLE:
+        if batch is None:
+            batch = BATCH_NODES if BATCH_NODES is not None else p.device.type != "cpu"
+        if not batch or not nodes or self.cfg.verifier not in PREPARABLE:
             return {}
         rows = torch.tensor([n + 1 for n in nodes], device=p.device)
         prep = prepare(self.cfg.verifier, p.index_select(0, rows), torch.stack([tree.q[n] for n in nodes]),
