@@ -235,10 +235,6 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
     if sup is not None:
         order = order.clamp_max(V - 1)                                     # padding ranks (p = q = 0)
     b, dW, Dstar = _optimal_b(ps, ell, k)
-    pos = ell > 0
-    safe_ell = torch.where(pos, ell, torch.ones_like(ell))
-    m = dW / safe_ell                                                     # density of the earliest time
-    beta = b / safe_ell                                                   # (dW = b = 0 where q = 0)
 
     # FIFO matching of surplus and deficit along the rank order -> pool slots, over the compacted lists
     # of the ranks with a surplus (sr) and with a deficit (dr) only
@@ -261,20 +257,29 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
         # piling them onto one address (GPU atomics on one address serialise)
         spread = _arange(dL.shape[1], dev) % Vs
         left, right = torch.where(ok, left, spread), torch.where(ok, right, spread)
-    xs = dL * ell.gather(1, left) / surplus.gather(1, left).clamp_min(1e-300)
-    xd = dL / (beta.gather(1, left) - m.gather(1, right)).clamp_min(1e-300)
+    # per-slot values only (the densities m = dW / ell and beta = b / ell at the slots' two ranks; a used
+    # slot's ranks have q > 0, an unused one has dL = 0 and gets 0 below)
+    ell_l, ell_r = ell.gather(1, left), ell.gather(1, right)
+    one = torch.ones_like(ell_l)
+    safe_l, safe_r = torch.where(ell_l > 0, ell_l, one), torch.where(ell_r > 0, ell_r, one)
+    m_l, m_r = dW.gather(1, left) / safe_l, dW.gather(1, right) / safe_r
+    beta_l = b.gather(1, left) / safe_l
+    xs = dL * ell_l / surplus.gather(1, left).clamp_min(1e-300)
+    xd = dL / (beta_l - m_r).clamp_min(1e-300)
     used = ell.new_zeros(N, Vs).scatter_add_(1, left, xs).scatter_add_(1, right, xd)
-    scale = (ell / used.clamp_min(1e-300)).clamp_max_(1.0)                # rounding guard: used <= ell
-    xs, xd = xs * scale.gather(1, left), xd * scale.gather(1, right)
+    # rounding guard: used <= ell
+    xs = xs * (ell_l / used.gather(1, left).clamp_min(1e-300)).clamp_max_(1.0)
+    xd = xd * (ell_r / used.gather(1, right).clamp_min(1e-300)).clamp_max_(1.0)
     used = ell.new_zeros(N, Vs).scatter_add_(1, left, xs).scatter_add_(1, right, xd)
+    safe_ell = torch.where(ell > 0, ell, torch.ones_like(ell))
     lam = (1.0 - used / safe_ell).clamp_(0.0, 1.0)                        # 1 where q = 0 (no pools)
     own = lam * ell
 
-    # b_real: the selection law of exactly this kernel
+    # b_real: the selection law of exactly this kernel (own * m = lam * dW: the own-interval part)
     g = xs + xd
-    cm = xs * m.gather(1, left) + xd * m.gather(1, right)
+    cm = xs * m_l + xd * m_r
     share = cm / g.clamp_min(1e-300)                                      # 0 on unused slots
-    b_real_s = own * m
+    b_real_s = lam * dW
     b_real_s = b_real_s.scatter_add_(1, left, xs * share).scatter_add_(1, right, xd * share)
 
     # pool entries for the per-draft search
