@@ -125,10 +125,15 @@ def ratio_order(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return torch.argsort(_sort_key(p.double(), q.double()), dim=-1, stable=True)
 
 
-def _compact(mask: torch.Tensor, fill: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _compact(mask: torch.Tensor, fill: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Row-wise compaction of a [N, L] bool mask: (idx [N, C], valid [N, C]), idx[n, c] the column of the
-    c-th True of row n (columns ascending), ``fill`` past the row's count (C = the largest count, >= 1)."""
+    c-th True of row n (columns ascending), ``fill`` past the row's count (C = the largest count, >= 1).
+    valid is None when every entry is valid (one row with a True)."""
     N = mask.shape[0]
+    if N == 1:
+        c = mask[0].nonzero()[:, 0]
+        if c.shape[0]:
+            return c[None], None
     counts = mask.sum(-1)
     C = max(1, int(counts.max())) if N else 1
     r, c = mask.nonzero(as_tuple=True)
@@ -198,7 +203,8 @@ def _prefix_at(x: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor) -> torch
     row total past the row's count), i.e. the boundaries of the compacted tokens' masses."""
     cs = _monotone(x.cumsum(-1))
     at = cs.gather(1, idx.clamp_max(x.shape[1] - 1))
-    at = torch.where(valid, at, cs[:, -1:])
+    if valid is not None:
+        at = torch.where(valid, at, cs[:, -1:])
     return torch.cat([x.new_zeros(x.shape[0], 1), at], -1)
 
 
@@ -221,7 +227,7 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
     if N and bool(nz.all()):
         ps_t, qs_t, sup = p64, q64, None
     else:
-        sup, sval = _compact(nz, V)                                        # padding -> column V (zeros)
+        sup, _ = _compact(nz, V)                                           # padding -> column V (zeros)
         pad = lambda t: torch.cat([t, t.new_zeros(N, 1)], -1).gather(1, sup)   # noqa: E731
         ps_t, qs_t = pad(p64), pad(q64)
     Vs = ps_t.shape[1]
@@ -231,7 +237,6 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
     rank = torch.full((N, V + 1), Vs - 1, dtype=torch.long, device=dev)
     rank.scatter_(1, order, _arange(Vs, dev).expand(N, Vs))
     rank = rank[:, :V]
-    order_pad = order
     if sup is not None:
         order = order.clamp_max(V - 1)                                     # padding ranks (p = q = 0)
     b, dW, Dstar = _optimal_b(ps, ell, k)
@@ -271,8 +276,7 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
     xs = xs * (ell_l / used.gather(1, left).clamp_min(1e-300)).clamp_max_(1.0)
     xd = xd * (ell_r / used.gather(1, right).clamp_min(1e-300)).clamp_max_(1.0)
     used = ell.new_zeros(N, Vs).scatter_add_(1, left, xs).scatter_add_(1, right, xd)
-    safe_ell = torch.where(ell > 0, ell, torch.ones_like(ell))
-    lam = (1.0 - used / safe_ell).clamp_(0.0, 1.0)                        # 1 where q = 0 (no pools)
+    lam = used.div_(ell.clamp_min(1e-300)).neg_().add_(1.0).clamp_(0.0, 1.0)   # 1 where q = 0 (no pools)
     own = lam * ell
 
     # b_real: the selection law of exactly this kernel (own * m = lam * dW: the own-interval part)
@@ -301,7 +305,7 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
     def to_tokens(x):
         if sup is None:
             return p64.new_zeros(N, V).scatter_(1, order, x)
-        return p64.new_zeros(N, V + 1).scatter_(1, order_pad, x)[:, :V]  # padding ranks -> column V
+        return p64.new_zeros(N, V).scatter_add_(1, order, x)              # padding ranks add 0 to V - 1
 
     return RaceState(order=order, rank=rank, ell=ell, own=own, first=first, last=last, base=base, cum=cum,
                      left=left, right=right, xs=xs, xd=xd, p=p64, b=to_tokens(b), b_real=to_tokens(b_real_s),
