@@ -31,6 +31,7 @@ def main() -> int:
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--variants", nargs="+", default=["rrs", "optimal", "optimal_batched"])
     ap.add_argument("--out", type=Path, default=Path("bench/results/optimal_e2e_cpu.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -41,7 +42,8 @@ def main() -> int:
     # "optimal": the default on the CPU (one race build per visited node); "optimal_batched": every node's
     # race in one batched call before the walk (the default off the CPU)
     variants = {"rrs": ("rrs", None), "optimal": ("optimal", False), "optimal_batched": ("optimal", True)}
-    acc = {v: {"tps": [], "tokens": 0, "target_calls": 0} for v in variants}
+    variants = {n: variants[n] for n in args.variants}
+    acc = {v: {"tps": [], "tokens": 0, "target_calls": 0, "runs": []} for v in variants}
     for rep in range(args.repeats):
         per = {v: [0, 0.0] for v in variants}
         for ids in prompts:
@@ -56,15 +58,20 @@ def main() -> int:
                 per[name][1] += dt
                 acc[name]["tokens"] += out.stats.new_tokens
                 acc[name]["target_calls"] += out.stats.target_calls
+                acc[name]["runs"].append({"repeat": rep, "new_tokens": out.stats.new_tokens,
+                                          "target_calls": out.stats.target_calls, "wall_s": dt})
         for name in variants:
             acc[name]["tps"].append(per[name][0] / per[name][1])
         print(f"repeat {rep}: " + ", ".join(f"{n} {per[n][0] / per[n][1]:.1f} tok/s" for n in variants), flush=True)
     multi_draft.BATCH_NODES = None
     rows = {n: {"tokens_per_s_median": statistics.median(a["tps"]), "tokens_per_s": a["tps"],
-                "tau": a["tokens"] / a["target_calls"]} for n, a in acc.items()}
+                "tau": a["tokens"] / a["target_calls"], "runs": a["runs"]} for n, a in acc.items()}
     for n, r in rows.items():
         print(f"{n:>17}: {r['tokens_per_s_median']:.1f} tok/s (median of {args.repeats}), tau {r['tau']:.3f}")
     ratio = rows["optimal"]["tokens_per_s_median"] / rows["rrs"]["tokens_per_s_median"]
+    if "rrs" not in rows or "optimal" not in rows:
+        args.out.write_text(json.dumps({"results": rows}, indent=2))
+        return 0
     print(f"optimal / rrs tokens/s: {ratio:.3f}; tau optimal {rows['optimal']['tau']:.3f} vs rrs {rows['rrs']['tau']:.3f}")
     meta = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
             "threads": args.threads, "k": args.k, "new_tokens": args.new_tokens, "prompts": args.prompts,
