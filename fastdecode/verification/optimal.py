@@ -8,7 +8,8 @@ b(T) <= 1 - (1 - q(T))^k for every token set T; the best of them reaches the opt
 alpha* = 1 - max_H [q(H)^k - p(H)] (Hu et al., "Towards Optimal Multi-draft Speculative Decoding",
 ICLR 2025; H runs over prefixes of the tokens sorted by p/q ascending).
 
-Construction (all batched over rows, float64, O(V log V) per row; no loop over rows or tokens):
+Construction (all batched over rows, float64, O(Vs log Vs) per row with Vs the support of p and q:
+tokens with p = q = 0 are dropped before sorting; no loop over rows or tokens):
 
 1. *Rank order*: tokens sorted by p/q descending (q = 0 < p first, p = q = 0 last). Rank j owns the
    time interval [Q_j, Q_j + q_j) of [0, 1]. W_j = 1 - R_{j+1}^k (R: suffix q-mass) is the chance that
