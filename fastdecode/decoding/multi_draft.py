@@ -109,7 +109,7 @@ class MultiDraftDecoder:
         ``batch`` None: the module's BATCH_NODES, and if that is None, batch off the CPU only. The
         batched call builds every node's race, the walk visits only a path of them: on a GPU the build
         is launch-bound and one call for all nodes costs about one node's; on the CPU the cost is per row, and building unvisited nodes made decoding
-        slower (bench/optimal_e2e.py, code pair, k = 4: 19.9 vs 27.2 tokens/s), so there every visited
+        slower (bench/optimal_e2e.py, code pair, k = 4: 37.8 vs 55.4 tokens/s), so there every visited
         node builds its own race inside verify."""
         nodes = list(tree.draws)
         if batch is None:
