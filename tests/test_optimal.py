@@ -270,3 +270,105 @@ def test_interface_and_validation():
         build_race(p, q, 0)
     with pytest.raises(ValueError, match="same shape"):
         build_race(p, q[:, :10], 2)
+
+
+# ---------------------------------------------------------------------------- fast paths (issue 17)
+def _check_exact_small(p, q, k, tol=1e-13):
+    """Enumerate every draft tuple: the output law is p and the acceptance is alpha* (brute force)."""
+    st = build_race(torch.tensor(p)[None], torch.tensor(q)[None], k)
+    D, Vs = _dense_kernel(st)
+    b_enum = _enumerated_selection(D, st.rank[0].numpy().clip(max=Vs - 1), q, k)
+    b_real = st.b_real[0].numpy()
+    assert np.abs(b_enum - b_real).max() < tol
+    acc_y = np.where(b_real > 0, np.minimum(1.0, p / np.where(b_real > 0, b_real, 1.0)), 0.0)
+    acc = float((b_enum * acc_y).sum())
+    res = np.maximum(p - b_real, 0.0)
+    out = b_enum * acc_y + ((1 - acc) * res / res.sum() if res.sum() > 0 else 0.0)
+    assert np.abs(out - p).max() < tol
+    assert abs(acc - _alpha_brute(p, q, k)) < tol
+
+
+def test_ties_exact():
+    # equal ratios p/q (ties in the rank order), p = q on part of the vocabulary, q = 0 < p and p = 0 < q
+    cases = [([0.2, 0.2, 0.1, 0.1, 0.4, 0.0], [0.1, 0.1, 0.05, 0.05, 0.5, 0.2]),
+             ([0.25, 0.25, 0.25, 0.25, 0.0], [0.25, 0.25, 0.25, 0.0, 0.25]),
+             ([0.3, 0.3, 0.2, 0.2], [0.3, 0.3, 0.2, 0.2]),
+             ([0.1, 0.2, 0.3, 0.4, 0.0, 0.0], [0.05, 0.1, 0.15, 0.2, 0.25, 0.25])]
+    for p, q in cases:
+        for k in (1, 2, 3, 4):
+            _check_exact_small(np.array(p), np.array(q), k)
+
+
+def test_disjoint_supports_exact_and_at_scale():
+    for k in (1, 2, 4):
+        _check_exact_small(np.array([0.5, 0.5, 0.0, 0.0, 0.0]), np.array([0.0, 0.0, 0.2, 0.3, 0.5]), k)
+    g = torch.Generator().manual_seed(3)
+    V = 151936
+    p = torch.zeros(1, V, dtype=torch.float64)
+    q = torch.zeros(1, V, dtype=torch.float64)
+    p[0, :500] = torch.rand(500, generator=g, dtype=torch.float64)
+    q[0, 500:1500] = torch.rand(1000, generator=g, dtype=torch.float64)
+    p, q = p / p.sum(), q / q.sum()
+    st = build_race(p, q, 4)
+    assert abs(float(st.alpha[0])) < 1e-12 and float(torch.minimum(st.p, st.b_real).sum()) < 1e-12
+    assert abs(float(st.b_real.sum()) - 1.0) < 1e-12 and float(st.b_real[0, :500].sum()) == 0.0
+
+
+def test_sparse_rows_equal_dense_rows():
+    """A row with p = q = 0 outside a support gives the same race, on the support, as the dense row of the
+    support alone; batched with other rows (padding) it gives the same values and the same draws."""
+    from fastdecode.verification.optimal import build_races, verify_optimal, verify_prepared
+    g = torch.Generator().manual_seed(5)
+    V, S = 4000, 300
+    for k in (2, 4, 8):
+        pd = torch.rand(1, S, generator=g, dtype=torch.float64).pow(4)
+        qd = torch.rand(1, S, generator=g, dtype=torch.float64).pow(4)
+        pd, qd = pd / pd.sum(), qd / qd.sum()
+        cols = torch.randperm(V, generator=g)[:S].sort().values
+        ps = torch.zeros(1, V, dtype=torch.float64).index_copy_(1, cols, pd)
+        qs = torch.zeros(1, V, dtype=torch.float64).index_copy_(1, cols, qd)
+        dense, sparse = build_race(pd, qd, k), build_race(ps, qs, k)
+        assert sparse.ell.shape[1] == S                                   # only the support was sorted
+        # (the renormalising sums add the same numbers in another order: equal to rounding)
+        assert (sparse.b_real[:, cols] - dense.b_real).abs().max() < 1e-15
+        outside = torch.ones(V, dtype=torch.bool).index_fill_(0, cols, False)
+        assert not bool(sparse.b_real[0, outside].any())                  # nothing selected off the support
+        assert (sparse.alpha - dense.alpha).abs().max() < 1e-15
+        assert torch.equal(sparse.order, cols[dense.order])
+        # in a batch: a dense row (full support), the sparse row, and a row with a smaller support
+        other = torch.softmax(torch.randn(1, V, generator=g, dtype=torch.float64), -1)
+        small_p = torch.zeros(1, V, dtype=torch.float64)
+        small_p[0, :7] = 1 / 7
+        P = torch.cat([other, ps, small_p])
+        Q = torch.cat([other.flip(-1), qs, small_p.roll(3, -1)])
+        batch = build_race(P, Q, k)
+        assert torch.equal(batch.b_real[1:2], sparse.b_real) and torch.equal(batch.alpha[1:2], sparse.alpha)
+        for i in range(3):
+            single = build_race(P[i:i + 1], Q[i:i + 1], k)
+            assert torch.equal(batch.b_real[i:i + 1], single.b_real)
+            drafts = torch.multinomial(Q[i], 64 * k, replacement=True, generator=g).view(64, k)
+            r1 = verify_optimal(P[i:i + 1].expand(64, -1), Q[i:i + 1].expand(64, -1), drafts,
+                                torch.Generator().manual_seed(i))
+            st_b = build_races(P, Q, [k, k, k])[i]
+            r2 = verify_prepared(_expanded(st_b, 64), drafts, torch.Generator().manual_seed(i))
+            assert torch.equal(r1.tokens, r2.tokens) and torch.equal(r1.accepted, r2.accepted)
+
+
+def test_prepared_verify_equals_verify():
+    """verify(..., prepared=prepare(...)[i]) over rows with different k decides exactly as verify."""
+    from fastdecode.verification import prepare
+    g = torch.Generator().manual_seed(9)
+    V = 1000
+    p = torch.softmax(torch.randn(5, V, generator=g) * 2, -1)
+    q = torch.softmax(torch.randn(5, V, generator=g) * 2, -1)
+    ks = [4, 1, 2, 4, 3]
+    prep = prepare("optimal", p, q, ks)
+    assert prepare("rrs", p, q, ks) is None
+    for i, k in enumerate(ks):
+        drafts = torch.multinomial(q[i], k, replacement=True, generator=g)[None]
+        a = verify("optimal", p[i:i + 1], q[i:i + 1], drafts, torch.Generator().manual_seed(i))
+        b = verify("optimal", p[i:i + 1], q[i:i + 1], drafts, torch.Generator().manual_seed(i), prepared=prep[i])
+        assert torch.equal(a.tokens, b.tokens) and torch.equal(a.accepted, b.accepted)
+        assert torch.equal(a.draft_index, b.draft_index)
+    with pytest.raises(ValueError, match="built for k"):
+        verify("optimal", p[:1], q[:1], torch.zeros(1, 2, dtype=torch.long), None, prepared=prep[0])

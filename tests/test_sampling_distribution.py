@@ -99,3 +99,30 @@ def test_k1_multi_draft_equals_single_draft(tiny_pair):
         b = fastdecode.generate(target, ids, draft=draft, method="multi_draft", num_drafts=1, draft_length=3,
                                 max_new_tokens=20, seed=seed, eos_token_id=[])
         assert torch.equal(a.sequences, b.sequences)
+
+
+def test_optimal_batched_tree_nodes_equal_per_node(tiny_pair, monkeypatch):
+    """The optimal verifier's races built for every tree node in one batched call before the walk give
+    exactly the tokens of one build per visited node (same seed), so the law tests cover both paths."""
+    from fastdecode.decoding import multi_draft
+    target, draft = tiny_pair
+    ids = torch.tensor([PROMPT])
+    calls = []
+    real_prepare = multi_draft.prepare
+    monkeypatch.setattr(multi_draft, "prepare", lambda *a: calls.append(len(a[3])) or real_prepare(*a))
+    for seed in range(4):
+        out = {}
+        for batched in (False, True):
+            monkeypatch.setattr(multi_draft, "BATCH_NODES", batched)
+            out[batched] = fastdecode.generate(target, ids, draft=draft, method="multi_draft", num_drafts=4,
+                                               draft_length=3, verifier="optimal", max_new_tokens=20, seed=seed,
+                                               eos_token_id=[]).sequences
+        assert torch.equal(out[False], out[True])
+    assert calls and max(calls) > 1          # one call per step covered several nodes
+
+
+@CHI_SQUARE
+def test_optimal_batched_tree_nodes_two_token_law(tiny_pair, law2, monkeypatch):
+    from fastdecode.decoding import multi_draft
+    monkeypatch.setattr(multi_draft, "BATCH_NODES", True)
+    assert _pvalue(tiny_pair, law2, method="multi_draft", num_drafts=3, draft_length=2, verifier="optimal") > ALPHA

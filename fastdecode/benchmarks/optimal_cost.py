@@ -4,9 +4,10 @@ For each vocabulary size V and number of drafts k it times, on `rows` rows (tree
 - build:   the race (sort by p/q, cumulative sums, pools, b_real): O(V log V) per row
 - select:  the per-draft race (kernels/optimal_select.py): O(k log V) per row
 - verify:  single-draft speculative sampling of the selected draft against b_real
-- total:   verify_optimal end to end (float64 conversion included)
-and, for scale, a float64 sort of the rows (the floor of any ratio-order method) and the classic
-single-draft verifier. CPU numbers are medians of `repeats` wall-clock runs on `threads` threads; CUDA
+- total:   verify_optimal end to end (float64 conversion included): build + select + verify
+and, for scale, a float64 sort of the rows, the classic single-draft verifier, and the two other
+lossless verifiers of k i.i.d. drafts, ``rrs`` and ``spectr`` (K-SEQ), each one whole call on the same
+rows. Per-row figures (``*_ms_per_row``) divide by ``rows``. CPU numbers are medians of `repeats` wall-clock runs on `threads` threads; CUDA
 numbers come from triton.testing.do_bench (median, with 20% / 80% quantiles), where the selection is
 timed both as torch ops (the reference) and as the Triton kernel, after checking they agree bit for bit.
 
@@ -31,7 +32,7 @@ DEFAULT_OUT = Path("bench/results/optimal_cost.json")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vocab", type=int, nargs="+", default=[8192, 32000, 151936])
-    parser.add_argument("--k", type=int, nargs="+", default=[2, 4, 8])
+    parser.add_argument("--k", type=int, nargs="+", default=[2, 4, 8, 16])
     parser.add_argument("--rows", type=int, default=1, help="rows (tree nodes) verified in one call")
     parser.add_argument("--repeats", type=int, default=30, help="timed repeats per measurement (CPU)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -103,6 +104,8 @@ def _measure(device, V: int, k: int, args) -> dict:
     from ..kernels.optimal_select import optimal_select, optimal_select_reference, triton_available
     from ..verification.optimal import (build_race, race_select, race_uniforms, speculative_against,
                                         verify_optimal)
+    from ..verification.rrs import verify_rrs
+    from ..verification.spectr import verify_spectr
     from ..verification.speculative import verify_speculative
 
     cuda = device.type == "cuda"
@@ -121,6 +124,8 @@ def _measure(device, V: int, k: int, args) -> dict:
         "verify": lambda: speculative_against(st.p, st.b_real, y, gen),
         "total": lambda: verify_optimal(p, q, drafts, gen),
         "speculative_k1": lambda: verify_speculative(p, q, drafts[:, :1], gen),
+        "rrs": lambda: verify_rrs(p, q, drafts, gen),
+        "spectr": lambda: verify_spectr(p, q, drafts, gen),
     }
     row = {"device": torch.cuda.get_device_name(device) if cuda else "cpu", "V": V, "k": k, "rows": args.rows,
            "support": int(((p > 0) | (q > 0)).sum(-1).max()),
@@ -130,6 +135,7 @@ def _measure(device, V: int, k: int, args) -> dict:
             row[f"{name}_ms"], row[f"{name}_ms_q20"], row[f"{name}_ms_q80"] = _cuda_ms(fn)
         else:
             row[f"{name}_ms"] = _cpu_ms(fn, args.repeats)
+        row[f"{name}_ms_per_row"] = row[f"{name}_ms"] / args.rows
     if cuda and triton_available():
         ranks = st.rank.gather(1, drafts)
         sargs = (st.ell, st.own, st.first, st.last, st.base, st.cum, st.left, st.right, st.xs, st.xd)
@@ -171,8 +177,22 @@ def _plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def run(args) -> int:
+    import os
+
     from tqdm import tqdm
+
+    load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
     args.out = output_path(args.out, DEFAULT_OUT, args.quick)
     if args.quick:
@@ -192,14 +212,17 @@ def run(args) -> int:
               f"zero-probability tokens emitted {c['zero_prob_emitted']}, acceptance {c['acceptance']:.4f}")
     jobs = [(d, V, k) for d in devices for V in args.vocab for k in args.k]
     rows = [_measure(d, V, k, args) for d, V, k in tqdm(jobs, desc="optimal cost")]
-    head = f"{'device':>10} {'V':>7} {'k':>2} {'sort':>8} {'build':>8} {'select':>8} {'verify':>8} {'total':>8} {'classic':>8}"
-    print(head + "   (ms)")
+    head = (f"{'device':>10} {'V':>7} {'k':>2} {'sort':>8} {'build':>8} {'select':>8} {'verify':>8} {'total':>8} "
+            f"{'rrs':>8} {'spectr':>8} {'classic':>8}")
+    print(head + "   (ms per call of `rows` rows)")
     for r in rows:
         print(f"{r['device'][:10]:>10} {r['V']:>7} {r['k']:>2} {r['sort_ms']:8.3f} {r['build_ms']:8.3f} "
-              f"{r['select_ms']:8.3f} {r['verify_ms']:8.3f} {r['total_ms']:8.3f} {r['speculative_k1_ms']:8.3f}"
+              f"{r['select_ms']:8.3f} {r['verify_ms']:8.3f} {r['total_ms']:8.3f} {r['rrs_ms']:8.3f} "
+              f"{r['spectr_ms']:8.3f} {r['speculative_k1_ms']:8.3f}"
               + (f"   select torch {r['select_torch_ms']:.4f} / triton {r['select_triton_ms']:.4f}"
                  f" (agree: {r['triton_agrees']})" if "select_triton_ms" in r else ""))
     meta = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
+            "processor": _cpu_name(), "load_average_at_start": load0,
             "threads": args.threads, "rows": args.rows, "repeats": args.repeats, "top_p": args.top_p,
             "quick": bool(args.quick)}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -49,14 +49,39 @@ def _fn(method: str, kind: str):
     return getattr(mod, f"{kind}_{info.function}")
 
 
-def verify(method: str, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, generator=None) -> VerifyResult:
-    """Decide, per row, which token is emitted. p, q: [N, V]; drafts: [N, k] drawn with the method's scheme."""
+def verify(method: str, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, generator=None,
+           prepared=None) -> VerifyResult:
+    """Decide, per row, which token is emitted. p, q: [N, V]; drafts: [N, k] drawn with the method's scheme.
+
+    ``prepared``: the method's draft-independent work for these rows, from :func:`prepare` (one row:
+    its entry of prepare's list); the result is then the same as without it, for the same generator."""
     info = method_info(method)
     check_distributions(p, q)
     check_generator(generator)
     check_drafts(drafts, p.shape[0], p.shape[1], 1 if info.single_draft else None)
     check_scheme(q, drafts, info.scheme)
+    if prepared is not None:
+        if method != "optimal":
+            raise ValueError(f"method {method!r} has no prepared form (see prepare)")
+        from .optimal import verify_prepared
+        return verify_prepared(prepared, drafts, generator)
     return _fn(method, "verify")(p, q, drafts, generator)
+
+
+PREPARABLE = frozenset({"optimal"})   # methods for which prepare() returns something
+
+
+def prepare(method: str, p: torch.Tensor, q: torch.Tensor, ks: list[int]):
+    """The per-row work of ``method`` that does not depend on the drafts, for all rows in ONE batched
+    call (e.g. the tree nodes of a multi-draft step, before the walk): a list with one entry per row
+    (row i drawn with ks[i] drafts) to pass to :func:`verify` as ``prepared``, or None when the method
+    has no such work ("optimal" has: its race; the other rules are cheap closed forms per draft)."""
+    method_info(method)
+    if method not in PREPARABLE:
+        return None
+    check_distributions(p, q)
+    from .optimal import build_races
+    return build_races(p, q, list(ks))
 
 
 def acceptance_probability(method: str, p: torch.Tensor, q: torch.Tensor, k: int):
@@ -78,6 +103,6 @@ def acceptance_probability(method: str, p: torch.Tensor, q: torch.Tensor, k: int
 
 
 __all__ = [
-    "METHODS", "MethodInfo", "VerifyResult", "verify", "acceptance_probability", "method_info",
+    "METHODS", "MethodInfo", "VerifyResult", "verify", "prepare", "PREPARABLE", "acceptance_probability", "method_info",
     "check_distributions", "check_drafts", "check_generator", "residual", "sample", "sample_drafts", "optimal_acceptance_rate",
 ]

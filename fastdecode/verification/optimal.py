@@ -8,7 +8,8 @@ b(T) <= 1 - (1 - q(T))^k for every token set T; the best of them reaches the opt
 alpha* = 1 - max_H [q(H)^k - p(H)] (Hu et al., "Towards Optimal Multi-draft Speculative Decoding",
 ICLR 2025; H runs over prefixes of the tokens sorted by p/q ascending).
 
-Construction (all batched over rows, float64, O(V log V) per row; no loop over rows or tokens):
+Construction (all batched over rows, float64, O(Vs log Vs) per row with Vs the support of p and q:
+tokens with p = q = 0 are dropped before sorting; no loop over rows or tokens):
 
 1. *Rank order*: tokens sorted by p/q descending (q = 0 < p first, p = q = 0 last). Rank j owns the
    time interval [Q_j, Q_j + q_j) of [0, 1]. W_j = 1 - R_{j+1}^k (R: suffix q-mass) is the chance that
@@ -31,7 +32,7 @@ Drafts must be sampled from q itself (q(X) > 0): a draft of a q = 0 token is not
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -44,12 +45,13 @@ class RaceState:
     """The precomputed race of one verification step, per row (rank order unless said otherwise).
 
     Only the first Vs ranks are kept (Vs: the largest number of tokens with p > 0 or q > 0 in a row;
-    the others have p = q = 0 and rank last). M = 2 Vs + 1 pool slots per row (padded; unused slots
-    have zero mass). Pool entries: entry n < M is
+    the others have p = q = 0, rank last and are never sorted). M = nS + nD + 1 pool slots per row
+    (nS / nD: the largest number of ranks with a surplus / a deficit; padded, unused slots have zero
+    mass). Pool entries: entry n < M is
     the surplus side of slot n, entry M + n its deficit side; each token's entries are contiguous.
     """
 
-    order: torch.Tensor    # [N, V] long: token id at rank j
+    order: torch.Tensor    # [N, Vs] long: token id at rank j (ranks past a row's support: p = q = 0)
     rank: torch.Tensor     # [N, V] long: rank of token id x
     ell: torch.Tensor      # [N, Vs] f64: q in rank order (length of the rank's time interval)
     own: torch.Tensor      # [N, Vs] f64: time mass a rank keeps in its own interval (lam * ell)
@@ -75,15 +77,90 @@ class RaceState:
 _SCRATCH = 256   # scratch columns that absorb unused pool entries in the scatter-reduces (spread, see above)
 
 
+_ARANGE: dict = {}
+
+
+def _arange(n: int, device) -> torch.Tensor:
+    """torch.arange(n) (int64) sliced from a cached, growing tensor: allocating and filling a fresh
+    arange of ~V elements costs about as much as a scan, and the build needs several per call."""
+    key = torch.device(device)
+    a = _ARANGE.get(key)
+    if a is None or a.shape[0] < n:
+        a = torch.arange(max(n, 1 << 12), device=key)
+        _ARANGE[key] = a
+    return a[:n]
+
+
+def _int_pow(x: torch.Tensor, k: int) -> torch.Tensor:
+    """x ** k for an int k >= 1 by repeated squaring (a few multiplications; torch.pow takes a slow
+    generic path for float64 on the CPU). Relative error <= 2 log2(k) ulps, as pow's few ulps."""
+    out, sq = None, x
+    while True:
+        if k & 1:
+            out = sq if out is None else out * sq
+        k >>= 1
+        if not k:
+            return out
+        sq = sq * sq
+
+
 def _normalise(t: torch.Tensor) -> torch.Tensor:
     t = t.double()
     return t / t.sum(-1, keepdim=True)
 
 
+def _sort_key(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """int64 key whose ascending stable order is p/q descending (q = 0 < p first, p = q = 0 last).
+
+    The ratio r = p/q is >= 0 (inf where q = 0 < p) or set to -1.0 where p = q = 0. The bit pattern of a
+    nonnegative double read as int64 is increasing in its value (IEEE 754), so -bits sorts r descending;
+    -1.0 has the sign bit set, its negated bits are positive and sort after every r >= 0. Sorting int64
+    keys is the same order as sorting -r as doubles (a stable sort keeps ties in token order) and cheaper
+    than a float64 stable sort on the CPU."""
+    r = (p / q).nan_to_num_(nan=-1.0, posinf=float("inf"))
+    return r.view(torch.int64).neg_()
+
+
 def ratio_order(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """[N, V] token ids sorted by p/q descending (q = 0 < p first, p = q = 0 last), stable."""
-    r = (p / q).nan_to_num(nan=-1.0, posinf=float("inf"))              # q = 0: inf if p > 0, 0/0 -> -1
-    return torch.sort(-r, dim=-1, stable=True).indices
+    return torch.argsort(_sort_key(p.double(), q.double()), dim=-1, stable=True)
+
+
+def _compact(mask: torch.Tensor, fill: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Row-wise compaction of a [N, L] bool mask: (idx [N, C], valid [N, C]), idx[n, c] the column of the
+    c-th True of row n (columns ascending), ``fill`` past the row's count (C = the largest count, >= 1).
+    valid is None when every entry is valid (one row with a True)."""
+    N = mask.shape[0]
+    if N == 1:
+        c = mask[0].nonzero()[:, 0]
+        if c.shape[0]:
+            return c[None], None
+    counts = mask.sum(-1)
+    C = max(1, int(counts.max())) if N else 1
+    r, c = mask.nonzero(as_tuple=True)
+    pos = _arange(r.shape[0], mask.device) - (counts.cumsum(0) - counts)[r]
+    idx = torch.full((N, C), fill, dtype=torch.long, device=mask.device)
+    idx[r, pos] = c
+    valid = torch.zeros(N, C, dtype=torch.bool, device=mask.device)
+    valid[r, pos] = True
+    return idx, valid
+
+
+def _monotone(x: torch.Tensor) -> torch.Tensor:
+    # a parallel (GPU) scan of nonnegative numbers need not be monotone in floating point; the CPU scan
+    # adds in order, and a rounded sum of nonnegative terms added in order never decreases
+    return x if x.device.type == "cpu" else x.cummax(-1).values
+
+
+def _running(x: torch.Tensor, op: str) -> torch.Tensor:
+    """Running max ("max") or min ("min") along the last dim. On the CPU through NumPy's accumulate (same
+    values; torch's cummax / cummin also compute the arg indices, measured ~3x slower at V = 151936)."""
+    if x.device.type == "cpu" and not x.requires_grad:
+        import numpy as np
+
+        ufunc = np.maximum if op == "max" else np.minimum
+        return torch.from_numpy(ufunc.accumulate(x.contiguous().numpy(), axis=-1))
+    return (x.cummax(-1) if op == "max" else x.cummin(-1)).values
 
 
 def _optimal_b(ps, qs, k: int):
@@ -91,48 +168,64 @@ def _optimal_b(ps, qs, k: int):
     N, V = ps.shape
     zero = ps.new_zeros(N, 1)
     raw = torch.cat([qs.flip(-1).cumsum(-1).flip(-1), zero], -1)           # suffix q-mass, accurate at the end
-    R = (raw / raw[:, :1]).clamp_max(1.0)                                  # [N, V + 1]
-    Rk = R.pow(k)
+    R = (raw / raw[:, :1]).clamp_max_(1.0)                                 # [N, V + 1]
+    Rk = _int_pow(R, k)
     W = 1.0 - Rk
     pos = qs > 0
-    frac = (qs / raw[:, :-1].clamp_min(1e-300)).clamp_max(1.0)          # q_j / R_j (0 where R_j = 0)
-    dW = (Rk[:, :-1] * -torch.expm1(k * torch.log1p(-frac))).masked_fill(~pos, 0.0)
+    frac = (qs / raw[:, :-1].clamp_min(1e-300)).clamp_max_(1.0)         # q_j / R_j (0 where R_j = 0)
+    dW = (Rk[:, :-1] * -torch.expm1(frac.neg_().log1p_().mul_(k))).masked_fill_(~pos, 0.0)
     P = torch.cat([zero, ps.cumsum(-1)], -1)                               # [N, V + 1]
     d = P - W
     d[:, 0] = 0.0
-    Dr = d.clamp_min(0.0).cummax(-1).values
+    Dr = _running(d.clamp_min(0.0), "max")
     js = d.argmax(-1, keepdim=True)                                        # [N, 1] the cut (first argmax)
     Dstar = d.gather(1, js).clamp_min(0.0)                                 # [N, 1]
-    idx = torch.arange(V + 1, device=ps.device)[None]
-    G = torch.where(idx > js, W - P + Dstar, torch.where(idx == js, torch.zeros_like(W), torch.full_like(W, float("inf"))))
-    E = G.flip(-1).cummin(-1).values.flip(-1)                              # running min from the right
+    idx = _arange(V + 1, ps.device)[None]
+    after = idx > js
+    G = (W - P + Dstar).masked_fill_(~after, float("inf")).masked_fill_(idx == js, 0.0)
+    E = _running(G.flip(-1), "min").flip(-1)                               # running min from the right
     before = idx[:, :-1] < js
     b = torch.where(before, ps - Dr.diff(dim=-1), ps + E.diff(dim=-1))
-    touch = torch.where(idx >= js, E == G, Dr == d)
+    touch = torch.where(after | (idx == js), E == G, Dr == d)
     touch[:, 0] = True
     touch[:, -1] = True
-    b = b.clamp_min(0.0)
+    b.clamp_min_(0.0)
     b = torch.where(touch[:, :-1] & touch[:, 1:] & pos, dW, b)            # intervals touching W at both ends
-    return b.masked_fill(~pos, 0.0), dW, Dstar[:, 0]
+    return b.masked_fill_(~pos, 0.0), dW, Dstar[:, 0]
 
 
 def _merge_sorted(a: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Row-wise merge of two nondecreasing [N, L] tensors (a before equal c values).
+    """Row-wise merge of nondecreasing [N, La] and [N, Lc] tensors (a before equal c values).
 
-    Returns (merged [N, 2L], ia [N, 2L], ic [N, 2L]): ia / ic count the elements of a / c at merged
-    positions <= n, minus one, i.e. the index of the last element of a / c at or before position n."""
-    N, L = a.shape
-    pa = torch.arange(L, device=a.device) + torch.searchsorted(c, a, right=False)   # final places of a
-    from_a = torch.zeros(N, 2 * L, dtype=torch.bool, device=a.device).scatter_(1, pa, True)
-    out = a.new_empty(N, 2 * L).scatter_(1, pa, a)
-    out.masked_scatter_(~from_a, c)                    # c fills the other L places of each row, in order
+    Returns (merged [N, La + Lc], ia, ic): ia / ic count the elements of a / c at merged positions
+    <= n, minus one, i.e. the index of the last element of a / c at or before position n."""
+    N, La = a.shape
+    L = La + c.shape[1]
+    pa = _arange(La, a.device) + torch.searchsorted(c, a, right=False)   # final places of a
+    from_a = torch.zeros(N, L, dtype=torch.bool, device=a.device).scatter_(1, pa, True)
+    out = a.new_empty(N, L).scatter_(1, pa, a)
+    out.masked_scatter_(~from_a, c)                    # c fills the other places of each row, in order
     ia = from_a.cumsum(-1) - 1
-    ic = torch.arange(2 * L, device=a.device) - ia - 1
+    ic = _arange(L, a.device) - ia - 1
     return out, ia, ic
 
 
+def _prefix_at(x: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """[N, C + 1]: 0, then the inclusive cumulative sum of x [N, Vs] at the compacted columns idx (the
+    row total past the row's count), i.e. the boundaries of the compacted tokens' masses. x is 0 off
+    idx, so the sum runs over the compacted values only (adding zeros changes no rounded sum)."""
+    vals = x.gather(1, idx.clamp_max(x.shape[1] - 1))
+    if valid is not None:
+        vals = vals.masked_fill_(~valid, 0.0)
+    return torch.cat([x.new_zeros(x.shape[0], 1), _monotone(vals.cumsum(-1))], -1)
+
+
 def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
-    """Build the race of section 1 for every row. p, q: [N, V] probabilities; k: number of i.i.d. drafts."""
+    """Build the race of section 1 for every row. p, q: [N, V] probabilities; k: number of i.i.d. drafts.
+
+    Cost (see the README's profile): one stable sort of the tokens with p > 0 or q > 0 (tokens with
+    p = q = 0 are dropped before sorting, they rank last and take no part), O(Vs) scans, and the pools,
+    built only over the tokens with a surplus or a deficit (compacted before the FIFO merge)."""
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k must be an int >= 1, got {k!r}")
     if p.dim() != 2 or p.shape != q.shape:
@@ -140,69 +233,91 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
     p64, q64 = _normalise(p), _normalise(q)
     N, V = p64.shape
     dev = p64.device
-    order = ratio_order(p64, q64)
-    rank = torch.empty_like(order).scatter_(1, order, torch.arange(V, device=dev).expand(N, V))
-    # tokens with p = q = 0 rank last and play no part: keep the first Vs ranks (the largest support)
-    Vs = max(1, int(((p64 > 0) | (q64 > 0)).sum(-1).max())) if p64.shape[0] else 1
-    top = order[:, :Vs]
-    ps, ell = p64.gather(1, top), q64.gather(1, top)
+    cpu = dev.type == "cpu"
+    # support: tokens with p > 0 or q > 0 (Vs: the largest count over the rows); the others play no part
+    nz = (p64 > 0) | (q64 > 0)
+    if N and bool(nz.all()):
+        ps_t, qs_t, sup = p64, q64, None
+    else:
+        sup, _ = _compact(nz, V)                                           # padding -> column V (zeros)
+        pad = lambda t: torch.cat([t, t.new_zeros(N, 1)], -1).gather(1, sup)   # noqa: E731
+        ps_t, qs_t = pad(p64), pad(q64)
+    Vs = ps_t.shape[1]
+    order_s = torch.argsort(_sort_key(ps_t, qs_t), dim=-1, stable=True)    # [N, Vs] rank -> support column
+    ps, ell = ps_t.gather(1, order_s), qs_t.gather(1, order_s)
+    order = order_s if sup is None else sup.gather(1, order_s)             # rank -> token id (V: padding)
+    rank = torch.full((N, V + 1), Vs - 1, dtype=torch.long, device=dev)
+    rank.scatter_(1, order, _arange(Vs, dev).expand(N, Vs))
+    rank = rank[:, :V]
+    if sup is not None:
+        order = order.clamp_max(V - 1)                                     # padding ranks (p = q = 0)
     b, dW, Dstar = _optimal_b(ps, ell, k)
-    pos = ell > 0
-    safe_ell = torch.where(pos, ell, torch.ones_like(ell))
-    m = dW / safe_ell                                                     # density of the earliest time
-    beta = b / safe_ell                                                   # (dW = b = 0 where q = 0)
 
-    # FIFO matching of surplus and deficit along the rank order -> pool slots
+    # FIFO matching of surplus and deficit along the rank order -> pool slots, over the compacted lists
+    # of the ranks with a surplus (sr) and with a deficit (dr) only
     diff = dW - b
     surplus, deficit = diff.clamp_min(0.0), (-diff).clamp_min(0.0)
-    zero = ell.new_zeros(N, 1)
-    # cummax: a parallel (GPU) scan of nonnegative numbers need not be monotone in floating point
-    Sc = torch.cat([zero, surplus.cumsum(-1)], -1).cummax(-1).values      # [N, Vs + 1]
-    Dc = torch.cat([zero, deficit.cumsum(-1)], -1).cummax(-1).values
+    sr, sv = _compact(surplus > 0, 0)
+    dr, dv = _compact(deficit > 0, 0)
+    Sc, Dc = _prefix_at(surplus, sr, sv), _prefix_at(deficit, dr, dv)     # [N, nS + 1], [N, nD + 1]
     tot = torch.minimum(Sc[:, -1:], Dc[:, -1:])
     merged, ia, ic = _merge_sorted(Sc, Dc)
-    cuts = torch.minimum(merged, tot)                                     # [N, 2 Vs + 2], nondecreasing
-    dL = cuts[:, 1:] - cuts[:, :-1]                                       # M = 2 Vs + 1 slots
+    cuts = torch.minimum(merged, tot)                                     # [N, nS + nD + 2], nondecreasing
+    dL = cuts[:, 1:] - cuts[:, :-1]                                       # M = nS + nD + 1 slots
     # slot n = [cuts[n], cuts[n+1]) lies in surplus rank left[n] and deficit rank right[n] (when dL > 0)
-    left, right = ia[:, :-1].clamp(0, Vs - 1), ic[:, :-1].clamp(0, Vs - 1)
+    left = sr.gather(1, ia[:, :-1].clamp(0, sr.shape[1] - 1))
+    right = dr.gather(1, ic[:, :-1].clamp(0, dr.shape[1] - 1))
     ok = (dL > 0) & (surplus.gather(1, left) > 0) & (deficit.gather(1, right) > 0) & (left < right)
-    dL = dL.masked_fill(~ok, 0.0)
-    # unused slots add exactly 0 in the scatter-adds below: spread them over the ranks instead of piling
-    # them onto one address (GPU atomics on one address serialise)
-    spread = torch.arange(dL.shape[1], device=dev) % Vs
-    left, right = torch.where(ok, left, spread), torch.where(ok, right, spread)
-    xs = dL * ell.gather(1, left) / surplus.gather(1, left).clamp_min(1e-300)
-    xd = dL / (beta.gather(1, left) - m.gather(1, right)).clamp_min(1e-300)
+    dL = dL.masked_fill_(~ok, 0.0)
+    if not cpu:
+        # unused slots add exactly 0 in the scatter-adds below: spread them over the ranks instead of
+        # piling them onto one address (GPU atomics on one address serialise)
+        spread = _arange(dL.shape[1], dev) % Vs
+        left, right = torch.where(ok, left, spread), torch.where(ok, right, spread)
+    # per-slot values only (the densities m = dW / ell and beta = b / ell at the slots' two ranks; a used
+    # slot's ranks have q > 0, an unused one has dL = 0 and gets 0 below)
+    ell_l, ell_r = ell.gather(1, left), ell.gather(1, right)
+    one = torch.ones_like(ell_l)
+    safe_l, safe_r = torch.where(ell_l > 0, ell_l, one), torch.where(ell_r > 0, ell_r, one)
+    m_l, m_r = dW.gather(1, left) / safe_l, dW.gather(1, right) / safe_r
+    beta_l = b.gather(1, left) / safe_l
+    xs = dL * ell_l / surplus.gather(1, left).clamp_min(1e-300)
+    xd = dL / (beta_l - m_r).clamp_min(1e-300)
     used = ell.new_zeros(N, Vs).scatter_add_(1, left, xs).scatter_add_(1, right, xd)
-    scale = (ell / used.clamp_min(1e-300)).clamp_max(1.0)                 # rounding guard: used <= ell
-    xs, xd = xs * scale.gather(1, left), xd * scale.gather(1, right)
+    # rounding guard: used <= ell
+    xs = xs * (ell_l / used.gather(1, left).clamp_min(1e-300)).clamp_max_(1.0)
+    xd = xd * (ell_r / used.gather(1, right).clamp_min(1e-300)).clamp_max_(1.0)
     used = ell.new_zeros(N, Vs).scatter_add_(1, left, xs).scatter_add_(1, right, xd)
-    lam = (1.0 - used / safe_ell).clamp(0.0, 1.0)                         # 1 where q = 0 (no pools)
+    lam = used.div_(ell.clamp_min(1e-300)).neg_().add_(1.0).clamp_(0.0, 1.0)   # 1 where q = 0 (no pools)
     own = lam * ell
 
-    # b_real: the selection law of exactly this kernel
+    # b_real: the selection law of exactly this kernel (own * m = lam * dW: the own-interval part)
     g = xs + xd
-    cm = xs * m.gather(1, left) + xd * m.gather(1, right)
+    cm = xs * m_l + xd * m_r
     share = cm / g.clamp_min(1e-300)                                      # 0 on unused slots
-    b_real_s = own * m
-    b_real_s = b_real_s.scatter_add(1, left, xs * share).scatter_add(1, right, xd * share)
+    b_real_s = lam * dW
+    b_real_s = b_real_s.scatter_add_(1, left, xs * share).scatter_add_(1, right, xd * share)
 
     # pool entries for the per-draft search
     M = left.shape[1]
+    zero = ell.new_zeros(N, 1)
     mass = torch.cat([xs, xd], -1)                                        # [N, 2M]
-    cum = mass.cumsum(-1).cummax(-1).values                               # nondecreasing (see Sc)
+    cum = _monotone(mass.cumsum(-1))                                      # nondecreasing (see _monotone)
     cum_excl = torch.cat([zero, cum[:, :-1]], -1)
     tok = torch.cat([left, right], -1)
     valid = torch.cat([ok, ok], -1) & (mass > 0)
-    ent = torch.arange(2 * M, device=dev)
-    tok = torch.where(valid, tok, Vs + ent % _SCRATCH)                   # invalid entries -> scratch columns
+    ent = _arange(2 * M, dev)
+    n_scratch = 1 if cpu else _SCRATCH                                    # one scratch column on the CPU
+    tok = torch.where(valid, tok, Vs + (ent % n_scratch if n_scratch > 1 else 0))
     ent = ent.expand(N, 2 * M)
-    first = torch.full((N, Vs + _SCRATCH), 2 * M, dtype=torch.long, device=dev).scatter_reduce(1, tok, ent, "amin")[:, :Vs]
-    last = torch.full((N, Vs + _SCRATCH), -1, dtype=torch.long, device=dev).scatter_reduce(1, tok, ent, "amax")[:, :Vs]
+    first = torch.full((N, Vs + n_scratch), 2 * M, dtype=torch.long, device=dev).scatter_reduce_(1, tok, ent, "amin")[:, :Vs]
+    last = torch.full((N, Vs + n_scratch), -1, dtype=torch.long, device=dev).scatter_reduce_(1, tok, ent, "amax")[:, :Vs]
     base = cum_excl.gather(1, first.clamp_max(2 * M - 1))
 
     def to_tokens(x):
-        return p64.new_zeros(p64.shape).scatter_(1, top, x)
+        if sup is None:
+            return p64.new_zeros(N, V).scatter_(1, order, x)
+        return p64.new_zeros(N, V).scatter_add_(1, order, x)              # padding ranks add 0 to V - 1
 
     return RaceState(order=order, rank=rank, ell=ell, own=own, first=first, last=last, base=base, cum=cum,
                      left=left, right=right, xs=xs, xd=xd, p=p64, b=to_tokens(b), b_real=to_tokens(b_real_s),
@@ -233,19 +348,59 @@ def speculative_against(p: torch.Tensor, b: torch.Tensor, y: torch.Tensor, gener
     by = b.gather(1, y[:, None])[:, 0]
     u = torch.rand(y.shape[0], generator=generator, device=p.device, dtype=torch.float64)
     accepted = u * by < py
-    res = sample(residual(p, b), generator)
+    if p.device.type == "cpu":
+        # the residual (a pass over V plus V exponential draws per row) only for the rejected rows: the
+        # residual draw is independent of the rest, so skipping it on accepted rows leaves the law as is
+        rej = (~accepted).nonzero()[:, 0]
+        if rej.shape[0] == 0:
+            return y, accepted
+        if rej.shape[0] < y.shape[0]:
+            tokens = y.clone()
+            tokens[rej] = sample(residual(p.index_select(0, rej), b.index_select(0, rej)), generator)
+            return tokens, accepted
+    res = sample(residual(p, b), generator)                                # one batched pass, no host sync
     return torch.where(accepted, y, res), accepted
+
+
+def race_row(state: RaceState, i: int) -> RaceState:
+    """Row i of a batched race as a one-row race (views, no copy)."""
+    return RaceState(**{f.name: getattr(state, f.name)[i:i + 1] for f in fields(state) if f.name != "k"},
+                     k=state.k)
+
+
+def build_races(p: torch.Tensor, q: torch.Tensor, ks: list[int]) -> list[RaceState]:
+    """One-row races for rows with different numbers of drafts (the nodes of a draft tree): one batched
+    :func:`build_race` per distinct k (the race depends on k through W = 1 - R^k). p, q: [N, V];
+    ks: N ints. Row i of the result equals ``build_race(p[i:i+1], q[i:i+1], ks[i])`` in every value
+    that the selection and the verification read (padding aside), so verifying with it consumes the
+    generator and decides exactly as :func:`verify_optimal` does."""
+    if len(ks) != p.shape[0]:
+        raise ValueError(f"need one k per row: {len(ks)} ks for {p.shape[0]} rows")
+    out: list[RaceState | None] = [None] * len(ks)
+    for k in sorted(set(ks)):
+        rows = [i for i, kk in enumerate(ks) if kk == k]
+        idx = torch.tensor(rows, device=p.device)
+        st = build_race(p.index_select(0, idx), q.index_select(0, idx), k)
+        for j, i in enumerate(rows):
+            out[i] = race_row(st, j)
+    return out
+
+
+def verify_prepared(state: RaceState, drafts: torch.Tensor, generator=None) -> VerifyResult:
+    """verify_optimal with the race already built (``state`` for the rows of drafts [N, k])."""
+    if drafts.shape[1] != state.k:
+        raise ValueError(f"the race was built for k = {state.k} drafts, got {drafts.shape[1]}")
+    u = race_uniforms(drafts.shape[0], drafts.shape[1], generator, drafts.device)
+    sel = race_select(state, drafts, u)                                    # [N]
+    y = drafts.long().gather(1, sel[:, None])[:, 0]
+    tokens, accepted = speculative_against(state.p, state.b_real, y, generator)
+    return VerifyResult(tokens, accepted, torch.where(accepted, sel, torch.full_like(sel, -1)))
 
 
 def verify_optimal(p, q, drafts, generator=None) -> VerifyResult:
     """p, q: [N, V]; drafts: [N, k] i.i.d. from q. Select one draft by the race, then verify it against
     p with proposal b_real. Emits exactly p; accepts with probability alpha*."""
-    state = build_race(p, q, drafts.shape[1])
-    u = race_uniforms(drafts.shape[0], drafts.shape[1], generator, p.device)
-    sel = race_select(state, drafts, u)                                    # [N]
-    y = drafts.long().gather(1, sel[:, None])[:, 0]
-    tokens, accepted = speculative_against(state.p, state.b_real, y, generator)
-    return VerifyResult(tokens, accepted, torch.where(accepted, sel, torch.full_like(sel, -1)))
+    return verify_prepared(build_race(p, q, drafts.shape[1]), drafts, generator)
 
 
 def acceptance_optimal(p, q, k: int) -> torch.Tensor:
