@@ -129,7 +129,12 @@ def generate(
     pad_token_id: int | None = None,
     **method_options,
 ) -> GenerationResult:
-    """Generate up to ``max_new_tokens`` tokens after ``input_ids`` [1, prompt_len].
+    """Generate up to ``max_new_tokens`` tokens after ``input_ids`` [batch, prompt_len].
+
+    Batches (batch > 1): left padding only, ``attention_mask`` [batch, prompt_len] (1 = real token, 0 =
+    padding; None = all ones) and a ``pad_token_id`` (None: the target's generation_config / config) for
+    rows that end early; methods "autoregressive" and "speculative" on the dynamic engine (see
+    :mod:`fastdecode.decoding.batched`). Batch size 1 runs the single-row engines.
 
     method: "autoregressive", "speculative" (single draft), "multi_draft" (k draft sequences verified
     as a tree), "entropy_switch" (lossy: small model while confident); "auto" = speculative when a
