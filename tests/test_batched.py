@@ -70,10 +70,11 @@ def test_greedy_equals_hf_and_alone(pair, batch, eos, method, kw, with_eos):
         new = alone.sequences[0, n:]
         assert torch.equal(out.sequences[r, L : L + new.shape[0]], new)
         assert (out.sequences[r, L + new.shape[0]:] == 0).all()   # pad after the row's end
-        # per row, the same drafts are made and accepted as alone: no row waits for the others
         assert per_row[r]["new_tokens"] == alone.stats.new_tokens
-        assert per_row[r]["drafted"] == alone.stats.drafted_tokens
-        assert per_row[r]["accepted"] == alone.stats.accepted_tokens
+        if kw.get("adaptive_draft") is False:
+            # fixed length: per row, the same drafts are made and accepted as alone (no row waits for the others)
+            assert per_row[r]["drafted"] == alone.stats.drafted_tokens
+            assert per_row[r]["accepted"] == alone.stats.accepted_tokens
     assert out.stats.new_tokens == sum(r["new_tokens"] for r in per_row)
     assert out.stats.accepted_tokens == sum(r["accepted"] for r in per_row)
 

@@ -15,9 +15,12 @@ Design: shared columns, per-row validity masks, no data moves.
   and each row is verified on its own chain of ``len_r <= g`` drafts. A row that accepted n_r drafts
   marks its columns after the n_r-th draft invalid, forever; nothing is recomputed or moved. Trailing
   columns no row needs are cropped, so the caches grow by the longest accepted run, not by g + 1.
-- Draft length: per row (each row keeps its own adaptive gamma and confidence stop, exactly the
-  single-row rules), capped by the shared g; rows that stop early ride along to the shared g and their
-  extra drafts are ignored (not verified, not counted).
+- Draft length: per row, capped by the shared g. Fixed length: every row drafts ``draft_length`` (less only
+  near its budget), as alone. Adaptive: each row keeps its own gamma (+2 / -1) and confidence stop, the
+  single-row rules, and the batch stops drafting once fewer than half of its rows still want a draft
+  (those rows' chains are cut there): one long-drafting row does not make every row pay for g forwards
+  and g + 1 verified columns. With B = 1 this is exactly the single-row rule. Rows that stopped early ride
+  along to the shared g; their extra drafts are ignored (not verified, not counted).
 - Finished rows (EOS or budget) are dropped from the batch (their cache rows are selected away once,
   when they finish), so they stop consuming compute; their output is padded with ``pad_token_id``.
 
@@ -233,7 +236,8 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 if spec.adaptive and spec.confidence_threshold > 0 and i + 1 < g:
                     low = torch.softmax(logits, -1).amax(-1) < spec.confidence_threshold
                     live = torch.where(low & (live > i + 1), torch.full_like(live, i + 1), live)
-                if i + 1 < g and int(live.max()) <= i + 1:
+                if spec.adaptive and i + 1 < g and 2 * int((live > i + 1).sum()) < nb:
+                    live = live.clamp_max(i + 1)   # fewer than half the rows still draft: the batch stops
                     break
                 ids, m = x[:, None], torch.ones(nb, 1, dtype=torch.long, device=device)
             drafts, q = torch.stack(xs, 1), torch.stack(qs, 1)   # [nb, g'], [nb, g', V]
