@@ -196,7 +196,7 @@ def generate(
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=max_new_tokens, desc=method, unit="tok")
+        bar = tqdm(total=max_new_tokens * input_ids.shape[0], desc=method, unit="tok")
 
     with contextlib.ExitStack() as stack, torch.inference_mode():
         stack.enter_context(eval_mode(target, draft if method != "autoregressive" else None))
