@@ -160,7 +160,7 @@ def run(args) -> int:
         args.batch, args.new_tokens, args.repeats = "1,2", 8, 1
     sizes = [int(b) for b in args.batch.split(",")]
     n = max(max(sizes), args.prompts or 0)
-    out = output_path(args.out, RESULTS_DIR / "batch.json", args.quick)
+    out = args.out = output_path(args.out, RESULTS_DIR / "batch.json", args.quick)
     target, draft, tok = load_pair(args.pair, args.device)
     rng = random.Random(0)
     prompts = [p[: rng.randint(args.min_prompt_tokens, args.prompt_tokens)]
@@ -179,7 +179,8 @@ def run(args) -> int:
     print(f"\ngreedy crossover (speculative no faster than HF generate): "
           f"{'none up to batch ' + str(max(sizes)) if cross is None else 'batch ' + str(cross)}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(machine=machine, args=vars(args), prompt_lengths=[len(p) for p in prompts],
+    kept_args = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    out.write_text(json.dumps(dict(machine=machine, args=kept_args, prompt_lengths=[len(p) for p in prompts],
                                    rows=rows, table=table, greedy_crossover=cross), indent=1, default=str))
     plot(rows, out.with_suffix(".png"))
     print(f"\nwrote {out}")
