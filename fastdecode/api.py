@@ -160,7 +160,7 @@ def generate(
     _check_input_ids(input_ids)
     from .decoding import batched
     attention_mask, pad_token_id = batched.check_batch(target, input_ids, attention_mask, pad_token_id, method,
-                                                       cache_implementation, lambda_attention)
+                                                       cache_implementation, lambda_attention, compile)
     padded_prompt = None
     if input_ids.shape[0] == 1 and not bool(attention_mask.all()):  # one left-padded row: decode its real tokens
         padded_prompt, input_ids = input_ids, input_ids[:, attention_mask[0].bool()]
@@ -210,7 +210,7 @@ def generate(
         if input_ids.shape[0] > 1:
             sequences = batched.decode(target, draft if method != "autoregressive" else None, input_ids,
                                        attention_mask.to(device), max_new_tokens, stream.eos_ids, pad_token_id,
-                                       sampling, method_cfg, generator, stats, bar)
+                                       sampling, method_cfg, generator, stats, bar, static=compile_mode is not None)
         elif compile_mode is not None:
             from .decoding import static
             if method == "autoregressive":

@@ -53,8 +53,10 @@ def _run(pair, ids, mask, method, kw, **extra):
 
 @pytest.mark.parametrize("method,kw", CONFIGS)
 @pytest.mark.parametrize("with_eos", [False, True])
-def test_greedy_equals_hf_and_alone(pair, batch, eos, method, kw, with_eos):
+@pytest.mark.parametrize("engine", ["dynamic", "static"])
+def test_greedy_equals_hf_and_alone(pair, batch, eos, method, kw, with_eos, engine):
     target, _ = pair
+    kw = {**kw, "cache_implementation": engine}
     ids, mask = batch
     eos_ids = [eos] if with_eos else []
     hf = target.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=0,
@@ -107,7 +109,7 @@ def test_pad_token_from_generation_config(pair, batch):
     ("no_pad", "pad_token_id"),
     ("multi_draft", "batch size > 1 is supported"),
     ("entropy_switch", "batch size > 1 is supported"),
-    ("static", "batch size > 1 is supported"),
+    ("static_compiled", "eager forwards only"),
     ("mask_values", "only 0"),
 ])
 def test_bad_batch_input(pair, batch, case, match):
@@ -130,8 +132,8 @@ def test_bad_batch_input(pair, batch, case, match):
         kw["num_drafts"] = 2
     elif case == "entropy_switch":
         kw["method"] = "entropy_switch"
-    elif case == "static":
-        kw["cache_implementation"] = "static"
+    elif case == "static_compiled":
+        kw.update(cache_implementation="static", compile=True)
     elif case == "mask_values":
         kw["attention_mask"] = mask * 2
     with pytest.raises(ValueError, match=match):

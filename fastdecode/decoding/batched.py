@@ -54,12 +54,12 @@ def _pad_from_model(target):
 
 
 def check_batch(target, input_ids: torch.Tensor, attention_mask, pad_token_id, method: str,
-                cache_implementation: str, lambda_attention) -> tuple[torch.Tensor, int | None]:
+                cache_implementation: str, lambda_attention, compile=None) -> tuple[torch.Tensor, int | None]:
     """Validate a (possibly batched, left-padded) call. Returns (attention_mask [B, L] long, pad id or None).
 
     Raises ValueError for B = 0, a mask whose shape differs from the ids, a mask that is not 0/1, right
-    padding (a 0 after a 1), an all-padding row, and, for B > 1: a method or engine without batch support,
-    and a missing pad_token_id (neither the argument nor the target's generation_config / config has one).
+    padding (a 0 after a 1), an all-padding row, and, for B > 1: a method without batch support, recorded
+    static-engine forwards (compile other than None / False / "eager"), and a missing pad_token_id (neither the argument nor the target's generation_config / config has one).
     """
     B, L = input_ids.shape
     if B == 0:
@@ -91,8 +91,9 @@ def check_batch(target, input_ids: torch.Tensor, attention_mask, pad_token_id, m
     if method not in BATCHED_METHODS:
         raise ValueError(f"batch size > 1 is supported for methods {BATCHED_METHODS} only, not {method!r} "
                          f"(batch size {B}); run the prompts one at a time")
-    if cache_implementation != "dynamic":
-        raise ValueError(f"batch size > 1 is supported for cache_implementation='dynamic' only (batch size {B})")
+    if cache_implementation == "static" and compile not in (None, False, "eager"):
+        raise ValueError(f"batch size > 1 on the static engine runs eager forwards only (batch size {B}): pass "
+                         "compile=False, or cache_implementation='dynamic'")
     if lambda_attention is not None:
         raise ValueError(f"batch size > 1 is not supported with lambda_attention (batch size {B})")
     if pad_token_id is None:
@@ -152,6 +153,60 @@ class _Cache:
         self.valid = self.valid.index_select(0, rows)
 
 
+class _SlotCache(_Cache):
+    """The same columns and masks on the static engine's preallocated cache (``static_cache.SlotCache``):
+    a forward writes its n columns at slots start .. start + n - 1 (start = the column count, one device
+    scalar shared by all layers), a trim only moves that start back (the next forward overwrites the
+    slots), and the attention mask is built here: causal over slots, the row's validity, and each column
+    attending to itself (so that a padding column, with no valid key before it, stays finite). Eager
+    forwards only (batch shapes are not recorded)."""
+
+    def __init__(self, model, batch: int, device, capacity: int):
+        from .static_cache import SlotCache, static_support_problem
+
+        problem = static_support_problem(model)
+        if problem:  # pragma: no cover - generate() checks first
+            raise ValueError(problem)
+        cfg = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
+        self.model = model
+        self.cache = SlotCache(cfg.num_hidden_layers, capacity, device)
+        self.capacity = capacity
+        self.slots = torch.arange(capacity, device=device)
+        self.dtype = next(model.parameters()).dtype
+        self.mask = torch.zeros(batch, 0, dtype=torch.long, device=device)
+        self.valid = torch.zeros(batch, dtype=torch.long, device=device)
+
+    def forward(self, ids: torch.Tensor, new_mask: torch.Tensor, keep: int) -> torch.Tensor:
+        start, n = self.columns, ids.shape[1]
+        if start + n > self.capacity:  # pragma: no cover - capacity covers the worst case
+            raise RuntimeError(f"static cache overflow: {start} + {n} > capacity {self.capacity}")
+        pos = (self.valid[:, None] + new_mask.cumsum(-1) - 1).masked_fill(new_mask == 0, 1)
+        self.mask = torch.cat([self.mask, new_mask], 1)
+        self.valid = self.valid + new_mask.sum(-1)
+        full = torch.zeros(ids.shape[0], self.capacity, dtype=torch.bool, device=ids.device)
+        full[:, : self.columns] = self.mask.bool()
+        q = start + self.slots[:n]                                                  # [n] query slots
+        allow = (self.slots[None, :] <= q[:, None])[None] & full[:, None, :]        # [B, n, capacity]
+        allow |= (self.slots[None, :] == q[:, None])[None]
+        mask4 = torch.zeros(allow.shape, dtype=self.dtype, device=ids.device).masked_fill_(
+            ~allow, torch.finfo(self.dtype).min)[:, None]
+        self.cache.start.fill_(start)
+        return kv.forward(self.model, ids, self.cache, position_ids=pos, attention_mask=mask4, logits_to_keep=keep)
+
+    def trim(self) -> None:
+        used = self.mask.any(0).nonzero()
+        last = int(used[-1]) + 1 if used.numel() else 0
+        self.mask = self.mask[:, :last]   # slots past it are overwritten by the next forward
+
+    def select(self, rows: torch.Tensor) -> None:
+        for layer in self.cache.layers:
+            if getattr(layer, "is_initialized", False):
+                layer.keys = layer.keys.index_select(0, rows)
+                layer.values = layer.values.index_select(0, rows)
+        self.mask = self.mask.index_select(0, rows)
+        self.valid = self.valid.index_select(0, rows)
+
+
 def _block(lists: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad token lists into (ids [B, W], mask [B, W]) (padding id 0, masked out)."""
     w = max(len(x) for x in lists)
@@ -197,17 +252,24 @@ def _verify_block(p, q, drafts, lens, generator):
 
 def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
            eos_ids: set[int], pad_token_id: int, sampling: SamplingConfig, spec: SpeculativeConfig | None,
-           generator, stats: DecodeStats, progress=None) -> torch.Tensor:
+           generator, stats: DecodeStats, progress=None, static: bool = False) -> torch.Tensor:
     """Decode a left-padded batch; returns sequences [B, L + longest new] (pad_token_id after a row's end).
 
-    draft / spec None: autoregressive (the same loop with no drafts)."""
+    draft / spec None: autoregressive (the same loop with no drafts). static: the static engine's
+    preallocated slot caches (eager forwards), else transformers' DynamicCache."""
     device = kv.device(target)
     B, L = input_ids.shape
     streams = [TokenStream(input_ids[r : r + 1, L - int(attention_mask[r].sum()):], max_new_tokens, eos_ids)
                for r in range(B)]
     active = [r for r in range(B) if not streams[r].done]   # original row of each batch position
-    tc = _Cache(target, len(active), device)
-    dc = _Cache(draft, len(active), device) if spec is not None else None
+    if static:
+        longest = 0 if spec is None else (spec.max_draft_length if spec.adaptive else spec.draft_length)
+        cap = L + max_new_tokens * (longest + 2) + longest + 2   # columns grow by at most g + 2 per step
+        tc = _SlotCache(target, len(active), device, cap)
+        dc = _SlotCache(draft, len(active), device, cap) if spec is not None else None
+    else:
+        tc = _Cache(target, len(active), device)
+        dc = _Cache(draft, len(active), device) if spec is not None else None
     tpend = [streams[r].tokens[:] for r in active]           # committed tokens the target has not seen
     dpend = [streams[r].tokens[:] for r in active]           # ... the draft has not seen
     gammas = [spec.draft_length if spec is not None else 0 for _ in active]
