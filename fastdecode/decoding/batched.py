@@ -1,5 +1,6 @@
-"""Batched decoding (batch size B > 1) with ragged acceptance, on the dynamic engine: ``autoregressive`` and
-``speculative`` (token and block verifiers, fixed and adaptive draft length).
+"""Batched decoding (batch size B > 1) with ragged acceptance: ``autoregressive`` and ``speculative`` (token
+and block verifiers, fixed and adaptive draft length), on the dynamic engine and (eager forwards) on the
+static engine's slot caches.
 
 Design: shared columns, per-row validity masks, no data moves.
 
