@@ -5,7 +5,7 @@ The same N standard-library prompts (N = the largest batch size unless ``--promp
 mixed lengths (seeded, between ``--min-prompt-tokens`` and ``--prompt-tokens``), are generated at every
 batch size B as N / B left-padded batches. Tokens/s of a repeat = new tokens over all rows (each row
 counted up to and including its EOS) / wall time over all batches; the table reports the median over
-repeats. Speed-ups are ratios against HF ``generate`` at the same batch size and temperature, same run.
+repeats (methods interleaved within a repeat). Speed-ups are ratios against HF ``generate`` at the same batch size and temperature, same run.
 """
 from __future__ import annotations
 
@@ -58,29 +58,35 @@ def _run_batch(kind, target, draft, ids, mask, new_tokens, temperature, seed, pa
 
 
 def run_suite(target, draft, prompts, batch_sizes, temperatures, new_tokens, repeats, pad, eos, progress=True):
+    """Methods are interleaved within each repeat (HF, AR, speculative, HF, ...) so that a change in the
+    machine's load hits all three alike; the median over repeats is reported."""
     rows = []
     for temp in temperatures:
         for B in batch_sizes:
             groups = [prompts[i : i + B] for i in range(0, len(prompts) - B + 1, B)]
+            w_ids, w_mask = left_pad(groups[0], pad)
             for kind in METHODS:
-                w_ids, w_mask = left_pad(groups[0], pad)
                 _run_batch(kind, target, draft, w_ids, w_mask, 8, temp, 0, pad, eos)   # warm-up
-                rates = []
-                toks = 0
-                for r in range(repeats):
+            rates = {kind: [] for kind in METHODS}
+            toks = {}
+            for r in range(repeats):
+                for kind in METHODS:
                     n_tok, secs = 0, 0.0
                     for gi, group in enumerate(groups):
                         ids, mask = left_pad(group, pad)
                         n, s = _run_batch(kind, target, draft, ids, mask, new_tokens, temp, 1000 * r + gi, pad, eos)
                         n_tok += n
                         secs += s
-                    rates.append(n_tok / secs)
-                    toks = n_tok
-                rows.append(dict(temperature=temp, batch=B, method=kind, tokens_per_s=statistics.median(rates),
-                                 tokens_per_s_min=min(rates), tokens_per_s_max=max(rates), new_tokens=toks,
+                    rates[kind].append(n_tok / secs)
+                    toks[kind] = n_tok
+            for kind in METHODS:
+                v = rates[kind]
+                rows.append(dict(temperature=temp, batch=B, method=kind, tokens_per_s=statistics.median(v),
+                                 tokens_per_s_min=min(v), tokens_per_s_max=max(v), new_tokens=toks[kind],
                                  batches=len(groups)))
                 if progress:
-                    print(f"T={temp:g} B={B} {kind}: {rows[-1]['tokens_per_s']:.1f} tok/s", flush=True)
+                    print(f"T={temp:g} B={B} {kind}: {rows[-1]['tokens_per_s']:.1f} tok/s "
+                          f"[{min(v):.1f}, {max(v):.1f}]", flush=True)
     for row in rows:
         base = next(b for b in rows if b["method"] == "hf" and b["batch"] == row["batch"]
                     and b["temperature"] == row["temperature"])
@@ -144,7 +150,7 @@ def add_arguments(p) -> None:
     p.add_argument("--prompt-tokens", type=int, default=64, help="longest prompt")
     p.add_argument("--min-prompt-tokens", type=int, default=16, help="shortest prompt")
     p.add_argument("--new-tokens", type=int, default=48)
-    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--temperatures", default="0,1")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="batch 1,2, 2 prompts, 8 new tokens (smoke test)")
