@@ -133,8 +133,9 @@ def generate(
 
     Batches (batch > 1): left padding only, ``attention_mask`` [batch, prompt_len] (1 = real token, 0 =
     padding; None = all ones) and a ``pad_token_id`` (None: the target's generation_config / config) for
-    rows that end early; methods "autoregressive" and "speculative" on the dynamic engine (see
-    :mod:`fastdecode.decoding.batched`). Batch size 1 runs the single-row engines.
+    rows that end early; methods "autoregressive" and "speculative", on the dynamic engine or the static
+    one with eager forwards (see :mod:`fastdecode.decoding.batched`). Batch size 1 runs the single-row
+    engines (a left-padded row is decoded without its padding, which is put back in the output).
 
     method: "autoregressive", "speculative" (single draft), "multi_draft" (k draft sequences verified
     as a tree), "entropy_switch" (lossy: small model while confident); "auto" = speculative when a
