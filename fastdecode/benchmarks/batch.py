@@ -5,7 +5,8 @@ The same N standard-library prompts (N = the largest batch size unless ``--promp
 mixed lengths (seeded, between ``--min-prompt-tokens`` and ``--prompt-tokens``), are generated at every
 batch size B as N / B left-padded batches. Tokens/s of a repeat = new tokens over all rows (each row
 counted up to and including its EOS) / wall time over all batches; the table reports the median over
-repeats (methods interleaved within a repeat). Speed-ups are ratios against HF ``generate`` at the same batch size and temperature, same run.
+repeats (methods interleaved within a repeat). Speed-ups are ratios against HF ``generate`` at the same
+batch size and temperature, same run.
 """
 from __future__ import annotations
 

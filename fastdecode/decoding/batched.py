@@ -60,7 +60,8 @@ def check_batch(target, input_ids: torch.Tensor, attention_mask, pad_token_id, m
 
     Raises ValueError for B = 0, a mask whose shape differs from the ids, a mask that is not 0/1, right
     padding (a 0 after a 1), an all-padding row, and, for B > 1: a method without batch support, recorded
-    static-engine forwards (compile other than None / False / "eager"), and a missing pad_token_id (neither the argument nor the target's generation_config / config has one).
+    static-engine forwards (compile other than None / False / "eager"), and a missing pad_token_id (neither
+    the argument nor the target's generation_config / config has one).
     """
     B, L = input_ids.shape
     if B == 0:
