@@ -150,7 +150,7 @@ def _batched_law(tiny_pair, runs, **kw):
     """Counts of the first two new tokens of rows 0 + 2 (prompt PROMPTS[0]) and of row 1 over seeded batches."""
     target, draft = tiny_pair
     ids, mask = left_pad(PROMPTS)
-    counts_a, counts_b = {}, {}
+    counts_a, counts_b, joint = {}, {}, {}
     for seed in range(runs):
         out = fastdecode.generate(target, ids, attention_mask=mask, draft=draft, max_new_tokens=3, temperature=1.0,
                                   seed=seed, eos_token_id=[], pad_token_id=0, **kw)
@@ -158,7 +158,9 @@ def _batched_law(tiny_pair, runs, **kw):
         for r, counts in ((0, counts_a), (2, counts_a), (1, counts_b)):
             key = tuple(out.sequences[r, L : L + 2].tolist())
             counts[key] = counts.get(key, 0) + 1
-    return counts_a, counts_b
+        pair_key = (int(out.sequences[0, L]), int(out.sequences[2, L]))   # first tokens of rows 0 and 2
+        joint[pair_key] = joint.get(pair_key, 0) + 1
+    return counts_a, counts_b, joint
 
 
 @pytest.fixture(scope="module")
@@ -171,9 +173,16 @@ def laws(tiny_pair):
                                 dict(draft_length=2, adaptive_draft=False, verifier="block"),
                                 dict(draft_length=1)])
 def test_each_row_keeps_target_law(tiny_pair, laws, kw):
-    a, b = _batched_law(tiny_pair, RUNS, **kw)
+    """Rows 0 and 2 (same prompt) and row 1 each follow the target's 2-token law, and rows 0 and 2 are
+    independent: their first tokens follow the product law."""
+    a, b, joint = _batched_law(tiny_pair, RUNS, **kw)
     assert chi_square_pvalue(a, laws[0]) > ALPHA
     assert chi_square_pvalue(b, laws[1]) > ALPHA
+    first: dict = {}
+    for (x, _), pr in laws[0].items():
+        first[x] = first.get(x, 0.0) + pr
+    product = {(x, y): px * py for x, px in first.items() for y, py in first.items()}
+    assert chi_square_pvalue(joint, product) > ALPHA
 
 
 @pytest.mark.slow
@@ -186,7 +195,7 @@ def test_broken_batched_rule_fails(tiny_pair, laws, monkeypatch):
         return lens, fastdecode.verification.sample(p[rows, lens], generator)
 
     monkeypatch.setattr(batched, "_verify_token", accept_all)
-    a, b = _batched_law(tiny_pair, RUNS, draft_length=2, adaptive_draft=False)
+    a, b, _ = _batched_law(tiny_pair, RUNS, draft_length=2, adaptive_draft=False)
     assert min(chi_square_pvalue(a, laws[0]), chi_square_pvalue(b, laws[1])) < ALPHA
 
 
