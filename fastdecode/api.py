@@ -62,8 +62,6 @@ def _check_input_ids(input_ids) -> None:
                          + (f" of dtype {input_ids.dtype}" if isinstance(input_ids, torch.Tensor) else ""))
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must have shape [batch, prompt_len], got {tuple(input_ids.shape)}")
-    if input_ids.shape[0] != 1:
-        raise ValueError(f"fastdecode.generate supports batch size 1 for now, got batch {input_ids.shape[0]}")
     if input_ids.shape[1] == 0:
         raise ValueError("the prompt is empty: input_ids must hold at least one token")
 
@@ -130,9 +128,17 @@ def generate(
     cache_implementation: str = "dynamic",
     compile=None,
     progress: bool = False,
+    attention_mask: torch.Tensor | None = None,
+    pad_token_id: int | None = None,
     **method_options,
 ) -> GenerationResult:
-    """Generate up to ``max_new_tokens`` tokens after ``input_ids`` [1, prompt_len].
+    """Generate up to ``max_new_tokens`` tokens after ``input_ids`` [batch, prompt_len].
+
+    Batches (batch > 1): left padding only, ``attention_mask`` [batch, prompt_len] (1 = real token, 0 =
+    padding; None = all ones) and a ``pad_token_id`` (None: the target's generation_config / config) for
+    rows that end early; methods "autoregressive" and "speculative", on the dynamic engine or the static
+    one with eager forwards (see :mod:`fastdecode.decoding.batched`). Batch size 1 runs the single-row
+    engines (a left-padded row is decoded without its padding, which is put back in the output).
 
     method: "autoregressive", "speculative" (single draft), "multi_draft" (k draft sequences verified
     as a tree), "entropy_switch" (lossy: small model while confident), "prompt_lookup" (drafts copied
@@ -159,6 +165,12 @@ def generate(
         adaptive_draft=adaptive_draft, max_draft_length=max_draft_length,
         confidence_threshold=confidence_threshold, **method_options)
     _check_input_ids(input_ids)
+    from .decoding import batched
+    attention_mask, pad_token_id = batched.check_batch(target, input_ids, attention_mask, pad_token_id, method,
+                                                       cache_implementation, lambda_attention, compile)
+    padded_prompt = None
+    if input_ids.shape[0] == 1 and not bool(attention_mask.all()):  # one left-padded row: decode its real tokens
+        padded_prompt, input_ids = input_ids, input_ids[:, attention_mask[0].bool()]
     max_new_tokens, temperature, top_k, top_p = resolve(target, input_ids.shape[1], max_new_tokens, temperature,
                                                         top_k, top_p)
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
@@ -191,7 +203,7 @@ def generate(
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=max_new_tokens, desc=method, unit="tok")
+        bar = tqdm(total=max_new_tokens * input_ids.shape[0], desc=method, unit="tok")
 
     with contextlib.ExitStack() as stack, torch.inference_mode():
         stack.enter_context(eval_mode(target, draft if method != "autoregressive" else None))
@@ -202,7 +214,11 @@ def generate(
             for m in (target, draft) if draft is not None else (target,):
                 stack.enter_context(lambda_ctx(m, lambda_attention))
         t0 = time.perf_counter()
-        if compile_mode is not None:
+        if input_ids.shape[0] > 1:
+            sequences = batched.decode(target, draft if method != "autoregressive" else None, input_ids,
+                                       attention_mask.to(device), max_new_tokens, stream.eos_ids, pad_token_id,
+                                       sampling, method_cfg, generator, stats, bar, static=compile_mode is not None)
+        elif compile_mode is not None:
             from .decoding import static
             if method == "autoregressive":
                 static.decode_autoregressive(target, stream, sampling, generator, stats, bar, compile_mode)
@@ -230,5 +246,10 @@ def generate(
         stats.wall_time_s = time.perf_counter() - t0
     if bar is not None:
         bar.close()
+    if input_ids.shape[0] > 1:
+        return GenerationResult(sequences=sequences, stats=stats)
     stats.new_tokens = stream.new_tokens
-    return GenerationResult(sequences=stream.as_tensor(device), stats=stats)
+    sequences = stream.as_tensor(device)
+    if padded_prompt is not None:
+        sequences = torch.cat([padded_prompt.to(device), sequences[:, input_ids.shape[1]:]], 1)
+    return GenerationResult(sequences=sequences, stats=stats)

@@ -1,4 +1,4 @@
-"""Command line: ``fastdecode generate | bench | acceptance | quality | long-context | kernels | optimal-cost``.
+"""Command line: ``fastdecode generate | bench | bench-batch | acceptance | quality | long-context | kernels | optimal-cost``.
 
 Each benchmark subcommand lives in ``fastdecode.benchmarks.<module>``, which exposes
 ``add_arguments(parser)`` and ``run(args)``; this file only wires them up.
@@ -22,6 +22,7 @@ DEFAULT_PROMPT = (
 
 SUBCOMMANDS = {
     "bench": ("e2e", "end-to-end speed vs Hugging Face generate and assisted generation"),
+    "bench-batch": ("batch", "batched speed (batch sizes 1, 4, 16, ...) vs Hugging Face batched generate"),
     "acceptance": ("acceptance", "acceptance rate of every verifier against the optimal-transport bound"),
     "quality": ("quality", "entropy-switch line-completion quality benchmark"),
     "long-context": ("long_context", "Lambda attention: perplexity, passkey and memory vs context length"),

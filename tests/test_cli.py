@@ -145,6 +145,8 @@ class _Stop(Exception):
     (["long-context", "--quick"], "long_context", "bench/results/tmp"),
     (["long-context"], "long_context", "bench/results"),
     (["optimal-cost", "--quick"], "optimal_cost", "bench/results/tmp/optimal_cost.json"),
+    (["bench-batch", "--quick"], "batch", "bench/results/tmp/batch.json"),
+    (["bench-batch"], "batch", "bench/results/batch.json"),
 ])
 def test_quick_runs_never_write_into_the_published_results(monkeypatch, command, module, want):
     """--quick writes under bench/results/tmp/ (git-ignored), never over the committed figures."""

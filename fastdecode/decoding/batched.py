@@ -1,0 +1,378 @@
+"""Batched decoding (batch size B > 1) with ragged acceptance: ``autoregressive`` and ``speculative`` (token
+and block verifiers, fixed and adaptive draft length), on the dynamic engine and (eager forwards) on the
+static engine's slot caches.
+
+Design: shared columns, per-row validity masks, no data moves.
+
+- Every row of a KV cache shares its column axis. A forward appends the same number of columns to every
+  row; each cache has a 2D validity mask [B, columns] (1 = a real token of that row, 0 = left padding, a
+  rejected draft, or a catch-up slot the row did not need) that transformers turns into the causal +
+  padding 4D mask itself. A row's position ids count its valid columns (as HF does with left padding:
+  position = number of valid tokens before it), so a row never sees another row's raggedness.
+- One step: each row's committed tokens not yet in a cache ("pending") are fed as a left-padded block
+  (the prompt in the first step, then the row's last token, plus for the draft the last draft token
+  of a fully accepted draft); the draft proposes ``g`` tokens for every row (``g`` = the longest draft
+  any active row wants this step), the target scores pending + g drafts for every row in ONE forward,
+  and each row is verified on its own chain of ``len_r <= g`` drafts. A row that accepted n_r drafts
+  marks its columns after the n_r-th draft invalid, forever; nothing is recomputed or moved. Trailing
+  columns no row needs are cropped, so the caches grow by the longest accepted run, not by g + 1.
+- Draft length: per row, capped by the shared g. Fixed length: every row drafts ``draft_length`` (less only
+  near its budget), as alone. Adaptive: each row keeps its own gamma (+2 / -1) and confidence stop, the
+  single-row rules, and the batch stops drafting once fewer than half of its rows still want a draft
+  (those rows' chains are cut there): one long-drafting row does not make every row pay for g forwards
+  and g + 1 verified columns. With B = 1 this is exactly the single-row rule. Rows that stopped early ride
+  along to the shared g; their extra drafts are ignored (not verified, not counted).
+- Finished rows (EOS or budget) are dropped from the batch (their cache rows are selected away once,
+  when they finish), so they stop consuming compute; their output is padded with ``pad_token_id``.
+
+Randomness: one generator serves the whole batch, so a row's sampled tokens depend on what else is in
+the batch (and on the shared g). Each row's output law is still exactly the target's, and rows are
+independent in law; the same seed does not give a row the same tokens in another batch.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..config import SamplingConfig, SpeculativeConfig
+from ..stats import DecodeStats
+from ..verification.block import verify_block_batched
+from ..verification.common import residual, sample, uniform
+from . import cache as kv
+from . import sampling as sm
+from .common import TokenStream
+
+BATCHED_METHODS = ("autoregressive", "speculative")
+
+
+def _pad_from_model(target):
+    for src in (getattr(target, "generation_config", None), target.config):
+        pad = getattr(src, "pad_token_id", None) if src is not None else None
+        if pad is not None:
+            pad = torch.as_tensor(pad).flatten()
+            if pad.numel():
+                return int(pad[0])
+    return None
+
+
+def check_batch(target, input_ids: torch.Tensor, attention_mask, pad_token_id, method: str,
+                cache_implementation: str, lambda_attention, compile=None) -> tuple[torch.Tensor, int | None]:
+    """Validate a (possibly batched, left-padded) call. Returns (attention_mask [B, L] long, pad id or None).
+
+    Raises ValueError for B = 0, a mask whose shape differs from the ids, a mask that is not 0/1, right
+    padding (a 0 after a 1), an all-padding row, and, for B > 1: a method without batch support, recorded
+    static-engine forwards (compile other than None / False / "eager"), and a missing pad_token_id (neither
+    the argument nor the target's generation_config / config has one).
+    """
+    B, L = input_ids.shape
+    if B == 0:
+        raise ValueError("input_ids has batch size 0: pass at least one prompt")
+    if attention_mask is None:
+        mask = torch.ones_like(input_ids, dtype=torch.long)
+    else:
+        if not isinstance(attention_mask, torch.Tensor):
+            raise ValueError(f"attention_mask must be a tensor [batch, prompt_len] or None, "
+                             f"got {type(attention_mask).__name__}")
+        if tuple(attention_mask.shape) != (B, L):
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, but input_ids has shape "
+                             f"{(B, L)}: they must match")
+        mask = attention_mask.to(input_ids.device).long()
+        if ((mask != 0) & (mask != 1)).any():
+            raise ValueError("attention_mask must hold only 0 (padding) and 1 (real tokens)")
+        empty = (mask.sum(-1) == 0).nonzero()
+        if empty.numel():
+            raise ValueError(f"row {int(empty[0])} of attention_mask is all padding: every row needs a real token")
+        right = (mask[:, 1:] < mask[:, :-1]).any(-1).nonzero()
+        if right.numel():
+            raise ValueError(f"row {int(right[0])} of attention_mask has a 0 after a 1 (right padding): fastdecode "
+                             "takes left padding only, as HF generate does (tokenizer.padding_side = 'left')")
+    if pad_token_id is not None and (not isinstance(pad_token_id, int) or isinstance(pad_token_id, bool)
+                                     or pad_token_id < 0):
+        raise ValueError(f"pad_token_id must be an int >= 0 or None, got {pad_token_id!r}")
+    if B == 1:
+        return mask, pad_token_id
+    if method not in BATCHED_METHODS:
+        raise ValueError(f"batch size > 1 is supported for methods {BATCHED_METHODS} only, not {method!r} "
+                         f"(batch size {B}); run the prompts one at a time")
+    if cache_implementation == "static" and compile not in (None, False, "eager"):
+        raise ValueError(f"batch size > 1 on the static engine runs eager forwards only (batch size {B}): pass "
+                         "compile=False, or cache_implementation='dynamic'")
+    if lambda_attention is not None:
+        raise ValueError(f"batch size > 1 is not supported with lambda_attention (batch size {B})")
+    if pad_token_id is None:
+        pad_token_id = _pad_from_model(target)
+    if pad_token_id is None:
+        raise ValueError(f"batch size {B} needs a pad_token_id (to pad rows that finish early): pass "
+                         "pad_token_id=..., or set target.generation_config.pad_token_id")
+    return mask, pad_token_id
+
+
+class _Cache:
+    """One model's KV cache over shared columns plus its validity mask [B, C] and valid counts [B]."""
+
+    def __init__(self, model, batch: int, device):
+        self.model = model
+        self.cache = kv.new_cache(model)
+        self.mask = torch.zeros(batch, 0, dtype=torch.long, device=device)
+        self.valid = torch.zeros(batch, dtype=torch.long, device=device)
+
+    @property
+    def columns(self) -> int:
+        return self.mask.shape[1]
+
+    def forward(self, ids: torch.Tensor, new_mask: torch.Tensor, keep: int) -> torch.Tensor:
+        """Feed ids [B, n] whose validity is new_mask [B, n]; returns logits [B, keep, V]."""
+        pos = self.valid[:, None] + new_mask.cumsum(-1) - 1
+        pos = pos.masked_fill(new_mask == 0, 1)  # never attended (masked keys); HF's value for padding
+        self.mask = torch.cat([self.mask, new_mask], 1)
+        self.valid = self.valid + new_mask.sum(-1)
+        return kv.forward(self.model, ids, self.cache, position_ids=pos, attention_mask=self.mask,
+                          logits_to_keep=keep)
+
+    def invalidate(self, first: int, keep: torch.Tensor) -> None:
+        """Columns first.. (to the end): row r keeps the first keep[r] of them valid, the rest become invalid."""
+        n = self.columns - first
+        if n <= 0:
+            return
+        drop = torch.arange(n, device=keep.device)[None] >= keep[:, None]
+        old = self.mask[:, first:]
+        self.valid = self.valid - (old * drop).sum(-1)
+        self.mask[:, first:] = old.masked_fill(drop, 0)
+
+    def trim(self) -> None:
+        """Crop trailing columns that are invalid in every row."""
+        used = self.mask.any(0).nonzero()
+        last = int(used[-1]) + 1 if used.numel() else 0
+        if last < self.columns:
+            kv.crop(self.cache, last)
+            self.mask = self.mask[:, :last]
+
+    def select(self, rows: torch.Tensor) -> None:
+        for layer in self.cache.layers:
+            if getattr(layer, "keys", None) is not None and layer.keys.numel():
+                layer.keys = layer.keys.index_select(0, rows)
+                layer.values = layer.values.index_select(0, rows)
+        self.mask = self.mask.index_select(0, rows)
+        self.valid = self.valid.index_select(0, rows)
+
+
+class _SlotCache(_Cache):
+    """The same columns and masks on the static engine's preallocated cache (``static_cache.SlotCache``):
+    a forward writes its n columns at slots start .. start + n - 1 (start = the column count, one device
+    scalar shared by all layers), a trim only moves that start back (the next forward overwrites the
+    slots), and the attention mask is built here: causal over slots, the row's validity, and each column
+    attending to itself (so that a padding column, with no valid key before it, stays finite). Eager
+    forwards only (batch shapes are not recorded)."""
+
+    def __init__(self, model, batch: int, device, capacity: int):
+        from .static_cache import SlotCache, static_support_problem
+
+        problem = static_support_problem(model)
+        if problem:  # pragma: no cover - generate() checks first
+            raise ValueError(problem)
+        cfg = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
+        self.model = model
+        self.cache = SlotCache(cfg.num_hidden_layers, capacity, device)
+        self.capacity = capacity
+        self.slots = torch.arange(capacity, device=device)
+        self.dtype = next(model.parameters()).dtype
+        self.mask = torch.zeros(batch, 0, dtype=torch.long, device=device)
+        self.valid = torch.zeros(batch, dtype=torch.long, device=device)
+
+    def forward(self, ids: torch.Tensor, new_mask: torch.Tensor, keep: int) -> torch.Tensor:
+        start, n = self.columns, ids.shape[1]
+        if start + n > self.capacity:  # pragma: no cover - capacity covers the worst case
+            raise RuntimeError(f"static cache overflow: {start} + {n} > capacity {self.capacity}")
+        pos = (self.valid[:, None] + new_mask.cumsum(-1) - 1).masked_fill(new_mask == 0, 1)
+        self.mask = torch.cat([self.mask, new_mask], 1)
+        self.valid = self.valid + new_mask.sum(-1)
+        full = torch.zeros(ids.shape[0], self.capacity, dtype=torch.bool, device=ids.device)
+        full[:, : self.columns] = self.mask.bool()
+        q = start + self.slots[:n]                                                  # [n] query slots
+        allow = (self.slots[None, :] <= q[:, None])[None] & full[:, None, :]        # [B, n, capacity]
+        allow |= (self.slots[None, :] == q[:, None])[None]
+        mask4 = torch.zeros(allow.shape, dtype=self.dtype, device=ids.device).masked_fill_(
+            ~allow, torch.finfo(self.dtype).min)[:, None]
+        self.cache.start.fill_(start)
+        return kv.forward(self.model, ids, self.cache, position_ids=pos, attention_mask=mask4, logits_to_keep=keep)
+
+    def trim(self) -> None:
+        used = self.mask.any(0).nonzero()
+        last = int(used[-1]) + 1 if used.numel() else 0
+        self.mask = self.mask[:, :last]   # slots past it are overwritten by the next forward
+
+    def select(self, rows: torch.Tensor) -> None:
+        for layer in self.cache.layers:
+            if getattr(layer, "is_initialized", False):
+                layer.keys = layer.keys.index_select(0, rows)
+                layer.values = layer.values.index_select(0, rows)
+        self.mask = self.mask.index_select(0, rows)
+        self.valid = self.valid.index_select(0, rows)
+
+
+def _block(lists: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists into (ids [B, W], mask [B, W]) (padding id 0, masked out)."""
+    w = max(len(x) for x in lists)
+    ids = torch.tensor([[0] * (w - len(x)) + x for x in lists], dtype=torch.long, device=device)
+    mask = torch.tensor([[0] * (w - len(x)) + [1] * len(x) for x in lists], dtype=torch.long, device=device)
+    return ids, mask
+
+
+def _verify_token(p, q, drafts, lens, generator):
+    """Token-by-token rule on ragged chains. p [B, g+1, V], q [B, g, V], drafts [B, g], lens [B] (row r's
+    chain is its first lens[r] drafts). Returns (accepted [B], next token [B])."""
+    B, g = drafts.shape
+    rows = torch.arange(B, device=p.device)
+    if g:
+        x = drafts.long()
+        px = p[:, :g].gather(2, x[..., None])[..., 0].double()
+        qx = q.gather(2, x[..., None])[..., 0].double()
+        u = uniform(B * g, generator, p.device).view(B, g)
+        ok = (u * qx < px) & (qx > 0) & (torch.arange(g, device=p.device)[None] < lens[:, None])
+        n = ok.long().cumprod(1).sum(1)
+        qn = torch.cat([q, torch.zeros_like(q[:, :1])], 1)[rows, n]   # zero past the chain: residual = p (bonus)
+        qn = torch.where((n == lens)[:, None], torch.zeros_like(qn), qn)
+    else:
+        n = torch.zeros(B, dtype=torch.long, device=p.device)
+        qn = torch.zeros_like(p[:, 0])
+    return n, sample(residual(p[rows, n], qn), generator)
+
+
+def _verify_block(p, q, drafts, lens, generator):
+    """Block verification on ragged chains: rows grouped by chain length."""
+    B = drafts.shape[0]
+    n = torch.zeros(B, dtype=torch.long, device=p.device)
+    nxt = torch.zeros(B, dtype=torch.long, device=p.device)
+    for length in sorted(set(lens.tolist())):
+        idx = (lens == length).nonzero()[:, 0]
+        if length == 0:
+            n_i, nxt_i = torch.zeros_like(idx), sample(p[idx, 0], generator)
+        else:
+            n_i, nxt_i = verify_block_batched(p[idx, : length + 1], q[idx, :length], drafts[idx, :length], generator)
+        n[idx], nxt[idx] = n_i, nxt_i
+    return n, nxt
+
+
+def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
+           eos_ids: set[int], pad_token_id: int, sampling: SamplingConfig, spec: SpeculativeConfig | None,
+           generator, stats: DecodeStats, progress=None, static: bool = False) -> torch.Tensor:
+    """Decode a left-padded batch; returns sequences [B, L + longest new] (pad_token_id after a row's end).
+
+    draft / spec None: autoregressive (the same loop with no drafts). static: the static engine's
+    preallocated slot caches (eager forwards), else transformers' DynamicCache."""
+    device = kv.device(target)
+    B, L = input_ids.shape
+    streams = [TokenStream(input_ids[r : r + 1, L - int(attention_mask[r].sum()):], max_new_tokens, eos_ids)
+               for r in range(B)]
+    active = [r for r in range(B) if not streams[r].done]   # original row of each batch position
+    if static:
+        longest = 0 if spec is None else (spec.max_draft_length if spec.adaptive else spec.draft_length)
+        cap = L + max_new_tokens * (longest + 2) + longest + 2   # columns grow by at most g + 2 per step
+        tc = _SlotCache(target, len(active), device, cap)
+        dc = _SlotCache(draft, len(active), device, cap) if spec is not None else None
+    else:
+        tc = _Cache(target, len(active), device)
+        dc = _Cache(draft, len(active), device) if spec is not None else None
+    tpend = [streams[r].tokens[:] for r in active]           # committed tokens the target has not seen
+    dpend = [streams[r].tokens[:] for r in active]           # ... the draft has not seen
+    gammas = [spec.draft_length if spec is not None else 0 for _ in active]
+    verify = None if spec is None else (_verify_block if spec.verifier == "block" else _verify_token)
+    per_row = [dict(new_tokens=0, drafted=0, accepted=0, steps=0) for _ in range(B)]
+    batch_steps = 0
+
+    while active:
+        nb = len(active)
+        lens = [min(gammas[i], streams[r].remaining - 1) for i, r in enumerate(active)]
+        g = max(lens)
+        drafts = torch.zeros(nb, 0, dtype=torch.long, device=device)
+        q = None
+        if g > 0:
+            ids, m = _block(dpend, device)
+            dfirst = dc.columns + ids.shape[1]             # column of the first fed draft
+            xs, qs = [], []
+            live = torch.tensor(lens, device=device)       # drafts each row still wants
+            for i in range(g):
+                logits = dc.forward(ids, m, 1)[:, 0]        # [nb, V]
+                stats.draft_calls += 1
+                qi = sm.probs(logits, sampling)
+                x = qi.argmax(-1) if sampling.greedy else sample(qi, generator)
+                xs.append(x)
+                qs.append(qi)
+                if spec.adaptive and spec.confidence_threshold > 0 and i + 1 < g:
+                    low = torch.softmax(logits, -1).amax(-1) < spec.confidence_threshold
+                    live = torch.where(low & (live > i + 1), torch.full_like(live, i + 1), live)
+                if spec.adaptive and i + 1 < g and 2 * int((live > i + 1).sum()) < nb:
+                    live = live.clamp_max(i + 1)   # fewer than half the rows still draft: the batch stops
+                    break
+                ids, m = x[:, None], torch.ones(nb, 1, dtype=torch.long, device=device)
+            drafts, q = torch.stack(xs, 1), torch.stack(qs, 1)   # [nb, g'], [nb, g', V]
+            lens_t = live.clamp_max(drafts.shape[1])
+        else:
+            lens_t = torch.zeros(nb, dtype=torch.long, device=device)
+        gd = drafts.shape[1]
+
+        ids, m = _block(tpend, device)
+        tfirst = tc.columns + ids.shape[1]                  # column of the first draft
+        ids = torch.cat([ids, drafts], 1)
+        m = torch.cat([m, torch.ones_like(drafts)], 1)
+        logits = tc.forward(ids, m, gd + 1)                 # [nb, gd + 1, V]
+        stats.target_calls += 1
+        p = sm.probs(logits.reshape(nb * (gd + 1), -1), sampling).view(nb, gd + 1, -1)
+        if gd:
+            n, nxt = verify(p, q, drafts, lens_t, generator)
+        else:
+            n = torch.zeros(nb, dtype=torch.long, device=device)
+            nxt = p[:, 0].argmax(-1) if sampling.greedy else sample(p[:, 0], generator)
+        batch_steps += 1
+
+        # caches keep each row's accepted drafts; the rest of this step's draft columns become invalid
+        tc.invalidate(tfirst, n)
+        if gd:
+            dc.invalidate(dfirst, n)
+        n_l, nxt_l, lens_l, d_l = n.tolist(), nxt.tolist(), lens_t.tolist(), drafts.tolist()
+        keep = []
+        for i, r in enumerate(active):
+            acc = d_l[i][: n_l[i]]
+            stats.record_step(lens_l[i], n_l[i])
+            kept = streams[r].append(acc + [nxt_l[i]])
+            row = per_row[r]
+            row["drafted"] += lens_l[i]
+            row["accepted"] += n_l[i]
+            row["steps"] += 1
+            if progress is not None:
+                progress.update(kept)
+            if spec is not None and spec.adaptive and lens_l[i] > 0:
+                gammas[i] = (min(gammas[i] + 2, spec.max_draft_length) if n_l[i] == lens_l[i]
+                             else max(1, gammas[i] - 1))
+            tpend[i] = [nxt_l[i]]
+            if gd:
+                # the draft saw the pending block and drafts 1..gd-1; a chain accepted up to gd misses draft gd
+                dpend[i] = ([d_l[i][gd - 1]] if n_l[i] == gd else []) + [nxt_l[i]]
+            elif dc is not None:
+                dpend[i] = dpend[i] + [nxt_l[i]]
+            if not streams[r].done:
+                keep.append(i)
+        if len(keep) < nb:
+            idx = torch.tensor(keep, dtype=torch.long, device=device)
+            for c in (tc, dc):
+                if c is not None:
+                    c.select(idx)
+            active = [active[i] for i in keep]
+            tpend = [tpend[i] for i in keep]
+            dpend = [dpend[i] for i in keep]
+            gammas = [gammas[i] for i in keep]
+        for c in (tc, dc):
+            if c is not None and active:
+                c.trim()
+
+    for r, s in enumerate(streams):
+        per_row[r]["new_tokens"] = s.new_tokens
+    stats.new_tokens = sum(s.new_tokens for s in streams)
+    stats.extra["per_row"] = per_row
+    stats.extra["batch_steps"] = batch_steps
+    longest = max(s.new_tokens for s in streams)
+    out = torch.full((B, L + longest), pad_token_id, dtype=torch.long, device=device)
+    out[:, :L] = input_ids
+    for r, s in enumerate(streams):
+        if s.new_tokens:
+            out[r, L : L + s.new_tokens] = torch.tensor(s.tokens[s.prompt_len:], device=device)
+    return out
