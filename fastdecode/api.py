@@ -9,6 +9,7 @@ import torch
 
 from .checks import check_call, eval_mode
 from .config import METHODS, SamplingConfig, build_method_config  # noqa: F401 (METHODS re-exported)
+from .decoding import DYNAMIC, STATIC, batched
 from .decoding import cache as kv
 from .decoding.common import TokenStream
 from .defaults import eos_from_model, resolve
@@ -67,7 +68,7 @@ def _check_input_ids(input_ids) -> None:
 
 
 CACHE_IMPLEMENTATIONS = ("dynamic", "static")
-STATIC_METHODS = ("autoregressive", "speculative", "prompt_lookup")
+STATIC_METHODS = tuple(STATIC)
 
 
 def _static_mode(cache_implementation, compile, method, target, draft, lambda_attention) -> str | None:
@@ -165,7 +166,6 @@ def generate(
         adaptive_draft=adaptive_draft, max_draft_length=max_draft_length,
         confidence_threshold=confidence_threshold, **method_options)
     _check_input_ids(input_ids)
-    from .decoding import batched
     attention_mask, pad_token_id = batched.check_batch(target, input_ids, attention_mask, pad_token_id, method,
                                                        cache_implementation, lambda_attention, compile)
     padded_prompt = None
@@ -219,28 +219,9 @@ def generate(
                                        attention_mask.to(device), max_new_tokens, stream.eos_ids, pad_token_id,
                                        sampling, method_cfg, generator, stats, bar, static=compile_mode is not None)
         elif compile_mode is not None:
-            from .decoding import static
-            if method == "autoregressive":
-                static.decode_autoregressive(target, stream, sampling, generator, stats, bar, compile_mode)
-            elif method == "prompt_lookup":
-                static.decode_prompt_lookup(target, stream, sampling, method_cfg, generator, stats, bar, compile_mode)
-            else:
-                static.decode_speculative(target, draft, stream, sampling, method_cfg, generator, stats, bar, compile_mode)
-        elif method == "autoregressive":
-            from .decoding import autoregressive
-            autoregressive.decode(target, stream, sampling, generator, stats, bar)
-        elif method == "speculative":
-            from .decoding import speculative
-            speculative.decode(target, draft, stream, sampling, method_cfg, generator, stats, bar)
-        elif method == "prompt_lookup":
-            from .decoding import prompt_lookup
-            prompt_lookup.decode(target, stream, sampling, method_cfg, generator, stats, bar, draft=draft)
-        elif method == "multi_draft":
-            from .decoding import multi_draft
-            multi_draft.decode(target, draft, stream, sampling, method_cfg, generator, stats, bar)
+            STATIC[method](target, draft, stream, sampling, method_cfg, generator, stats, bar, mode=compile_mode)
         else:
-            from .decoding import entropy_switch
-            entropy_switch.decode(target, draft, stream, sampling, method_cfg, generator, stats, bar)
+            DYNAMIC[method](target, draft, stream, sampling, method_cfg, generator, stats, bar)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         stats.wall_time_s = time.perf_counter() - t0

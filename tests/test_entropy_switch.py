@@ -1,4 +1,4 @@
-"""Entropy-adaptive decoding (algorithms.md section 5) on the real code pair."""
+"""Entropy-adaptive decoding (docs/algorithms.md section 5) on the real code pair."""
 from __future__ import annotations
 
 import math

@@ -195,7 +195,7 @@ def test_references_are_lossless(kv, method):
     assert chi2_pvalue(tokens, p) > 1e-4
     broken, _ = emitted(kv, method, p, q, k, n, g, broken=True)
     assert chi2_pvalue(broken, p) < 1e-6, "the test cannot tell a biased verifier from a lossless one"
-    # acceptance rates against closed forms (algorithms.md sections 1-3)
+    # acceptance rates against closed forms (docs/algorithms.md sections 1-3)
     rate = (index >= 0).double().mean()
     if method in ("speculative", "rrs"):
         miss, cur = 1.0, p[0]

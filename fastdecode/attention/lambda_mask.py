@@ -1,6 +1,6 @@
 """Lambda-shaped attention (LM-Infinite; Han et al., NAACL'24), the mask and its math.
 
-Terms (``../shared/docs/algorithms.md`` section 6):
+Terms (``docs/algorithms.md`` section 6):
 
 - ``window`` (L, the paper's L_pretrain): a query at position i sees the *local* keys j with
   0 <= i - j < L (itself included) at their true RoPE distance i - j < L.

@@ -5,7 +5,7 @@ standard-library files, cut into 256-token windows as the pair was trained on 25
 distributions p (target) and q (draft) at every position at each temperature, and reports for
 k = 1, 2, 4, 8 drafts the mean over positions of
 - each verifier's acceptance probability (the chance that the emitted token is one of the drafts:
-  algorithms.md sections 1-4): exact closed forms for speculative, rrs, spectr, greedy_draft and
+  docs/algorithms.md sections 1-4): exact closed forms for speculative, rrs, spectr, greedy_draft and
   typical (lossy), a Monte Carlo estimate for rrs_without_replacement, and "optimal" when
   fastdecode.verification.optimal is installed;
 - the optimal acceptance rate of any lossless verifier for i.i.d. drafts and for drafts without

@@ -7,7 +7,7 @@ Python standard library, cut just after each line's first word; greedy decoding 
 Configurations, all on the same prompts: the small model (draft) alone, the large model (target)
 alone, and ``method="entropy_switch"`` for a sweep of thresholds tau (bits). For each: large-model
 token fraction f_L, exact-match accuracy (and as a fraction of the large model's), similarity,
-estimated cost C/C_L = f_L + (1 - f_L) N_S / N_L (tokens x parameters, algorithms.md section 5), forward
+estimated cost C/C_L = f_L + (1 - f_L) N_S / N_L (tokens x parameters, docs/algorithms.md section 5), forward
 cost (tokens fed through each model x its parameters, prompt prefill and catch-ups included, over
 the large model alone) and measured wall time against both models alone.
 

@@ -10,7 +10,9 @@ from . import sampling as sm
 from .common import TokenStream
 
 
-def decode(target, stream: TokenStream, sampling: SamplingConfig, generator, stats: DecodeStats, progress=None) -> None:
+def decode(target, draft, stream: TokenStream, sampling: SamplingConfig, cfg, generator, stats: DecodeStats,
+           progress=None) -> None:
+    """draft and cfg are unused (the one decode signature of every method)."""
     device = kv.device(target)
     cache = kv.new_cache(target)
     while not stream.done:

@@ -1,4 +1,4 @@
-"""Entropy-adaptive decoding (Simonds, "Entropy Adaptive Decoding", arXiv 2502.06833), algorithms.md section 5.
+"""Entropy-adaptive decoding (Simonds, "Entropy Adaptive Decoding", arXiv 2502.06833), docs/algorithms.md section 5.
 
 A small model M_S (the draft) generates while it is confident; the large model M_L (the target)
 takes over when the rolling mean entropy of the generating model's next-token distribution rises
@@ -22,10 +22,10 @@ Terms:
 - catch-up: each model keeps its own KV cache over the shared token stream; a model that takes over
   feeds the tokens its cache has not seen in ONE forward pass (never recomputing what it has).
 - speculate_when_large: while M_L is active it verifies chains of ``speculative_length`` tokens
-  drafted by M_S (algorithms.md section 1), so its segments stay exactly p-distributed and cost fewer
+  drafted by M_S (docs/algorithms.md section 1), so its segments stay exactly p-distributed and cost fewer
   target passes. The hand-back check then runs between verification steps, on the entropies of the
   emitted tokens (M_L's logits for the next position do not exist before the next verification).
-- cost model [derived in algorithms.md section 5, reproduces the paper's numbers]: with a fraction
+- cost model [derived in docs/algorithms.md section 5, reproduces the paper's numbers]: with a fraction
   f_L of tokens from M_L, C / C_L = f_L + (1 - f_L) * N_S / N_L (N = parameter counts).
 """
 from __future__ import annotations
@@ -181,7 +181,7 @@ class _Switcher:
         self.emit([sm.next_token(logits, self.sampling, self.generator)], [h], logits, probe, mean, switched)
 
     def speculative_step(self, verifier) -> None:
-        """The target, active, verifies a chain drafted by the draft model (lossless, algorithms.md section 1)."""
+        """The target, active, verifies a chain drafted by the draft model (lossless, docs/algorithms.md section 1)."""
         stream, device, dcache = self.stream, kv.device(self.models[TARGET]), self.caches[DRAFT]
         g = min(self.es.speculative_length, stream.remaining - 1)
         unseen = stream.length - kv.cache_length(dcache)

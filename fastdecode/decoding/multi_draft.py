@@ -1,5 +1,5 @@
-"""Multi-draft speculative decoding (SpecTr, Sun et al. NeurIPS'23, and its successors; algorithms.md
-sections 2-4, optimal_verifier.md section 1).
+"""Multi-draft speculative decoding (SpecTr, Sun et al. NeurIPS'23, and its successors; docs/algorithms.md
+sections 2-4, docs/verifiers.md section 1).
 
 One step:
 1. Drafting: k draft sequences of ``draft_length`` tokens grow as one prefix tree. At each depth every

@@ -99,8 +99,8 @@ def propose_reference(tokens: list[int], k: int, max_n: int, min_n: int = 1) -> 
     return []
 
 
-def decode(target, stream: TokenStream, sampling: SamplingConfig, cfg: PromptLookupConfig, generator,
-           stats: DecodeStats, progress=None, draft=None) -> None:
+def decode(target, draft, stream: TokenStream, sampling: SamplingConfig, cfg: PromptLookupConfig, generator,
+           stats: DecodeStats, progress=None) -> None:
     """Prompt lookup decoding; ``draft``: a draft model for the steps without an n-gram match (None: those
     steps are plain decoding steps)."""
     device = kv.device(target)

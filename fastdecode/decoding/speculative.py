@@ -1,4 +1,4 @@
-"""Single-draft speculative decoding (algorithms.md section 1), with an adaptive draft length.
+"""Single-draft speculative decoding (docs/algorithms.md section 1), with an adaptive draft length.
 
 One step:
 1. the draft catches up on the tokens its cache has not seen and proposes up to gamma tokens

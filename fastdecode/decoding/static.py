@@ -96,8 +96,8 @@ def _plain_step(run, last, pos, sampling, generator, stats) -> tuple[torch.Tenso
     return tok, tok_host
 
 
-def decode_autoregressive(target, stream: TokenStream, sampling: SamplingConfig, generator, stats: DecodeStats,
-                          progress=None, mode: str = "eager") -> None:
+def decode_autoregressive(target, draft, stream: TokenStream, sampling: SamplingConfig, cfg, generator,
+                          stats: DecodeStats, progress=None, mode: str = "eager") -> None:
     sampling = _sampling(sampling)
     prompt = torch.tensor([stream.tokens], device=kv.device(target))
     run = runner_for(target, capacity_for(stream.length, stream.max_new_tokens, 1), mode)
@@ -187,8 +187,8 @@ def decode_speculative(target, draft, stream: TokenStream, sampling: SamplingCon
         stats.extra["plain_steps"] = policy.plain_steps
 
 
-def decode_prompt_lookup(target, stream: TokenStream, sampling: SamplingConfig, cfg, generator, stats: DecodeStats,
-                         progress=None, mode: str = "eager") -> None:
+def decode_prompt_lookup(target, draft, stream: TokenStream, sampling: SamplingConfig, cfg, generator,
+                         stats: DecodeStats, progress=None, mode: str = "eager") -> None:
     """``method="prompt_lookup"`` on the static engine: the drafts come from
     :class:`~fastdecode.decoding.prompt_lookup.NgramIndex` on the host (the text is there anyway), q is
     one-hot at each draft, and the target forward and verification are those of :func:`decode_speculative`

@@ -1,7 +1,7 @@
 """Row entropy of softmax(logits), before any temperature, in bits (or nats).
 
 H = -sum_x p(x) log p(x) with p = softmax(logits); Entropy Adaptive Decoding (Simonds 2025,
-algorithms.md section 5) measures it in bits on the raw logits, before temperature.
+docs/algorithms.md section 5) measures it in bits on the raw logits, before temperature.
 
 ``entropy_reference`` is the PyTorch definition and the CPU path. ``entropy`` runs ``_entropy_kernel``:
 one streaming pass keeps an online max m, s = sum e^(x - m) and t = sum e^(x - m) (x - m), so that

@@ -1,6 +1,6 @@
 """One decode step of Lambda-shaped attention (LM-Infinite): one query against global + window keys.
 
-Inputs per (batch, head), see ``../shared/docs/algorithms.md`` section 6 ("O(1)-memory decode kernel"):
+Inputs per (batch, head), see ``docs/algorithms.md`` section 6 ("O(1)-memory decode kernel"):
 - ``q`` [B, H, D]: the query rotated at its true position ``qpos``;
 - ``q_far`` [B, H, D]: the same query rotated at position ``window`` (the distance limit L);
 - ``k``, ``v`` [B, Hkv, m, D]: the cached keys (rotated at their true positions ``kpos`` [m]) and values,

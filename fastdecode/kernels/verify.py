@@ -1,6 +1,6 @@
 """Fused acceptance test + residual sampling for the lossless verifiers (p = target, q = draft).
 
-Methods (algorithms.md sections 1, 2, 4), all for k drafts x_1..x_k of one position per row:
+Methods (docs/algorithms.md sections 1, 2, 4), all for k drafts x_1..x_k of one position per row:
 - ``speculative`` (Leviathan et al. 2023; Chen et al. 2023): k = 1, accept x with probability
   min(1, p(x)/q(x)), else emit y ~ norm(max(0, p - q)).
 - ``rrs`` with replacement (SpecInfer / MCSD): x_i i.i.d. ~ q; p_1 = p; accept x_i with probability

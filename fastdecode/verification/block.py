@@ -1,5 +1,5 @@
 """Block verification of one drafted chain (Sun et al., "Block Verification Accelerates Speculative
-Decoding", ICLR 2025), docs/optimal_verifier.md section 2.
+Decoding", ICLR 2025), docs/verifiers.md section 2.
 
 Token-by-token verification stops at the first rejected draft. Block verification decides on the whole
 block of gamma drafts jointly: it keeps the LONGEST prefix whose test passes, where the test at
@@ -15,7 +15,7 @@ and independent uniforms eta_i:
 Lossless (the first gamma + 1 emitted tokens follow the target's joint law) and never worse than
 token-by-token in expected accepted length; the paper shows it is optimal among verifiers of a single
 draft block. Terms: accepted = kept drafts (tau), the next token is a residual (tau < gamma) or the
-bonus (tau = gamma), as in algorithms.md.
+bonus (tau = gamma), as in docs/algorithms.md.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The optimal acceptance rate: the best any lossless verifier can do for a given draft scheme.
 
-Hu et al., "Towards Optimal Multi-draft Speculative Decoding" (ICLR'25), algorithms.md section 3.
+Hu et al., "Towards Optimal Multi-draft Speculative Decoding" (ICLR'25), docs/algorithms.md section 3.
 A lossless verifier couples the draft tuple X = (X_1..X_k) ~ Q with the output Y ~ p; the best
 acceptance P(Y in X) over all couplings is an optimal-transport LP whose dual is a subset selection:
 

@@ -4,7 +4,7 @@
   the optimal verifier and typical acceptance need these.
 - ``"without_replacement"``: sequential draws, q_1 = q, q_{i+1} = q_i with x_i removed and
   renormalised, implemented as Gumbel-top-k (exponential clocks); the drafts come back **in draw
-  order**, which the verifier needs (algorithms.md section 4, pitfall (i)). When the k draws exhaust
+  order**, which the verifier needs (docs/algorithms.md section 4, pitfall (i)). When the k draws exhaust
   q's support (k > number of tokens with q > 0, e.g. at temperature 0 or after top-k), the remaining
   draws are uniform over the tokens not yet drawn; the verifier uses the same convention (it is the
   limit of q_eps = (1 - eps) q + eps / V as eps -> 0), so the scheme stays exact.

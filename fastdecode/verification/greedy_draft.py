@@ -1,5 +1,5 @@
 """Greedy draft sampling and its optimal verifier (Hu, Zheng, Viswanathan, Chen, Rossi, Wu,
-Manocha, Huang, "Towards Optimal Multi-draft Speculative Decoding", ICLR'25), algorithms.md section 3.
+Manocha, Huang, "Towards Optimal Multi-draft Speculative Decoding", ICLR'25), docs/algorithms.md section 3.
 
 Drafts: D = the k-1 most probable tokens of q (deterministic), plus one draft x_k drawn from
 q' = q restricted to the other tokens and renormalised (see drafts.py). Verifier: accept x_k with

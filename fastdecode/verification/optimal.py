@@ -1,4 +1,4 @@
-"""The OT-optimal verifier for k i.i.d. drafts ("optimal"), docs/optimal_verifier.md section 1.
+"""The OT-optimal verifier for k i.i.d. drafts ("optimal"), docs/verifiers.md section 1.
 
 Terms. Drafts X_1..X_k are i.i.d. from q; p is the target. A *selection marginal* b is the law of the
 draft a verifier picks; single-draft speculative sampling of the picked draft Y against p with proposal

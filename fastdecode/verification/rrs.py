@@ -1,4 +1,4 @@
-"""Recursive rejection sampling (RRS), algorithms.md section 4.
+"""Recursive rejection sampling (RRS), docs/algorithms.md section 4.
 
 **With replacement** (SpecInfer's multi-step speculative sampling; MCSD ``_MCSSwReplacement``):
 children x_1..x_k i.i.d. from q. With p_1 = p, draft x_i is accepted with probability

@@ -11,7 +11,7 @@ Given the drafts, the emitted token then has the law (:func:`output_law`)
 which is what the exactness tests enumerate. "Accepted" means the emitted token is one of the
 drafts (VerifyResult); for the rules above a residual token never equals a rejected draft, except in
 the greedy-draft rule, where residual tokens among the deterministic top k-1 drafts count as
-accepted by design (algorithms.md section 3).
+accepted by design (docs/algorithms.md section 3).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SpecTr's K-SEQ (Sun, Suresh, Ro, Beirami, Jain, Yu, NeurIPS'23), algorithms.md section 2.
+"""SpecTr's K-SEQ (Sun, Suresh, Ro, Beirami, Jain, Yu, NeurIPS'23), docs/algorithms.md section 2.
 
 Drafts x_1..x_k i.i.d. from q (duplicates counted). With beta(rho) = sum_x min(q(x), p(x) / rho),
 rho* is the smallest rho in [1, k] with 1 - (1 - beta(rho))^k <= rho * beta(rho) (the left side

@@ -1,4 +1,4 @@
-"""Classic speculative sampling (Leviathan et al. ICML'23; Chen et al. 2023), algorithms.md section 1.
+"""Classic speculative sampling (Leviathan et al. ICML'23; Chen et al. 2023), docs/algorithms.md section 1.
 
 For one draft x ~ q: accept x with probability min(1, p(x) / q(x)); otherwise emit a residual token
 y ~ norm(max(0, p - q)). The output is exactly p-distributed: min(p, q) + (1 - sum min(p, q)) *

@@ -1,5 +1,5 @@
 """Medusa's typical acceptance (Cai et al., "Medusa", 2024; FasterDecoding/Medusa utils.py),
-algorithms.md section 4. **LOSSY**: the output is *not* distributed as p, and results carry
+docs/algorithms.md section 4. **LOSSY**: the output is *not* distributed as p, and results carry
 ``VerifyResult.lossy = True``.
 
 A draft x passes when p(x) > min(eps, delta * exp(-H(p))), H(p) the entropy of p in nats,
