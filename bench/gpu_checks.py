@@ -32,6 +32,7 @@ VARIANTS = [
     dict(method="speculative", draft_length=3, adaptive_draft=False),
     dict(method="speculative", draft_length=4, adaptive_draft=False),
     dict(method="speculative", draft_length=7, adaptive_draft=False, verifier="block"),
+    dict(method="prompt_lookup"),  # no draft model
 ]
 
 
@@ -45,8 +46,9 @@ def greedy_checks(device, n_prompts: int, new: int) -> list[dict]:
             for pr in prompts:
                 ids = torch.tensor([pr], device=device)
                 ref = target.generate(ids, max_new_tokens=new, do_sample=False)
-                got = fastdecode.generate(target, ids, draft=draft, temperature=0, max_new_tokens=new,
-                                          cache_implementation=engine, **kw).sequences
+                got = fastdecode.generate(target, ids, draft=None if kw["method"] == "prompt_lookup" else draft,
+                                          temperature=0, max_new_tokens=new, cache_implementation=engine,
+                                          **kw).sequences
                 same += bool(torch.equal(ref, got))
             out.append(dict(check="greedy == HF", engine=engine, kwargs=kw, equal=same, of=len(prompts),
                             seconds=round(time.perf_counter() - t0, 2), ok=same == len(prompts)))

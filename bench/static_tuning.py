@@ -27,6 +27,7 @@ CONFIGS = [  # (name, generate kwargs); on CUDA the adaptive length's confidence
     ("gamma=3", dict(method="speculative", draft_length=3, adaptive_draft=False, **ST)),
     ("gamma=5", dict(method="speculative", draft_length=5, adaptive_draft=False, **ST)),
     ("gamma=8", dict(method="speculative", draft_length=8, adaptive_draft=False, **ST)),
+    ("prompt_lookup", dict(method="prompt_lookup", **ST)),  # no draft model: n-gram drafts from the text
     ("autoregressive compile=True", dict(method="autoregressive", compile=True, **ST)),
     ("gamma=5 compile=True", dict(method="speculative", draft_length=5, adaptive_draft=False, compile=True, **ST)),
 ]
@@ -36,7 +37,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", default=None, help="comma list: keep the configurations whose name contains one of these")
+    ap.add_argument("--only", default=None, help="comma list of configuration names to run (default: all)")
     ap.add_argument("--prompts", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", default=None)
@@ -62,12 +63,13 @@ def main() -> int:
             sync()
             n = out.shape[1] - ids.shape[1]
             return n, time.perf_counter() - t0, n
-        out = fastdecode.generate(target, ids, draft=draft, temperature=temp, max_new_tokens=new, seed=seed, **kw)
+        d = None if kw.get("method") == "prompt_lookup" else draft
+        out = fastdecode.generate(target, ids, draft=d, temperature=temp, max_new_tokens=new, seed=seed, **kw)
         return out.stats.new_tokens, out.stats.wall_time_s, out.stats.target_calls
     rows = []
     for temp in (0.0, 1.0):
         for name, kw in CONFIGS:
-            if (args.quick and "compile" in name) or (only and not any(o in name for o in only)):
+            if (args.quick and "compile" in name) or (only and name not in only):
                 continue
             try:
                 t0 = time.perf_counter()
