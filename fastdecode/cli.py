@@ -78,6 +78,12 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
                    help="prompt_lookup: the shortest n-gram looked up (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="weights' dtype (bfloat16 on a GPU)")
+    p.add_argument("--cache-implementation", default="dynamic", choices=["dynamic", "static"],
+                   help="static: preallocated caches and recorded forwards (fast on a GPU)")
+    p.add_argument("--compile", default=None, choices=["eager", "cudagraphs", "inductor"],
+                   help="static engine only; default: cudagraphs on CUDA, eager on the CPU")
     p.add_argument("--compare", action="store_true",
                    help="also time plain autoregressive decoding and HF generate and print the speed-ups")
     p.add_argument("--repeats", type=int, default=3,
@@ -86,8 +92,11 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
 
 def _method_kwargs(args) -> dict:
     """The method options given on the command line, as generate() keyword arguments (None: not given)."""
-    kw = dict(draft_length=args.draft_length, adaptive_draft=args.adaptive_draft, verifier=args.verifier)
+    kw = dict(draft_length=args.draft_length, adaptive_draft=args.adaptive_draft, verifier=args.verifier,
+              compile=args.compile)
     kw = {k: v for k, v in kw.items() if v is not None}
+    if args.cache_implementation != "dynamic":
+        kw["cache_implementation"] = args.cache_implementation
     if args.num_drafts != 1:
         kw["num_drafts"] = args.num_drafts
     for name in ("entropy_threshold", "entropy_window", "min_dwell", "speculative_length",
@@ -117,7 +126,10 @@ def _check_args(args, has_draft: bool) -> None:
     SamplingConfig(args.temperature, args.top_k, args.top_p)
     if args.num_drafts != 1 and not (args.method == "multi_draft" or (args.method == "auto" and has_draft)):
         raise ValueError(f"--num-drafts applies to --method multi_draft (or auto), not to {args.method}")
-    build_method_config(args.method, has_draft, **_method_kwargs(args))
+    engine = {k: _method_kwargs(args).pop(k, None) for k in ("cache_implementation", "compile")}
+    build_method_config(args.method, has_draft, **{k: v for k, v in _method_kwargs(args).items() if k not in engine})
+    if engine["compile"] is not None and args.cache_implementation != "static":
+        raise ValueError("--compile applies to --cache-implementation static")
     check_model_path(args.target)
     if has_draft and args.method != "autoregressive":
         check_model_path(args.draft)
@@ -140,7 +152,8 @@ def _compare(args, target, draft, ids, kw, out) -> None:
     def method_rate():
         return generate(target, ids, draft=draft, method=args.method, **kw).stats.tokens_per_s
 
-    base_kw = {k: kw[k] for k in ("max_new_tokens", "temperature", "top_k", "top_p", "seed")}
+    base_kw = {k: kw[k] for k in ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "cache_implementation",
+                                  "compile") if k in kw}  # the same engine for the baseline
 
     def base_rate():
         return generate(target, ids, method="autoregressive", **base_kw).stats.tokens_per_s
@@ -199,10 +212,11 @@ def _run_generate(args) -> int:
     text = Path(args.prompt_file).read_text() if args.prompt_file else args.prompt
     if not text:
         raise ValueError("the prompt is empty: give --prompt text or a non-empty --prompt-file")
-    target, tok = load_model(args.target, args.device)
+    dtype = getattr(torch, args.dtype)
+    target, tok = load_model(args.target, args.device, dtype)
     draft = None
     if has_draft and args.method != "autoregressive":
-        draft, dtok = load_model(args.draft, args.device)
+        draft, dtok = load_model(args.draft, args.device, dtype)
         check_pair(target, draft, tok, dtok)
     ids = tok(text, return_tensors="pt").input_ids.to(args.device)
     kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,

@@ -46,6 +46,9 @@ def test_generate_multi_draft_with_verifier(capsys):
     (["--compare", "--repeats", "0"], "--repeats must be >= 1"),
     (["--method", "entropy_switch", "--speculative-length", "3"], "speculate_when_large=True"),
     (["--method", "entropy_switch", "--speculate-when-large", "--speculative-length", "0"], "speculative_length must be"),
+    (["--compile", "cudagraphs"], "--compile applies to --cache-implementation static"),
+    (["--cache-implementation", "static", "--compile", "cudagraphs"], "needs a model on a CUDA device"),
+    (["--cache-implementation", "static", "--method", "multi_draft", "--num-drafts", "2"], "supports methods"),
 ])
 def test_user_mistakes_are_one_line_errors(capsys, monkeypatch, args, message):
     monkeypatch.chdir(REPO)
@@ -59,6 +62,12 @@ def test_unknown_method_is_rejected_by_the_parser(capsys):
     with pytest.raises(SystemExit) as e:
         main(["generate", "--method", "beam", "--max-new-tokens", "4"])
     assert e.value.code == 2 and "invalid choice: 'beam'" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # a real generation with the code pair
+def test_generate_on_the_static_engine(capsys):
+    assert main(["generate", "--prompt", "def f(x):", "--max-new-tokens", "8", "--cache-implementation", "static"]) == 0
+    assert "method=speculative" in capsys.readouterr().out
 
 
 @pytest.mark.slow  # a real generation with the code pair
