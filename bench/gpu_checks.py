@@ -18,12 +18,13 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # bench.common, this checkout's fastdecode, the tests' helpers
 
 import fastdecode  # noqa: E402
+from bench.common import stdlib_prompts  # noqa: E402
 from conftest import tiny_llama  # noqa: E402
 from distribution import chi_square_pvalue, exact_law, sample_law  # noqa: E402
-from fastdecode.benchmarks.prompts import stdlib_prompts  # noqa: E402
 from fastdecode.decoding import static  # noqa: E402
 
 VARIANTS = [

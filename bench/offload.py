@@ -10,15 +10,20 @@ over plain decoding).
 import argparse
 import json
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-import fastdecode
-from fastdecode.benchmarks.prompts import stdlib_prompts
-from fastdecode.models import DEFAULT_PAIR, load_model
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as `python bench/<name>.py`: bench.common and this checkout's fastdecode
+    sys.path.insert(0, str(ROOT))
+
+import fastdecode  # noqa: E402
+from bench.common import stdlib_prompts  # noqa: E402
+from fastdecode.models import DEFAULT_PAIR, load_model  # noqa: E402
 
 MAPS = {"disk": {"": "disk"}, "auto": "auto"}
 

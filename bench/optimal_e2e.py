@@ -14,13 +14,18 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-import fastdecode
-from fastdecode.benchmarks.prompts import stdlib_prompts
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as `python bench/<name>.py`: bench.common and this checkout's fastdecode
+    sys.path.insert(0, str(ROOT))
+
+import fastdecode  # noqa: E402
+from bench.common import stdlib_prompts  # noqa: E402
 
 
 def main() -> int:

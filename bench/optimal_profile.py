@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from fastdecode.benchmarks.optimal_cost import _pair
-from fastdecode.verification import optimal as O
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as `python bench/<name>.py`: bench.common and this checkout's fastdecode
+    sys.path.insert(0, str(ROOT))
+
+from bench.optimal_cost import _pair  # noqa: E402
+from fastdecode.verification import optimal as O  # noqa: E402
 
 
 def _ms(fn, repeats):

@@ -19,14 +19,19 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-import fastdecode
-from fastdecode.benchmarks.prompts import stdlib_prompts, stdlib_sources
-from fastdecode.models import load_pair
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as `python bench/<name>.py`: bench.common and this checkout's fastdecode
+    sys.path.insert(0, str(ROOT))
+
+import fastdecode  # noqa: E402
+from bench.common import stdlib_prompts, stdlib_sources  # noqa: E402
+from fastdecode.models import load_pair  # noqa: E402
 
 INSTRUCTION = "\n# the same function again, unchanged:\n"
 RESULTS = Path(__file__).parent / "results"

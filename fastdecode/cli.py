@@ -1,7 +1,8 @@
 """Command line: ``fastdecode generate | bench | bench-batch | acceptance | quality | long-context | kernels | optimal-cost``.
 
-Each benchmark subcommand lives in ``fastdecode.benchmarks.<module>``, which exposes
-``add_arguments(parser)`` and ``run(args)``; this file only wires them up.
+``generate`` is the package's own command. The benchmarks are scripts of the repository, outside the package
+(``bench/<script>.py``): each benchmark subcommand calls its script's ``main`` with the remaining arguments,
+the same as ``python bench/<script>.py ...``, so it needs a source checkout (``bench/`` next to ``fastdecode/``).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ DEFAULT_PROMPT = (
     '            key, _, value = line.partition("=")\n            config['
 )
 
+# subcommand: (script in bench/, help)
 SUBCOMMANDS = {
     "bench": ("e2e", "end-to-end speed vs Hugging Face generate and assisted generation"),
     "bench-batch": ("batch", "batched speed (batch sizes 1, 4, 16, ...) vs Hugging Face batched generate"),
@@ -239,27 +241,60 @@ def _run_generate(args) -> int:
     return 0
 
 
+def bench_dir() -> Path | None:
+    """The repository's ``bench/`` folder next to the package (a source checkout), or None (an installed package)."""
+    d = Path(__file__).resolve().parent.parent / "bench"
+    return d if (d / "common.py").is_file() else None
+
+
+def run_benchmark(command: str, argv: list[str]) -> int:
+    """``fastdecode <command> ARGS`` = ``python bench/<script>.py ARGS``: the script's ``main(ARGS)``, in this
+    process (imported as ``bench.<script>``, so that quality's worker processes can import what they run)."""
+    script = SUBCOMMANDS[command][0]
+    folder = bench_dir()
+    if folder is None or not (folder / f"{script}.py").is_file():
+        print(f"fastdecode {command}: the benchmarks are scripts of the fastdecode repository (bench/{script}.py), "
+              f"not part of the installed package: run it from a source checkout", file=sys.stderr)
+        return 2
+    if str(folder.parent) not in sys.path:
+        sys.path.insert(0, str(folder.parent))
+    saved = sys.argv
+    sys.argv = [f"fastdecode {command}", *argv]  # the script's argparse names itself after sys.argv[0]
+    try:
+        module = importlib.import_module(f"bench.{script}")
+        if Path(module.__file__).resolve().parent != folder.resolve():
+            print(f"fastdecode {command}: `import bench` finds {module.__file__}, not {folder}", file=sys.stderr)
+            return 2
+        return int(module.main(argv) or 0)
+    except SystemExit as e:  # argparse's --help and usage errors, or a script's own exit
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0
+        print(f"fastdecode {command}: {e.code}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as e:  # a benchmark whose optional dependency is missing
+        print(f"fastdecode {command}: unavailable ({e})", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as e:  # user mistakes: bad values, missing files or models
+        print(f"fastdecode {command}: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        sys.argv = saved
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in SUBCOMMANDS:  # the benchmark script parses (and documents, --help) its own arguments
+        return run_benchmark(argv[0], argv[1:])
     parser = argparse.ArgumentParser(prog="fastdecode", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="generate text with a target (and draft) model",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _generate_args(g)
-    for name, (module, help_) in SUBCOMMANDS.items():
-        sp = sub.add_parser(name, help=help_)
-        try:
-            mod = importlib.import_module(f".benchmarks.{module}", __package__)
-        except ModuleNotFoundError as e:  # a benchmark whose optional dependency is missing
-            sp.set_defaults(_missing=str(e))
-            continue
-        mod.add_arguments(sp)
-        sp.set_defaults(_run=mod.run)
+    for name, (script, help_) in SUBCOMMANDS.items():  # listed in --help; run by run_benchmark above
+        sub.add_parser(name, help=f"{help_} (bench/{script}.py; a source checkout)")
     args = parser.parse_args(argv)
-    if getattr(args, "_missing", None):
-        print(f"fastdecode {args.command}: unavailable ({args._missing})", file=sys.stderr)
-        return 2
     try:
-        return _run_generate(args) if args.command == "generate" else int(args._run(args) or 0)
+        return _run_generate(args)
     except (ValueError, OSError) as e:  # user mistakes: bad values, missing files or models
         print(f"fastdecode {args.command}: error: {e}", file=sys.stderr)
         return 2

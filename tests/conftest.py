@@ -30,7 +30,7 @@ def code_pair():
 
 @pytest.fixture(scope="session")
 def stdlib_prompts(code_pair):
-    from fastdecode.benchmarks.prompts import stdlib_prompts
+    from prompts import stdlib_prompts
     return stdlib_prompts(code_pair[2], n=8, prompt_tokens=48)
 
 

@@ -158,7 +158,8 @@ class _Stop(Exception):
     (["bench-batch"], "batch", "bench/results/batch.json"),
 ])
 def test_quick_runs_never_write_into_the_published_results(monkeypatch, command, module, want):
-    """--quick writes under bench/results/tmp/ (git-ignored), never over the committed figures."""
+    """--quick writes under bench/results/tmp/ (git-ignored), never over the committed figures; the CLI passes
+    its arguments on to the script bench/<module>.py."""
     import importlib
 
     import fastdecode.models
@@ -167,7 +168,7 @@ def test_quick_runs_never_write_into_the_published_results(monkeypatch, command,
     def stop(*a, **k):
         raise _Stop
 
-    mod = importlib.import_module(f"fastdecode.benchmarks.{module}")
+    mod = importlib.import_module(f"bench.{module}")  # what `fastdecode <command>` runs: bench/<module>.py
     real_run = mod.run
 
     def spy(args):
@@ -185,7 +186,45 @@ def test_quick_runs_never_write_into_the_published_results(monkeypatch, command,
     args = seen["args"]
     assert str(args.out) == want
     if command[:3] == ["bench", "--suite", "multi"]:
-        from fastdecode.benchmarks.e2e import multi_configs
+        from bench.e2e import multi_configs
         configs = multi_configs([float(t) for t in args.temperatures.split(",")], [int(k) for k in args.ks.split(",")],
                                 [int(x) for x in args.lengths.split(",")], args.verifiers.split(","))
         assert len(configs) <= 10  # a smoke run, not the 43 configurations of the full suite
+
+
+def test_benchmark_help_is_the_scripts_own(capsys):
+    """`fastdecode bench --help` is bench/e2e.py's help, under the subcommand's name."""
+    with pytest.raises(SystemExit) as e:  # argparse exits after the help; main() turns it into a return code
+        raise SystemExit(main(["bench", "--help"]))
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and out.startswith("usage: fastdecode bench [-h]") and "--suite" in out and "--quick" in out
+    assert main(["optimal-cost", "--bogus"]) == 2
+    assert "fastdecode optimal-cost: error: unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_benchmarks_need_the_repository(capsys, monkeypatch):
+    """An installed package has no bench/: the benchmark subcommands say so in one line; generate is unaffected."""
+    import fastdecode.cli as cli
+    monkeypatch.setattr(cli, "bench_dir", lambda: None)
+    assert main(["bench", "--quick"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("fastdecode bench: ") and "bench/e2e.py" in err and "source checkout" in err
+    assert main(["generate", "--prompt", "x", "--max-new-tokens", "-5"]) == 2  # still parsed and checked
+
+
+def test_benchmarks_are_not_in_the_package():
+    import fastdecode
+    import fastdecode.cli as cli
+    package = Path(fastdecode.__file__).parent
+    assert not (package / "benchmarks").exists() and cli.bench_dir() == package.parent / "bench"
+
+
+def test_benchmark_runs_as_a_script():
+    """python bench/<name>.py from the repository root, with no PYTHONPATH: it finds bench.common itself."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([sys.executable, "bench/batch.py", "--help"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("usage: batch.py") and "--batch" in r.stdout

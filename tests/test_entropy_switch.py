@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from fastdecode import generate, kernels
-from fastdecode.benchmarks.prompts import stdlib_prompts
 from fastdecode.decoding import cache as kv
 from fastdecode.decoding.entropy_switch import (
     DRAFT, TARGET, EntropySwitchConfig, RollingMean, catch_up, decode, estimated_cost_ratio, may_switch,
@@ -15,6 +14,7 @@ from fastdecode.decoding.entropy_switch import (
 from fastdecode.config import SamplingConfig
 from fastdecode.decoding.common import TokenStream
 from fastdecode.stats import DecodeStats
+from prompts import stdlib_prompts
 
 NEW = 14  # new tokens per generation: enough for several switches, cheap on a 2-core CPU
 

@@ -9,7 +9,7 @@ pytest.importorskip("triton")
 
 
 def _run(tmp_path, capsys):
-    from fastdecode.benchmarks import kernels
+    from bench import kernels
 
     parser = argparse.ArgumentParser()
     kernels.add_arguments(parser)
@@ -19,7 +19,7 @@ def _run(tmp_path, capsys):
 
 
 def test_smoke_runs_every_case(tmp_path, capsys):
-    from fastdecode.benchmarks.kernels import cases
+    from bench.kernels import cases
 
     rc, result, text = _run(tmp_path, capsys)
     assert rc == 0, text

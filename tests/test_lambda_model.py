@@ -164,7 +164,7 @@ def test_generate_past_training_length(code_pair, stdlib_prompts):
     """Greedy decoding with window 256 past 256 tokens: every token is the argmax of a full Lambda forward
     over the text so far, and speculative decoding emits exactly the same tokens."""
     target, draft, tok = code_pair
-    from fastdecode.benchmarks.prompts import stdlib_corpus
+    from prompts import stdlib_corpus
     prompt = torch.tensor([stdlib_corpus(tok, 240)])
     cfg = LambdaAttention(window=256, num_global=8)
     ar = fastdecode.generate(target, prompt, method="autoregressive", max_new_tokens=40, temperature=0,

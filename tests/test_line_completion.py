@@ -1,11 +1,11 @@
-"""Line-completion tasks of the quality benchmark (fastdecode/benchmarks/line_completion.py)."""
+"""Line-completion tasks of the quality benchmark (bench/line_completion.py)."""
 from __future__ import annotations
 
 import pytest
 
-from fastdecode.benchmarks.line_completion import completion_text, line_candidates, line_tasks, score
-from fastdecode.benchmarks.prompts import stdlib_dir
+from bench.line_completion import completion_text, line_candidates, line_tasks, score
 from fastdecode.models import DEFAULT_PAIR
+from prompts import stdlib_dir
 
 SOURCE = '''\
 import os

@@ -11,7 +11,7 @@ import pytest
 
 def test_acceptance_benchmark_smoke(tmp_path):
     pytest.importorskip("matplotlib")
-    from fastdecode.benchmarks import acceptance
+    from bench import acceptance
 
     parser = argparse.ArgumentParser()
     acceptance.add_arguments(parser)

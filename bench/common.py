@@ -1,9 +1,37 @@
-"""Prompts and corpora from the Python standard library (never seen by the code pair in training)."""
+"""What the benchmarks in bench/ share: output paths, the machine's description, and prompts and corpora
+from the Python standard library (never seen by the code pair in training).
+
+The benchmarks keep their results (JSON, PNG) in bench/results/. A smoke run (``--quick``) never replaces
+those published results: without ``--out`` it writes under ``bench/results/tmp/``, which git ignores.
+Paths are relative to the repository root, where the scripts are run from (``python bench/e2e.py``).
+"""
 from __future__ import annotations
 
+import os
+import platform
 import random
 import sysconfig
 from pathlib import Path
+
+RESULTS_DIR = Path("bench/results")
+QUICK_DIR = RESULTS_DIR / "tmp"
+
+
+def output_path(out, default: Path, quick: bool) -> Path:
+    """Where a benchmark writes: ``out`` when given, else ``default``, or for a quick run the same name
+    under ``bench/results/tmp/``."""
+    if out is not None:
+        return Path(out)
+    return QUICK_DIR / Path(default).name if quick else Path(default)
+
+
+def machine_description(device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
+    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
+
 
 # well-known, stable modules present in every CPython install
 STDLIB_FILES = [

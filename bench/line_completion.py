@@ -18,7 +18,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from .prompts import stdlib_sources
+from bench.common import stdlib_sources
 
 # simple statements that carry text after their first word (pass / break / continue do not)
 _SIMPLE = (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Return, ast.Expr, ast.Raise, ast.Assert,
@@ -87,7 +87,7 @@ def line_candidates(rel: str, text: str, max_rest_chars: int = 100) -> list[tupl
 def line_tasks(tokenizer, n: int = 500, max_prompt_tokens: int = 160, seed: int = 0,
                max_rest_chars: int = 100, max_files: int | None = None) -> list[LineTask]:
     """``n`` tasks, drawn round-robin over the standard-library files (each file's lines shuffled, seeded);
-    ``max_files`` keeps only the first files of :data:`~fastdecode.benchmarks.prompts.STDLIB_FILES`."""
+    ``max_files`` keeps only the first files of ``STDLIB_FILES`` in bench/common.py."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     rng = random.Random(seed)
