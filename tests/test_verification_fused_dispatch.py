@@ -36,7 +36,7 @@ RULES = {
 @pytest.fixture
 def fused(monkeypatch):
     """Force the Triton dispatch (on the CPU: the interpreter) and count the kernel calls."""
-    kernel_module("verify", "_verify_kernel", DEVICE)
+    kernel_module("verify", DEVICE)
     if DEVICE == "cpu":
         monkeypatch.setattr(K, "use_triton", lambda t: True)
     calls = {}
