@@ -101,7 +101,8 @@ def _check(device) -> dict:
 
 
 def _measure(device, V: int, k: int, args) -> dict:
-    from ..kernels.optimal_select import optimal_select, optimal_select_reference, triton_available
+    from ..kernels import triton_available
+    from ..kernels.optimal_select import optimal_select, optimal_select_reference
     from ..verification.optimal import (build_race, race_select, race_uniforms, speculative_against,
                                         verify_optimal)
     from ..verification.rrs import verify_rrs
