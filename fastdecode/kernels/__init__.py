@@ -1,6 +1,7 @@
-"""Hot per-token work. Each kernel file holds a Triton kernel, its host function and a PyTorch
-``*_reference`` that is also the CPU path. The functions here are the one dispatch the rest of the
-package calls: Triton on CUDA tensors (when triton is installed), the reference elsewhere.
+"""Hot per-token work. Each kernel file holds a Triton kernel (built on first use by its cached
+``_kernel()``), its host function and a PyTorch ``*_reference`` that is also the CPU path. The functions
+here are the one dispatch the rest of the package calls: Triton on CUDA tensors (when triton is
+installed), the reference elsewhere.
 
 Set the environment variable ``FASTDECODE_KERNELS=reference`` to force the PyTorch references on CUDA
 too (for A/B comparisons). The verify functions take their noise as inputs (see kernels/verify.py):
