@@ -162,15 +162,15 @@ def _mismatch(got, want) -> str:
 
 
 def _interpreted_kernels() -> None:
-    """Rebuild the kernel modules for the Triton interpreter (CPU tensors); triton.jit reads the
-    variable when a module is imported."""
+    """Build the kernels for the Triton interpreter (CPU tensors) now: triton.jit reads the variable
+    when a kernel is built, on its first use."""
     os.environ["TRITON_INTERPRET"] = "1"
     from triton.runtime.interpreter import InterpretedFunction
 
-    for name, kernel in (("probs", "_probs_kernel"), ("entropy", "_entropy_kernel"), ("verify", "_verify_kernel")):
+    for name in ("probs", "entropy", "verify"):
         m = importlib.import_module(f"fastdecode.kernels.{name}")
-        if not isinstance(getattr(m, kernel, None), InterpretedFunction):
-            importlib.reload(m)
+        if not isinstance(m._kernel(), InterpretedFunction):  # built earlier in this process for the GPU
+            m._kernel.cache_clear()
 
 
 def _fmt(x):

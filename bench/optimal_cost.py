@@ -106,7 +106,8 @@ def _check(device) -> dict:
 
 
 def _measure(device, V: int, k: int, args) -> dict:
-    from fastdecode.kernels.optimal_select import optimal_select, optimal_select_reference, triton_available
+    from fastdecode.kernels import triton_available
+    from fastdecode.kernels.optimal_select import optimal_select, optimal_select_reference
     from fastdecode.verification.optimal import (build_race, race_select, race_uniforms, speculative_against,
                                         verify_optimal)
     from fastdecode.verification.rrs import verify_rrs

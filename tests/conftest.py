@@ -34,16 +34,15 @@ def stdlib_prompts(code_pair):
     return stdlib_prompts(code_pair[2], n=8, prompt_tokens=48)
 
 
-def kernel_module(name: str, kernel: str, device: str = "cpu"):
-    """``fastdecode.kernels.<name>`` with its Triton kernel ``kernel`` built by the interpreter on the CPU
-    (the module is reloaded if an earlier import in this process built it for the GPU)."""
+def kernel_module(name: str, device: str = "cpu"):
+    """``fastdecode.kernels.<name>``; on the CPU its Triton kernel (built on first use) is the interpreter's."""
     import importlib
 
     from triton.runtime.interpreter import InterpretedFunction
 
     m = importlib.import_module(f"fastdecode.kernels.{name}")
-    if device == "cpu" and not isinstance(getattr(m, kernel), InterpretedFunction):
-        m = importlib.reload(m)
+    if device == "cpu":
+        assert isinstance(m._kernel(), InterpretedFunction), "TRITON_INTERPRET=1 must be set before a kernel's first use"
     return m
 
 

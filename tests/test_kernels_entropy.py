@@ -18,7 +18,7 @@ TOLS = {torch.float32: (2e-5, 2e-5), torch.float16: (2e-5, 2e-5), torch.bfloat16
 
 @pytest.fixture(scope="module")
 def mod():
-    return kernel_module("entropy", "_entropy_kernel", DEVICE)
+    return kernel_module("entropy", DEVICE)
 
 
 def kernel(mod, logits, *args, **kwargs):

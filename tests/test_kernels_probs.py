@@ -28,7 +28,7 @@ TOLS = {torch.float32: (1e-7, 2e-5), torch.float16: (1e-7, 2e-5), torch.bfloat16
 
 @pytest.fixture(scope="module")
 def mod():
-    return kernel_module("probs", "_probs_kernel", DEVICE)
+    return kernel_module("probs", DEVICE)
 
 
 def kernel(mod, logits, *args, **kwargs):
@@ -164,7 +164,7 @@ import importlib, triton
 from triton.backends.compiler import GPUTarget
 
 def build(module, kernel, sig, const, **opts):
-    fn = getattr(importlib.import_module(module), kernel)
+    fn = importlib.import_module(module)._kernel()
     src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=const)
     k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=8, **opts))
     assert "cubin" in k.asm, kernel

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.filterwarnings("error")  # a NaN from a masked lane wou
 
 @pytest.fixture(scope="module")
 def kv():
-    return kernel_module("verify", "_verify_kernel", DEVICE)
+    return kernel_module("verify", DEVICE)
 
 
 def on_device(fn):

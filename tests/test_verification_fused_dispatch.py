@@ -1,11 +1,12 @@
-"""fastdecode.verification routes the lossless rules through the fused verify kernel where
-``kernels.use_triton(p)`` says so (CUDA tensors). On the CPU the dispatch is forced on and the kernel
-runs in the Triton interpreter; bench/kernels_gpu_check.py runs the same tests on a GPU, unforced.
+"""fastdecode.verification routes the lossless rules through the kernel dispatch, which runs the fused
+verify kernel where ``kernels.use_triton(p)`` says so (CUDA tensors) and its PyTorch reference elsewhere.
+On the CPU the dispatch is forced on here and the kernel runs in the Triton interpreter; bench/kernels_gpu_check.py runs the same tests on a GPU, unforced.
 
 Checked: each rule calls its kernel; given the same generator the dispatched result equals the kernel's
 PyTorch reference fed the same draws (so the rule, k, replacement flag and rho* are passed right); the
 dispatched tokens follow p (chi-square, with a biased variant shown to fail; GPU only); rows the kernel does not
-cover (without replacement past q's support) stay on the PyTorch path.
+cover (without replacement past q's support) stay on the PyTorch path; on CPU tensors the dispatch picks the
+reference.
 """
 import os
 
@@ -36,7 +37,7 @@ RULES = {
 @pytest.fixture
 def fused(monkeypatch):
     """Force the Triton dispatch (on the CPU: the interpreter) and count the kernel calls."""
-    kernel_module("verify", "_verify_kernel", DEVICE)
+    kernel_module("verify", DEVICE)
     if DEVICE == "cpu":
         monkeypatch.setattr(K, "use_triton", lambda t: True)
     calls = {}
@@ -132,11 +133,13 @@ def test_without_replacement_past_qs_support_stays_on_pytorch(fused):
     assert 0 <= int(out.tokens[0]) < 5
 
 
-def test_cpu_tensors_use_pytorch_by_default(monkeypatch):
+def test_cpu_tensors_use_the_reference_by_default(monkeypatch):
+    """The rules always call the kernel dispatch; on CPU tensors it picks the PyTorch reference."""
     if DEVICE != "cpu":
         pytest.skip("CPU dispatch")
     called = []
-    monkeypatch.setattr(K, "verify_rrs", lambda *a, **kw: called.append(1))
+    real = K.verify_rrs_reference
+    monkeypatch.setattr(K, "verify_rrs_reference", lambda *a, **kw: called.append(1) or real(*a, **kw))
     p, q = pair(2, 20, seed=0)
     verify("rrs", p, q, sample_drafts(q, 2, "iid", gen(0)), generator=gen(1))
-    assert called == [] and not K.use_triton(p)
+    assert called == [1] and not K.use_triton(p)

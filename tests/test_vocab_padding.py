@@ -111,8 +111,8 @@ def test_probs_and_entropy_ignore_minus_inf_padding(temperature, top_k, top_p):
     padded = fit_width(logits, 108)
     impls = [(kernels.probs_reference, kernels.entropy)]
     try:
-        impls.append((kernel_module("probs", "_probs_kernel").probs,
-                      kernel_module("entropy", "_entropy_kernel").entropy))
+        impls.append((kernel_module("probs").probs,
+                      kernel_module("entropy").entropy))
     except ImportError:
         pass
     for probs, entropy in impls:

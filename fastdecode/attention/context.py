@@ -18,7 +18,8 @@ How it plugs in (no modelling file is copied or patched):
    call. This is the paper code's "q_rot(L) . k_raw" for globals, without re-rotating the whole window.
    The cos/sin of these rotations and the key positions are computed by the first layer of a forward
    and reused by the others (:meth:`LambdaState.view`). One-token decode steps on CUDA run the
-   Triton kernel of :mod:`fastdecode.kernels.lambda_decode` (``LambdaAttention.decode_kernel``).
+   Triton kernel of :mod:`fastdecode.kernels.lambda_decode` through ``kernels.lambda_decode``
+   (``LambdaAttention.decode_kernel``; ``FASTDECODE_KERNELS=reference`` keeps them on the dense path).
 
 Key positions are not passed to attention functions. A :class:`~fastdecode.attention.cache.LambdaCache`
 made here records the true position and logical index of every stored key: its ``update`` tells the
@@ -40,6 +41,7 @@ import contextlib
 
 import torch
 
+from .. import kernels
 from .cache import LambdaCache
 from .lambda_mask import LambdaAttention, lambda_attention_rotated
 from .positions import ForwardView, layout_view, plain_view
@@ -210,29 +212,22 @@ def lambda_attention_function(module, query: torch.Tensor, key: torch.Tensor, va
         if attention_mask.dim() != 4:
             raise ValueError(f"Lambda attention takes no mask or a 4D mask, got shape {tuple(attention_mask.shape)}")
         mask = view.mask_for_keys(attention_mask)
-    if c == 1 and mask is None and query.is_cuda and cfg.decode_kernel:
-        out = _decode_step(query, key, value, view.qpos, view.kpos, cfg, view.far, scaling)
-        if out is not None:
-            return out, None
+    # elsewhere the dense path below is the reference: it also covers chunks and masks, not only decode steps
+    if c == 1 and mask is None and cfg.decode_kernel and kernels.use_triton(query):
+        return _decode_step(query, key, value, view.qpos, view.kpos, cfg, view.far, scaling), None
     out = lambda_attention_rotated(query, key, value, view.qpos, view.kpos, cfg, state.inv_freq, scaling, mask,
                                    far_rot=view.far, g=view.g)
     return out.transpose(1, 2).contiguous(), None
 
 
 def _decode_step(query, key, value, qpos, kpos, cfg, far, scaling):
-    try:
-        import triton  # noqa: F401
-
-        from ..kernels.lambda_decode import lambda_decode
-    except ImportError:  # pragma: no cover - triton missing on a CUDA machine
-        return None
     q = query[:, :, 0]  # [B, H, D]
     if far is None:  # no global can be outside the window yet
         q_far, k_glob = q, key[:, :, :0]
     else:
         q_far = far.queries(query)[:, :, 0]
         k_glob = far.globals(key[:, :, :far.g])
-    out = lambda_decode(q, q_far, key, value, k_glob, kpos, qpos, cfg.window, cfg.num_global, scaling)
+    out = kernels.lambda_decode(q, q_far, key, value, k_glob, kpos, qpos, cfg.window, cfg.num_global, scaling)
     return out[:, None]  # [B, 1, H, D]
 
 

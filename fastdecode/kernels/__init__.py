@@ -1,6 +1,7 @@
-"""Hot per-token work. Each kernel file holds a Triton kernel, its host function and a PyTorch
-``*_reference`` that is also the CPU path. The functions here are the one dispatch the rest of the
-package calls: Triton on CUDA tensors (when triton is installed), the reference elsewhere.
+"""Hot per-token work. Each kernel file holds a Triton kernel (built on first use by its cached
+``_kernel()``), its host function and a PyTorch ``*_reference`` that is also the CPU path. The functions
+here are the one dispatch the rest of the package calls: Triton on CUDA tensors (when triton is
+installed), the reference elsewhere.
 
 Set the environment variable ``FASTDECODE_KERNELS=reference`` to force the PyTorch references on CUDA
 too (for A/B comparisons). The verify functions take their noise as inputs (see kernels/verify.py):
@@ -14,6 +15,8 @@ import os
 import torch
 
 from .entropy import entropy_reference
+from .lambda_decode import lambda_decode_reference
+from .optimal_select import optimal_select_reference
 from .probs import probs_reference
 from .verify import verify_kseq_reference, verify_rrs_reference, verify_speculative_reference
 
@@ -107,8 +110,26 @@ def verify_kseq(p, q, drafts, u, noise, rho) -> tuple[torch.Tensor, torch.Tensor
     return verify_kseq_reference(p, q, drafts, u, noise, rho)
 
 
+def optimal_select(ranks, u, ell, own, first, last, base, cum, left, right, xs, xd) -> torch.Tensor:
+    """The OT-optimal verifier's per-draft race selection: [N] winner index (see kernels/optimal_select.py)."""
+    if use_triton(ranks):
+        from .optimal_select import optimal_select as fused
+
+        return fused(ranks, u, ell, own, first, last, base, cum, left, right, xs, xd)
+    return optimal_select_reference(ranks, u, ell, own, first, last, base, cum, left, right, xs, xd)
+
+
+def lambda_decode(q, q_far, k, v, k_glob, kpos, qpos, window: int, num_global: int, scaling: float) -> torch.Tensor:
+    """One Lambda-attention decode step: [B, H, D] (see kernels/lambda_decode.py)."""
+    if use_triton(q):
+        from .lambda_decode import lambda_decode as fused
+
+        return fused(q, q_far, k, v, k_glob, kpos, qpos, window, num_global, scaling)
+    return lambda_decode_reference(q, q_far, k, v, k_glob, kpos, qpos, window, num_global, scaling)
+
+
 __all__ = [
-    "probs", "entropy", "verify_speculative", "verify_rrs", "verify_kseq", "use_triton", "triton_available",
-    "probs_reference", "entropy_reference", "verify_speculative_reference", "verify_rrs_reference",
-    "verify_kseq_reference",
+    "probs", "entropy", "verify_speculative", "verify_rrs", "verify_kseq", "optimal_select", "lambda_decode",
+    "use_triton", "triton_available", "probs_reference", "entropy_reference", "verify_speculative_reference",
+    "verify_rrs_reference", "verify_kseq_reference", "optimal_select_reference", "lambda_decode_reference",
 ]

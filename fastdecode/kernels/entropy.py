@@ -41,7 +41,10 @@ def entropy_reference(logits: torch.Tensor, unit: str = "bits") -> torch.Tensor:
     return h_nats * scale if unit != "nats" else h_nats
 
 
-if triton is not None:
+@functools.cache
+def _kernel():
+    """Build the Triton kernel on first use (not at import), so that the interpreter is chosen by
+    TRITON_INTERPRET as it is then."""
 
     @triton.jit(do_not_specialize=["chunk"])
     def _entropy_kernel(
@@ -102,6 +105,8 @@ if triton is not None:
             h = tl.where(s > 0, tl.log(s_safe) - t / s_safe, 0.0)
             tl.store(out_ptr + row, h * scale)
 
+    return _entropy_kernel
+
 
 @functools.lru_cache(maxsize=None)
 def _num_sms(device_index: int) -> int:
@@ -146,7 +151,7 @@ def entropy(logits: torch.Tensor, unit: str = "bits", *, split: int | None = Non
         count = torch.zeros(rows, dtype=torch.int32, device=logits.device)
     else:
         part = count = out
-    _entropy_kernel[(rows, split)](
+    _kernel()[(rows, split)](
         logits, out, part, count, V, logits.stride(0), chunk, scale,
         SPLIT=split > 1, BLOCK=block, NCP=MAX_SPLIT, num_warps=8 if block >= 2048 else 4, enable_fp_fusion=True,
     )

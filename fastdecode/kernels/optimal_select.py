@@ -127,14 +127,6 @@ def _kernel():
     return _optimal_select_kernel
 
 
-def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -166,9 +158,3 @@ def optimal_select(ranks, u, ell, own, first, last, base, cum, left, right, xs, 
     _kernel()[(N,)](*args, out, K, V, 2 * M, BLOCK_K=triton.next_power_of_2(max(K, 2)), N_ITER=n_iter)
     return out
 
-
-def optimal_select_dispatch(ranks, u, ell, own, first, last, base, cum, left, right, xs, xd) -> torch.Tensor:
-    """The Triton kernel on CUDA tensors when triton is installed, the reference elsewhere."""
-    if ranks.is_cuda and triton_available():
-        return optimal_select(ranks, u, ell, own, first, last, base, cum, left, right, xs, xd)
-    return optimal_select_reference(ranks, u, ell, own, first, last, base, cum, left, right, xs, xd)

@@ -28,6 +28,8 @@ of the cumulative mass decides a boundary token (the reference sums in sorted or
 lane), and at exact ties of probability on the top-p boundary, where the reference keeps part of the
 tie group (in sort order) and the kernel keeps all of it.
 """
+import functools
+
 import torch
 
 try:  # guarded: the reference path needs no triton
@@ -60,7 +62,10 @@ def probs_reference(logits: torch.Tensor, temperature: float = 1.0, top_k: int =
     return probs
 
 
-if triton is not None:
+@functools.cache
+def _kernel():
+    """Build the Triton kernel on first use (not at import), so that the interpreter is chosen by
+    TRITON_INTERPRET as it is then."""
 
     @triton.jit
     def _order_key(x):
@@ -197,6 +202,10 @@ if triton is not None:
                 keep = _order_key(x) >= thr
                 tl.store(orow + offs, tl.where(keep, tl.exp(x - m_safe) * inv, 0.0), mask=ok)
 
+    # the kernel body looks its helpers up among this module's globals (compiler and interpreter alike)
+    globals().update(_order_key=_order_key, _search_pass=_search_pass)
+    return _probs_kernel
+
 
 def _inverse_temperature(temperature: float) -> float:
     """float32(1 / float32(T)): torch on CUDA divides a float32 tensor by a scalar T this way."""
@@ -244,7 +253,7 @@ def probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p:
         if b & (b - 1) or not 16 <= b <= 16384:
             raise ValueError(f"{name} must be a power of two in [16, 16384], got {b}")
     greedy = temperature == 0
-    _probs_kernel[(rows,)](
+    _kernel()[(rows,)](
         logits, out, V, logits.stride(0), out.stride(0),
         _inverse_temperature(temperature), int(top_k), float(top_p),
         int(greedy), int(0 < top_k < V), int(top_p < 1.0),

@@ -143,7 +143,10 @@ def verify_kseq_reference(p, q, drafts, u, noise, rho):
 # ---------------------------------------------------------------------------------------------
 # Triton kernel
 # ---------------------------------------------------------------------------------------------
-if triton is not None:
+@functools.cache
+def _kernel():
+    """Build the Triton kernel on first use (not at import), so that the interpreter is chosen by
+    TRITON_INTERPRET as it is then."""
 
     @triton.jit
     def _residual_block(p_ptr, q_ptr, d_ptr, offs, ok, C, V, n_drafted):
@@ -284,6 +287,10 @@ if triton is not None:
                 tl.store(tok_ptr + row, tl.where(empty, a_p, a_r).to(tl.int64))
                 tl.store(idx_ptr + row, tl.full([], -1, tl.int64))
 
+    # the kernel body looks its helpers up among this module's globals (compiler and interpreter alike)
+    globals().update(_residual_block=_residual_block, _race_update=_race_update)
+    return _verify_kernel
+
 
 @functools.lru_cache(maxsize=None)
 def _num_sms(device_index: int) -> int:
@@ -353,7 +360,7 @@ def _launch(p, q, drafts, u, noise, mode: int, rho=None, *, split: int | None = 
         count = torch.zeros(N, dtype=torch.int32, device=dev)
     else:
         part_i, part_f, count = tokens, noise, tokens
-    _verify_kernel[(N, split)](
+    _kernel()[(N, split)](
         p, q, drafts, u, noise, rho, tokens, index, part_i, part_f, count,
         V, K, chunk, mode, _empty_fixed(V), p.stride(0), q.stride(0), drafts.stride(0), u.stride(0), noise.stride(0),
         SPLIT=split > 1, BLOCK=block, NCP=MAX_SPLIT, num_warps=8 if block >= 2048 else 4, enable_fp_fusion=False,

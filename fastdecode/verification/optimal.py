@@ -36,7 +36,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from ..kernels.optimal_select import optimal_select_dispatch
+from .. import kernels
 from .common import VerifyResult, residual, sample
 
 
@@ -337,8 +337,8 @@ def race_uniforms(n: int, k: int, generator, device) -> torch.Tensor:
 def race_select(state: RaceState, drafts: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """[N] index (in draw order) of the draft with the earliest race time. drafts: [N, k]; u: [N, k, 3]."""
     ranks = state.rank.gather(1, drafts.long()).clamp_max(state.ell.shape[1] - 1)   # q(draft) > 0 => in range
-    return optimal_select_dispatch(ranks, u, state.ell, state.own, state.first, state.last, state.base,
-                                   state.cum, state.left, state.right, state.xs, state.xd)
+    return kernels.optimal_select(ranks, u, state.ell, state.own, state.first, state.last, state.base,
+                                  state.cum, state.left, state.right, state.xs, state.xd)
 
 
 def speculative_against(p: torch.Tensor, b: torch.Tensor, y: torch.Tensor, generator=None):

@@ -19,10 +19,11 @@ drawn, matching :func:`fastdecode.verification.drafts.sample_drafts`.
 Zero residuals (p_i == q_i, e.g. p == q) fall back to p_i; the draft is then accepted with
 probability 1, so the fallback is never used for the output.
 
-On CUDA tensors both rules run fused in one Triton kernel (fastdecode.kernels.verify_rrs: acceptance
-tests and residual race without writing any p_i to memory); the PyTorch code below is the CPU path.
-Without replacement, a row whose drafts include a token with q = 0 (q's support exhausted, uniform
-extra draws) stays on the PyTorch path, which knows that convention.
+Both rules run through fastdecode.kernels.verify_rrs with the same random draws: fused in one Triton
+kernel on CUDA (acceptance tests and residual race without writing any p_i to memory), its PyTorch
+reference elsewhere, so a seed gives the same tokens on either. Without replacement, drafts that include
+a token with q = 0 (q's support exhausted, uniform extra draws) stay on the PyTorch plan below, the only
+code that knows that convention.
 """
 from __future__ import annotations
 
@@ -71,14 +72,12 @@ def plan_rrs_without_replacement(p: torch.Tensor, q: torch.Tensor, drafts: torch
 
 def verify_rrs(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, generator=None) -> VerifyResult:
     # p, q: [N, V]; drafts: [N, k] i.i.d. from q
-    if kernels.use_triton(p):
-        return kernel_result(*kernels.verify_rrs(p, q, drafts, *kernel_noise(p, drafts.shape[1], generator)))
-    return run(*plan_rrs(p, q, drafts), drafts, generator)
+    return kernel_result(*kernels.verify_rrs(p, q, drafts, *kernel_noise(p, drafts.shape[1], generator)))
 
 
 def verify_rrs_without_replacement(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, generator=None) -> VerifyResult:
     # p, q: [N, V]; drafts: [N, k] drawn without replacement from q, in draw order
-    if kernels.use_triton(p) and bool((q.gather(1, drafts.long()) > 0).all()):
+    if bool((q.gather(1, drafts.long()) > 0).all()):
         u, noise = kernel_noise(p, drafts.shape[1], generator)
         return kernel_result(*kernels.verify_rrs(p, q, drafts, u, noise, replacement=False))
     return run(*plan_rrs_without_replacement(p, q, drafts), drafts, generator)

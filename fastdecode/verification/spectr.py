@@ -12,8 +12,9 @@ negative mass), with beta(rho) evaluated in O(log V) from the tokens sorted by p
 acceptance is alpha = 1 - (1 - beta(rho*))^k (= rho* beta(rho*)), at least (1 - 1/e) times the optimum
 for i.i.d. drafts. For k = 1, rho* = 1 and K-SEQ is speculative sampling.
 
-On CUDA tensors the acceptance tests and the residual draw run fused in one Triton kernel
-(fastdecode.kernels.verify_kseq, residual norm(max(0, p - rho* q))) after rho* is found here.
+The acceptance tests and the residual draw run through fastdecode.kernels.verify_kseq (residual
+norm(max(0, p - rho* q))) after rho* is found here: fused in one Triton kernel on CUDA, its PyTorch
+reference elsewhere, with the same random draws.
 """
 from __future__ import annotations
 
@@ -23,7 +24,6 @@ from .. import kernels
 from .common import VerifyResult, kernel_noise, kernel_result, normalize_or
 from .drafts import check_k
 from .ratio import RatioTable, ratio_table
-from .sequential import run
 
 _BISECTION_STEPS = 64
 
@@ -74,10 +74,8 @@ def plan_spectr(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor):
 
 def verify_spectr(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, generator=None) -> VerifyResult:
     # p, q: [N, V]; drafts: [N, k] i.i.d. from q
-    if kernels.use_triton(p):
-        rho, _ = rho_star(p.double(), q.double(), drafts.shape[1])
-        return kernel_result(*kernels.verify_kseq(p, q, drafts, *kernel_noise(p, drafts.shape[1], generator), rho))
-    return run(*plan_spectr(p, q, drafts), drafts, generator)
+    rho, _ = rho_star(p.double(), q.double(), drafts.shape[1])
+    return kernel_result(*kernels.verify_kseq(p, q, drafts, *kernel_noise(p, drafts.shape[1], generator), rho))
 
 
 def acceptance_spectr(p: torch.Tensor, q: torch.Tensor, k: int) -> torch.Tensor:

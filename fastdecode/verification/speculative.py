@@ -4,30 +4,24 @@ For one draft x ~ q: accept x with probability min(1, p(x) / q(x)); otherwise em
 y ~ norm(max(0, p - q)). The output is exactly p-distributed: min(p, q) + (1 - sum min(p, q)) *
 norm(max(0, p - q)) = p. Acceptance probability: sum_x min(p(x), q(x)).
 
-On CUDA tensors the acceptance test and the residual sample run fused in one Triton kernel
-(fastdecode.kernels.verify_speculative) with the same random draws; the CPU path is the PyTorch code.
+The test and the residual sample run through fastdecode.kernels.verify_speculative with the same random
+draws (u, then the residual race's exponential noise): fused in one Triton kernel on CUDA, its PyTorch
+reference elsewhere, so a seed gives the same tokens on either.
 """
 from __future__ import annotations
 
 import torch
 
 from .. import kernels
-from .common import VerifyResult, kernel_result, residual, sample, uniform
+from .common import VerifyResult, kernel_result, sample, uniform
 
 
 def verify_speculative(p, q, drafts, generator=None) -> VerifyResult:
     # p, q: [N, V]; drafts: [N, 1]
     x = drafts[:, 0].long()
-    px = p.gather(1, x[:, None])[:, 0].double()
-    qx = q.gather(1, x[:, None])[:, 0].double()
     u = uniform(x.shape[0], generator, p.device)
-    if kernels.use_triton(p):
-        noise = torch.empty(p.shape, dtype=torch.float32, device=p.device).exponential_(generator=generator)
-        return kernel_result(*kernels.verify_speculative(p, q, x[:, None], u, noise))
-    accepted = (u * qx < px) & (qx > 0)
-    res = sample(residual(p, q), generator)
-    tokens = torch.where(accepted, x, res)
-    return VerifyResult(tokens, accepted, torch.where(accepted, 0, -1))
+    noise = torch.empty(p.shape, dtype=torch.float32, device=p.device).exponential_(generator=generator)
+    return kernel_result(*kernels.verify_speculative(p, q, x[:, None], u, noise))
 
 
 def acceptance_speculative(p, q, k: int = 1):
@@ -50,12 +44,10 @@ def verify_chain(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, generat
     n = int(ok.long().cumprod(0).sum()) if g else 0
     if n == g:
         nxt = sample(p[g : g + 1], generator)
-    elif kernels.use_triton(p):  # fused residual: the kernel repeats row n's (rejecting) test
+    else:  # the residual through the kernel dispatch: it repeats row n's (rejecting) test
         noise = torch.empty((1, p.shape[1]), dtype=torch.float32, device=p.device).exponential_(generator=generator)
         # fresh one-row copies: a slice at row n has an n-dependent address alignment, and Triton compiles
         # one kernel variant per alignment class (seconds each, paid inside the decode loop)
         nxt, _ = kernels.verify_speculative(p[n : n + 1].clone(), q[n : n + 1].clone(), x[n : n + 1, None].clone(),
                                             u[n : n + 1].clone(), noise)
-    else:
-        nxt = sample(residual(p[n : n + 1], q[n : n + 1]), generator)
     return n, int(nxt[0])
