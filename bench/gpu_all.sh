@@ -1,9 +1,12 @@
 #!/bin/bash
-# Every GPU check and benchmark of the project in one call of the device tool, each step under its own
-# timeout so that one slow step cannot eat the rest (limits add up to 8 minutes). Results land in $OUT
-# (default bench/results/gpu), the log of each step in $OUT/<step>.log. Usage, from the repo root:
-#   OUT=$OUT bash bench/gpu_all.sh          (on the device machine: $OUT is the folder that comes back)
-#   SMOKE=1 PYTHON=.venv/bin/python bash bench/gpu_all.sh   (a CPU run of the same steps at toy sizes)
+# The project's GPU checks and benchmarks, in two parts of at most 8 minutes each (one call of the device
+# tool per part), each step under its own timeout so that one slow step cannot eat the rest. Results land
+# in $OUT (default bench/results/gpu), the log of each step in $OUT/<step>.log. Usage, from the repo root:
+#   OUT=$OUT bash bench/gpu_all.sh                (part "engine", 430 s on an H200: the static engine's
+#                                                  correctness, end-to-end speed vs HF, the 1.1B bandwidth floor)
+#   PART=kernels OUT=$OUT bash bench/gpu_all.sh   (kernel correctness and speed, optimal-verifier cost,
+#                                                  Lambda decode speed, multi-draft end to end; not yet run)
+#   SMOKE=1 PYTHON=.venv/bin/python bash bench/gpu_all.sh   (a CPU run of the engine steps at toy sizes)
 set -u
 PY=${PYTHON:-python3}
 export PYTHONPATH=. TRITON_INTERPRET=0 PYTHONUNBUFFERED=1
@@ -26,7 +29,16 @@ else
   CHECKS="--prompts 3 --new-tokens 64 --runs 800"; E2E="--prompts 3 --repeats 3 --new-tokens 128 --dtype bfloat16"
   BW="--new-tokens 128 --repeats 3"
 fi
-step gpu_checks 90 "$PY" bench/gpu_checks.py $CHECKS --out "$OUT/gpu_checks.json"
-step e2e_engine 270 "$PY" bench/e2e.py --suite engine $E2E --out "$OUT/e2e_engine.json"
-step bandwidth_floor 120 "$PY" bench/bandwidth_floor.py $BW --out "$OUT/bandwidth_floor.json"
+if [ "${PART:-engine}" = kernels ]; then
+  step kernels_check 90 "$PY" bench/kernels_gpu_check.py
+  step kernels_bench 120 "$PY" bench/kernels.py --quick --budget-s 60 --out "$OUT/kernels.json"
+  step optimal_cost 60 "$PY" bench/optimal_cost.py --device cuda --check --quick --no-plot --out "$OUT/optimal_cost.json"
+  step long_context 90 "$PY" bench/long_context.py --device cuda --skip ppl,passkey --lengths 1024,4096,16384 \
+    --decode-tokens 128 --out "$OUT"
+  step e2e_multi 90 "$PY" bench/e2e.py --suite multi --device cuda --quick --out "$OUT/e2e_multi.json"
+else
+  step gpu_checks 90 "$PY" bench/gpu_checks.py $CHECKS --out "$OUT/gpu_checks.json"
+  step e2e_engine 270 "$PY" bench/e2e.py --suite engine $E2E --out "$OUT/e2e_engine.json"
+  step bandwidth_floor 120 "$PY" bench/bandwidth_floor.py $BW --out "$OUT/bandwidth_floor.json"
+fi
 echo "=== all steps done in ${SECONDS}s"

@@ -46,11 +46,18 @@ def test_speculative_first_token_law(code_pair, hard_prompt):
 
 
 def test_broken_rule_fails_on_code_pair(code_pair, hard_prompt, monkeypatch):
-    import fastdecode.verification.common as common
+    import torch
+
+    import fastdecode.kernels as K
 
     # a residual that ignores q (sampling p again after a rejection) over-weights the draft's tokens
-    monkeypatch.setattr(common, "residual", lambda p, q: p)
-    monkeypatch.setattr("fastdecode.verification.speculative.residual", lambda p, q: p)
+    real = K.verify_speculative
+
+    def p_instead_of_residual(p, q, drafts, u, noise):
+        tokens, index = real(p, q, drafts, u, noise)
+        return torch.where(index == 0, tokens, (p.float() / noise).argmax(-1)), index
+
+    monkeypatch.setattr(K, "verify_speculative", p_instead_of_residual)
     assert _pvalue(code_pair, hard_prompt, 1, 4, method="speculative", draft_length=3) < ALPHA
 
 
