@@ -40,6 +40,7 @@ from ..verification.common import residual, sample, uniform
 from . import cache as kv
 from . import sampling as sm
 from .common import TokenStream
+from .policy import DraftLengthPolicy
 
 BATCHED_METHODS = ("autoregressive", "speculative")
 
@@ -274,14 +275,15 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         dc = _Cache(draft, len(active), device) if spec is not None else None
     tpend = [streams[r].tokens[:] for r in active]           # committed tokens the target has not seen
     dpend = [streams[r].tokens[:] for r in active]           # ... the draft has not seen
-    gammas = [spec.draft_length if spec is not None else 0 for _ in active]
+    policies = [DraftLengthPolicy(spec, cost=None) if spec is not None else None for _ in active]  # per row
     verify = None if spec is None else (_verify_block if spec.verifier == "block" else _verify_token)
     per_row = [dict(new_tokens=0, drafted=0, accepted=0, steps=0) for _ in range(B)]
     batch_steps = 0
 
     while active:
         nb = len(active)
-        lens = [min(gammas[i], streams[r].remaining - 1) for i, r in enumerate(active)]
+        lens = [pol.next_length(streams[r].remaining) if pol is not None else 0
+                for pol, r in zip(policies, active)]
         g = max(lens)
         drafts = torch.zeros(nb, 0, dtype=torch.long, device=device)
         q = None
@@ -340,9 +342,8 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
             row["steps"] += 1
             if progress is not None:
                 progress.update(kept)
-            if spec is not None and spec.adaptive and lens_l[i] > 0:
-                gammas[i] = (min(gammas[i] + 2, spec.max_draft_length) if n_l[i] == lens_l[i]
-                             else max(1, gammas[i] - 1))
+            if policies[i] is not None:
+                policies[i].update(lens_l[i], n_l[i])
             tpend[i] = [nxt_l[i]]
             if gd:
                 # the draft saw the pending block and drafts 1..gd-1; a chain accepted up to gd misses draft gd
@@ -359,7 +360,7 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
             active = [active[i] for i in keep]
             tpend = [tpend[i] for i in keep]
             dpend = [dpend[i] for i in keep]
-            gammas = [gammas[i] for i in keep]
+            policies = [policies[i] for i in keep]
         for c in (tc, dc):
             if c is not None and active:
                 c.trim()

@@ -31,7 +31,10 @@ def cost_ratio(target, draft) -> float:
 
 
 class DraftLengthPolicy:
-    def __init__(self, spec: SpeculativeConfig, cost: float, window: int = 16, pause: int = 8):
+    """cost: the draft/target cost ratio c of the fallback; None: no fallback (drafts that cost no
+    forward, e.g. n-gram lookups, or per-row lengths in a batch, whose forwards are shared)."""
+
+    def __init__(self, spec: SpeculativeConfig, cost: float | None, window: int = 16, pause: int = 8):
         self.spec, self.cost, self.window, self.pause = spec, cost, window, pause
         self.gamma = spec.draft_length
         self.first_accepted: deque[bool] = deque(maxlen=window)
@@ -52,7 +55,7 @@ class DraftLengthPolicy:
         return self.spec.adaptive and len(self.first_accepted) == self.window and not self._pays()
 
     def _pays(self) -> bool:
-        return sum(self.first_accepted) / len(self.first_accepted) > self.cost
+        return self.cost is None or sum(self.first_accepted) / len(self.first_accepted) > self.cost
 
     def update(self, drafted: int, accepted: int) -> None:
         """Record a step that drafted ``drafted`` tokens of which the first ``accepted`` were kept."""

@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import torch
 
-from ..config import DEFAULT_CONFIDENCE_THRESHOLD, PromptLookupConfig, SamplingConfig
+from ..config import DEFAULT_CONFIDENCE_THRESHOLD, PromptLookupConfig, SamplingConfig, SpeculativeConfig
 from ..stats import DecodeStats
 from . import cache as kv
 from .common import TokenStream
+from .policy import DraftLengthPolicy
 from .step import CHAIN_VERIFIERS, draft_tokens, verify_step
 
 
@@ -99,6 +100,13 @@ def propose_reference(tokens: list[int], k: int, max_n: int, min_n: int = 1) -> 
     return []
 
 
+def length_policy(cfg: PromptLookupConfig) -> DraftLengthPolicy:
+    """The speculative +2 / -1 rule from prompt_lookup_num_tokens down to 1, without the cost fallback
+    (an n-gram draft costs no forward)."""
+    return DraftLengthPolicy(SpeculativeConfig(cfg.prompt_lookup_num_tokens, cfg.adaptive, cfg.prompt_lookup_num_tokens,
+                                               0.0, cfg.verifier), cost=None)
+
+
 def decode(target, draft, stream: TokenStream, sampling: SamplingConfig, cfg: PromptLookupConfig, generator,
            stats: DecodeStats, progress=None) -> None:
     """Prompt lookup decoding; ``draft``: a draft model for the steps without an n-gram match (None: those
@@ -110,9 +118,9 @@ def decode(target, draft, stream: TokenStream, sampling: SamplingConfig, cfg: Pr
     verifier = CHAIN_VERIFIERS[cfg.verifier]
     index = NgramIndex(cfg.max_matching_ngram_size, cfg.min_matching_ngram_size)
     threshold = DEFAULT_CONFIDENCE_THRESHOLD if cfg.adaptive else 0.0
-    gamma = cfg.prompt_lookup_num_tokens
+    policy = length_policy(cfg)
     while not stream.done:
-        g = min(gamma, stream.remaining - 1)
+        g = policy.next_length(stream.remaining)
         proposal = index.propose(stream.tokens, g) if g > 0 else []
         q = None  # n-gram drafts are point masses: one-hot q
         if proposal:
@@ -130,5 +138,4 @@ def decode(target, draft, stream: TokenStream, sampling: SamplingConfig, cfg: Pr
             progress.update(kept)
         if dcache is not None:
             kv.crop(dcache, min(kv.cache_length(dcache), base + v.n_accepted))
-        if cfg.adaptive and v.n_draft:
-            gamma = min(gamma + 2, cfg.prompt_lookup_num_tokens) if v.n_accepted == v.n_draft else max(1, gamma - 1)
+        policy.update(v.n_draft, v.n_accepted)

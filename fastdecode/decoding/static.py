@@ -193,7 +193,7 @@ def decode_prompt_lookup(target, draft, stream: TokenStream, sampling: SamplingC
     :class:`~fastdecode.decoding.prompt_lookup.NgramIndex` on the host (the text is there anyway), q is
     one-hot at each draft, and the target forward and verification are those of :func:`decode_speculative`
     (one host sync per step). No match: a plain one-token step."""
-    from .prompt_lookup import NgramIndex
+    from .prompt_lookup import NgramIndex, length_policy
 
     sampling = _sampling(sampling)
     device = kv.device(target)
@@ -204,10 +204,10 @@ def decode_prompt_lookup(target, draft, stream: TokenStream, sampling: SamplingC
     pad = torch.zeros(bucket(longest + 1), dtype=torch.long, device=device)
     index = NgramIndex(cfg.max_matching_ngram_size, cfg.min_matching_ngram_size)
     last = prompt[0, -1:]  # [1] the newest committed token, not in the cache yet
-    gamma = longest
+    policy = length_policy(cfg)
     while not stream.done:
         L = stream.length
-        g = min(gamma, stream.remaining - 1)
+        g = policy.next_length(stream.remaining)
         proposal = index.propose(stream.tokens, g) if g > 0 else []
         g = len(proposal)
         if g == 0:
@@ -231,5 +231,4 @@ def decode_prompt_lookup(target, draft, stream: TokenStream, sampling: SamplingC
         if progress is not None:
             progress.update(kept)
         last = nxt.view(1)
-        if cfg.adaptive:
-            gamma = min(gamma + 2, longest) if n_acc == g else max(1, gamma - 1)
+        policy.update(g, n_acc)
