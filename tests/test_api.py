@@ -47,7 +47,8 @@ IDS = torch.tensor([[1, 2, 3]])
     (dict(method="entropy_switch", verifier="rrs"), "verifier= applies to speculative and multi_draft"),
     (dict(method="autoregressive", draft_length=4), "draft_length applies to speculative and multi_draft"),
     (dict(method="autoregressive", confidence_threshold=0.5), "confidence_threshold applies"),
-    (dict(method="entropy_switch", draft_length=8, speculate_when_large=True), "speculative_length"),
+    (dict(method="entropy_switch", draft_length=8), "draft_length applies to entropy_switch only with speculate_when_large=True"),
+    (dict(method="entropy_switch", draft_length=3, speculative_length=3, speculate_when_large=True), "not both"),
     (dict(method="entropy_switch", adaptive_draft=True), "adaptive_draft applies"),
     (dict(method="entropy_switch", num_drafts=2), "num_drafts=2 applies"),
     (dict(method="entropy_switch", speculative_length=3), "speculate_when_large=True"),
@@ -126,8 +127,10 @@ def test_build_method_config_resolves_and_defaults():
     assert m == "multi_draft" and cfg == MultiDraftConfig(num_drafts=3, verifier="optimal")
     m, cfg = build_method_config("speculative", True, draft_length=20)
     assert cfg.max_draft_length == 20 and cfg.adaptive and cfg.confidence_threshold == 0.4
-    m, cfg = build_method_config("entropy_switch", True, speculate_when_large=True, speculative_length=6)
-    assert cfg == EntropySwitchConfig(speculate_when_large=True, speculative_length=6)
+    m, cfg = build_method_config("entropy_switch", True, speculate_when_large=True, draft_length=6)
+    assert cfg == EntropySwitchConfig(speculate_when_large=True, draft_length=6)
+    with pytest.warns(DeprecationWarning, match="speculative_length is deprecated"):  # the old name still works
+        assert build_method_config("entropy_switch", True, speculate_when_large=True, speculative_length=6)[1] == cfg
 
 
 def test_speculative_without_draft(pair):

@@ -1,5 +1,5 @@
 """Unit tests of the pieces every decoding loop shares: TokenStream (budget and EOS) and the KV-cache
-shims of fastdecode.decoding.cache (new_cache, cache_length, crop, select, forward) on a tiny random Llama."""
+shims of fastdecode.decoding.hf_cache (new_cache, cache_length, crop, select, forward) on a tiny random Llama."""
 from __future__ import annotations
 
 import inspect
@@ -9,8 +9,8 @@ import torch
 from transformers import DynamicCache
 
 from conftest import tiny_llama
-from fastdecode.decoding import cache as kv
-from fastdecode.decoding.common import TokenStream
+from fastdecode.decoding import hf_cache as kv
+from fastdecode.decoding.stream import TokenStream
 
 PROMPT = torch.tensor([[1, 2, 3]])
 

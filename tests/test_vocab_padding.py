@@ -7,7 +7,7 @@ import torch
 import fastdecode
 from conftest import tiny_llama
 from distribution import chi_square_pvalue, exact_law, sample_law
-from fastdecode.decoding.cache import fit_width
+from fastdecode.decoding.hf_cache import fit_width
 from fastdecode.models import check_pair, shared_vocab
 from tiny_models import hf_greedy, tiny_lm
 
