@@ -13,7 +13,7 @@ Results: bench/results/kernels.json and a markdown table on stdout.
 
 ``--smoke`` runs every case once at tiny sizes (V = 100 and 4099, rows 1 and 2) without torch.compile: on
 a GPU as a dry run, on a CPU in the Triton interpreter with wall-clock timings that mean nothing. It
-checks that the script and every case work before GPU time is spent (tests/test_kernels_bench.py).
+checks that the script and every case work before GPU time is spent (tests/benchmarks/test_kernels_bench.py).
 """
 from __future__ import annotations
 

@@ -106,7 +106,7 @@ def test_load_pair_typo_says_the_folder_does_not_exist(monkeypatch):
 
 
 def _save_tiny(folder, tokenizer=None):
-    from conftest import tiny_llama
+    from tiny_models import tiny_llama
     tiny_llama(0).save_pretrained(folder)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
