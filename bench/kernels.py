@@ -34,6 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as `python bench/<name>.py`: bench.common and this checkout's fastdecode
     sys.path.insert(0, str(ROOT))
 
+from bench.common import script_main  # noqa: E402
+
 DEFAULT_OUT = Path("bench/results/kernels.json")
 QUANTILES = [0.5, 0.2, 0.8]
 
@@ -258,9 +260,7 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return script_main(__doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as `python bench/<name>.py`: bench.common and this checkout's fastdecode
     sys.path.insert(0, str(ROOT))
 
-from bench.common import QUICK_DIR, RESULTS_DIR  # noqa: E402
+from bench.common import QUICK_DIR, RESULTS_DIR, script_main  # noqa: E402
 
 METHODS = ("vanilla", "lambda", "window_only", "sliding")
 DEFAULT_LENGTHS = (1024, 2048, 4096, 8192, 16384)
@@ -387,9 +387,7 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return script_main(__doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

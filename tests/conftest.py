@@ -39,3 +39,10 @@ def stdlib_prompts(code_pair):
 @pytest.fixture(scope="session")
 def tiny_pair():
     return tiny_llama(1), tiny_llama(2, scale=3.0)
+
+
+@pytest.fixture(scope="session")
+def law2(tiny_pair):
+    """The exact law of the target's first two tokens after distribution.LAW_PROMPT (enumeration)."""
+    from distribution import LAW_PROMPT, exact_law
+    return exact_law(tiny_pair[0], LAW_PROMPT, 2)

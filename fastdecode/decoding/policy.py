@@ -32,7 +32,7 @@ def cost_ratio(target, draft) -> float:
 
 class DraftLengthPolicy:
     """cost: the draft/target cost ratio c of the fallback; None: no fallback (drafts that cost no
-    forward, e.gamma. n-gram lookups, or per-row lengths in a batch, whose forwards are shared)."""
+    forward, e.g. n-gram lookups, or per-row lengths in a batch, whose forwards are shared)."""
 
     def __init__(self, spec: SpeculativeConfig, cost: float | None, window: int = 16, pause: int = 8):
         self.spec, self.cost, self.window, self.pause = spec, cost, window, pause

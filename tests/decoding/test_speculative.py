@@ -5,25 +5,13 @@ Tiny random Llama pairs (V = 6) make thousands of seeded generations cheap; the 
 two tokens comes from enumeration. Each test also runs a deliberately broken variant that must fail.
 """
 import pytest
-import torch
 
 import fastdecode
-from distribution import chi_square_pvalue, exact_law, sample_law
+from distribution import LAW_ALPHA as ALPHA
+from distribution import LAW_PROMPT as PROMPT
+from distribution import two_token_pvalue as _pvalue
 
-PROMPT = [1, 2, 3, 4]
-RUNS = 1200
-ALPHA = 1e-3  # seeds are fixed, so each test is deterministic; this only sets its power
-CHI_SQUARE = pytest.mark.slow  # RUNS seeded generations each: 30-60 s on an idle core, minutes on a loaded one
-
-
-@pytest.fixture(scope="module")
-def law2(tiny_pair):
-    return exact_law(tiny_pair[0], PROMPT, 2)
-
-
-def _pvalue(tiny_pair, law2, **kw):
-    counts = sample_law(*tiny_pair, PROMPT, 2, RUNS, max_new_tokens=3, temperature=1.0, **kw)
-    return chi_square_pvalue(counts, law2)
+CHI_SQUARE = pytest.mark.slow  # LAW_RUNS seeded generations each: 30-60 s on an idle core, minutes on a loaded one
 
 
 @CHI_SQUARE
