@@ -8,7 +8,7 @@ Python standard library, cut just after each line's first word; greedy decoding 
 (at most ``--max-new-tokens``); exact match with the rest of the real line and difflib similarity.
 
 Configurations, all on the same prompts: the small model (draft) alone, the large model (target)
-alone, and ``method="entropy_switch"`` for a sweep of thresholds tau (bits). For each: large-model
+alone, and ``method="entropy_switch"`` for a sweep of thresholds h* (bits). For each: large-model
 token fraction f_L, exact-match accuracy (and as a fraction of the large model's), similarity,
 estimated cost C/C_L = f_L + (1 - f_L) N_S / N_L (tokens x parameters, docs/algorithms.md section 5), forward
 cost (tokens fed through each model x its parameters, prompt prefill and catch-ups included, over
@@ -75,7 +75,7 @@ def run_configs(thresholds: list[float], dwells: list[int], windows: list[int], 
         for w in windows:
             for d in dwells:
                 for t in thresholds:
-                    name = (f"switch tau={t:g}" + (f" w={w}" if len(windows) > 1 else "")
+                    name = (f"switch h*={t:g}" + (f" w={w}" if len(windows) > 1 else "")
                             + (f" dwell={d}" if len(dwells) > 1 else "") + (" +spec" if spec else ""))
                     cfgs.append(RunConfig(name, "switch", t, d, w, spec))
     return cfgs
@@ -247,7 +247,7 @@ def plot(rows: list[dict], path: Path) -> None:
         for r in rs:
             ax.annotate(f"{r['threshold']:g}" + (f"/d{r['min_dwell']}" if len({x['min_dwell'] for x in sw}) > 1 else ""),
                         (r["large_fraction"], r["accuracy"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        fig.colorbar(sc, ax=ax, label="threshold tau (bits)") if not spec else None
+        fig.colorbar(sc, ax=ax, label="threshold h* (bits)") if not spec else None
     ax.plot([0, 1], [small["accuracy"], large["accuracy"]], c="lightgray", lw=1, zorder=1,
             label="each line from one model, picked at random (reference)")
     ax.scatter([0], [small["accuracy"]], marker="v", c="tab:red", s=60, label="small alone", zorder=4)
