@@ -106,7 +106,8 @@ class StaticMultiDraftDecoder(MultiDraftDecoder):
         L = self.stream.length
         self.trun.cache.move([L + x for x in path], L)
         d_path = [L + dcached[x] for x in path if x in dcached]
-        self.drun.cache.move(d_path, L)
+        if self.drun is not self.trun:  # a self-draft shares the cache: the target's move did it (same keys)
+            self.drun.cache.move(d_path, L)
         self.dlen = L + len(d_path)
 
 
