@@ -216,6 +216,23 @@ def test_refusals(pair, tiny_pair):
                             cache_implementation="static")
 
 
+@pytest.fixture(scope="module")
+def code_hf(code_pair, stdlib_prompts):
+    return [code_pair[0].generate(torch.tensor([p]), max_new_tokens=40, do_sample=False) for p in stdlib_prompts[:2]]
+
+
+@pytest.mark.parametrize("k,depth", [(1, 3), (2, 4), (4, 3), (3, 5)])
+def test_code_pair_greedy_equals_hf_and_dynamic(code_pair, stdlib_prompts, code_hf, k, depth):
+    """The real pair (slow tier): HF greedy and the dynamic engine's steps; (3, 5) fills a bucket of 16."""
+    target, draft, _ = code_pair
+    for i, ref in enumerate(code_hf):
+        dyn, sta = _both(target, draft, torch.tensor([stdlib_prompts[i]]), num_drafts=k, draft_length=depth,
+                         temperature=0, max_new_tokens=40, eos_token_id=None)
+        assert torch.equal(sta.sequences, ref), f"prompt {i} differs from HF greedy"
+        assert sta.stats.accepted_tokens == dyn.stats.accepted_tokens
+        assert sta.stats.target_calls == dyn.stats.target_calls
+
+
 @pytest.mark.parametrize("model_type", ["qwen3", "gpt_neox", "gpt2", "phi", "gemma"])
 def test_other_architectures(model_type):
     target = tiny_lm(model_type, 2, seed=1)
