@@ -233,6 +233,19 @@ def test_code_pair_greedy_equals_hf_and_dynamic(code_pair, stdlib_prompts, code_
         assert sta.stats.target_calls == dyn.stats.target_calls
 
 
+@pytest.mark.parametrize("v_target,v_draft", [(512, 520), (520, 512)])
+def test_padded_vocabularies(v_target, v_draft):
+    """A pair whose output sizes differ (the draft brought to the target's width, its inputs masked): same greedy
+    tokens as HF, and sampled tokens within the target's vocabulary, equal to the dynamic engine's."""
+    from test_vocab_padding import _pair
+    target, draft = _pair(v_target, v_draft)
+    prompt = torch.randint(0, 512, (1, 8), generator=torch.Generator().manual_seed(0))
+    dyn, sta = _both(target, draft, prompt, num_drafts=3, draft_length=3, temperature=0, max_new_tokens=16)
+    assert torch.equal(sta.sequences, hf_greedy(target, prompt, 16))
+    dyn, sta = _both(target, draft, prompt, num_drafts=3, draft_length=3, seed=0, top_k=50, max_new_tokens=16)
+    assert torch.equal(sta.sequences, dyn.sequences) and int(sta.sequences.max()) < v_target
+
+
 @pytest.mark.parametrize("model_type", ["qwen3", "gpt_neox", "gpt2", "phi", "gemma"])
 def test_other_architectures(model_type):
     target = tiny_lm(model_type, 2, seed=1)
