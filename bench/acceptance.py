@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as `python bench/<name>.py`: bench.common and this checkout's fastdecode
     sys.path.insert(0, str(ROOT))
 
-from bench.common import output_path  # noqa: E402
+from bench.common import output_path, script_main  # noqa: E402
 
 DEFAULT_OUT = Path("bench/results/acceptance.json")
 SUBSET = ["rrs_without_replacement", "optimal"]
@@ -336,9 +336,7 @@ def plot(report: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return script_main(__doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

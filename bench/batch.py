@@ -11,7 +11,6 @@ batch size and temperature, same run.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys
@@ -24,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as `python bench/<name>.py`: bench.common and this checkout's fastdecode
     sys.path.insert(0, str(ROOT))
 
-from bench.common import RESULTS_DIR, output_path  # noqa: E402
+from bench.common import RESULTS_DIR, output_path, script_args, script_main, write_json  # noqa: E402
 
 METHODS = ("hf", "autoregressive", "speculative")
 
@@ -190,19 +189,15 @@ def run(args) -> int:
     print(table)
     print(f"\ngreedy crossover (speculative no faster than HF generate): "
           f"{'none up to batch ' + str(max(sizes)) if cross is None else 'batch ' + str(cross)}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    kept_args = {k: v for k, v in vars(args).items() if not k.startswith("_")}
-    out.write_text(json.dumps(dict(machine=machine, args=kept_args, prompt_lengths=[len(p) for p in prompts],
-                                   rows=rows, table=table, greedy_crossover=cross), indent=1, default=str))
+    write_json(out, dict(machine=machine, args=script_args(args), prompt_lengths=[len(p) for p in prompts],
+                         rows=rows, table=table, greedy_crossover=cross))
     plot(rows, out.with_suffix(".png"))
     print(f"\nwrote {out}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return script_main(__doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ Paths are relative to the repository root, where the scripts are run from (``pyt
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import random
@@ -23,6 +24,28 @@ def output_path(out, default: Path, quick: bool) -> Path:
     if out is not None:
         return Path(out)
     return QUICK_DIR / Path(default).name if quick else Path(default)
+
+
+def write_json(path, data) -> Path:
+    """Write ``data`` as indented JSON to ``path`` (folders created; values JSON cannot hold become strings)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    return path
+
+
+def script_args(args) -> dict:
+    """The command-line arguments a result file records (argparse's namespace, private entries left out)."""
+    return {k: v for k, v in vars(args).items() if not k.startswith("_")}
+
+
+def script_main(doc: str, add_arguments, run, argv: list[str] | None = None) -> int:
+    """``main()`` of a benchmark script: its parser (described by the first line of ``doc``), then ``run``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 def machine_description(device) -> str:

@@ -9,7 +9,6 @@ EOS is left on for every method (counted tokens are the ones really generated).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -22,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as `python bench/<name>.py`: bench.common and this checkout's fastdecode
     sys.path.insert(0, str(ROOT))
 
-from bench.common import RESULTS_DIR, machine_description, output_path  # noqa: E402
+from bench.common import RESULTS_DIR, machine_description, output_path, script_args, script_main, write_json  # noqa: E402
 
 DEFAULT_OUT = Path("bench/results/e2e.json")
 KS, LENGTHS = "1,2,4,8", "2,3,4"  # --suite multi defaults
@@ -268,9 +267,7 @@ def run(args) -> int:
     print(f"\n{len(prompts)} standard-library prompts x {args.prompt_tokens} tokens, {args.new_tokens} new tokens, "
           f"median of {args.repeats} repeats, {machine}, {args.dtype}\n")
     print(table)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(machine=machine, args={k: v for k, v in vars(args).items() if not k.startswith("_")},
-                                   rows=rows, table=table), indent=1, default=str))
+    write_json(out, dict(machine=machine, args=script_args(args), rows=rows, table=table))
     if args.suite == "multi":
         plot_multi(rows, out.with_suffix(".png"))
     print(f"\nwrote {out}")
@@ -278,9 +275,7 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return script_main(__doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

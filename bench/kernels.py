@@ -13,7 +13,7 @@ Results: bench/results/kernels.json and a markdown table on stdout.
 
 ``--smoke`` runs every case once at tiny sizes (V = 100 and 4099, rows 1 and 2) without torch.compile: on
 a GPU as a dry run, on a CPU in the Triton interpreter with wall-clock timings that mean nothing. It
-checks that the script and every case work before GPU time is spent (tests/test_kernels_bench.py).
+checks that the script and every case work before GPU time is spent (tests/benchmarks/test_kernels_bench.py).
 """
 from __future__ import annotations
 
@@ -33,6 +33,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as `python bench/<name>.py`: bench.common and this checkout's fastdecode
     sys.path.insert(0, str(ROOT))
+
+from bench.common import script_main  # noqa: E402
 
 DEFAULT_OUT = Path("bench/results/kernels.json")
 QUANTILES = [0.5, 0.2, 0.8]
@@ -258,9 +260,7 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return script_main(__doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

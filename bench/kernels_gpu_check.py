@@ -1,6 +1,6 @@
 """GPU correctness check of the Triton kernels (probs, entropy, verify) and of the verifiers' dispatch to them.
 
-Runs the cases of tests/test_kernels_{probs,entropy,verify}.py with the kernels on the GPU (their
+Runs the cases of tests/kernels/test_{probs,entropy,verify}.py with the kernels on the GPU (their
 ``*_reference`` and the float64 checks stay on the CPU, so verify is checked bit for bit across
 devices). Prints one PASS / FAIL / SKIP line per case and exits with status 1 on any failure
 (2 when there is no CUDA device). The CPU-only statistical tests of the references are left out.
@@ -14,8 +14,8 @@ import time
 os.environ["FASTDECODE_TEST_DEVICE"] = "cuda"
 os.environ["TRITON_INTERPRET"] = "0"
 
-TESTS = ["tests/test_kernels_probs.py", "tests/test_kernels_entropy.py", "tests/test_kernels_verify.py",
-         "tests/test_verification_fused_dispatch.py"]
+TESTS = ["tests/kernels/test_probs.py", "tests/kernels/test_entropy.py", "tests/kernels/test_verify.py",
+         "tests/kernels/test_fused_rules.py"]
 
 
 class _Lines:

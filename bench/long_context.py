@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as `python bench/<name>.py`: bench.common and this checkout's fastdecode
     sys.path.insert(0, str(ROOT))
 
-from bench.common import QUICK_DIR, RESULTS_DIR  # noqa: E402
+from bench.common import QUICK_DIR, RESULTS_DIR, script_main  # noqa: E402
 
 METHODS = ("vanilla", "lambda", "window_only", "sliding")
 DEFAULT_LENGTHS = (1024, 2048, 4096, 8192, 16384)
@@ -76,7 +76,7 @@ def _sync(device) -> None:
 # -- 1. perplexity ---------------------------------------------------------------------------------
 def _nll_streaming(model, ids: torch.Tensor, chunk: int, bar=None) -> torch.Tensor:
     """Per-target NLL [n - 1] (target t predicted from tokens < t), feeding ``chunk`` tokens per forward."""
-    from fastdecode.decoding import cache as kv
+    from fastdecode.decoding import hf_cache as kv
     cache, out, n = kv.new_cache(model), [], ids.shape[1]
     for a in range(0, n, chunk):
         logits = kv.forward(model, ids[:, a:a + chunk], cache)[0]  # [c, V]
@@ -152,7 +152,7 @@ def perplexity(model, corpus: list[int], args, device) -> dict:
 # -- 2. passkey ------------------------------------------------------------------------------------
 def _score_and_decode(model, ctx: torch.Tensor, cands: list[list[int]], chunk: int) -> tuple[list[float], list[int]]:
     """Log-likelihood of each candidate continuation of ctx [1, n], and a greedy decode as long as cands[0]."""
-    from fastdecode.decoding import cache as kv
+    from fastdecode.decoding import hf_cache as kv
     cache = kv.new_cache(model)
     for a in range(0, ctx.shape[1], chunk):
         last = kv.forward(model, ctx[:, a:a + chunk], cache, logits_to_keep=1)[0, -1]
@@ -204,7 +204,7 @@ def passkey(model, tok, corpus: list[int], args, device) -> dict:
 
 # -- 3. decode speed and memory --------------------------------------------------------------------
 def _decode_run(model, ids: torch.Tensor, steps: int, chunk: int) -> dict:
-    from fastdecode.decoding import cache as kv
+    from fastdecode.decoding import hf_cache as kv
     dev = ids.device
     cuda = dev.type == "cuda"
     if cuda:
@@ -387,9 +387,7 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return script_main(__doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -112,7 +112,7 @@ def _measure(device, V: int, k: int, args) -> dict:
                                         verify_optimal)
     from fastdecode.verification.rrs import verify_rrs
     from fastdecode.verification.spectr import verify_spectr
-    from fastdecode.verification.speculative import verify_speculative
+    from fastdecode.verification.token import verify_speculative
 
     cuda = device.type == "cuda"
     p, q = _pair(args.rows, V, args.top_p, device)

@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as `python bench/<name>.py`: bench.common and this checkout's fastdecode
     sys.path.insert(0, str(ROOT))
 
+from bench.common import script_main  # noqa: E402
+
 GOAL_RELATIVE_ACCURACY = 0.97
 GOAL_LARGE_FRACTION = 0.45
 DEFAULT_THRESHOLDS = "0.5,1,1.5,2,2.5,3,3.5,4,5"
@@ -324,9 +326,7 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return script_main(__doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

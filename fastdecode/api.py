@@ -10,8 +10,8 @@ import torch
 from .checks import check_call, eval_mode
 from .config import METHODS, SamplingConfig, build_method_config  # noqa: F401 (METHODS re-exported)
 from .decoding import DYNAMIC, STATIC, batched
-from .decoding import cache as kv
-from .decoding.common import TokenStream
+from .decoding import hf_cache as kv
+from .decoding.stream import TokenStream
 from .defaults import eos_from_model, resolve
 from .models import check_pair, shared_vocab
 from .stats import DecodeStats, GenerationResult
@@ -42,7 +42,7 @@ def _check_rollback(cfg, method_cfg) -> None:
     if not isinstance(cfg, LambdaAttention):
         raise ValueError(f"lambda_attention must be a fastdecode.LambdaAttention, got {type(cfg).__name__}")
     if hasattr(method_cfg, "speculate_when_large"):  # entropy switch: drafts only when the large model verifies
-        longest, what = (method_cfg.speculative_length if method_cfg.speculate_when_large else 0), "speculative_length"
+        longest, what = (method_cfg.draft_length if method_cfg.speculate_when_large else 0), "draft_length"
     elif method_cfg is not None:
         longest, what = ((method_cfg.max_draft_length, "max_draft_length") if method_cfg.adaptive
                          else (method_cfg.draft_length, "draft_length"))

@@ -45,7 +45,7 @@ def tree_mask_problem(model) -> str | None:
         return _NO_4D_MASK[mtype]
     if mtype == "falcon" and getattr(model.config, "alibi", False):
         return "its ALiBi attention (config.alibi=True) takes only a 2D padding mask"
-    from .decoding.cache import attention_layout
+    from .decoding.hf_cache import attention_layout
     try:
         attention_layout(model)
     except ValueError as e:

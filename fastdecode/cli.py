@@ -60,7 +60,7 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
                    help="decoding method (auto: speculative with a draft, multi_draft when --num-drafts > 1; "
                         "prompt_lookup: drafts copied from the prompt and the generated text; the default "
                         "--draft is not loaded, an explicit one drafts the steps without an n-gram match)")
-    p.add_argument("--draft-length", type=int, default=None, help="gamma, tokens drafted per step (default 4)")
+    p.add_argument("--draft-length", type=int, default=None, help="gamma, tokens drafted per step (default 4; entropy_switch: with --speculate-when-large)")
     p.add_argument("--num-drafts", type=int, default=1, help="k, the number of draft sequences (multi_draft)")
     p.add_argument("--adaptive-draft", action=argparse.BooleanOptionalAction, default=None,
                    help="adapt the draft length / tree depth to acceptance (default: on for speculative, off for multi_draft)")
@@ -70,8 +70,8 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-dwell", type=int, default=None, help="tokens between two switches, for entropy_switch")
     p.add_argument("--speculate-when-large", action="store_true",
                    help="entropy_switch: the large model verifies drafts of the small one (lossless segments)")
-    p.add_argument("--speculative-length", type=int, default=None,
-                   help="entropy_switch with --speculate-when-large: tokens drafted per verification (default 4)")
+    p.add_argument("--speculative-length", type=int, default=None, dest="speculative_length",
+                   help=argparse.SUPPRESS)  # deprecated alias of --draft-length for entropy_switch
     p.add_argument("--prompt-lookup-num-tokens", type=int, default=None,
                    help="prompt_lookup: the longest draft (default 10)")
     p.add_argument("--max-matching-ngram-size", type=int, default=None,

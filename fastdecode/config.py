@@ -9,6 +9,7 @@ so the decoding loops can trust their configuration.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 METHODS = ("autoregressive", "speculative", "multi_draft", "entropy_switch", "prompt_lookup")
@@ -174,13 +175,14 @@ DRAFT, TARGET = "draft", "target"
 class EntropySwitchConfig:
     """Options of ``method="entropy_switch"`` (extra keyword arguments of :func:`fastdecode.generate`).
 
-    entropy_threshold: tau in bits; +inf = small model alone, -inf = large model alone. The default, 3.0,
+    entropy_threshold: the threshold h* in bits; +inf = small model alone, -inf = large model alone. The default, 3.0,
         gave the demo code pair about 44% large-model tokens on stdlib line completion (bench/quality.py).
     entropy_window: w, number of recent entropies averaged (paper: 5).
     min_dwell: tokens a model generates after taking over before another switch is allowed (>= 1).
     start: which model computes the first entropy ("draft" or "target").
     speculate_when_large: the large model verifies drafts of the small one while active (lossless segments).
-    speculative_length: gamma, tokens drafted per verification when ``speculate_when_large``.
+    draft_length: gamma, tokens drafted per verification when ``speculate_when_large`` (the same name as
+        for speculative decoding; ``speculative_length`` is its deprecated alias in :func:`build_method_config`).
     vocab_size: number of real tokens; logit columns past it (vocabulary padding) are left out of the
         entropy. None: all columns.
     """
@@ -190,14 +192,14 @@ class EntropySwitchConfig:
     min_dwell: int = 4
     start: str = DRAFT
     speculate_when_large: bool = False
-    speculative_length: int = 4
+    draft_length: int = 4
     vocab_size: int | None = None
 
     def __post_init__(self):
         t = self.entropy_threshold
         if not _is_number(t) or math.isnan(t):
             raise ValueError(f"entropy_threshold must be a number of bits (+inf / -inf allowed), got {t!r}")
-        for name in ("entropy_window", "min_dwell", "speculative_length"):
+        for name in ("entropy_window", "min_dwell", "draft_length"):
             v = getattr(self, name)
             if not _is_int(v) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
@@ -221,10 +223,10 @@ def build_method_config(method: str, has_draft: bool, *, num_drafts=1, verifier=
 
     Raises ValueError for bad values and for options given that do not apply to the method:
     draft options (draft_length, adaptive_draft, max_draft_length, confidence_threshold, verifier,
-    num_drafts) with autoregressive or entropy_switch (which has its own ``speculative_length``),
+    num_drafts) with autoregressive, the same except draft_length with entropy_switch (whose draft_length
+    applies only with speculate_when_large=True; ``speculative_length`` is a deprecated alias of it),
     confidence_threshold with multi_draft, max_draft_length / confidence_threshold with
-    adaptive_draft=False, num_drafts without multi_draft, entropy-switch options with other methods,
-    speculative_length without speculate_when_large=True. "prompt_lookup" needs no draft model (one, if
+    adaptive_draft=False, num_drafts without multi_draft, entropy-switch options with other methods. "prompt_lookup" needs no draft model (one, if
     given, drafts the steps without an n-gram match), takes its own options (see
     :class:`PromptLookupConfig`), adaptive_draft and verifier ("token" / "block"), and none of the other
     draft options.
@@ -256,15 +258,27 @@ def build_method_config(method: str, has_draft: bool, *, num_drafts=1, verifier=
         given = [name for name, v in (("draft_length", draft_length), ("adaptive_draft", adaptive_draft),
                                       ("max_draft_length", max_draft_length),
                                       ("confidence_threshold", confidence_threshold)) if v is not None]
+        if method == "entropy_switch":
+            given = [name for name in given if name != "draft_length"]
         if given:
-            hint = (" (entropy_switch drafts only with speculate_when_large=True, speculative_length tokens at a "
+            hint = (" (entropy_switch drafts only with speculate_when_large=True, draft_length tokens at a "
                     "time)" if method == "entropy_switch" else "")
             raise ValueError(f"{', '.join(given)} applies to speculative and multi_draft decoding, "
                              f"not to {method!r}{hint}")
         if method == "autoregressive":
             return method, None
-        if "speculative_length" in method_options and method_options.get("speculate_when_large") is not True:
-            raise ValueError("speculative_length applies only with speculate_when_large=True")
+        method_options = dict(method_options)
+        if "speculative_length" in method_options:
+            if draft_length is not None:
+                raise ValueError("pass draft_length only (speculative_length is its deprecated alias), not both")
+            warnings.warn("entropy_switch's speculative_length is deprecated: pass draft_length",
+                          DeprecationWarning, stacklevel=3)
+            draft_length = method_options.pop("speculative_length")
+        if draft_length is not None:
+            if method_options.get("speculate_when_large") is not True:
+                raise ValueError("draft_length applies to entropy_switch only with speculate_when_large=True "
+                                 "(the large model verifies draft_length tokens of the small one at a time)")
+            method_options["draft_length"] = draft_length
         try:
             return method, EntropySwitchConfig(**method_options)
         except TypeError as e:

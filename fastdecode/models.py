@@ -39,7 +39,7 @@ def check_pair(target, draft, target_tokenizer=None, draft_tokenizer=None) -> No
             f"target and draft vocabularies differ: target has {vt} output tokens, draft has {vd}. "
             "Speculative decoding needs a draft with the same tokenizer (output sizes may differ only by "
             f"vocabulary padding: at most {MAX_PADDING} rows and 1/{round(1 / MAX_PADDING_FRACTION)} of the size)")
-    from .decoding.cache import device
+    from .decoding.hf_cache import device
     if device(target) != device(draft):
         raise ValueError(f"target is on {device(target)} but draft is on {device(draft)}: put both on one device "
                          "(for a target dispatched with accelerate, the device its inputs go to)")
@@ -97,7 +97,7 @@ def check_model_path(path: str | Path) -> None:
 @contextlib.contextmanager
 def shared_vocab(target, draft):
     """Make the draft speak the target's output size for the duration of one generation (a no-op when the
-    sizes match). Read by ``decoding.cache.forward``:
+    sizes match). Read by ``decoding.hf_cache.forward``:
 
     - the draft's logits are cut or padded with -inf to the target's size V_t, so q gives probability 0
       to ids the draft lacks and never proposes an id the target lacks. The target's logits are never

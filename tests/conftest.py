@@ -11,6 +11,8 @@ if os.environ.get("FASTDECODE_TEST_DEVICE", "cpu") == "cpu":
 import pytest
 import torch
 
+from tiny_models import tiny_llama
+
 
 def pytest_collection_modifyitems(config, items):
     """Every test on the real code pair is slow (it loads and runs a 20 M-parameter model): mark it so
@@ -34,32 +36,13 @@ def stdlib_prompts(code_pair):
     return stdlib_prompts(code_pair[2], n=8, prompt_tokens=48)
 
 
-def kernel_module(name: str, device: str = "cpu"):
-    """``fastdecode.kernels.<name>``; on the CPU its Triton kernel (built on first use) is the interpreter's."""
-    import importlib
-
-    from triton.runtime.interpreter import InterpretedFunction
-
-    m = importlib.import_module(f"fastdecode.kernels.{name}")
-    if device == "cpu":
-        assert isinstance(m._kernel(), InterpretedFunction), "TRITON_INTERPRET=1 must be set before a kernel's first use"
-    return m
-
-
-def tiny_llama(seed: int, vocab: int = 6, hidden: int = 32, layers: int = 2, scale: float = 4.0):
-    """A randomly initialised Llama with a small vocabulary whose next-token distributions are far from
-    uniform (output embeddings scaled up), fast enough for thousands of seeded generations."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
-                      tie_word_embeddings=False, bos_token_id=None, eos_token_id=None, pad_token_id=None)
-    torch.manual_seed(seed)
-    m = LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():
-        m.lm_head.weight.mul_(scale)
-    return m
-
-
 @pytest.fixture(scope="session")
 def tiny_pair():
     return tiny_llama(1), tiny_llama(2, scale=3.0)
+
+
+@pytest.fixture(scope="session")
+def law2(tiny_pair):
+    """The exact law of the target's first two tokens after distribution.LAW_PROMPT (enumeration)."""
+    from distribution import LAW_PROMPT, exact_law
+    return exact_law(tiny_pair[0], LAW_PROMPT, 2)

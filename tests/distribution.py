@@ -57,3 +57,16 @@ def chi_square_pvalue(counts: dict, law: dict, min_expected: float = 5.0) -> flo
     obs, exp = np.array(obs, float), np.array(exp, float)
     stat = float(((obs - exp) ** 2 / exp).sum())
     return float(chi2.sf(stat, max(len(obs) - 1, 1)))
+
+
+# The two-token law test of whole generations on the tiny pair (conftest's ``tiny_pair`` and ``law2``):
+LAW_PROMPT = [1, 2, 3, 4]
+LAW_RUNS = 1200
+LAW_ALPHA = 1e-3  # seeds are fixed, so each test is deterministic; this only sets its power
+
+
+def two_token_pvalue(pair, law2: dict, **kw) -> float:
+    """Chi-square p-value of the first two tokens of LAW_RUNS seeded generations (T = 1, three new tokens,
+    so the runs draft) against the target's exact law ``law2``."""
+    counts = sample_law(*pair, LAW_PROMPT, 2, LAW_RUNS, max_new_tokens=3, temperature=1.0, **kw)
+    return chi_square_pvalue(counts, law2)

@@ -1,6 +1,6 @@
 """Reference (NumPy, small and slow on purpose) for the OT-optimal verifier of k i.i.d. drafts.
 
-Spec oracle for tests (a copy kept in the repository so that tests/test_optimal.py never skips):
+Spec oracle for tests (a copy kept in the repository so that tests/verification/test_optimal.py never skips):
 `build(p, q, k)` returns the selection law; `verify_step` runs one verification; `exact_output(p, q, k)`
 enumerates every draft tuple and integrates the race exactly, returning the output distribution and the
 acceptance probability (use V <= 6, k <= 4). Written independently of fastdecode.verification.optimal.

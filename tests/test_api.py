@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import fastdecode
-from conftest import tiny_llama
+from tiny_models import tiny_llama
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,8 @@ IDS = torch.tensor([[1, 2, 3]])
     (dict(method="entropy_switch", verifier="rrs"), "verifier= applies to speculative and multi_draft"),
     (dict(method="autoregressive", draft_length=4), "draft_length applies to speculative and multi_draft"),
     (dict(method="autoregressive", confidence_threshold=0.5), "confidence_threshold applies"),
-    (dict(method="entropy_switch", draft_length=8, speculate_when_large=True), "speculative_length"),
+    (dict(method="entropy_switch", draft_length=8), "draft_length applies to entropy_switch only with speculate_when_large=True"),
+    (dict(method="entropy_switch", draft_length=3, speculative_length=3, speculate_when_large=True), "not both"),
     (dict(method="entropy_switch", adaptive_draft=True), "adaptive_draft applies"),
     (dict(method="entropy_switch", num_drafts=2), "num_drafts=2 applies"),
     (dict(method="entropy_switch", speculative_length=3), "speculate_when_large=True"),
@@ -69,7 +70,7 @@ def test_bad_arguments_raise(pair, kw, match):
 
 def test_bad_input_ids(pair):
     target, draft = pair
-    with pytest.raises(ValueError, match="pad_token_id"):  # batches need a pad id (tests/test_batched.py)
+    with pytest.raises(ValueError, match="pad_token_id"):  # batches need a pad id (tests/decoding/test_batched.py)
         fastdecode.generate(target, torch.tensor([[1, 2], [3, 4]]), draft=draft)
     with pytest.raises(ValueError, match="empty"):
         fastdecode.generate(target, torch.zeros(1, 0, dtype=torch.long), draft=draft)
@@ -93,41 +94,6 @@ def test_tokenizer_mismatch_is_named(code_pair):
     other.add_tokens(["<extra_token_for_test>"])
     with pytest.raises(ValueError, match="tokenizers differ"):
         fastdecode.check_pair(target, draft, tok, other)
-
-
-@pytest.mark.parametrize("cls,kw,match", [
-    ("SpeculativeConfig", dict(draft_length=True), "draft_length"),
-    ("SpeculativeConfig", dict(draft_length=2.0), "draft_length"),
-    ("SpeculativeConfig", dict(max_draft_length=True), "max_draft_length"),
-    ("SpeculativeConfig", dict(confidence_threshold="0.4"), "confidence_threshold"),
-    ("SpeculativeConfig", dict(confidence_threshold=None), "confidence_threshold"),
-    ("SpeculativeConfig", dict(adaptive=1), "adaptive"),
-    ("SpeculativeConfig", dict(verifier="rrs"), "verifier"),
-    ("MultiDraftConfig", dict(adaptive="yes"), "adaptive"),
-    ("MultiDraftConfig", dict(max_draft_length=2.5), "max_draft_length"),
-    ("MultiDraftConfig", dict(num_drafts=True), "num_drafts"),
-    ("SamplingConfig", dict(top_k=True), "top_k"),
-    ("EntropySwitchConfig", dict(min_dwell=True), "min_dwell"),
-])
-def test_configs_check_types_and_ranges(cls, kw, match):
-    from fastdecode import config
-    with pytest.raises(ValueError, match=match):
-        getattr(config, cls)(**kw)
-
-
-def test_build_method_config_resolves_and_defaults():
-    from fastdecode.config import (EntropySwitchConfig, MultiDraftConfig, SpeculativeConfig,
-                                   build_method_config)
-    from fastdecode.decoding import entropy_switch
-    assert entropy_switch.EntropySwitchConfig is EntropySwitchConfig  # still importable from the old place
-    assert build_method_config("auto", False) == ("autoregressive", None)
-    assert build_method_config("auto", True) == ("speculative", SpeculativeConfig())
-    m, cfg = build_method_config("auto", True, num_drafts=3, verifier="optimal")
-    assert m == "multi_draft" and cfg == MultiDraftConfig(num_drafts=3, verifier="optimal")
-    m, cfg = build_method_config("speculative", True, draft_length=20)
-    assert cfg.max_draft_length == 20 and cfg.adaptive and cfg.confidence_threshold == 0.4
-    m, cfg = build_method_config("entropy_switch", True, speculate_when_large=True, speculative_length=6)
-    assert cfg == EntropySwitchConfig(speculate_when_large=True, speculative_length=6)
 
 
 def test_speculative_without_draft(pair):

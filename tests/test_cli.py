@@ -42,10 +42,10 @@ def test_generate_multi_draft_with_verifier(capsys):
     (["--method", "autoregressive", "--draft-length", "3"], "draft_length applies to speculative and multi_draft"),
     (["--method", "speculative", "--entropy-threshold", "2"], "unexpected arguments for method 'speculative'"),
     (["--method", "entropy_switch", "--verifier", "rrs"], "verifier= applies"),
-    (["--method", "entropy_switch", "--draft-length", "8", "--speculate-when-large"], "speculative_length"),
+    (["--method", "entropy_switch", "--draft-length", "8"], "draft_length applies to entropy_switch only with"),
     (["--compare", "--repeats", "0"], "--repeats must be >= 1"),
     (["--method", "entropy_switch", "--speculative-length", "3"], "speculate_when_large=True"),
-    (["--method", "entropy_switch", "--speculate-when-large", "--speculative-length", "0"], "speculative_length must be"),
+    (["--method", "entropy_switch", "--speculate-when-large", "--draft-length", "0"], "draft_length must be"),
     (["--compile", "cudagraphs"], "--compile applies to --cache-implementation static"),
     (["--cache-implementation", "static", "--compile", "cudagraphs"], "needs a model on a CUDA device"),
     (["--cache-implementation", "static", "--method", "entropy_switch"], "supports methods"),
@@ -106,7 +106,7 @@ def test_load_pair_typo_says_the_folder_does_not_exist(monkeypatch):
 
 
 def _save_tiny(folder, tokenizer=None):
-    from conftest import tiny_llama
+    from tiny_models import tiny_llama
     tiny_llama(0).save_pretrained(folder)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)

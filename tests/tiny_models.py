@@ -58,3 +58,17 @@ def draft_of(target, layers: int = 1):
 def hf_greedy(model, prompt: torch.Tensor, new: int) -> torch.Tensor:
     """HF ``generate`` greedy output [1, prompt + new], the reference (its own cache and masks)."""
     return model.generate(prompt, max_new_tokens=new, do_sample=False, min_new_tokens=new)
+
+
+def tiny_llama(seed: int, vocab: int = 6, hidden: int = 32, layers: int = 2, scale: float = 4.0):
+    """A randomly initialised Llama with a small vocabulary whose next-token distributions are far from
+    uniform (output embeddings scaled up), fast enough for thousands of seeded generations."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+                      tie_word_embeddings=False, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    torch.manual_seed(seed)
+    m = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        m.lm_head.weight.mul_(scale)
+    return m

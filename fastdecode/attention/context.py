@@ -8,8 +8,8 @@ How it plugs in (no modelling file is copied or patched):
    name, so it passes ``attention_mask=None`` (or a caller's 4D mask, e.g. a tree mask) straight through.
 2. Each attention layer carries the Lambda settings (``window``, ``num_global``, the model's RoPE
    ``inv_freq``) in an attribute for the duration of the context; the model carries a cache factory that
-   :func:`fastdecode.decoding.cache.new_cache` uses, so every decoding loop gets a bounded
-   :class:`~fastdecode.attention.cache.LambdaCache` without knowing about it.
+   :func:`fastdecode.decoding.hf_cache.new_cache` uses, so every decoding loop gets a bounded
+   :class:`~fastdecode.attention.lambda_cache.LambdaCache` without knowing about it.
 3. RoPE is applied inside the attention layer before the attention function runs, so queries and keys
    arrive rotated at their true positions. Local scores use them as they are (true distance < L). For a
    global key outside the window the function moves the query to position L and the key to position 0
@@ -21,7 +21,7 @@ How it plugs in (no modelling file is copied or patched):
    Triton kernel of :mod:`fastdecode.kernels.lambda_decode` through ``kernels.lambda_decode``
    (``LambdaAttention.decode_kernel``; ``FASTDECODE_KERNELS=reference`` keeps them on the dense path).
 
-Key positions are not passed to attention functions. A :class:`~fastdecode.attention.cache.LambdaCache`
+Key positions are not passed to attention functions. A :class:`~fastdecode.attention.lambda_cache.LambdaCache`
 made here records the true position and logical index of every stored key: its ``update`` tells the
 state which layer returned the keys (``LambdaState.track``), and the attention function attaches the
 forward's ``position_ids`` to the new slots and reads the positions back
@@ -42,14 +42,14 @@ import contextlib
 import torch
 
 from .. import kernels
-from .cache import LambdaCache
+from .lambda_cache import LambdaCache
 from .lambda_mask import LambdaAttention, lambda_attention_rotated
 from .positions import ForwardView, layout_view, plain_view
 from .positions import key_positions as _key_positions  # noqa: F401  (the plain layout rule; used by tests)
 
 ATTN_NAME = "fastdecode_lambda"
 _STATE = "_fastdecode_lambda"  # attribute on each attention layer and on the model
-_FACTORY = "_fastdecode_new_cache"  # attribute read by fastdecode.decoding.cache.new_cache
+_FACTORY = "_fastdecode_new_cache"  # attribute read by fastdecode.decoding.hf_cache.new_cache
 
 # families whose attention applies rotate-half RoPE before calling ALL_ATTENTION_FUNCTIONS
 ROPE_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma")
@@ -156,7 +156,7 @@ def check_window(model, cfg: LambdaAttention) -> None:
     ``W`` is the smaller, so Lambda attention runs (it replaces the model's attention, window included); a
     model window below ``L`` is refused, since Lambda attention would let queries see keys the model
     never saw."""
-    from ..decoding.cache import attention_layout
+    from ..decoding.hf_cache import attention_layout
 
     window, _ = attention_layout(model)
     if window is not None and window < cfg.window:

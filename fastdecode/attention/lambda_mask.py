@@ -43,7 +43,7 @@ class LambdaAttention:
     max_rollback: recent tokens kept beyond the window so that the cache can be rolled back by this many
         tokens (speculative decoding rejecting drafts); it must be at least the longest draft. It costs
         memory only: the cache holds num_global + window + max_rollback tokens per layer when decoding
-        (see :mod:`fastdecode.attention.cache`), and it never changes what a query attends to.
+        (see :mod:`fastdecode.attention.lambda_cache`), and it never changes what a query attends to.
     decode_kernel: on CUDA, run one-token decode steps through the Triton kernel
         (:mod:`fastdecode.kernels.lambda_decode`) instead of the PyTorch path; both compute the same thing.
     """

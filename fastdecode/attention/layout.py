@@ -1,4 +1,4 @@
-"""Host-side bookkeeping of a :class:`~fastdecode.attention.cache.LambdaLayer`: which logical tokens it
+"""Host-side bookkeeping of a :class:`~fastdecode.attention.lambda_cache.LambdaLayer`: which logical tokens it
 stores, and at which true RoPE positions.
 
 Words: the *logical sequence* is what the caller sees (``get_seq_length``; the columns of a caller's 4D
@@ -21,7 +21,7 @@ Layouts are immutable and memoise the transitions transformers drives layer by l
 ``attach``): the layers of one cache undergo the same operations in lockstep, so layer 0 computes each
 new layout and the other layers get the same object, together with the per-forward device tensors the
 attention function caches on it (:meth:`Layout.memo`); ``crop`` and ``select`` are computed once per
-cache by :class:`~fastdecode.attention.cache.LambdaCache` for all layers sharing a layout. A layout
+cache by :class:`~fastdecode.attention.lambda_cache.LambdaCache` for all layers sharing a layout. A layout
 references its successors, never its predecessors, so old layouts are freed as soon as no layer holds
 them.
 """

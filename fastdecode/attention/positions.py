@@ -3,7 +3,7 @@ globals, and how a caller's 4D mask maps onto them. Computed once per forward an
 
 Two sources of key positions:
 
-- a :class:`~fastdecode.attention.cache.LambdaCache` records, for every stored key, its logical index
+- a :class:`~fastdecode.attention.lambda_cache.LambdaCache` records, for every stored key, its logical index
   and its true position (:class:`~fastdecode.attention.layout.Layout`); :func:`layout_view` reads them.
   This is exact for any layout, token trees included (siblings at the same position, a draft cache
   holding the context plus earlier tree levels, paths kept by ``select``);

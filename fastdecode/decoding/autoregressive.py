@@ -5,9 +5,9 @@ import torch
 
 from ..config import SamplingConfig
 from ..stats import DecodeStats
-from . import cache as kv
+from . import hf_cache as kv
 from . import sampling as sm
-from .common import TokenStream
+from .stream import TokenStream
 
 
 def decode(target, draft, stream: TokenStream, sampling: SamplingConfig, cfg, generator, stats: DecodeStats,

@@ -36,10 +36,10 @@ import torch
 from ..config import SamplingConfig, SpeculativeConfig
 from ..stats import DecodeStats
 from ..verification.block import verify_block_batched
-from ..verification.common import residual, sample, uniform
-from . import cache as kv
+from ..verification.primitives import residual, sample, uniform
+from . import hf_cache as kv
 from . import sampling as sm
-from .common import TokenStream
+from .stream import TokenStream
 from .policy import DraftLengthPolicy
 
 BATCHED_METHODS = ("autoregressive", "speculative")

@@ -29,12 +29,12 @@ import torch
 from ..config import MultiDraftConfig, SamplingConfig
 from ..stats import DecodeStats
 from ..verification import PREPARABLE, method_info, prepare, verify
-from ..verification.common import sample
+from ..verification.primitives import sample
 from ..verification.drafts import sample_drafts
-from ..verification.speculative import verify_chain
-from . import cache as kv
+from ..verification.token import verify_chain
+from . import hf_cache as kv
 from . import sampling as sm
-from .common import TokenStream
+from .stream import TokenStream
 from .tree import DraftTree, score_nodes
 
 

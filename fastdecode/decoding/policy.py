@@ -2,10 +2,10 @@
 
 - Fixed (``adaptive=False``): always ``draft_length`` (less near the end of the budget).
 - Adaptive: +2 after a fully accepted draft, -1 after a rejection, within [1, max_draft_length].
-- Fallback (adaptive only): a step with g = 1 emits 1 + alpha_1 tokens on average (alpha_1: how often the
+- Fallback (adaptive only): a step with gamma = 1 emits 1 + alpha_1 tokens on average (alpha_1: how often the
   first drafted token is accepted) for the cost of one target forward plus one draft forward, so it pays
   only while alpha_1 > c, c = (cost of a draft forward) / (cost of a target forward). When the last
-  ``window`` drafting steps show alpha_1 <= c, the next ``pause`` steps decode plainly (g = 0, one target
+  ``window`` drafting steps show alpha_1 <= c, the next ``pause`` steps decode plainly (gamma = 0, one target
   forward each), then one step drafts a single token to probe again; acceptance that recovers ends
   the pause. c is estimated from the models' sizes (the larger of the parameter ratio and the layer
   ratio: compute-bound and launch-bound forwards), so the policy is deterministic: a seed still fixes
@@ -47,8 +47,8 @@ class DraftLengthPolicy:
             self.paused -= 1
             self.plain_steps += 1
             return 0
-        g = 1 if self.probing else self.gamma
-        return max(0, min(g, remaining - 1))
+        gamma = 1 if self.probing else self.gamma
+        return max(0, min(gamma, remaining - 1))
 
     @property
     def probing(self) -> bool:

@@ -28,8 +28,8 @@ import torch
 
 from ..config import DEFAULT_CONFIDENCE_THRESHOLD, PromptLookupConfig, SamplingConfig, SpeculativeConfig
 from ..stats import DecodeStats
-from . import cache as kv
-from .common import TokenStream
+from . import hf_cache as kv
+from .stream import TokenStream
 from .policy import DraftLengthPolicy
 from .step import CHAIN_VERIFIERS, draft_tokens, verify_step
 

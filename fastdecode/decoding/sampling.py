@@ -10,7 +10,7 @@ import torch
 
 from .. import kernels
 from ..config import SamplingConfig
-from ..verification.common import sample  # noqa: F401 (re-exported: the sampler of every loop)
+from ..verification.primitives import sample  # noqa: F401 (re-exported: the sampler of every loop)
 
 
 def probs(logits: torch.Tensor, sampling: SamplingConfig, check_finite: bool = True) -> torch.Tensor:
@@ -37,7 +37,7 @@ def next_token(logits: torch.Tensor, sampling: SamplingConfig, generator) -> int
 
 
 def one_hot(drafts: torch.Tensor, vocab: int) -> torch.Tensor:
-    """q of point-mass drafts (n-gram proposals): [g] long -> [g, vocab] float32 rows one-hot at each draft."""
+    """q of point-mass drafts (n-gram proposals): [gamma] long -> [gamma, vocab] float32 rows one-hot at each draft."""
     return torch.zeros(drafts.shape[0], vocab, dtype=torch.float32, device=drafts.device).scatter_(
         1, drafts[:, None], 1.0)
 

@@ -19,8 +19,8 @@ import torch
 
 from ..config import SamplingConfig, SpeculativeConfig
 from ..stats import DecodeStats
-from . import cache as kv
-from .common import TokenStream
+from . import hf_cache as kv
+from .stream import TokenStream
 from .policy import DraftLengthPolicy, cost_ratio
 from .step import CHAIN_VERIFIERS, draft_tokens, verify_step
 
@@ -33,9 +33,9 @@ def decode(target, draft, stream: TokenStream, sampling: SamplingConfig, spec: S
     threshold = spec.confidence_threshold if spec.adaptive else 0.0
     empty = torch.empty(0, dtype=torch.long, device=kv.device(target))
     while not stream.done:
-        g = policy.next_length(stream.remaining)
-        drafts, q = draft_tokens(draft, dcache, stream.tokens, g, sampling, generator, stats, threshold) \
-            if g > 0 else (empty, None)
+        gamma = policy.next_length(stream.remaining)
+        drafts, q = draft_tokens(draft, dcache, stream.tokens, gamma, sampling, generator, stats, threshold) \
+            if gamma > 0 else (empty, None)
         base = stream.length
         v = verify_step(target, tcache, stream.tokens, drafts, q, sampling, verifier, generator, stats)
         kept = stream.append(v.tokens)

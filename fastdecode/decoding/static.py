@@ -26,10 +26,10 @@ from .. import kernels
 from ..config import SamplingConfig, SpeculativeConfig
 from ..stats import DecodeStats
 from ..verification.block import verify_block_batched
-from ..verification.common import sample
-from . import cache as kv
+from ..verification.primitives import sample
+from . import hf_cache as kv
 from . import sampling as sm
-from .common import TokenStream
+from .stream import TokenStream
 from .policy import DraftLengthPolicy, cost_ratio
 from .static_cache import runner_for
 

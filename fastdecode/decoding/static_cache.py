@@ -29,7 +29,7 @@ import contextlib
 import torch
 from transformers.cache_utils import Cache, StaticLayer
 
-from . import cache as kv
+from . import hf_cache as kv
 
 COMPILE_MODES = ("eager", "cudagraphs", "inductor")
 

@@ -30,8 +30,8 @@ import torch
 
 from ..config import MultiDraftConfig, SamplingConfig
 from ..stats import DecodeStats
-from . import cache as kv
-from .common import TokenStream
+from . import hf_cache as kv
+from .stream import TokenStream
 from .multi_draft import MultiDraftDecoder
 from .static import _sampling, bucket, capacity_for
 from .static_cache import runner_for

@@ -13,8 +13,8 @@ import torch
 from ..config import SamplingConfig
 from ..stats import DecodeStats
 from ..verification.block import verify_block
-from ..verification.speculative import verify_chain
-from . import cache as kv
+from ..verification.token import verify_chain
+from . import hf_cache as kv
 from . import sampling as sm
 
 CHAIN_VERIFIERS = {"token": verify_chain, "block": verify_block}

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import cache as kv
+from . import hf_cache as kv
 
 
 @dataclass

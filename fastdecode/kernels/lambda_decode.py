@@ -4,7 +4,7 @@ Inputs per (batch, head), see ``docs/algorithms.md`` section 6 ("O(1)-memory dec
 - ``q`` [B, H, D]: the query rotated at its true position ``qpos``;
 - ``q_far`` [B, H, D]: the same query rotated at position ``window`` (the distance limit L);
 - ``k``, ``v`` [B, Hkv, m, D]: the cached keys (rotated at their true positions ``kpos`` [m]) and values,
-  globals first (the layout of :class:`fastdecode.attention.cache.LambdaCache`);
+  globals first (the layout of :class:`fastdecode.attention.lambda_cache.LambdaCache`);
 - ``k_glob`` [B, Hkv, g, D]: the first g keys moved back to position 0 (pre-RoPE).
 
 Score of column n: ``q_far . k_glob[n]`` if n < g, kpos[n] < num_global and qpos - kpos[n] >= L

@@ -21,11 +21,11 @@ same tokens for the same noise:
   C_{i+1} = C_i + S_i (with replacement) or C_i + S_i / D_i (without; D_i = 1 - sum_{j<i} q(x_j),
   drafted tokens set to 0), S_i = sum R_i. Acceptance of x_i: q(x_i) > 0 and
   u_i * (S_i * q(x_i)) < R_i(x_i) * D_i (D = 1 with replacement); for K-SEQ u_i * (rho * q(x_i)) < p(x_i).
-  For k = 1 this is exactly the rule of fastdecode.verification.speculative.
+  For k = 1 this is exactly the rule of fastdecode.verification.token.
 - sums are taken in 2^-56 fixed point (int64), so they do not depend on the summation order;
 - the residual score is float32(R) / E in IEEE float32 (E == 0 scores +inf, R == 0 scores 0), first
   index on ties; if the residual has no mass (sum <= 1e-12 V: p == q up to rounding) the token is
-  argmax p / E instead (as fastdecode.verification.common.residual falls back to p).
+  argmax p / E instead (as fastdecode.verification.primitives.residual falls back to p).
 The kernel is compiled without mul-add fusion so that float64 products round as in PyTorch.
 
 Returns (tokens [rows] int64, index [rows] int64): index is the accepted draft's position (0-based,

@@ -2,38 +2,45 @@
 
 Every rule lives in its own module and exposes ``verify_<name>(p, q, drafts, generator)`` returning a
 :class:`VerifyResult`, and ``acceptance_<name>(p, q, k)`` giving the probability that the emitted token
-is one of the drafts. :data:`METHODS` says which module implements a method, which draft scheme it
-needs, and whether it is lossless.
+is one of the drafts. :data:`METHODS` holds, per method, those two functions, the draft scheme it needs
+and whether it is lossless.
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from .bound import optimal_acceptance_rate
-from .common import VerifyResult, check_distributions, check_drafts, check_generator, residual, sample
+from .primitives import VerifyResult, check_distributions, check_drafts, check_generator, residual, sample
 from .drafts import check_scheme, sample_drafts
+from .greedy_draft import acceptance_greedy_draft, verify_greedy_draft
+from .optimal import acceptance_optimal, build_races, verify_optimal, verify_prepared
+from .rrs import acceptance_rrs, acceptance_rrs_without_replacement, verify_rrs, verify_rrs_without_replacement
+from .spectr import acceptance_spectr, verify_spectr
+from .token import acceptance_speculative, verify_speculative
+from .typical import acceptance_typical, verify_typical
 
 
 @dataclass(frozen=True)
 class MethodInfo:
-    module: str        # fastdecode.verification.<module>
-    function: str      # verify_<function> / acceptance_<function> in that module
+    verify: Callable       # (p, q, drafts, generator) -> VerifyResult
+    acceptance: Callable   # (p, q, k) -> [N] probability that one of k drafts is emitted
     scheme: str        # draft scheme the method needs: "iid", "without_replacement" or "greedy"
     lossless: bool
     single_draft: bool = False
 
 
 METHODS: dict[str, MethodInfo] = {
-    "speculative": MethodInfo("speculative", "speculative", "iid", True, single_draft=True),
-    "rrs": MethodInfo("rrs", "rrs", "iid", True),
-    "rrs_without_replacement": MethodInfo("rrs", "rrs_without_replacement", "without_replacement", True),
-    "spectr": MethodInfo("spectr", "spectr", "iid", True),
-    "greedy_draft": MethodInfo("greedy_draft", "greedy_draft", "greedy", True),
-    "typical": MethodInfo("typical", "typical", "iid", False),
-    "optimal": MethodInfo("optimal", "optimal", "iid", True),
+    "speculative": MethodInfo(verify_speculative, acceptance_speculative, "iid", True, single_draft=True),
+    "rrs": MethodInfo(verify_rrs, acceptance_rrs, "iid", True),
+    "rrs_without_replacement": MethodInfo(verify_rrs_without_replacement, acceptance_rrs_without_replacement,
+                                          "without_replacement", True),
+    "spectr": MethodInfo(verify_spectr, acceptance_spectr, "iid", True),
+    "greedy_draft": MethodInfo(verify_greedy_draft, acceptance_greedy_draft, "greedy", True),
+    "typical": MethodInfo(verify_typical, acceptance_typical, "iid", False),
+    "optimal": MethodInfo(verify_optimal, acceptance_optimal, "iid", True),
 }
 
 
@@ -41,12 +48,6 @@ def method_info(method: str) -> MethodInfo:
     if method not in METHODS:
         raise ValueError(f"unknown verification method {method!r}; choose one of {sorted(METHODS)}")
     return METHODS[method]
-
-
-def _fn(method: str, kind: str):
-    info = method_info(method)
-    mod = importlib.import_module(f"{__name__}.{info.module}")
-    return getattr(mod, f"{kind}_{info.function}")
 
 
 def verify(method: str, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, generator=None,
@@ -63,9 +64,8 @@ def verify(method: str, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, 
     if prepared is not None:
         if method != "optimal":
             raise ValueError(f"method {method!r} has no prepared form (see prepare)")
-        from .optimal import verify_prepared
         return verify_prepared(prepared, drafts, generator)
-    return _fn(method, "verify")(p, q, drafts, generator)
+    return info.verify(p, q, drafts, generator)
 
 
 PREPARABLE = frozenset({"optimal"})   # methods for which prepare() returns something
@@ -80,7 +80,6 @@ def prepare(method: str, p: torch.Tensor, q: torch.Tensor, ks: list[int]):
     if method not in PREPARABLE:
         return None
     check_distributions(p, q)
-    from .optimal import build_races
     return build_races(p, q, list(ks))
 
 
@@ -96,7 +95,7 @@ def acceptance_probability(method: str, p: torch.Tensor, q: torch.Tensor, k: int
         raise ValueError(f"k must be an int >= 1, got {k!r}")
     if info.single_draft and k != 1:
         raise ValueError(f"method {method!r} verifies a single draft: k must be 1, got {k}")
-    out = _fn(method, "acceptance")(p, q, k)
+    out = info.acceptance(p, q, k)
     if isinstance(out, tuple):  # an AcceptanceEstimate (mean, stderr)
         return out._replace(mean=out.mean.clamp(0, 1))
     return out.clamp(0, 1)

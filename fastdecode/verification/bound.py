@@ -30,7 +30,7 @@ import math
 
 import torch
 
-from .common import check_distributions
+from .primitives import check_distributions
 from .drafts import check_k
 from .ratio import RatioTable, ratio_table
 _STEP = 0.25            # quadrature step in log t: error ~ exp(-pi^2 / step), measured <= 1e-14 for k <= 8

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import VerifyResult, normalize_or
+from .primitives import VerifyResult, normalize_or
 from .drafts import check_k, greedy_rest
 from .sequential import run
 

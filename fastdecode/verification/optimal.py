@@ -37,7 +37,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from .. import kernels
-from .common import VerifyResult, residual, sample
+from .primitives import VerifyResult, residual, sample
 
 
 @dataclass

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 
 from .. import kernels
-from .common import VerifyResult, kernel_noise, kernel_result, residual
+from .primitives import VerifyResult, kernel_noise, kernel_result, residual
 from .drafts import categorical, check_k
 from .ratio import RatioTable, ratio_table
 from .sequential import AcceptanceEstimate, run

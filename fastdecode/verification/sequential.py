@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import torch
 
-from .common import VerifyResult
+from .primitives import VerifyResult
 from .drafts import categorical
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from .. import kernels
-from .common import VerifyResult, kernel_noise, kernel_result, normalize_or
+from .primitives import VerifyResult, kernel_noise, kernel_result, normalize_or
 from .drafts import check_k
 from .ratio import RatioTable, ratio_table
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import VerifyResult
+from .primitives import VerifyResult
 from .drafts import categorical, check_k
 
 POSTERIOR_THRESHOLD = 0.09

@@ -8,7 +8,7 @@ import torch
 import fastdecode
 from fastdecode import LambdaAttention, lambda_attention
 from fastdecode.attention import LambdaCache
-from fastdecode.decoding import cache as kv
+from fastdecode.decoding import hf_cache as kv
 
 
 def _ids(n, seed=0):

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from fastdecode.verification.block import (block_next_weights, block_tau, block_weights, verify_block,
+from fastdecode.verification.block import (block_next_weights, block_kept_length, block_weights, verify_block,
                                            verify_block_batched)
-from fastdecode.verification.common import sample, uniform
+from fastdecode.verification.primitives import sample, uniform
 
 
 class TinyModel:
@@ -42,7 +42,7 @@ def _target_law(P, V, n):
 
 
 def _block_exact(P, Q, V, g):
-    """Exact law of the first g + 1 tokens (block step, then target completion) and E[tau]."""
+    """Exact law of the first g + 1 tokens (block step, then target completion) and E[kept]."""
     X = list(itertools.product(range(V), repeat=g))
     wq = np.array([math.prod(Q(x[:i])[x[i]] for i in range(g)) for x in X])
     p = _stack(P, X)                                  # [T, g+1, V]
@@ -64,23 +64,23 @@ def _block_exact(P, Q, V, g):
                 hi = wi
             assert abs(float(h[t, i]) - hi) < 1e-12
     h = h.numpy()
-    law, e_tau = {}, 0.0
-    for tau in range(g + 1):
-        nw = block_next_weights(p, q, w, torch.full((len(X),), tau, dtype=torch.long)).numpy()
+    law, e_kept = {}, 0.0
+    for kept in range(g + 1):
+        nw = block_next_weights(p, q, w, torch.full((len(X),), kept, dtype=torch.long)).numpy()
         nw = nw / nw.sum(-1, keepdims=True)
-        # P(tau) = h_tau * prod_{l > tau} (1 - h_l), with h_0 = 1
-        pt = (h[:, tau - 1] if tau else 1.0) * np.prod(1.0 - h[:, tau:], axis=1)
-        e_tau += tau * float((wq * pt).sum())
+        # P(kept) = h_tau * prod_{l > kept} (1 - h_l), with h_0 = 1
+        pt = (h[:, kept - 1] if kept else 1.0) * np.prod(1.0 - h[:, kept:], axis=1)
+        e_kept += kept * float((wq * pt).sum())
         for t, x in enumerate(X):
             if wq[t] * pt[t] == 0:
                 continue
             for y in range(V):
-                head = x[:tau] + (y,)
-                for tail in itertools.product(range(V), repeat=g - tau):
+                head = x[:kept] + (y,)
+                for tail in itertools.product(range(V), repeat=g - kept):
                     s = head + tail
-                    pr = wq[t] * pt[t] * nw[t, y] * math.prod(P(s[:i])[s[i]] for i in range(tau + 1, g + 1))
+                    pr = wq[t] * pt[t] * nw[t, y] * math.prod(P(s[:i])[s[i]] for i in range(kept + 1, g + 1))
                     law[s] = law.get(s, 0.0) + pr
-    return law, e_tau
+    return law, e_kept
 
 
 def _token_expected(P, Q, V, g):
@@ -149,23 +149,23 @@ def _simulate(P, Q, V, g, N, gen, variant="block"):
             q[:, i] = Qt[i][code]
             drafts[:, i] = sample(q[:, i], gen)
     if variant == "block":
-        tau, nxt = verify_block_batched(p, q, drafts, gen)
+        kept, nxt = verify_block_batched(p, q, drafts, gen)
     else:
         w, h = block_weights(p, q, drafts)
         eta = uniform(N * g, gen, p.device).view(N, g)
         if variant == "first_failure":          # keep the passes before the first failure
-            tau = (eta <= h).long().cumprod(1).sum(1)
+            kept = (eta <= h).long().cumprod(1).sum(1)
         else:
-            tau = block_tau(h, eta)
-        if variant == "plain_residual":         # residual max(0, p - q), ignoring w_tau
+            kept = block_kept_length(h, eta)
+        if variant == "plain_residual":         # residual max(0, p - q), ignoring w_kept
             w = torch.ones_like(w)
-        nxt = sample(block_next_weights(p, q, w, tau), gen)
+        nxt = sample(block_next_weights(p, q, w, kept), gen)
     out = torch.zeros(N, g + 1, dtype=torch.long)
     out[:, :g] = drafts
     rows = torch.arange(N)
-    out[rows, tau] = nxt
+    out[rows, kept] = nxt
     for i in range(1, g + 1):                   # complete with the target where the step stopped early
-        redo = tau < i
+        redo = kept < i
         if redo.any():
             pi = Pt[i][_code(out[:, :i], V)]
             out[:, i] = torch.where(redo, sample(pi, gen), out[:, i])

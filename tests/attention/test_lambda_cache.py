@@ -10,11 +10,11 @@ import torch
 import fastdecode
 from fastdecode import LambdaAttention, lambda_attention
 from fastdecode.attention import context
-from fastdecode.attention.cache import LambdaCache, LambdaLayer
+from fastdecode.attention.lambda_cache import LambdaCache, LambdaLayer
 from fastdecode.attention.layout import Layout
 from fastdecode.config import MultiDraftConfig, SamplingConfig
-from fastdecode.decoding import cache as kv
-from fastdecode.decoding.common import TokenStream
+from fastdecode.decoding import hf_cache as kv
+from fastdecode.decoding.stream import TokenStream
 from fastdecode.decoding.multi_draft import MultiDraftDecoder
 from fastdecode.decoding.tree import DraftTree, score_nodes
 from fastdecode.stats import DecodeStats
@@ -167,7 +167,7 @@ def test_too_little_rollback_slack_raises(code_pair):
     from fastdecode.attention import lambda_attention
     from fastdecode.config import MultiDraftConfig, SamplingConfig
     from fastdecode.decoding import multi_draft
-    from fastdecode.decoding.common import TokenStream
+    from fastdecode.decoding.stream import TokenStream
     from fastdecode.stats import DecodeStats
 
     with torch.inference_mode(), lambda_attention(target, cfg), lambda_attention(draft, cfg):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import fastdecode
-from fastdecode.decoding import cache as kv
+from fastdecode.decoding import hf_cache as kv
 from tiny_models import draft_of, hf_greedy, tiny_lm
 
 pytest.importorskip("accelerate")

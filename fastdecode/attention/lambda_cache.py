@@ -7,7 +7,7 @@ Layout of every layer (``keys``/``values`` are [B, Hkv, m, D], as in transformer
 Keys are stored exactly as the model produced them, i.e. rotated at their true positions; the attention
 function moves the few global keys back to position 0 when it needs the distance limit (see
 :mod:`fastdecode.attention.context`), so no RoPE state lives in the cache. ``length`` is the *logical*
-number of tokens seen (what ``get_seq_length`` and :func:`fastdecode.decoding.cache.cache_length`
+number of tokens seen (what ``get_seq_length`` and :func:`fastdecode.decoding.hf_cache.cache_length`
 report); for every stored slot the layer records its logical index and its true position (a
 :class:`~fastdecode.attention.layout.Layout`, see that module for the rules), so token trees work: tree
 nodes sit at root + depth, siblings share a position, and ``select_positions`` keeps the accepted path

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import fastdecode
-from conftest import tiny_llama
+from tiny_models import tiny_llama
 from distribution import chi_square_pvalue, exact_law, sample_law
 from fastdecode.decoding import static
 from fastdecode.decoding.static import bucket, capacity_for

@@ -5,11 +5,9 @@ import pytest
 import torch
 
 import fastdecode
-from conftest import tiny_llama
 from distribution import chi_square_pvalue, exact_law, sample_law
-from fastdecode.decoding.cache import fit_width
-from fastdecode.models import check_pair, shared_vocab
-from tiny_models import hf_greedy, tiny_lm
+from fastdecode.decoding.hf_cache import fit_width
+from tiny_models import hf_greedy, tiny_llama, tiny_lm
 
 NEW = 16
 
@@ -66,45 +64,11 @@ def test_two_token_law_is_the_target_s(v_draft, method, kw, monkeypatch):
     assert chi_square_pvalue(counts, exact_law(target, prompt, 2)) > 1e-3
 
 
-def test_fit_width_and_shared_vocab():
-    x = torch.tensor([[1.0, 2.0, 3.0]])
-    assert fit_width(x, 2).tolist() == [[1.0, 2.0]]
-    assert fit_width(x, 5).tolist() == [[1.0, 2.0, 3.0, float("-inf"), float("-inf")]]
-    target, draft = _pair(520, 512)
-    with shared_vocab(target, draft):
-        assert draft._fastdecode_logits_width == 520 and draft._fastdecode_input_rows == 512
-        assert not hasattr(target, "_fastdecode_logits_width")
-    assert not hasattr(draft, "_fastdecode_logits_width") and not hasattr(draft, "_fastdecode_input_rows")
-
-
-def test_different_tokenizers_still_refused():
-    from fastdecode.models import padding_allowed
-    assert padding_allowed(151936, 152064) and padding_allowed(512, 520)
-    assert not padding_allowed(6, 7) and not padding_allowed(32000, 50257) and not padding_allowed(256000, 262144)
-    with pytest.raises(ValueError, match="vocabularies differ"):
-        check_pair(tiny_lm("llama", 1, vocab_size=512), tiny_lm("llama", 1, vocab_size=2048))
-
-    class Tok:
-        def __init__(self, vocab):
-            self.vocab = vocab
-
-        def get_vocab(self):
-            return self.vocab
-
-        def __len__(self):
-            return len(self.vocab)
-
-    a, b = tiny_lm("llama", 1, vocab_size=512), tiny_lm("llama", 1, vocab_size=520)
-    check_pair(a, b, Tok({"x": 0}), Tok({"x": 0}))
-    with pytest.raises(ValueError, match="tokenizers differ"):
-        check_pair(a, b, Tok({"x": 0}), Tok({"x": 1}))
-
-
 @pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 5, 1.0), (1.3, 0, 0.9), (0.0, 0, 1.0)])
 def test_probs_and_entropy_ignore_minus_inf_padding(temperature, top_k, top_p):
     """The reference and the Triton kernels (interpreted on the CPU) give padded columns probability 0 and
     leave the rest, and the entropy, as without the padding."""
-    from conftest import kernel_module
+    from interpret import kernel_module
     from fastdecode import kernels
 
     logits = torch.randn(3, 100, generator=torch.Generator().manual_seed(0)) * 3

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fastdecode.verification import acceptance_probability, optimal_acceptance_rate
-from fastdecode.verification.common import residual
+from fastdecode.verification.primitives import residual
 from fastdecode.verification.rrs import plan_rrs_without_replacement
 from verification_cases import PLANS, exact, small_cases
 

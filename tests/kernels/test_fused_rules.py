@@ -16,7 +16,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1" if DEVICE == "cpu" else "0")  # be
 import pytest
 import torch
 
-from conftest import kernel_module
+from interpret import kernel_module
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.filterwarnings("error")
@@ -106,7 +106,7 @@ def _chi2_pvalue(tokens, p):
 @pytest.mark.parametrize("method", ["rrs", "rrs_without_replacement", "spectr"])
 def test_dispatched_tokens_follow_p(fused, method):
     """4000 rows: seconds on a GPU, minutes in the interpreter, so GPU only (bench/kernels_gpu_check.py);
-    on the CPU the equality with the references above, whose output laws tests/test_kernels_verify.py
+    on the CPU the equality with the references above, whose output laws tests/kernels/test_verify.py
     checks, carries the same claim."""
     if DEVICE == "cpu":
         pytest.skip("statistical test of the dispatched kernel: run on a GPU by bench/kernels_gpu_check.py")

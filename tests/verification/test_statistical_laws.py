@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fastdecode.verification import METHODS, acceptance_probability, sample_drafts, verify
-from fastdecode.verification.common import residual
+from fastdecode.verification.primitives import residual
 from fastdecode.verification.drafts import greedy_rest
 from fastdecode.verification.rrs import acceptance_rrs_without_replacement, plan_rrs_without_replacement
 from fastdecode.verification.sequential import run

@@ -12,7 +12,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1" if DEVICE == "cpu" else "0")  # be
 
 import pytest
 
-from conftest import kernel_module
+from interpret import kernel_module
 import torch
 
 pytest.importorskip("triton")
@@ -148,7 +148,7 @@ def test_hand_built_cases(kv):
 
 
 def test_speculative_rule_matches_the_verification_module(kv):
-    """k = 1 accepts exactly when fastdecode.verification.speculative does: u q(x) < p(x) and q(x) > 0."""
+    """k = 1 accepts exactly when fastdecode.verification.token does: u q(x) < p(x) and q(x) > 0."""
     N, V = 64, 50
     p, q, g = pair(N, V, seed=11)
     x = draw(q, 1, g)

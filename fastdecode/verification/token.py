@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from .. import kernels
-from .common import VerifyResult, kernel_result, sample, uniform
+from .primitives import VerifyResult, kernel_result, sample, uniform
 
 
 def verify_speculative(p, q, drafts, generator=None) -> VerifyResult:
@@ -35,15 +35,15 @@ def verify_chain(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, generat
     drafts were sampled from; drafts: [gamma]. Returns (number of accepted drafts n, next token): the
     residual at position n when n < gamma, else the bonus token from p[gamma].
     """
-    g = drafts.shape[0]
+    gamma = drafts.shape[0]
     x = drafts.long()
-    px = p[:g].gather(1, x[:, None])[:, 0].double()
+    px = p[:gamma].gather(1, x[:, None])[:, 0].double()
     qx = q.gather(1, x[:, None])[:, 0].double()
-    u = uniform(g, generator, p.device)
+    u = uniform(gamma, generator, p.device)
     ok = (u * qx < px) & (qx > 0)
-    n = int(ok.long().cumprod(0).sum()) if g else 0
-    if n == g:
-        nxt = sample(p[g : g + 1], generator)
+    n = int(ok.long().cumprod(0).sum()) if gamma else 0
+    if n == gamma:
+        nxt = sample(p[gamma : gamma + 1], generator)
     else:  # the residual through the kernel dispatch: it repeats row n's (rejecting) test
         noise = torch.empty((1, p.shape[1]), dtype=torch.float32, device=p.device).exponential_(generator=generator)
         # fresh one-row copies: a slice at row n has an n-dependent address alignment, and Triton compiles

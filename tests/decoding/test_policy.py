@@ -2,7 +2,7 @@
 import torch
 
 import fastdecode
-from conftest import tiny_llama
+from tiny_models import tiny_llama
 from fastdecode.config import SpeculativeConfig
 from fastdecode.decoding.policy import DraftLengthPolicy, cost_ratio
 

@@ -15,7 +15,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1" if DEVICE == "cpu" else "0")  # be
 
 import pytest
 
-from conftest import kernel_module
+from interpret import kernel_module
 import torch
 
 pytest.importorskip("triton")

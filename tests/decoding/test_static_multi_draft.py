@@ -7,11 +7,12 @@ import pytest
 import torch
 
 import fastdecode
-from distribution import chi_square_pvalue, exact_law, sample_law
+from distribution import LAW_ALPHA as ALPHA
+from distribution import LAW_PROMPT, chi_square_pvalue, sample_law
 from fastdecode.config import MultiDraftConfig, SamplingConfig
-from fastdecode.decoding import cache as kv
+from fastdecode.decoding import hf_cache as kv
 from fastdecode.decoding import static_tree
-from fastdecode.decoding.common import TokenStream
+from fastdecode.decoding.stream import TokenStream
 from fastdecode.decoding.static import bucket
 from fastdecode.decoding.static_cache import StaticRunner
 from fastdecode.decoding.tree import DraftTree
@@ -237,7 +238,7 @@ def test_code_pair_greedy_equals_hf_and_dynamic(code_pair, stdlib_prompts, code_
 def test_padded_vocabularies(v_target, v_draft):
     """A pair whose output sizes differ (the draft brought to the target's width, its inputs masked): same greedy
     tokens as HF, and sampled tokens within the target's vocabulary, equal to the dynamic engine's."""
-    from test_vocab_padding import _pair
+    from end_to_end.test_vocab_padding import _pair
     target, draft = _pair(v_target, v_draft)
     prompt = torch.randint(0, 512, (1, 8), generator=torch.Generator().manual_seed(0))
     dyn, sta = _both(target, draft, prompt, num_drafts=3, draft_length=3, temperature=0, max_new_tokens=16)
@@ -256,18 +257,11 @@ def test_other_architectures(model_type):
 
 
 # ---------------------------------------------------------------------------------------------- the law
-PROMPT = [1, 2, 3, 4]
-RUNS = 800
-ALPHA = 1e-3
-
-
-@pytest.fixture(scope="module")
-def law2(tiny_pair):
-    return exact_law(tiny_pair[0], PROMPT, 2)
+RUNS = 800  # as the static engine's other law tests (distribution.LAW_RUNS: 1200)
 
 
 def _pvalue(tiny_pair, law2, **kw):
-    counts = sample_law(*tiny_pair, PROMPT, 2, RUNS, max_new_tokens=3, temperature=1.0, method="multi_draft",
+    counts = sample_law(*tiny_pair, LAW_PROMPT, 2, RUNS, max_new_tokens=3, temperature=1.0, method="multi_draft",
                         draft_length=2, cache_implementation="static", **kw)
     return chi_square_pvalue(counts, law2)
 

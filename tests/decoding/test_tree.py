@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from fastdecode.config import MultiDraftConfig, SamplingConfig
-from fastdecode.decoding import cache as kv
-from fastdecode.decoding.common import TokenStream
+from fastdecode.decoding import hf_cache as kv
+from fastdecode.decoding.stream import TokenStream
 from fastdecode.decoding.multi_draft import MultiDraftDecoder
 from fastdecode.decoding.tree import DraftTree, score_nodes
 from fastdecode.stats import DecodeStats

@@ -154,7 +154,7 @@ def test_optimal_acceptance_rate_tracks_gradients():
 
 
 def test_row_sum_tolerance_is_tight_at_large_vocabularies():
-    from fastdecode.verification.common import row_sum_tolerance
+    from fastdecode.verification.primitives import row_sum_tolerance
     v = 152_064
     p = torch.rand(1, v)
     p = p / p.sum()

@@ -102,7 +102,7 @@ def select(cache, positions: torch.Tensor) -> None:
             # a layer that counts positions itself (DynamicSlidingWindowLayer): only while it still holds them all
             if layer.cumulative_length != layer.keys.shape[-2]:
                 raise ValueError(f"cannot select positions of a {type(layer).__name__} that dropped old keys; "
-                                 "build the cache with fastdecode.decoding.cache.new_cache")
+                                 "build the cache with fastdecode.decoding.hf_cache.new_cache")
             layer.cumulative_length = int(positions.numel())
         idx = positions.to(layer.keys.device)
         layer.keys = layer.keys.index_select(-2, idx)

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from fastdecode import generate, kernels
-from fastdecode.decoding import cache as kv
+from fastdecode.decoding import hf_cache as kv
 from fastdecode.decoding.entropy_switch import (
     DRAFT, TARGET, EntropySwitchConfig, RollingMean, catch_up, decode, estimated_cost_ratio, may_switch,
     wanted_model)
 from fastdecode.config import SamplingConfig
-from fastdecode.decoding.common import TokenStream
+from fastdecode.decoding.stream import TokenStream
 from fastdecode.stats import DecodeStats
 from prompts import stdlib_prompts
 
@@ -59,7 +59,7 @@ def _switch(pair, ids, trace=None, **opts):
     (dict(min_dwell=0), "min_dwell"),
     (dict(start="large"), "start"),
     (dict(speculate_when_large=1), "speculate_when_large"),
-    (dict(speculative_length=0), "speculative_length"),
+    (dict(draft_length=0), "draft_length"),
     (dict(vocab_size=1), "vocab_size"),
 ])
 def test_config_rejects_bad_values(kwargs, word):
@@ -128,7 +128,7 @@ def test_speculate_when_large_is_lossless(pair, prompts, alone):
     target, draft, _ = pair
     for i, ids in enumerate(prompts[:1]):
         out = generate(target, ids, draft=draft, method="entropy_switch", entropy_threshold=-math.inf,
-                       speculate_when_large=True, speculative_length=3, max_new_tokens=NEW, temperature=0,
+                       speculate_when_large=True, draft_length=3, max_new_tokens=NEW, temperature=0,
                        eos_token_id=[])
         assert torch.equal(out.sequences, alone[TARGET][i])
         assert out.stats.drafted_tokens > 0 and out.stats.target_calls < NEW  # it did speculate
@@ -171,17 +171,17 @@ def test_logits_after_switches_equal_fresh_forward(pair, prompts, speculate):
 
 
 def test_trace_follows_rule_window_and_dwell(pair, prompts):
-    w, dwell, tau = 3, 2, 1.5
+    w, dwell, h_star = 3, 2, 1.5
     for ids in prompts:
         trace = []
-        _, stats = _switch(pair, ids, trace, entropy_threshold=tau, entropy_window=w, min_dwell=dwell)
+        _, stats = _switch(pair, ids, trace, entropy_threshold=h_star, entropy_window=w, min_dwell=dwell)
         window, active, since, broken_differs = [], DRAFT, None, False
         for r in trace:
             vals = window[-(w - 1):] + [r.probe_entropy if r.switched else r.entropy]
             expected = sum(vals) / len(vals)
             assert r.mean == pytest.approx(expected, abs=1e-9)
             broken_differs |= abs(sum(vals) / w - r.mean) > 1e-6  # no warm-up: always divide by w
-            want = wanted_model(expected, tau)
+            want = wanted_model(expected, h_star)
             if r.switched:
                 assert r.model == want != active and may_switch(since, dwell)
                 active, since = r.model, 0

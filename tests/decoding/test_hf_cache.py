@@ -1,5 +1,5 @@
-"""Unit tests of the pieces every decoding loop shares: TokenStream (budget and EOS) and the KV-cache
-shims of fastdecode.decoding.cache (new_cache, cache_length, crop, select, forward) on a tiny random Llama."""
+"""The KV-cache shims of fastdecode.decoding.hf_cache (new_cache, cache_length, crop, select, forward,
+fit_width) on a tiny random Llama."""
 from __future__ import annotations
 
 import inspect
@@ -8,46 +8,9 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from conftest import tiny_llama
-from fastdecode.decoding import cache as kv
-from fastdecode.decoding.common import TokenStream
+from fastdecode.decoding import hf_cache as kv
+from tiny_models import tiny_llama
 
-PROMPT = torch.tensor([[1, 2, 3]])
-
-
-# ---------------------------------------------------------------- TokenStream
-def test_token_stream_counts():
-    s = TokenStream(PROMPT, max_new_tokens=5, eos_ids=set())
-    assert (s.prompt_len, s.length, s.new_tokens, s.remaining, s.done) == (3, 3, 0, 5, False)
-    assert s.append([4, 5]) == 2
-    assert (s.length, s.new_tokens, s.remaining, s.done) == (5, 2, 3, False)
-    out = s.as_tensor("cpu")
-    assert out.dtype == torch.long and out.tolist() == [[1, 2, 3, 4, 5]]
-
-
-def test_token_stream_cuts_at_the_budget():
-    s = TokenStream(PROMPT, max_new_tokens=3, eos_ids=set())
-    assert s.append([7, 7, 7, 7, 7]) == 3 and s.done and s.remaining == 0
-    assert s.append([8]) == 0 and s.tokens == [1, 2, 3, 7, 7, 7]
-
-
-def test_token_stream_stops_right_after_eos():
-    s = TokenStream(PROMPT, max_new_tokens=10, eos_ids={0, 5})
-    assert s.append([4, 5, 6]) == 2 and s.done           # EOS kept, what follows it dropped
-    assert s.tokens[-1] == 5 and s.append([6]) == 0
-
-
-def test_token_stream_eos_in_the_prompt_does_not_stop():
-    s = TokenStream(torch.tensor([[5, 1]]), max_new_tokens=2, eos_ids={5})
-    assert not s.done and s.append([1]) == 1 and not s.done
-
-
-def test_token_stream_zero_budget_is_done_at_once():
-    s = TokenStream(PROMPT, max_new_tokens=0, eos_ids=set())
-    assert s.done and s.append([4]) == 0 and s.as_tensor("cpu").tolist() == PROMPT.tolist()
-
-
-# ---------------------------------------------------------------- cache shims
 @pytest.fixture(scope="module")
 def model():
     return tiny_llama(5, vocab=11)
