@@ -155,9 +155,9 @@ def generate(
     confidence_threshold: early stop of an adaptive single draft; None = 0.4.
     cache_implementation: "dynamic" (transformers' DynamicCache, cropped after rejections) or "static"
     (preallocated caches, rejected slots overwritten, fixed-shape forwards replayed; autoregressive,
-    speculative and prompt_lookup). compile (static only): None = "cudagraphs" on CUDA, "eager" on the
-    CPU; True = "inductor" (torch.compile; with CUDA graphs on CUDA); False = "eager"; or one of those
-    names.
+    speculative, prompt_lookup and multi_draft). compile (static only): None = "cudagraphs" on CUDA,
+    "eager" on the CPU; True = "inductor" (torch.compile; with CUDA graphs on CUDA); False = "eager"; or
+    one of those names.
     Options that do not apply to the method raise ValueError (see
     :func:`fastdecode.config.build_method_config`).
     """

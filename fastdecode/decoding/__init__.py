@@ -6,7 +6,7 @@ Every decode function has the same signature,
 none), and the static engine's take ``mode=`` ("eager", "cudagraphs", "inductor") as well. Batches
 (B > 1) go through ``batched.decode`` instead, which works on a [B, L] prompt rather than one stream.
 """
-from . import autoregressive, entropy_switch, multi_draft, prompt_lookup, speculative, static
+from . import autoregressive, entropy_switch, multi_draft, prompt_lookup, speculative, static, static_tree
 
 DYNAMIC = {
     "autoregressive": autoregressive.decode,
@@ -20,4 +20,5 @@ STATIC = {
     "autoregressive": static.decode_autoregressive,
     "speculative": static.decode_speculative,
     "prompt_lookup": static.decode_prompt_lookup,
+    "multi_draft": static_tree.decode_multi_draft,
 }

@@ -59,7 +59,7 @@ class MultiDraftDecoder:
                  generator, stats: DecodeStats):
         self.target, self.draft, self.stream = target, draft, stream
         self.sampling, self.cfg, self.generator, self.stats = sampling, cfg, generator, stats
-        self.tcache, self.dcache = kv.new_cache(target), kv.new_cache(draft)
+        self._new_caches()
         self.lossless = method_info(cfg.verifier).lossless
         stats.lossy = not self.lossless
         stats.extra.setdefault("tree_nodes", 0)
@@ -69,16 +69,58 @@ class MultiDraftDecoder:
     def _probs(self, logits: torch.Tensor) -> torch.Tensor:
         return sm.probs(logits, self.sampling)
 
+    # ------------------------------------------------------------------ the engine: caches and forwards
+    # The dynamic engine's (DynamicCache, cropped / selected). The static engine overrides these six
+    # methods (``static_tree.StaticMultiDraftDecoder``); drafting, the walk and the step are shared.
+    def _new_caches(self) -> None:
+        self.tcache, self.dcache = kv.new_cache(self.target), kv.new_cache(self.draft)
+
+    def _draft_root(self) -> torch.Tensor:
+        """Feed the draft every committed token its cache lacks; its logits [1, V] at the root."""
+        pending = self.stream.tokens[kv.cache_length(self.dcache):]
+        logits = kv.forward(self.draft, torch.tensor([pending], device=kv.device(self.draft)), self.dcache,
+                            logits_to_keep=1)[0]
+        self._d_context = kv.cache_length(self.dcache)
+        return logits
+
+    def _draft_nodes(self, tree: DraftTree, nodes: list[int], cached: dict[int, int]) -> torch.Tensor:
+        """Score ``nodes`` (one depth) with the draft on top of the context and the ``cached`` nodes:
+        logits [len(nodes), V]; the caller records them in ``cached`` (node -> offset past the context)."""
+        return score_nodes(self.draft, self.dcache, tree, [], nodes, self._d_context, cached,
+                           self.stream.length - 1)
+
+    def _target_plain(self) -> torch.Tensor:
+        """One target forward on the tokens its cache lacks: logits [1, V] after the newest one."""
+        t_pending = self.stream.tokens[kv.cache_length(self.tcache):]
+        return kv.forward(self.target, torch.tensor([t_pending], device=kv.device(self.target)), self.tcache,
+                          logits_to_keep=1)[0]
+
+    def _target_tree(self, tree: DraftTree) -> torch.Tensor:
+        """The target's logits [1 + len(tree), V] at the root and at every node, in ONE forward."""
+        t_pending = self.stream.tokens[kv.cache_length(self.tcache):]
+        self._t_context = kv.cache_length(self.tcache) + len(t_pending)
+        return score_nodes(self.target, self.tcache, tree, t_pending, list(range(len(tree))),
+                           kv.cache_length(self.tcache), {}, self.stream.length - 1)
+
+    def _keep(self, tree: DraftTree, path: list[int], dcached: dict[int, int]) -> None:
+        """Keep the context and the accepted ``path`` in both caches (the rest of the tree is dropped)."""
+        dev = kv.device(self.target)
+        t_context = self._t_context
+        keep_t = torch.cat([torch.arange(t_context, device=dev),
+                            torch.tensor(path, dtype=torch.long, device=dev) + t_context])
+        kv.select(self.tcache, keep_t)
+        d_context = kv.cache_length(self.dcache) - len(dcached)
+        d_path = [dcached[n] + d_context for n in path if n in dcached]
+        keep_d = torch.cat([torch.arange(d_context, device=dev), torch.tensor(d_path, dtype=torch.long, device=dev)])
+        kv.select(self.dcache, keep_d)
+
     # ------------------------------------------------------------------ drafting
     def draft_tree(self, depth: int) -> tuple[DraftTree, dict[int, int]]:
         """Grow the draft tree to ``depth`` levels. Returns the tree and node -> draft-cache offset
         (relative to the end of the context) for the nodes the draft model has scored."""
         tree, s = DraftTree(), self.sampling
-        pending = self.stream.tokens[kv.cache_length(self.dcache):]
-        logits = kv.forward(self.draft, torch.tensor([pending], device=kv.device(self.draft)), self.dcache,
-                            logits_to_keep=1)[0]
+        logits = self._draft_root()
         self.stats.draft_calls += 1
-        n_context = kv.cache_length(self.dcache)
         cached: dict[int, int] = {}
         frontier = [(-1, self.cfg.num_drafts)]
         for d in range(depth):
@@ -92,8 +134,7 @@ class MultiDraftDecoder:
             if d + 1 == depth:
                 break
             nodes = [n for n, _ in frontier]
-            logits = score_nodes(self.draft, self.dcache, tree, [], nodes, n_context, cached,
-                                 self.stream.length - 1)
+            logits = self._draft_nodes(tree, nodes, cached)
             self.stats.draft_calls += 1
             for n in nodes:
                 cached[n] = len(cached)
@@ -154,21 +195,15 @@ class MultiDraftDecoder:
     def step(self) -> int:
         stream, s = self.stream, self.sampling
         depth = min(self.depth, stream.remaining - 1)
-        base = stream.length
-        t_pending = stream.tokens[kv.cache_length(self.tcache):]
-        t_context = kv.cache_length(self.tcache) + len(t_pending)
         if depth <= 0:
-            logits = kv.forward(self.target, torch.tensor([t_pending], device=kv.device(self.target)), self.tcache,
-                                logits_to_keep=1)[0]
+            logits = self._target_plain()
             self.stats.target_calls += 1
             self.stats.record_step(0, 0)
             nxt = int(logits.argmax()) if s.greedy else int(sample(self._probs(logits), self.generator)[0])
             return stream.append([nxt])
 
         tree, dcached = self.draft_tree(depth)
-        nodes = list(range(len(tree)))
-        logits = score_nodes(self.target, self.tcache, tree, t_pending, nodes, kv.cache_length(self.tcache), {},
-                             base - 1)
+        logits = self._target_tree(tree)
         self.stats.target_calls += 1
         self.stats.extra["tree_nodes"] += len(tree)
         p = logits if s.greedy else self._probs(logits)
@@ -176,15 +211,7 @@ class MultiDraftDecoder:
         self.stats.record_step(depth, len(path))
         if self.cfg.adaptive:  # decided from past outcomes only, so the output law is unchanged
             self.depth = min(self.depth + 2, self.cfg.max_draft_length) if len(path) == depth else max(1, self.depth - 1)
-
-        # keep the context and the accepted path in both caches
-        dev = kv.device(self.target)
-        keep_t = torch.cat([torch.arange(t_context, device=dev), torch.tensor(path, dtype=torch.long, device=dev) + t_context])
-        kv.select(self.tcache, keep_t)
-        d_context = kv.cache_length(self.dcache) - len(dcached)
-        d_path = [dcached[n] + d_context for n in path if n in dcached]
-        keep_d = torch.cat([torch.arange(d_context, device=dev), torch.tensor(d_path, dtype=torch.long, device=dev)])
-        kv.select(self.dcache, keep_d)
+        self._keep(tree, path, dcached)
         return stream.append([tree.tokens[n] for n in path] + [nxt])
 
 

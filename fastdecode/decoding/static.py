@@ -1,5 +1,6 @@
-"""The static engine (``cache_implementation="static"``): autoregressive and single-draft speculative
-decoding on preallocated caches, with every forward of a fixed shape replayed from a recording.
+"""The static engine (``cache_implementation="static"``): autoregressive, single-draft speculative and
+prompt-lookup decoding on preallocated caches, with every forward of a fixed shape replayed from a
+recording (multi-draft trees: :mod:`fastdecode.decoding.static_tree`).
 
 One speculative step, all on the device until its single host sync:
 1. the draft proposes g tokens, one recorded one-token forward each, sampled on the device (no sync);

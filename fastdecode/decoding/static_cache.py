@@ -14,6 +14,13 @@ The attention mask is ours too (an additive 4D mask over the whole capacity, bui
 ``start``): query i of a forward at ``start`` sees the keys at slots ``<= start + i``. transformers
 passes a 4D mask through unchanged in every version we support, so the model's own mask code (which
 differs between releases) never runs inside a recorded step.
+
+Trees (``method="multi_draft"``): :meth:`StaticRunner.tree_forward` writes the n queries at slots
+``start ..`` like any forward, but each query sees the committed prefix (slots below a second device
+scalar, ``prefix``) plus an explicit list of slots (the root and its ancestors in the tree, itself
+included), given as a fixed-width [n, A] tensor, and sits at its own position (root + depth). After
+verification :meth:`SlotCache.move` copies the accepted path's keys and values down to consecutive
+slots, in place.
 """
 from __future__ import annotations
 
@@ -60,6 +67,22 @@ class SlotCache(Cache):
     def get_seq_length(self, layer_idx: int = 0):
         return self.start
 
+    def move(self, src: list[int], dst: int) -> None:
+        """Copy the keys and values at slots ``src`` (increasing, each >= its destination) to the consecutive
+        slots ``dst, dst + 1, ..``, in every layer, on the device and in place (slots already in their place
+        are skipped). The accepted path of a tree becomes committed text this way; the rest is left to be
+        overwritten."""
+        pairs = [(s, dst + i) for i, s in enumerate(src) if s != dst + i]
+        if not pairs:
+            return
+        dev = self.start.device
+        frm = torch.tensor([a for a, _ in pairs], device=dev)
+        to = torch.tensor([b for _, b in pairs], device=dev)
+        for layer in self.layers:
+            if layer.is_initialized:
+                layer.keys.index_copy_(2, to, layer.keys.index_select(2, frm))
+                layer.values.index_copy_(2, to, layer.values.index_select(2, frm))
+
 
 def static_support_problem(model) -> str | None:
     """Why ``model`` cannot run on the static engine, or None."""
@@ -97,20 +120,32 @@ class StaticRunner:
         self.model, self.mode, self.capacity, self.device = model, mode, capacity, device
         cfg = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
         self.cache = SlotCache(cfg.num_hidden_layers, capacity, device)
+        self.prefix = torch.zeros((), dtype=torch.long, device=device)  # tree forwards: slots below it are seen
         self.slots = torch.arange(capacity, device=device)
         self.dtype = next(model.parameters()).dtype
-        self.graphs: dict[int, tuple] = {}
+        self.graphs: dict[tuple, tuple] = {}   # (kind, input shapes) -> (graph, input buffers, output)
         self.key = runner_key(model)
-        self._compiled = None
+        self._compiled = {}
         if mode == "inductor":
             torch._dynamo.mark_static_address(self.cache.start)
-            self._compiled = torch.compile(self._forward, fullgraph=True, dynamic=False,
-                                           mode="reduce-overhead" if device.type == "cuda" else None)
+            torch._dynamo.mark_static_address(self.prefix)
+            for name, fn in (("chain", self._forward), ("tree", self._tree_forward)):
+                self._compiled[name] = torch.compile(fn, fullgraph=True, dynamic=False,
+                                                     mode="reduce-overhead" if device.type == "cuda" else None)
 
     def _forward(self, ids: torch.Tensor) -> torch.Tensor:
         n = ids.shape[1]
         pos = self.cache.start + self.slots[:n]
         allow = self.slots[None, :] <= pos[:, None]
+        mask = torch.zeros(allow.shape, dtype=self.dtype, device=ids.device).masked_fill_(
+            ~allow, torch.finfo(self.dtype).min)[None, None]
+        return kv.forward(self.model, ids, self.cache, position_ids=pos[None], attention_mask=mask)[0]
+
+    def _tree_forward(self, ids: torch.Tensor, pos: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """ids [1, n] at slots start .. start + n - 1 and positions ``pos`` [n]; query i sees the slots below
+        ``prefix`` and the slots ``visible[i]`` [A] (repeats allowed)."""
+        n = ids.shape[1]
+        allow = (self.slots < self.prefix)[None, :].repeat(n, 1).scatter_(1, visible, True)
         mask = torch.zeros(allow.shape, dtype=self.dtype, device=ids.device).masked_fill_(
             ~allow, torch.finfo(self.dtype).min)[None, None]
         return kv.forward(self.model, ids, self.cache, position_ids=pos[None], attention_mask=mask)[0]
@@ -121,41 +156,59 @@ class StaticRunner:
             self.cache.start.fill_(0)
             self._forward(ids)
 
-    def forward(self, ids: torch.Tensor, start: int) -> torch.Tensor:
-        n = ids.shape[1]
+    def _check(self, start: int, n: int) -> None:
         if start + n > self.capacity:  # pragma: no cover - the engine sizes the cache for the longest step
             raise RuntimeError(f"static cache overflow: {start} + {n} > capacity {self.capacity}")
+
+    def forward(self, ids: torch.Tensor, start: int) -> torch.Tensor:
+        self._check(start, ids.shape[1])
         self.cache.start.fill_(start)
+        return self._run("chain", self._forward, ids)
+
+    def tree_forward(self, ids: torch.Tensor, start: int, prefix: int, pos: torch.Tensor,
+                     visible: torch.Tensor) -> torch.Tensor:
+        """Score ``ids`` [1, n] written at slots start .. start + n - 1, at positions ``pos`` [n] (long, on the
+        device), where query i sees the committed slots 0 .. prefix - 1 and the slots ``visible[i]`` ([n, A]
+        long on the device: its ancestors in the tree and itself; pad a row by repeating a slot). Returns
+        float32 logits [n, V]. Each (n, A) is recorded once."""
+        self._check(start, ids.shape[1])
+        self.cache.start.fill_(start)
+        self.prefix.fill_(prefix)
+        return self._run("tree", self._tree_forward, ids, pos, visible)
+
+    def _run(self, kind: str, fn, *inputs: torch.Tensor) -> torch.Tensor:
         if self.mode == "eager":
-            return self._forward(ids)
+            return fn(*inputs)
         if self.mode == "inductor":
-            if ids.is_cuda:
+            if inputs[0].is_cuda:
                 torch.compiler.cudagraph_mark_step_begin()
-            return self._compiled(ids).clone()
-        graph = self.graphs.get(n)
+            return self._compiled[kind](*inputs).clone()
+        key = (kind,) + tuple(tuple(x.shape) for x in inputs)
+        graph = self.graphs.get(key)
         if graph is None:
-            return self._record(ids)
-        g, ids_buf, out = graph
-        ids_buf.copy_(ids)
+            return self._record(key, fn, inputs)
+        g, bufs, out = graph
+        for buf, x in zip(bufs, inputs):
+            buf.copy_(x)
         g.replay()
         return out
 
-    def _record(self, ids: torch.Tensor) -> torch.Tensor:
-        """First call at this length: warm up on a side stream, record the graph, replay it. Replays are
-        idempotent (the same keys written to the same slots), so the warm-up forwards do no harm."""
-        ids_buf = ids.clone()
+    def _record(self, key: tuple, fn, inputs: tuple) -> torch.Tensor:
+        """First call of this kind and shape: warm up on a side stream, record the graph, replay it. Replays
+        are idempotent (the same keys written to the same slots), so the warm-up forwards do no harm."""
+        bufs = tuple(x.clone() for x in inputs)
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
             for _ in range(2):
-                self._forward(ids_buf)
+                fn(*bufs)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         g = torch.cuda.CUDAGraph()
         # each graph its own memory pool: graphs of one runner replay in any order, so sharing a pool
         # could let one graph's intermediates overwrite another's output
         with torch.cuda.graph(g):
-            out = self._forward(ids_buf)
-        self.graphs[ids.shape[1]] = (g, ids_buf, out)
+            out = fn(*bufs)
+        self.graphs[key] = (g, bufs, out)
         g.replay()
         return out
 

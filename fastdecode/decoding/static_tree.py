@@ -1,0 +1,120 @@
+"""``method="multi_draft"`` on the static engine: the draft tree grown, verified and walked by the dynamic
+engine's code (:class:`~fastdecode.decoding.multi_draft.MultiDraftDecoder`: ``draw_children``, the
+``DraftTree``, the verifiers through ``verify`` / ``prepare``, the walk), with every forward a fixed-shape
+:meth:`~fastdecode.decoding.static_cache.StaticRunner.tree_forward` on preallocated caches.
+
+Layout of one step (L = committed length, the root = token L - 1, not in either cache yet):
+
+- target: slots 0 .. L - 2 hold the committed text. The verify forward writes [root, node 0, node 1, ..,
+  pad ..] at slots L - 1, L, L + 1, ..: a fixed node budget of ``bucket(1 + k * depth)`` queries
+  (k drafts x depth nodes at most, padded to the next power of two, so one recorded graph serves every
+  tree of that depth whatever its duplicates merged). Node i sits at slot L + i and position
+  L - 1 + depth(i), and sees the committed prefix, the root, its ancestors and itself.
+- draft: the committed tokens it lacks (the root, and the previous accepted leaf if the path was full)
+  in one forward, then depth d's nodes (at most k, padded to ``bucket(k)``) at slots L + (nodes scored
+  so far), each seeing the prefix through the root plus its ancestors and itself.
+- after the walk, :meth:`~fastdecode.decoding.static_cache.SlotCache.move` copies the accepted path's
+  keys and values to slots L, L + 1, .. in both caches (on the device, in place); rejected nodes stay
+  where they are, hidden by the mask and overwritten by the next step.
+
+Host syncs: the tree's shape depends on the draws (equal draws share a node), so drafting reads each
+depth's draws, and the walk reads each visited node's decision, exactly as the dynamic engine does:
+the static engine removes the allocation, cropping and per-shape launch costs, not those syncs. Since
+drafting and walking are the same code consuming the generator in the same order, the same seed gives
+the same tokens as the dynamic engine, up to floating-point differences between the two engines'
+forwards (a near-tie of two tokens could then go either way).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..config import MultiDraftConfig, SamplingConfig
+from ..stats import DecodeStats
+from . import hf_cache as kv
+from .stream import TokenStream
+from .multi_draft import MultiDraftDecoder
+from .static import _sampling, bucket, capacity_for
+from .static_cache import runner_for
+from .tree import DraftTree
+
+
+class StaticMultiDraftDecoder(MultiDraftDecoder):
+    """:class:`MultiDraftDecoder` whose caches are :class:`~fastdecode.decoding.static_cache.StaticRunner` s."""
+
+    def __init__(self, target, draft, stream: TokenStream, sampling: SamplingConfig, cfg: MultiDraftConfig,
+                 generator, stats: DecodeStats, mode: str = "eager"):
+        self.mode = mode
+        super().__init__(target, draft, stream, sampling, cfg, generator, stats)
+
+    def _new_caches(self) -> None:
+        cfg, stream = self.cfg, self.stream
+        deepest = cfg.max_draft_length if cfg.adaptive else cfg.draft_length
+        k = cfg.num_drafts
+        self.kb = bucket(k)                # draft queries per depth
+        self.width = deepest + 1           # visible slots per query: the root, the ancestors, itself
+        longest = max(bucket(1 + k * deepest), k * deepest + self.kb)
+        cap = capacity_for(stream.length, stream.max_new_tokens, longest)
+        self.tdev, self.ddev = kv.device(self.target), kv.device(self.draft)
+        self.trun = runner_for(self.target, cap, self.mode)
+        self.drun = runner_for(self.draft, cap, self.mode)
+        context = stream.tokens[:-1]
+        self.trun.prefill(torch.tensor([context], device=self.tdev))
+        self.drun.prefill(torch.tensor([context], device=self.ddev))
+        self.dlen = len(context)           # draft slots holding committed text (the target holds L - 1)
+
+    def _rows(self, rows: list[list[int]], n: int, own: list[int]) -> torch.Tensor:
+        """[n, width] visible slots: each row padded by repeating its own slot."""
+        out = [r + [o] * (self.width - len(r)) for r, o in zip(rows, own)]
+        return torch.tensor(out + [[o] * self.width for o in own[len(rows):n]], dtype=torch.long)
+
+    def _draft_root(self) -> torch.Tensor:
+        L = self.stream.length
+        pending = self.stream.tokens[self.dlen:L]
+        n = len(pending)
+        ids = torch.tensor([pending + [0] * (bucket(n) - n)], device=self.ddev)
+        logits = self.drun.forward(ids, self.dlen)[n - 1 : n]
+        self.dlen = L
+        return logits
+
+    def _draft_nodes(self, tree: DraftTree, nodes: list[int], cached: dict[int, int]) -> torch.Tensor:
+        L, n, b = self.stream.length, len(nodes), self.kb
+        start = L + len(cached)
+        own = [start + i for i in range(b)]
+        ids = [tree.tokens[x] for x in nodes] + [0] * (b - n)
+        pos = [L - 1 + tree.depth[x] for x in nodes] + [L - 1] * (b - n)
+        rows = [[L + cached[a] for a in tree.ancestors(x)[:-1]] + [own[i]] for i, x in enumerate(nodes)]
+        vis = self._rows(rows, b, own)
+        return self.drun.tree_forward(torch.tensor([ids], device=self.ddev), start, L,
+                                      torch.tensor(pos, device=self.ddev), vis.to(self.ddev))[:n]
+
+    def _target_plain(self) -> torch.Tensor:
+        L = self.stream.length
+        return self.trun.forward(torch.tensor([self.stream.tokens[L - 1 : L]], device=self.tdev), L - 1)
+
+    def _target_tree(self, tree: DraftTree) -> torch.Tensor:
+        L, N = self.stream.length, len(tree)
+        b = bucket(1 + self.cfg.num_drafts * max(tree.depth))   # the node budget of a tree of this depth
+        own = [L - 1 + i for i in range(b)]
+        ids = [self.stream.tokens[L - 1]] + tree.tokens + [0] * (b - 1 - N)
+        pos = [L - 1] + [L - 1 + d for d in tree.depth] + [L - 1] * (b - 1 - N)
+        rows = [[L - 1]] + [[L - 1] + [L + a for a in tree.ancestors(x)] for x in range(N)]
+        vis = self._rows(rows, b, own)
+        return self.trun.tree_forward(torch.tensor([ids], device=self.tdev), L - 1, L - 1,
+                                      torch.tensor(pos, device=self.tdev), vis.to(self.tdev))[: 1 + N]
+
+    def _keep(self, tree: DraftTree, path: list[int], dcached: dict[int, int]) -> None:
+        L = self.stream.length
+        self.trun.cache.move([L + x for x in path], L)
+        d_path = [L + dcached[x] for x in path if x in dcached]
+        if self.drun is not self.trun:  # a self-draft shares the cache: the target's move did it (same keys)
+            self.drun.cache.move(d_path, L)
+        self.dlen = L + len(d_path)
+
+
+def decode_multi_draft(target, draft, stream: TokenStream, sampling: SamplingConfig, cfg: MultiDraftConfig,
+                       generator, stats: DecodeStats, progress=None, mode: str = "eager") -> None:
+    dec = StaticMultiDraftDecoder(target, draft, stream, _sampling(sampling), cfg, generator, stats, mode)
+    while not stream.done:
+        kept = dec.step()
+        if progress is not None:
+            progress.update(kept)
