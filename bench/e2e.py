@@ -73,6 +73,8 @@ def engine_configs(temperatures, device_type: str, inductor: bool = False) -> li
         if t > 0:
             out.append(Config("fastdecode speculative static block (gamma=4)", "fastdecode", t,
                               dict(method="speculative", draft_length=4, adaptive_draft=False, verifier="block", **st)))
+            out.append(Config("fastdecode multi_draft static (k=2, gamma=3, rrs)", "fastdecode", t,
+                              dict(method="multi_draft", num_drafts=2, draft_length=3, verifier="rrs", **st)))
         if inductor:
             out += [Config("fastdecode autoregressive static compile=True", "fastdecode", t,
                            dict(method="autoregressive", compile=True, **st)),
