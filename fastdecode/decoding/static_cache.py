@@ -11,7 +11,9 @@ its slots lie past the committed length, the attention mask hides them, and the 
 them.
 
 The attention mask is ours too (an additive 4D mask over the whole capacity, built on the device from
-``start``): query i of a forward at ``start`` sees the keys at slots ``<= start + i``. transformers
+``start``): query i of a forward at ``start`` sees the keys at slots ``<= start + i``. A recorded forward
+needs that fixed width; a plain (eager) forward knows ``start`` on the host, so it attends to the slots
+``< start + n`` only (:attr:`SlotCache.width`), not to the whole preallocated capacity. transformers
 passes a 4D mask through unchanged in every version we support, so the model's own mask code (which
 differs between releases) never runs inside a recorded step.
 
@@ -37,9 +39,9 @@ COMPILE_MODES = ("eager", "cudagraphs", "inductor")
 class SlotLayer(StaticLayer):
     """A StaticLayer that writes at ``start + arange(n)`` (``start``: a device scalar shared by all layers)."""
 
-    def __init__(self, max_cache_len: int, start: torch.Tensor):
+    def __init__(self, max_cache_len: int, start: torch.Tensor, owner: "SlotCache"):
         super().__init__(max_cache_len=max_cache_len)
-        self.start = start
+        self.start, self.owner = start, owner
 
     def update(self, key_states, value_states, *args, **kwargs):
         if not self.is_initialized:
@@ -47,7 +49,10 @@ class SlotLayer(StaticLayer):
         slots = torch.arange(key_states.shape[-2], device=key_states.device) + self.start
         self.keys.index_copy_(2, slots, key_states)
         self.values.index_copy_(2, slots, value_states)
-        return self.keys, self.values
+        w = self.owner.width
+        if w is None:
+            return self.keys, self.values
+        return self.keys[:, :, :w], self.values[:, :, :w]
 
     def get_seq_length(self):
         return self.start
@@ -61,8 +66,9 @@ class SlotCache(Cache):
 
     def __init__(self, num_layers: int, capacity: int, device):
         self.start = torch.zeros((), dtype=torch.long, device=device)
-        super().__init__(layers=[SlotLayer(capacity, self.start) for _ in range(num_layers)])
+        super().__init__(layers=[SlotLayer(capacity, self.start, self) for _ in range(num_layers)])
         self.capacity = capacity
+        self.width: int | None = None   # eager forwards: the keys returned (and masked) are slots < width
 
     def get_seq_length(self, layer_idx: int = 0):
         return self.start
@@ -136,7 +142,7 @@ class StaticRunner:
     def _forward(self, ids: torch.Tensor) -> torch.Tensor:
         n = ids.shape[1]
         pos = self.cache.start + self.slots[:n]
-        allow = self.slots[None, :] <= pos[:, None]
+        allow = self.slots[None, : self.cache.width] <= pos[:, None]
         mask = torch.zeros(allow.shape, dtype=self.dtype, device=ids.device).masked_fill_(
             ~allow, torch.finfo(self.dtype).min)[None, None]
         return kv.forward(self.model, ids, self.cache, position_ids=pos[None], attention_mask=mask)[0]
@@ -145,7 +151,7 @@ class StaticRunner:
         """ids [1, n] at slots start .. start + n - 1 and positions ``pos`` [n]; query i sees the slots below
         ``prefix`` and the slots ``visible[i]`` [A] (repeats allowed)."""
         n = ids.shape[1]
-        allow = (self.slots < self.prefix)[None, :].repeat(n, 1).scatter_(1, visible, True)
+        allow = (self.slots[: self.cache.width] < self.prefix)[None, :].repeat(n, 1).scatter_(1, visible, True)
         mask = torch.zeros(allow.shape, dtype=self.dtype, device=ids.device).masked_fill_(
             ~allow, torch.finfo(self.dtype).min)[None, None]
         return kv.forward(self.model, ids, self.cache, position_ids=pos[None], attention_mask=mask)[0]
@@ -154,6 +160,7 @@ class StaticRunner:
         """Fill slots 0 .. n-1 from ``ids`` [1, n] in one eager forward (any length, never recorded)."""
         if ids.shape[1]:
             self.cache.start.fill_(0)
+            self.cache.width = ids.shape[1]
             self._forward(ids)
 
     def _check(self, start: int, n: int) -> None:
@@ -163,6 +170,7 @@ class StaticRunner:
     def forward(self, ids: torch.Tensor, start: int) -> torch.Tensor:
         self._check(start, ids.shape[1])
         self.cache.start.fill_(start)
+        self._set_width(start + ids.shape[1])
         return self._run("chain", self._forward, ids)
 
     def tree_forward(self, ids: torch.Tensor, start: int, prefix: int, pos: torch.Tensor,
@@ -174,7 +182,13 @@ class StaticRunner:
         self._check(start, ids.shape[1])
         self.cache.start.fill_(start)
         self.prefix.fill_(prefix)
+        self._set_width(start + ids.shape[1])
         return self._run("tree", self._tree_forward, ids, pos, visible)
+
+    def _set_width(self, end: int) -> None:
+        """Plain forwards attend to the slots below ``end`` only; recorded ones to the whole capacity (one
+        shape per input length)."""
+        self.cache.width = end if self.mode == "eager" else None
 
     def _run(self, kind: str, fn, *inputs: torch.Tensor) -> torch.Tensor:
         if self.mode == "eager":
