@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config import SamplingConfig, SpeculativeConfig
+from ..config import PromptLookupConfig, SamplingConfig, SpeculativeConfig
 from ..stats import DecodeStats
 from ..verification.block import verify_block_batched
 from ..verification.common import residual, sample, uniform
@@ -42,7 +42,7 @@ from . import sampling as sm
 from .common import TokenStream
 from .policy import DraftLengthPolicy
 
-BATCHED_METHODS = ("autoregressive", "speculative")
+BATCHED_METHODS = ("autoregressive", "speculative", "prompt_lookup")
 
 
 def _pad_from_model(target):
@@ -56,13 +56,14 @@ def _pad_from_model(target):
 
 
 def check_batch(target, input_ids: torch.Tensor, attention_mask, pad_token_id, method: str,
-                cache_implementation: str, lambda_attention, compile=None) -> tuple[torch.Tensor, int | None]:
+                cache_implementation: str, lambda_attention, compile=None,
+                has_draft: bool = False) -> tuple[torch.Tensor, int | None]:
     """Validate a (possibly batched, left-padded) call. Returns (attention_mask [B, L] long, pad id or None).
 
     Raises ValueError for B = 0, a mask whose shape differs from the ids, a mask that is not 0/1, right
     padding (a 0 after a 1), an all-padding row, and, for B > 1: a method without batch support, recorded
-    static-engine forwards (compile other than None / False / "eager"), and a missing pad_token_id (neither
-    the argument nor the target's generation_config / config has one).
+    static-engine forwards (compile other than None / False / "eager"), prompt_lookup with a draft model,
+    and a missing pad_token_id (neither the argument nor the target's generation_config / config has one).
     """
     B, L = input_ids.shape
     if B == 0:
@@ -94,6 +95,9 @@ def check_batch(target, input_ids: torch.Tensor, attention_mask, pad_token_id, m
     if method not in BATCHED_METHODS:
         raise ValueError(f"batch size > 1 is supported for methods {BATCHED_METHODS} only, not {method!r} "
                          f"(batch size {B}); run the prompts one at a time")
+    if method == "prompt_lookup" and has_draft:
+        raise ValueError(f"batch size > 1 runs prompt_lookup without a draft model (batch size {B}): drop draft= "
+                         "(rows without an n-gram match then take a plain step), or run the prompts one at a time")
     if cache_implementation == "static" and compile not in (None, False, "eager"):
         raise ValueError(f"batch size > 1 on the static engine runs eager forwards only (batch size {B}): pass "
                          "compile=False, or cache_implementation='dynamic'")
@@ -254,28 +258,41 @@ def _verify_block(p, q, drafts, lens, generator):
 
 
 def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
-           eos_ids: set[int], pad_token_id: int, sampling: SamplingConfig, spec: SpeculativeConfig | None,
-           generator, stats: DecodeStats, progress=None, static: bool = False) -> torch.Tensor:
+           eos_ids: set[int], pad_token_id: int, sampling: SamplingConfig,
+           spec: SpeculativeConfig | PromptLookupConfig | None, generator, stats: DecodeStats, progress=None,
+           static: bool = False) -> torch.Tensor:
     """Decode a left-padded batch; returns sequences [B, L + longest new] (pad_token_id after a row's end).
 
-    draft / spec None: autoregressive (the same loop with no drafts). static: the static engine's
-    preallocated slot caches (eager forwards), else transformers' DynamicCache."""
+    draft / spec None: autoregressive (the same loop with no drafts). spec a PromptLookupConfig (draft None):
+    prompt lookup, each row's drafts from its own n-gram index. static: the static engine's preallocated
+    slot caches (eager forwards), else transformers' DynamicCache."""
     device = kv.device(target)
     B, L = input_ids.shape
     streams = [TokenStream(input_ids[r : r + 1, L - int(attention_mask[r].sum()):], max_new_tokens, eos_ids)
                for r in range(B)]
     active = [r for r in range(B) if not streams[r].done]   # original row of each batch position
+    lookup = isinstance(spec, PromptLookupConfig)
+    if lookup and draft is not None:  # pragma: no cover - check_batch refuses it first
+        raise ValueError("batched prompt_lookup takes no draft model")
+    with_draft = spec is not None and not lookup
     if static:
         longest = 0 if spec is None else (spec.max_draft_length if spec.adaptive else spec.draft_length)
         cap = L + max_new_tokens * (longest + 2) + longest + 2   # columns grow by at most g + 2 per step
         tc = _SlotCache(target, len(active), device, cap)
-        dc = _SlotCache(draft, len(active), device, cap) if spec is not None else None
+        dc = _SlotCache(draft, len(active), device, cap) if with_draft else None
     else:
         tc = _Cache(target, len(active), device)
-        dc = _Cache(draft, len(active), device) if spec is not None else None
+        dc = _Cache(draft, len(active), device) if with_draft else None
     tpend = [streams[r].tokens[:] for r in active]           # committed tokens the target has not seen
     dpend = [streams[r].tokens[:] for r in active]           # ... the draft has not seen
-    policies = [DraftLengthPolicy(spec, cost=None) if spec is not None else None for _ in active]  # per row
+    if lookup:   # per row: its own n-gram index over its own tokens (no padding) and its own +2 / -1 length
+        from .prompt_lookup import NgramIndex, length_policy
+        indexes = [NgramIndex(spec.max_matching_ngram_size, spec.min_matching_ngram_size) for _ in active]
+        policies = [length_policy(spec) for _ in active]
+        stats.extra.update(ngram_draft_steps=0, model_draft_steps=0)
+    else:
+        indexes = [None for _ in active]
+        policies = [DraftLengthPolicy(spec, cost=None) if spec is not None else None for _ in active]  # per row
     verify = None if spec is None else (_verify_block if spec.verifier == "block" else _verify_token)
     per_row = [dict(new_tokens=0, drafted=0, accepted=0, steps=0) for _ in range(B)]
     batch_steps = 0
@@ -287,7 +304,17 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         g = max(lens)
         drafts = torch.zeros(nb, 0, dtype=torch.long, device=device)
         q = None
-        if g > 0:
+        if lookup:
+            # each row copies from its own text; a row without a match drafts nothing this step. Shorter
+            # proposals are padded to the longest: those columns ride along, unverified (lens_t) and invalidated.
+            props = [idx.propose(streams[r].tokens, n) if n > 0 else [] for idx, r, n in zip(indexes, active, lens)]
+            lens_t = torch.tensor([len(x) for x in props], dtype=torch.long, device=device)
+            stats.extra["ngram_draft_steps"] += sum(1 for x in props if x)
+            gl = max(len(x) for x in props)
+            if gl:
+                drafts = torch.tensor([x + [x[-1] if x else 0] * (gl - len(x)) for x in props], dtype=torch.long,
+                                      device=device)
+        elif g > 0:
             ids, m = _block(dpend, device)
             dfirst = dc.columns + ids.shape[1]             # column of the first fed draft
             xs, qs = [], []
@@ -319,6 +346,8 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         logits = tc.forward(ids, m, gd + 1)                 # [nb, gd + 1, V]
         stats.target_calls += 1
         p = sm.probs(logits.reshape(nb * (gd + 1), -1), sampling).view(nb, gd + 1, -1)
+        if lookup and gd:   # point-mass drafts: the verifiers' q is one-hot at each draft
+            q = torch.zeros(nb, gd, p.shape[-1], dtype=p.dtype, device=device).scatter_(2, drafts[..., None], 1.0)
         if gd:
             n, nxt = verify(p, q, drafts, lens_t, generator)
         else:
@@ -328,7 +357,7 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 
         # caches keep each row's accepted drafts; the rest of this step's draft columns become invalid
         tc.invalidate(tfirst, n)
-        if gd:
+        if gd and dc is not None:
             dc.invalidate(dfirst, n)
         n_l, nxt_l, lens_l, d_l = n.tolist(), nxt.tolist(), lens_t.tolist(), drafts.tolist()
         keep = []
@@ -345,7 +374,7 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
             if policies[i] is not None:
                 policies[i].update(lens_l[i], n_l[i])
             tpend[i] = [nxt_l[i]]
-            if gd:
+            if gd and dc is not None:
                 # the draft saw the pending block and drafts 1..gd-1; a chain accepted up to gd misses draft gd
                 dpend[i] = ([d_l[i][gd - 1]] if n_l[i] == gd else []) + [nxt_l[i]]
             elif dc is not None:
@@ -361,6 +390,7 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
             tpend = [tpend[i] for i in keep]
             dpend = [dpend[i] for i in keep]
             policies = [policies[i] for i in keep]
+            indexes = [indexes[i] for i in keep]
         for c in (tc, dc):
             if c is not None and active:
                 c.trim()
