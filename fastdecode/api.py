@@ -168,7 +168,7 @@ def generate(
     _check_input_ids(input_ids)
     attention_mask, pad_token_id = batched.check_batch(target, input_ids, attention_mask, pad_token_id, method,
                                                        cache_implementation, lambda_attention, compile,
-                                                       has_draft=draft is not None)
+                                                       draft=draft)
     padded_prompt = None
     if input_ids.shape[0] == 1 and not bool(attention_mask.all()):  # one left-padded row: decode its real tokens
         padded_prompt, input_ids = input_ids, input_ids[:, attention_mask[0].bool()]

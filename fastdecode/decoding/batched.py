@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config import PromptLookupConfig, SamplingConfig, SpeculativeConfig
+from ..config import MultiDraftConfig, PromptLookupConfig, SamplingConfig, SpeculativeConfig
 from ..stats import DecodeStats
 from ..verification.block import verify_block_batched
 from ..verification.common import residual, sample, uniform
@@ -42,7 +42,7 @@ from . import sampling as sm
 from .common import TokenStream
 from .policy import DraftLengthPolicy
 
-BATCHED_METHODS = ("autoregressive", "speculative", "prompt_lookup")
+BATCHED_METHODS = ("autoregressive", "speculative", "prompt_lookup", "multi_draft")
 
 
 def _pad_from_model(target):
@@ -57,13 +57,14 @@ def _pad_from_model(target):
 
 def check_batch(target, input_ids: torch.Tensor, attention_mask, pad_token_id, method: str,
                 cache_implementation: str, lambda_attention, compile=None,
-                has_draft: bool = False) -> tuple[torch.Tensor, int | None]:
+                draft=None) -> tuple[torch.Tensor, int | None]:
     """Validate a (possibly batched, left-padded) call. Returns (attention_mask [B, L] long, pad id or None).
 
     Raises ValueError for B = 0, a mask whose shape differs from the ids, a mask that is not 0/1, right
     padding (a 0 after a 1), an all-padding row, and, for B > 1: a method without batch support, recorded
     static-engine forwards (compile other than None / False / "eager"), prompt_lookup with a draft model,
-    and a missing pad_token_id (neither the argument nor the target's generation_config / config has one).
+    multi_draft on the static engine or with a sliding-window model, and a missing pad_token_id (neither the
+    argument nor the target's generation_config / config has one).
     """
     B, L = input_ids.shape
     if B == 0:
@@ -95,9 +96,18 @@ def check_batch(target, input_ids: torch.Tensor, attention_mask, pad_token_id, m
     if method not in BATCHED_METHODS:
         raise ValueError(f"batch size > 1 is supported for methods {BATCHED_METHODS} only, not {method!r} "
                          f"(batch size {B}); run the prompts one at a time")
-    if method == "prompt_lookup" and has_draft:
+    if method == "prompt_lookup" and draft is not None:
         raise ValueError(f"batch size > 1 runs prompt_lookup without a draft model (batch size {B}): drop draft= "
                          "(rows without an n-gram match then take a plain step), or run the prompts one at a time")
+    if method == "multi_draft":
+        if cache_implementation == "static":
+            raise ValueError(f"batch size > 1 with multi_draft runs on the dynamic engine only (batch size {B}): "
+                             "use cache_implementation='dynamic'")
+        for name, m in (("target", target), ("draft", draft)):
+            if m is not None and kv.attention_layout(m)[0] is not None:
+                raise ValueError(f"batch size > 1 with multi_draft does not support sliding-window attention yet "
+                                 f"(the {name}, {m.config.model_type}, has one; batch size {B}): run the prompts "
+                                 "one at a time")
     if cache_implementation == "static" and compile not in (None, False, "eager"):
         raise ValueError(f"batch size > 1 on the static engine runs eager forwards only (batch size {B}): pass "
                          "compile=False, or cache_implementation='dynamic'")
@@ -266,6 +276,12 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     draft / spec None: autoregressive (the same loop with no drafts). spec a PromptLookupConfig (draft None):
     prompt lookup, each row's drafts from its own n-gram index. static: the static engine's preallocated
     slot caches (eager forwards), else transformers' DynamicCache."""
+    if isinstance(spec, MultiDraftConfig):
+        if static:  # pragma: no cover - check_batch refuses it first
+            raise ValueError("batched multi_draft runs on the dynamic engine only")
+        from .batched_tree import decode as decode_tree
+        return decode_tree(target, draft, input_ids, attention_mask, max_new_tokens, eos_ids, pad_token_id, sampling,
+                           spec, generator, stats, progress)
     device = kv.device(target)
     B, L = input_ids.shape
     streams = [TokenStream(input_ids[r : r + 1, L - int(attention_mask[r].sum()):], max_new_tokens, eos_ids)
