@@ -218,3 +218,19 @@ def test_code_pair_greedy_batch(code_pair, stdlib_prompts):
                                         temperature=0, eos_token_id=eos, **kw)
             n = alone.sequences.shape[1] - len(p)
             assert torch.equal(out.sequences[r, ids.shape[1] : ids.shape[1] + n], alone.sequences[0, len(p):])
+
+
+@pytest.mark.parametrize("method,kw", [("speculative", {}), ("prompt_lookup", {}), ("multi_draft", dict(num_drafts=2))])
+def test_sliding_window_refused_for_drafting_methods(method, kw):
+    """A rejected draft leaves an invalid column inside a row, and transformers applies a sliding window by column:
+    batched drafting methods refuse such models (this gave wrong greedy tokens before); autoregressive runs."""
+    target = tiny_lm("mistral", layers=2, seed=0, sliding_window=4)
+    draft = draft_of(target, 1) if method != "prompt_lookup" else None
+    ids, mask = left_pad([[5, 6, 7], [8, 9, 10, 11, 12]])
+    with pytest.raises(ValueError, match="sliding-window"):
+        fastdecode.generate(target, ids, attention_mask=mask, draft=draft, method=method, max_new_tokens=4,
+                            temperature=0, pad_token_id=0, **kw)
+    out = fastdecode.generate(target, ids, attention_mask=mask, method="autoregressive", max_new_tokens=8,
+                              temperature=0, pad_token_id=0, eos_token_id=[])
+    hf = target.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    assert torch.equal(out.sequences, hf)

@@ -63,8 +63,8 @@ def check_batch(target, input_ids: torch.Tensor, attention_mask, pad_token_id, m
     Raises ValueError for B = 0, a mask whose shape differs from the ids, a mask that is not 0/1, right
     padding (a 0 after a 1), an all-padding row, and, for B > 1: a method without batch support, recorded
     static-engine forwards (compile other than None / False / "eager"), prompt_lookup with a draft model,
-    multi_draft on the static engine or with a sliding-window model, and a missing pad_token_id (neither the
-    argument nor the target's generation_config / config has one).
+    multi_draft on the static engine, a drafting method with a sliding-window target or draft, and a missing
+    pad_token_id (neither the argument nor the target's generation_config / config has one).
     """
     B, L = input_ids.shape
     if B == 0:
@@ -99,15 +99,18 @@ def check_batch(target, input_ids: torch.Tensor, attention_mask, pad_token_id, m
     if method == "prompt_lookup" and draft is not None:
         raise ValueError(f"batch size > 1 runs prompt_lookup without a draft model (batch size {B}): drop draft= "
                          "(rows without an n-gram match then take a plain step), or run the prompts one at a time")
-    if method == "multi_draft":
-        if cache_implementation == "static":
-            raise ValueError(f"batch size > 1 with multi_draft runs on the dynamic engine only (batch size {B}): "
-                             "use cache_implementation='dynamic'")
+    if method == "multi_draft" and cache_implementation == "static":
+        raise ValueError(f"batch size > 1 with multi_draft runs on the dynamic engine only (batch size {B}): "
+                         "use cache_implementation='dynamic'")
+    if method != "autoregressive":
+        # rejected drafts leave invalid columns inside a row; transformers applies a sliding window by column,
+        # not by position, so such a row would see fewer than `window` tokens (multi_draft's 4D tree masks
+        # do not apply the window at all)
         for name, m in (("target", target), ("draft", draft)):
             if m is not None and kv.attention_layout(m)[0] is not None:
-                raise ValueError(f"batch size > 1 with multi_draft does not support sliding-window attention yet "
-                                 f"(the {name}, {m.config.model_type}, has one; batch size {B}): run the prompts "
-                                 "one at a time")
+                raise ValueError(f"batch size > 1 with {method} does not support sliding-window attention yet (the "
+                                 f"{name}, {m.config.model_type}, has one; batch size {B}): use "
+                                 "method='autoregressive', or run the prompts one at a time")
     if cache_implementation == "static" and compile not in (None, False, "eager"):
         raise ValueError(f"batch size > 1 on the static engine runs eager forwards only (batch size {B}): pass "
                          "compile=False, or cache_implementation='dynamic'")
