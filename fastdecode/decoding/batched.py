@@ -1,6 +1,7 @@
-"""Batched decoding (batch size B > 1) with ragged acceptance: ``autoregressive`` and ``speculative`` (token
-and block verifiers, fixed and adaptive draft length), on the dynamic engine and (eager forwards) on the
-static engine's slot caches.
+"""Batched decoding (batch size B > 1) with ragged acceptance: ``autoregressive``, ``speculative`` (token
+and block verifiers, fixed and adaptive draft length) and ``prompt_lookup``, on the dynamic engine and (eager
+forwards) on the static engine's slot caches; ``multi_draft`` (dynamic engine) is in
+:mod:`fastdecode.decoding.batched_tree`, on the same columns and masks.
 
 Design: shared columns, per-row validity masks, no data moves.
 
@@ -22,6 +23,12 @@ Design: shared columns, per-row validity masks, no data moves.
   (those rows' chains are cut there): one long-drafting row does not make every row pay for g forwards
   and g + 1 verified columns. With B = 1 this is exactly the single-row rule. Rows that stopped early ride
   along to the shared g; their extra drafts are ignored (not verified, not counted).
+- Prompt lookup: each row has its own :class:`~fastdecode.decoding.prompt_lookup.NgramIndex` over its own
+  tokens (prompt without padding + its generated text) and its own +2 / -1 length policy; a row without a
+  match drafts nothing that step. The proposals are point masses (q one-hot at each draft) verified by the
+  same ragged token / block rules; no draft model runs (``draft=`` with B > 1 is refused). Per row the drafts
+  made and accepted are exactly those of the row alone; a shorter proposal rides along to the longest one
+  (padding columns, never verified, invalidated).
 - Finished rows (EOS or budget) are dropped from the batch (their cache rows are selected away once,
   when they finish), so they stop consuming compute; their output is padded with ``pad_token_id``.
 
