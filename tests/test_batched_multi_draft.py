@@ -113,7 +113,6 @@ def test_sampled_runs_budget_and_seed(pair, batch, verifier):
 
 @pytest.mark.parametrize("case,match", [
     ("static", "dynamic engine only"),
-    ("sliding_window", "sliding-window"),
     ("draft_missing", "needs a draft model"),
     ("confidence", "confidence_threshold applies"),
 ])
@@ -123,9 +122,6 @@ def test_errors(pair, batch, case, match):
     kw = dict(attention_mask=mask, draft=draft, method="multi_draft", num_drafts=2, max_new_tokens=2, pad_token_id=0)
     if case == "static":
         kw["cache_implementation"] = "static"
-    elif case == "sliding_window":
-        target = tiny_lm("mistral", layers=2, seed=0, sliding_window=4)
-        kw["draft"] = draft_of(target, 1)
     elif case == "draft_missing":
         kw["draft"] = None
     elif case == "confidence":

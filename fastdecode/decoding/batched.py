@@ -70,8 +70,7 @@ def check_batch(target, input_ids: torch.Tensor, attention_mask, pad_token_id, m
     Raises ValueError for B = 0, a mask whose shape differs from the ids, a mask that is not 0/1, right
     padding (a 0 after a 1), an all-padding row, and, for B > 1: a method without batch support, recorded
     static-engine forwards (compile other than None / False / "eager"), prompt_lookup with a draft model,
-    multi_draft on the static engine, a drafting method with a sliding-window target or draft, and a missing
-    pad_token_id (neither the argument nor the target's generation_config / config has one).
+    multi_draft on the static engine, and a missing pad_token_id (neither the argument nor the target's generation_config / config has one).
     """
     B, L = input_ids.shape
     if B == 0:
@@ -109,15 +108,6 @@ def check_batch(target, input_ids: torch.Tensor, attention_mask, pad_token_id, m
     if method == "multi_draft" and cache_implementation == "static":
         raise ValueError(f"batch size > 1 with multi_draft runs on the dynamic engine only (batch size {B}): "
                          "use cache_implementation='dynamic'")
-    if method != "autoregressive":
-        # rejected drafts leave invalid columns inside a row; transformers applies a sliding window by column,
-        # not by position, so such a row would see fewer than `window` tokens (multi_draft's 4D tree masks
-        # do not apply the window at all)
-        for name, m in (("target", target), ("draft", draft)):
-            if m is not None and kv.attention_layout(m)[0] is not None:
-                raise ValueError(f"batch size > 1 with {method} does not support sliding-window attention yet (the "
-                                 f"{name}, {m.config.model_type}, has one; batch size {B}): use "
-                                 "method='autoregressive', or run the prompts one at a time")
     if cache_implementation == "static" and compile not in (None, False, "eager"):
         raise ValueError(f"batch size > 1 on the static engine runs eager forwards only (batch size {B}): pass "
                          "compile=False, or cache_implementation='dynamic'")
@@ -132,26 +122,59 @@ def check_batch(target, input_ids: torch.Tensor, attention_mask, pad_token_id, m
 
 
 class _Cache:
-    """One model's KV cache over shared columns plus its validity mask [B, C] and valid counts [B]."""
+    """One model's KV cache over shared columns plus its validity mask [B, C] and valid counts [B].
+
+    Sliding-window models: transformers applies a window by column, which is wrong once a row has invalid
+    columns inside its text (rejected drafts), so for them the cache keeps each column's position [B, C] and
+    builds the 4D mask itself, the window applied by position (one mask when every layer is windowed, a dict
+    {layer type: mask} when windowed and full layers mix: the form those models take)."""
 
     def __init__(self, model, batch: int, device):
         self.model = model
         self.cache = kv.new_cache(model)
         self.mask = torch.zeros(batch, 0, dtype=torch.long, device=device)
         self.valid = torch.zeros(batch, dtype=torch.long, device=device)
+        self.window, self.layer_types = kv.attention_layout(model)
+        self.pos = torch.zeros(batch, 0, dtype=torch.long, device=device)   # each column's position
+        self.dtype = next(model.parameters()).dtype
 
     @property
     def columns(self) -> int:
         return self.mask.shape[1]
 
+    def attention(self, allow: torch.Tensor, qpos: torch.Tensor):
+        """The 4D mask(s) of a forward: allow [B, n, C] (which columns each new column may see, the window not
+        yet applied), qpos [B, n] the new columns' positions (self.pos already holds them)."""
+        def additive(a):
+            return torch.zeros(a.shape, dtype=self.dtype, device=a.device).masked_fill_(
+                ~a, torch.finfo(self.dtype).min)[:, None]
+        if self.window is None:
+            return additive(allow)
+        inside = allow & (qpos[:, :, None] - self.pos[:, None, :] < self.window)
+        sliding = additive(inside)
+        if self.layer_types is None:
+            return sliding
+        full = additive(allow)
+        return {t: sliding if t == "sliding_attention" else full for t in self.layer_types}
+
     def forward(self, ids: torch.Tensor, new_mask: torch.Tensor, keep: int) -> torch.Tensor:
         """Feed ids [B, n] whose validity is new_mask [B, n]; returns logits [B, keep, V]."""
         pos = self.valid[:, None] + new_mask.cumsum(-1) - 1
         pos = pos.masked_fill(new_mask == 0, 1)  # never attended (masked keys); HF's value for padding
+        c0, n = self.columns, ids.shape[1]
         self.mask = torch.cat([self.mask, new_mask], 1)
+        self.pos = torch.cat([self.pos, pos], 1)
         self.valid = self.valid + new_mask.sum(-1)
-        return kv.forward(self.model, ids, self.cache, position_ids=pos, attention_mask=self.mask,
-                          logits_to_keep=keep)
+        if self.window is None:
+            attn = self.mask   # transformers builds the causal + padding mask
+        else:
+            dev = ids.device
+            cols = torch.arange(c0 + n, device=dev)
+            q = c0 + torch.arange(n, device=dev)
+            allow = self.mask.bool()[:, None, :] & (cols[None, :] <= q[:, None])[None]
+            allow |= (cols[None, :] == q[:, None])[None]   # a padding column sees itself (stays finite)
+            attn = self.attention(allow, pos)
+        return kv.forward(self.model, ids, self.cache, position_ids=pos, attention_mask=attn, logits_to_keep=keep)
 
     def invalidate(self, first: int, keep: torch.Tensor) -> None:
         """Columns first.. (to the end): row r keeps the first keep[r] of them valid, the rest become invalid."""
@@ -170,6 +193,7 @@ class _Cache:
         if last < self.columns:
             kv.crop(self.cache, last)
             self.mask = self.mask[:, :last]
+            self.pos = self.pos[:, :last]
 
     def select(self, rows: torch.Tensor) -> None:
         for layer in self.cache.layers:
@@ -178,6 +202,7 @@ class _Cache:
                 layer.values = layer.values.index_select(0, rows)
         self.mask = self.mask.index_select(0, rows)
         self.valid = self.valid.index_select(0, rows)
+        self.pos = self.pos.index_select(0, rows)
 
 
 class _SlotCache(_Cache):

@@ -25,9 +25,8 @@ target's argmax), and every row makes the same trees and accepts the same paths 
 row's law is exactly the target's for a lossless verifier (one generator serves the batch, so the same seed
 gives a row different tokens in another batch, as for the chain methods).
 
-Not covered (refused by :func:`~fastdecode.decoding.batched.check_batch`): models with a sliding attention
-window (the tree mask would have to apply the window by position per row), the static engine, Lambda
-attention.
+Sliding-window models: the window is applied by position in the tree masks (``_Cache.attention``). Not
+covered (refused by :func:`~fastdecode.decoding.batched.check_batch`): the static engine, Lambda attention.
 """
 from __future__ import annotations
 
@@ -49,10 +48,6 @@ class _TreeCache(_Cache):
     """A :class:`~fastdecode.decoding.batched._Cache` that also takes tree forwards (4D masks) and keeps each
     row's accepted path of a step's tree columns."""
 
-    def __init__(self, model, batch: int, device):
-        super().__init__(model, batch, device)
-        self.dtype = next(model.parameters()).dtype
-
     def forward_tree(self, ids_p: torch.Tensor, m_p: torch.Tensor, node_ids: torch.Tensor, depth: torch.Tensor,
                      node_allow: torch.Tensor, extra: list[tuple[int, int, int]], keep: int) -> torch.Tensor:
         """Feed a left-padded pending block (ids_p, m_p [B, W], W may be 0) and N tree nodes per row
@@ -68,6 +63,7 @@ class _TreeCache(_Cache):
         self.mask = torch.cat([self.mask, m_p], 1)
         self.valid = self.valid + m_p.sum(-1)
         pos_n = self.valid[:, None] - 1 + depth          # the root sits at valid - 1
+        self.pos = torch.cat([self.pos, pos_p, pos_n], 1)
         ctx = self.mask.bool()                           # [B, c0 + W]: each row's valid context
         allow = torch.zeros(B, W + N, c0 + W + N, dtype=torch.bool, device=dev)
         if W:
@@ -82,10 +78,9 @@ class _TreeCache(_Cache):
                 allow[r, W + i, c] = True
             allow[:, W:, c0 + W:] = node_allow
         self.mask = torch.cat([self.mask, torch.zeros(B, N, dtype=torch.long, device=dev)], 1)
-        mask4 = torch.zeros(allow.shape, dtype=self.dtype, device=dev).masked_fill_(
-            ~allow, torch.finfo(self.dtype).min)[:, None]
-        return kv.forward(self.model, torch.cat([ids_p, node_ids], 1), self.cache,
-                          position_ids=torch.cat([pos_p, pos_n], 1), attention_mask=mask4, logits_to_keep=keep)
+        qpos = torch.cat([pos_p, pos_n], 1)
+        return kv.forward(self.model, torch.cat([ids_p, node_ids], 1), self.cache, position_ids=qpos,
+                          attention_mask=self.attention(allow, qpos), logits_to_keep=keep)
 
     def keep_paths(self, first: int, paths: list[list[int]]) -> None:
         """Columns first.. are this step's tree columns: row r keeps paths[r] (absolute columns, in order),
@@ -109,6 +104,7 @@ class _TreeCache(_Cache):
                     t = getattr(layer, name)                                        # [B, H, C, D]
                     g = idx.to(t.device)[:, None, :, None].expand(t.shape[0], t.shape[1], n, t.shape[3])
                     setattr(layer, name, torch.cat([t[:, :, :first], t[:, :, first:].gather(2, g)], 2))
+            self.pos = torch.cat([self.pos[:, :first], self.pos[:, first:].gather(1, idx)], 1)
         lens = torch.tensor([len(c) for c in paths], dtype=torch.long, device=dev)
         self.mask[:, first:] = (torch.arange(n, device=dev)[None] < lens[:, None]).long()
         self.valid = self.valid + lens
