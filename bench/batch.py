@@ -121,7 +121,8 @@ def crossover(rows, temperature=0.0, method="speculative"):
 def markdown_table(rows) -> str:
     methods = [m for m in ALL_METHODS if any(r["method"] == m for r in rows) and m != "hf"]
     names = {"autoregressive": "fastdecode AR"}
-    lines = ["| T | batch | HF generate tok/s | " + " | ".join(f"{names.get(m, m)} tok/s (vs HF)" for m in methods) + " |",
+    head = " | ".join(f"{names.get(m, m)} tok/s (vs HF)" for m in methods)
+    lines = [f"| T | batch | HF generate tok/s | {head} |",
              "|---|---|---|" + "---|" * len(methods)]
     keys = sorted({(r["temperature"], r["batch"]) for r in rows})
     for t, b in keys:

@@ -220,7 +220,8 @@ def test_code_pair_greedy_batch(code_pair, stdlib_prompts):
             assert torch.equal(out.sequences[r, ids.shape[1] : ids.shape[1] + n], alone.sequences[0, len(p):])
 
 
-SW_METHODS = [("autoregressive", {}), ("speculative", dict(adaptive_draft=False, draft_length=3)), ("speculative", dict(verifier="block")),
+SW_METHODS = [("autoregressive", {}), ("speculative", dict(adaptive_draft=False, draft_length=3)),
+              ("speculative", dict(verifier="block")),
               ("prompt_lookup", {}), ("multi_draft", dict(num_drafts=2, draft_length=3)),
               ("multi_draft", dict(num_drafts=3, adaptive_draft=True))]
 SW_MODELS = {"mistral": dict(sliding_window=4),                                     # every layer windowed

@@ -127,9 +127,9 @@ def test_sampled_runs_budget_and_seed(target, batch, verifier, engine):
 def test_errors(target, batch):
     ids, mask = batch
     draft = draft_of(target)
-    with pytest.raises(ValueError, match="runs prompt_lookup without a draft model"):
+    with pytest.raises(ValueError, match="static' runs prompt_lookup without a draft model"):
         fastdecode.generate(target, ids, attention_mask=mask, draft=draft, method="prompt_lookup", max_new_tokens=2,
-                            pad_token_id=0)
+                            pad_token_id=0, cache_implementation="static")
     for kw, match in ((dict(draft_length=3), "does not apply to method 'prompt_lookup'"),
                       (dict(cache_implementation="static", compile=True), "eager forwards only"),
                       (dict(pad_token_id=None), "pad_token_id"),
@@ -139,18 +139,59 @@ def test_errors(target, batch):
             fastdecode.generate(target, ids, **args)
 
 
+# ------------------------------------------------------------- with a draft model for the rows without a match
+@pytest.mark.parametrize("kw", [{}, dict(min_matching_ngram_size=2, verifier="block"),
+                                dict(adaptive_draft=False, prompt_lookup_num_tokens=4)])
+@pytest.mark.parametrize("with_eos", [False, True])
+def test_draft_model_fallback_greedy_equals_hf_and_alone(target, batch, eos, kw, with_eos):
+    """Rows without an n-gram match draft with the model (its own length and confidence stop), rows with one
+    copy, in the same step; per row the same drafts and acceptances as alone."""
+    ids, mask = batch
+    L = ids.shape[1]
+    draft = draft_of(target)
+    eos_ids = [eos] if with_eos else []
+    hf = target.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=0,
+                         eos_token_id=eos if with_eos else None)
+    out = fastdecode.generate(target, ids, attention_mask=mask, draft=draft, method="prompt_lookup",
+                              max_new_tokens=NEW, temperature=0, eos_token_id=eos_ids, pad_token_id=0, **kw)
+    assert torch.equal(out.sequences, hf)
+    per_row = out.stats.extra["per_row"]
+    steps = dict(ngram_draft_steps=0, model_draft_steps=0)
+    for r, prompt in enumerate(PROMPTS):
+        alone = fastdecode.generate(target, torch.tensor([prompt]), draft=draft, method="prompt_lookup",
+                                    max_new_tokens=NEW, temperature=0, eos_token_id=eos_ids, **kw)
+        new = alone.sequences[0, len(prompt):]
+        assert torch.equal(out.sequences[r, L : L + new.shape[0]], new)
+        assert per_row[r]["drafted"] == alone.stats.drafted_tokens
+        assert per_row[r]["accepted"] == alone.stats.accepted_tokens
+        for k in steps:
+            steps[k] += alone.stats.extra[k]
+    for k, v in steps.items():
+        assert out.stats.extra[k] == v > 0, k   # both sources drafted
+    assert 0 < out.stats.draft_calls
+
+
+@pytest.mark.parametrize("verifier", ["token", "block"])
+def test_draft_model_fallback_sampled_runs(target, batch, verifier):
+    ids, mask = batch
+    kw = dict(attention_mask=mask, draft=draft_of(target), method="prompt_lookup", max_new_tokens=9,
+              temperature=0.8, seed=2, eos_token_id=[], pad_token_id=0, verifier=verifier)
+    a, b = (fastdecode.generate(target, ids, **kw) for _ in range(2))
+    assert torch.equal(a.sequences, b.sequences) and a.stats.extra["model_draft_steps"] > 0
+
+
 # ---------------------------------------------------------------------------------------------- sampling law
 LAW_PROMPTS = [[1, 2, 3, 1, 2, 3, 1, 2], [4, 5, 4], [1, 2, 3, 1, 2, 3, 1, 2], [0, 5]]  # rows 0 and 2 share a prompt
 RUNS = 800
 ALPHA = 1e-3
 
 
-def _law_counts(tiny_pair, runs, **kw):
+def _law_counts(tiny_pair, runs, prompts=LAW_PROMPTS, **kw):
     target = tiny_pair[0]
-    ids, mask = left_pad(LAW_PROMPTS)
+    ids, mask = left_pad(prompts)
     L = ids.shape[1]
     counts_a, counts_b = {}, {}
-    drafted = 0
+    drafted = model_steps = 0
     for seed in range(runs):
         out = fastdecode.generate(target, ids, attention_mask=mask, method="prompt_lookup", max_new_tokens=3,
                                   temperature=1.0, seed=seed, eos_token_id=[], pad_token_id=0, **kw)
@@ -158,7 +199,8 @@ def _law_counts(tiny_pair, runs, **kw):
             key = tuple(out.sequences[r, L : L + 2].tolist())
             counts[key] = counts.get(key, 0) + 1
         drafted += out.stats.drafted_tokens
-    assert drafted > 0
+        model_steps += out.stats.extra["model_draft_steps"]
+    assert drafted > 0 and (model_steps > 0) == (kw.get("draft") is not None)
     return counts_a, counts_b
 
 
@@ -173,6 +215,30 @@ def test_each_row_keeps_target_law(tiny_pair, laws, kw):
     a, b = _law_counts(tiny_pair, RUNS, **kw)
     assert chi_square_pvalue(a, laws[0]) > ALPHA
     assert chi_square_pvalue(b, laws[1]) > ALPHA
+
+
+# row 0 copies ("1 2" matches), row 1's last token never occurred before: it drafts with the model
+MIXED_PROMPTS = [[1, 2, 3, 1, 2, 3, 1, 2], [1, 2, 3, 4], [1, 2, 3, 1, 2, 3, 1, 2], [0, 5]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("broken", [False, True])
+def test_draft_model_fallback_law(tiny_pair, laws, monkeypatch, broken):
+    """Rows drafting with the model (row 1) and rows copying (rows 0 and 2) in one batch keep the target's law;
+    accepting every draft must be caught."""
+    from fastdecode.decoding import batched
+
+    if broken:
+        def accept_all(p, q, drafts, lens, generator):
+            rows = torch.arange(p.shape[0])
+            return lens, fastdecode.verification.sample(p[rows, lens], generator)
+        monkeypatch.setattr(batched, "_verify_token", accept_all)
+    a, b = _law_counts(tiny_pair, RUNS, prompts=MIXED_PROMPTS, draft=tiny_pair[1])
+    law_b = exact_law(tiny_pair[0], MIXED_PROMPTS[1], 2)
+    if broken:
+        assert min(chi_square_pvalue(a, laws[0]), chi_square_pvalue(b, law_b)) < ALPHA
+    else:
+        assert chi_square_pvalue(a, laws[0]) > ALPHA and chi_square_pvalue(b, law_b) > ALPHA
 
 
 @pytest.mark.slow

@@ -26,9 +26,11 @@ Design: shared columns, per-row validity masks, no data moves.
 - Prompt lookup: each row has its own :class:`~fastdecode.decoding.prompt_lookup.NgramIndex` over its own
   tokens (prompt without padding + its generated text) and its own +2 / -1 length policy; a row without a
   match drafts nothing that step. The proposals are point masses (q one-hot at each draft) verified by the
-  same ragged token / block rules; no draft model runs (``draft=`` with B > 1 is refused). Per row the drafts
-  made and accepted are exactly those of the row alone; a shorter proposal rides along to the longest one
-  (padding columns, never verified, invalidated).
+  same ragged token / block rules. With a draft model (``draft=``), the rows without a match draft with it in
+  the same step (their own length and confidence stop, no batch stop), the copying rows riding along in the
+  draft forwards fed their own n-gram drafts, so the draft cache holds what each row drafted. Per row the
+  drafts made and accepted are exactly those of the row alone; a shorter draft rides along to the longest
+  one (padding columns, never verified, invalidated).
 - Finished rows (EOS or budget) are dropped from the batch (their cache rows are selected away once,
   when they finish), so they stop consuming compute; their output is padded with ``pad_token_id``.
 
@@ -40,7 +42,8 @@ from __future__ import annotations
 
 import torch
 
-from ..config import MultiDraftConfig, PromptLookupConfig, SamplingConfig, SpeculativeConfig
+from ..config import (DEFAULT_CONFIDENCE_THRESHOLD, MultiDraftConfig, PromptLookupConfig, SamplingConfig,
+                      SpeculativeConfig)
 from ..stats import DecodeStats
 from ..verification.block import verify_block_batched
 from ..verification.common import residual, sample, uniform
@@ -69,8 +72,8 @@ def check_batch(target, input_ids: torch.Tensor, attention_mask, pad_token_id, m
 
     Raises ValueError for B = 0, a mask whose shape differs from the ids, a mask that is not 0/1, right
     padding (a 0 after a 1), an all-padding row, and, for B > 1: a method without batch support, recorded
-    static-engine forwards (compile other than None / False / "eager"), prompt_lookup with a draft model,
-    multi_draft on the static engine, and a missing pad_token_id (neither the argument nor the target's generation_config / config has one).
+    static-engine forwards (compile other than None / False / "eager"), multi_draft on the static engine, and
+    a missing pad_token_id (neither the argument nor the target's generation_config / config has one).
     """
     B, L = input_ids.shape
     if B == 0:
@@ -102,9 +105,6 @@ def check_batch(target, input_ids: torch.Tensor, attention_mask, pad_token_id, m
     if method not in BATCHED_METHODS:
         raise ValueError(f"batch size > 1 is supported for methods {BATCHED_METHODS} only, not {method!r} "
                          f"(batch size {B}); run the prompts one at a time")
-    if method == "prompt_lookup" and draft is not None:
-        raise ValueError(f"batch size > 1 runs prompt_lookup without a draft model (batch size {B}): drop draft= "
-                         "(rows without an n-gram match then take a plain step), or run the prompts one at a time")
     if method == "multi_draft" and cache_implementation == "static":
         raise ValueError(f"batch size > 1 with multi_draft runs on the dynamic engine only (batch size {B}): "
                          "use cache_implementation='dynamic'")
@@ -302,6 +302,46 @@ def _verify_block(p, q, drafts, lens, generator):
     return n, nxt
 
 
+def _lookup_model_drafts(dc, dpend, props, lens, model_rows, drafts, lens_t, sampling, generator, stats, threshold):
+    """Prompt lookup with a draft model: the rows without an n-gram match (``model_rows``) draft with the model,
+    up to their own length and confidence stop, exactly as alone; the other rows ride along, fed their own
+    n-gram drafts (so that the draft cache holds what they drafted). Returns (drafts [nb, G], q [nb, gm, V]
+    (the model rows' q; the n-gram rows' entries are replaced by one-hot rows), lens_t, first draft column,
+    drafts fed per row)."""
+    nb, device = len(props), drafts.device
+    gm = max(lens[i] for i in model_rows)
+    gl = max(len(x) for x in props)
+    ngram = torch.tensor([x[:gm] + [0] * (gm - len(x[:gm])) for x in props], dtype=torch.long, device=device)
+    is_ng = torch.tensor([bool(x) for x in props], dtype=torch.bool, device=device)
+    nlen = torch.tensor([len(x) for x in props], dtype=torch.long, device=device)
+    live = torch.tensor([lens[i] if i in model_rows else 0 for i in range(nb)], dtype=torch.long, device=device)
+    ids, m = _block(dpend, device)
+    dfirst = dc.columns + ids.shape[1]
+    xs, qs = [], []
+    for i in range(gm):
+        logits = dc.forward(ids, m, 1)[:, 0]        # [nb, V]
+        stats.draft_calls += 1
+        qi = sm.probs(logits, sampling)
+        x = qi.argmax(-1) if sampling.greedy else sample(qi, generator)
+        x = torch.where(is_ng & (i < nlen), ngram[:, i], x)   # n-gram rows: their own draft
+        xs.append(x)
+        qs.append(qi)
+        if threshold > 0 and i + 1 < gm:
+            low = torch.softmax(logits, -1).amax(-1) < threshold
+            live = torch.where(low & (live > i + 1), torch.full_like(live, i + 1), live)
+        if i + 1 < gm and not bool((live > i + 1).any()):
+            break                                   # no model row wants more (n-gram drafts past fed are pending)
+        ids, m = x[:, None], torch.ones(nb, 1, dtype=torch.long, device=device)
+    gx = len(xs)
+    width = max(gx, gl)
+    out = torch.zeros(nb, width, dtype=torch.long, device=device)
+    out[:, :gx] = torch.stack(xs, 1)
+    if gl > gx:
+        out[:, gx:] = drafts[:, gx:]
+    lens_t = torch.where(is_ng, nlen, live.clamp_max(gx))
+    return out, torch.stack(qs, 1), lens_t, dfirst, gx - 1
+
+
 def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
            eos_ids: set[int], pad_token_id: int, sampling: SamplingConfig,
            spec: SpeculativeConfig | PromptLookupConfig | None, generator, stats: DecodeStats, progress=None,
@@ -323,9 +363,11 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                for r in range(B)]
     active = [r for r in range(B) if not streams[r].done]   # original row of each batch position
     lookup = isinstance(spec, PromptLookupConfig)
-    if lookup and draft is not None:  # pragma: no cover - check_batch refuses it first
-        raise ValueError("batched prompt_lookup takes no draft model")
-    with_draft = spec is not None and not lookup
+    if lookup and draft is not None and static:  # pragma: no cover - generate() refuses it first
+        raise ValueError("prompt_lookup on the static engine takes no draft model")
+    with_draft = spec is not None and draft is not None
+    # prompt lookup's model drafts stop early below this confidence, as alone (prompt_lookup.decode)
+    lookup_threshold = DEFAULT_CONFIDENCE_THRESHOLD if lookup and spec.adaptive else 0.0
     if static:
         longest = 0 if spec is None else (spec.max_draft_length if spec.adaptive else spec.draft_length)
         cap = L + max_new_tokens * (longest + 2) + longest + 2   # columns grow by at most g + 2 per step
@@ -355,9 +397,11 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         g = max(lens)
         drafts = torch.zeros(nb, 0, dtype=torch.long, device=device)
         q = None
+        fed = None    # drafts of this step fed into the draft cache (None: the draft model did not run)
         if lookup:
-            # each row copies from its own text; a row without a match drafts nothing this step. Shorter
-            # proposals are padded to the longest: those columns ride along, unverified (lens_t) and invalidated.
+            # each row copies from its own text; a row without a match drafts nothing this step (or, with a
+            # draft model, drafts with the model). Shorter drafts are padded to the longest: those columns ride
+            # along, unverified (lens_t) and invalidated.
             props = [idx.propose(streams[r].tokens, n) if n > 0 else [] for idx, r, n in zip(indexes, active, lens)]
             lens_t = torch.tensor([len(x) for x in props], dtype=torch.long, device=device)
             stats.extra["ngram_draft_steps"] += sum(1 for x in props if x)
@@ -365,6 +409,11 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
             if gl:
                 drafts = torch.tensor([x + [x[-1] if x else 0] * (gl - len(x)) for x in props], dtype=torch.long,
                                       device=device)
+            model_rows = [i for i in range(nb) if not props[i] and lens[i] > 0] if dc is not None else []
+            if model_rows:
+                drafts, q, lens_t, dfirst, fed = _lookup_model_drafts(
+                    dc, dpend, props, lens, model_rows, drafts, lens_t, sampling, generator, stats, lookup_threshold)
+                stats.extra["model_draft_steps"] += len(model_rows)
         elif g > 0:
             ids, m = _block(dpend, device)
             dfirst = dc.columns + ids.shape[1]             # column of the first fed draft
@@ -386,6 +435,7 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 ids, m = x[:, None], torch.ones(nb, 1, dtype=torch.long, device=device)
             drafts, q = torch.stack(xs, 1), torch.stack(qs, 1)   # [nb, g'], [nb, g', V]
             lens_t = live.clamp_max(drafts.shape[1])
+            fed = drafts.shape[1] - 1   # the pending block and drafts 1..g'-1 (the last is never fed)
         else:
             lens_t = torch.zeros(nb, dtype=torch.long, device=device)
         gd = drafts.shape[1]
@@ -397,8 +447,14 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         logits = tc.forward(ids, m, gd + 1)                 # [nb, gd + 1, V]
         stats.target_calls += 1
         p = sm.probs(logits.reshape(nb * (gd + 1), -1), sampling).view(nb, gd + 1, -1)
-        if lookup and gd:   # point-mass drafts: the verifiers' q is one-hot at each draft
-            q = torch.zeros(nb, gd, p.shape[-1], dtype=p.dtype, device=device).scatter_(2, drafts[..., None], 1.0)
+        if lookup and gd:   # point-mass drafts: the verifiers' q is one-hot at each n-gram draft
+            onehot = torch.zeros(nb, gd, p.shape[-1], dtype=p.dtype, device=device).scatter_(2, drafts[..., None], 1.0)
+            if q is None:
+                q = onehot
+            else:           # rows drafted by the model keep its q rows (q: [nb, gm, V], gm <= gd)
+                model = torch.tensor([not x for x in props], dtype=torch.bool, device=device)[:, None, None]
+                onehot[:, : q.shape[1]] = torch.where(model, q, onehot[:, : q.shape[1]])
+                q = onehot
         if gd:
             n, nxt = verify(p, q, drafts, lens_t, generator)
         else:
@@ -408,8 +464,8 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 
         # caches keep each row's accepted drafts; the rest of this step's draft columns become invalid
         tc.invalidate(tfirst, n)
-        if gd and dc is not None:
-            dc.invalidate(dfirst, n)
+        if fed is not None:
+            dc.invalidate(dfirst, n.clamp_max(fed))
         n_l, nxt_l, lens_l, d_l = n.tolist(), nxt.tolist(), lens_t.tolist(), drafts.tolist()
         keep = []
         for i, r in enumerate(active):
@@ -425,11 +481,11 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
             if policies[i] is not None:
                 policies[i].update(lens_l[i], n_l[i])
             tpend[i] = [nxt_l[i]]
-            if gd and dc is not None:
-                # the draft saw the pending block and drafts 1..gd-1; a chain accepted up to gd misses draft gd
-                dpend[i] = ([d_l[i][gd - 1]] if n_l[i] == gd else []) + [nxt_l[i]]
+            if dc is not None and fed is not None:
+                # the draft saw the pending block and the first `fed` drafts; accepted drafts past them are pending
+                dpend[i] = d_l[i][min(n_l[i], fed) : n_l[i]] + [nxt_l[i]]
             elif dc is not None:
-                dpend[i] = dpend[i] + [nxt_l[i]]
+                dpend[i] = dpend[i] + acc + [nxt_l[i]]
             if not streams[r].done:
                 keep.append(i)
         if len(keep) < nb:
