@@ -1,5 +1,7 @@
 """Batched speed benchmark (``fastdecode bench-batch`` or ``python bench/batch.py``): total tokens/s of HF
-``generate`` (batched, plain), fastdecode autoregressive and fastdecode speculative at each batch size.
+``generate`` (batched, plain), fastdecode autoregressive and fastdecode speculative at each batch size
+(``--methods`` adds ``prompt_lookup`` (no draft model) and ``multi_draft`` (``--num-drafts`` drafts), or picks
+a subset; ``hf`` is always run, the reference of the speed-ups).
 
 The same N standard-library prompts (N = the largest batch size unless ``--prompts`` says more), cut to
 mixed lengths (seeded, between ``--min-prompt-tokens`` and ``--prompt-tokens``), are generated at every
@@ -26,6 +28,8 @@ if str(ROOT) not in sys.path:  # run as `python bench/<name>.py`: bench.common a
 from bench.common import RESULTS_DIR, output_path, script_args, script_main, write_json  # noqa: E402
 
 METHODS = ("hf", "autoregressive", "speculative")
+ALL_METHODS = METHODS + ("prompt_lookup", "multi_draft")
+DRAFTING = ("speculative", "multi_draft")   # the methods that take the draft model
 
 
 def left_pad(prompts: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,7 +48,8 @@ def count_new(new: torch.Tensor, eos: set[int]) -> int:
     return total
 
 
-def _run_batch(kind, target, draft, ids, mask, new_tokens, temperature, seed, pad, eos) -> tuple[int, float]:
+def _run_batch(kind, target, draft, ids, mask, new_tokens, temperature, seed, pad, eos,
+               num_drafts: int = 2) -> tuple[int, float]:
     import fastdecode
 
     t0 = time.perf_counter()
@@ -56,14 +61,16 @@ def _run_batch(kind, target, draft, ids, mask, new_tokens, temperature, seed, pa
             torch.manual_seed(seed)
             seq = target.generate(ids, attention_mask=mask, **kw)
         else:
-            seq = fastdecode.generate(target, ids, attention_mask=mask, draft=draft if kind == "speculative" else None,
+            extra = dict(num_drafts=num_drafts) if kind == "multi_draft" else {}
+            seq = fastdecode.generate(target, ids, attention_mask=mask, draft=draft if kind in DRAFTING else None,
                                       method=kind, max_new_tokens=new_tokens, temperature=temperature, seed=seed,
-                                      pad_token_id=pad).sequences
+                                      pad_token_id=pad, **extra).sequences
     secs = time.perf_counter() - t0
     return count_new(seq[:, ids.shape[1]:], eos), secs
 
 
-def run_suite(target, draft, prompts, batch_sizes, temperatures, new_tokens, repeats, pad, eos, progress=True):
+def run_suite(target, draft, prompts, batch_sizes, temperatures, new_tokens, repeats, pad, eos, progress=True,
+              methods=METHODS, num_drafts: int = 2):
     """Methods are interleaved within each repeat (HF, AR, speculative, HF, ...) so that a change in the
     machine's load hits all three alike; the median over repeats is reported."""
     rows = []
@@ -71,21 +78,22 @@ def run_suite(target, draft, prompts, batch_sizes, temperatures, new_tokens, rep
         for B in batch_sizes:
             groups = [prompts[i : i + B] for i in range(0, len(prompts) - B + 1, B)]
             w_ids, w_mask = left_pad(groups[0], pad)
-            for kind in METHODS:
-                _run_batch(kind, target, draft, w_ids, w_mask, 8, temp, 0, pad, eos)   # warm-up
-            rates = {kind: [] for kind in METHODS}
+            for kind in methods:
+                _run_batch(kind, target, draft, w_ids, w_mask, 8, temp, 0, pad, eos, num_drafts)   # warm-up
+            rates = {kind: [] for kind in methods}
             toks = {}
             for r in range(repeats):
-                for kind in METHODS:
+                for kind in methods:
                     n_tok, secs = 0, 0.0
                     for gi, group in enumerate(groups):
                         ids, mask = left_pad(group, pad)
-                        n, s = _run_batch(kind, target, draft, ids, mask, new_tokens, temp, 1000 * r + gi, pad, eos)
+                        n, s = _run_batch(kind, target, draft, ids, mask, new_tokens, temp, 1000 * r + gi, pad, eos,
+                                          num_drafts)
                         n_tok += n
                         secs += s
                     rates[kind].append(n_tok / secs)
                     toks[kind] = n_tok
-            for kind in METHODS:
+            for kind in methods:
                 v = rates[kind]
                 rows.append(dict(temperature=temp, batch=B, method=kind, tokens_per_s=statistics.median(v),
                                  tokens_per_s_min=min(v), tokens_per_s_max=max(v), new_tokens=toks[kind],
@@ -110,14 +118,16 @@ def crossover(rows, temperature=0.0, method="speculative"):
 
 
 def markdown_table(rows) -> str:
-    lines = ["| T | batch | HF generate tok/s | fastdecode AR tok/s (vs HF) | speculative tok/s (vs HF) |",
-             "|---|---|---|---|---|"]
+    methods = [m for m in ALL_METHODS if any(r["method"] == m for r in rows) and m != "hf"]
+    names = {"autoregressive": "fastdecode AR"}
+    head = " | ".join(f"{names.get(m, m)} tok/s (vs HF)" for m in methods)
+    lines = [f"| T | batch | HF generate tok/s | {head} |",
+             "|---|---|---|" + "---|" * len(methods)]
     keys = sorted({(r["temperature"], r["batch"]) for r in rows})
     for t, b in keys:
         get = {r["method"]: r for r in rows if r["temperature"] == t and r["batch"] == b}
-        lines.append(f"| {t:g} | {b} | {get['hf']['tokens_per_s']:.1f} | {get['autoregressive']['tokens_per_s']:.1f} "
-                     f"({get['autoregressive']['vs_hf']:.2f}x) | {get['speculative']['tokens_per_s']:.1f} "
-                     f"({get['speculative']['vs_hf']:.2f}x) |")
+        cells = [f"{get[m]['tokens_per_s']:.1f} ({get[m]['vs_hf']:.2f}x)" for m in methods]
+        lines.append(f"| {t:g} | {b} | {get['hf']['tokens_per_s']:.1f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -128,11 +138,13 @@ def plot(rows, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for t in sorted({r["temperature"] for r in rows}):
-        for kind, style in (("autoregressive", "--"), ("speculative", "-")):
+        for kind, style in (("autoregressive", "--"), ("speculative", "-"), ("prompt_lookup", "-."),
+                            ("multi_draft", "-")):
             pts = sorted((r["batch"], r["vs_hf"], r["tokens_per_s"]) for r in rows
                          if r["method"] == kind and r["temperature"] == t)
             axes[0].plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=f"{kind} T={t:g}")
-        for kind, style in (("hf", ":"), ("autoregressive", "--"), ("speculative", "-")):
+        for kind, style in (("hf", ":"), ("autoregressive", "--"), ("speculative", "-"), ("prompt_lookup", "-."),
+                            ("multi_draft", "-")):
             pts = sorted((r["batch"], r["tokens_per_s"]) for r in rows if r["method"] == kind and r["temperature"] == t)
             axes[1].plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=f"{kind} T={t:g}")
     axes[0].axhline(1.0, color="grey", lw=0.8)
@@ -159,6 +171,9 @@ def add_arguments(p) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--temperatures", default="0,1")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help=f"comma list of {ALL_METHODS} (hf is always added: the reference)")
+    p.add_argument("--num-drafts", type=int, default=2, help="k for multi_draft")
     p.add_argument("--quick", action="store_true", help="batch 1,2, 2 prompts, 8 new tokens (smoke test)")
     p.add_argument("--out", default=None, help="JSON path (default bench/results/batch.json; the plot next to it)")
 
@@ -170,6 +185,10 @@ def run(args) -> int:
     if args.quick:
         args.batch, args.new_tokens, args.repeats = "1,2", 8, 1
     sizes = [int(b) for b in args.batch.split(",")]
+    methods = ["hf"] + [m for m in args.methods.split(",") if m and m != "hf"]
+    unknown = sorted(set(methods) - set(ALL_METHODS))
+    if unknown:
+        raise SystemExit(f"unknown --methods {unknown}; choose from {ALL_METHODS}")
     n = max(max(sizes), args.prompts or 0)
     out = args.out = output_path(args.out, RESULTS_DIR / "batch.json", args.quick)
     target, draft, tok = load_pair(args.pair, args.device)
@@ -180,15 +199,17 @@ def run(args) -> int:
     eos = target.generation_config.eos_token_id
     eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
     temps = [float(t) for t in args.temperatures.split(",")]
-    rows = run_suite(target, draft, prompts, sizes, temps, args.new_tokens, args.repeats, pad, eos)
+    rows = run_suite(target, draft, prompts, sizes, temps, args.new_tokens, args.repeats, pad, eos,
+                     methods=methods, num_drafts=args.num_drafts)
     table = markdown_table(rows)
     machine = machine_description(target.device)
     cross = crossover(rows)
     print(f"\n{n} standard-library prompts of {min(map(len, prompts))}-{max(map(len, prompts))} tokens, "
           f"{args.new_tokens} new tokens, median of {args.repeats} repeat(s), {machine}\n")
     print(table)
-    print(f"\ngreedy crossover (speculative no faster than HF generate): "
-          f"{'none up to batch ' + str(max(sizes)) if cross is None else 'batch ' + str(cross)}")
+    if "speculative" in methods:
+        print(f"\ngreedy crossover (speculative no faster than HF generate): "
+              f"{'none up to batch ' + str(max(sizes)) if cross is None else 'batch ' + str(cross)}")
     write_json(out, dict(machine=machine, args=script_args(args), prompt_lengths=[len(p) for p in prompts],
                          rows=rows, table=table, greedy_crossover=cross))
     plot(rows, out.with_suffix(".png"))

@@ -137,8 +137,9 @@ def generate(
 
     Batches (batch > 1): left padding only, ``attention_mask`` [batch, prompt_len] (1 = real token, 0 =
     padding; None = all ones) and a ``pad_token_id`` (None: the target's generation_config / config) for
-    rows that end early; methods "autoregressive" and "speculative", on the dynamic engine or the static
-    one with eager forwards (see :mod:`fastdecode.decoding.batched`). Batch size 1 runs the single-row
+    rows that end early; methods "autoregressive", "speculative" and "prompt_lookup", on the
+    dynamic engine or the static one with eager forwards, and "multi_draft" on the dynamic engine (see
+    :mod:`fastdecode.decoding.batched` and :mod:`fastdecode.decoding.batched_tree`). Batch size 1 runs the single-row
     engines (a left-padded row is decoded without its padding, which is put back in the output).
 
     method: "autoregressive", "speculative" (single draft), "multi_draft" (k draft sequences verified
@@ -167,7 +168,8 @@ def generate(
         confidence_threshold=confidence_threshold, **method_options)
     _check_input_ids(input_ids)
     attention_mask, pad_token_id = batched.check_batch(target, input_ids, attention_mask, pad_token_id, method,
-                                                       cache_implementation, lambda_attention, compile)
+                                                       cache_implementation, lambda_attention, compile,
+                                                       draft=draft)
     padded_prompt = None
     if input_ids.shape[0] == 1 and not bool(attention_mask.all()):  # one left-padded row: decode its real tokens
         padded_prompt, input_ids = input_ids, input_ids[:, attention_mask[0].bool()]

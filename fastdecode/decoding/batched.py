@@ -1,6 +1,7 @@
-"""Batched decoding (batch size B > 1) with ragged acceptance: ``autoregressive`` and ``speculative`` (token
-and block verifiers, fixed and adaptive draft length), on the dynamic engine and (eager forwards) on the
-static engine's slot caches.
+"""Batched decoding (batch size B > 1) with ragged acceptance: ``autoregressive``, ``speculative`` (token
+and block verifiers, fixed and adaptive draft length) and ``prompt_lookup``, on the dynamic engine and (eager
+forwards) on the static engine's slot caches; ``multi_draft`` (dynamic engine) is in
+:mod:`fastdecode.decoding.batched_tree`, on the same columns and masks.
 
 Design: shared columns, per-row validity masks, no data moves.
 
@@ -22,6 +23,14 @@ Design: shared columns, per-row validity masks, no data moves.
   (those rows' chains are cut there): one long-drafting row does not make every row pay for g forwards
   and g + 1 verified columns. With B = 1 this is exactly the single-row rule. Rows that stopped early ride
   along to the shared g; their extra drafts are ignored (not verified, not counted).
+- Prompt lookup: each row has its own :class:`~fastdecode.decoding.prompt_lookup.NgramIndex` over its own
+  tokens (prompt without padding + its generated text) and its own +2 / -1 length policy; a row without a
+  match drafts nothing that step. The proposals are point masses (q one-hot at each draft) verified by the
+  same ragged token / block rules. With a draft model (``draft=``), the rows without a match draft with it in
+  the same step (their own length and confidence stop, no batch stop), the copying rows riding along in the
+  draft forwards fed their own n-gram drafts, so the draft cache holds what each row drafted. Per row the
+  drafts made and accepted are exactly those of the row alone; a shorter draft rides along to the longest
+  one (padding columns, never verified, invalidated).
 - Finished rows (EOS or budget) are dropped from the batch (their cache rows are selected away once,
   when they finish), so they stop consuming compute; their output is padded with ``pad_token_id``.
 
@@ -33,7 +42,8 @@ from __future__ import annotations
 
 import torch
 
-from ..config import SamplingConfig, SpeculativeConfig
+from ..config import (DEFAULT_CONFIDENCE_THRESHOLD, MultiDraftConfig, PromptLookupConfig, SamplingConfig,
+                      SpeculativeConfig)
 from ..stats import DecodeStats
 from ..verification.block import verify_block_batched
 from ..verification.primitives import residual, sample, uniform
@@ -42,7 +52,7 @@ from . import sampling as sm
 from .stream import TokenStream
 from .policy import DraftLengthPolicy
 
-BATCHED_METHODS = ("autoregressive", "speculative")
+BATCHED_METHODS = ("autoregressive", "speculative", "prompt_lookup", "multi_draft")
 
 
 def _pad_from_model(target):
@@ -56,13 +66,14 @@ def _pad_from_model(target):
 
 
 def check_batch(target, input_ids: torch.Tensor, attention_mask, pad_token_id, method: str,
-                cache_implementation: str, lambda_attention, compile=None) -> tuple[torch.Tensor, int | None]:
+                cache_implementation: str, lambda_attention, compile=None,
+                draft=None) -> tuple[torch.Tensor, int | None]:
     """Validate a (possibly batched, left-padded) call. Returns (attention_mask [B, L] long, pad id or None).
 
     Raises ValueError for B = 0, a mask whose shape differs from the ids, a mask that is not 0/1, right
     padding (a 0 after a 1), an all-padding row, and, for B > 1: a method without batch support, recorded
-    static-engine forwards (compile other than None / False / "eager"), and a missing pad_token_id (neither
-    the argument nor the target's generation_config / config has one).
+    static-engine forwards (compile other than None / False / "eager"), multi_draft on the static engine, and
+    a missing pad_token_id (neither the argument nor the target's generation_config / config has one).
     """
     B, L = input_ids.shape
     if B == 0:
@@ -94,6 +105,9 @@ def check_batch(target, input_ids: torch.Tensor, attention_mask, pad_token_id, m
     if method not in BATCHED_METHODS:
         raise ValueError(f"batch size > 1 is supported for methods {BATCHED_METHODS} only, not {method!r} "
                          f"(batch size {B}); run the prompts one at a time")
+    if method == "multi_draft" and cache_implementation == "static":
+        raise ValueError(f"batch size > 1 with multi_draft runs on the dynamic engine only (batch size {B}): "
+                         "use cache_implementation='dynamic'")
     if cache_implementation == "static" and compile not in (None, False, "eager"):
         raise ValueError(f"batch size > 1 on the static engine runs eager forwards only (batch size {B}): pass "
                          "compile=False, or cache_implementation='dynamic'")
@@ -108,26 +122,59 @@ def check_batch(target, input_ids: torch.Tensor, attention_mask, pad_token_id, m
 
 
 class _Cache:
-    """One model's KV cache over shared columns plus its validity mask [B, C] and valid counts [B]."""
+    """One model's KV cache over shared columns plus its validity mask [B, C] and valid counts [B].
+
+    Sliding-window models: transformers applies a window by column, which is wrong once a row has invalid
+    columns inside its text (rejected drafts), so for them the cache keeps each column's position [B, C] and
+    builds the 4D mask itself, the window applied by position (one mask when every layer is windowed, a dict
+    {layer type: mask} when windowed and full layers mix: the form those models take)."""
 
     def __init__(self, model, batch: int, device):
         self.model = model
         self.cache = kv.new_cache(model)
         self.mask = torch.zeros(batch, 0, dtype=torch.long, device=device)
         self.valid = torch.zeros(batch, dtype=torch.long, device=device)
+        self.window, self.layer_types = kv.attention_layout(model)
+        self.pos = torch.zeros(batch, 0, dtype=torch.long, device=device)   # each column's position
+        self.dtype = next(model.parameters()).dtype
 
     @property
     def columns(self) -> int:
         return self.mask.shape[1]
 
+    def attention(self, allow: torch.Tensor, qpos: torch.Tensor):
+        """The 4D mask(s) of a forward: allow [B, n, C] (which columns each new column may see, the window not
+        yet applied), qpos [B, n] the new columns' positions (self.pos already holds them)."""
+        def additive(a):
+            return torch.zeros(a.shape, dtype=self.dtype, device=a.device).masked_fill_(
+                ~a, torch.finfo(self.dtype).min)[:, None]
+        if self.window is None:
+            return additive(allow)
+        inside = allow & (qpos[:, :, None] - self.pos[:, None, :] < self.window)
+        sliding = additive(inside)
+        if self.layer_types is None:
+            return sliding
+        full = additive(allow)
+        return {t: sliding if t == "sliding_attention" else full for t in self.layer_types}
+
     def forward(self, ids: torch.Tensor, new_mask: torch.Tensor, keep: int) -> torch.Tensor:
         """Feed ids [B, n] whose validity is new_mask [B, n]; returns logits [B, keep, V]."""
         pos = self.valid[:, None] + new_mask.cumsum(-1) - 1
         pos = pos.masked_fill(new_mask == 0, 1)  # never attended (masked keys); HF's value for padding
+        c0, n = self.columns, ids.shape[1]
         self.mask = torch.cat([self.mask, new_mask], 1)
+        self.pos = torch.cat([self.pos, pos], 1)
         self.valid = self.valid + new_mask.sum(-1)
-        return kv.forward(self.model, ids, self.cache, position_ids=pos, attention_mask=self.mask,
-                          logits_to_keep=keep)
+        if self.window is None:
+            attn = self.mask   # transformers builds the causal + padding mask
+        else:
+            dev = ids.device
+            cols = torch.arange(c0 + n, device=dev)
+            q = c0 + torch.arange(n, device=dev)
+            allow = self.mask.bool()[:, None, :] & (cols[None, :] <= q[:, None])[None]
+            allow |= (cols[None, :] == q[:, None])[None]   # a padding column sees itself (stays finite)
+            attn = self.attention(allow, pos)
+        return kv.forward(self.model, ids, self.cache, position_ids=pos, attention_mask=attn, logits_to_keep=keep)
 
     def invalidate(self, first: int, keep: torch.Tensor) -> None:
         """Columns first.. (to the end): row r keeps the first keep[r] of them valid, the rest become invalid."""
@@ -146,6 +193,7 @@ class _Cache:
         if last < self.columns:
             kv.crop(self.cache, last)
             self.mask = self.mask[:, :last]
+            self.pos = self.pos[:, :last]
 
     def select(self, rows: torch.Tensor) -> None:
         for layer in self.cache.layers:
@@ -154,6 +202,7 @@ class _Cache:
                 layer.values = layer.values.index_select(0, rows)
         self.mask = self.mask.index_select(0, rows)
         self.valid = self.valid.index_select(0, rows)
+        self.pos = self.pos.index_select(0, rows)
 
 
 class _SlotCache(_Cache):
@@ -253,29 +302,90 @@ def _verify_block(p, q, drafts, lens, generator):
     return n, nxt
 
 
+def _lookup_model_drafts(dc, dpend, props, lens, model_rows, drafts, lens_t, sampling, generator, stats, threshold):
+    """Prompt lookup with a draft model: the rows without an n-gram match (``model_rows``) draft with the model,
+    up to their own length and confidence stop, exactly as alone; the other rows ride along, fed their own
+    n-gram drafts (so that the draft cache holds what they drafted). Returns (drafts [nb, G], q [nb, gm, V]
+    (the model rows' q; the n-gram rows' entries are replaced by one-hot rows), lens_t, first draft column,
+    drafts fed per row)."""
+    nb, device = len(props), drafts.device
+    gm = max(lens[i] for i in model_rows)
+    gl = max(len(x) for x in props)
+    ngram = torch.tensor([x[:gm] + [0] * (gm - len(x[:gm])) for x in props], dtype=torch.long, device=device)
+    is_ng = torch.tensor([bool(x) for x in props], dtype=torch.bool, device=device)
+    nlen = torch.tensor([len(x) for x in props], dtype=torch.long, device=device)
+    live = torch.tensor([lens[i] if i in model_rows else 0 for i in range(nb)], dtype=torch.long, device=device)
+    ids, m = _block(dpend, device)
+    dfirst = dc.columns + ids.shape[1]
+    xs, qs = [], []
+    for i in range(gm):
+        logits = dc.forward(ids, m, 1)[:, 0]        # [nb, V]
+        stats.draft_calls += 1
+        qi = sm.probs(logits, sampling)
+        x = qi.argmax(-1) if sampling.greedy else sample(qi, generator)
+        x = torch.where(is_ng & (i < nlen), ngram[:, i], x)   # n-gram rows: their own draft
+        xs.append(x)
+        qs.append(qi)
+        if threshold > 0 and i + 1 < gm:
+            low = torch.softmax(logits, -1).amax(-1) < threshold
+            live = torch.where(low & (live > i + 1), torch.full_like(live, i + 1), live)
+        if i + 1 < gm and not bool((live > i + 1).any()):
+            break                                   # no model row wants more (n-gram drafts past fed are pending)
+        ids, m = x[:, None], torch.ones(nb, 1, dtype=torch.long, device=device)
+    gx = len(xs)
+    width = max(gx, gl)
+    out = torch.zeros(nb, width, dtype=torch.long, device=device)
+    out[:, :gx] = torch.stack(xs, 1)
+    if gl > gx:
+        out[:, gx:] = drafts[:, gx:]
+    lens_t = torch.where(is_ng, nlen, live.clamp_max(gx))
+    return out, torch.stack(qs, 1), lens_t, dfirst, gx - 1
+
+
 def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
-           eos_ids: set[int], pad_token_id: int, sampling: SamplingConfig, spec: SpeculativeConfig | None,
-           generator, stats: DecodeStats, progress=None, static: bool = False) -> torch.Tensor:
+           eos_ids: set[int], pad_token_id: int, sampling: SamplingConfig,
+           spec: SpeculativeConfig | PromptLookupConfig | None, generator, stats: DecodeStats, progress=None,
+           static: bool = False) -> torch.Tensor:
     """Decode a left-padded batch; returns sequences [B, L + longest new] (pad_token_id after a row's end).
 
-    draft / spec None: autoregressive (the same loop with no drafts). static: the static engine's
-    preallocated slot caches (eager forwards), else transformers' DynamicCache."""
+    draft / spec None: autoregressive (the same loop with no drafts). spec a PromptLookupConfig (draft None):
+    prompt lookup, each row's drafts from its own n-gram index. static: the static engine's preallocated
+    slot caches (eager forwards), else transformers' DynamicCache."""
+    if isinstance(spec, MultiDraftConfig):
+        if static:  # pragma: no cover - check_batch refuses it first
+            raise ValueError("batched multi_draft runs on the dynamic engine only")
+        from .batched_tree import decode as decode_tree
+        return decode_tree(target, draft, input_ids, attention_mask, max_new_tokens, eos_ids, pad_token_id, sampling,
+                           spec, generator, stats, progress)
     device = kv.device(target)
     B, L = input_ids.shape
     streams = [TokenStream(input_ids[r : r + 1, L - int(attention_mask[r].sum()):], max_new_tokens, eos_ids)
                for r in range(B)]
     active = [r for r in range(B) if not streams[r].done]   # original row of each batch position
+    lookup = isinstance(spec, PromptLookupConfig)
+    if lookup and draft is not None and static:  # pragma: no cover - generate() refuses it first
+        raise ValueError("prompt_lookup on the static engine takes no draft model")
+    with_draft = spec is not None and draft is not None
+    # prompt lookup's model drafts stop early below this confidence, as alone (prompt_lookup.decode)
+    lookup_threshold = DEFAULT_CONFIDENCE_THRESHOLD if lookup and spec.adaptive else 0.0
     if static:
         longest = 0 if spec is None else (spec.max_draft_length if spec.adaptive else spec.draft_length)
         cap = L + max_new_tokens * (longest + 2) + longest + 2   # columns grow by at most g + 2 per step
         tc = _SlotCache(target, len(active), device, cap)
-        dc = _SlotCache(draft, len(active), device, cap) if spec is not None else None
+        dc = _SlotCache(draft, len(active), device, cap) if with_draft else None
     else:
         tc = _Cache(target, len(active), device)
-        dc = _Cache(draft, len(active), device) if spec is not None else None
+        dc = _Cache(draft, len(active), device) if with_draft else None
     tpend = [streams[r].tokens[:] for r in active]           # committed tokens the target has not seen
     dpend = [streams[r].tokens[:] for r in active]           # ... the draft has not seen
-    policies = [DraftLengthPolicy(spec, cost=None) if spec is not None else None for _ in active]  # per row
+    if lookup:   # per row: its own n-gram index over its own tokens (no padding) and its own +2 / -1 length
+        from .prompt_lookup import NgramIndex, length_policy
+        indexes = [NgramIndex(spec.max_matching_ngram_size, spec.min_matching_ngram_size) for _ in active]
+        policies = [length_policy(spec) for _ in active]
+        stats.extra.update(ngram_draft_steps=0, model_draft_steps=0)
+    else:
+        indexes = [None for _ in active]
+        policies = [DraftLengthPolicy(spec, cost=None) if spec is not None else None for _ in active]  # per row
     verify = None if spec is None else (_verify_block if spec.verifier == "block" else _verify_token)
     per_row = [dict(new_tokens=0, drafted=0, accepted=0, steps=0) for _ in range(B)]
     batch_steps = 0
@@ -287,7 +397,24 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         g = max(lens)
         drafts = torch.zeros(nb, 0, dtype=torch.long, device=device)
         q = None
-        if g > 0:
+        fed = None    # drafts of this step fed into the draft cache (None: the draft model did not run)
+        if lookup:
+            # each row copies from its own text; a row without a match drafts nothing this step (or, with a
+            # draft model, drafts with the model). Shorter drafts are padded to the longest: those columns ride
+            # along, unverified (lens_t) and invalidated.
+            props = [idx.propose(streams[r].tokens, n) if n > 0 else [] for idx, r, n in zip(indexes, active, lens)]
+            lens_t = torch.tensor([len(x) for x in props], dtype=torch.long, device=device)
+            stats.extra["ngram_draft_steps"] += sum(1 for x in props if x)
+            gl = max(len(x) for x in props)
+            if gl:
+                drafts = torch.tensor([x + [x[-1] if x else 0] * (gl - len(x)) for x in props], dtype=torch.long,
+                                      device=device)
+            model_rows = [i for i in range(nb) if not props[i] and lens[i] > 0] if dc is not None else []
+            if model_rows:
+                drafts, q, lens_t, dfirst, fed = _lookup_model_drafts(
+                    dc, dpend, props, lens, model_rows, drafts, lens_t, sampling, generator, stats, lookup_threshold)
+                stats.extra["model_draft_steps"] += len(model_rows)
+        elif g > 0:
             ids, m = _block(dpend, device)
             dfirst = dc.columns + ids.shape[1]             # column of the first fed draft
             xs, qs = [], []
@@ -308,6 +435,7 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 ids, m = x[:, None], torch.ones(nb, 1, dtype=torch.long, device=device)
             drafts, q = torch.stack(xs, 1), torch.stack(qs, 1)   # [nb, g'], [nb, g', V]
             lens_t = live.clamp_max(drafts.shape[1])
+            fed = drafts.shape[1] - 1   # the pending block and drafts 1..g'-1 (the last is never fed)
         else:
             lens_t = torch.zeros(nb, dtype=torch.long, device=device)
         gd = drafts.shape[1]
@@ -319,6 +447,14 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         logits = tc.forward(ids, m, gd + 1)                 # [nb, gd + 1, V]
         stats.target_calls += 1
         p = sm.probs(logits.reshape(nb * (gd + 1), -1), sampling).view(nb, gd + 1, -1)
+        if lookup and gd:   # point-mass drafts: the verifiers' q is one-hot at each n-gram draft
+            onehot = torch.zeros(nb, gd, p.shape[-1], dtype=p.dtype, device=device).scatter_(2, drafts[..., None], 1.0)
+            if q is None:
+                q = onehot
+            else:           # rows drafted by the model keep its q rows (q: [nb, gm, V], gm <= gd)
+                model = torch.tensor([not x for x in props], dtype=torch.bool, device=device)[:, None, None]
+                onehot[:, : q.shape[1]] = torch.where(model, q, onehot[:, : q.shape[1]])
+                q = onehot
         if gd:
             n, nxt = verify(p, q, drafts, lens_t, generator)
         else:
@@ -328,8 +464,8 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 
         # caches keep each row's accepted drafts; the rest of this step's draft columns become invalid
         tc.invalidate(tfirst, n)
-        if gd:
-            dc.invalidate(dfirst, n)
+        if fed is not None:
+            dc.invalidate(dfirst, n.clamp_max(fed))
         n_l, nxt_l, lens_l, d_l = n.tolist(), nxt.tolist(), lens_t.tolist(), drafts.tolist()
         keep = []
         for i, r in enumerate(active):
@@ -345,11 +481,11 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
             if policies[i] is not None:
                 policies[i].update(lens_l[i], n_l[i])
             tpend[i] = [nxt_l[i]]
-            if gd:
-                # the draft saw the pending block and drafts 1..gd-1; a chain accepted up to gd misses draft gd
-                dpend[i] = ([d_l[i][gd - 1]] if n_l[i] == gd else []) + [nxt_l[i]]
+            if dc is not None and fed is not None:
+                # the draft saw the pending block and the first `fed` drafts; accepted drafts past them are pending
+                dpend[i] = d_l[i][min(n_l[i], fed) : n_l[i]] + [nxt_l[i]]
             elif dc is not None:
-                dpend[i] = dpend[i] + [nxt_l[i]]
+                dpend[i] = dpend[i] + acc + [nxt_l[i]]
             if not streams[r].done:
                 keep.append(i)
         if len(keep) < nb:
@@ -361,6 +497,7 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
             tpend = [tpend[i] for i in keep]
             dpend = [dpend[i] for i in keep]
             policies = [policies[i] for i in keep]
+            indexes = [indexes[i] for i in keep]
         for c in (tc, dc):
             if c is not None and active:
                 c.trim()

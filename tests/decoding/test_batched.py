@@ -107,7 +107,7 @@ def test_pad_token_from_generation_config(pair, batch):
     ("all_padding", "all padding"),
     ("empty_batch", "batch size 0"),
     ("no_pad", "pad_token_id"),
-    ("multi_draft", "batch size > 1 is supported"),
+    ("multi_draft_static", "dynamic engine only"),
     ("entropy_switch", "batch size > 1 is supported"),
     ("static_compiled", "eager forwards only"),
     ("mask_values", "only 0"),
@@ -128,8 +128,8 @@ def test_bad_batch_input(pair, batch, case, match):
         ids, kw["attention_mask"] = ids[:0], mask[:0]
     elif case == "no_pad":
         kw.pop("pad_token_id")
-    elif case == "multi_draft":
-        kw["num_drafts"] = 2
+    elif case == "multi_draft_static":
+        kw.update(num_drafts=2, cache_implementation="static")
     elif case == "entropy_switch":
         kw["method"] = "entropy_switch"
     elif case == "static_compiled":
@@ -218,3 +218,54 @@ def test_code_pair_greedy_batch(code_pair, stdlib_prompts):
                                         temperature=0, eos_token_id=eos, **kw)
             n = alone.sequences.shape[1] - len(p)
             assert torch.equal(out.sequences[r, ids.shape[1] : ids.shape[1] + n], alone.sequences[0, len(p):])
+
+
+SW_METHODS = [("autoregressive", {}), ("speculative", dict(adaptive_draft=False, draft_length=3)),
+              ("speculative", dict(verifier="block")),
+              ("prompt_lookup", {}), ("multi_draft", dict(num_drafts=2, draft_length=3)),
+              ("multi_draft", dict(num_drafts=3, adaptive_draft=True))]
+SW_MODELS = {"mistral": dict(sliding_window=4),                                     # every layer windowed
+             "qwen2": dict(sliding_window=4, use_sliding_window=True, max_window_layers=1),   # full, then windowed
+             "gemma2": dict(sliding_window=4)}                                      # alternating
+
+
+@pytest.fixture(scope="module", params=sorted(SW_MODELS))
+def windowed(request):
+    target = tiny_lm(request.param, layers=2, seed=0, **SW_MODELS[request.param])
+    prompts = [[7, 8, 9, 7, 8], [30, 31, 32, 33, 34, 35, 36, 37, 38], [50, 51, 52], [60, 61, 62, 60, 61, 62, 60]]
+    ids, mask = left_pad(prompts)
+    hf = target.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=0)
+    return target, draft_of(target, 1), prompts, ids, mask, hf
+
+
+@pytest.mark.parametrize("method,kw", SW_METHODS)
+def test_sliding_window_greedy_equals_hf_and_alone(windowed, method, kw):
+    """Texts well past the window (4): rejected drafts leave invalid columns inside rows, and the window must be
+    applied by position, not by column (transformers' own masks do the latter)."""
+    target, draft, prompts, ids, mask, hf = windowed
+    d = draft if method in ("speculative", "multi_draft") else None
+    out = fastdecode.generate(target, ids, attention_mask=mask, draft=d, method=method, max_new_tokens=NEW,
+                              temperature=0, pad_token_id=0, eos_token_id=[], **kw)
+    assert torch.equal(out.sequences, hf)
+    if d is not None or method == "prompt_lookup":
+        assert out.stats.drafted_tokens > out.stats.accepted_tokens > 0   # accepted and rejected drafts
+    for r, p in enumerate(prompts):
+        alone = fastdecode.generate(target, torch.tensor([p]), draft=d, method=method, max_new_tokens=NEW,
+                                    temperature=0, eos_token_id=[], **kw)
+        assert torch.equal(out.sequences[r, ids.shape[1]:], alone.sequences[0, len(p):])
+
+
+def test_window_by_column_would_be_wrong(monkeypatch):
+    """The test above can see a window applied by column: with transformers' own mask (the 2D validity mask,
+    window by column) batched speculative decoding gives other tokens on this case."""
+    from fastdecode.decoding import batched
+
+    target = tiny_lm("mistral", layers=2, seed=0, sliding_window=4)
+    ids, mask = left_pad([torch.randint(1, 512, (n,), generator=torch.Generator().manual_seed(1)).tolist()
+                          for n in LENS])
+    hf = target.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=0)
+    kw = dict(attention_mask=mask, draft=draft_of(target, 1), method="speculative", max_new_tokens=NEW,
+              temperature=0, pad_token_id=0, eos_token_id=[], adaptive_draft=False, draft_length=1)
+    assert torch.equal(fastdecode.generate(target, ids, **kw).sequences, hf)
+    monkeypatch.setattr(batched.kv, "attention_layout", lambda model: (None, None))
+    assert not torch.equal(fastdecode.generate(target, ids, **kw).sequences, hf)

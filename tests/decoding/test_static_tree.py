@@ -202,7 +202,7 @@ def test_reused_runner_gives_the_same_tokens(pair):
 
 def test_refusals(pair, tiny_pair):
     target, draft, prompt, _ = pair
-    with pytest.raises(ValueError, match="batch size > 1 is supported for methods"):
+    with pytest.raises(ValueError, match="batch size > 1 with multi_draft runs on the dynamic engine only"):
         fastdecode.generate(target, prompt.repeat(2, 1), draft=draft, method="multi_draft", num_drafts=2,
                             cache_implementation="static", pad_token_id=0)
     with pytest.raises(ValueError, match="supports methods .*multi_draft.*not 'entropy_switch'"):
