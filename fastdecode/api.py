@@ -33,14 +33,18 @@ def _eos_ids(target, eos_token_id) -> set[int]:
     return {int(e) for e in ids.tolist()}
 
 
-def _check_rollback(cfg, method_cfg) -> None:
+def _check_rollback(cfg, method_cfg, static: bool = False) -> None:
     """Lambda attention keeps max_rollback tokens beyond its window so that rejected drafts can be rolled
     back: it must cover the longest draft the method can make (checked here, not mid-generation).
-    method_cfg: the method's SpeculativeConfig, MultiDraftConfig or EntropySwitchConfig (None: no drafts)."""
+    method_cfg: the method's SpeculativeConfig, MultiDraftConfig or EntropySwitchConfig (None: no drafts).
+    static: the static engine's ring cache never rolls back (it sizes itself by the longest forward), so
+    only the config's type is checked."""
     from .attention import LambdaAttention
 
     if not isinstance(cfg, LambdaAttention):
         raise ValueError(f"lambda_attention must be a fastdecode.LambdaAttention, got {type(cfg).__name__}")
+    if static:
+        return
     if hasattr(method_cfg, "speculate_when_large"):  # entropy switch: drafts only when the large model verifies
         longest, what = (method_cfg.draft_length if method_cfg.speculate_when_large else 0), "draft_length"
     elif method_cfg is not None:
@@ -85,8 +89,10 @@ def _static_mode(cache_implementation, compile, method, target, draft, lambda_at
         return None
     if method not in STATIC_METHODS:
         raise ValueError(f"cache_implementation='static' supports methods {STATIC_METHODS}, not {method!r} yet")
-    if lambda_attention is not None:
-        raise ValueError("Lambda attention keeps its own bounded cache: use cache_implementation='dynamic' with it")
+    if lambda_attention is not None and method == "multi_draft":
+        raise ValueError("cache_implementation='static' runs Lambda attention for methods 'autoregressive', "
+                         "'speculative' and 'prompt_lookup'; for multi_draft (token trees) use "
+                         "cache_implementation='dynamic'")
     if method == "prompt_lookup" and draft is not None:
         raise ValueError("cache_implementation='static' runs prompt_lookup without a draft model: drop draft= or "
                          "use cache_implementation='dynamic'")
@@ -195,9 +201,9 @@ def generate(
     stream = TokenStream(input_ids, max_new_tokens, _eos_ids(target, eos_token_id))
     stats = DecodeStats(method=method)
 
-    if lambda_attention is not None:
-        _check_rollback(lambda_attention, method_cfg)
     compile_mode = _static_mode(cache_implementation, compile, method, target, draft, lambda_attention)
+    if lambda_attention is not None:
+        _check_rollback(lambda_attention, method_cfg, static=compile_mode is not None)
     if compile_mode is not None and method == "speculative" and confidence_threshold is None \
             and kv.device(target).type == "cuda":  # the stop's per-token host sync costs more than it saves there
         method_cfg = dataclasses.replace(method_cfg, confidence_threshold=0.0)

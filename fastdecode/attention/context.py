@@ -50,6 +50,7 @@ from .positions import key_positions as _key_positions  # noqa: F401  (the plain
 ATTN_NAME = "fastdecode_lambda"
 _STATE = "_fastdecode_lambda"  # attribute on each attention layer and on the model
 _FACTORY = "_fastdecode_new_cache"  # attribute read by fastdecode.decoding.hf_cache.new_cache
+_RING = "_fastdecode_ring"  # attribute on each attention layer: the static engine's RingCache (decoding.static_lambda)
 
 # families whose attention applies rotate-half RoPE before calling ALL_ATTENTION_FUNCTIONS
 ROPE_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma")
@@ -199,12 +200,15 @@ def lambda_attention_function(module, query: torch.Tensor, key: torch.Tensor, va
                               attention_mask: torch.Tensor | None, scaling: float | None = None,
                               dropout: float = 0.0, **kwargs):
     """transformers attention function: query [B, H, c, D], key/value [B, Hkv, m, D] -> ([B, c, H, D], None)."""
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    ring = getattr(module, _RING, None)
+    if ring is not None and ring.active:  # a static-engine forward on its fixed-size Lambda cache
+        return ring.attend(query, key, value, kwargs["position_ids"], scaling), None
     state: LambdaState | None = getattr(module, _STATE, None)
     if state is None:
         raise RuntimeError("the fastdecode_lambda attention function runs only inside fastdecode.lambda_attention()")
     cfg = state.cfg
-    if scaling is None:
-        scaling = query.shape[-1] ** -0.5
     c = query.shape[2]
     view = state.view(key, kwargs.get("position_ids"), c, query.device)
     mask = None

@@ -219,6 +219,8 @@ class _SlotCache(_Cache):
         problem = static_support_problem(model)
         if problem:  # pragma: no cover - generate() checks first
             raise ValueError(problem)
+        if getattr(model, "_fastdecode_lambda", None) is not None:  # pragma: no cover - generate() checks first
+            raise ValueError("batch size > 1 is not supported with Lambda attention")
         cfg = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
         self.model = model
         self.cache = SlotCache(cfg.num_hidden_layers, capacity, device)

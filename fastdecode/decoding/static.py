@@ -47,6 +47,17 @@ def capacity_for(prompt_len: int, max_new_tokens: int, longest_forward: int) -> 
     return -(-need // 128) * 128
 
 
+def feed(run, seq: torch.Tensor, pad: torch.Tensor, start: int, n: int) -> int:
+    """Score the committed tokens ``seq[start : start + n]`` at slots start .. (logits unused), each forward
+    padded to its bucket; in pieces of at most ``run.max_forward`` tokens (a static Lambda cache takes
+    no longer forward). Returns the number of forwards."""
+    step = run.max_forward or n
+    for a in range(0, n, step):
+        m = min(step, n - a)
+        run.forward(torch.cat([seq[start + a : start + a + m], pad[: bucket(m) - m]])[None], start + a)
+    return -(-n // step)
+
+
 def _sampling(sampling: SamplingConfig) -> SamplingConfig:
     if 0 < sampling.temperature < TINY_TEMPERATURE:
         return SamplingConfig(0.0, sampling.top_k, sampling.top_p)
@@ -101,7 +112,7 @@ def decode_autoregressive(target, draft, stream: TokenStream, sampling: Sampling
                           stats: DecodeStats, progress=None, mode: str = "eager") -> None:
     sampling = _sampling(sampling)
     prompt = torch.tensor([stream.tokens], device=kv.device(target))
-    run = runner_for(target, capacity_for(stream.length, stream.max_new_tokens, 1), mode)
+    run = runner_for(target, capacity_for(stream.length, stream.max_new_tokens, 1), mode, longest=1)
     run.prefill(prompt[:, :-1])
     last, pos = prompt[0, -1:], stream.length - 1
     while not stream.done:
@@ -118,7 +129,7 @@ def decode_speculative(target, draft, stream: TokenStream, sampling: SamplingCon
     device = kv.device(target)
     longest = spec.max_draft_length if spec.adaptive else spec.draft_length
     cap = capacity_for(stream.length, stream.max_new_tokens, bucket(longest + 1))
-    trun, drun = runner_for(target, cap, mode), runner_for(draft, cap, mode)
+    trun, drun = (runner_for(m, cap, mode, longest=bucket(longest + 1)) for m in (target, draft))
     seq = torch.zeros(cap, dtype=torch.long, device=device)  # the committed tokens, on the device
     seq[: stream.length] = torch.tensor(stream.tokens, device=device)
     trun.prefill(seq[None, : stream.length - 1])
@@ -140,9 +151,7 @@ def decode_speculative(target, draft, stream: TokenStream, sampling: SamplingCon
             stats.record_step(0, 0)
             continue
         if dlen < L - 1:  # committed tokens the draft has not seen (after a full acceptance or plain steps)
-            n = L - 1 - dlen
-            drun.forward(torch.cat([seq[dlen : L - 1], pad[: bucket(n) - n]])[None], dlen)
-            stats.draft_calls += 1
+            stats.draft_calls += feed(drun, seq, pad, dlen, L - 1 - dlen)
             dlen = L - 1
 
         # 1. draft g tokens (no host sync unless the confidence stop is on)
@@ -199,7 +208,8 @@ def decode_prompt_lookup(target, draft, stream: TokenStream, sampling: SamplingC
     sampling = _sampling(sampling)
     device = kv.device(target)
     longest = cfg.prompt_lookup_num_tokens
-    run = runner_for(target, capacity_for(stream.length, stream.max_new_tokens, bucket(longest + 1)), mode)
+    run = runner_for(target, capacity_for(stream.length, stream.max_new_tokens, bucket(longest + 1)), mode,
+                     longest=bucket(longest + 1))
     prompt = torch.tensor([stream.tokens], device=device)
     run.prefill(prompt[:, :-1])
     pad = torch.zeros(bucket(longest + 1), dtype=torch.long, device=device)

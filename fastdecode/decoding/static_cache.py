@@ -102,8 +102,6 @@ def static_support_problem(model) -> str | None:
                 "(use cache_implementation='dynamic')")
     if getattr(model, "hf_device_map", None) and len(set(model.hf_device_map.values())) > 1:
         return "the model is split or offloaded across devices (device_map); use cache_implementation='dynamic'"
-    if getattr(model, "_fastdecode_new_cache", None) is not None:
-        return "Lambda attention brings its own bounded cache; use cache_implementation='dynamic' with it"
     return None
 
 
@@ -125,7 +123,7 @@ class StaticRunner:
             raise ValueError("compile='cudagraphs' needs a CUDA model")
         self.model, self.mode, self.capacity, self.device = model, mode, capacity, device
         cfg = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
-        self.cache = SlotCache(cfg.num_hidden_layers, capacity, device)
+        self.cache = self._new_cache(cfg.num_hidden_layers, capacity, device)
         self.prefix = torch.zeros((), dtype=torch.long, device=device)  # tree forwards: slots below it are seen
         self.slots = torch.arange(capacity, device=device)
         self.dtype = next(model.parameters()).dtype
@@ -138,6 +136,11 @@ class StaticRunner:
             for name, fn in (("chain", self._forward), ("tree", self._tree_forward)):
                 self._compiled[name] = torch.compile(fn, fullgraph=True, dynamic=False,
                                                      mode="reduce-overhead" if device.type == "cuda" else None)
+
+    max_forward: int | None = None  # longest input ``forward`` takes (None: any that fits the capacity)
+
+    def _new_cache(self, num_layers: int, capacity: int, device) -> Cache:
+        return SlotCache(num_layers, capacity, device)
 
     def _forward(self, ids: torch.Tensor) -> torch.Tensor:
         n = ids.shape[1]
@@ -234,8 +237,13 @@ def runner_key(model) -> tuple:
             getattr(model, "_fastdecode_input_rows", None))
 
 
-def runner_for(model, capacity: int, mode: str) -> StaticRunner:
-    """The model's runner, reused across ``generate`` calls while it is big enough (graphs recorded once)."""
+def runner_for(model, capacity: int, mode: str, longest: int = 1) -> StaticRunner:
+    """The model's runner, reused across ``generate`` calls while it is big enough (graphs recorded once).
+    ``longest``: the longest forward the loop makes (a model under Lambda attention gets a
+    :class:`~fastdecode.decoding.static_lambda.LambdaRunner` whose ring is sized by it, not by ``capacity``)."""
+    if getattr(model, "_fastdecode_lambda", None) is not None:
+        from .static_lambda import lambda_runner_for
+        return lambda_runner_for(model, longest, mode)
     old = model.__dict__.get("_fastdecode_static")
     if old is not None and old.mode == mode and old.capacity >= capacity and old.key == runner_key(model):
         return old

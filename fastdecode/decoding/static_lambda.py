@@ -1,0 +1,220 @@
+"""Lambda attention (``fastdecode.LambdaAttention``) on the static engine: a fixed-size ring cache per layer.
+
+The dynamic engine's :class:`~fastdecode.attention.lambda_cache.LambdaCache` evicts, crops and concatenates
+on every forward, with host-side bookkeeping of every slot's position; none of that can be recorded.
+Lambda attention only ever looks at the ``num_global`` leading tokens and the last ``window`` positions,
+so its cache is a ring by nature. Here every layer preallocates
+
+    [ G = num_global global slots | a ring of R = window + chunk slots ]
+
+and one device tensor ``kpos`` [G + R] (shared by all layers) holds the true position of the key in each
+slot (a far-future sentinel for slots never written since the last prefill). A forward of n tokens at
+positions ``start .. start + n - 1`` (``start``: one device scalar, as in
+:class:`~fastdecode.decoding.static_cache.SlotCache`) writes position p at slot p if p < G, else at
+G + (p - G) mod R, and records p in ``kpos``; nothing is allocated, cropped or moved, whatever the length.
+
+Why R = window + chunk suffices (``chunk``: the longest forward a loop makes, a power of two; longer
+inputs are fed in pieces of at most ``chunk``, see :func:`fastdecode.decoding.static.feed`): a forward at
+``start`` needs positions ``start - window + 1 .. start + n - 1``, at most window - 1 + chunk distinct
+positions, so its own writes never clobber what it reads; and every loop only moves ``start`` forward
+(the next forward starts at or after the first rejected draft), so slots written past the committed text
+(rejected drafts, bucket padding) hold positions at most chunk - 2 beyond the next ``start``: they are
+either rewritten by the next forward before any query could see them, or lie in its queries' future.
+Rolling back is therefore free and ``LambdaAttention.max_rollback`` plays no part here (it sizes the
+dynamic cache's slack for crops).
+
+Attention over the fixed-size cache is the Lambda rule applied to the slot positions, computed entirely
+on the device (:meth:`RingCache.attend`, called by the ``fastdecode_lambda`` attention function of
+:mod:`fastdecode.attention.context` while a ring forward runs): a key is *local* when
+0 <= q_pos - k_pos < window (scored ``q_rot . k_rot`` as the model rotated them), a global slot whose key is
+``window`` or more positions behind is *far* and scored at the distance limit (``q_rot(window) . k_raw``,
+the same re-rotation as the dynamic path, :class:`~fastdecode.attention.rope.FarRotation`), everything else
+(stale slots included: they are outside every query's window or in its future) is masked. The shapes
+are fixed ([n, G + R] per forward), so recorded forwards (``compile="cudagraphs"`` / ``"inductor"``)
+replay them. Memory is O(num_global + window + chunk) per layer, independent of the generation length.
+
+Prefill runs the dynamic engine's Lambda prefill (one eager forward on a fresh ``LambdaCache``: blocked
+attention, O(prompt x window)) and copies the globals and the last window - 1 positions into the ring,
+so the prompt's keys are exactly those of the dynamic engine.
+
+Not covered: token trees (``method="multi_draft"``: they would need a logical index per slot besides
+its position) and the Triton one-token decode kernel (one-token steps take the dense PyTorch path,
+which records on CUDA as any other forward).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from transformers.cache_utils import Cache, StaticLayer
+
+from . import hf_cache as kv
+from .static_cache import StaticRunner, runner_key
+
+RING = "_fastdecode_ring"  # attribute on each attention layer: its model's RingCache
+_STATE = "_fastdecode_lambda"  # the LambdaState that fastdecode.attention.lambda_attention puts on the model
+UNWRITTEN = 1 << 40  # position of a slot never written: in every query's future, so always masked
+
+
+class RingLayer(StaticLayer):
+    """One layer's keys and values [B, Hkv, G + R, D], written at the ring slots of ``owner.start + arange(n)``."""
+
+    def __init__(self, owner: "RingCache"):
+        super().__init__(max_cache_len=owner.size)
+        self.owner = owner
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        slots = self.owner.slots_of(self.owner.start + torch.arange(key_states.shape[-2], device=key_states.device))
+        self.keys.index_copy_(2, slots, key_states)
+        self.values.index_copy_(2, slots, value_states)
+        return self.keys, self.values
+
+    def get_seq_length(self):
+        return self.owner.start
+
+    def crop(self, tokens_to_remove: int) -> None:  # pragma: no cover - the engine never crops
+        raise RuntimeError("a static Lambda cache is never cropped: the next step overwrites rejected slots")
+
+
+class RingCache(Cache):
+    """The fixed-size Lambda cache of one model (see the module docstring): G global slots and a ring of R,
+    the device scalar ``start`` (first position of the next forward) and ``kpos`` [G + R], the position held
+    by each slot. ``active`` is True while a ring forward runs (the attention function then calls
+    :meth:`attend`)."""
+
+    def __init__(self, num_layers: int, cfg, ring: int, inv_freq: torch.Tensor, device):
+        self.cfg, self.num_global, self.ring = cfg, cfg.num_global, ring
+        self.size = cfg.num_global + ring
+        self.start = torch.zeros((), dtype=torch.long, device=device)
+        self.kpos = torch.full((self.size,), UNWRITTEN, dtype=torch.long, device=device)
+        self.inv_freq = inv_freq.detach().to(device).clone()  # owned: recorded forwards read it on every replay
+        self.active = False
+        super().__init__(layers=[RingLayer(self) for _ in range(num_layers)])
+
+    def slots_of(self, pos: torch.Tensor) -> torch.Tensor:
+        """Slot of each position [n] (long, on the device)."""
+        g = self.num_global
+        return torch.where(pos < g, pos, g + torch.remainder(pos - g, self.ring))
+
+    def get_seq_length(self, layer_idx: int = 0):
+        return self.start
+
+    def nbytes(self) -> int:
+        """Bytes held by all keys and values (fixed once the layers are allocated)."""
+        return sum(t.numel() * t.element_size() for layer in self.layers if layer.is_initialized
+                   for t in (layer.keys, layer.values))
+
+    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, position_ids: torch.Tensor,
+               scaling: float) -> torch.Tensor:
+        """Lambda attention of query [B, H, n, D] (rotated at ``position_ids``) over the whole ring
+        key/value [B, Hkv, G + R, D]; returns [B, n, H, D]. No host sync, fixed shapes."""
+        from ..attention.lambda_mask import _dense_rotated
+        from ..attention.rope import FarRotation
+
+        qpos = position_ids.reshape(-1, query.shape[2])[0].long()
+        g = self.num_global
+        far = FarRotation(qpos, self.kpos[:g], self.cfg.window, self.inv_freq) if g else None
+        out = _dense_rotated(query, key, value, qpos, self.kpos, self.cfg, scaling, None, g, far, slice(None))
+        return out.transpose(1, 2).contiguous()
+
+
+class LambdaRunner(StaticRunner):
+    """:class:`~fastdecode.decoding.static_cache.StaticRunner` of a model under Lambda attention: a
+    :class:`RingCache` instead of a :class:`SlotCache`. ``forward(ids, start)`` takes at most ``chunk``
+    tokens (``max_forward``); chains only (no ``tree_forward``)."""
+
+    def __init__(self, model, cfg, chunk: int, mode: str):
+        state = getattr(model, _STATE, None)
+        if state is None:
+            raise RuntimeError("LambdaRunner needs a model inside fastdecode.lambda_attention()")
+        self.lam, self.chunk, self.max_forward = cfg, chunk, chunk
+        self._inv_freq = state.inv_freq
+        super().__init__(model, cfg.num_global + cfg.window + chunk, mode)
+        for layer in _attention_layers(model):
+            setattr(layer, RING, self.cache)
+
+    def _new_cache(self, num_layers: int, capacity: int, device) -> RingCache:
+        return RingCache(num_layers, self.lam, capacity - self.lam.num_global, self._inv_freq, device)
+
+    def _forward(self, ids: torch.Tensor) -> torch.Tensor:
+        n = ids.shape[1]
+        cache = self.cache
+        pos = cache.start + self.slots[:n]
+        cache.kpos.index_copy_(0, cache.slots_of(pos), pos)
+        # a 4D mask makes transformers skip its own mask code; the ring attention ignores it (it masks by kpos)
+        mask = torch.zeros((1, 1, n, cache.size), dtype=self.dtype, device=ids.device)
+        return kv.forward(self.model, ids, cache, position_ids=pos[None], attention_mask=mask)[0]
+
+    def prefill(self, ids: torch.Tensor) -> None:
+        """The dynamic engine's Lambda prefill of ``ids`` [1, n] (positions 0 .. n-1), then its globals and
+        last window - 1 positions copied into the ring; every other slot is marked unwritten."""
+        cache, cfg = self.cache, self.lam
+        cache.kpos.fill_(UNWRITTEN)
+        n = ids.shape[1]
+        if not n:
+            return
+        lcache = getattr(self.model, _STATE).new_cache()
+        kv.forward(self.model, ids, lcache, logits_to_keep=1)
+        pos = lcache.layers[0].layout.pos  # the layers of one cache share their layout
+        keep = [j for j, p in enumerate(pos) if p < cfg.num_global or p >= n - (cfg.window - 1)]
+        p = torch.tensor([pos[j] for j in keep], dtype=torch.long, device=cache.kpos.device)
+        slots = cache.slots_of(p)
+        for ring_layer, layer in zip(cache.layers, lcache.layers):
+            if layer.layout.pos != pos:  # pragma: no cover - transformers drives all layers alike
+                raise RuntimeError("Lambda prefill: the layers of the cache hold different positions")
+            src = torch.tensor(keep, dtype=torch.long, device=layer.keys.device)
+            keys, values = layer.keys.index_select(2, src), layer.values.index_select(2, src)
+            if not ring_layer.is_initialized:
+                ring_layer.lazy_initialization(keys, values)
+            ring_layer.keys.index_copy_(2, slots, keys)
+            ring_layer.values.index_copy_(2, slots, values)
+        cache.kpos.index_copy_(0, slots, p)
+
+    def _check(self, start: int, n: int) -> None:
+        if n > self.chunk:  # pragma: no cover - callers feed long inputs in pieces (static.feed)
+            raise RuntimeError(f"a {n}-token forward on a static Lambda cache sized for forwards of {self.chunk}")
+
+    def forward(self, ids: torch.Tensor, start: int) -> torch.Tensor:
+        with self._ring_active():
+            return super().forward(ids, start)
+
+    def tree_forward(self, *args, **kwargs):  # pragma: no cover - refused by generate
+        raise NotImplementedError("token trees (multi_draft) are not supported on the static Lambda cache")
+
+    @contextlib.contextmanager
+    def _ring_active(self):
+        self.cache.active = True
+        try:
+            yield
+        finally:
+            self.cache.active = False
+
+
+def _attention_layers(model) -> list:
+    from ..attention.context import _attention_layers as layers
+    return layers(model)
+
+
+def lambda_runner_for(model, chunk: int, mode: str) -> LambdaRunner:
+    """The model's Lambda runner for the config of its current ``lambda_attention`` context, reused across
+    ``generate`` calls while the config, mode and dtype/device match and its ring takes forwards of
+    ``chunk`` tokens (graphs recorded once)."""
+    cfg = getattr(model, _STATE).cfg
+    chunk = max(chunk, 1)
+    old = model.__dict__.get("_fastdecode_static_lambda")
+    if (old is not None and old.mode == mode
+            and (old.lam.window, old.lam.num_global) == (cfg.window, cfg.num_global) and old.chunk >= chunk
+            and old.key == runner_key(model)):
+        for layer in _attention_layers(model):  # another runner may have been attached meanwhile
+            setattr(layer, RING, old.cache)
+        return old
+    if old is not None:
+        model.__dict__.pop("_fastdecode_static_lambda")
+        del old
+        with contextlib.suppress(Exception):
+            torch.cuda.empty_cache()
+    runner = LambdaRunner(model, cfg, chunk, mode)
+    model.__dict__["_fastdecode_static_lambda"] = runner
+    return runner
