@@ -89,7 +89,7 @@ def _static_mode(cache_implementation, compile, method, target, draft, lambda_at
         return None
     if method not in STATIC_METHODS:
         raise ValueError(f"cache_implementation='static' supports methods {STATIC_METHODS}, not {method!r} yet")
-    if lambda_attention is not None and method == "multi_draft":
+    if method == "multi_draft" and (lambda_attention is not None or getattr(target, "_fastdecode_lambda", None)):
         raise ValueError("cache_implementation='static' runs Lambda attention for methods 'autoregressive', "
                          "'speculative' and 'prompt_lookup'; for multi_draft (token trees) use "
                          "cache_implementation='dynamic'")
@@ -162,7 +162,8 @@ def generate(
     confidence_threshold: early stop of an adaptive single draft; None = 0.4.
     cache_implementation: "dynamic" (transformers' DynamicCache, cropped after rejections) or "static"
     (preallocated caches, rejected slots overwritten, fixed-shape forwards replayed; autoregressive,
-    speculative, prompt_lookup and multi_draft). compile (static only): None = "cudagraphs" on CUDA,
+    speculative, prompt_lookup and multi_draft; with ``lambda_attention`` a fixed-size ring of
+    num_global + window + longest-forward slots per layer, for all of them but multi_draft). compile (static only): None = "cudagraphs" on CUDA,
     "eager" on the CPU; True = "inductor" (torch.compile; with CUDA graphs on CUDA); False = "eager"; or
     one of those names.
     Options that do not apply to the method raise ValueError (see

@@ -21,6 +21,11 @@ How it plugs in (no modelling file is copied or patched):
    Triton kernel of :mod:`fastdecode.kernels.lambda_decode` through ``kernels.lambda_decode``
    (``LambdaAttention.decode_kernel``; ``FASTDECODE_KERNELS=reference`` keeps them on the dense path).
 
+On the static engine (``cache_implementation="static"``) the model's attention layers carry a
+:class:`~fastdecode.decoding.static_lambda.RingCache` instead: while one of its forwards runs, the attention
+function hands the whole fixed-size cache to ``RingCache.attend`` (slot positions on the device, no host
+sync, fixed shapes that CUDA graphs and torch.compile can record).
+
 Key positions are not passed to attention functions. A :class:`~fastdecode.attention.lambda_cache.LambdaCache`
 made here records the true position and logical index of every stored key: its ``update`` tells the
 state which layer returned the keys (``LambdaState.track``), and the attention function attaches the
