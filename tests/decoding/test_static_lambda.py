@@ -170,3 +170,35 @@ def test_compile_on_cpu_through_inductor():
         ref = fastdecode.generate(target, ids, **common).sequences
         out = fastdecode.generate(target, ids, cache_implementation="static", compile=True, **common).sequences
         assert torch.equal(out, ref)
+
+
+def test_code_pair_past_training_length(code_pair):
+    """The real pair (slow): window 256 past 256 tokens and a small window deep into the ring, static equals
+    dynamic for autoregressive and speculative decoding."""
+    target, draft, _ = code_pair
+    prompt = torch.randint(1, 8192, (1, 240), generator=torch.Generator().manual_seed(0))
+    for cfg, new in ((LambdaAttention(window=256, num_global=8), 40), (LambdaAttention(32, 4, 16), 48)):
+        for kw in (dict(method="autoregressive"), dict(method="speculative", draft=draft, max_draft_length=16)):
+            common = dict(max_new_tokens=new, temperature=0, lambda_attention=cfg, eos_token_id=-1, **kw)
+            dyn = fastdecode.generate(target, prompt, **common)
+            out = fastdecode.generate(target, prompt, cache_implementation="static", **common)
+            assert torch.equal(out.sequences, dyn.sequences)
+            assert out.stats.target_calls == dyn.stats.target_calls
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("verifier", ["token", "block"])
+def test_two_token_law_under_lambda(tiny_pair, verifier):
+    """Sampled speculative decoding on the ring follows the Lambda target's exact law (window 3 < the text,
+    so the far global and the dropped middle both matter)."""
+    from distribution import chi_square_pvalue, exact_law, sample_law
+
+    target, draft = tiny_pair
+    cfg = LambdaAttention(window=3, num_global=1, max_rollback=2)
+    prompt = [1, 2, 3, 4, 5]
+    with torch.inference_mode(), lambda_attention(target, cfg):
+        law = exact_law(target, prompt, 2)
+    counts = sample_law(target, draft, prompt, 2, 800, max_new_tokens=3, temperature=1.0, method="speculative",
+                        draft_length=2, adaptive_draft=False, verifier=verifier, lambda_attention=cfg,
+                        cache_implementation="static")
+    assert chi_square_pvalue(counts, law) > 1e-3
