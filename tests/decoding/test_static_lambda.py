@@ -49,6 +49,21 @@ def test_greedy_equals_dynamic(pair, window, num_global, kw):
     assert target.config._attn_implementation != "fastdecode_lambda"  # the context was left
 
 
+@pytest.mark.parametrize("plen,num_global", [(1, 0), (2, 4)])
+def test_short_prompts_and_self_draft(pair, plen, num_global):
+    """A one-token prompt (nothing to prefill) and a prompt shorter than num_global (later tokens fill the
+    global slots); the target drafting for itself shares one runner."""
+    target, draft = pair
+    cfg = LambdaAttention(window=4, num_global=num_global, max_rollback=8)
+    ids = _prompt(plen, seed=plen)
+    for kw in (dict(method="autoregressive"), dict(method="speculative", draft=draft, draft_length=3,
+                                                   adaptive_draft=False),
+               dict(method="speculative", draft=target, draft_length=3, adaptive_draft=False)):
+        common = dict(temperature=0, max_new_tokens=20, lambda_attention=cfg, eos_token_id=[], **kw)
+        assert torch.equal(fastdecode.generate(target, ids, cache_implementation="static", **common).sequences,
+                           fastdecode.generate(target, ids, **common).sequences)
+
+
 def test_lambda_changes_the_output(pair):
     """The comparison above is not vacuous: the window changes the greedy text."""
     target = pair[0]
