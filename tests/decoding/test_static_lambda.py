@@ -179,8 +179,8 @@ def test_compile_on_cpu_through_inductor():
     draft = draft_of(target)
     ids = torch.randint(0, 32, (1, 12), generator=torch.Generator().manual_seed(0))
     cfg = LambdaAttention(window=6, num_global=2, max_rollback=4)
-    for kw in (dict(method="autoregressive"), dict(method="speculative", draft=draft, draft_length=3,
-                                                   adaptive_draft=False)):
+    # speculative records both shapes a ring sees (one-token draft steps, the target's verify bucket)
+    for kw in (dict(method="speculative", draft=draft, draft_length=3, adaptive_draft=False),):
         common = dict(temperature=0, max_new_tokens=30, eos_token_id=[], lambda_attention=cfg, **kw)
         ref = fastdecode.generate(target, ids, **common).sequences
         out = fastdecode.generate(target, ids, cache_implementation="static", compile=True, **common).sequences
@@ -202,10 +202,11 @@ def test_code_pair_past_training_length(code_pair):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("verifier", ["token", "block"])
+@pytest.mark.parametrize("verifier", ["token"])
 def test_two_token_law_under_lambda(tiny_pair, verifier):
     """Sampled speculative decoding on the ring follows the Lambda target's exact law (window 3 < the text,
-    so the far global and the dropped middle both matter)."""
+    so the far global and the dropped middle both matter). The ring does not depend on the verifier (the
+    block rule's law is tested on the dynamic engine), so one verifier keeps the suite short."""
     from distribution import chi_square_pvalue, exact_law, sample_law
 
     target, draft = tiny_pair

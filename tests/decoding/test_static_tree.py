@@ -267,7 +267,7 @@ def _pvalue(tiny_pair, law2, **kw):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("verifier,k", [("rrs", 2), ("rrs_without_replacement", 3), ("optimal", 3)])
+@pytest.mark.parametrize("verifier,k", [("rrs", 2)])  # every verifier: same tokens as the dynamic engine (fast tier)
 def test_two_token_law(tiny_pair, law2, verifier, k):
     assert _pvalue(tiny_pair, law2, num_drafts=k, verifier=verifier) > ALPHA
 
