@@ -75,6 +75,13 @@ def engine_configs(temperatures, device_type: str, inductor: bool = False) -> li
                               dict(method="speculative", draft_length=4, adaptive_draft=False, verifier="block", **st)))
             out.append(Config("fastdecode multi_draft static (k=2, gamma=3, rrs)", "fastdecode", t,
                               dict(method="multi_draft", num_drafts=2, draft_length=3, verifier="rrs", **st)))
+        if t == 0:  # Lambda attention's ring on the static engine (window 64 < prompt + new tokens)
+            from fastdecode import LambdaAttention
+            lam = dict(lambda_attention=LambdaAttention(window=64, num_global=4), **st)
+            out += [Config("fastdecode autoregressive static + Lambda (w=64)", "fastdecode", t,
+                           dict(method="autoregressive", **lam)),
+                    Config("fastdecode speculative static + Lambda (w=64, gamma=4)", "fastdecode", t,
+                           dict(method="speculative", draft_length=4, adaptive_draft=False, **lam))]
         if inductor:
             out += [Config("fastdecode autoregressive static compile=True", "fastdecode", t,
                            dict(method="autoregressive", compile=True, **st)),
