@@ -1,7 +1,8 @@
 """Correctness of the static engine where it differs from the CPU: CUDA graphs and the fused verify kernel.
 
-1. Greedy, float32, code pair: fastdecode (dynamic and static engine, every single-draft variant) equals
-   HF `generate` token for token.
+1. Greedy, float32, code pair: fastdecode (dynamic and static engine, every single-draft variant and two
+   multi-draft trees) equals HF `generate` token for token; with Lambda attention (window 32, past it),
+   the static engine's ring equals the dynamic engine token for token.
 2. The same seed gives the same tokens twice on the static engine (recorded graphs replay deterministically).
 3. Sampling law on the GPU: the first two tokens of 1200 seeded static-engine runs of a tiny pair
    (V = 6) against the exact law (chi-square), plus a broken rule (accept every draft) that must fail.
@@ -23,7 +24,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # bench.common, this checkout's
 
 import fastdecode  # noqa: E402
 from bench.common import stdlib_prompts  # noqa: E402
-from conftest import tiny_llama  # noqa: E402
+from tiny_models import tiny_llama  # noqa: E402
 from distribution import chi_square_pvalue, exact_law, sample_law  # noqa: E402
 from fastdecode.decoding import static  # noqa: E402
 
@@ -34,7 +35,10 @@ VARIANTS = [
     dict(method="speculative", draft_length=4, adaptive_draft=False),
     dict(method="speculative", draft_length=7, adaptive_draft=False, verifier="block"),
     dict(method="prompt_lookup"),  # no draft model
+    dict(method="multi_draft", num_drafts=2, draft_length=3),
+    dict(method="multi_draft", num_drafts=4, draft_length=2, verifier="spectr"),
 ]
+LAMBDA_VARIANTS = [dict(method="autoregressive"), dict(method="speculative", draft_length=4, adaptive_draft=False)]
 
 
 def greedy_checks(device, n_prompts: int, new: int) -> list[dict]:
@@ -54,6 +58,18 @@ def greedy_checks(device, n_prompts: int, new: int) -> list[dict]:
             out.append(dict(check="greedy == HF", engine=engine, kwargs=kw, equal=same, of=len(prompts),
                             seconds=round(time.perf_counter() - t0, 2), ok=same == len(prompts)))
             print(out[-1], flush=True)
+    cfg = fastdecode.LambdaAttention(window=32, num_global=4, max_rollback=8)
+    for kw in LAMBDA_VARIANTS:
+        same, t0 = 0, time.perf_counter()
+        for pr in prompts:
+            ids = torch.tensor([pr], device=device)
+            common = dict(draft=draft, temperature=0, max_new_tokens=new, lambda_attention=cfg, **kw)
+            ref = fastdecode.generate(target, ids, **common).sequences
+            got = fastdecode.generate(target, ids, cache_implementation="static", **common).sequences
+            same += bool(torch.equal(ref, got))
+        out.append(dict(check="Lambda: static == dynamic", kwargs=kw, equal=same, of=len(prompts),
+                        seconds=round(time.perf_counter() - t0, 2), ok=same == len(prompts)))
+        print(out[-1], flush=True)
     ids = torch.tensor([prompts[0]], device=device)
     kw = dict(draft=draft, method="speculative", temperature=1.0, max_new_tokens=new, cache_implementation="static")
     a = fastdecode.generate(target, ids, seed=7, **kw).sequences

@@ -1,0 +1,25 @@
+"""Every benchmark script imports cleanly (the GPU-only ones are not run on the CPU, so a stale import
+would otherwise be found only on a GPU machine) and answers --help."""
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = sorted(p.stem for p in (ROOT / "bench").glob("*.py") if p.stem not in ("__init__", "common"))
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_script_imports(name):
+    module = importlib.import_module(f"bench.{name}")
+    if 'if __name__ == "__main__"' in (ROOT / "bench" / f"{name}.py").read_text():   # a script, not a helper module
+        assert callable(getattr(module, "main", None)), f"bench/{name}.py has no main()"
+
+
+def test_gpu_only_scripts_answer_help():
+    for name in ("gpu_checks", "bandwidth_floor", "static_tuning"):
+        r = subprocess.run([sys.executable, f"bench/{name}.py", "--help"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0 and "usage" in r.stdout, (name, r.stderr[-500:])
