@@ -265,6 +265,13 @@ def _merge_sorted(a: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch
         ia = from_a.cumsum(-1).sub_(1)
         ic = _arange(L, a.device) - ia - 1
         return out, ia, ic
+    return _merge_sorted_search(a, c)
+
+
+def _merge_sorted_search(a: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_merge_sorted` by binary search (any device; the GPU path)."""
+    N, La = a.shape
+    L = La + c.shape[1]
     pa = _arange(La, a.device) + torch.searchsorted(c, a, right=False)   # final places of a
     from_a = torch.zeros(N, L, dtype=torch.bool, device=a.device).scatter_(1, pa, True)
     out = a.new_empty(N, L).scatter_(1, pa, a)
