@@ -303,7 +303,8 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
         raise ValueError(f"k must be an int >= 1, got {k!r}")
     if p.dim() != 2 or p.shape != q.shape:
         raise ValueError(f"p and q must be [N, V] tensors of the same shape, got {tuple(p.shape)} and {tuple(q.shape)}")
-    p64, q64 = _normalise(p), _normalise(q)
+    # the race is not differentiable (a sort, comparisons); detached, its steps may run in place
+    p64, q64 = _normalise(p.detach()), _normalise(q.detach())
     N, V = p64.shape
     dev = p64.device
     cpu = dev.type == "cpu"
