@@ -436,3 +436,24 @@ def test_batched_cpu_sort_paths(V):
             assert torch.equal(batch.b_real[i:i + 1], single.b_real) and torch.equal(batch.alpha[i:i + 1], single.alpha)
             acc = float(torch.minimum(single.p, single.b_real).sum())
             assert abs(acc - _alpha_sorted(p[i].numpy(), q[i].numpy(), k)) < 1e-9
+
+
+def test_one_draft_is_speculative_sampling_without_a_race():
+    """k = 1 skips the race (b = q): output = p by chi-square, acceptance = sum min(p, q), and the
+    prepared path (b from the built race's q) decides exactly as the unprepared one."""
+    pytest.importorskip("scipy")
+    N = 100_000
+    gen = torch.Generator().manual_seed(11)
+    p = torch.tensor(P_STAT, dtype=torch.float64)
+    q = torch.tensor(Q_STAT, dtype=torch.float64)
+    drafts = torch.multinomial(q, N, replacement=True, generator=gen)[:, None]
+    res = verify("optimal", p.expand(N, -1), q.expand(N, -1), drafts, gen)
+    assert _chi2_pvalue(res.tokens, p) > 1e-4
+    alpha = float(torch.minimum(p, q).sum())
+    assert abs(res.accepted.double().mean().item() - alpha) < 5 * (alpha * (1 - alpha) / N) ** 0.5
+    assert ((res.draft_index == 0) == res.accepted).all() and ((res.draft_index == -1) == ~res.accepted).all()
+    from fastdecode.verification.optimal import build_race, verify_prepared
+    P, Q = p.expand(64, -1).float(), q.expand(64, -1).float()
+    a = verify("optimal", P, Q, drafts[:64], torch.Generator().manual_seed(3))
+    b = verify_prepared(build_race(P, Q, 1), drafts[:64], torch.Generator().manual_seed(3))
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.accepted, b.accepted)

@@ -467,10 +467,22 @@ def build_races(p: torch.Tensor, q: torch.Tensor, ks: list[int]) -> list[RaceSta
     return out
 
 
+def _verify_one_draft(p64: torch.Tensor, q64: torch.Tensor, drafts: torch.Tensor, generator) -> VerifyResult:
+    """k = 1: the race selects the one draft and b = q exactly (selection law of one draft), so the
+    optimal verifier is classic speculative sampling against q: no race to build (the chains below a
+    tree's first level are mostly one draw per node)."""
+    y = drafts[:, 0].long()
+    tokens, accepted = speculative_against(p64, q64, y, generator)
+    return VerifyResult(tokens, accepted, torch.where(accepted, 0, -1))
+
+
 def verify_prepared(state: RaceState, drafts: torch.Tensor, generator=None) -> VerifyResult:
     """verify_optimal with the race already built (``state`` for the rows of drafts [N, k])."""
     if drafts.shape[1] != state.k:
         raise ValueError(f"the race was built for k = {state.k} drafts, got {drafts.shape[1]}")
+    if state.k == 1:                        # the q verify_optimal normalises, from the race (exact copy)
+        q64 = state.p.new_zeros(state.p.shape).scatter_add_(1, state.order, state.ell)
+        return _verify_one_draft(state.p, q64, drafts, generator)
     u = race_uniforms(drafts.shape[0], drafts.shape[1], generator, drafts.device)
     sel = race_select(state, drafts, u)                                    # [N]
     y = drafts.long().gather(1, sel[:, None])[:, 0]
@@ -481,6 +493,8 @@ def verify_prepared(state: RaceState, drafts: torch.Tensor, generator=None) -> V
 def verify_optimal(p, q, drafts, generator=None) -> VerifyResult:
     """p, q: [N, V]; drafts: [N, k] i.i.d. from q. Select one draft by the race, then verify it against
     p with proposal b_real. Emits exactly p; accepts with probability alpha*."""
+    if drafts.shape[1] == 1:
+        return _verify_one_draft(_normalise(p.detach()), _normalise(q.detach()), drafts, generator)
     return verify_prepared(build_race(p, q, drafts.shape[1]), drafts, generator)
 
 
