@@ -457,3 +457,26 @@ def test_one_draft_is_speculative_sampling_without_a_race():
     a = verify("optimal", P, Q, drafts[:64], torch.Generator().manual_seed(3))
     b = verify_prepared(build_race(P, Q, 1), drafts[:64], torch.Generator().manual_seed(3))
     assert torch.equal(a.tokens, b.tokens) and torch.equal(a.accepted, b.accepted)
+
+
+def test_verify_reads_b_real_in_rank_order():
+    """verify_prepared reads b_real at the selected draft from rank order and scatters it to token order
+    for rejected rows only: it decides exactly as selection + speculative_against with the full
+    token-order b_real (dense rows and rows with a small support, many rejections)."""
+    from fastdecode.verification.optimal import verify_prepared
+    g = torch.Generator().manual_seed(12)
+    V, N, k = 300, 400, 3
+    p = torch.softmax(torch.randn(N, V, generator=g, dtype=torch.float64) * 3, -1)
+    q = torch.softmax(torch.randn(N, V, generator=g, dtype=torch.float64) * 3, -1)
+    q[::2, 40:] = 0.0                                                    # half the rows: small support
+    p[::2, 60:] = 0.0
+    p, q = p / p.sum(-1, keepdim=True), q / q.sum(-1, keepdim=True)
+    st = build_race(p, q, k)
+    drafts = torch.multinomial(q, k, replacement=True, generator=g)
+    res = verify_prepared(st, drafts, torch.Generator().manual_seed(4))
+    gen = torch.Generator().manual_seed(4)
+    sel = race_select(st, drafts, race_uniforms(N, k, gen, "cpu"))
+    y = drafts.gather(1, sel[:, None])[:, 0]
+    tokens, accepted = speculative_against(st.p, st.b_real, y, gen)
+    assert 0.1 < float((~accepted).double().mean()) < 0.9
+    assert torch.equal(res.tokens, tokens) and torch.equal(res.accepted, accepted)

@@ -64,14 +64,29 @@ class RaceState:
     xs: torch.Tensor       # [N, M] f64: time mass of the surplus rank in the pool (0 if unused)
     xd: torch.Tensor       # [N, M] f64: time mass of the deficit rank in the pool (0 if unused)
     p: torch.Tensor        # [N, V] f64: p, renormalised (token order)
-    b: torch.Tensor        # [N, V] f64: optimal selection marginal (token order)
-    b_real: torch.Tensor   # [N, V] f64: selection marginal of the sampled race (token order)
+    b_rank: torch.Tensor   # [N, Vs] f64: optimal selection marginal (rank order; token order: .b)
+    b_real_rank: torch.Tensor  # [N, Vs] f64: selection marginal of the sampled race (rank order; .b_real)
     alpha: torch.Tensor    # [N] f64: alpha* = 1 - D*
     k: int
 
     @property
     def slots(self) -> int:
         return self.left.shape[1]
+
+    def to_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, Vs] rank order -> [N, V] token order (0 off the support; padding ranks hold 0)."""
+        return self.p.new_zeros(self.p.shape).scatter_add_(1, self.order, x)
+
+    @property
+    def b(self) -> torch.Tensor:
+        """[N, V] f64: optimal selection marginal (token order), computed on access."""
+        return self.to_tokens(self.b_rank)
+
+    @property
+    def b_real(self) -> torch.Tensor:
+        """[N, V] f64: selection marginal of the sampled race (token order), computed on access: the
+        verification reads it at the selected draft only, and in full only for a rejected row."""
+        return self.to_tokens(self.b_real_rank)
 
 
 _SCRATCH = 256   # scratch columns that absorb unused pool entries in the scatter-reduces (spread, see above)
@@ -395,13 +410,8 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
     last = torch.full((N, Vs + n_scratch), -1, dtype=torch.long, device=dev).scatter_reduce_(1, tok, ent, "amax")[:, :Vs]
     base = cum_excl.gather(1, first.clamp_max(2 * M - 1))
 
-    def to_tokens(x):
-        if sup is None:                                                   # every column written once
-            return p64.new_empty(N, V).scatter_(1, order, x)
-        return p64.new_zeros(N, V).scatter_add_(1, order, x)              # padding ranks add 0 to V - 1
-
     return RaceState(order=order, rank=rank, ell=ell, own=own, first=first, last=last, base=base, cum=cum,
-                     left=left, right=right, xs=xs, xd=xd, p=p64, b=to_tokens(b), b_real=to_tokens(b_real_s),
+                     left=left, right=right, xs=xs, xd=xd, p=p64, b_rank=b, b_real_rank=b_real_s,
                      alpha=1.0 - Dstar, k=k)
 
 
@@ -425,8 +435,14 @@ def race_select(state: RaceState, drafts: torch.Tensor, u: torch.Tensor) -> torc
 def speculative_against(p: torch.Tensor, b: torch.Tensor, y: torch.Tensor, generator=None):
     """Single-draft speculative sampling of y [N] (law b) against p (both [N, V] float64).
     Returns (tokens [N], accepted [N] bool)."""
+    return _speculative(p, y, b.gather(1, y[:, None])[:, 0], lambda rows: b if rows is None else b.index_select(0, rows),
+                        generator)
+
+
+def _speculative(p: torch.Tensor, y: torch.Tensor, by: torch.Tensor, b_rows, generator):
+    """speculative_against with by = b[y] given and b_rows(rows) -> b [len(rows), V] at those rows (all
+    rows for None), called only when a residual is drawn."""
     py = p.gather(1, y[:, None])[:, 0]
-    by = b.gather(1, y[:, None])[:, 0]
     u = torch.rand(y.shape[0], generator=generator, device=p.device, dtype=torch.float64)
     accepted = u * by < py
     if p.device.type == "cpu":
@@ -437,9 +453,9 @@ def speculative_against(p: torch.Tensor, b: torch.Tensor, y: torch.Tensor, gener
             return y, accepted
         if rej.shape[0] < y.shape[0]:
             tokens = y.clone()
-            tokens[rej] = sample(residual(p.index_select(0, rej), b.index_select(0, rej)), generator)
+            tokens[rej] = sample(residual(p.index_select(0, rej), b_rows(rej)), generator)
             return tokens, accepted
-    res = sample(residual(p, b), generator)                                # one batched pass, no host sync
+    res = sample(residual(p, b_rows(None)), generator)                     # one batched pass, no host sync
     return torch.where(accepted, y, res), accepted
 
 
@@ -486,7 +502,12 @@ def verify_prepared(state: RaceState, drafts: torch.Tensor, generator=None) -> V
     u = race_uniforms(drafts.shape[0], drafts.shape[1], generator, drafts.device)
     sel = race_select(state, drafts, u)                                    # [N]
     y = drafts.long().gather(1, sel[:, None])[:, 0]
-    tokens, accepted = speculative_against(state.p, state.b_real, y, generator)
+    ry = state.rank.gather(1, y[:, None]).clamp_max_(state.ell.shape[1] - 1)   # b_real[y], from rank order
+    by = state.b_real_rank.gather(1, ry)[:, 0]
+    b_rows = lambda rows: (state.b_real if rows is None else                   # noqa: E731
+                           state.p.new_zeros(rows.shape[0], state.p.shape[1]).scatter_add_(
+                               1, state.order.index_select(0, rows), state.b_real_rank.index_select(0, rows)))
+    tokens, accepted = _speculative(state.p, y, by, b_rows, generator)
     return VerifyResult(tokens, accepted, torch.where(accepted, sel, torch.full_like(sel, -1)))
 
 
