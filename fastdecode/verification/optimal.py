@@ -370,9 +370,10 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
         left, right = torch.where(ok, left, spread), torch.where(ok, right, spread)
     # per-slot values only (the densities m = dW / ell and beta = b / ell at the slots' two ranks; a used
     # slot's ranks have q > 0, an unused one has dL = 0 and gets 0 below)
+    # (q < 1e-300 is treated as 1e-300 here, as in lam below; an unused slot's rank may have q = 0,
+    # where dW = b = 0 and the densities are 0)
     ell_l, ell_r = ell.gather(1, left), ell.gather(1, right)
-    one = torch.ones_like(ell_l)
-    safe_l, safe_r = torch.where(ell_l > 0, ell_l, one), torch.where(ell_r > 0, ell_r, one)
+    safe_l, safe_r = ell_l.clamp_min(1e-300), ell_r.clamp_min(1e-300)
     m_l, m_r = dW.gather(1, left) / safe_l, dW.gather(1, right) / safe_r
     beta_l = b.gather(1, left) / safe_l
     xs = dL * ell_l / s_vals.gather(1, ia_s).clamp_min(1e-300)
@@ -380,9 +381,11 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
     used = ell.new_zeros(N, Vs).scatter_add_(1, left, xs).scatter_add_(1, right, xd)
     # rounding guard: used <= ell (on the CPU only when some rank needs it: otherwise the scale is
     # exactly 1 and the second pass would give the same values)
-    if not cpu or bool((used > ell).any()):
-        xs = xs * (ell_l / used.gather(1, left).clamp_min(1e-300)).clamp_max_(1.0)
-        xd = xd * (ell_r / used.gather(1, right).clamp_min(1e-300)).clamp_max_(1.0)
+    over = used > ell
+    if not cpu or bool(over.any()):
+        scale = torch.where(over, ell / used, 1.0)                        # used > ell >= 0 where taken
+        xs = xs * scale.gather(1, left)
+        xd = xd * scale.gather(1, right)
         used = ell.new_zeros(N, Vs).scatter_add_(1, left, xs).scatter_add_(1, right, xd)
     lam = used.div_(ell.clamp_min(1e-300)).neg_().add_(1.0).clamp_(0.0, 1.0)   # 1 where q = 0 (no pools)
     own = lam * ell
