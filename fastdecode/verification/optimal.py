@@ -246,14 +246,20 @@ def _optimal_b(ps, qs, k: int):
     # summed without cancellation (exactly 0 where q_j = 0)
     dW = _pow_quotient(pw, k).mul_(qs).div_(raw0)
     W = 1.0 - R if k == 1 else pw[k].neg_().add_(1.0)                      # (R^k is not read again)
+    # (dead V-sized temporaries are dropped as soon as possible: fewer fresh pages per build, whose
+    # page faults cost the CPU build about a quarter of its time at V = 151936)
+    del pw, R, raw
     d = torch.cat([zero, ps], -1).cumsum_(-1).sub_(W)                      # P - W, [N, V + 1]
+    del W
     d[:, 0] = 0.0
     Dr = d.cummax(-1).values
-    Dstar = Dr[:, -1:]                                                     # [N, 1] = max(max d, 0)
+    Dstar = Dr[:, -1:].clone()                                             # [N, 1] = max(max d, 0)
     G = Dstar - d
     E = G.flip(-1).cummin(-1).values.flip(-1)                              # running min from the right
-    b = (Dr[:, 1:] - Dr[:, :-1]).neg_().add_(ps).add_(E[:, 1:] - E[:, :-1]).clamp_min_(0.0)
     touch = (E == G).logical_or_(Dr == d)
+    del G, d
+    b = (Dr[:, 1:] - Dr[:, :-1]).neg_().add_(ps).add_(E[:, 1:] - E[:, :-1]).clamp_min_(0.0)
+    del Dr, E
     zq = qs == 0
     # intervals touching W at both ends get dW; so do the q = 0 tokens (dW = 0 there)
     both = (touch[:, :-1] & touch[:, 1:]).logical_or_(zq)
@@ -331,6 +337,7 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
         sup, _ = _compact(nz, V)                                           # padding -> column V (zeros)
         pad = lambda t: torch.cat([t, t.new_zeros(N, 1)], -1).gather(1, sup)   # noqa: E731
         ps_t, qs_t = pad(p64), pad(q64)
+    del nz
     Vs = ps_t.shape[1]
     order_s = _argsort_keys(_sort_key(ps_t, qs_t))                         # [N, Vs] rank -> support column
     ps, ell = ps_t.gather(1, order_s), qs_t.gather(1, order_s)
@@ -342,7 +349,9 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
         rank = rank.scatter_(1, order, _arange(Vs, dev).expand(N, Vs))[:, :V]
     if sup is not None:
         order = order.clamp_max(V - 1)                                     # padding ranks (p = q = 0)
+    del ps_t, qs_t, q64
     b, dW, Dstar = _optimal_b(ps, ell, k)
+    del ps
 
     # FIFO matching of surplus and deficit along the rank order -> pool slots, over the compacted lists
     # of the ranks with a surplus (sr) and with a deficit (dr) only
@@ -351,6 +360,7 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
     sr, sv = _compact(diff > 0, 0)
     dr, dv = _compact(diff < 0, 0)
     s_vals, d_vals = _values_at(diff, sr, sv), _values_at(diff, dr, dv).neg_()   # [N, nS], [N, nD]
+    del diff
     Sc, Dc = _prefix(s_vals), _prefix(d_vals)                             # [N, nS + 1], [N, nD + 1]
     tot = torch.minimum(Sc[:, -1:], Dc[:, -1:])
     merged, ia, ic = _merge_sorted(Sc, Dc)
@@ -363,6 +373,7 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
     left, right = sr.gather(1, ia_s), dr.gather(1, ic_s)
     ok = (dL > 0) & (left < right)
     dL = dL.masked_fill_(~ok, 0.0)
+    del Sc, Dc, merged, ia, ic, cuts, sr, dr
     if not cpu:
         # unused slots add exactly 0 in the scatter-adds below: spread them over the ranks instead of
         # piling them onto one address (GPU atomics on one address serialise)
@@ -374,10 +385,11 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
     # where dW = b = 0 and the densities are 0)
     ell_l, ell_r = ell.gather(1, left), ell.gather(1, right)
     safe_l, safe_r = ell_l.clamp_min(1e-300), ell_r.clamp_min(1e-300)
-    m_l, m_r = dW.gather(1, left) / safe_l, dW.gather(1, right) / safe_r
-    beta_l = b.gather(1, left) / safe_l
-    xs = dL * ell_l / s_vals.gather(1, ia_s).clamp_min(1e-300)
-    xd = dL / (beta_l - m_r).clamp_min(1e-300)
+    m_l, m_r = dW.gather(1, left).div_(safe_l), dW.gather(1, right).div_(safe_r)
+    beta_l = b.gather(1, left).div_(safe_l)
+    xs = (dL * ell_l).div_(s_vals.gather(1, ia_s).clamp_min_(1e-300))
+    xd = dL.div_(beta_l.sub_(m_r).clamp_min_(1e-300))                     # (dL is not read again)
+    del safe_l, safe_r, beta_l, dL, s_vals, d_vals, ia_s, ic_s
     used = ell.new_zeros(N, Vs).scatter_add_(1, left, xs).scatter_add_(1, right, xd)
     # rounding guard: used <= ell (on the CPU only when some rank needs it: otherwise the scale is
     # exactly 1 and the second pass would give the same values)
@@ -387,31 +399,35 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
         xs = xs * scale.gather(1, left)
         xd = xd * scale.gather(1, right)
         used = ell.new_zeros(N, Vs).scatter_add_(1, left, xs).scatter_add_(1, right, xd)
+        del scale
+    del over
     lam = used.div_(ell.clamp_min(1e-300)).neg_().add_(1.0).clamp_(0.0, 1.0)   # 1 where q = 0 (no pools)
     own = lam * ell
 
     # b_real: the selection law of exactly this kernel (own * m = lam * dW: the own-interval part)
-    g = xs + xd
-    cm = xs * m_l + xd * m_r
-    share = cm / g.clamp_min(1e-300)                                      # 0 on unused slots
+    share = m_l.mul_(xs).add_(m_r.mul_(xd)).div_((xs + xd).clamp_min_(1e-300))   # 0 on unused slots
     b_real_s = lam * dW
     b_real_s = b_real_s.scatter_add_(1, left, xs * share).scatter_add_(1, right, xd * share)
+    del lam, dW, m_l, m_r, share, ell_l, ell_r
 
     # pool entries for the per-draft search
     M = left.shape[1]
     zero = ell.new_zeros(N, 1)
-    mass = torch.cat([xs, xd], -1)                                        # [N, 2M]
-    cum = _monotone(mass.cumsum(-1))                                      # nondecreasing (see _monotone)
-    cum_excl = torch.cat([zero, cum[:, :-1]], -1)
-    tok = torch.cat([left, right], -1)
-    valid = torch.cat([ok, ok], -1) & (mass > 0)
+    cum = _monotone(torch.cat([xs, xd], -1).cumsum_(-1))                  # [N, 2M] nondecreasing (see _monotone)
+    valid = torch.cat([ok & (xs > 0), ok & (xd > 0)], -1)
     ent = _arange(2 * M, dev)
     n_scratch = 1 if cpu else _SCRATCH                                    # one scratch column on the CPU
-    tok = torch.where(valid, tok, Vs + (ent % n_scratch if n_scratch > 1 else 0))
+    tok = torch.cat([left, right], -1)
+    if n_scratch > 1:
+        tok = torch.where(valid, tok, Vs + ent % n_scratch)
+    else:
+        tok = tok.masked_fill_(~valid, Vs)
     ent = ent.expand(N, 2 * M)
     first = torch.full((N, Vs + n_scratch), 2 * M, dtype=torch.long, device=dev).scatter_reduce_(1, tok, ent, "amin")[:, :Vs]
     last = torch.full((N, Vs + n_scratch), -1, dtype=torch.long, device=dev).scatter_reduce_(1, tok, ent, "amax")[:, :Vs]
-    base = cum_excl.gather(1, first.clamp_max(2 * M - 1))
+    # cumulative entry mass before each rank's first entry: cum at first - 1 (0 for the first entry)
+    base = cum.gather(1, (first.clamp_max(2 * M - 1) - 1).clamp_min_(0)).masked_fill_(first == 0, 0.0)
+    del tok, valid
 
     return RaceState(order=order, rank=rank, ell=ell, own=own, first=first, last=last, base=base, cum=cum,
                      left=left, right=right, xs=xs, xd=xd, p=p64, b_rank=b, b_real_rank=b_real_s,
