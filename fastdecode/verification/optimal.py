@@ -141,11 +141,6 @@ def _pow_quotient(pw: dict, k: int) -> torch.Tensor:
     return pw[1][:, :-1] * _pow_quotient(pw, k - 1) + pw[k - 1][:, 1:]
 
 
-def _int_pow(x: torch.Tensor, k: int) -> torch.Tensor:
-    """x ** k for an int k >= 1 by repeated squaring (see :func:`_powers`)."""
-    return _powers(x, k)[k]
-
-
 def _normalise(t: torch.Tensor) -> torch.Tensor:
     t64 = t.double()
     if t64 is t or t64.requires_grad:
@@ -412,7 +407,6 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
 
     # pool entries for the per-draft search
     M = left.shape[1]
-    zero = ell.new_zeros(N, 1)
     cum = _monotone(torch.cat([xs, xd], -1).cumsum_(-1))                  # [N, 2M] nondecreasing (see _monotone)
     valid = torch.cat([ok & (xs > 0), ok & (xd > 0)], -1)
     ent = _arange(2 * M, dev)
