@@ -386,14 +386,15 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
     xd = dL.div_(beta_l.sub_(m_r).clamp_min_(1e-300))                     # (dL is not read again)
     del safe_l, safe_r, beta_l, dL, s_vals, d_vals, ia_s, ic_s
     used = ell.new_zeros(N, Vs).scatter_add_(1, left, xs).scatter_add_(1, right, xd)
-    # rounding guard: used <= ell (on the CPU only when some rank needs it: otherwise the scale is
-    # exactly 1 and the second pass would give the same values)
+    # rounding guard: a rank whose pools take more than its interval (used > ell) has them scaled by
+    # ell / used (on the CPU only when some rank needs it: otherwise the scale is exactly 1). Its lam is
+    # then 0: the clamp below gives 0 from the unscaled used (> ell), which the scaled pools fill to
+    # rounding, so used is not summed again.
     over = used > ell
     if not cpu or bool(over.any()):
         scale = torch.where(over, ell / used, 1.0)                        # used > ell >= 0 where taken
         xs = xs * scale.gather(1, left)
         xd = xd * scale.gather(1, right)
-        used = ell.new_zeros(N, Vs).scatter_add_(1, left, xs).scatter_add_(1, right, xd)
         del scale
     del over
     lam = used.div_(ell.clamp_min(1e-300)).neg_().add_(1.0).clamp_(0.0, 1.0)   # 1 where q = 0 (no pools)
@@ -408,6 +409,7 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
     # pool entries for the per-draft search
     M = left.shape[1]
     cum = _monotone(torch.cat([xs, xd], -1).cumsum_(-1))                  # [N, 2M] nondecreasing (see _monotone)
+    cum_excl = torch.cat([cum.new_zeros(N, 1), cum[:, :-1]], -1)
     valid = torch.cat([ok & (xs > 0), ok & (xd > 0)], -1)
     ent = _arange(2 * M, dev)
     n_scratch = 1 if cpu else _SCRATCH                                    # one scratch column on the CPU
@@ -419,9 +421,8 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
     ent = ent.expand(N, 2 * M)
     first = torch.full((N, Vs + n_scratch), 2 * M, dtype=torch.long, device=dev).scatter_reduce_(1, tok, ent, "amin")[:, :Vs]
     last = torch.full((N, Vs + n_scratch), -1, dtype=torch.long, device=dev).scatter_reduce_(1, tok, ent, "amax")[:, :Vs]
-    # cumulative entry mass before each rank's first entry: cum at first - 1 (0 for the first entry)
-    base = cum.gather(1, (first.clamp_max(2 * M - 1) - 1).clamp_min_(0)).masked_fill_(first == 0, 0.0)
-    del tok, valid
+    base = cum_excl.gather(1, first.clamp_max(2 * M - 1))
+    del tok, valid, cum_excl
 
     return RaceState(order=order, rank=rank, ell=ell, own=own, first=first, last=last, base=base, cum=cum,
                      left=left, right=right, xs=xs, xd=xd, p=p64, b_rank=b, b_real_rank=b_real_s,
