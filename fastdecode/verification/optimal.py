@@ -135,10 +135,12 @@ def _pow_quotient(pw: dict, k: int) -> torch.Tensor:
     so the relative error is a few ulps per halving of k (an expm1 / log1p formula costs ~4x more)."""
     if k == 1:
         return torch.ones_like(pw[1][:, 1:])
-    if k % 2 == 0:
-        h = pw[k // 2]
-        return _pow_quotient(pw, k // 2) * (h[:, :-1] + h[:, 1:])
-    return pw[1][:, :-1] * _pow_quotient(pw, k - 1) + pw[k - 1][:, 1:]
+    h = pw[k // 2] if k % 2 == 0 else None
+    if k == 2:
+        return h[:, :-1] + h[:, 1:]
+    if h is not None:
+        return _pow_quotient(pw, k // 2).mul_(h[:, :-1] + h[:, 1:])       # (a fresh tensor: in place)
+    return _pow_quotient(pw, k - 1).mul_(pw[1][:, :-1]).add_(pw[k - 1][:, 1:])
 
 
 def _normalise(t: torch.Tensor) -> torch.Tensor:
