@@ -480,3 +480,19 @@ def test_verify_reads_b_real_in_rank_order():
     tokens, accepted = speculative_against(st.p, st.b_real, y, gen)
     assert 0.1 < float((~accepted).double().mean()) < 0.9
     assert torch.equal(res.tokens, tokens) and torch.equal(res.accepted, accepted)
+
+
+def test_residual_by_inverse_cdf():
+    """The CPU residual draw (inverse CDF): law norm(max(0, p - b)) by chi-square, never a token of
+    zero residual mass, and p itself where the residual is empty (p == b)."""
+    pytest.importorskip("scipy")
+    from fastdecode.verification.optimal import _sample_residual
+    N = 100_000
+    gen = torch.Generator().manual_seed(13)
+    p = torch.tensor(P_STAT, dtype=torch.float64)
+    b = torch.tensor(Q_STAT, dtype=torch.float64)
+    r = (p - b).clamp_min(0)
+    tokens = _sample_residual(p.expand(N, -1), b.expand(N, -1), gen)
+    assert _chi2_pvalue(tokens, r / r.sum()) > 1e-4                      # also: no zero-mass token emitted
+    tokens = _sample_residual(p.expand(N, -1), p.expand(N, -1), gen)
+    assert _chi2_pvalue(tokens, p) > 1e-4

@@ -455,6 +455,20 @@ def speculative_against(p: torch.Tensor, b: torch.Tensor, y: torch.Tensor, gener
                         generator)
 
 
+def _sample_residual(p: torch.Tensor, b: torch.Tensor, generator) -> torch.Tensor:
+    """[n] one token per row from norm(max(0, p - b)) (p where that has no mass, as ``residual``), on the
+    CPU by inverse CDF: a cumulative sum and one uniform per row instead of ``sample``'s V exponential
+    draws and the normalisation (same law; a different use of the generator)."""
+    c = (p - b).clamp_min_(0.0).cumsum_(-1)
+    empty = c[:, -1] <= 1e-12 * p.shape[1]
+    if bool(empty.any()):
+        c = torch.where(empty[:, None], p.cumsum(-1), c)
+    u = torch.rand(p.shape[0], 1, generator=generator, dtype=p.dtype, device=p.device) * c[:, -1:]
+    # the first token whose cumulative mass exceeds u: it has mass > 0 (the CPU's sequential sum never
+    # decreases, so equal neighbours mean a token of mass 0, which is skipped)
+    return torch.searchsorted(c, u, right=True)[:, 0].clamp_max_(p.shape[1] - 1)
+
+
 def _speculative(p: torch.Tensor, y: torch.Tensor, by: torch.Tensor, b_rows, generator):
     """speculative_against with by = b[y] given and b_rows(rows) -> b [len(rows), V] at those rows (all
     rows for None), called only when a residual is drawn."""
@@ -462,15 +476,16 @@ def _speculative(p: torch.Tensor, y: torch.Tensor, by: torch.Tensor, b_rows, gen
     u = torch.rand(y.shape[0], generator=generator, device=p.device, dtype=torch.float64)
     accepted = u * by < py
     if p.device.type == "cpu":
-        # the residual (a pass over V plus V exponential draws per row) only for the rejected rows: the
+        # the residual (passes over V per row) only for the rejected rows: the
         # residual draw is independent of the rest, so skipping it on accepted rows leaves the law as is
         rej = (~accepted).nonzero()[:, 0]
         if rej.shape[0] == 0:
             return y, accepted
         if rej.shape[0] < y.shape[0]:
             tokens = y.clone()
-            tokens[rej] = sample(residual(p.index_select(0, rej), b_rows(rej)), generator)
+            tokens[rej] = _sample_residual(p.index_select(0, rej), b_rows(rej), generator)
             return tokens, accepted
+        return _sample_residual(p, b_rows(None), generator), accepted
     res = sample(residual(p, b_rows(None)), generator)                     # one batched pass, no host sync
     return torch.where(accepted, y, res), accepted
 
