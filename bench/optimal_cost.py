@@ -7,7 +7,10 @@ For each vocabulary size V and number of drafts k it times, on `rows` rows (tree
 - total:   verify_optimal end to end (float64 conversion included): build + select + verify
 and, for scale, a float64 sort of the rows, the classic single-draft verifier, and the two other
 lossless verifiers of k i.i.d. drafts, ``rrs`` and ``spectr`` (K-SEQ), each one whole call on the same
-rows. Per-row figures (``*_ms_per_row``) divide by ``rows``. CPU numbers are medians of `repeats` wall-clock runs on `threads` threads; CUDA
+rows. Per-row figures (``*_ms_per_row``) divide by ``rows``. CPU numbers are medians of `repeats` wall-clock runs on `threads` threads,
+the functions of one (V, k) called in turn within each repeat (``--interleave``, the default: a machine
+shared with other jobs then slows them alike; ``--no-interleave`` times each function's repeats in one
+block), with the minimum beside the median (``*_ms_min``); CUDA
 numbers come from triton.testing.do_bench (median, with 20% / 80% quantiles), where the selection is
 timed both as torch ops (the reference) and as the Triton kernel, after checking they agree bit for bit.
 
@@ -45,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="all: the CPU, plus CUDA when available")
     parser.add_argument("--top-p", type=float, default=1.0,
                         help="truncate p and q to this top-p mass (smaller support -> cheaper race)")
+    parser.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=True,
+                        help="CPU: call the timed functions in turn within each repeat (default) rather than in blocks")
     parser.add_argument("--check", action="store_true",
                         help="also run a chi-square check of verify_optimal on each device before timing")
     parser.add_argument("--quick", action="store_true",
@@ -66,6 +71,19 @@ def _pair(rows: int, V: int, top_p: float, device, seed: int = 0):
         p = probs_reference(logits, 1.0, 0, top_p)
         q = probs_reference(torch.log(q), 1.0, 0, top_p)
     return p.to(device), q.to(device)
+
+
+def _cpu_interleaved(fns: dict, repeats: int) -> dict:
+    """{name: (median ms, min ms)} of ``repeats`` calls of every function, called in turn."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: (1e3 * statistics.median(ts), 1e3 * min(ts)) for name, ts in times.items()}
 
 
 def _cpu_ms(fn, repeats: int) -> float:
@@ -123,11 +141,12 @@ def _measure(device, V: int, k: int, args) -> dict:
     sel = race_select(st, drafts, u)
     y = drafts.gather(1, sel[:, None])[:, 0]
     p64 = p.double()
+    b_real = st.b_real
     fns = {
         "sort": lambda: torch.sort(p64, dim=-1),
         "build": lambda: build_race(p, q, k),
         "select": lambda: race_select(st, drafts, u),
-        "verify": lambda: speculative_against(st.p, st.b_real, y, gen),
+        "verify": lambda: speculative_against(st.p, b_real, y, gen),    # (b_real: token order, built once)
         "total": lambda: verify_optimal(p, q, drafts, gen),
         "speculative_k1": lambda: verify_speculative(p, q, drafts[:, :1], gen),
         "rrs": lambda: verify_rrs(p, q, drafts, gen),
@@ -136,9 +155,12 @@ def _measure(device, V: int, k: int, args) -> dict:
     row = {"device": torch.cuda.get_device_name(device) if cuda else "cpu", "V": V, "k": k, "rows": args.rows,
            "support": int(((p > 0) | (q > 0)).sum(-1).max()),
            "alpha_star": float(st.alpha.mean()), "acceptance": float(torch.minimum(st.p, st.b_real).sum(-1).mean())}
+    timed = _cpu_interleaved(fns, args.repeats) if not cuda and args.interleave else {}
     for name, fn in fns.items():
         if cuda:
             row[f"{name}_ms"], row[f"{name}_ms_q20"], row[f"{name}_ms_q80"] = _cuda_ms(fn)
+        elif name in timed:
+            row[f"{name}_ms"], row[f"{name}_ms_min"] = timed[name]
         else:
             row[f"{name}_ms"] = _cpu_ms(fn, args.repeats)
         row[f"{name}_ms_per_row"] = row[f"{name}_ms"] / args.rows
@@ -230,6 +252,7 @@ def run(args) -> int:
     meta = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
             "processor": _cpu_name(), "load_average_at_start": load0,
             "threads": args.threads, "rows": args.rows, "repeats": args.repeats, "top_p": args.top_p,
+            "interleave": bool(args.interleave),
             "quick": bool(args.quick)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"meta": meta, "checks": checks, "results": rows}, indent=2))

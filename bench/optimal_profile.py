@@ -52,12 +52,12 @@ def main() -> int:
         p64, q64 = O._normalise(p), O._normalise(q)
         nz = (p64 > 0) | (q64 > 0)
         ps_t, qs_t = p64[nz][None], q64[nz][None]
-        order = torch.argsort(O._sort_key(ps_t, qs_t), dim=-1, stable=True)
+        order = O._argsort_keys(O._sort_key(ps_t, qs_t))
         ps, qs = ps_t.gather(1, order), qs_t.gather(1, order)
         for k in args.k:
             t_norm = _ms(lambda: (O._normalise(p), O._normalise(q)), args.repeats)
             t_sup = _ms(lambda: bool(((p64 > 0) | (q64 > 0)).all()), args.repeats)
-            t_sort = _ms(lambda: torch.argsort(O._sort_key(ps_t, qs_t), dim=-1, stable=True), args.repeats)
+            t_sort = _ms(lambda: O._argsort_keys(O._sort_key(ps_t, qs_t)), args.repeats)
             t_b = _ms(lambda: O._optimal_b(ps, qs, k), args.repeats)
             t_build = _ms(lambda: O.build_race(p, q, k), args.repeats)
             st = O.build_race(p, q, k)

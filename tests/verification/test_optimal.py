@@ -372,3 +372,127 @@ def test_prepared_verify_equals_verify():
         assert torch.equal(a.draft_index, b.draft_index)
     with pytest.raises(ValueError, match="built for k"):
         verify("optimal", p[:1], q[:1], torch.zeros(1, 2, dtype=torch.long), None, prepared=prep[0])
+
+
+# ---------------------------------------------------------------------------- CPU build paths (issue 17, second pass)
+def test_argsort_keys_is_the_stable_sort():
+    """The CPU sort of the int64 keys (1-D radix sorts per row, rows of 12288..32767 keys padded) gives
+    exactly the stable 2-D argsort, with many ties, for one and several rows."""
+    from fastdecode.verification.optimal import _argsort_keys
+    g = torch.Generator().manual_seed(0)
+    for L in (100, 12288, 20000, 32768, 40000):
+        for N in (1, 3):
+            for hi in (7, 1 << 40):                                       # heavy ties / few ties
+                key = torch.randint(-hi, hi, (N, L), generator=g)
+                key[:, ::5] = torch.iinfo(torch.int64).max - 1           # large keys, just below the padding
+                assert torch.equal(_argsort_keys(key), torch.argsort(key, dim=-1, stable=True)), (L, N, hi)
+
+
+def test_merge_sorted_cpu_equals_binary_search():
+    from fastdecode.verification.optimal import _merge_sorted, _merge_sorted_search
+    g = torch.Generator().manual_seed(1)
+    for La, Lc in ((1, 1), (5, 9), (300, 200)):
+        a = torch.randint(0, 40, (3, La), generator=g).double().sort(-1).values / 8   # ties within and across
+        c = torch.randint(0, 40, (3, Lc), generator=g).double().sort(-1).values / 8
+        for x, y in zip(_merge_sorted(a, c), _merge_sorted_search(a, c)):
+            assert torch.equal(x, y)
+
+
+def test_pow_quotient_is_accurate():
+    """dW = q (R_j^k - R_{j+1}^k) / (R_j - R_{j+1}) summed without cancellation: relative error of the
+    quotient within a few ulps of exact rational arithmetic, for every k up to 16 and ratios near 1."""
+    from fractions import Fraction
+    from fastdecode.verification.optimal import _pow_quotient, _powers
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(1, 60, generator=g, dtype=torch.float64).sort(descending=True).values
+    x[0, 20:30] = x[0, 20] * (1 - torch.arange(10, dtype=torch.float64) * 1e-12)   # a - b tiny
+    x[0, -3:] = torch.tensor([1e-300, 1e-310, 0.0], dtype=torch.float64)
+    for k in range(1, 17):
+        got = _pow_quotient(_powers(x, k), k)[0].tolist()
+        for j in range(59):
+            a, b = Fraction(float(x[0, j])), Fraction(float(x[0, j + 1]))
+            exact = sum(a ** i * b ** (k - 1 - i) for i in range(k))
+            if exact == 0:
+                assert got[j] == 0.0
+            elif float(exact) > 1e-290:                                   # away from subnormal underflow
+                assert abs(Fraction(got[j]) - exact) <= 8 * k * 2.0 ** -52 * exact, (k, j)
+
+
+@pytest.mark.parametrize("V", [20000, 40000])
+def test_batched_cpu_sort_paths(V):
+    """Several rows whose support lies in the padded-radix range (V = 20000) or above it (V = 40000):
+    each row of the batch equals its own build bit for bit, and acceptance = alpha* to 1e-9."""
+    g = torch.Generator().manual_seed(V)
+    logits = torch.randn(3, V, generator=g, dtype=torch.float64) * 2.5
+    p = logits.softmax(-1)
+    q = (logits + torch.randn(3, V, generator=g, dtype=torch.float64)).softmax(-1)
+    p[1, : V // 3] = 0.0                                                 # a row with a smaller support
+    q[1, : V // 4] = 0.0
+    p, q = p / p.sum(-1, keepdim=True), q / q.sum(-1, keepdim=True)
+    for k in (2, 5):
+        batch = build_race(p, q, k)
+        for i in range(3):
+            single = build_race(p[i:i + 1], q[i:i + 1], k)
+            assert torch.equal(batch.b_real[i:i + 1], single.b_real) and torch.equal(batch.alpha[i:i + 1], single.alpha)
+            acc = float(torch.minimum(single.p, single.b_real).sum())
+            assert abs(acc - _alpha_sorted(p[i].numpy(), q[i].numpy(), k)) < 1e-9
+
+
+def test_one_draft_is_speculative_sampling_without_a_race():
+    """k = 1 skips the race (b = q): output = p by chi-square, acceptance = sum min(p, q), and the
+    prepared path (b from the built race's q) decides exactly as the unprepared one."""
+    pytest.importorskip("scipy")
+    N = 100_000
+    gen = torch.Generator().manual_seed(11)
+    p = torch.tensor(P_STAT, dtype=torch.float64)
+    q = torch.tensor(Q_STAT, dtype=torch.float64)
+    drafts = torch.multinomial(q, N, replacement=True, generator=gen)[:, None]
+    res = verify("optimal", p.expand(N, -1), q.expand(N, -1), drafts, gen)
+    assert _chi2_pvalue(res.tokens, p) > 1e-4
+    alpha = float(torch.minimum(p, q).sum())
+    assert abs(res.accepted.double().mean().item() - alpha) < 5 * (alpha * (1 - alpha) / N) ** 0.5
+    assert ((res.draft_index == 0) == res.accepted).all() and ((res.draft_index == -1) == ~res.accepted).all()
+    from fastdecode.verification.optimal import build_race, verify_prepared
+    P, Q = p.expand(64, -1).float(), q.expand(64, -1).float()
+    a = verify("optimal", P, Q, drafts[:64], torch.Generator().manual_seed(3))
+    b = verify_prepared(build_race(P, Q, 1), drafts[:64], torch.Generator().manual_seed(3))
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.accepted, b.accepted)
+
+
+def test_verify_reads_b_real_in_rank_order():
+    """verify_prepared reads b_real at the selected draft from rank order and scatters it to token order
+    for rejected rows only: it decides exactly as selection + speculative_against with the full
+    token-order b_real (dense rows and rows with a small support, many rejections)."""
+    from fastdecode.verification.optimal import verify_prepared
+    g = torch.Generator().manual_seed(12)
+    V, N, k = 300, 400, 3
+    p = torch.softmax(torch.randn(N, V, generator=g, dtype=torch.float64) * 3, -1)
+    q = torch.softmax(torch.randn(N, V, generator=g, dtype=torch.float64) * 3, -1)
+    q[::2, 40:] = 0.0                                                    # half the rows: small support
+    p[::2, 60:] = 0.0
+    p, q = p / p.sum(-1, keepdim=True), q / q.sum(-1, keepdim=True)
+    st = build_race(p, q, k)
+    drafts = torch.multinomial(q, k, replacement=True, generator=g)
+    res = verify_prepared(st, drafts, torch.Generator().manual_seed(4))
+    gen = torch.Generator().manual_seed(4)
+    sel = race_select(st, drafts, race_uniforms(N, k, gen, "cpu"))
+    y = drafts.gather(1, sel[:, None])[:, 0]
+    tokens, accepted = speculative_against(st.p, st.b_real, y, gen)
+    assert 0.1 < float((~accepted).double().mean()) < 0.9
+    assert torch.equal(res.tokens, tokens) and torch.equal(res.accepted, accepted)
+
+
+def test_residual_by_inverse_cdf():
+    """The CPU residual draw (inverse CDF): law norm(max(0, p - b)) by chi-square, never a token of
+    zero residual mass, and p itself where the residual is empty (p == b)."""
+    pytest.importorskip("scipy")
+    from fastdecode.verification.optimal import _sample_residual
+    N = 100_000
+    gen = torch.Generator().manual_seed(13)
+    p = torch.tensor(P_STAT, dtype=torch.float64)
+    b = torch.tensor(Q_STAT, dtype=torch.float64)
+    r = (p - b).clamp_min(0)
+    tokens = _sample_residual(p.expand(N, -1), b.expand(N, -1), gen)
+    assert _chi2_pvalue(tokens, r / r.sum()) > 1e-4                      # also: no zero-mass token emitted
+    tokens = _sample_residual(p.expand(N, -1), p.expand(N, -1), gen)
+    assert _chi2_pvalue(tokens, p) > 1e-4
