@@ -1,0 +1,221 @@
+"""The building blocks of the optimal verifier's race (:mod:`fastdecode.verification.optimal`): the rank
+order (one sort of the support per row, a radix sort on the CPU), the optimal selection marginal b, the
+first-in-first-out merge of surplus and deficit masses, and the exact power quotients they need. All batched
+over rows, float64 where exactness needs it; docs/verifiers.md section 1 gives the maths.
+"""
+from __future__ import annotations
+
+import torch
+
+_ARANGE: dict = {}
+
+
+def _arange(n: int, device) -> torch.Tensor:
+    """torch.arange(n) (int64) sliced from a cached, growing tensor: allocating and filling a fresh
+    arange of ~V elements costs about as much as a scan, and the build needs several per call."""
+    key = torch.device(device)
+    a = _ARANGE.get(key)
+    if a is None or a.shape[0] < n:
+        a = torch.arange(max(n, 1 << 12), device=key)
+        _ARANGE[key] = a
+    return a[:n]
+
+
+def _powers(x: torch.Tensor, k: int) -> dict:
+    """{m: x ** m} for the m that x ** k by repeated squaring and :func:`_pow_quotient` read (a few
+    multiplications; torch.pow takes a slow generic path for float64 on the CPU). Relative error of
+    x ** m <= 2 log2(m) ulps, as pow's few ulps."""
+    out = {1: x}
+
+    def get(m):
+        if m not in out:
+            h = get(m // 2)
+            out[m] = h * h if m % 2 == 0 else h * h * x
+        return out[m]
+
+    get(k)
+    m = k
+    while m > 1:                       # the powers the quotient recursion reads
+        get(m // 2)
+        if m % 2:
+            get(m - 1)
+        m //= 2
+    return out
+
+
+def _pow_quotient(pw: dict, k: int) -> torch.Tensor:
+    """(a^k - b^k) / (a - b) = sum_i a^i b^(k-1-i) for a = x[:, :-1] >= b = x[:, 1:] >= 0 (pw: powers
+    of x from :func:`_powers`), without the cancellation of the difference: k = 2m gives
+    S_m (a^m + b^m), k = 2m + 1 gives a S_2m + b^2m. Every step adds or multiplies nonnegative numbers,
+    so the relative error is a few ulps per halving of k (an expm1 / log1p formula costs ~4x more)."""
+    if k == 1:
+        return torch.ones_like(pw[1][:, 1:])
+    h = pw[k // 2] if k % 2 == 0 else None
+    if k == 2:
+        return h[:, :-1] + h[:, 1:]
+    if h is not None:
+        return _pow_quotient(pw, k // 2).mul_(h[:, :-1] + h[:, 1:])       # (a fresh tensor: in place)
+    return _pow_quotient(pw, k - 1).mul_(pw[1][:, :-1]).add_(pw[k - 1][:, 1:])
+
+
+def _normalise(t: torch.Tensor) -> torch.Tensor:
+    t64 = t.double()
+    if t64 is t or t64.requires_grad:
+        return t64 / t64.sum(-1, keepdim=True)
+    return t64.div_(t64.sum(-1, keepdim=True))                             # a fresh copy: divide in place
+
+
+def _sort_key(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """int64 key whose ascending stable order is p/q descending (q = 0 < p first, p = q = 0 last).
+
+    The ratio r = p/q is >= 0 (inf where q = 0 < p) or set to -1.0 where p = q = 0. The bit pattern of a
+    nonnegative double read as int64 is increasing in its value (IEEE 754), so -bits sorts r descending;
+    -1.0 has the sign bit set, its negated bits are positive and sort after every r >= 0. Sorting int64
+    keys is the same order as sorting -r as doubles (a stable sort keeps ties in token order) and cheaper
+    than a float64 stable sort on the CPU."""
+    r = (p / q).nan_to_num_(nan=-1.0, posinf=float("inf"))
+    return r.view(torch.int64).neg_()
+
+
+_RADIX_MIN = 32768      # at::internal::GRAIN_SIZE: torch's CPU sort of a 1-D integer tensor at least this long
+_RADIX_PAD_FROM = 12288  # is a (stable) radix sort (FBGEMM builds); rows from this length are padded up to it
+_KEY_PAD = torch.iinfo(torch.int64).max   # above every sort key (the largest, p = q = 0, is 0x4010... )
+
+
+def _argsort_keys(key: torch.Tensor) -> torch.Tensor:
+    """Stable ascending argsort of each row of int64 keys [N, L].
+
+    On the CPU each row is sorted as a 1-D tensor: torch sorts a 1-D integer tensor of >= 32768
+    elements with a radix sort (stable, linear time) and an [N, L] tensor with a comparison sort,
+    measured 3.4 vs 9.2 ms at L = 151936 on one thread. Rows of 12288..32767 keys are padded with
+    keys above every real key (they sort last, the real keys keep their stable order): 0.5 vs 1.7 ms at
+    L = 32000. The result is the same permutation (a stable sort is unique); torch builds without the
+    radix sort just take the comparison sort."""
+    N, L = key.shape
+    if key.device.type != "cpu" or L < _RADIX_PAD_FROM or N == 0:
+        return torch.argsort(key, dim=-1, stable=True)
+    if N == 1 and L >= _RADIX_MIN:
+        return torch.argsort(key[0], stable=True)[None]
+    out = torch.empty(N, L, dtype=torch.long)
+    buf = key.new_full((max(L, _RADIX_MIN),), _KEY_PAD) if L < _RADIX_MIN else None
+    for i in range(N):
+        if buf is None:
+            out[i] = torch.argsort(key[i], stable=True)
+        else:
+            buf[:L] = key[i]
+            out[i] = torch.argsort(buf, stable=True)[:L]
+    return out
+
+
+def _compact(mask: torch.Tensor, fill: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Row-wise compaction of a [N, L] bool mask: (idx [N, C], valid [N, C]), idx[n, c] the column of the
+    c-th True of row n (columns ascending), ``fill`` past the row's count (C = the largest count, >= 1).
+    valid is None when every entry is valid (one row with a True)."""
+    N = mask.shape[0]
+    if N == 1:
+        c = mask[0].nonzero()[:, 0]
+        if c.shape[0]:
+            return c[None], None
+    counts = mask.sum(-1)
+    C = max(1, int(counts.max())) if N else 1
+    r, c = mask.nonzero(as_tuple=True)
+    pos = _arange(r.shape[0], mask.device) - (counts.cumsum(0) - counts)[r]
+    idx = torch.full((N, C), fill, dtype=torch.long, device=mask.device)
+    idx[r, pos] = c
+    valid = torch.zeros(N, C, dtype=torch.bool, device=mask.device)
+    valid[r, pos] = True
+    return idx, valid
+
+
+def _monotone(x: torch.Tensor) -> torch.Tensor:
+    # a parallel (GPU) scan of nonnegative numbers need not be monotone in floating point; the CPU scan
+    # adds in order, and a rounded sum of nonnegative terms added in order never decreases
+    return x if x.device.type == "cpu" else x.cummax(-1).values
+
+
+def _optimal_b(ps, qs, k: int):
+    """Step 1-2 in rank order. Returns (b, dW, Dstar) with b [N, V], dW [N, V], Dstar [N].
+
+    No masks at the cut: with d_0 = 0 the running max Dr of d is >= 0 and constant (= D*) from the cut
+    js (the first argmax of d) on, and G = D* - d is >= 0 everywhere, 0 at js (fl(D* - d_js) = 0) and
+    > 0 before it (a nonzero difference of floats never rounds to 0), so its running min E from the
+    right is 0 up to js. Hence p - (growth of Dr) + (growth of E) is p minus the growth of Dr before
+    the cut and p plus the growth of E after it (the other term is an exact 0), and a boundary touches
+    W where E == G (at or after the cut) or Dr == d (before it; Dr == d after it implies E == G)."""
+    N, V = ps.shape
+    zero = ps.new_zeros(N, 1)
+    # (in-place steps where a value is not read again: a fresh V-sized tensor costs page faults too)
+    raw = torch.cat([zero, qs.flip(-1)], -1).cumsum_(-1).flip(-1)         # suffix q-mass, accurate at the end
+    raw0 = raw[:, :1].clone()
+    R = raw.div_(raw0).clamp_max_(1.0)                                     # [N, V + 1], nonincreasing
+    pw = _powers(R, k)
+    # dW_j = R_j^k - R_{j+1}^k = (q_j / raw0) * (R_j^k - R_{j+1}^k) / (R_j - R_{j+1}), the quotient
+    # summed without cancellation (exactly 0 where q_j = 0)
+    dW = _pow_quotient(pw, k).mul_(qs).div_(raw0)
+    W = 1.0 - R if k == 1 else pw[k].neg_().add_(1.0)                      # (R^k is not read again)
+    # (dead V-sized temporaries are dropped as soon as possible: fewer fresh pages per build, whose
+    # page faults cost the CPU build about a quarter of its time at V = 151936)
+    del pw, R, raw
+    d = torch.cat([zero, ps], -1).cumsum_(-1).sub_(W)                      # P - W, [N, V + 1]
+    del W
+    d[:, 0] = 0.0
+    Dr = d.cummax(-1).values
+    Dstar = Dr[:, -1:].clone()                                             # [N, 1] = max(max d, 0)
+    G = Dstar - d
+    E = G.flip(-1).cummin(-1).values.flip(-1)                              # running min from the right
+    touch = (E == G).logical_or_(Dr == d)
+    del G, d
+    b = (Dr[:, 1:] - Dr[:, :-1]).neg_().add_(ps).add_(E[:, 1:] - E[:, :-1]).clamp_min_(0.0)
+    del Dr, E
+    zq = qs == 0
+    # intervals touching W at both ends get dW; so do the q = 0 tokens (dW = 0 there)
+    both = (touch[:, :-1] & touch[:, 1:]).logical_or_(zq)
+    return torch.where(both, dW, b, out=b), dW, Dstar[:, 0]
+
+
+def _merge_sorted(a: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row-wise merge of nondecreasing [N, La] and [N, Lc] tensors (a before equal c values).
+
+    Returns (merged [N, La + Lc], ia, ic): ia / ic count the elements of a / c at merged positions
+    <= n, minus one, i.e. the index of the last element of a / c at or before position n."""
+    N, La = a.shape
+    L = La + c.shape[1]
+    if a.device.type == "cpu" and not (a.requires_grad or c.requires_grad):
+        # NumPy's stable sort (timsort) of the two concatenated sorted runs is one linear merge, ties
+        # in concatenation order (a first): measured 0.4 ms against 1.3 ms for the searchsorted below at
+        # La + Lc = 77100
+        import numpy as np
+
+        both = torch.cat([a, c], -1)
+        perm = torch.from_numpy(np.argsort(both.numpy(), axis=-1, kind="stable"))
+        from_a = perm < La
+        out = both.gather(1, perm)
+        ia = from_a.cumsum(-1).sub_(1)
+        ic = _arange(L, a.device) - ia - 1
+        return out, ia, ic
+    return _merge_sorted_search(a, c)
+
+
+def _merge_sorted_search(a: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_merge_sorted` by binary search (any device; the GPU path)."""
+    N, La = a.shape
+    L = La + c.shape[1]
+    pa = _arange(La, a.device) + torch.searchsorted(c, a, right=False)   # final places of a
+    from_a = torch.zeros(N, L, dtype=torch.bool, device=a.device).scatter_(1, pa, True)
+    out = a.new_empty(N, L).scatter_(1, pa, a)
+    out.masked_scatter_(~from_a, c)                    # c fills the other places of each row, in order
+    ia = from_a.cumsum(-1) - 1
+    ic = _arange(L, a.device) - ia - 1
+    return out, ia, ic
+
+
+def _values_at(x: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """[N, C]: x [N, Vs] at the compacted columns idx, 0 past each row's count."""
+    vals = x.gather(1, idx.clamp_max(x.shape[1] - 1))
+    return vals if valid is None else vals.masked_fill_(~valid, 0.0)
+
+
+def _prefix(vals: torch.Tensor) -> torch.Tensor:
+    """[N, C + 1]: 0, then the inclusive cumulative sum of vals (the boundaries of the compacted
+    tokens' masses; the zeros past a row's count change no rounded sum)."""
+    return torch.cat([vals.new_zeros(vals.shape[0], 1), _monotone(vals.cumsum(-1))], -1)
