@@ -51,6 +51,7 @@ from . import hf_cache as kv
 from . import sampling as sm
 from .stream import TokenStream
 from .policy import DraftLengthPolicy
+from .static import bucket as _bucket
 
 BATCHED_METHODS = ("autoregressive", "speculative", "prompt_lookup", "multi_draft")
 
@@ -72,8 +73,9 @@ def check_batch(target, input_ids: torch.Tensor, attention_mask, pad_token_id, m
 
     Raises ValueError for B = 0, a mask whose shape differs from the ids, a mask that is not 0/1, right
     padding (a 0 after a 1), an all-padding row, and, for B > 1: a method without batch support, recorded
-    static-engine forwards (compile other than None / False / "eager"), multi_draft on the static engine, and
+    multi_draft on the static engine, and
     a missing pad_token_id (neither the argument nor the target's generation_config / config has one).
+    (compile= is checked by ``api._static_mode``: recorded forwards serve batches too.)
     """
     B, L = input_ids.shape
     if B == 0:
@@ -108,9 +110,6 @@ def check_batch(target, input_ids: torch.Tensor, attention_mask, pad_token_id, m
     if method == "multi_draft" and cache_implementation == "static":
         raise ValueError(f"batch size > 1 with multi_draft runs on the dynamic engine only (batch size {B}): "
                          "use cache_implementation='dynamic'")
-    if cache_implementation == "static" and compile not in (None, False, "eager"):
-        raise ValueError(f"batch size > 1 on the static engine runs eager forwards only (batch size {B}): pass "
-                         "compile=False, or cache_implementation='dynamic'")
     if lambda_attention is not None:
         raise ValueError(f"batch size > 1 is not supported with lambda_attention (batch size {B})")
     if pad_token_id is None:
@@ -209,32 +208,57 @@ class _SlotCache(_Cache):
     """The same columns and masks on the static engine's preallocated cache (``static_cache.SlotCache``):
     a forward writes its n columns at slots start .. start + n - 1 (start = the column count, one device
     scalar shared by all layers), a trim only moves that start back (the next forward overwrites the
-    slots), and the attention mask is built here: causal over slots, the row's validity, and each column
-    attending to itself (so that a padding column, with no valid key before it, stays finite). Eager
-    forwards only (batch shapes are not recorded)."""
+    slots), and the attention mask is built from the rows' validity: causal over slots, the row's validity,
+    and each column attending to itself (so that a padding column, with no valid key before it, stays finite).
 
-    def __init__(self, model, batch: int, device, capacity: int):
+    mode "eager": plain forwards on a cache of the batch's own rows, finished rows selected away.
+    mode "cudagraphs" / "inductor" (recorded forwards): the cache is a
+    :class:`~fastdecode.decoding.static_cache.StaticRunner`'s, kept on the model across calls, with
+    ``bucket(B)`` rows; every forward after the prompts' has the fixed shape [bucket(B), bucket(n)] and goes
+    through the runner's recording (one graph per (bucketed B, bucketed n), the mask built inside the graph
+    from a [bucket(B), capacity] validity tensor, the positions an input). A finished row is not moved: its
+    cache row becomes an inert padding row (token 0, nothing valid, it sees only itself), as are the rows past
+    B; ``rows`` maps each active row to its cache row. When the active rows fit in half the bucket, they move
+    (one copy per layer) to the runner of that smaller bucket, so finished rows stop costing compute."""
+
+    def __init__(self, model, batch: int, device, capacity: int, mode: str = "eager", role: str = "target"):
         from .static_cache import SlotCache, static_support_problem
 
         problem = static_support_problem(model)
         if problem:  # pragma: no cover - generate() checks first
             raise ValueError(problem)
-        cfg = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
-        self.model = model
-        self.cache = SlotCache(cfg.num_hidden_layers, capacity, device)
-        self.capacity = capacity
-        self.slots = torch.arange(capacity, device=device)
+        self.model, self.mode, self.role = model, mode, role
         self.dtype = next(model.parameters()).dtype
         self.mask = torch.zeros(batch, 0, dtype=torch.long, device=device)
         self.valid = torch.zeros(batch, dtype=torch.long, device=device)
+        self.runner = None
+        if mode == "eager":
+            cfg = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") \
+                else model.config
+            self.cache = SlotCache(cfg.num_hidden_layers, capacity, device)
+            self.capacity = capacity
+            self.slots = torch.arange(capacity, device=device)
+        else:
+            self.capacity = -(-capacity // 128) * 128   # similar calls share the runner and its graphs
+            self._use_runner(_bucket(batch))
+            self.rows = torch.arange(batch, device=device)   # cache row of each active row
+
+    def _use_runner(self, rows: int) -> None:
+        from .static_cache import runner_for
+
+        self.runner = runner_for(self.model, self.capacity, self.mode, batch=rows, role=f"{self.role}{rows}")
+        self.cache = self.runner.cache
 
     def forward(self, ids: torch.Tensor, new_mask: torch.Tensor, keep: int) -> torch.Tensor:
         start, n = self.columns, ids.shape[1]
-        if start + n > self.capacity:  # pragma: no cover - capacity covers the worst case
-            raise RuntimeError(f"static cache overflow: {start} + {n} > capacity {self.capacity}")
+        cap = self.capacity if self.runner is None else self.runner.capacity
+        if start + n > cap:  # pragma: no cover - capacity covers the worst case
+            raise RuntimeError(f"static cache overflow: {start} + {n} > capacity {cap}")
         pos = (self.valid[:, None] + new_mask.cumsum(-1) - 1).masked_fill(new_mask == 0, 1)
         self.mask = torch.cat([self.mask, new_mask], 1)
         self.valid = self.valid + new_mask.sum(-1)
+        if self.runner is not None:
+            return self._recorded(ids, pos, start, keep)
         full = torch.zeros(ids.shape[0], self.capacity, dtype=torch.bool, device=ids.device)
         full[:, : self.columns] = self.mask.bool()
         q = start + self.slots[:n]                                                  # [n] query slots
@@ -245,18 +269,49 @@ class _SlotCache(_Cache):
         self.cache.start.fill_(start)
         return kv.forward(self.model, ids, self.cache, position_ids=pos, attention_mask=mask4, logits_to_keep=keep)
 
+    def _recorded(self, ids: torch.Tensor, pos: torch.Tensor, start: int, keep: int) -> torch.Tensor:
+        """ids / pos [nb, n] of the active rows scattered into the runner's [bucket(B), bucket(n)] shape. The
+        prompts' forward (start 0, any length) and a forward that would not fit padded run plainly."""
+        run, n, dev = self.runner, ids.shape[1], ids.device
+        record = start > 0 and start + _bucket(n) <= run.capacity
+        w = _bucket(n) if record else n
+        full_ids = torch.zeros(run.batch, w, dtype=torch.long, device=dev)
+        full_ids[self.rows, :n] = ids
+        full_pos = torch.ones(run.batch, w, dtype=torch.long, device=dev)
+        full_pos[self.rows, :n] = pos
+        valid = torch.zeros(run.batch, run.capacity, dtype=torch.bool, device=dev)
+        valid[self.rows, : self.columns] = self.mask.bool()
+        logits = run.batch_forward(full_ids, start, full_pos, valid, record=record)   # [bucket(B), w, V]
+        return logits[self.rows, n - keep : n]
+
     def trim(self) -> None:
         used = self.mask.any(0).nonzero()
         last = int(used[-1]) + 1 if used.numel() else 0
         self.mask = self.mask[:, :last]   # slots past it are overwritten by the next forward
 
     def select(self, rows: torch.Tensor) -> None:
-        for layer in self.cache.layers:
-            if getattr(layer, "is_initialized", False):
-                layer.keys = layer.keys.index_select(0, rows)
-                layer.values = layer.values.index_select(0, rows)
         self.mask = self.mask.index_select(0, rows)
         self.valid = self.valid.index_select(0, rows)
+        if self.runner is None:
+            for layer in self.cache.layers:
+                if getattr(layer, "is_initialized", False):
+                    layer.keys = layer.keys.index_select(0, rows)
+                    layer.values = layer.values.index_select(0, rows)
+            return
+        self.rows = self.rows.index_select(0, rows)
+        nb, B = rows.shape[0], self.runner.batch
+        if B > 1 and nb and _bucket(nb) <= B // 2:   # the rows fit a smaller bucket: move them there
+            old = self.runner.cache
+            self._use_runner(_bucket(nb))
+            c = self.columns
+            for src, dst in zip(old.layers, self.cache.layers):
+                if not getattr(src, "is_initialized", False):
+                    continue
+                if not dst.is_initialized:
+                    dst.lazy_initialization(src.keys[:nb], src.values[:nb])
+                dst.keys[:nb, :, :c] = src.keys[self.rows, :, :c]
+                dst.values[:nb, :, :c] = src.values[self.rows, :, :c]
+            self.rows = torch.arange(nb, device=self.rows.device)
 
 
 def _block(lists: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -345,12 +400,13 @@ def _lookup_model_drafts(dc, dpend, props, lens, model_rows, drafts, lens_t, sam
 def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
            eos_ids: set[int], pad_token_id: int, sampling: SamplingConfig,
            spec: SpeculativeConfig | PromptLookupConfig | None, generator, stats: DecodeStats, progress=None,
-           static: bool = False) -> torch.Tensor:
+           static: bool = False, mode: str = "eager") -> torch.Tensor:
     """Decode a left-padded batch; returns sequences [B, L + longest new] (pad_token_id after a row's end).
 
     draft / spec None: autoregressive (the same loop with no drafts). spec a PromptLookupConfig (draft None):
     prompt lookup, each row's drafts from its own n-gram index. static: the static engine's preallocated
-    slot caches (eager forwards), else transformers' DynamicCache."""
+    slot caches, else transformers' DynamicCache; mode (static only): "eager", or recorded forwards
+    ("cudagraphs" / "inductor", see :class:`_SlotCache`)."""
     if isinstance(spec, MultiDraftConfig):
         if static:  # pragma: no cover - check_batch refuses it first
             raise ValueError("batched multi_draft runs on the dynamic engine only")
@@ -371,8 +427,10 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     if static:
         longest = 0 if spec is None else (spec.max_draft_length if spec.adaptive else spec.draft_length)
         cap = L + max_new_tokens * (longest + 2) + longest + 2   # columns grow by at most g + 2 per step
-        tc = _SlotCache(target, len(active), device, cap)
-        dc = _SlotCache(draft, len(active), device, cap) if with_draft else None
+        if mode != "eager":
+            cap += _bucket(longest + 2)                          # a recorded forward's padding columns
+        tc = _SlotCache(target, len(active), device, cap, mode, "target")
+        dc = _SlotCache(draft, len(active), device, cap, mode, "draft") if with_draft else None
     else:
         tc = _Cache(target, len(active), device)
         dc = _Cache(draft, len(active), device) if with_draft else None

@@ -34,6 +34,7 @@ from transformers.cache_utils import Cache, StaticLayer
 from . import hf_cache as kv
 
 COMPILE_MODES = ("eager", "cudagraphs", "inductor")
+RECOMPILE_LIMIT = 64   # graphs per recorded function (inductor): target and draft, every bucket of n and of B
 
 
 class SlotLayer(StaticLayer):
@@ -131,11 +132,12 @@ class StaticRunner:
         self.dtype = next(model.parameters()).dtype
         self.graphs: dict[tuple, tuple] = {}   # (kind, input shapes) -> (graph, input buffers, output)
         self.key = runner_key(model)
+        self.batch = 1   # rows of the cache (runner_for sets it; a batch's rows are its recorded batch size)
         self._compiled = {}
         if mode == "inductor":
             torch._dynamo.mark_static_address(self.cache.start)
             torch._dynamo.mark_static_address(self.prefix)
-            for name, fn in (("chain", self._forward), ("tree", self._tree_forward)):
+            for name, fn in (("chain", self._forward), ("tree", self._tree_forward), ("batch", self._batch_forward)):
                 self._compiled[name] = torch.compile(fn, fullgraph=True, dynamic=False,
                                                      mode="reduce-overhead" if device.type == "cuda" else None)
 
@@ -155,6 +157,34 @@ class StaticRunner:
         mask = torch.zeros(allow.shape, dtype=self.dtype, device=ids.device).masked_fill_(
             ~allow, torch.finfo(self.dtype).min)[None, None]
         return kv.forward(self.model, ids, self.cache, position_ids=pos[None], attention_mask=mask)[0]
+
+    def _batch_forward(self, ids: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """ids [B, n] at slots start .. start + n - 1 of every row, positions ``pos`` [B, n]; query i of row b
+        sees the slots ``<= start + i`` that ``valid[b]`` [B, capacity] (bool) marks, and its own slot (so that
+        a padding query, with nothing valid before it, stays finite). Returns float32 logits [B, n, V]."""
+        n = ids.shape[1]
+        q = self.cache.start + self.slots[:n]                                        # [n] query slots
+        slots = self.slots[: self.cache.width]
+        allow = (slots[None, :] <= q[:, None])[None] & valid[:, None, : slots.shape[0]]
+        allow = allow | (slots[None, :] == q[:, None])[None]                          # [B, n, width]
+        mask = torch.zeros(allow.shape, dtype=self.dtype, device=ids.device).masked_fill_(
+            ~allow, torch.finfo(self.dtype).min)[:, None]
+        return kv.forward(self.model, ids, self.cache, position_ids=pos, attention_mask=mask)
+
+    def batch_forward(self, ids: torch.Tensor, start: int, pos: torch.Tensor, valid: torch.Tensor,
+                      record: bool = True) -> torch.Tensor:
+        """A batch's forward (``decoding.batched``): ids [B, n] written at slots start .. start + n - 1 of every
+        row (B = the runner's batch, rows of the cache), positions ``pos`` [B, n] (long), keys visible where
+        ``valid`` [B, capacity] (bool) says so (causal: below each query's slot; each query also sees itself).
+        Returns float32 logits [B, n, V]. record=False: a plain forward, any n (the prompts); else each (B, n)
+        is recorded once (the caller pads n to a bucket)."""
+        self._check(start, ids.shape[1])
+        self.cache.start.fill_(start)
+        if not record or self.mode == "eager":
+            self.cache.width = start + ids.shape[1]
+            return self._batch_forward(ids, pos, valid)
+        self.cache.width = None
+        return self._run("batch", self._batch_forward, ids, pos, valid)
 
     def prefill(self, ids: torch.Tensor) -> None:
         """Fill slots 0 .. n-1 from ``ids`` [1, n] in one eager forward (any length, never recorded)."""
@@ -196,7 +226,10 @@ class StaticRunner:
         if self.mode == "inductor":
             if inputs[0].is_cuda:
                 torch.compiler.cudagraph_mark_step_begin()
-            return self._compiled[kind](*inputs).clone()
+            # dynamo keeps the graphs of one function together (every runner's, each (B, n) of a batch's), at most
+            # recompile_limit of them (8 by default) before falling back to eager forwards: allow the buckets
+            with torch._dynamo.config.patch(recompile_limit=max(RECOMPILE_LIMIT, torch._dynamo.config.recompile_limit)):
+                return self._compiled[kind](*inputs).clone()
         key = (kind,) + tuple(tuple(x.shape) for x in inputs)
         graph = self.graphs.get(key)
         if graph is None:
@@ -234,16 +267,23 @@ def runner_key(model) -> tuple:
             getattr(model, "_fastdecode_input_rows", None))
 
 
-def runner_for(model, capacity: int, mode: str) -> StaticRunner:
-    """The model's runner, reused across ``generate`` calls while it is big enough (graphs recorded once)."""
-    old = model.__dict__.get("_fastdecode_static")
-    if old is not None and old.mode == mode and old.capacity >= capacity and old.key == runner_key(model):
+def runner_for(model, capacity: int, mode: str, batch: int = 1, role: str = "") -> StaticRunner:
+    """The model's runner, reused across ``generate`` calls while it is big enough (graphs recorded once).
+
+    batch > 1: a runner whose cache has ``batch`` rows (``decoding.batched``), kept apart from the single-row
+    one under its ``role`` ("target" / "draft": a model drafting for itself gets two caches), reused by a later
+    call with the same batch bucket and mode."""
+    slot = "_fastdecode_static" if batch == 1 else f"_fastdecode_static_batch_{role}"
+    old = model.__dict__.get(slot)
+    if old is not None and old.mode == mode and old.capacity >= capacity and old.key == runner_key(model) \
+            and old.batch == batch:
         return old
     if old is not None:
-        model.__dict__.pop("_fastdecode_static")
+        model.__dict__.pop(slot)
         del old
         with contextlib.suppress(Exception):
             torch.cuda.empty_cache()
     runner = StaticRunner(model, capacity, mode)
-    model.__dict__["_fastdecode_static"] = runner
+    runner.batch = batch
+    model.__dict__[slot] = runner
     return runner
