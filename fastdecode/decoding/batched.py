@@ -1,7 +1,7 @@
 """Batched decoding (batch size B > 1) with ragged acceptance: ``autoregressive``, ``speculative`` (token
-and block verifiers, fixed and adaptive draft length) and ``prompt_lookup``, on the dynamic engine and (eager
-forwards) on the static engine's slot caches; ``multi_draft`` (dynamic engine) is in
-:mod:`fastdecode.decoding.batched_tree`, on the same columns and masks.
+and block verifiers, fixed and adaptive draft length) and ``prompt_lookup``, on the dynamic engine and on the
+static engine's slot caches (eager or recorded forwards: :class:`_SlotCache`); ``multi_draft`` is in
+:mod:`fastdecode.decoding.batched_tree`, on the same columns and masks (both engines too).
 
 Design: shared columns, per-row validity masks, no data moves.
 
@@ -33,6 +33,12 @@ Design: shared columns, per-row validity masks, no data moves.
   one (padding columns, never verified, invalidated).
 - Finished rows (EOS or budget) are dropped from the batch (their cache rows are selected away once,
   when they finish), so they stop consuming compute; their output is padded with ``pad_token_id``.
+- Recorded forwards (static engine, ``compile=True`` / ``"cudagraphs"``): every forward after the prompts' is
+  padded to [bucket(B), bucket(n)] (powers of two; padding tokens see only themselves), the mask is built
+  inside the recorded function from a [bucket(B), capacity] validity input (trees: a [bucket(B), bucket(n),
+  capacity] visibility), and one graph serves each shape, kept on the model for later calls. A finished row
+  stays in its cache row as inert padding until the active rows fit half the bucket; then they are copied
+  (once per layer) into the cache of that smaller bucket's runner. See :class:`_SlotCache`.
 
 Randomness: one generator serves the whole batch, so a row's sampled tokens depend on what else is in
 the batch (and on the shared g). Each row's output law is still exactly the target's, and rows are
@@ -72,9 +78,8 @@ def check_batch(target, input_ids: torch.Tensor, attention_mask, pad_token_id, m
     """Validate a (possibly batched, left-padded) call. Returns (attention_mask [B, L] long, pad id or None).
 
     Raises ValueError for B = 0, a mask whose shape differs from the ids, a mask that is not 0/1, right
-    padding (a 0 after a 1), an all-padding row, and, for B > 1: a method without batch support, recorded
-    multi_draft on the static engine, and
-    a missing pad_token_id (neither the argument nor the target's generation_config / config has one).
+    padding (a 0 after a 1), an all-padding row, and, for B > 1: a method without batch support, Lambda
+    attention, and a missing pad_token_id (neither the argument nor the target's generation_config / config has one).
     (compile= is checked by ``api._static_mode``: recorded forwards serve batches too.)
     """
     B, L = input_ids.shape
@@ -107,9 +112,6 @@ def check_batch(target, input_ids: torch.Tensor, attention_mask, pad_token_id, m
     if method not in BATCHED_METHODS:
         raise ValueError(f"batch size > 1 is supported for methods {BATCHED_METHODS} only, not {method!r} "
                          f"(batch size {B}); run the prompts one at a time")
-    if method == "multi_draft" and cache_implementation == "static":
-        raise ValueError(f"batch size > 1 with multi_draft runs on the dynamic engine only (batch size {B}): "
-                         "use cache_implementation='dynamic'")
     if lambda_attention is not None:
         raise ValueError(f"batch size > 1 is not supported with lambda_attention (batch size {B})")
     if pad_token_id is None:
@@ -228,6 +230,7 @@ class _SlotCache(_Cache):
         if problem:  # pragma: no cover - generate() checks first
             raise ValueError(problem)
         self.model, self.mode, self.role = model, mode, role
+        self.pos = None   # column positions: not kept (no sliding windows on the static engine)
         self.dtype = next(model.parameters()).dtype
         self.mask = torch.zeros(batch, 0, dtype=torch.long, device=device)
         self.valid = torch.zeros(batch, dtype=torch.long, device=device)
@@ -250,28 +253,42 @@ class _SlotCache(_Cache):
         self.cache = self.runner.cache
 
     def forward(self, ids: torch.Tensor, new_mask: torch.Tensor, keep: int) -> torch.Tensor:
-        start, n = self.columns, ids.shape[1]
-        cap = self.capacity if self.runner is None else self.runner.capacity
-        if start + n > cap:  # pragma: no cover - capacity covers the worst case
-            raise RuntimeError(f"static cache overflow: {start} + {n} > capacity {cap}")
+        start = self.columns
         pos = (self.valid[:, None] + new_mask.cumsum(-1) - 1).masked_fill(new_mask == 0, 1)
         self.mask = torch.cat([self.mask, new_mask], 1)
         self.valid = self.valid + new_mask.sum(-1)
+        return self._feed(ids, pos, start, keep)
+
+    def _feed(self, ids: torch.Tensor, pos: torch.Tensor, start: int, keep: int,
+              allow: torch.Tensor | None = None) -> torch.Tensor:
+        """Score ids / pos [nb, n] (the active rows) written at columns start ..; self.mask already holds them.
+        allow None: causal over each row's valid columns (and itself); else [nb, n, start + n] the columns each
+        query sees (trees). Returns logits [nb, keep, V] (the last ``keep`` of the n)."""
+        n, dev = ids.shape[1], ids.device
+        cap = self.capacity if self.runner is None else self.runner.capacity
+        if start + n > cap:  # pragma: no cover - capacity covers the worst case
+            raise RuntimeError(f"static cache overflow: {start} + {n} > capacity {cap}")
         if self.runner is not None:
-            return self._recorded(ids, pos, start, keep)
-        full = torch.zeros(ids.shape[0], self.capacity, dtype=torch.bool, device=ids.device)
-        full[:, : self.columns] = self.mask.bool()
-        q = start + self.slots[:n]                                                  # [n] query slots
-        allow = (self.slots[None, :] <= q[:, None])[None] & full[:, None, :]        # [B, n, capacity]
-        allow |= (self.slots[None, :] == q[:, None])[None]
-        mask4 = torch.zeros(allow.shape, dtype=self.dtype, device=ids.device).masked_fill_(
-            ~allow, torch.finfo(self.dtype).min)[:, None]
+            return self._recorded(ids, pos, start, keep, allow)
+        if allow is None:
+            full = torch.zeros(ids.shape[0], self.capacity, dtype=torch.bool, device=dev)
+            full[:, : self.columns] = self.mask.bool()
+            q = start + self.slots[:n]                                              # [n] query slots
+            full = (self.slots[None, :] <= q[:, None])[None] & full[:, None, :]     # [nb, n, capacity]
+            full |= (self.slots[None, :] == q[:, None])[None]
+        else:
+            full = torch.zeros(ids.shape[0], n, self.capacity, dtype=torch.bool, device=dev)
+            full[:, :, : start + n] = allow
+        mask4 = torch.zeros(full.shape, dtype=self.dtype, device=dev).masked_fill_(
+            ~full, torch.finfo(self.dtype).min)[:, None]
         self.cache.start.fill_(start)
         return kv.forward(self.model, ids, self.cache, position_ids=pos, attention_mask=mask4, logits_to_keep=keep)
 
-    def _recorded(self, ids: torch.Tensor, pos: torch.Tensor, start: int, keep: int) -> torch.Tensor:
-        """ids / pos [nb, n] of the active rows scattered into the runner's [bucket(B), bucket(n)] shape. The
-        prompts' forward (start 0, any length) and a forward that would not fit padded run plainly."""
+    def _recorded(self, ids: torch.Tensor, pos: torch.Tensor, start: int, keep: int,
+                  allow: torch.Tensor | None) -> torch.Tensor:
+        """ids / pos [nb, n] of the active rows scattered into the runner's [bucket(B), bucket(n)] shape (padding:
+        token 0 at position 1, seeing only itself). The prompts' forward (start 0, any length) and a forward that
+        would not fit padded run plainly."""
         run, n, dev = self.runner, ids.shape[1], ids.device
         record = start > 0 and start + _bucket(n) <= run.capacity
         w = _bucket(n) if record else n
@@ -279,9 +296,15 @@ class _SlotCache(_Cache):
         full_ids[self.rows, :n] = ids
         full_pos = torch.ones(run.batch, w, dtype=torch.long, device=dev)
         full_pos[self.rows, :n] = pos
-        valid = torch.zeros(run.batch, run.capacity, dtype=torch.bool, device=dev)
-        valid[self.rows, : self.columns] = self.mask.bool()
-        logits = run.batch_forward(full_ids, start, full_pos, valid, record=record)   # [bucket(B), w, V]
+        if allow is None:
+            visible = torch.zeros(run.batch, run.capacity, dtype=torch.bool, device=dev)
+            visible[self.rows, : self.columns] = self.mask.bool()
+        else:
+            visible = torch.zeros(run.batch, w, run.capacity, dtype=torch.bool, device=dev)
+            visible[self.rows, :n, : start + n] = allow
+            j = torch.arange(w, device=dev)
+            visible[:, j, start + j] = True
+        logits = run.batch_forward(full_ids, start, full_pos, visible, record=record)   # [bucket(B), w, V]
         return logits[self.rows, n - keep : n]
 
     def trim(self) -> None:
@@ -408,11 +431,9 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     slot caches, else transformers' DynamicCache; mode (static only): "eager", or recorded forwards
     ("cudagraphs" / "inductor", see :class:`_SlotCache`)."""
     if isinstance(spec, MultiDraftConfig):
-        if static:  # pragma: no cover - check_batch refuses it first
-            raise ValueError("batched multi_draft runs on the dynamic engine only")
         from .batched_tree import decode as decode_tree
         return decode_tree(target, draft, input_ids, attention_mask, max_new_tokens, eos_ids, pad_token_id, sampling,
-                           spec, generator, stats, progress)
+                           spec, generator, stats, progress, static=static, mode=mode)
     device = kv.device(target)
     B, L = input_ids.shape
     streams = [TokenStream(input_ids[r : r + 1, L - int(attention_mask[r].sum()):], max_new_tokens, eos_ids)

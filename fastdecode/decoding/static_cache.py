@@ -158,33 +158,37 @@ class StaticRunner:
             ~allow, torch.finfo(self.dtype).min)[None, None]
         return kv.forward(self.model, ids, self.cache, position_ids=pos[None], attention_mask=mask)[0]
 
-    def _batch_forward(self, ids: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """ids [B, n] at slots start .. start + n - 1 of every row, positions ``pos`` [B, n]; query i of row b
-        sees the slots ``<= start + i`` that ``valid[b]`` [B, capacity] (bool) marks, and its own slot (so that
-        a padding query, with nothing valid before it, stays finite). Returns float32 logits [B, n, V]."""
+    def _batch_forward(self, ids: torch.Tensor, pos: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """ids [B, n] at slots start .. start + n - 1 of every row, positions ``pos`` [B, n]. visible (bool):
+        [B, capacity] the valid slots of each row, query i seeing those ``<= start + i`` and its own slot (so
+        that a padding query, with nothing valid before it, stays finite); or [B, n, capacity] the slots each
+        query sees, given in full (trees). Returns float32 logits [B, n, V]."""
         n = ids.shape[1]
-        q = self.cache.start + self.slots[:n]                                        # [n] query slots
         slots = self.slots[: self.cache.width]
-        allow = (slots[None, :] <= q[:, None])[None] & valid[:, None, : slots.shape[0]]
-        allow = allow | (slots[None, :] == q[:, None])[None]                          # [B, n, width]
+        if visible.dim() == 3:
+            allow = visible[:, :, : slots.shape[0]]
+        else:
+            q = self.cache.start + self.slots[:n]                                    # [n] query slots
+            allow = (slots[None, :] <= q[:, None])[None] & visible[:, None, : slots.shape[0]]
+            allow = allow | (slots[None, :] == q[:, None])[None]                      # [B, n, width]
         mask = torch.zeros(allow.shape, dtype=self.dtype, device=ids.device).masked_fill_(
             ~allow, torch.finfo(self.dtype).min)[:, None]
         return kv.forward(self.model, ids, self.cache, position_ids=pos, attention_mask=mask)
 
-    def batch_forward(self, ids: torch.Tensor, start: int, pos: torch.Tensor, valid: torch.Tensor,
+    def batch_forward(self, ids: torch.Tensor, start: int, pos: torch.Tensor, visible: torch.Tensor,
                       record: bool = True) -> torch.Tensor:
-        """A batch's forward (``decoding.batched``): ids [B, n] written at slots start .. start + n - 1 of every
-        row (B = the runner's batch, rows of the cache), positions ``pos`` [B, n] (long), keys visible where
-        ``valid`` [B, capacity] (bool) says so (causal: below each query's slot; each query also sees itself).
-        Returns float32 logits [B, n, V]. record=False: a plain forward, any n (the prompts); else each (B, n)
-        is recorded once (the caller pads n to a bucket)."""
+        """A batch's forward (``decoding.batched``, ``decoding.batched_tree``): ids [B, n] written at slots
+        start .. start + n - 1 of every row (B = the runner's batch, rows of the cache), positions ``pos`` [B, n]
+        (long), keys visible as ``visible`` says (see :meth:`_batch_forward`). Returns float32 logits [B, n, V].
+        record=False: a plain forward, any n (the prompts); else each input shape is recorded once (the caller
+        pads n to a bucket)."""
         self._check(start, ids.shape[1])
         self.cache.start.fill_(start)
         if not record or self.mode == "eager":
             self.cache.width = start + ids.shape[1]
-            return self._batch_forward(ids, pos, valid)
+            return self._batch_forward(ids, pos, visible)
         self.cache.width = None
-        return self._run("batch", self._batch_forward, ids, pos, valid)
+        return self._run("batch", self._batch_forward, ids, pos, visible)
 
     def prefill(self, ids: torch.Tensor) -> None:
         """Fill slots 0 .. n-1 from ``ids`` [1, n] in one eager forward (any length, never recorded)."""
