@@ -270,18 +270,19 @@ class _SlotCache(_Cache):
             raise RuntimeError(f"static cache overflow: {start} + {n} > capacity {cap}")
         if self.runner is not None:
             return self._recorded(ids, pos, start, keep, allow)
+        # plain forwards attend to the slots below start + n only (the cache returns that many keys)
+        width = start + n
+        slots = self.slots[:width]
         if allow is None:
-            full = torch.zeros(ids.shape[0], self.capacity, dtype=torch.bool, device=dev)
-            full[:, : self.columns] = self.mask.bool()
             q = start + self.slots[:n]                                              # [n] query slots
-            full = (self.slots[None, :] <= q[:, None])[None] & full[:, None, :]     # [nb, n, capacity]
-            full |= (self.slots[None, :] == q[:, None])[None]
+            full = (slots[None, :] <= q[:, None])[None] & self.mask.bool()[:, None, :]   # [nb, n, width]
+            full |= (slots[None, :] == q[:, None])[None]
         else:
-            full = torch.zeros(ids.shape[0], n, self.capacity, dtype=torch.bool, device=dev)
-            full[:, :, : start + n] = allow
+            full = allow
         mask4 = torch.zeros(full.shape, dtype=self.dtype, device=dev).masked_fill_(
             ~full, torch.finfo(self.dtype).min)[:, None]
         self.cache.start.fill_(start)
+        self.cache.width = width
         return kv.forward(self.model, ids, self.cache, position_ids=pos, attention_mask=mask4, logits_to_keep=keep)
 
     def _recorded(self, ids: torch.Tensor, pos: torch.Tensor, start: int, keep: int,

@@ -23,6 +23,14 @@ scalar, ``prefix``) plus an explicit list of slots (the root and its ancestors i
 included), given as a fixed-width [n, A] tensor, and sits at its own position (root + depth). After
 verification :meth:`SlotCache.move` copies the accepted path's keys and values down to consecutive
 slots, in place.
+
+Batches (:mod:`fastdecode.decoding.batched`, ``batched_tree``): :meth:`StaticRunner.batch_forward` takes
+ids [B, n] (B = the runner's ``batch``, the rows of its cache), per-row positions [B, n] and either each
+row's valid slots [B, capacity] (the causal mask built in the recorded function) or each query's visible
+slots [B, n, capacity] (trees). It goes through the same :meth:`StaticRunner._run` / ``_record`` as the
+single-row forwards, one graph per input shape; the batch code pads B and n to powers of two, so a few
+graphs serve every step. ``runner_for(..., batch=B, role=...)`` keeps one runner per (role, B bucket) on the
+model, apart from the single-row one.
 """
 from __future__ import annotations
 
