@@ -42,7 +42,7 @@ from transformers.cache_utils import Cache, StaticLayer
 from . import hf_cache as kv
 
 COMPILE_MODES = ("eager", "cudagraphs", "inductor")
-RECOMPILE_LIMIT = 64   # graphs per recorded function (inductor): target and draft, every bucket of n and of B
+RECOMPILE_LIMIT = 256  # graphs per recorded function (inductor): target and draft, every bucket of n and of B
 
 
 class SlotLayer(StaticLayer):
@@ -240,7 +240,9 @@ class StaticRunner:
                 torch.compiler.cudagraph_mark_step_begin()
             # dynamo keeps the graphs of one function together (every runner's, each (B, n) of a batch's), at most
             # recompile_limit of them (8 by default) before falling back to eager forwards: allow the buckets
-            with torch._dynamo.config.patch(recompile_limit=max(RECOMPILE_LIMIT, torch._dynamo.config.recompile_limit)):
+            cfg = torch._dynamo.config
+            with cfg.patch(recompile_limit=max(RECOMPILE_LIMIT, cfg.recompile_limit),
+                           accumulated_recompile_limit=max(4 * RECOMPILE_LIMIT, cfg.accumulated_recompile_limit)):
                 return self._compiled[kind](*inputs).clone()
         key = (kind,) + tuple(tuple(x.shape) for x in inputs)
         graph = self.graphs.get(key)
