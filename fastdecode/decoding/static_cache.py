@@ -284,10 +284,10 @@ def runner_key(model) -> tuple:
 def runner_for(model, capacity: int, mode: str, batch: int = 1, role: str = "") -> StaticRunner:
     """The model's runner, reused across ``generate`` calls while it is big enough (graphs recorded once).
 
-    batch > 1: a runner whose cache has ``batch`` rows (``decoding.batched``), kept apart from the single-row
-    one under its ``role`` ("target" / "draft": a model drafting for itself gets two caches), reused by a later
-    call with the same batch bucket and mode."""
-    slot = "_fastdecode_static" if batch == 1 else f"_fastdecode_static_batch_{role}"
+    role (batches, ``decoding.batched``): a runner whose cache has ``batch`` rows, kept apart from the
+    single-row one (even with batch 1, once a batch is down to one row) under its role (e.g. "target4",
+    "draft4": a model drafting for itself gets two caches), reused by a later call with the same role."""
+    slot = f"_fastdecode_static_batch_{role}" if role else "_fastdecode_static"
     old = model.__dict__.get(slot)
     if old is not None and old.mode == mode and old.capacity >= capacity and old.key == runner_key(model) \
             and old.batch == batch:

@@ -140,6 +140,27 @@ def test_cudagraphs_path_greedy_equals_hf_and_eager(pair, batch, eos, fake_cudag
     assert len(fake_cudagraphs) == before
 
 
+@pytest.mark.parametrize("method,kw", [CONFIGS[3], CONFIGS[6]])
+def test_cudagraphs_path_self_draft(pair, batch, fake_cudagraphs, fresh, method, kw):
+    """The target drafting for itself, rows ending at three different steps (two EOS tokens), down to a batch
+    of one: its draft and target caches stay apart in every bucket, and apart from the single-row engine's."""
+    target, _ = pair
+    ids, mask = batch
+    L = ids.shape[1]
+    free = target.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=0)
+    eos = [int(free[0, L + 2]), int(free[1, L + 6])]
+    hf = target.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=0,
+                         eos_token_id=eos)
+    run = dict(temperature=0, eos_token_id=eos)
+    out = _run((target, target), ids, mask, method, kw, compile="cudagraphs", **run)
+    eager = _run((target, target), ids, mask, method, kw, compile=False, **run)
+    assert torch.equal(out.sequences, hf) and torch.equal(eager.sequences, hf)
+    assert out.stats.extra["per_row"] == eager.stats.extra["per_row"]
+    assert len({r["steps"] for r in out.stats.extra["per_row"]}) == 3
+    slots = {k for k in target.__dict__ if k.startswith("_fastdecode_static")}
+    assert slots == {f"_fastdecode_static_batch_{role}{b}" for role in ("target", "draft") for b in (4, 2, 1)}
+
+
 @pytest.mark.parametrize("method,kw", [CONFIGS[1], CONFIGS[7]])
 def test_cudagraphs_path_seed_gives_the_eager_tokens(pair, batch, fake_cudagraphs, fresh, method, kw):
     ids, mask = batch
