@@ -143,8 +143,9 @@ def generate(
 
     Batches (batch > 1): left padding only, ``attention_mask`` [batch, prompt_len] (1 = real token, 0 =
     padding; None = all ones) and a ``pad_token_id`` (None: the target's generation_config / config) for
-    rows that end early; methods "autoregressive", "speculative" and "prompt_lookup", on the
-    dynamic engine or the static one with eager forwards, and "multi_draft" on the dynamic engine (see
+    rows that end early; methods "autoregressive", "speculative", "prompt_lookup" and "multi_draft", on the
+    dynamic engine or the static one (eager forwards, or recorded ones with compile=True / "cudagraphs": the
+    batch and step widths padded to powers of two; compile=None runs a batch eagerly) (see
     :mod:`fastdecode.decoding.batched` and :mod:`fastdecode.decoding.batched_tree`). Batch size 1 runs the single-row
     engines (a left-padded row is decoded without its padding, which is put back in the output).
 
@@ -205,6 +206,8 @@ def generate(
     compile_mode = _static_mode(cache_implementation, compile, method, target, draft, lambda_attention)
     if lambda_attention is not None:
         _check_rollback(lambda_attention, method_cfg, static=compile_mode is not None)
+    if compile_mode is not None and compile is None and input_ids.shape[0] > 1:
+        compile_mode = "eager"   # batches record their forwards on request only (compile=True / "cudagraphs")
     if compile_mode is not None and method == "speculative" and confidence_threshold is None \
             and kv.device(target).type == "cuda":  # the stop's per-token host sync costs more than it saves there
         method_cfg = dataclasses.replace(method_cfg, confidence_threshold=0.0)
@@ -226,7 +229,8 @@ def generate(
         if input_ids.shape[0] > 1:
             sequences = batched.decode(target, draft if method != "autoregressive" else None, input_ids,
                                        attention_mask.to(device), max_new_tokens, stream.eos_ids, pad_token_id,
-                                       sampling, method_cfg, generator, stats, bar, static=compile_mode is not None)
+                                       sampling, method_cfg, generator, stats, bar, static=compile_mode is not None,
+                                       mode=compile_mode or "eager")
         elif compile_mode is not None:
             STATIC[method](target, draft, stream, sampling, method_cfg, generator, stats, bar, mode=compile_mode)
         else:

@@ -1,7 +1,7 @@
 """Batched decoding (batch size B > 1) with ragged acceptance: ``autoregressive``, ``speculative`` (token
-and block verifiers, fixed and adaptive draft length) and ``prompt_lookup``, on the dynamic engine and (eager
-forwards) on the static engine's slot caches; ``multi_draft`` (dynamic engine) is in
-:mod:`fastdecode.decoding.batched_tree`, on the same columns and masks.
+and block verifiers, fixed and adaptive draft length) and ``prompt_lookup``, on the dynamic engine and on the
+static engine's slot caches (eager or recorded forwards: :class:`_SlotCache`); ``multi_draft`` is in
+:mod:`fastdecode.decoding.batched_tree`, on the same columns and masks (both engines too).
 
 Design: shared columns, per-row validity masks, no data moves.
 
@@ -33,6 +33,12 @@ Design: shared columns, per-row validity masks, no data moves.
   one (padding columns, never verified, invalidated).
 - Finished rows (EOS or budget) are dropped from the batch (their cache rows are selected away once,
   when they finish), so they stop consuming compute; their output is padded with ``pad_token_id``.
+- Recorded forwards (static engine, ``compile=True`` / ``"cudagraphs"``): every forward after the prompts' is
+  padded to [bucket(B), bucket(n)] (powers of two; padding tokens see only themselves), the mask is built
+  inside the recorded function from a [bucket(B), capacity] validity input (trees: a [bucket(B), bucket(n),
+  capacity] visibility), and one graph serves each shape, kept on the model for later calls. A finished row
+  stays in its cache row as inert padding until the active rows fit half the bucket; then they are copied
+  (once per layer) into the cache of that smaller bucket's runner. See :class:`_SlotCache`.
 
 Randomness: one generator serves the whole batch, so a row's sampled tokens depend on what else is in
 the batch (and on the shared g). Each row's output law is still exactly the target's, and rows are
@@ -51,6 +57,7 @@ from . import hf_cache as kv
 from . import sampling as sm
 from .stream import TokenStream
 from .policy import DraftLengthPolicy
+from .static import bucket as _bucket
 
 BATCHED_METHODS = ("autoregressive", "speculative", "prompt_lookup", "multi_draft")
 
@@ -71,9 +78,9 @@ def check_batch(target, input_ids: torch.Tensor, attention_mask, pad_token_id, m
     """Validate a (possibly batched, left-padded) call. Returns (attention_mask [B, L] long, pad id or None).
 
     Raises ValueError for B = 0, a mask whose shape differs from the ids, a mask that is not 0/1, right
-    padding (a 0 after a 1), an all-padding row, and, for B > 1: a method without batch support, recorded
-    static-engine forwards (compile other than None / False / "eager"), multi_draft on the static engine, and
-    a missing pad_token_id (neither the argument nor the target's generation_config / config has one).
+    padding (a 0 after a 1), an all-padding row, and, for B > 1: a method without batch support, Lambda
+    attention, and a missing pad_token_id (neither the argument nor the target's generation_config / config has one).
+    (compile= is checked by ``api._static_mode``: recorded forwards serve batches too.)
     """
     B, L = input_ids.shape
     if B == 0:
@@ -105,12 +112,6 @@ def check_batch(target, input_ids: torch.Tensor, attention_mask, pad_token_id, m
     if method not in BATCHED_METHODS:
         raise ValueError(f"batch size > 1 is supported for methods {BATCHED_METHODS} only, not {method!r} "
                          f"(batch size {B}); run the prompts one at a time")
-    if method == "multi_draft" and cache_implementation == "static":
-        raise ValueError(f"batch size > 1 with multi_draft runs on the dynamic engine only (batch size {B}): "
-                         "use cache_implementation='dynamic'")
-    if cache_implementation == "static" and compile not in (None, False, "eager"):
-        raise ValueError(f"batch size > 1 on the static engine runs eager forwards only (batch size {B}): pass "
-                         "compile=False, or cache_implementation='dynamic'")
     if lambda_attention is not None:
         raise ValueError(f"batch size > 1 is not supported with lambda_attention (batch size {B})")
     if pad_token_id is None:
@@ -209,11 +210,20 @@ class _SlotCache(_Cache):
     """The same columns and masks on the static engine's preallocated cache (``static_cache.SlotCache``):
     a forward writes its n columns at slots start .. start + n - 1 (start = the column count, one device
     scalar shared by all layers), a trim only moves that start back (the next forward overwrites the
-    slots), and the attention mask is built here: causal over slots, the row's validity, and each column
-    attending to itself (so that a padding column, with no valid key before it, stays finite). Eager
-    forwards only (batch shapes are not recorded)."""
+    slots), and the attention mask is built from the rows' validity: causal over slots, the row's validity,
+    and each column attending to itself (so that a padding column, with no valid key before it, stays finite).
 
-    def __init__(self, model, batch: int, device, capacity: int):
+    mode "eager": plain forwards on a cache of the batch's own rows, finished rows selected away.
+    mode "cudagraphs" / "inductor" (recorded forwards): the cache is a
+    :class:`~fastdecode.decoding.static_cache.StaticRunner`'s, kept on the model across calls, with
+    ``bucket(B)`` rows; every forward after the prompts' has the fixed shape [bucket(B), bucket(n)] and goes
+    through the runner's recording (one graph per (bucketed B, bucketed n), the mask built inside the graph
+    from a [bucket(B), capacity] validity tensor, the positions an input). A finished row is not moved: its
+    cache row becomes an inert padding row (token 0, nothing valid, it sees only itself), as are the rows past
+    B; ``rows`` maps each active row to its cache row. When the active rows fit in half the bucket, they move
+    (one copy per layer) to the runner of that smaller bucket, so finished rows stop costing compute."""
+
+    def __init__(self, model, batch: int, device, capacity: int, mode: str = "eager", role: str = "target"):
         from .static_cache import SlotCache, static_support_problem
 
         problem = static_support_problem(model)
@@ -221,31 +231,84 @@ class _SlotCache(_Cache):
             raise ValueError(problem)
         if getattr(model, "_fastdecode_lambda", None) is not None:  # pragma: no cover - generate() checks first
             raise ValueError("batch size > 1 is not supported with Lambda attention")
-        cfg = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
-        self.model = model
-        self.cache = SlotCache(cfg.num_hidden_layers, capacity, device)
-        self.capacity = capacity
-        self.slots = torch.arange(capacity, device=device)
+        self.model, self.mode, self.role = model, mode, role
+        self.pos = None   # column positions: not kept (no sliding windows on the static engine)
         self.dtype = next(model.parameters()).dtype
         self.mask = torch.zeros(batch, 0, dtype=torch.long, device=device)
         self.valid = torch.zeros(batch, dtype=torch.long, device=device)
+        self.runner = None
+        if mode == "eager":
+            cfg = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") \
+                else model.config
+            self.cache = SlotCache(cfg.num_hidden_layers, capacity, device)
+            self.capacity = capacity
+            self.slots = torch.arange(capacity, device=device)
+        else:
+            self.capacity = -(-capacity // 128) * 128   # similar calls share the runner and its graphs
+            self._use_runner(_bucket(batch))
+            self.rows = torch.arange(batch, device=device)   # cache row of each active row
+
+    def _use_runner(self, rows: int) -> None:
+        from .static_cache import runner_for
+
+        self.runner = runner_for(self.model, self.capacity, self.mode, batch=rows, role=f"{self.role}{rows}")
+        self.cache = self.runner.cache
 
     def forward(self, ids: torch.Tensor, new_mask: torch.Tensor, keep: int) -> torch.Tensor:
-        start, n = self.columns, ids.shape[1]
-        if start + n > self.capacity:  # pragma: no cover - capacity covers the worst case
-            raise RuntimeError(f"static cache overflow: {start} + {n} > capacity {self.capacity}")
+        start = self.columns
         pos = (self.valid[:, None] + new_mask.cumsum(-1) - 1).masked_fill(new_mask == 0, 1)
         self.mask = torch.cat([self.mask, new_mask], 1)
         self.valid = self.valid + new_mask.sum(-1)
-        full = torch.zeros(ids.shape[0], self.capacity, dtype=torch.bool, device=ids.device)
-        full[:, : self.columns] = self.mask.bool()
-        q = start + self.slots[:n]                                                  # [n] query slots
-        allow = (self.slots[None, :] <= q[:, None])[None] & full[:, None, :]        # [B, n, capacity]
-        allow |= (self.slots[None, :] == q[:, None])[None]
-        mask4 = torch.zeros(allow.shape, dtype=self.dtype, device=ids.device).masked_fill_(
-            ~allow, torch.finfo(self.dtype).min)[:, None]
+        return self._feed(ids, pos, start, keep)
+
+    def _feed(self, ids: torch.Tensor, pos: torch.Tensor, start: int, keep: int,
+              allow: torch.Tensor | None = None) -> torch.Tensor:
+        """Score ids / pos [nb, n] (the active rows) written at columns start ..; self.mask already holds them.
+        allow None: causal over each row's valid columns (and itself); else [nb, n, start + n] the columns each
+        query sees (trees). Returns logits [nb, keep, V] (the last ``keep`` of the n)."""
+        n, dev = ids.shape[1], ids.device
+        cap = self.capacity if self.runner is None else self.runner.capacity
+        if start + n > cap:  # pragma: no cover - capacity covers the worst case
+            raise RuntimeError(f"static cache overflow: {start} + {n} > capacity {cap}")
+        if self.runner is not None:
+            return self._recorded(ids, pos, start, keep, allow)
+        # plain forwards attend to the slots below start + n only (the cache returns that many keys)
+        width = start + n
+        slots = self.slots[:width]
+        if allow is None:
+            q = start + self.slots[:n]                                              # [n] query slots
+            full = (slots[None, :] <= q[:, None])[None] & self.mask.bool()[:, None, :]   # [nb, n, width]
+            full |= (slots[None, :] == q[:, None])[None]
+        else:
+            full = allow
+        mask4 = torch.zeros(full.shape, dtype=self.dtype, device=dev).masked_fill_(
+            ~full, torch.finfo(self.dtype).min)[:, None]
         self.cache.start.fill_(start)
+        self.cache.width = width
         return kv.forward(self.model, ids, self.cache, position_ids=pos, attention_mask=mask4, logits_to_keep=keep)
+
+    def _recorded(self, ids: torch.Tensor, pos: torch.Tensor, start: int, keep: int,
+                  allow: torch.Tensor | None) -> torch.Tensor:
+        """ids / pos [nb, n] of the active rows scattered into the runner's [bucket(B), bucket(n)] shape (padding:
+        token 0 at position 1, seeing only itself). The prompts' forward (start 0, any length) and a forward that
+        would not fit padded run plainly."""
+        run, n, dev = self.runner, ids.shape[1], ids.device
+        record = start > 0 and start + _bucket(n) <= run.capacity
+        w = _bucket(n) if record else n
+        full_ids = torch.zeros(run.batch, w, dtype=torch.long, device=dev)
+        full_ids[self.rows, :n] = ids
+        full_pos = torch.ones(run.batch, w, dtype=torch.long, device=dev)
+        full_pos[self.rows, :n] = pos
+        if allow is None:
+            visible = torch.zeros(run.batch, run.capacity, dtype=torch.bool, device=dev)
+            visible[self.rows, : self.columns] = self.mask.bool()
+        else:
+            visible = torch.zeros(run.batch, w, run.capacity, dtype=torch.bool, device=dev)
+            visible[self.rows, :n, : start + n] = allow
+            j = torch.arange(w, device=dev)
+            visible[:, j, start + j] = True
+        logits = run.batch_forward(full_ids, start, full_pos, visible, record=record)   # [bucket(B), w, V]
+        return logits[self.rows, n - keep : n]
 
     def trim(self) -> None:
         used = self.mask.any(0).nonzero()
@@ -253,12 +316,28 @@ class _SlotCache(_Cache):
         self.mask = self.mask[:, :last]   # slots past it are overwritten by the next forward
 
     def select(self, rows: torch.Tensor) -> None:
-        for layer in self.cache.layers:
-            if getattr(layer, "is_initialized", False):
-                layer.keys = layer.keys.index_select(0, rows)
-                layer.values = layer.values.index_select(0, rows)
         self.mask = self.mask.index_select(0, rows)
         self.valid = self.valid.index_select(0, rows)
+        if self.runner is None:
+            for layer in self.cache.layers:
+                if getattr(layer, "is_initialized", False):
+                    layer.keys = layer.keys.index_select(0, rows)
+                    layer.values = layer.values.index_select(0, rows)
+            return
+        self.rows = self.rows.index_select(0, rows)
+        nb, B = rows.shape[0], self.runner.batch
+        if B > 1 and nb and _bucket(nb) <= B // 2:   # the rows fit a smaller bucket: move them there
+            old = self.runner.cache
+            self._use_runner(_bucket(nb))
+            c = self.columns
+            for src, dst in zip(old.layers, self.cache.layers):
+                if not getattr(src, "is_initialized", False):
+                    continue
+                if not dst.is_initialized:
+                    dst.lazy_initialization(src.keys[:nb], src.values[:nb])
+                dst.keys[:nb, :, :c] = src.keys[self.rows, :, :c]
+                dst.values[:nb, :, :c] = src.values[self.rows, :, :c]
+            self.rows = torch.arange(nb, device=self.rows.device)
 
 
 def _block(lists: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -347,18 +426,17 @@ def _lookup_model_drafts(dc, dpend, props, lens, model_rows, drafts, lens_t, sam
 def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
            eos_ids: set[int], pad_token_id: int, sampling: SamplingConfig,
            spec: SpeculativeConfig | PromptLookupConfig | None, generator, stats: DecodeStats, progress=None,
-           static: bool = False) -> torch.Tensor:
+           static: bool = False, mode: str = "eager") -> torch.Tensor:
     """Decode a left-padded batch; returns sequences [B, L + longest new] (pad_token_id after a row's end).
 
     draft / spec None: autoregressive (the same loop with no drafts). spec a PromptLookupConfig (draft None):
     prompt lookup, each row's drafts from its own n-gram index. static: the static engine's preallocated
-    slot caches (eager forwards), else transformers' DynamicCache."""
+    slot caches, else transformers' DynamicCache; mode (static only): "eager", or recorded forwards
+    ("cudagraphs" / "inductor", see :class:`_SlotCache`)."""
     if isinstance(spec, MultiDraftConfig):
-        if static:  # pragma: no cover - check_batch refuses it first
-            raise ValueError("batched multi_draft runs on the dynamic engine only")
         from .batched_tree import decode as decode_tree
         return decode_tree(target, draft, input_ids, attention_mask, max_new_tokens, eos_ids, pad_token_id, sampling,
-                           spec, generator, stats, progress)
+                           spec, generator, stats, progress, static=static, mode=mode)
     device = kv.device(target)
     B, L = input_ids.shape
     streams = [TokenStream(input_ids[r : r + 1, L - int(attention_mask[r].sum()):], max_new_tokens, eos_ids)
@@ -373,8 +451,10 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     if static:
         longest = 0 if spec is None else (spec.max_draft_length if spec.adaptive else spec.draft_length)
         cap = L + max_new_tokens * (longest + 2) + longest + 2   # columns grow by at most g + 2 per step
-        tc = _SlotCache(target, len(active), device, cap)
-        dc = _SlotCache(draft, len(active), device, cap) if with_draft else None
+        if mode != "eager":
+            cap += _bucket(longest + 2)                          # a recorded forward's padding columns
+        tc = _SlotCache(target, len(active), device, cap, mode, "target")
+        dc = _SlotCache(draft, len(active), device, cap, mode, "draft") if with_draft else None
     else:
         tc = _Cache(target, len(active), device)
         dc = _Cache(draft, len(active), device) if with_draft else None

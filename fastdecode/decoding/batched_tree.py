@@ -26,7 +26,14 @@ row's law is exactly the target's for a lossless verifier (one generator serves 
 gives a row different tokens in another batch, as for the chain methods).
 
 Sliding-window models: the window is applied by position in the tree masks (``_Cache.attention``). Not
-covered (refused by :func:`~fastdecode.decoding.batched.check_batch`): the static engine, Lambda attention.
+covered (refused by :func:`~fastdecode.decoding.batched.check_batch`): Lambda attention.
+
+Static engine (``cache_implementation="static"``, :class:`_StaticTreeCache`): the same columns on the slot
+caches of :mod:`fastdecode.decoding.batched`; a tree forward passes its [rows, n, columns] visibility
+explicitly, the accepted paths are gathered in place in the cache rows, and with recorded forwards every
+forward is padded to [bucket(B), bucket(n)] (the draft's depth forwards n <= k, the target's pending token +
+nodes n <= 1 + k * depth). The walk and the generator's use are the dynamic engine's: same greedy tokens,
+and a seed gives the dynamic engine's tokens up to floating-point near-ties.
 """
 from __future__ import annotations
 
@@ -38,15 +45,15 @@ from ..verification import method_info
 from ..verification.primitives import sample
 from . import hf_cache as kv
 from . import sampling as sm
-from .batched import _block, _Cache
+from .batched import _block, _bucket, _Cache, _SlotCache
 from .stream import TokenStream
 from .multi_draft import MultiDraftDecoder, draw_children
 from .tree import DraftTree
 
 
-class _TreeCache(_Cache):
-    """A :class:`~fastdecode.decoding.batched._Cache` that also takes tree forwards (4D masks) and keeps each
-    row's accepted path of a step's tree columns."""
+class _TreeMixin:
+    """Tree forwards (4D masks) and each row's accepted path of a step's tree columns kept, on either cache
+    (:class:`_TreeCache`: transformers' DynamicCache; :class:`_StaticTreeCache`: the static engine's slots)."""
 
     def forward_tree(self, ids_p: torch.Tensor, m_p: torch.Tensor, node_ids: torch.Tensor, depth: torch.Tensor,
                      node_allow: torch.Tensor, extra: list[tuple[int, int, int]], keep: int) -> torch.Tensor:
@@ -63,7 +70,8 @@ class _TreeCache(_Cache):
         self.mask = torch.cat([self.mask, m_p], 1)
         self.valid = self.valid + m_p.sum(-1)
         pos_n = self.valid[:, None] - 1 + depth          # the root sits at valid - 1
-        self.pos = torch.cat([self.pos, pos_p, pos_n], 1)
+        if self.pos is not None:
+            self.pos = torch.cat([self.pos, pos_p, pos_n], 1)
         ctx = self.mask.bool()                           # [B, c0 + W]: each row's valid context
         allow = torch.zeros(B, W + N, c0 + W + N, dtype=torch.bool, device=dev)
         if W:
@@ -79,8 +87,7 @@ class _TreeCache(_Cache):
             allow[:, W:, c0 + W:] = node_allow
         self.mask = torch.cat([self.mask, torch.zeros(B, N, dtype=torch.long, device=dev)], 1)
         qpos = torch.cat([pos_p, pos_n], 1)
-        return kv.forward(self.model, torch.cat([ids_p, node_ids], 1), self.cache, position_ids=qpos,
-                          attention_mask=self.attention(allow, qpos), logits_to_keep=keep)
+        return self._tree_feed(torch.cat([ids_p, node_ids], 1), qpos, allow, c0, keep)
 
     def keep_paths(self, first: int, paths: list[list[int]]) -> None:
         """Columns first.. are this step's tree columns: row r keeps paths[r] (absolute columns, in order),
@@ -97,18 +104,52 @@ class _TreeCache(_Cache):
             order.append(rel + [j for j in range(n) if j not in chosen])
         idx = torch.tensor(order, dtype=torch.long, device=dev)                   # [B, n]
         if any(o != list(range(n)) for o in order):
-            for layer in self.cache.layers:
-                if getattr(layer, "keys", None) is None or not layer.keys.numel():
-                    continue
-                for name in ("keys", "values"):
-                    t = getattr(layer, name)                                        # [B, H, C, D]
-                    g = idx.to(t.device)[:, None, :, None].expand(t.shape[0], t.shape[1], n, t.shape[3])
-                    setattr(layer, name, torch.cat([t[:, :, :first], t[:, :, first:].gather(2, g)], 2))
-            self.pos = torch.cat([self.pos[:, :first], self.pos[:, first:].gather(1, idx)], 1)
+            self._permute(first, idx)
+            if self.pos is not None:
+                self.pos = torch.cat([self.pos[:, :first], self.pos[:, first:].gather(1, idx)], 1)
         lens = torch.tensor([len(c) for c in paths], dtype=torch.long, device=dev)
         self.mask[:, first:] = (torch.arange(n, device=dev)[None] < lens[:, None]).long()
         self.valid = self.valid + lens
         self.trim()
+
+
+class _TreeCache(_TreeMixin, _Cache):
+    """Batched trees on transformers' DynamicCache."""
+
+    def _tree_feed(self, ids, qpos, allow, c0, keep):
+        return kv.forward(self.model, ids, self.cache, position_ids=qpos, attention_mask=self.attention(allow, qpos),
+                          logits_to_keep=keep)
+
+    def _permute(self, first: int, idx: torch.Tensor) -> None:
+        """Columns first.. of row r reordered by idx[r] (every layer; new tensors)."""
+        n = idx.shape[1]
+        for layer in self.cache.layers:
+            if getattr(layer, "keys", None) is None or not layer.keys.numel():
+                continue
+            for name in ("keys", "values"):
+                t = getattr(layer, name)                                        # [B, H, C, D]
+                g = idx.to(t.device)[:, None, :, None].expand(t.shape[0], t.shape[1], n, t.shape[3])
+                setattr(layer, name, torch.cat([t[:, :, :first], t[:, :, first:].gather(2, g)], 2))
+
+
+class _StaticTreeCache(_TreeMixin, _SlotCache):
+    """Batched trees on the static engine's slots (eager or recorded forwards, see
+    :class:`~fastdecode.decoding.batched._SlotCache`): a tree forward is a forward with an explicit [nb, n,
+    columns] visibility (recorded: padded to [bucket(B), bucket(n), capacity], one graph per shape), and the
+    accepted paths are gathered in place, in the active rows' cache rows."""
+
+    def _tree_feed(self, ids, qpos, allow, c0, keep):
+        return self._feed(ids, qpos, c0, keep, allow)
+
+    def _permute(self, first: int, idx: torch.Tensor) -> None:
+        nb, n = idx.shape
+        rows = self.rows if self.runner is not None else torch.arange(nb, device=idx.device)
+        for layer in self.cache.layers:
+            if not getattr(layer, "is_initialized", False):
+                continue
+            for t in (layer.keys, layer.values):                                  # [rows, H, capacity, D]
+                sub = t[rows, :, first : first + n]                               # [nb, H, n, D] (a copy)
+                t[rows, :, first : first + n] = sub.gather(2, idx[:, None, :, None].expand(sub.shape))
 
 
 class _Walker(MultiDraftDecoder):
@@ -130,14 +171,24 @@ def _pad_nodes(rows: list[list[int]], trees: list[DraftTree], device):
 
 def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
            eos_ids: set[int], pad_token_id: int, sampling: SamplingConfig, cfg: MultiDraftConfig, generator,
-           stats: DecodeStats, progress=None) -> torch.Tensor:
-    """Multi-draft decoding of a left-padded batch; returns sequences [B, L + longest new]."""
+           stats: DecodeStats, progress=None, static: bool = False, mode: str = "eager") -> torch.Tensor:
+    """Multi-draft decoding of a left-padded batch; returns sequences [B, L + longest new]. static: the static
+    engine's slot caches (mode "eager", or "cudagraphs" / "inductor": recorded forwards)."""
     device = kv.device(target)
     B, L = input_ids.shape
     streams = [TokenStream(input_ids[r : r + 1, L - int(attention_mask[r].sum()):], max_new_tokens, eos_ids)
                for r in range(B)]
     active = [r for r in range(B) if not streams[r].done]
-    tc, dc = _TreeCache(target, len(active), device), _TreeCache(draft, len(active), device)
+    if static:
+        deepest = cfg.max_draft_length if cfg.adaptive else cfg.draft_length
+        longest = 2 + cfg.num_drafts * deepest                   # the widest forward after the prompts'
+        cap = L + max_new_tokens * (deepest + 2) + longest + 2   # columns grow by at most the path + 2 per step
+        if mode != "eager":
+            cap += _bucket(longest)
+        tc = _StaticTreeCache(target, len(active), device, cap, mode, "target")
+        dc = _StaticTreeCache(draft, len(active), device, cap, mode, "draft")
+    else:
+        tc, dc = _TreeCache(target, len(active), device), _TreeCache(draft, len(active), device)
     tpend = [streams[r].tokens[:] for r in active]
     dpend = [streams[r].tokens[:] for r in active]
     depths = [cfg.draft_length for _ in active]                  # each row's next tree depth

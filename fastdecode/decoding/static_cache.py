@@ -23,6 +23,14 @@ scalar, ``prefix``) plus an explicit list of slots (the root and its ancestors i
 included), given as a fixed-width [n, A] tensor, and sits at its own position (root + depth). After
 verification :meth:`SlotCache.move` copies the accepted path's keys and values down to consecutive
 slots, in place.
+
+Batches (:mod:`fastdecode.decoding.batched`, ``batched_tree``): :meth:`StaticRunner.batch_forward` takes
+ids [B, n] (B = the runner's ``batch``, the rows of its cache), per-row positions [B, n] and either each
+row's valid slots [B, capacity] (the causal mask built in the recorded function) or each query's visible
+slots [B, n, capacity] (trees). It goes through the same :meth:`StaticRunner._run` / ``_record`` as the
+single-row forwards, one graph per input shape; the batch code pads B and n to powers of two, so a few
+graphs serve every step. ``runner_for(..., batch=B, role=...)`` keeps one runner per (role, B bucket) on the
+model, apart from the single-row one.
 """
 from __future__ import annotations
 
@@ -34,6 +42,7 @@ from transformers.cache_utils import Cache, StaticLayer
 from . import hf_cache as kv
 
 COMPILE_MODES = ("eager", "cudagraphs", "inductor")
+RECOMPILE_LIMIT = 256  # graphs per recorded function (inductor): target and draft, every bucket of n and of B
 
 
 class SlotLayer(StaticLayer):
@@ -129,11 +138,12 @@ class StaticRunner:
         self.dtype = next(model.parameters()).dtype
         self.graphs: dict[tuple, tuple] = {}   # (kind, input shapes) -> (graph, input buffers, output)
         self.key = runner_key(model)
+        self.batch = 1   # rows of the cache (runner_for sets it; a batch's rows are its recorded batch size)
         self._compiled = {}
         if mode == "inductor":
             torch._dynamo.mark_static_address(self.cache.start)
             torch._dynamo.mark_static_address(self.prefix)
-            for name, fn in (("chain", self._forward), ("tree", self._tree_forward)):
+            for name, fn in (("chain", self._forward), ("tree", self._tree_forward), ("batch", self._batch_forward)):
                 self._compiled[name] = torch.compile(fn, fullgraph=True, dynamic=False,
                                                      mode="reduce-overhead" if device.type == "cuda" else None)
 
@@ -158,6 +168,38 @@ class StaticRunner:
         mask = torch.zeros(allow.shape, dtype=self.dtype, device=ids.device).masked_fill_(
             ~allow, torch.finfo(self.dtype).min)[None, None]
         return kv.forward(self.model, ids, self.cache, position_ids=pos[None], attention_mask=mask)[0]
+
+    def _batch_forward(self, ids: torch.Tensor, pos: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """ids [B, n] at slots start .. start + n - 1 of every row, positions ``pos`` [B, n]. visible (bool):
+        [B, capacity] the valid slots of each row, query i seeing those ``<= start + i`` and its own slot (so
+        that a padding query, with nothing valid before it, stays finite); or [B, n, capacity] the slots each
+        query sees, given in full (trees). Returns float32 logits [B, n, V]."""
+        n = ids.shape[1]
+        slots = self.slots[: self.cache.width]
+        if visible.dim() == 3:
+            allow = visible[:, :, : slots.shape[0]]
+        else:
+            q = self.cache.start + self.slots[:n]                                    # [n] query slots
+            allow = (slots[None, :] <= q[:, None])[None] & visible[:, None, : slots.shape[0]]
+            allow = allow | (slots[None, :] == q[:, None])[None]                      # [B, n, width]
+        mask = torch.zeros(allow.shape, dtype=self.dtype, device=ids.device).masked_fill_(
+            ~allow, torch.finfo(self.dtype).min)[:, None]
+        return kv.forward(self.model, ids, self.cache, position_ids=pos, attention_mask=mask)
+
+    def batch_forward(self, ids: torch.Tensor, start: int, pos: torch.Tensor, visible: torch.Tensor,
+                      record: bool = True) -> torch.Tensor:
+        """A batch's forward (``decoding.batched``, ``decoding.batched_tree``): ids [B, n] written at slots
+        start .. start + n - 1 of every row (B = the runner's batch, rows of the cache), positions ``pos`` [B, n]
+        (long), keys visible as ``visible`` says (see :meth:`_batch_forward`). Returns float32 logits [B, n, V].
+        record=False: a plain forward, any n (the prompts); else each input shape is recorded once (the caller
+        pads n to a bucket)."""
+        self._check(start, ids.shape[1])
+        self.cache.start.fill_(start)
+        if not record or self.mode == "eager":
+            self.cache.width = start + ids.shape[1]
+            return self._batch_forward(ids, pos, visible)
+        self.cache.width = None
+        return self._run("batch", self._batch_forward, ids, pos, visible)
 
     def prefill(self, ids: torch.Tensor) -> None:
         """Fill slots 0 .. n-1 from ``ids`` [1, n] in one eager forward (any length, never recorded)."""
@@ -199,7 +241,12 @@ class StaticRunner:
         if self.mode == "inductor":
             if inputs[0].is_cuda:
                 torch.compiler.cudagraph_mark_step_begin()
-            return self._compiled[kind](*inputs).clone()
+            # dynamo keeps the graphs of one function together (every runner's, each (B, n) of a batch's), at most
+            # recompile_limit of them (8 by default) before falling back to eager forwards: allow the buckets
+            cfg = torch._dynamo.config
+            with cfg.patch(recompile_limit=max(RECOMPILE_LIMIT, cfg.recompile_limit),
+                           accumulated_recompile_limit=max(4 * RECOMPILE_LIMIT, cfg.accumulated_recompile_limit)):
+                return self._compiled[kind](*inputs).clone()
         key = (kind,) + tuple(tuple(x.shape) for x in inputs)
         graph = self.graphs.get(key)
         if graph is None:
@@ -237,21 +284,28 @@ def runner_key(model) -> tuple:
             getattr(model, "_fastdecode_input_rows", None))
 
 
-def runner_for(model, capacity: int, mode: str, longest: int = 1) -> StaticRunner:
+def runner_for(model, capacity: int, mode: str, longest: int = 1, batch: int = 1, role: str = "") -> StaticRunner:
     """The model's runner, reused across ``generate`` calls while it is big enough (graphs recorded once).
+
     ``longest``: the longest forward the loop makes (a model under Lambda attention gets a
-    :class:`~fastdecode.decoding.static_lambda.LambdaRunner` whose ring is sized by it, not by ``capacity``)."""
+    :class:`~fastdecode.decoding.static_lambda.LambdaRunner` whose ring is sized by it, not by ``capacity``).
+    role (batches, ``decoding.batched``): a runner whose cache has ``batch`` rows, kept apart from the
+    single-row one (even with batch 1, once a batch is down to one row) under its role (e.g. "target4",
+    "draft4": a model drafting for itself gets two caches), reused by a later call with the same role."""
     if getattr(model, "_fastdecode_lambda", None) is not None:
         from .static_lambda import lambda_runner_for
         return lambda_runner_for(model, longest, mode)
-    old = model.__dict__.get("_fastdecode_static")
-    if old is not None and old.mode == mode and old.capacity >= capacity and old.key == runner_key(model):
+    slot = f"_fastdecode_static_batch_{role}" if role else "_fastdecode_static"
+    old = model.__dict__.get(slot)
+    if old is not None and old.mode == mode and old.capacity >= capacity and old.key == runner_key(model) \
+            and old.batch == batch:
         return old
     if old is not None:
-        model.__dict__.pop("_fastdecode_static")
+        model.__dict__.pop(slot)
         del old
         with contextlib.suppress(Exception):
             torch.cuda.empty_cache()
     runner = StaticRunner(model, capacity, mode)
-    model.__dict__["_fastdecode_static"] = runner
+    runner.batch = batch
+    model.__dict__[slot] = runner
     return runner

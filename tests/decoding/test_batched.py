@@ -107,9 +107,7 @@ def test_pad_token_from_generation_config(pair, batch):
     ("all_padding", "all padding"),
     ("empty_batch", "batch size 0"),
     ("no_pad", "pad_token_id"),
-    ("multi_draft_static", "dynamic engine only"),
     ("entropy_switch", "batch size > 1 is supported"),
-    ("static_compiled", "eager forwards only"),
     ("mask_values", "only 0"),
 ])
 def test_bad_batch_input(pair, batch, case, match):
@@ -128,12 +126,8 @@ def test_bad_batch_input(pair, batch, case, match):
         ids, kw["attention_mask"] = ids[:0], mask[:0]
     elif case == "no_pad":
         kw.pop("pad_token_id")
-    elif case == "multi_draft_static":
-        kw.update(num_drafts=2, cache_implementation="static")
     elif case == "entropy_switch":
         kw["method"] = "entropy_switch"
-    elif case == "static_compiled":
-        kw.update(cache_implementation="static", compile=True)
     elif case == "mask_values":
         kw["attention_mask"] = mask * 2
     with pytest.raises(ValueError, match=match):

@@ -131,7 +131,6 @@ def test_errors(target, batch):
         fastdecode.generate(target, ids, attention_mask=mask, draft=draft, method="prompt_lookup", max_new_tokens=2,
                             pad_token_id=0, cache_implementation="static")
     for kw, match in ((dict(draft_length=3), "does not apply to method 'prompt_lookup'"),
-                      (dict(cache_implementation="static", compile=True), "eager forwards only"),
                       (dict(pad_token_id=None), "pad_token_id"),
                       (dict(attention_mask=mask.flip(-1)), "right padding")):
         args = {**dict(attention_mask=mask, method="prompt_lookup", max_new_tokens=2, pad_token_id=0), **kw}

@@ -100,6 +100,32 @@ def test_cache_grows_by_accepted_paths(pair, batch, monkeypatch):
     assert checks and all(all(c) for c in checks)
 
 
+@pytest.mark.parametrize("kw", CONFIGS)
+def test_static_engine_equals_dynamic(pair, batch, eos, kw):
+    """The static engine (eager forwards; recorded ones: test_batched_static): greedy, rows ending at different
+    steps, the same tokens, trees and accepted paths as the dynamic engine (itself equal to HF and alone)."""
+    target, draft = pair
+    ids, mask = batch
+    run = dict(attention_mask=mask, draft=draft, method="multi_draft", max_new_tokens=NEW, temperature=0,
+               eos_token_id=[eos], pad_token_id=0, **kw)
+    dyn = fastdecode.generate(target, ids, **run)
+    sta = fastdecode.generate(target, ids, cache_implementation="static", **run)
+    assert torch.equal(sta.sequences, dyn.sequences)
+    assert sta.stats.extra["per_row"] == dyn.stats.extra["per_row"]
+    assert sta.stats.extra["tree_nodes"] == dyn.stats.extra["tree_nodes"]
+
+
+@pytest.mark.parametrize("verifier", ["rrs", "spectr"])
+def test_static_engine_seed_gives_the_dynamic_tokens(pair, batch, verifier):
+    target, draft = pair
+    ids, mask = batch
+    kw = dict(attention_mask=mask, draft=draft, method="multi_draft", num_drafts=3, max_new_tokens=9, temperature=0.8,
+              seed=4, eos_token_id=[], pad_token_id=0, verifier=verifier)
+    dyn = fastdecode.generate(target, ids, **kw)
+    sta = fastdecode.generate(target, ids, cache_implementation="static", **kw)
+    assert torch.equal(sta.sequences, dyn.sequences)
+
+
 @pytest.mark.parametrize("verifier", ["rrs", "spectr", "optimal"])
 def test_sampled_runs_budget_and_seed(pair, batch, verifier):
     target, draft = pair
@@ -112,7 +138,6 @@ def test_sampled_runs_budget_and_seed(pair, batch, verifier):
 
 
 @pytest.mark.parametrize("case,match", [
-    ("static", "dynamic engine only"),
     ("draft_missing", "needs a draft model"),
     ("confidence", "confidence_threshold applies"),
 ])
@@ -120,9 +145,7 @@ def test_errors(pair, batch, case, match):
     target, draft = pair
     ids, mask = batch
     kw = dict(attention_mask=mask, draft=draft, method="multi_draft", num_drafts=2, max_new_tokens=2, pad_token_id=0)
-    if case == "static":
-        kw["cache_implementation"] = "static"
-    elif case == "draft_missing":
+    if case == "draft_missing":
         kw["draft"] = None
     elif case == "confidence":
         kw["confidence_threshold"] = 0.5

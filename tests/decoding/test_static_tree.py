@@ -202,9 +202,6 @@ def test_reused_runner_gives_the_same_tokens(pair):
 
 def test_refusals(pair, tiny_pair):
     target, draft, prompt, _ = pair
-    with pytest.raises(ValueError, match="batch size > 1 with multi_draft runs on the dynamic engine only"):
-        fastdecode.generate(target, prompt.repeat(2, 1), draft=draft, method="multi_draft", num_drafts=2,
-                            cache_implementation="static", pad_token_id=0)
     with pytest.raises(ValueError, match="supports methods .*multi_draft.*not 'entropy_switch'"):
         fastdecode.generate(target, prompt, draft=draft, method="entropy_switch", cache_implementation="static")
     with pytest.raises(ValueError, match="Lambda attention"):
