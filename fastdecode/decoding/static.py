@@ -41,6 +41,13 @@ def bucket(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
+def padded(run, n: int) -> int:
+    """The length an n-token forward of ``run`` is padded to: its bucket when forwards are recorded (a few
+    shapes serve every step); n itself for plain (eager) forwards, where padding would only add compute
+    (on the CPU the target's verify forward costs about its token count)."""
+    return n if run.mode == "eager" else bucket(n)
+
+
 def capacity_for(prompt_len: int, max_new_tokens: int, longest_forward: int) -> int:
     """Cache slots for a whole generation (rounded up to 128 so that similar calls share the graphs)."""
     need = prompt_len + max_new_tokens + longest_forward
@@ -54,7 +61,7 @@ def feed(run, seq: torch.Tensor, pad: torch.Tensor, start: int, n: int) -> int:
     step = run.max_forward or n
     for a in range(0, n, step):
         m = min(step, n - a)
-        run.forward(torch.cat([seq[start + a : start + a + m], pad[: bucket(m) - m]])[None], start + a)
+        run.forward(torch.cat([seq[start + a : start + a + m], pad[: padded(run, m) - m]])[None], start + a)
     return -(-n // step)
 
 
@@ -150,14 +157,21 @@ def decode_speculative(target, draft, stream: TokenStream, sampling: SamplingCon
                 progress.update(kept)
             stats.record_step(0, 0)
             continue
+        first = L - 1  # the draft's first forward: slots first .. L - 1
         if dlen < L - 1:  # committed tokens the draft has not seen (after a full acceptance or plain steps)
-            stats.draft_calls += feed(drun, seq, pad, dlen, L - 1 - dlen)
+            if drun.mode == "eager" and L - dlen <= (drun.max_forward or L):
+                first = dlen  # plain forwards: the catch-up rides along with the first draft token's forward
+            else:             # recorded forwards keep one-token drafting shapes: catch up on its own
+                stats.draft_calls += feed(drun, seq, pad, dlen, L - 1 - dlen)
             dlen = L - 1
 
         # 1. draft g tokens (no host sync unless the confidence stop is on)
         cur, xs, qs = last, [], []
         for i in range(g):
-            dl = drun.forward(cur.view(1, 1), L - 1 + i)
+            if i == 0 and first < L - 1:
+                dl = drun.forward(seq[None, first:L], first)[-1:]
+            else:
+                dl = drun.forward(cur.view(1, 1), L - 1 + i)
             if sampling.greedy:
                 x = dl.argmax(-1)
             else:
@@ -172,8 +186,8 @@ def decode_speculative(target, draft, stream: TokenStream, sampling: SamplingCon
         stats.draft_calls += len(xs)
         x = torch.cat(xs)                                              # [g]
 
-        # 2. one target forward over [last, x_1..x_g], padded to its bucket
-        b = bucket(g + 1)
+        # 2. one target forward over [last, x_1..x_g], padded to its bucket when recorded
+        b = padded(trun, g + 1)
         logits = trun.forward(torch.cat([last, x, pad[: b - g - 1]])[None], L - 1)[: g + 1]
         stats.target_calls += 1
 
@@ -229,7 +243,7 @@ def decode_prompt_lookup(target, draft, stream: TokenStream, sampling: SamplingC
                 progress.update(kept)
             continue
         x = torch.tensor(proposal, dtype=torch.long, device=device)
-        b = bucket(g + 1)
+        b = padded(run, g + 1)
         logits = run.forward(torch.cat([last, x, pad[: b - g - 1]])[None], L - 1)[: g + 1]
         stats.target_calls += 1
         q = None if sampling.greedy else sm.one_hot(x, logits.shape[-1])
