@@ -45,7 +45,7 @@ from ..verification import method_info
 from ..verification.primitives import sample
 from . import hf_cache as kv
 from . import sampling as sm
-from .batched import _block, _bucket, _Cache, _SlotCache
+from .batched_cache import _block, _bucket, _Cache, _SlotCache, batch_output
 from .stream import TokenStream
 from .multi_draft import MultiDraftDecoder, draw_children
 from .tree import DraftTree
@@ -299,15 +299,4 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
             dpend = [dpend[i] for i in keep]
             depths = [depths[i] for i in keep]
 
-    for r, s in enumerate(streams):
-        per_row[r]["new_tokens"] = s.new_tokens
-    stats.new_tokens = sum(s.new_tokens for s in streams)
-    stats.extra["per_row"] = per_row
-    stats.extra["batch_steps"] = batch_steps
-    longest = max(s.new_tokens for s in streams)
-    out = torch.full((B, L + longest), pad_token_id, dtype=torch.long, device=device)
-    out[:, :L] = input_ids
-    for r, s in enumerate(streams):
-        if s.new_tokens:
-            out[r, L : L + s.new_tokens] = torch.tensor(s.tokens[s.prompt_len:], device=device)
-    return out
+    return batch_output(streams, per_row, batch_steps, stats, input_ids, pad_token_id)

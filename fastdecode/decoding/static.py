@@ -32,6 +32,7 @@ from . import sampling as sm
 from .stream import TokenStream
 from .policy import DraftLengthPolicy, cost_ratio
 from .static_cache import runner_for
+from .static_lambda import lambda_runner_for
 
 TINY_TEMPERATURE = 1e-30  # below this, logits / T overflows float32: the greedy limit is used
 
@@ -39,6 +40,14 @@ TINY_TEMPERATURE = 1e-30  # below this, logits / T overflows float32: the greedy
 def bucket(n: int) -> int:
     """The recorded length that serves an n-token forward: the next power of two."""
     return 1 << max(0, n - 1).bit_length()
+
+
+def runner(model, capacity: int, mode: str, longest: int):
+    """The model's static runner: its slot cache of ``capacity`` slots, or under Lambda attention the ring
+    runner sized by ``longest``, the longest forward the loop makes (not by the capacity)."""
+    if getattr(model, "_fastdecode_lambda", None) is not None:
+        return lambda_runner_for(model, longest, mode)
+    return runner_for(model, capacity, mode)
 
 
 def padded(run, n: int) -> int:
@@ -119,7 +128,7 @@ def decode_autoregressive(target, draft, stream: TokenStream, sampling: Sampling
                           stats: DecodeStats, progress=None, mode: str = "eager") -> None:
     sampling = _sampling(sampling)
     prompt = torch.tensor([stream.tokens], device=kv.device(target))
-    run = runner_for(target, capacity_for(stream.length, stream.max_new_tokens, 1), mode, longest=1)
+    run = runner(target, capacity_for(stream.length, stream.max_new_tokens, 1), mode, longest=1)
     run.prefill(prompt[:, :-1])
     last, pos = prompt[0, -1:], stream.length - 1
     while not stream.done:
@@ -136,7 +145,7 @@ def decode_speculative(target, draft, stream: TokenStream, sampling: SamplingCon
     device = kv.device(target)
     longest = spec.max_draft_length if spec.adaptive else spec.draft_length
     cap = capacity_for(stream.length, stream.max_new_tokens, bucket(longest + 1))
-    trun, drun = (runner_for(m, cap, mode, longest=bucket(longest + 1)) for m in (target, draft))
+    trun, drun = (runner(m, cap, mode, longest=bucket(longest + 1)) for m in (target, draft))
     seq = torch.zeros(cap, dtype=torch.long, device=device)  # the committed tokens, on the device
     seq[: stream.length] = torch.tensor(stream.tokens, device=device)
     trun.prefill(seq[None, : stream.length - 1])
@@ -222,7 +231,7 @@ def decode_prompt_lookup(target, draft, stream: TokenStream, sampling: SamplingC
     sampling = _sampling(sampling)
     device = kv.device(target)
     longest = cfg.prompt_lookup_num_tokens
-    run = runner_for(target, capacity_for(stream.length, stream.max_new_tokens, bucket(longest + 1)), mode,
+    run = runner(target, capacity_for(stream.length, stream.max_new_tokens, bucket(longest + 1)), mode,
                      longest=bucket(longest + 1))
     prompt = torch.tensor([stream.tokens], device=device)
     run.prefill(prompt[:, :-1])

@@ -284,17 +284,13 @@ def runner_key(model) -> tuple:
             getattr(model, "_fastdecode_input_rows", None))
 
 
-def runner_for(model, capacity: int, mode: str, longest: int = 1, batch: int = 1, role: str = "") -> StaticRunner:
+def runner_for(model, capacity: int, mode: str, batch: int = 1, role: str = "") -> StaticRunner:
     """The model's runner, reused across ``generate`` calls while it is big enough (graphs recorded once).
 
-    ``longest``: the longest forward the loop makes (a model under Lambda attention gets a
-    :class:`~fastdecode.decoding.static_lambda.LambdaRunner` whose ring is sized by it, not by ``capacity``).
-    role (batches, ``decoding.batched``): a runner whose cache has ``batch`` rows, kept apart from the
+    (A model under Lambda attention gets its ring runner from ``static_lambda.lambda_runner_for`` instead:
+    ``decoding.static`` picks.) role (batches, ``decoding.batched``): a runner whose cache has ``batch`` rows, kept apart from the
     single-row one (even with batch 1, once a batch is down to one row) under its role (e.g. "target4",
     "draft4": a model drafting for itself gets two caches), reused by a later call with the same role."""
-    if getattr(model, "_fastdecode_lambda", None) is not None:
-        from .static_lambda import lambda_runner_for
-        return lambda_runner_for(model, longest, mode)
     slot = f"_fastdecode_static_batch_{role}" if role else "_fastdecode_static"
     old = model.__dict__.get(slot)
     if old is not None and old.mode == mode and old.capacity >= capacity and old.key == runner_key(model) \
