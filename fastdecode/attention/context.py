@@ -162,7 +162,7 @@ def check_window(model, cfg: LambdaAttention) -> None:
     ``W`` is the smaller, so Lambda attention runs (it replaces the model's attention, window included); a
     model window below ``L`` is refused, since Lambda attention would let queries see keys the model
     never saw."""
-    from ..decoding.hf_cache import attention_layout
+    from .windows import attention_layout
 
     window, _ = attention_layout(model)
     if window is not None and window < cfg.window:

@@ -68,13 +68,6 @@ def test_window_in_tree_mask_matters():
     assert not torch.equal(out.sequences, ref)
 
 
-def test_attention_layout():
-    assert kv.attention_layout(_case("mistral")[0]) == (WINDOW, None)
-    assert kv.attention_layout(_case("gemma2")[0]) == (WINDOW, ("full_attention", "sliding_attention"))
-    assert kv.attention_layout(tiny_lm("qwen2", 1)) == (None, None)  # use_sliding_window=False
-    assert kv.attention_layout(tiny_lm("llama", 1)) == (None, None)
-
-
 def test_new_cache_has_full_layers_and_select_keeps_lengths():
     target = _case("gemma2")[0]
     cache = kv.new_cache(target)
