@@ -11,6 +11,9 @@ if os.environ.get("FASTDECODE_TEST_DEVICE", "cpu") == "cpu":
 import pytest
 import torch
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n 2`: one torch thread per worker, not two each on 2 cores
+    torch.set_num_threads(1)
+
 from tiny_models import tiny_llama
 
 

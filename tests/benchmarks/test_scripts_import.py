@@ -1,6 +1,7 @@
 """Every benchmark script imports cleanly (the GPU-only ones are not run on the CPU, so a stale import
 would otherwise be found only on a GPU machine) and answers --help."""
 import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = sorted(p.stem for p in (ROOT / "bench").glob("*.py") if p.stem not in ("__init__", "common"))
+
+
+@pytest.fixture(autouse=True)
+def _environment_kept():
+    """Some GPU scripts set environment variables when imported (TRITON_INTERPRET=0, FASTDECODE_TEST_DEVICE):
+    restore the environment so that later tests still run the kernels under the interpreter."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

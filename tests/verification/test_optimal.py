@@ -377,7 +377,8 @@ def test_prepared_verify_equals_verify():
 @pytest.mark.parametrize("V", [20000, 40000])
 def test_batched_cpu_sort_paths(V):
     """Several rows whose support lies in the padded-radix range (V = 20000) or above it (V = 40000):
-    each row of the batch equals its own build bit for bit, and acceptance = alpha* to 1e-9."""
+    each row of the batch equals its own build (to 1e-9 relative; bit for bit on one thread), and acceptance = alpha*
+    to 1e-9."""
     g = torch.Generator().manual_seed(V)
     logits = torch.randn(3, V, generator=g, dtype=torch.float64) * 2.5
     p = logits.softmax(-1)
@@ -389,7 +390,9 @@ def test_batched_cpu_sort_paths(V):
         batch = build_race(p, q, k)
         for i in range(3):
             single = build_race(p[i:i + 1], q[i:i + 1], k)
-            assert torch.equal(batch.b_real[i:i + 1], single.b_real) and torch.equal(batch.alpha[i:i + 1], single.alpha)
+            # equal up to the order of multi-threaded reductions (bit for bit on one thread)
+            torch.testing.assert_close(batch.b_real[i:i + 1], single.b_real, rtol=1e-9, atol=1e-15)
+            torch.testing.assert_close(batch.alpha[i:i + 1], single.alpha, rtol=1e-12, atol=1e-15)
             acc = float(torch.minimum(single.p, single.b_real).sum())
             assert abs(acc - _alpha_sorted(p[i].numpy(), q[i].numpy(), k)) < 1e-9
 
