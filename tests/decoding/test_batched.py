@@ -5,6 +5,7 @@ import torch
 
 import fastdecode
 from distribution import chi_square_pvalue, exact_law
+from batches import eos_for, left_pad, random_prompts, tiny_pair
 from tiny_models import draft_of, tiny_lm
 
 NEW = 16
@@ -18,31 +19,20 @@ CONFIGS = [
 ]
 
 
-def left_pad(prompts: list[list[int]], pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    L = max(len(p) for p in prompts)
-    ids = torch.tensor([[pad] * (L - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts])
-    return ids, mask
-
-
 @pytest.fixture(scope="module")
 def pair():
-    target = tiny_lm("llama", layers=2, seed=0)
-    return target, draft_of(target, 1)
+    return tiny_pair()
 
 
 @pytest.fixture(scope="module")
 def batch():
-    g = torch.Generator().manual_seed(1)
-    return left_pad([torch.randint(1, 512, (n,), generator=g).tolist() for n in LENS])
+    return left_pad(random_prompts(LENS))
 
 
 @pytest.fixture(scope="module")
 def eos(pair, batch):
     """A token that row 0 produces early and the other rows later or never, so rows finish at different steps."""
-    ids, mask = batch
-    free = pair[0].generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=0)
-    return int(free[0, ids.shape[1] + 3])
+    return eos_for(pair[0], batch, NEW, row=0, at=3)
 
 
 def _run(pair, ids, mask, method, kw, **extra):

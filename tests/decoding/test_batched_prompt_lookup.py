@@ -7,6 +7,7 @@ import torch
 
 import fastdecode
 from distribution import chi_square_pvalue, exact_law
+from batches import eos_for, left_pad, tiny_pair
 from tiny_models import draft_of, tiny_lm
 
 NEW = 24
@@ -19,13 +20,6 @@ CONFIGS = [
     dict(adaptive_draft=False, prompt_lookup_num_tokens=5),     # fixed length
     dict(prompt_lookup_num_tokens=3, max_matching_ngram_size=3, min_matching_ngram_size=2),  # rarer matches
 ]
-
-
-def left_pad(prompts, pad: int = 0):
-    L = max(len(p) for p in prompts)
-    ids = torch.tensor([[pad] * (L - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts])
-    return ids, mask
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +35,7 @@ def batch():
 @pytest.fixture(scope="module")
 def eos(target, batch):
     """A token row 1 emits early and the other rows later or never: rows finish at different steps."""
-    ids, mask = batch
-    free = target.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=0)
-    return int(free[1, ids.shape[1] + 4])
+    return eos_for(target, batch, NEW, row=1, at=4)
 
 
 def _lens_recorder(monkeypatch):

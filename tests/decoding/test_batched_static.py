@@ -9,7 +9,7 @@ import torch
 import fastdecode
 from fastdecode import api
 from fastdecode.decoding import static_cache
-from tiny_models import draft_of, tiny_lm
+from batches import eos_for, left_pad, random_prompts, tiny_pair
 
 NEW = 12
 LENS = [5, 9, 3]          # batch 3: bucket 4 (one padding row), then 2 and 1 as rows finish
@@ -25,23 +25,14 @@ CONFIGS = [
 ]
 
 
-def left_pad(prompts):
-    L = max(len(p) for p in prompts)
-    ids = torch.tensor([[0] * (L - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts])
-    return ids, mask
-
-
 @pytest.fixture(scope="module")
 def pair():
-    target = tiny_lm("llama", layers=2, seed=0)
-    return target, draft_of(target, 1)
+    return tiny_pair()
 
 
 @pytest.fixture(scope="module")
 def batch():
-    g = torch.Generator().manual_seed(1)
-    prompts = [torch.randint(1, 512, (n,), generator=g).tolist() for n in LENS]
+    prompts = random_prompts(LENS)
     prompts[0] = prompts[0][:2] * 2 + prompts[0][:1]   # something for prompt lookup to copy
     return left_pad(prompts)
 
@@ -49,9 +40,7 @@ def batch():
 @pytest.fixture(scope="module")
 def eos(pair, batch):
     """A token row 0 produces early and the other rows later or never: rows finish at different steps."""
-    ids, mask = batch
-    free = pair[0].generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=0)
-    return int(free[0, ids.shape[1] + 2])
+    return eos_for(pair[0], batch, NEW, row=0, at=2)
 
 
 def _run(pair, ids, mask, method, kw, **extra):
