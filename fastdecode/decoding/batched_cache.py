@@ -10,6 +10,7 @@ import torch
 
 from ..stats import DecodeStats
 from . import hf_cache as kv
+from .masks import additive, row_causal, with_window
 from .static import bucket as _bucket
 from .stream import TokenStream
 
@@ -38,35 +39,26 @@ class _Cache:
     def attention(self, allow: torch.Tensor, qpos: torch.Tensor):
         """The 4D mask(s) of a forward: allow [B, n, C] (which columns each new column may see, the window not
         yet applied), qpos [B, n] the new columns' positions (self.pos already holds them)."""
-        def additive(a):
-            return torch.zeros(a.shape, dtype=self.dtype, device=a.device).masked_fill_(
-                ~a, torch.finfo(self.dtype).min)[:, None]
-        if self.window is None:
-            return additive(allow)
-        inside = allow & (qpos[:, :, None] - self.pos[:, None, :] < self.window)
-        sliding = additive(inside)
-        if self.layer_types is None:
-            return sliding
-        full = additive(allow)
-        return {t: sliding if t == "sliding_attention" else full for t in self.layer_types}
+        return with_window(allow, qpos, self.pos, self.window, self.layer_types, self.dtype)
+
+    def _append(self, new_mask: torch.Tensor) -> torch.Tensor:
+        """Append the validity new_mask [B, n] of a forward's columns; returns their positions [B, n] (each row
+        counts its valid columns, as HF does with left padding; an invalid column gets 1, HF's value for
+        padding: it is never attended)."""
+        pos = (self.valid[:, None] + new_mask.cumsum(-1) - 1).masked_fill(new_mask == 0, 1)
+        self.mask = torch.cat([self.mask, new_mask], 1)
+        self.valid = self.valid + new_mask.sum(-1)
+        return pos
 
     def forward(self, ids: torch.Tensor, new_mask: torch.Tensor, keep: int) -> torch.Tensor:
         """Feed ids [B, n] whose validity is new_mask [B, n]; returns logits [B, keep, V]."""
-        pos = self.valid[:, None] + new_mask.cumsum(-1) - 1
-        pos = pos.masked_fill(new_mask == 0, 1)  # never attended (masked keys); HF's value for padding
         c0, n = self.columns, ids.shape[1]
-        self.mask = torch.cat([self.mask, new_mask], 1)
+        pos = self._append(new_mask)
         self.pos = torch.cat([self.pos, pos], 1)
-        self.valid = self.valid + new_mask.sum(-1)
         if self.window is None:
             attn = self.mask   # transformers builds the causal + padding mask
         else:
-            dev = ids.device
-            cols = torch.arange(c0 + n, device=dev)
-            q = c0 + torch.arange(n, device=dev)
-            allow = self.mask.bool()[:, None, :] & (cols[None, :] <= q[:, None])[None]
-            allow |= (cols[None, :] == q[:, None])[None]   # a padding column sees itself (stays finite)
-            attn = self.attention(allow, pos)
+            attn = self.attention(row_causal(self.mask.bool(), c0 + torch.arange(n, device=ids.device)), pos)
         return kv.forward(self.model, ids, self.cache, position_ids=pos, attention_mask=attn, logits_to_keep=keep)
 
     def invalidate(self, first: int, keep: torch.Tensor) -> None:
@@ -148,36 +140,26 @@ class _SlotCache(_Cache):
 
     def forward(self, ids: torch.Tensor, new_mask: torch.Tensor, keep: int) -> torch.Tensor:
         start = self.columns
-        pos = (self.valid[:, None] + new_mask.cumsum(-1) - 1).masked_fill(new_mask == 0, 1)
-        self.mask = torch.cat([self.mask, new_mask], 1)
-        self.valid = self.valid + new_mask.sum(-1)
-        return self._feed(ids, pos, start, keep)
+        return self._feed(ids, self._append(new_mask), start, keep)
 
     def _feed(self, ids: torch.Tensor, pos: torch.Tensor, start: int, keep: int,
               allow: torch.Tensor | None = None) -> torch.Tensor:
         """Score ids / pos [nb, n] (the active rows) written at columns start ..; self.mask already holds them.
         allow None: causal over each row's valid columns (and itself); else [nb, n, start + n] the columns each
         query sees (trees). Returns logits [nb, keep, V] (the last ``keep`` of the n)."""
-        n, dev = ids.shape[1], ids.device
+        n = ids.shape[1]
         cap = self.capacity if self.runner is None else self.runner.capacity
         if start + n > cap:  # pragma: no cover - capacity covers the worst case
             raise RuntimeError(f"static cache overflow: {start} + {n} > capacity {cap}")
         if self.runner is not None:
             return self._recorded(ids, pos, start, keep, allow)
         # plain forwards attend to the slots below start + n only (the cache returns that many keys)
-        width = start + n
-        slots = self.slots[:width]
         if allow is None:
-            q = start + self.slots[:n]                                              # [n] query slots
-            full = (slots[None, :] <= q[:, None])[None] & self.mask.bool()[:, None, :]   # [nb, n, width]
-            full |= (slots[None, :] == q[:, None])[None]
-        else:
-            full = allow
-        mask4 = torch.zeros(full.shape, dtype=self.dtype, device=dev).masked_fill_(
-            ~full, torch.finfo(self.dtype).min)[:, None]
+            allow = row_causal(self.mask.bool(), start + self.slots[:n])              # [nb, n, start + n]
         self.cache.start.fill_(start)
-        self.cache.width = width
-        return kv.forward(self.model, ids, self.cache, position_ids=pos, attention_mask=mask4, logits_to_keep=keep)
+        self.cache.width = start + n
+        return kv.forward(self.model, ids, self.cache, position_ids=pos, attention_mask=additive(allow, self.dtype),
+                          logits_to_keep=keep)
 
     def _recorded(self, ids: torch.Tensor, pos: torch.Tensor, start: int, keep: int,
                   allow: torch.Tensor | None) -> torch.Tensor:

@@ -46,6 +46,7 @@ from ..verification.primitives import sample
 from . import hf_cache as kv
 from . import sampling as sm
 from .batched_cache import _block, _bucket, _Cache, _SlotCache, batch_output
+from .masks import row_causal
 from .stream import TokenStream
 from .multi_draft import MultiDraftDecoder, draw_children
 from .tree import DraftTree
@@ -66,19 +67,14 @@ class _TreeMixin:
         N = node_ids.shape[1]
         dev = node_ids.device
         c0 = self.columns
-        pos_p = (self.valid[:, None] + m_p.cumsum(-1) - 1).masked_fill(m_p == 0, 1)
-        self.mask = torch.cat([self.mask, m_p], 1)
-        self.valid = self.valid + m_p.sum(-1)
+        pos_p = self._append(m_p)
         pos_n = self.valid[:, None] - 1 + depth          # the root sits at valid - 1
         if self.pos is not None:
             self.pos = torch.cat([self.pos, pos_p, pos_n], 1)
         ctx = self.mask.bool()                           # [B, c0 + W]: each row's valid context
         allow = torch.zeros(B, W + N, c0 + W + N, dtype=torch.bool, device=dev)
         if W:
-            cols = torch.arange(c0 + W, device=dev)
-            causal = cols[None, :] <= (c0 + torch.arange(W, device=dev))[:, None]
-            allow[:, :W, : c0 + W] = ctx[:, None, :] & causal[None]
-            allow[:, torch.arange(W, device=dev), c0 + torch.arange(W, device=dev)] = True   # padding stays finite
+            allow[:, :W, : c0 + W] = row_causal(ctx, c0 + torch.arange(W, device=dev))
         if N:
             allow[:, W:, : c0 + W] = ctx[:, None, :]
             if extra:

@@ -40,6 +40,7 @@ import torch
 from transformers.cache_utils import Cache, StaticLayer
 
 from . import hf_cache as kv
+from .masks import additive, row_causal
 
 COMPILE_MODES = ("eager", "cudagraphs", "inductor")
 RECOMPILE_LIMIT = 256  # graphs per recorded function (inductor): target and draft, every bucket of n and of B
@@ -156,35 +157,28 @@ class StaticRunner:
         n = ids.shape[1]
         pos = self.cache.start + self.slots[:n]
         allow = self.slots[None, : self.cache.width] <= pos[:, None]
-        mask = torch.zeros(allow.shape, dtype=self.dtype, device=ids.device).masked_fill_(
-            ~allow, torch.finfo(self.dtype).min)[None, None]
-        return kv.forward(self.model, ids, self.cache, position_ids=pos[None], attention_mask=mask)[0]
+        return kv.forward(self.model, ids, self.cache, position_ids=pos[None],
+                          attention_mask=additive(allow, self.dtype))[0]
 
     def _tree_forward(self, ids: torch.Tensor, pos: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         """ids [1, n] at slots start .. start + n - 1 and positions ``pos`` [n]; query i sees the slots below
         ``prefix`` and the slots ``visible[i]`` [A] (repeats allowed)."""
         n = ids.shape[1]
         allow = (self.slots[: self.cache.width] < self.prefix)[None, :].repeat(n, 1).scatter_(1, visible, True)
-        mask = torch.zeros(allow.shape, dtype=self.dtype, device=ids.device).masked_fill_(
-            ~allow, torch.finfo(self.dtype).min)[None, None]
-        return kv.forward(self.model, ids, self.cache, position_ids=pos[None], attention_mask=mask)[0]
+        return kv.forward(self.model, ids, self.cache, position_ids=pos[None],
+                          attention_mask=additive(allow, self.dtype))[0]
 
     def _batch_forward(self, ids: torch.Tensor, pos: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         """ids [B, n] at slots start .. start + n - 1 of every row, positions ``pos`` [B, n]. visible (bool):
         [B, capacity] the valid slots of each row, query i seeing those ``<= start + i`` and its own slot (so
         that a padding query, with nothing valid before it, stays finite); or [B, n, capacity] the slots each
         query sees, given in full (trees). Returns float32 logits [B, n, V]."""
-        n = ids.shape[1]
-        slots = self.slots[: self.cache.width]
+        width = self.slots[: self.cache.width].shape[0]
         if visible.dim() == 3:
-            allow = visible[:, :, : slots.shape[0]]
+            allow = visible[:, :, :width]
         else:
-            q = self.cache.start + self.slots[:n]                                    # [n] query slots
-            allow = (slots[None, :] <= q[:, None])[None] & visible[:, None, : slots.shape[0]]
-            allow = allow | (slots[None, :] == q[:, None])[None]                      # [B, n, width]
-        mask = torch.zeros(allow.shape, dtype=self.dtype, device=ids.device).masked_fill_(
-            ~allow, torch.finfo(self.dtype).min)[:, None]
-        return kv.forward(self.model, ids, self.cache, position_ids=pos, attention_mask=mask)
+            allow = row_causal(visible[:, :width], self.cache.start + self.slots[: ids.shape[1]])   # [B, n, width]
+        return kv.forward(self.model, ids, self.cache, position_ids=pos, attention_mask=additive(allow, self.dtype))
 
     def batch_forward(self, ids: torch.Tensor, start: int, pos: torch.Tensor, visible: torch.Tensor,
                       record: bool = True) -> torch.Tensor:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import hf_cache as kv
+from .masks import additive, with_window
 
 
 @dataclass
@@ -85,13 +86,6 @@ def tree_allow(tree: DraftTree, cached_nodes: dict[int, int], new_nodes: list[in
     return allow
 
 
-def additive(allow: torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
-    """Boolean [nq, nk] -> additive 4D mask [1, 1, nq, nk] (0 where allowed, the dtype's minimum elsewhere)."""
-    mask = torch.zeros(allow.shape, dtype=dtype)
-    mask.masked_fill_(~allow, torch.finfo(dtype).min)
-    return mask[None, None].to(device)
-
-
 def tree_mask(tree: DraftTree, cached_nodes: dict[int, int], new_nodes: list[int], n_prefix: int,
               n_pending: int, dtype: torch.dtype, device) -> torch.Tensor:
     """Additive 4D mask [1, 1, n_pending + len(new_nodes), n_prefix + len(cached_nodes) + n_pending + len(new_nodes)].
@@ -100,14 +94,7 @@ def tree_mask(tree: DraftTree, cached_nodes: dict[int, int], new_nodes: list[int
     (``cached_nodes``: node -> key offset relative to the end of the prefix), then the ``n_pending``
     new context tokens (causal), then ``new_nodes``. A node sees the whole context, its ancestors and itself.
     """
-    return additive(tree_allow(tree, cached_nodes, new_nodes, n_prefix, n_pending), dtype, device)
-
-
-def windowed(allow: torch.Tensor, query_pos: torch.Tensor, key_pos: torch.Tensor, window: int) -> torch.Tensor:
-    """``allow`` [nq, nk] restricted to keys less than ``window`` positions behind their query, the rule of
-    transformers' sliding-window masks (key kept iff position(key) > position(query) - window).
-    query_pos: [nq], key_pos: [nk] sequence positions (a tree node sits at root position + depth)."""
-    return allow & (query_pos[:, None] - key_pos[None, :] < window)
+    return additive(tree_allow(tree, cached_nodes, new_nodes, n_prefix, n_pending).to(device), dtype)
 
 
 def score_nodes(model, cache, tree: DraftTree, pending: list[int], new_nodes: list[int], n_prefix: int,
@@ -126,18 +113,16 @@ def score_nodes(model, cache, tree: DraftTree, pending: list[int], new_nodes: li
     n_pend = len(pending)
     pos = [root_position - n_pend + 1 + i for i in range(n_pend)] + [root_position + tree.depth[n] for n in new_nodes]
     dtype = next(model.parameters()).dtype
-    allow = tree_allow(tree, cached_nodes, new_nodes, n_prefix, n_pend)
+    allow = tree_allow(tree, cached_nodes, new_nodes, n_prefix, n_pend).to(device)
     window, layer_types = (None, None) if hasattr(cache, "select_positions") else kv.attention_layout(model)
     if window is None:  # Lambda caches apply their own window; their prefix is not positions 0..n_prefix-1
-        mask = additive(allow, dtype, device)
+        mask = additive(allow, dtype)
     else:
         # keys: the prefix (positions 0..n_prefix-1, the cache holds the accepted text), cached nodes in
-        # cache order, then the queries themselves
+        # cache order, then the queries themselves; a tree node sits at root position + depth
         by_offset = sorted(cached_nodes, key=cached_nodes.get)
         key_pos = torch.tensor(list(range(n_prefix)) + [root_position + tree.depth[n] for n in by_offset] + pos)
-        sliding = additive(windowed(allow, torch.tensor(pos), key_pos, window), dtype, device)
-        mask = sliding if layer_types is None else {
-            t: sliding if t == "sliding_attention" else additive(allow, dtype, device) for t in layer_types}
+        mask = with_window(allow, torch.tensor(pos, device=device), key_pos.to(device), window, layer_types, dtype)
     keep = len(new_nodes) + (1 if n_pend else 0)
     return kv.forward(model, torch.tensor([ids], device=device), cache,
                       position_ids=torch.tensor([pos], device=device), attention_mask=mask, logits_to_keep=keep)[0]
