@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+import fastdecode
 from tiny_models import draft_of, tiny_lm
 
 
@@ -31,3 +32,10 @@ def eos_for(target, batch, new: int, row: int = 0, at: int = 3) -> int:
     ids, mask = batch
     free = target.generate(ids, attention_mask=mask, max_new_tokens=new, do_sample=False, pad_token_id=0)
     return int(free[row, ids.shape[1] + at])
+
+
+def accept_all(p, q, drafts, lens, generator):
+    """A broken batched token rule (``batched._verify_token``'s signature): every row keeps all its drafts and
+    samples the bonus from p, so the rows follow q, not p. The law tests must catch it."""
+    rows = torch.arange(p.shape[0])
+    return lens, fastdecode.verification.sample(p[rows, lens], generator)

@@ -1,7 +1,6 @@
 """Helpers for distribution tests of whole generations: exact laws by enumeration, and a chi-square test."""
 from __future__ import annotations
 
-import itertools
 
 import numpy as np
 import torch
@@ -70,3 +69,9 @@ def two_token_pvalue(pair, law2: dict, **kw) -> float:
     so the runs draft) against the target's exact law ``law2``."""
     counts = sample_law(*pair, LAW_PROMPT, 2, LAW_RUNS, max_new_tokens=3, temperature=1.0, **kw)
     return chi_square_pvalue(counts, law2)
+
+
+def accept_every_draft(p, q, drafts, generator=None):
+    """A broken chain rule (``step.CHAIN_VERIFIERS``'s signature): every draft kept, the bonus drawn from p, so
+    the output follows q instead of p. The law tests must catch it."""
+    return drafts.shape[0], int(fastdecode.verification.sample(p[-1:], generator)[0])

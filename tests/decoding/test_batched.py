@@ -5,7 +5,7 @@ import torch
 
 import fastdecode
 from distribution import chi_square_pvalue, exact_law
-from batches import eos_for, left_pad, random_prompts, tiny_pair
+from batches import accept_all, eos_for, left_pad, random_prompts, tiny_pair
 from tiny_models import draft_of, tiny_lm
 
 NEW = 16
@@ -173,10 +173,6 @@ def test_each_row_keeps_target_law(tiny_pair, laws, kw):
 def test_broken_batched_rule_fails(tiny_pair, laws, monkeypatch):
     """Accepting every draft (rows follow q instead of p) must be caught."""
     from fastdecode.decoding import batched
-
-    def accept_all(p, q, drafts, lens, generator):
-        rows = torch.arange(p.shape[0])
-        return lens, fastdecode.verification.sample(p[rows, lens], generator)
 
     monkeypatch.setattr(batched, "_verify_token", accept_all)
     a, b, _ = _batched_law(tiny_pair, RUNS, draft_length=2, adaptive_draft=False)

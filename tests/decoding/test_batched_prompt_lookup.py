@@ -7,7 +7,7 @@ import torch
 
 import fastdecode
 from distribution import chi_square_pvalue, exact_law
-from batches import eos_for, left_pad, tiny_pair
+from batches import accept_all, eos_for, left_pad, tiny_pair
 from tiny_models import draft_of, tiny_lm
 
 NEW = 24
@@ -220,9 +220,6 @@ def test_draft_model_fallback_law(tiny_pair, laws, monkeypatch, broken):
     from fastdecode.decoding import batched
 
     if broken:
-        def accept_all(p, q, drafts, lens, generator):
-            rows = torch.arange(p.shape[0])
-            return lens, fastdecode.verification.sample(p[rows, lens], generator)
         monkeypatch.setattr(batched, "_verify_token", accept_all)
     a, b = _law_counts(tiny_pair, RUNS, prompts=MIXED_PROMPTS, draft=tiny_pair[1])
     law_b = exact_law(tiny_pair[0], MIXED_PROMPTS[1], 2)
@@ -236,10 +233,6 @@ def test_draft_model_fallback_law(tiny_pair, laws, monkeypatch, broken):
 def test_broken_rule_fails(tiny_pair, laws, monkeypatch):
     """Accepting every copied draft (rows follow the copy, not p) must be caught."""
     from fastdecode.decoding import batched
-
-    def accept_all(p, q, drafts, lens, generator):
-        rows = torch.arange(p.shape[0])
-        return lens, fastdecode.verification.sample(p[rows, lens], generator)
 
     monkeypatch.setattr(batched, "_verify_token", accept_all)
     a, b = _law_counts(tiny_pair, RUNS)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fastdecode
-from distribution import chi_square_pvalue, exact_law, sample_law
+from distribution import accept_every_draft, chi_square_pvalue, exact_law, sample_law
 from fastdecode.config import PromptLookupConfig, build_method_config
 from fastdecode.decoding.prompt_lookup import NgramIndex, propose_reference
 from tiny_models import hf_greedy, tiny_lm
@@ -177,10 +177,7 @@ def test_broken_rule_fails(tiny_pair, law2, monkeypatch):
     """Accepting every copied draft (a point mass on the copy) must be caught."""
     from fastdecode.decoding import step
 
-    def accept_all(p, q, drafts, generator=None):
-        return drafts.shape[0], int(fastdecode.verification.sample(p[-1:], generator)[0])
-
-    monkeypatch.setitem(step.CHAIN_VERIFIERS, "token", accept_all)
+    monkeypatch.setitem(step.CHAIN_VERIFIERS, "token", accept_every_draft)
     assert _pvalue(tiny_pair, law2) < ALPHA
 
 

@@ -6,9 +6,8 @@ two tokens comes from enumeration. Each test also runs a deliberately broken var
 """
 import pytest
 
-import fastdecode
 from distribution import LAW_ALPHA as ALPHA
-from distribution import LAW_PROMPT as PROMPT
+from distribution import accept_every_draft
 from distribution import two_token_pvalue as _pvalue
 
 CHI_SQUARE = pytest.mark.slow  # LAW_RUNS seeded generations each: 30-60 s on an idle core, minutes on a loaded one
@@ -30,8 +29,5 @@ def test_broken_speculative_rule_fails(tiny_pair, law2, monkeypatch):
     """Accepting every draft (output q instead of p) must be caught."""
     from fastdecode.decoding import step
 
-    def accept_all(p, q, drafts, generator=None):
-        return drafts.shape[0], int(fastdecode.verification.sample(p[-1:], generator)[0])
-
-    monkeypatch.setitem(step.CHAIN_VERIFIERS, "token", accept_all)
+    monkeypatch.setitem(step.CHAIN_VERIFIERS, "token", accept_every_draft)
     assert _pvalue(tiny_pair, law2, method="speculative", draft_length=2, adaptive_draft=False) < ALPHA
