@@ -286,16 +286,28 @@ def runner_for(model, capacity: int, mode: str, batch: int = 1, role: str = "") 
     single-row one (even with batch 1, once a batch is down to one row) under its role (e.g. "target4",
     "draft4": a model drafting for itself gets two caches), reused by a later call with the same role."""
     slot = f"_fastdecode_static_batch_{role}" if role else "_fastdecode_static"
+
+    def fits(old) -> bool:
+        return old.mode == mode and old.capacity >= capacity and old.key == runner_key(model) and old.batch == batch
+
+    def make() -> StaticRunner:
+        runner = StaticRunner(model, capacity, mode)
+        runner.batch = batch
+        return runner
+    return kept_runner(model, slot, fits, make)
+
+
+def kept_runner(model, slot: str, fits, make):
+    """The runner kept on ``model`` under ``slot`` if ``fits(it)``, else a new one from ``make()`` (the old one
+    dropped first, and its device memory given back, so that the two never coexist)."""
     old = model.__dict__.get(slot)
-    if old is not None and old.mode == mode and old.capacity >= capacity and old.key == runner_key(model) \
-            and old.batch == batch:
+    if old is not None and fits(old):
         return old
     if old is not None:
         model.__dict__.pop(slot)
         del old
         with contextlib.suppress(Exception):
             torch.cuda.empty_cache()
-    runner = StaticRunner(model, capacity, mode)
-    runner.batch = batch
+    runner = make()
     model.__dict__[slot] = runner
     return runner

@@ -49,7 +49,7 @@ import torch
 from transformers.cache_utils import Cache, StaticLayer
 
 from . import hf_cache as kv
-from .static_cache import StaticRunner, runner_key
+from .static_cache import StaticRunner, kept_runner, runner_key
 
 RING = "_fastdecode_ring"  # attribute on each attention layer: its model's RingCache
 _STATE = "_fastdecode_lambda"  # the LambdaState that fastdecode.attention.lambda_attention puts on the model
@@ -203,18 +203,11 @@ def lambda_runner_for(model, chunk: int, mode: str) -> LambdaRunner:
     ``chunk`` tokens (graphs recorded once)."""
     cfg = getattr(model, _STATE).cfg
     chunk = max(chunk, 1)
-    old = model.__dict__.get("_fastdecode_static_lambda")
-    if (old is not None and old.mode == mode
-            and (old.lam.window, old.lam.num_global) == (cfg.window, cfg.num_global) and old.chunk >= chunk
-            and old.key == runner_key(model)):
-        for layer in _attention_layers(model):  # another runner may have been attached meanwhile
-            setattr(layer, RING, old.cache)
-        return old
-    if old is not None:
-        model.__dict__.pop("_fastdecode_static_lambda")
-        del old
-        with contextlib.suppress(Exception):
-            torch.cuda.empty_cache()
-    runner = LambdaRunner(model, cfg, chunk, mode)
-    model.__dict__["_fastdecode_static_lambda"] = runner
+
+    def fits(old) -> bool:
+        return (old.mode == mode and (old.lam.window, old.lam.num_global) == (cfg.window, cfg.num_global)
+                and old.chunk >= chunk and old.key == runner_key(model))
+    runner = kept_runner(model, "_fastdecode_static_lambda", fits, lambda: LambdaRunner(model, cfg, chunk, mode))
+    for layer in _attention_layers(model):  # another runner may have been attached meanwhile
+        setattr(layer, RING, runner.cache)
     return runner
