@@ -71,10 +71,14 @@ class _Cache:
         self.valid = self.valid - (old * drop).sum(-1)
         self.mask[:, first:] = old.masked_fill(drop, 0)
 
+    def _used_columns(self) -> int:
+        """The columns up to the last one valid in some row."""
+        used = self.mask.any(0).nonzero()
+        return int(used[-1]) + 1 if used.numel() else 0
+
     def trim(self) -> None:
         """Crop trailing columns that are invalid in every row."""
-        used = self.mask.any(0).nonzero()
-        last = int(used[-1]) + 1 if used.numel() else 0
+        last = self._used_columns()
         if last < self.columns:
             kv.crop(self.cache, last)
             self.mask = self.mask[:, :last]
@@ -185,9 +189,7 @@ class _SlotCache(_Cache):
         return logits[self.rows, n - keep : n]
 
     def trim(self) -> None:
-        used = self.mask.any(0).nonzero()
-        last = int(used[-1]) + 1 if used.numel() else 0
-        self.mask = self.mask[:, :last]   # slots past it are overwritten by the next forward
+        self.mask = self.mask[:, : self._used_columns()]   # slots past it are overwritten by the next forward
 
     def select(self, rows: torch.Tensor) -> None:
         self.mask = self.mask.index_select(0, rows)
