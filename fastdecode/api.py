@@ -225,6 +225,9 @@ def generate(
             from .attention import lambda_attention as lambda_ctx
             for m in (target, draft) if draft is not None else (target,):
                 stack.enter_context(lambda_ctx(m, lambda_attention))
+        if compile_mode == "inductor":
+            from .decoding.static_cache import compile_limits
+            stack.enter_context(compile_limits())
         t0 = time.perf_counter()
         if input_ids.shape[0] > 1:
             sequences = batched.decode(target, draft if method != "autoregressive" else None, input_ids,

@@ -235,12 +235,7 @@ class StaticRunner:
         if self.mode == "inductor":
             if inputs[0].is_cuda:
                 torch.compiler.cudagraph_mark_step_begin()
-            # dynamo keeps the graphs of one function together (every runner's, each (B, n) of a batch's), at most
-            # recompile_limit of them (8 by default) before falling back to eager forwards: allow the buckets
-            cfg = torch._dynamo.config
-            with cfg.patch(recompile_limit=max(RECOMPILE_LIMIT, cfg.recompile_limit),
-                           accumulated_recompile_limit=max(4 * RECOMPILE_LIMIT, cfg.accumulated_recompile_limit)):
-                return self._compiled[kind](*inputs).clone()
+            return self._compiled[kind](*inputs).clone()   # within compile_limits() (the caller's generate)
         key = (kind,) + tuple(tuple(x.shape) for x in inputs)
         graph = self.graphs.get(key)
         if graph is None:
@@ -269,6 +264,16 @@ class StaticRunner:
         self.graphs[key] = (g, bufs, out)
         g.replay()
         return out
+
+
+def compile_limits():
+    """A context for a generation on inductor runners: dynamo keeps the graphs of one function together (every
+    runner's, each (B, n) of a batch's), at most ``recompile_limit`` of them (8 by default) before falling back
+    to eager forwards, so the limit is raised to cover the buckets. Entered once per ``generate`` call, not
+    per forward (a patch costs ~30 us)."""
+    cfg = torch._dynamo.config
+    return cfg.patch(recompile_limit=max(RECOMPILE_LIMIT, cfg.recompile_limit),
+                     accumulated_recompile_limit=max(4 * RECOMPILE_LIMIT, cfg.accumulated_recompile_limit))
 
 
 def runner_key(model) -> tuple:
