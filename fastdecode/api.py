@@ -129,6 +129,7 @@ def generate(
     adaptive_draft: bool | None = None,
     max_draft_length: int | None = None,
     confidence_threshold: float | None = None,
+    fallback: str | None = None,
     verifier: str | None = None,
     num_drafts: int = 1,
     lambda_attention=None,
@@ -161,6 +162,10 @@ def generate(
     adaptive_draft: None = the method's default (on for "speculative", off for "multi_draft").
     max_draft_length: the adaptive length's upper bound; None = max(16, draft_length).
     confidence_threshold: early stop of an adaptive single draft; None = 0.4.
+    fallback: plain steps when drafting does not pay (speculative and prompt_lookup, adaptive length):
+    "measured" (steps timed: drafting only while it gives more tokens per second), "estimated" (a cost
+    ratio from the models' sizes; deterministic), "off"; None = "measured", except "estimated" when
+    sampling with a seed or generator, so that the seed fixes the output.
     cache_implementation: "dynamic" (transformers' DynamicCache, cropped after rejections) or "static"
     (preallocated caches, rejected slots overwritten, fixed-shape forwards replayed; autoregressive,
     speculative, prompt_lookup and multi_draft; with ``lambda_attention`` a fixed-size ring of
@@ -173,7 +178,7 @@ def generate(
     method, method_cfg = build_method_config(
         method, draft is not None, num_drafts=num_drafts, verifier=verifier, draft_length=draft_length,
         adaptive_draft=adaptive_draft, max_draft_length=max_draft_length,
-        confidence_threshold=confidence_threshold, **method_options)
+        confidence_threshold=confidence_threshold, fallback=fallback, **method_options)
     _check_input_ids(input_ids)
     attention_mask, pad_token_id = batched.check_batch(target, input_ids, attention_mask, pad_token_id, method,
                                                        cache_implementation, lambda_attention, compile,
@@ -196,6 +201,8 @@ def generate(
         raise ValueError("pass either seed or generator, not both")
     if seed is not None:
         generator = torch.Generator(device=kv.device(target)).manual_seed(int(seed))
+    if fallback is None and generator is not None and not sampling.greedy and hasattr(method_cfg, "fallback"):
+        method_cfg = dataclasses.replace(method_cfg, fallback="estimated")  # timings must not change seeded tokens
 
     check_call(target, draft, method, input_ids, max_new_tokens)
     device = kv.device(target)

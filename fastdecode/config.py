@@ -8,6 +8,7 @@ so the decoding loops can trust their configuration.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
@@ -64,6 +65,14 @@ def _check_lengths(draft_length, max_draft_length, adaptive) -> None:
         raise ValueError(f"adaptive must be True or False, got {adaptive!r}")
 
 
+FALLBACKS = ("measured", "estimated", "off")
+
+
+def _check_fallback(fallback) -> None:
+    if fallback not in FALLBACKS:
+        raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
+
+
 @dataclass(frozen=True)
 class SpeculativeConfig:
     """Single-draft speculative decoding (Leviathan et al. / Chen et al.).
@@ -76,6 +85,9 @@ class SpeculativeConfig:
         stays exactly p.
     verifier: "token" (the token-by-token rule of Leviathan et al.) or "block" (block verification,
         Sun et al.: the whole block decided jointly).
+    fallback (adaptive only): when drafting does not pay, plain steps: "measured" (timed steps),
+        "estimated" (acceptance against a cost ratio from the models' sizes; deterministic) or "off"
+        (see :mod:`fastdecode.decoding.policy`).
     """
 
     draft_length: int = DEFAULT_DRAFT_LENGTH
@@ -83,9 +95,11 @@ class SpeculativeConfig:
     max_draft_length: int = DEFAULT_MAX_DRAFT_LENGTH
     confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD
     verifier: str = "token"
+    fallback: str = "measured"
 
     def __post_init__(self):
         _check_lengths(self.draft_length, self.max_draft_length, self.adaptive)
+        _check_fallback(self.fallback)
         c = self.confidence_threshold
         if not _is_number(c) or not (0.0 <= c < 1.0):  # NaN fails the range test too
             raise ValueError(f"confidence_threshold must be a number in [0, 1), got {c!r}")
@@ -135,6 +149,7 @@ class PromptLookupConfig:
     adaptive: shrink the draft length by 1 after a rejection, grow it by 2 (up to
         prompt_lookup_num_tokens) after a fully accepted draft.
     verifier: "token" or "block", the single-draft rules applied with one-hot q.
+    fallback: as :class:`SpeculativeConfig` ("estimated" never stops an n-gram draft: it costs no forward).
     """
 
     prompt_lookup_num_tokens: int = 10
@@ -142,8 +157,10 @@ class PromptLookupConfig:
     min_matching_ngram_size: int = 1
     adaptive: bool = True
     verifier: str = "token"
+    fallback: str = "measured"
 
     def __post_init__(self):
+        _check_fallback(self.fallback)
         for name in ("prompt_lookup_num_tokens", "max_matching_ngram_size", "min_matching_ngram_size"):
             v = getattr(self, name)
             if not _is_int(v) or v < 1:
@@ -213,7 +230,25 @@ class EntropySwitchConfig:
 
 
 def build_method_config(method: str, has_draft: bool, *, num_drafts=1, verifier=None, draft_length=None,
-                        adaptive_draft=None, max_draft_length=None, confidence_threshold=None, **method_options):
+                        adaptive_draft=None, max_draft_length=None, confidence_threshold=None, fallback=None,
+                        **method_options):
+    """Resolve ``method`` and build its configuration (see :func:`_method_config`); ``fallback`` (None: the
+    configuration's default, "measured") applies to speculative and prompt_lookup only."""
+    method, cfg = _method_config(method, has_draft, num_drafts=num_drafts, verifier=verifier,
+                                 draft_length=draft_length, adaptive_draft=adaptive_draft,
+                                 max_draft_length=max_draft_length, confidence_threshold=confidence_threshold,
+                                 **method_options)
+    if fallback is not None:
+        if not isinstance(cfg, (SpeculativeConfig, PromptLookupConfig)):
+            raise ValueError(f"fallback= applies to method='speculative' and 'prompt_lookup', not to {method!r}")
+        if not cfg.adaptive:
+            raise ValueError("fallback applies only to an adaptive draft length; drop it or pass adaptive_draft=True")
+        cfg = dataclasses.replace(cfg, fallback=fallback)
+    return method, cfg
+
+
+def _method_config(method: str, has_draft: bool, *, num_drafts=1, verifier=None, draft_length=None,
+                   adaptive_draft=None, max_draft_length=None, confidence_threshold=None, **method_options):
     """Resolve ``method`` and build its configuration: ``(method, config)``, config None for "autoregressive".
 
     The arguments are those of :func:`fastdecode.generate`; None (and ``num_drafts=1``) means "not given",

@@ -58,7 +58,7 @@ from . import hf_cache as kv
 from . import sampling as sm
 from .batched_cache import _block, _bucket, _Cache, _SlotCache, batch_output
 from .batched_tree import decode as decode_tree
-from .policy import DraftLengthPolicy
+from .policy import DraftLengthPolicy, MeasuredSwitch, report_fallback
 from .stream import TokenStream
 
 BATCHED_METHODS = ("autoregressive", "speculative", "prompt_lookup", "multi_draft")
@@ -238,7 +238,7 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     if lookup:   # per row: its own n-gram index over its own tokens (no padding) and its own +2 / -1 length
         from .prompt_lookup import NgramIndex, length_policy
         indexes = [NgramIndex(spec.max_matching_ngram_size, spec.min_matching_ngram_size) for _ in active]
-        policies = [length_policy(spec) for _ in active]
+        policies = [length_policy(spec, row_of_batch=True) for _ in active]
         stats.extra.update(ngram_draft_steps=0, model_draft_steps=0)
     else:
         indexes = [None for _ in active]
@@ -246,10 +246,15 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     verify = None if spec is None else (_verify_block if spec.verifier == "block" else _verify_token)
     per_row = [dict(new_tokens=0, drafted=0, accepted=0, steps=0) for _ in range(B)]
     batch_steps = 0
+    # plain or drafting steps are chosen for the whole batch (its forwards are shared), by measured rates
+    switch = MeasuredSwitch() if spec is not None and spec.adaptive and spec.fallback == "measured" else None
+    plain_steps = 0
 
     while active:
         nb = len(active)
-        lens = [pol.next_length(streams[r].remaining) if pol is not None else 0
+        drafting = switch is None or switch.draft_next()
+        plain_steps += not drafting
+        lens = [pol.next_length(streams[r].remaining) if pol is not None and drafting else 0
                 for pol, r in zip(policies, active)]
         g = max(lens)
         drafts = torch.zeros(nb, 0, dtype=torch.long, device=device)
@@ -325,10 +330,12 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
             dc.invalidate(dfirst, n.clamp_max(fed))
         n_l, nxt_l, lens_l, d_l = n.tolist(), nxt.tolist(), lens_t.tolist(), drafts.tolist()
         keep = []
+        emitted = 0
         for i, r in enumerate(active):
             acc = d_l[i][: n_l[i]]
             stats.record_step(lens_l[i], n_l[i])
             kept = streams[r].append(acc + [nxt_l[i]])
+            emitted += kept
             row = per_row[r]
             row["drafted"] += lens_l[i]
             row["accepted"] += n_l[i]
@@ -345,6 +352,8 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 dpend[i] = dpend[i] + acc + [nxt_l[i]]
             if not streams[r].done:
                 keep.append(i)
+        if switch is not None:
+            switch.emitted(emitted)
         if len(keep) < nb:
             idx = torch.tensor(keep, dtype=torch.long, device=device)
             for c in (tc, dc):
@@ -359,4 +368,5 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
             if c is not None and active:
                 c.trim()
 
+    report_fallback(stats, plain_steps, switch)
     return batch_output(streams, per_row, batch_steps, stats, input_ids, pad_token_id)

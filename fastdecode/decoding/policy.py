@@ -2,20 +2,29 @@
 
 - Fixed (``adaptive=False``): always ``draft_length`` (less near the end of the budget).
 - Adaptive: +2 after a fully accepted draft, -1 after a rejection, within [1, max_draft_length].
-- Fallback (adaptive only): a step with gamma = 1 emits 1 + alpha_1 tokens on average (alpha_1: how often the
-  first drafted token is accepted) for the cost of one target forward plus one draft forward, so it pays
-  only while alpha_1 > c, c = (cost of a draft forward) / (cost of a target forward). When the last
-  ``window`` drafting steps show alpha_1 <= c, the next ``pause`` steps decode plainly (gamma = 0, one target
-  forward each), then one step drafts a single token to probe again; acceptance that recovers ends
-  the pause. c is estimated from the models' sizes (the larger of the parameter ratio and the layer
-  ratio: compute-bound and launch-bound forwards), so the policy is deterministic: a seed still fixes
-  the output.
+- Fallback to plain decoding (adaptive only), one of ``config.FALLBACKS``:
+  - ``"measured"`` (:class:`MeasuredSwitch`): the wall time of every step is measured, and drafting steps
+    are taken only while they give more tokens per second than plain steps (timed now and then). This is
+    what makes speculation never cost more than plain decoding on the machine at hand, whatever the
+    models' sizes, the device, the batch or the verification cost. Timings differ between runs, so with
+    sampling the same seed may give other (equally distributed) tokens.
+  - ``"estimated"``: a step with gamma = 1 emits 1 + alpha_1 tokens on average (alpha_1: how often the
+    first drafted token is accepted) for the cost of one target forward plus one draft forward, so it pays
+    only while alpha_1 > c, c = (cost of a draft forward) / (cost of a target forward) estimated from the
+    models' sizes (the larger of the parameter ratio and the layer ratio: compute-bound and launch-bound
+    forwards). When the last ``window`` drafting steps show alpha_1 <= c, the next ``pause`` steps decode
+    plainly (gamma = 0, one target forward each), then one step drafts a single token to probe again;
+    acceptance that recovers ends the pause. Deterministic: a seed fixes the output.
+  - ``"off"``: always draft.
+  ``generate`` picks "measured" unless a seed or generator is given with sampling ("estimated" then).
 
-Every decision uses past outcomes only, never the tokens about to be drafted, so the output law is
-exactly the target's whatever the policy does.
+Every decision uses past outcomes and past timings only, never the tokens about to be drafted, so the
+output law is exactly the target's whatever the policy does.
 """
 from __future__ import annotations
 
+import statistics
+import time
 from collections import deque
 
 from ..config import SpeculativeConfig
@@ -30,21 +39,96 @@ def cost_ratio(target, draft) -> float:
     return max(pd / max(pt, 1), ld / lt)
 
 
-class DraftLengthPolicy:
-    """cost: the draft/target cost ratio c of the fallback; None: no fallback (drafts that cost no
-    forward, e.g. n-gram lookups, or per-row lengths in a batch, whose forwards are shared)."""
 
-    def __init__(self, spec: SpeculativeConfig, cost: float | None, window: int = 16, pause: int = 8):
-        self.spec, self.cost, self.window, self.pause = spec, cost, window, pause
+class MeasuredSwitch:
+    """Drafting steps or plain steps, whichever has given more tokens per second lately (``fallback="measured"``).
+
+    A step's time is the wall time between two calls of :meth:`draft_next`: it covers the whole step,
+    including the host sync that reads the verdict, so on a GPU it is the device time too. The first step
+    of each kind is not timed (it carries the prompt's prefill or records graphs). Rates are tokens over
+    seconds of the last ``window`` steps of a kind, steps slower than 10x the median left out.
+
+    Schedule: draft first; once ``probe`` drafting steps are timed, take ``probe`` plain steps to time plain
+    decoding; then whichever rate is higher decides. While drafting wins, two plain steps re-time plain
+    decoding every ``reprobe`` steps (the costs move with the context length). While plain decoding wins,
+    ``pause`` plain steps (doubling while drafting keeps losing, up to 64) are followed by ``probe``
+    drafting steps that re-time drafting, whose acceptance may have recovered.
+    """
+
+    def __init__(self, window: int = 8, probe: int = 4, pause: int = 8, reprobe: int = 64, clock=time.perf_counter):
+        self.probe, self.pause, self.reprobe, self.clock = probe, pause, reprobe, clock
+        self.samples = {kind: deque(maxlen=window) for kind in (True, False)}  # drafting? -> (tokens, seconds)
+        self.steps = {True: 0, False: 0}
+        self.plan: deque[bool] = deque()      # the kinds of the next steps, decided in advance
+        self.kind: bool | None = None         # the kind of the step running now
+        self.started = 0.0
+        self.tokens = 1                       # tokens the running step emitted (a plain step: one)
+        self.since_plain = 0
+        self.losses = 0                       # consecutive comparisons lost by drafting
+
+    def emitted(self, tokens: int) -> None:
+        """The running step emitted ``tokens`` tokens."""
+        self.tokens = tokens
+
+    def rate(self, drafting: bool) -> float | None:
+        """Tokens per second of the timed steps of a kind (None: fewer than ``probe`` of them)."""
+        s = self.samples[drafting]
+        if len(s) < self.probe:
+            return None
+        cut = 10 * statistics.median(t for _, t in s)
+        kept = [(n, t) for n, t in s if t <= cut]
+        return sum(n for n, _ in kept) / max(sum(t for _, t in kept), 1e-12)
+
+    def draft_next(self) -> bool:
+        """Call once at the start of every step: True = draft, False = a plain step."""
+        now = self.clock()
+        if self.kind is not None:
+            self.steps[self.kind] += 1
+            if self.steps[self.kind] > 1:
+                self.samples[self.kind].append((self.tokens, now - self.started))
+        self.kind, self.started, self.tokens = self._choose(), now, 1
+        self.since_plain = 0 if not self.kind else self.since_plain + 1
+        return self.kind
+
+    def _choose(self) -> bool:
+        if self.plan:
+            return self.plan.popleft()
+        draft, plain = self.rate(True), self.rate(False)
+        if draft is None:
+            return True
+        if plain is None:
+            self.plan.extend([False] * self.probe)   # (+1 below: the first plain step is not timed)
+            return False
+        if plain > draft:
+            self.losses += 1
+            n = min(self.pause << (self.losses - 1), 64)
+            self.plan.extend([False] * (n - 1) + [True] * self.probe)
+            return False
+        self.losses = 0
+        if self.since_plain >= self.reprobe:
+            self.plan.append(False)
+            return False
+        return True
+
+
+class DraftLengthPolicy:
+    """cost: the draft/target cost ratio c of the "estimated" fallback; switch: the "measured" one; neither:
+    no fallback (drafts that cost no forward, e.g. n-gram lookups with the estimated rule, or per-row lengths
+    in a batch, whose plain-or-draft choice is made once for the whole batch)."""
+
+    def __init__(self, spec: SpeculativeConfig, cost: float | None, window: int = 16, pause: int = 8,
+                 switch: MeasuredSwitch | None = None):
+        self.spec, self.cost, self.window, self.pause, self.switch = spec, cost, window, pause, switch
         self.gamma = spec.draft_length
         self.first_accepted: deque[bool] = deque(maxlen=window)
         self.paused = 0          # plain steps left before the next probe
         self.plain_steps = 0     # steps decoded without a draft because drafting did not pay
 
     def next_length(self, remaining: int) -> int:
-        """Draft length of the next step (0: a plain target step), given the tokens left in the budget."""
-        if self.paused > 0:
-            self.paused -= 1
+        """Draft length of the next step (0: a plain target step), given the tokens left in the budget.
+        Call it once per step: the measured fallback times the steps between calls."""
+        if self.paused > 0 or (self.switch is not None and not self.switch.draft_next()):
+            self.paused = max(self.paused - 1, 0)
             self.plain_steps += 1
             return 0
         gamma = 1 if self.probing else self.gamma
@@ -61,7 +145,29 @@ class DraftLengthPolicy:
         """Record a step that drafted ``drafted`` tokens of which the first ``accepted`` were kept."""
         if drafted == 0 or not self.spec.adaptive:
             return
+        if self.switch is not None:
+            self.switch.emitted(accepted + 1)
         self.first_accepted.append(accepted > 0)
         self.gamma = min(self.gamma + 2, self.spec.max_draft_length) if accepted == drafted else max(1, self.gamma - 1)
         if len(self.first_accepted) == self.window and not self._pays():
             self.paused = self.pause
+
+    def report(self, stats) -> None:
+        """Plain steps taken by the fallback (and the measured rates) into ``stats.extra``."""
+        report_fallback(stats, self.plain_steps, self.switch)
+
+
+def report_fallback(stats, plain_steps: int, switch: MeasuredSwitch | None) -> None:
+    if plain_steps:
+        stats.extra["plain_steps"] = plain_steps
+    if switch is not None:
+        rates = {kind: switch.rate(drafting) for kind, drafting in (("drafting", True), ("plain", False))}
+        stats.extra["measured_tokens_per_s"] = {k: round(v, 1) for k, v in rates.items() if v is not None}
+
+
+def policy_for(spec, target, draft) -> DraftLengthPolicy:
+    """The draft-length policy of one sequence under ``spec.fallback`` (``draft`` None: drafts that cost no
+    forward, which the estimated rule never stops)."""
+    fallback = spec.fallback if spec.adaptive else "off"
+    cost = cost_ratio(target, draft) if fallback == "estimated" and draft is not None else None
+    return DraftLengthPolicy(spec, cost, switch=MeasuredSwitch() if fallback == "measured" else None)

@@ -30,7 +30,7 @@ from ..config import DEFAULT_CONFIDENCE_THRESHOLD, PromptLookupConfig, SamplingC
 from ..stats import DecodeStats
 from . import hf_cache as kv
 from .stream import TokenStream
-from .policy import DraftLengthPolicy
+from .policy import DraftLengthPolicy, policy_for
 from .step import CHAIN_VERIFIERS, draft_tokens, verify_step
 
 
@@ -100,11 +100,13 @@ def propose_reference(tokens: list[int], k: int, max_n: int, min_n: int = 1) -> 
     return []
 
 
-def length_policy(cfg: PromptLookupConfig) -> DraftLengthPolicy:
-    """The speculative +2 / -1 rule from prompt_lookup_num_tokens down to 1, without the cost fallback
-    (an n-gram draft costs no forward)."""
-    return DraftLengthPolicy(SpeculativeConfig(cfg.prompt_lookup_num_tokens, cfg.adaptive, cfg.prompt_lookup_num_tokens,
-                                               0.0, cfg.verifier), cost=None)
+def length_policy(cfg: PromptLookupConfig, row_of_batch: bool = False) -> DraftLengthPolicy:
+    """The speculative +2 / -1 rule from prompt_lookup_num_tokens down to 1, with the measured fallback if
+    ``cfg.fallback`` says so (the estimated one never stops: an n-gram draft costs no forward). A row of a
+    batch has no fallback of its own: the batch decides plain or drafting steps for all its rows."""
+    spec = SpeculativeConfig(cfg.prompt_lookup_num_tokens, cfg.adaptive, cfg.prompt_lookup_num_tokens, 0.0,
+                             cfg.verifier, "off" if row_of_batch else cfg.fallback)
+    return policy_for(spec, None, None)
 
 
 def decode(target, draft, stream: TokenStream, sampling: SamplingConfig, cfg: PromptLookupConfig, generator,
@@ -139,3 +141,4 @@ def decode(target, draft, stream: TokenStream, sampling: SamplingConfig, cfg: Pr
         if dcache is not None:
             kv.crop(dcache, min(kv.cache_length(dcache), base + v.n_accepted))
         policy.update(v.n_draft, v.n_accepted)
+    policy.report(stats)

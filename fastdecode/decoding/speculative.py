@@ -21,7 +21,7 @@ from ..config import SamplingConfig, SpeculativeConfig
 from ..stats import DecodeStats
 from . import hf_cache as kv
 from .stream import TokenStream
-from .policy import DraftLengthPolicy, cost_ratio
+from .policy import policy_for
 from .step import CHAIN_VERIFIERS, draft_tokens, verify_step
 
 
@@ -29,7 +29,7 @@ def decode(target, draft, stream: TokenStream, sampling: SamplingConfig, spec: S
            generator, stats: DecodeStats, progress=None) -> None:
     tcache, dcache = kv.new_cache(target), kv.new_cache(draft)
     verifier = CHAIN_VERIFIERS[spec.verifier]
-    policy = DraftLengthPolicy(spec, cost_ratio(target, draft))
+    policy = policy_for(spec, target, draft)
     threshold = spec.confidence_threshold if spec.adaptive else 0.0
     empty = torch.empty(0, dtype=torch.long, device=kv.device(target))
     while not stream.done:
@@ -43,5 +43,4 @@ def decode(target, draft, stream: TokenStream, sampling: SamplingConfig, spec: S
             progress.update(kept)
         kv.crop(dcache, min(kv.cache_length(dcache), base + v.n_accepted))
         policy.update(v.n_draft, v.n_accepted)
-    if policy.plain_steps:
-        stats.extra["plain_steps"] = policy.plain_steps
+    policy.report(stats)

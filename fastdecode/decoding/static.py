@@ -30,7 +30,7 @@ from ..verification.primitives import sample
 from . import hf_cache as kv
 from . import sampling as sm
 from .stream import TokenStream
-from .policy import DraftLengthPolicy, cost_ratio
+from .policy import policy_for
 from .static_cache import runner_for
 from .static_lambda import lambda_runner_for
 
@@ -152,7 +152,7 @@ def decode_speculative(target, draft, stream: TokenStream, sampling: SamplingCon
     drun.prefill(seq[None, : stream.length - 1])
     pad = torch.zeros(cap, dtype=torch.long, device=device)
     dlen = stream.length - 1   # draft slots holding committed tokens (the target always holds L - 1)
-    policy = DraftLengthPolicy(spec, cost_ratio(target, draft))
+    policy = policy_for(spec, target, draft)
     early_stop = spec.adaptive and spec.confidence_threshold > 0
     while not stream.done:
         L = stream.length
@@ -216,8 +216,7 @@ def decode_speculative(target, draft, stream: TokenStream, sampling: SamplingCon
         if progress is not None:
             progress.update(kept)
         dlen = L + min(n_acc, g - 1)  # the draft fed last and x_1..x_{g-1}; x_g only if rejected after it
-    if policy.plain_steps:
-        stats.extra["plain_steps"] = policy.plain_steps
+    policy.report(stats)
 
 
 def decode_prompt_lookup(target, draft, stream: TokenStream, sampling: SamplingConfig, cfg, generator,
@@ -266,3 +265,4 @@ def decode_prompt_lookup(target, draft, stream: TokenStream, sampling: SamplingC
             progress.update(kept)
         last = nxt.view(1)
         policy.update(g, n_acc)
+    policy.report(stats)

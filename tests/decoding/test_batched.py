@@ -201,8 +201,8 @@ def test_code_pair_greedy_batch(code_pair, stdlib_prompts):
 
 
 SW_METHODS = [("autoregressive", {}), ("speculative", dict(adaptive_draft=False, draft_length=3)),
-              ("speculative", dict(verifier="block")),
-              ("prompt_lookup", {}), ("multi_draft", dict(num_drafts=2, draft_length=3)),
+              ("speculative", dict(verifier="block", fallback="off")),   # (off: drafts in every step)
+              ("prompt_lookup", dict(fallback="off")), ("multi_draft", dict(num_drafts=2, draft_length=3)),
               ("multi_draft", dict(num_drafts=3, adaptive_draft=True))]
 SW_MODELS = {"mistral": dict(sliding_window=4),                                     # every layer windowed
              "qwen2": dict(sliding_window=4, use_sliding_window=True, max_window_layers=1),   # full, then windowed

@@ -14,11 +14,13 @@ NEW = 24
 REP = [5, 9, 13, 7, 5, 9, 13, 7, 5, 9, 13, 7, 5, 9, 40, 41, 5, 9]
 # a long repetitive row, a short one, a cut of the first, and one with nothing to copy at first
 PROMPTS = [REP, [3, 4, 5, 3, 4], REP[:7], [11, 12, 13, 14, 15, 16, 17, 18, 19]]
+# (fallback="off": the per-row counts equal a row alone only when no step is made plain by measured timings)
 CONFIGS = [
-    {},                                                         # token verifier, adaptive length
-    dict(verifier="block"),
+    dict(fallback="off"),                                       # token verifier, adaptive length
+    dict(verifier="block", fallback="off"),
     dict(adaptive_draft=False, prompt_lookup_num_tokens=5),     # fixed length
-    dict(prompt_lookup_num_tokens=3, max_matching_ngram_size=3, min_matching_ngram_size=2),  # rarer matches
+    dict(prompt_lookup_num_tokens=3, max_matching_ngram_size=3, min_matching_ngram_size=2,   # rarer matches
+         fallback="off"),
 ]
 
 

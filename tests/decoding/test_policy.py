@@ -1,10 +1,15 @@
-"""The draft-length policy: the +2 / -1 rule, and the fallback to plain decoding when drafting cannot pay."""
+"""The draft-length policy: the +2 / -1 rule, and the fallbacks to plain decoding when drafting does not pay
+(estimated from the models' sizes, or measured from the steps' wall times)."""
+import copy
+import time
+
+import pytest
 import torch
 
 import fastdecode
 from tiny_models import tiny_llama
 from fastdecode.config import SpeculativeConfig
-from fastdecode.decoding.policy import DraftLengthPolicy, cost_ratio
+from fastdecode.decoding.policy import DraftLengthPolicy, MeasuredSwitch, cost_ratio
 
 
 def test_adaptive_rule_and_fixed_length():
@@ -58,7 +63,139 @@ def test_unprofitable_draft_falls_back_and_stays_exact():
     ref = target.generate(ids, max_new_tokens=60, min_new_tokens=60, do_sample=False)
     for engine in ("dynamic", "static"):
         out = fastdecode.generate(target, ids, draft=draft, method="speculative", temperature=0, max_new_tokens=60,
-                                  eos_token_id=[], cache_implementation=engine)
+                                  eos_token_id=[], cache_implementation=engine, fallback="estimated")
         assert torch.equal(out.sequences, ref), engine
         assert out.stats.extra.get("plain_steps", 0) > 10, engine
         assert out.stats.draft_calls < 60, engine
+
+
+class FakeClock:
+    """Each step takes ``cost[drafting]`` seconds and emits ``tokens[drafting]`` tokens."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def _run_switch(sw, clock, cost, tokens, steps):
+    kinds = []
+    for _ in range(steps):
+        d = sw.draft_next()
+        kinds.append(d)
+        sw.emitted(tokens[d])
+        clock.now += cost[d]
+    return kinds
+
+
+def test_measured_switch_keeps_drafting_while_it_pays():
+    clock = FakeClock()
+    sw = MeasuredSwitch(window=8, probe=4, reprobe=64, clock=clock)
+    kinds = _run_switch(sw, clock, cost={True: 0.012, False: 0.010}, tokens={True: 3, False: 1}, steps=200)
+    # 5 drafting steps (the first untimed), 5 plain ones to time plain decoding, then drafting with a plain
+    # step every 64 to re-time it
+    assert kinds[:10] == [True] * 5 + [False] * 5
+    assert kinds.count(False) <= 5 + 2 * (200 // 64) and all(kinds[10:70])
+    assert sw.rate(True) == pytest.approx(3 / 0.012) and sw.rate(False) == pytest.approx(1 / 0.010)
+
+
+def test_measured_switch_falls_back_probes_and_recovers():
+    clock = FakeClock()
+    sw = MeasuredSwitch(window=8, probe=4, pause=8, clock=clock)
+    slow = {True: 0.030, False: 0.010}                 # drafting: 1.5 tokens per 30 ms < 1 per 10 ms
+    kinds = _run_switch(sw, clock, slow, tokens={True: 1, False: 1}, steps=120)
+    assert kinds.count(False) > 90                     # mostly plain, with drafting probes in between
+    probes = [i for i in range(10, 120) if kinds[i]]
+    assert probes and len(probes) < 20
+    # the pause doubles while drafting keeps losing: the gaps between probes grow
+    starts = [i for i in probes if not kinds[i - 1]]
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert gaps == sorted(gaps) and gaps[-1] > gaps[0]
+    # the draft becomes cheap and good: the next probes see it and drafting resumes (plain only to re-time)
+    kinds = _run_switch(sw, clock, {True: 0.010, False: 0.010}, tokens={True: 4, False: 1}, steps=200)
+    assert kinds[-64:].count(False) <= 2
+
+
+def test_measured_switch_ignores_the_first_step_of_each_kind_and_outliers():
+    clock = FakeClock()
+    sw = MeasuredSwitch(window=8, probe=4, clock=clock)
+    sw.draft_next()
+    clock.now += 5.0          # the first step: prefill, recording graphs
+    for _ in range(5):
+        sw.draft_next()
+        sw.emitted(2)
+        clock.now += 0.01
+    assert sw.rate(True) == pytest.approx(2 / 0.01)
+    sw.draft_next()           # a plain step, untimed (the first of its kind)
+    for i in range(5):
+        clock.now += 1.0 if i == 0 else 0.001
+        sw.draft_next()
+    assert sw.rate(False) == pytest.approx(1 / 0.001)   # the 1 s plain step (a graph recorded) is left out
+
+
+def _slowed(model, seconds):
+    """A copy of ``model`` whose every forward also sleeps ``seconds`` (a model that costs that much)."""
+    m = copy.deepcopy(model)
+    m.register_forward_hook(lambda *_: time.sleep(seconds))
+    return m
+
+
+@pytest.mark.parametrize("engine", ["dynamic", "static"])
+def test_measured_fallback_follows_the_real_costs(engine):
+    """The draft is the target itself (every draft accepted), so the size-based cost ratio is 1 and the
+    estimated fallback stops drafting. Measured: with a slow target drafting pays and goes on; with a slow
+    draft it does not, and the steps are plain. Greedy output equals HF's throughout."""
+    target = tiny_llama(3, vocab=64, layers=2)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    ref = target.generate(ids, max_new_tokens=90, min_new_tokens=90, do_sample=False)
+    kw = dict(method="speculative", temperature=0, max_new_tokens=90, eos_token_id=[], draft_length=2,
+              max_draft_length=2, cache_implementation=engine)
+    slow_target = _slowed(target, 0.02)
+    fast = fastdecode.generate(slow_target, ids, draft=target, **kw)
+    est = fastdecode.generate(slow_target, ids, draft=target, fallback="estimated", **kw)
+    assert torch.equal(fast.sequences, ref) and torch.equal(est.sequences, ref)
+    rates = fast.stats.extra["measured_tokens_per_s"]
+    assert rates["drafting"] > 1.2 * rates["plain"]   # (about 1.8x)
+    assert fast.stats.extra["plain_steps"] <= 7 < est.stats.extra["plain_steps"]
+    slow = fastdecode.generate(target, ids, draft=_slowed(target, 0.02), **kw)
+    assert torch.equal(slow.sequences, ref)
+    rates = slow.stats.extra["measured_tokens_per_s"]
+    assert rates["plain"] > 1.5 * rates["drafting"]
+    assert slow.stats.extra["plain_steps"] > 40 and slow.stats.draft_calls < 40   # (about 50 and 26)
+
+
+def test_measured_fallback_in_a_batch():
+    """A batch decides plain or drafting steps once for all its rows, by the batch's measured rates."""
+    target = tiny_llama(3, vocab=64, layers=2)
+    ids = torch.tensor([[0, 1, 2, 3, 4], [0, 0, 7, 8, 9]])
+    mask = (torch.arange(5) >= torch.tensor([[1], [2]])).long()
+    ref = target.generate(ids, attention_mask=mask, max_new_tokens=60, min_new_tokens=60, do_sample=False,
+                          pad_token_id=0)
+    out = fastdecode.generate(target, ids, attention_mask=mask, draft=_slowed(target, 0.02), method="speculative",
+                              temperature=0, max_new_tokens=60, eos_token_id=[], pad_token_id=0)
+    assert torch.equal(out.sequences, ref)
+    rates = out.stats.extra["measured_tokens_per_s"]
+    assert rates["plain"] > 1.5 * rates["drafting"] and out.stats.extra["plain_steps"] > 30
+
+
+def test_fallback_choice_and_errors():
+    target = tiny_llama(3, vocab=64, layers=2)
+    draft = tiny_llama(4, vocab=64, layers=1)
+    ids = torch.tensor([[1, 2, 3]])
+    kw = dict(draft=draft, method="speculative", max_new_tokens=4, eos_token_id=[])
+    # measured by default (greedy, or sampling without a seed); a seed makes it the deterministic estimate
+    assert "measured_tokens_per_s" in fastdecode.generate(target, ids, temperature=0, **kw).stats.extra
+    assert "measured_tokens_per_s" in fastdecode.generate(target, ids, temperature=1, **kw).stats.extra
+    assert "measured_tokens_per_s" not in fastdecode.generate(target, ids, temperature=1, seed=0, **kw).stats.extra
+    assert "measured_tokens_per_s" in fastdecode.generate(target, ids, temperature=1, seed=0, fallback="measured",
+                                                          **kw).stats.extra
+    with pytest.raises(ValueError, match="fallback must be one of"):
+        fastdecode.generate(target, ids, fallback="sometimes", **kw)
+    with pytest.raises(ValueError, match="adaptive draft length"):
+        fastdecode.generate(target, ids, fallback="measured", adaptive_draft=False, **kw)
+    with pytest.raises(ValueError, match="fallback= applies to"):
+        fastdecode.generate(target, ids, draft=draft, method="multi_draft", num_drafts=2, fallback="off",
+                            max_new_tokens=4)
+    with pytest.raises(ValueError, match="fallback= applies to"):
+        fastdecode.generate(target, ids, fallback="off", max_new_tokens=4)

@@ -27,7 +27,8 @@ def hf_greedy(code_pair, stdlib_prompts):
 
 @pytest.mark.parametrize("kw", [
     dict(method="autoregressive"),
-    dict(method="speculative"),                                           # adaptive length + confidence stop
+    dict(method="speculative", fallback="estimated"),   # adaptive length + confidence stop (estimated fallback:
+                                                        # the same steps on both engines, whatever the timings)
     dict(method="speculative", draft_length=3, adaptive_draft=False),     # g + 1 = 4: exactly a bucket edge
     dict(method="speculative", draft_length=4, adaptive_draft=False),     # g + 1 = 5: padded to 8
     dict(method="speculative", draft_length=7, adaptive_draft=False, verifier="block"),

@@ -28,9 +28,9 @@ def _prompt(n=PROMPT_LEN, seed=0):
 METHODS = [
     dict(method="autoregressive"),
     dict(method="speculative", draft_length=3, adaptive_draft=False),             # g + 1 = 4: a bucket edge
-    dict(method="speculative", max_draft_length=16),                              # adaptive, fallback steps
+    dict(method="speculative", max_draft_length=16, fallback="estimated"),        # adaptive, fallback steps
     dict(method="speculative", draft_length=5, adaptive_draft=False, verifier="block"),
-    dict(method="prompt_lookup", prompt_lookup_num_tokens=4),
+    dict(method="prompt_lookup", prompt_lookup_num_tokens=4, fallback="estimated"),
 ]
 
 
@@ -125,7 +125,7 @@ def test_long_catch_up_is_fed_in_pieces(pair, monkeypatch):
                         or real(run, seq, pad, start, n))
     cfg = LambdaAttention(window=4, num_global=1, max_rollback=4)
     kw = dict(draft=draft, method="speculative", draft_length=1, max_draft_length=2, temperature=0, max_new_tokens=NEW,
-              lambda_attention=cfg, eos_token_id=[])
+              lambda_attention=cfg, eos_token_id=[], fallback="estimated")
     dyn = fastdecode.generate(target, _prompt(), **kw)
     out = fastdecode.generate(target, _prompt(), cache_implementation="static", **kw)
     assert torch.equal(out.sequences, dyn.sequences)
@@ -193,7 +193,8 @@ def test_code_pair_past_training_length(code_pair):
     target, draft, _ = code_pair
     prompt = torch.randint(1, 8192, (1, 240), generator=torch.Generator().manual_seed(0))
     for cfg, new in ((LambdaAttention(window=256, num_global=8), 40), (LambdaAttention(32, 4, 16), 48)):
-        for kw in (dict(method="autoregressive"), dict(method="speculative", draft=draft, max_draft_length=16)):
+        for kw in (dict(method="autoregressive"),
+                   dict(method="speculative", draft=draft, max_draft_length=16, fallback="estimated")):
             common = dict(max_new_tokens=new, temperature=0, lambda_attention=cfg, eos_token_id=-1, **kw)
             dyn = fastdecode.generate(target, prompt, **common)
             out = fastdecode.generate(target, prompt, cache_implementation="static", **common)
