@@ -64,6 +64,9 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-drafts", type=int, default=1, help="k, the number of draft sequences (multi_draft)")
     p.add_argument("--adaptive-draft", action=argparse.BooleanOptionalAction, default=None,
                    help="adapt the draft length / tree depth to acceptance (default: on for speculative, off for multi_draft)")
+    p.add_argument("--fallback", default=None, choices=["measured", "estimated", "off"],
+                   help="plain steps when drafting does not pay (speculative, prompt_lookup): measured by timing "
+                        "the steps (default), estimated from the models' sizes, or off")
     p.add_argument("--verifier", default=None, help="token | block (speculative, prompt_lookup); rrs | spectr | optimal | ... (multi_draft)")
     p.add_argument("--entropy-threshold", type=float, default=None, help="bits, for entropy_switch")
     p.add_argument("--entropy-window", type=int, default=None, help="rolling-mean window w, for entropy_switch")
@@ -95,7 +98,7 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
 def _method_kwargs(args) -> dict:
     """The method options given on the command line, as generate() keyword arguments (None: not given)."""
     kw = dict(draft_length=args.draft_length, adaptive_draft=args.adaptive_draft, verifier=args.verifier,
-              compile=args.compile)
+              compile=args.compile, fallback=args.fallback)
     kw = {k: v for k, v in kw.items() if v is not None}
     if args.cache_implementation != "dynamic":
         kw["cache_implementation"] = args.cache_implementation

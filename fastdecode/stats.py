@@ -78,6 +78,11 @@ class DecodeStats:
             e = self.extra
             s += (f", large-model tokens={e['large_fraction']:.0%}, switches={e['switches']}, "
                   f"estimated cost={e['estimated_cost_ratio']:.2f}x the large model alone")
+        if self.extra.get("plain_steps"):  # the fallback to plain decoding
+            s += f", plain steps={self.extra['plain_steps']}"
+            rates = self.extra.get("measured_tokens_per_s", {})
+            if len(rates) == 2:
+                s += f" (measured: drafting {rates['drafting']:.0f} tok/s, plain {rates['plain']:.0f} tok/s)"
         if "tree_nodes" in self.extra:  # multi-draft
             s += f", k={self.extra['num_drafts']} ({self.extra['verifier']}), tree nodes={self.extra['tree_nodes']}"
         if self.lossy:

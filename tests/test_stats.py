@@ -32,3 +32,9 @@ def test_summary_names_what_applies():
     s.record_step(4, 2)
     line = s.summary()
     assert "alpha=0.500" in line and "tau=3.00" in line and "k=2 (typical)" in line and line.endswith("(lossy)")
+
+
+def test_summary_names_the_fallback():
+    s = DecodeStats(method="speculative", new_tokens=9, target_calls=7, drafted_tokens=4, accepted_tokens=2,
+                    wall_time_s=1.0, extra=dict(plain_steps=5, measured_tokens_per_s=dict(drafting=80.0, plain=120.0)))
+    assert "plain steps=5 (measured: drafting 80 tok/s, plain 120 tok/s)" in s.summary()
