@@ -241,8 +241,9 @@ def build_method_config(method: str, has_draft: bool, *, num_drafts=1, verifier=
     if fallback is not None:
         if not isinstance(cfg, (SpeculativeConfig, PromptLookupConfig)):
             raise ValueError(f"fallback= applies to method='speculative' and 'prompt_lookup', not to {method!r}")
-        if not cfg.adaptive:
-            raise ValueError("fallback applies only to an adaptive draft length; drop it or pass adaptive_draft=True")
+        if not cfg.adaptive and fallback != "off":
+            raise ValueError(f"fallback={fallback!r} applies only to an adaptive draft length (a fixed one never "
+                             "falls back); drop it or pass adaptive_draft=True")
         cfg = dataclasses.replace(cfg, fallback=fallback)
     return method, cfg
 

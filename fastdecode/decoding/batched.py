@@ -58,7 +58,7 @@ from . import hf_cache as kv
 from . import sampling as sm
 from .batched_cache import _block, _bucket, _Cache, _SlotCache, batch_output
 from .batched_tree import decode as decode_tree
-from .policy import DraftLengthPolicy, MeasuredSwitch, report_fallback
+from .policy import DraftLengthPolicy, measured_switch, report_fallback
 from .stream import TokenStream
 
 BATCHED_METHODS = ("autoregressive", "speculative", "prompt_lookup", "multi_draft")
@@ -238,7 +238,7 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     if lookup:   # per row: its own n-gram index over its own tokens (no padding) and its own +2 / -1 length
         from .prompt_lookup import NgramIndex, length_policy
         indexes = [NgramIndex(spec.max_matching_ngram_size, spec.min_matching_ngram_size) for _ in active]
-        policies = [length_policy(spec, row_of_batch=True) for _ in active]
+        policies = [length_policy(spec) for _ in active]
         stats.extra.update(ngram_draft_steps=0, model_draft_steps=0)
     else:
         indexes = [None for _ in active]
@@ -247,7 +247,9 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     per_row = [dict(new_tokens=0, drafted=0, accepted=0, steps=0) for _ in range(B)]
     batch_steps = 0
     # plain or drafting steps are chosen for the whole batch (its forwards are shared), by measured rates
-    switch = MeasuredSwitch() if spec is not None and spec.adaptive and spec.fallback == "measured" else None
+    switch = measured_switch(target, id(draft), "batch", type(spec).__name__, mode if static else "dynamic", B,
+                             sampling.greedy) if spec is not None and spec.adaptive and spec.fallback == "measured" \
+        else None
     plain_steps = 0
 
     while active:

@@ -39,14 +39,14 @@ def cost_ratio(target, draft) -> float:
     return max(pd / max(pt, 1), ld / lt)
 
 
-
 class MeasuredSwitch:
     """Drafting steps or plain steps, whichever has given more tokens per second lately (``fallback="measured"``).
 
     A step's time is the wall time between two calls of :meth:`draft_next`: it covers the whole step,
     including the host sync that reads the verdict, so on a GPU it is the device time too. The first step
-    of each kind is not timed (it carries the prompt's prefill or records graphs). Rates are tokens over
-    seconds of the last ``window`` steps of a kind, steps slower than 10x the median left out.
+    of a call is not timed (it carries the prompt's prefill). Rates are tokens over seconds of the last
+    ``window`` steps of a kind, steps slower than 10x the median left out (a step that recorded a graph).
+    ``samples``: the timings to start from and to add to (see :func:`measured_switch`: the last call's).
 
     Schedule: draft first; once ``probe`` drafting steps are timed, take ``probe`` plain steps to time plain
     decoding; then whichever rate is higher decides. While drafting wins, two plain steps re-time plain
@@ -55,12 +55,14 @@ class MeasuredSwitch:
     drafting steps that re-time drafting, whose acceptance may have recovered.
     """
 
-    def __init__(self, window: int = 8, probe: int = 4, pause: int = 8, reprobe: int = 64, clock=time.perf_counter):
+    def __init__(self, window: int = 8, probe: int = 3, pause: int = 8, reprobe: int = 64, clock=time.perf_counter,
+                 samples: dict | None = None):
         self.probe, self.pause, self.reprobe, self.clock = probe, pause, reprobe, clock
-        self.samples = {kind: deque(maxlen=window) for kind in (True, False)}  # drafting? -> (tokens, seconds)
-        self.steps = {True: 0, False: 0}
+        # drafting? -> (tokens, seconds) of the last steps
+        self.samples = samples if samples is not None else {kind: deque(maxlen=window) for kind in (True, False)}
         self.plan: deque[bool] = deque()      # the kinds of the next steps, decided in advance
         self.kind: bool | None = None         # the kind of the step running now
+        self.timed = False                    # whether the running step is timed
         self.started = 0.0
         self.tokens = 1                       # tokens the running step emitted (a plain step: one)
         self.since_plain = 0
@@ -82,10 +84,9 @@ class MeasuredSwitch:
     def draft_next(self) -> bool:
         """Call once at the start of every step: True = draft, False = a plain step."""
         now = self.clock()
-        if self.kind is not None:
-            self.steps[self.kind] += 1
-            if self.steps[self.kind] > 1:
-                self.samples[self.kind].append((self.tokens, now - self.started))
+        if self.kind is not None and self.timed:
+            self.samples[self.kind].append((self.tokens, now - self.started))
+        self.timed = self.kind is not None    # the first step of the call is not timed
         self.kind, self.started, self.tokens = self._choose(), now, 1
         self.since_plain = 0 if not self.kind else self.since_plain + 1
         return self.kind
@@ -97,7 +98,7 @@ class MeasuredSwitch:
         if draft is None:
             return True
         if plain is None:
-            self.plan.extend([False] * self.probe)   # (+1 below: the first plain step is not timed)
+            self.plan.extend([False] * (self.probe - 1))
             return False
         if plain > draft:
             self.losses += 1
@@ -165,9 +166,20 @@ def report_fallback(stats, plain_steps: int, switch: MeasuredSwitch | None) -> N
         stats.extra["measured_tokens_per_s"] = {k: round(v, 1) for k, v in rates.items() if v is not None}
 
 
-def policy_for(spec, target, draft) -> DraftLengthPolicy:
+def measured_switch(target, *key) -> MeasuredSwitch:
+    """A switch that starts from the timings of the last ``generate`` call with the same target and ``key``
+    (draft, engine, batch size, greedy or not), so that a run of short calls does not re-time plain decoding
+    in each; the timings are kept on the target (``_fastdecode_step_timings``), the last ``window`` of a kind."""
+    memory = target.__dict__.setdefault("_fastdecode_step_timings", {})
+    sw = MeasuredSwitch(samples=memory.get(key))
+    memory[key] = sw.samples
+    return sw
+
+
+def policy_for(spec, target, draft, *key) -> DraftLengthPolicy:
     """The draft-length policy of one sequence under ``spec.fallback`` (``draft`` None: drafts that cost no
-    forward, which the estimated rule never stops)."""
+    forward, which the estimated rule never stops); ``key``: see :func:`measured_switch`."""
     fallback = spec.fallback if spec.adaptive else "off"
     cost = cost_ratio(target, draft) if fallback == "estimated" and draft is not None else None
-    return DraftLengthPolicy(spec, cost, switch=MeasuredSwitch() if fallback == "measured" else None)
+    switch = measured_switch(target, id(draft), *key) if fallback == "measured" else None
+    return DraftLengthPolicy(spec, cost, switch=switch)

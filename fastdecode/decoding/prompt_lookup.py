@@ -100,13 +100,14 @@ def propose_reference(tokens: list[int], k: int, max_n: int, min_n: int = 1) -> 
     return []
 
 
-def length_policy(cfg: PromptLookupConfig, row_of_batch: bool = False) -> DraftLengthPolicy:
+def length_policy(cfg: PromptLookupConfig, target=None, draft=None, *key) -> DraftLengthPolicy:
     """The speculative +2 / -1 rule from prompt_lookup_num_tokens down to 1, with the measured fallback if
-    ``cfg.fallback`` says so (the estimated one never stops: an n-gram draft costs no forward). A row of a
-    batch has no fallback of its own: the batch decides plain or drafting steps for all its rows."""
+    ``cfg.fallback`` says so (the estimated one never stops: an n-gram draft costs no forward); ``key``: see
+    :func:`~fastdecode.decoding.policy.measured_switch`. ``target`` None: a row of a batch, without a fallback
+    of its own (the batch decides plain or drafting steps for all its rows)."""
     spec = SpeculativeConfig(cfg.prompt_lookup_num_tokens, cfg.adaptive, cfg.prompt_lookup_num_tokens, 0.0,
-                             cfg.verifier, "off" if row_of_batch else cfg.fallback)
-    return policy_for(spec, None, None)
+                             cfg.verifier, "off" if target is None else cfg.fallback)
+    return policy_for(spec, target, draft, "prompt_lookup", *key)
 
 
 def decode(target, draft, stream: TokenStream, sampling: SamplingConfig, cfg: PromptLookupConfig, generator,
@@ -120,7 +121,7 @@ def decode(target, draft, stream: TokenStream, sampling: SamplingConfig, cfg: Pr
     verifier = CHAIN_VERIFIERS[cfg.verifier]
     index = NgramIndex(cfg.max_matching_ngram_size, cfg.min_matching_ngram_size)
     threshold = DEFAULT_CONFIDENCE_THRESHOLD if cfg.adaptive else 0.0
-    policy = length_policy(cfg)
+    policy = length_policy(cfg, target, draft, "dynamic", sampling.greedy)
     while not stream.done:
         g = policy.next_length(stream.remaining)
         proposal = index.propose(stream.tokens, g) if g > 0 else []

@@ -29,7 +29,7 @@ def decode(target, draft, stream: TokenStream, sampling: SamplingConfig, spec: S
            generator, stats: DecodeStats, progress=None) -> None:
     tcache, dcache = kv.new_cache(target), kv.new_cache(draft)
     verifier = CHAIN_VERIFIERS[spec.verifier]
-    policy = policy_for(spec, target, draft)
+    policy = policy_for(spec, target, draft, "speculative", "dynamic", sampling.greedy)
     threshold = spec.confidence_threshold if spec.adaptive else 0.0
     empty = torch.empty(0, dtype=torch.long, device=kv.device(target))
     while not stream.done:

@@ -152,7 +152,7 @@ def decode_speculative(target, draft, stream: TokenStream, sampling: SamplingCon
     drun.prefill(seq[None, : stream.length - 1])
     pad = torch.zeros(cap, dtype=torch.long, device=device)
     dlen = stream.length - 1   # draft slots holding committed tokens (the target always holds L - 1)
-    policy = policy_for(spec, target, draft)
+    policy = policy_for(spec, target, draft, "speculative", mode, sampling.greedy)
     early_stop = spec.adaptive and spec.confidence_threshold > 0
     while not stream.done:
         L = stream.length
@@ -237,7 +237,7 @@ def decode_prompt_lookup(target, draft, stream: TokenStream, sampling: SamplingC
     pad = torch.zeros(bucket(longest + 1), dtype=torch.long, device=device)
     index = NgramIndex(cfg.max_matching_ngram_size, cfg.min_matching_ngram_size)
     last = prompt[0, -1:]  # [1] the newest committed token, not in the cache yet
-    policy = length_policy(cfg)
+    policy = length_policy(cfg, target, None, mode, sampling.greedy)
     while not stream.done:
         L = stream.length
         g = policy.next_length(stream.remaining)

@@ -133,7 +133,7 @@ def test_errors(target, batch):
 
 
 # ------------------------------------------------------------- with a draft model for the rows without a match
-@pytest.mark.parametrize("kw", [{}, dict(min_matching_ngram_size=2, verifier="block"),
+@pytest.mark.parametrize("kw", [dict(fallback="off"), dict(min_matching_ngram_size=2, verifier="block", fallback="off"),
                                 dict(adaptive_draft=False, prompt_lookup_num_tokens=4)])
 @pytest.mark.parametrize("with_eos", [False, True])
 def test_draft_model_fallback_greedy_equals_hf_and_alone(target, batch, eos, kw, with_eos):

@@ -13,13 +13,14 @@ from batches import eos_for, left_pad, random_prompts, tiny_pair
 
 NEW = 12
 LENS = [5, 9, 3]          # batch 3: bucket 4 (one padding row), then 2 and 1 as rows finish
+# (fallback="off": the engines are compared step by step, which plain steps chosen by timings would not allow)
 CONFIGS = [
     ("autoregressive", {}),
-    ("speculative", {}),                                           # token verifier, adaptive length
-    ("speculative", dict(verifier="block")),                       # block verifier, adaptive length
+    ("speculative", dict(fallback="off")),                         # token verifier, adaptive length
+    ("speculative", dict(verifier="block", fallback="off")),       # block verifier, adaptive length
     ("speculative", dict(adaptive_draft=False, draft_length=3)),   # fixed length
     ("speculative", dict(adaptive_draft=False, draft_length=2, verifier="block")),
-    ("prompt_lookup", dict(prompt_lookup_num_tokens=3)),
+    ("prompt_lookup", dict(prompt_lookup_num_tokens=3, fallback="off")),
     ("multi_draft", dict(num_drafts=2, draft_length=3)),
     ("multi_draft", dict(num_drafts=3, adaptive_draft=True, verifier="spectr")),
 ]

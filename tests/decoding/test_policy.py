@@ -93,10 +93,10 @@ def test_measured_switch_keeps_drafting_while_it_pays():
     clock = FakeClock()
     sw = MeasuredSwitch(window=8, probe=4, reprobe=64, clock=clock)
     kinds = _run_switch(sw, clock, cost={True: 0.012, False: 0.010}, tokens={True: 3, False: 1}, steps=200)
-    # 5 drafting steps (the first untimed), 5 plain ones to time plain decoding, then drafting with a plain
-    # step every 64 to re-time it
-    assert kinds[:10] == [True] * 5 + [False] * 5
-    assert kinds.count(False) <= 5 + 2 * (200 // 64) and all(kinds[10:70])
+    # 5 drafting steps (the first, the prefill, untimed), 4 plain ones to time plain decoding, then drafting
+    # with two plain steps every 64 to re-time it
+    assert kinds[:9] == [True] * 5 + [False] * 4
+    assert kinds.count(False) <= 4 + 2 * (200 // 64) and all(kinds[9:70])
     assert sw.rate(True) == pytest.approx(3 / 0.012) and sw.rate(False) == pytest.approx(1 / 0.010)
 
 
@@ -117,21 +117,40 @@ def test_measured_switch_falls_back_probes_and_recovers():
     assert kinds[-64:].count(False) <= 2
 
 
-def test_measured_switch_ignores_the_first_step_of_each_kind_and_outliers():
+def test_measured_switch_ignores_the_first_step_and_outliers():
     clock = FakeClock()
     sw = MeasuredSwitch(window=8, probe=4, clock=clock)
-    sw.draft_next()
-    clock.now += 5.0          # the first step: prefill, recording graphs
-    for _ in range(5):
-        sw.draft_next()
+    assert sw.draft_next()
+    sw.emitted(2)
+    clock.now += 5.0          # the first step: the prompt's prefill
+    for _ in range(4):
+        assert sw.draft_next()
         sw.emitted(2)
         clock.now += 0.01
-    assert sw.rate(True) == pytest.approx(2 / 0.01)
-    sw.draft_next()           # a plain step, untimed (the first of its kind)
+    assert sw.rate(True) is None   # three timed steps: fewer than probe
     for i in range(5):
+        assert not sw.draft_next() or i == 4   # four plain steps are planned
         clock.now += 1.0 if i == 0 else 0.001
-        sw.draft_next()
+    assert sw.rate(True) == pytest.approx(2 / 0.01)
     assert sw.rate(False) == pytest.approx(1 / 0.001)   # the 1 s plain step (a graph recorded) is left out
+
+
+def test_measured_switch_starts_from_the_last_call():
+    """Timings are kept on the target per key: a second call of the same kind does not re-time plain steps."""
+    from fastdecode.decoding.policy import measured_switch
+
+    target = torch.nn.Linear(1, 1)
+    clock = FakeClock()
+    first = measured_switch(target, "k")
+    first.clock = clock
+    kinds = _run_switch(first, clock, {True: 0.01, False: 0.01}, tokens={True: 3, False: 1}, steps=20)
+    assert kinds.count(False) == 3
+    again = measured_switch(target, "k")
+    again.clock = clock
+    assert all(_run_switch(again, clock, {True: 0.01, False: 0.01}, tokens={True: 3, False: 1}, steps=20))
+    other = measured_switch(target, "other key")
+    other.clock = clock
+    assert _run_switch(other, clock, {True: 0.01, False: 0.01}, tokens={True: 3, False: 1}, steps=20).count(False) == 3
 
 
 def _slowed(model, seconds):
