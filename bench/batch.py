@@ -61,7 +61,9 @@ def _run_batch(kind, target, draft, ids, mask, new_tokens, temperature, seed, pa
             torch.manual_seed(seed)
             seq = target.generate(ids, attention_mask=mask, **kw)
         else:
-            extra = dict(num_drafts=num_drafts) if kind == "multi_draft" else {}
+            # multi_draft's k; the others: the measured fallback, which the seed would otherwise turn off when sampling
+            extra = dict(num_drafts=num_drafts) if kind == "multi_draft" else \
+                dict(fallback="measured") if kind in ("speculative", "prompt_lookup") else {}
             seq = fastdecode.generate(target, ids, attention_mask=mask, draft=draft if kind in DRAFTING else None,
                                       method=kind, max_new_tokens=new_tokens, temperature=temperature, seed=seed,
                                       pad_token_id=pad, **extra).sequences
