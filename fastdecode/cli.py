@@ -1,4 +1,4 @@
-"""Command line: ``fastdecode generate | bench | bench-batch | acceptance | quality | long-context | kernels | optimal-cost``.
+"""Command line: ``fastdecode generate | bench | bench-batch | acceptance | quality | long-context | kernels | optimal-cost | spec-ceiling``.
 
 ``generate`` is the package's own command. The benchmarks are scripts of the repository, outside the package
 (``bench/<script>.py``): each benchmark subcommand calls its script's ``main`` with the remaining arguments,
@@ -30,6 +30,7 @@ SUBCOMMANDS = {
     "long-context": ("long_context", "Lambda attention: perplexity, passkey and memory vs context length"),
     "kernels": ("kernels", "Triton kernels vs PyTorch references (GPU)"),
     "optimal-cost": ("optimal_cost", "per-step cost of the OT-optimal verifier's selection"),
+    "spec-ceiling": ("spec_ceiling", "what chain speculation can gain on this machine (forward costs x acceptance)"),
 }
 
 
