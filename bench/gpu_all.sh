@@ -6,7 +6,10 @@
 #                                                  correctness, end-to-end speed vs HF, the 1.1B bandwidth floor)
 #   PART=kernels OUT=$OUT bash bench/gpu_all.sh   (kernel correctness and speed, optimal-verifier cost,
 #                                                  Lambda decode speed, multi-draft end to end; not yet run)
-#   SMOKE=1 PYTHON=.venv/bin/python bash bench/gpu_all.sh   (a CPU run of the engine steps at toy sizes)
+#   PART=batch OUT=$OUT bash bench/gpu_all.sh     (batches of 1, 16 and 64 against HF batched generate, and the
+#                                                  speed-up ceiling of chain speculation; not yet run)
+#   SMOKE=1 PYTHON=.venv/bin/python bash bench/gpu_all.sh   (a CPU run of the engine steps at toy sizes;
+#                                                  PART=batch SMOKE=1 ... for the batch steps)
 set -u
 PY=${PYTHON:-python3}
 export PYTHONPATH=. TRITON_INTERPRET=0 PYTHONUNBUFFERED=1
@@ -29,7 +32,12 @@ else
   CHECKS="--prompts 3 --new-tokens 64 --runs 800"; E2E="--prompts 3 --repeats 3 --new-tokens 128 --dtype bfloat16"
   BW="--new-tokens 128 --repeats 3"
 fi
-if [ "${PART:-engine}" = kernels ]; then
+if [ "${PART:-engine}" = batch ]; then
+  if [ "${SMOKE:-0}" = 1 ]; then BATCH="--quick"; CEIL="--quick"; DEV=cpu; else
+    BATCH="--batch 1,16,64 --prompts 64 --temperatures 0,1 --repeats 2"; CEIL="--batch 1,16,64 --repeats 10"; DEV=cuda; fi
+  step batch 300 "$PY" bench/batch.py --device $DEV $BATCH --out "$OUT/batch.json"
+  step spec_ceiling 90 "$PY" bench/spec_ceiling.py --device $DEV $CEIL --out "$OUT/spec_ceiling.json"
+elif [ "${PART:-engine}" = kernels ]; then
   step kernels_check 90 "$PY" bench/kernels_gpu_check.py
   step kernels_bench 120 "$PY" bench/kernels.py --quick --budget-s 60 --out "$OUT/kernels.json"
   step optimal_cost 60 "$PY" bench/optimal_cost.py --device cuda --check --quick --no-plot --out "$OUT/optimal_cost.json"
