@@ -6,7 +6,7 @@
 #                                                  correctness, end-to-end speed vs HF, the 1.1B bandwidth floor)
 #   PART=kernels OUT=$OUT bash bench/gpu_all.sh   (kernel correctness and speed, optimal-verifier cost,
 #                                                  Lambda decode speed, multi-draft end to end; not yet run)
-#   PART=batch OUT=$OUT bash bench/gpu_all.sh     (batches of 1, 16 and 64 against HF batched generate, and the
+#   PART=batch OUT=$OUT bash bench/gpu_all.sh     (batches of 16 and 64 against HF batched generate, and the
 #                                                  speed-up ceiling of chain speculation; not yet run)
 #   SMOKE=1 PYTHON=.venv/bin/python bash bench/gpu_all.sh   (a CPU run of the engine steps at toy sizes;
 #                                                  PART=batch SMOKE=1 ... for the batch steps)
@@ -34,7 +34,7 @@ else
 fi
 if [ "${PART:-engine}" = batch ]; then
   if [ "${SMOKE:-0}" = 1 ]; then BATCH="--quick"; CEIL="--quick"; DEV=cpu; else
-    BATCH="--batch 1,16,64 --prompts 64 --temperatures 0,1 --repeats 2"; CEIL="--batch 1,16,64 --repeats 10"; DEV=cuda; fi
+    BATCH="--batch 16,64 --prompts 64 --temperatures 0,1 --repeats 2"; CEIL="--batch 1,16,64 --repeats 10"; DEV=cuda; fi
   step batch 300 "$PY" bench/batch.py --device $DEV $BATCH --out "$OUT/batch.json"
   step spec_ceiling 90 "$PY" bench/spec_ceiling.py --device $DEV $CEIL --out "$OUT/spec_ceiling.json"
 elif [ "${PART:-engine}" = kernels ]; then
