@@ -46,7 +46,8 @@ class MeasuredSwitch:
     including the host sync that reads the verdict, so on a GPU it is the device time too. The first step
     of a call is not timed (it carries the prompt's prefill). Rates are tokens over seconds of the last
     ``window`` steps of a kind, steps slower than 10x the median left out (a step that recorded a graph).
-    ``samples``: the timings to start from and to add to (see :func:`measured_switch`: the last call's).
+    A switch can serve several calls in a row (:meth:`restart`, :func:`measured_switch`): its timings and its
+    count of steps since plain decoding was last timed carry over.
 
     Schedule: draft first; once ``probe`` drafting steps are timed, take ``probe`` plain steps to time plain
     decoding; then whichever rate is higher decides. While drafting wins, two plain steps re-time plain
@@ -55,17 +56,20 @@ class MeasuredSwitch:
     drafting steps that re-time drafting, whose acceptance may have recovered.
     """
 
-    def __init__(self, window: int = 8, probe: int = 3, pause: int = 8, reprobe: int = 64, clock=time.perf_counter,
-                 samples: dict | None = None):
+    def __init__(self, window: int = 8, probe: int = 3, pause: int = 8, reprobe: int = 64, clock=time.perf_counter):
         self.probe, self.pause, self.reprobe, self.clock = probe, pause, reprobe, clock
-        # drafting? -> (tokens, seconds) of the last steps
-        self.samples = samples if samples is not None else {kind: deque(maxlen=window) for kind in (True, False)}
+        self.samples = {kind: deque(maxlen=window) for kind in (True, False)}  # drafting? -> (tokens, seconds)
+        self.since_plain = 0                  # drafting steps since the last plain one
         self.plan: deque[bool] = deque()      # the kinds of the next steps, decided in advance
+        self.restart()
+
+    def restart(self) -> None:
+        """Start a new call: its first step is untimed; the timings so far are kept."""
+        self.plan.clear()
         self.kind: bool | None = None         # the kind of the step running now
         self.timed = False                    # whether the running step is timed
         self.started = 0.0
         self.tokens = 1                       # tokens the running step emitted (a plain step: one)
-        self.since_plain = 0
         self.losses = 0                       # consecutive comparisons lost by drafting
 
     def emitted(self, tokens: int) -> None:
@@ -167,12 +171,12 @@ def report_fallback(stats, plain_steps: int, switch: MeasuredSwitch | None) -> N
 
 
 def measured_switch(target, *key) -> MeasuredSwitch:
-    """A switch that starts from the timings of the last ``generate`` call with the same target and ``key``
-    (draft, engine, batch size, greedy or not), so that a run of short calls does not re-time plain decoding
-    in each; the timings are kept on the target (``_fastdecode_step_timings``), the last ``window`` of a kind."""
-    memory = target.__dict__.setdefault("_fastdecode_step_timings", {})
-    sw = MeasuredSwitch(samples=memory.get(key))
-    memory[key] = sw.samples
+    """The switch of the last ``generate`` call with the same target and ``key`` (draft, method, engine, batch
+    size, greedy or not), restarted, so that a run of short calls does not re-time plain decoding in each
+    (it is kept on the target, ``_fastdecode_step_switches``); a new one for a new key."""
+    memory = target.__dict__.setdefault("_fastdecode_step_switches", {})
+    sw = memory.setdefault(key, MeasuredSwitch())
+    sw.restart()
     return sw
 
 

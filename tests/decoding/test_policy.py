@@ -151,6 +151,14 @@ def test_measured_switch_starts_from_the_last_call():
     other = measured_switch(target, "other key")
     other.clock = clock
     assert _run_switch(other, clock, {True: 0.01, False: 0.01}, tokens={True: 3, False: 1}, steps=20).count(False) == 3
+    # short calls still re-time plain decoding every 64 drafting steps, counted across calls
+    kinds = []
+    for _ in range(20):
+        sw = measured_switch(target, "short calls")
+        sw.clock = clock
+        kinds += _run_switch(sw, clock, {True: 0.01, False: 0.01}, {True: 3, False: 1}, 10)
+    assert kinds[:8] == [True] * 4 + [False] * 3 + [True]   # the first call times plain steps, then
+    assert kinds.count(False) == 3 + 2 * ((200 - 7) // 66)  # two more every 64 drafting steps
 
 
 def _slowed(model, seconds):
