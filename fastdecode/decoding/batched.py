@@ -246,14 +246,20 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     verify = None if spec is None else (_verify_block if spec.verifier == "block" else _verify_token)
     per_row = [dict(new_tokens=0, drafted=0, accepted=0, steps=0) for _ in range(B)]
     batch_steps = 0
-    # plain or drafting steps are chosen for the whole batch (its forwards are shared), by measured rates
-    switch = measured_switch(target, id(draft), "batch", type(spec).__name__, mode if static else "dynamic", B,
-                             sampling.greedy) if spec is not None and spec.adaptive and spec.fallback == "measured" \
-        else None
+    # plain or drafting steps are chosen for the whole batch (its forwards are shared) by measured rates, timed
+    # per number of live rows (a step's tokens and cost both shrink as rows finish)
+    measured = spec is not None and spec.adaptive and spec.fallback == "measured"
+    switches = {}
     plain_steps = 0
 
     while active:
         nb = len(active)
+        switch = None
+        if measured:
+            if nb not in switches:
+                switches[nb] = measured_switch(target, id(draft), "batch", type(spec).__name__,
+                                               mode if static else "dynamic", nb, sampling.greedy)
+            switch = switches[nb]
         drafting = switch is None or switch.draft_next()
         plain_steps += not drafting
         lens = [pol.next_length(streams[r].remaining) if pol is not None and drafting else 0
@@ -370,5 +376,5 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
             if c is not None and active:
                 c.trim()
 
-    report_fallback(stats, plain_steps, switch)
+    report_fallback(stats, plain_steps, switches.get(B))   # the rates of the whole batch
     return batch_output(streams, per_row, batch_steps, stats, input_ids, pad_token_id)
