@@ -40,6 +40,7 @@ def _powers(x: torch.Tensor, k: int) -> dict:
         if m % 2:
             get(m - 1)
         m //= 2
+    del get     # (get refers to itself: a cycle that would keep the powers alive until a garbage collection)
     return out
 
 
