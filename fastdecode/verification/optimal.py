@@ -111,11 +111,11 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
     cpu = dev.type == "cpu"
     f64, i64, bool_ = torch.float64, torch.long, torch.bool
     # the race is not differentiable (a sort, comparisons); detached, its steps may run in place
-    p64 = _normalise(p.detach(), ws.empty((N, V), f64, dev))
-    q64 = _normalise(q.detach(), ws.empty((N, V), f64, dev))
+    p64 = _normalise(p.detach(), ws.out((N, V), f64, dev))
+    q64 = _normalise(q.detach(), ws.out((N, V), f64, dev))
     # support: tokens with p > 0 or q > 0 (Vs: the largest count over the rows); the others play no part
-    nz = torch.gt(p64, 0, out=ws.empty((N, V), bool_, dev))
-    nz.logical_or_(torch.gt(q64, 0, out=ws.empty((N, V), bool_, dev)))
+    nz = torch.gt(p64, 0, out=ws.out((N, V), bool_, dev))
+    nz.logical_or_(torch.gt(q64, 0, out=ws.out((N, V), bool_, dev)))
     if N and bool(nz.all()):
         ps_t, qs_t, sup = p64, q64, None
     else:
@@ -126,8 +126,8 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
     Vs = ps_t.shape[1]
     # rank -> support column (dense rows: rank -> token id, the race's order)
     order_s = _argsort_keys(_sort_key(ps_t, qs_t, ws), ws)
-    ps = torch.gather(ps_t, 1, order_s, out=ws.empty((N, Vs), f64, dev))
-    ell = torch.gather(qs_t, 1, order_s, out=ws.empty((N, Vs), f64, dev))
+    ps = torch.gather(ps_t, 1, order_s, out=ws.out((N, Vs), f64, dev))
+    ell = torch.gather(qs_t, 1, order_s, out=ws.out((N, Vs), f64, dev))
     order = order_s if sup is None else sup.gather(1, order_s)             # rank -> token id (V: padding)
     if sup is None:                                                        # order is a permutation of 0..V-1
         rank = ws.empty((N, V), i64, dev).scatter_(1, order, _arange(Vs, dev).expand(N, Vs))
@@ -143,29 +143,29 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
     # FIFO matching of surplus and deficit along the rank order -> pool slots, over the compacted lists
     # of the ranks with a surplus (sr) and with a deficit (dr) only
     # (surplus = max(diff, 0) and deficit = max(-diff, 0) are read at the compacted ranks only)
-    diff = torch.sub(dW, b, out=ws.empty((N, Vs), f64, dev))
-    sr, sv = _compact(torch.gt(diff, 0, out=ws.empty((N, Vs), bool_, dev)), 0, ws)
-    dr, dv = _compact(torch.lt(diff, 0, out=ws.empty((N, Vs), bool_, dev)), 0, ws)
-    s_vals = _values_at(diff, sr, sv, ws.empty(sr.shape, f64, dev))             # [N, nS]
-    d_vals = _values_at(diff, dr, dv, ws.empty(dr.shape, f64, dev)).neg_()      # [N, nD]
+    diff = torch.sub(dW, b, out=ws.out((N, Vs), f64, dev))
+    sr, sv = _compact(torch.gt(diff, 0, out=ws.out((N, Vs), bool_, dev)), 0, ws)
+    dr, dv = _compact(torch.lt(diff, 0, out=ws.out((N, Vs), bool_, dev)), 0, ws)
+    s_vals = _values_at(diff, sr, sv, ws.out(sr.shape, f64, dev))             # [N, nS]
+    d_vals = _values_at(diff, dr, dv, ws.out(dr.shape, f64, dev)).neg_()      # [N, nD]
     del diff
-    Sc = _prefix(s_vals, ws.empty((N, sr.shape[1] + 1), f64, dev))   # [N, nS + 1]
-    Dc = _prefix(d_vals, ws.empty((N, dr.shape[1] + 1), f64, dev))   # [N, nD + 1]
+    Sc = _prefix(s_vals, ws.out((N, sr.shape[1] + 1), f64, dev))   # [N, nS + 1]
+    Dc = _prefix(d_vals, ws.out((N, dr.shape[1] + 1), f64, dev))   # [N, nD + 1]
     tot = torch.minimum(Sc[:, -1:], Dc[:, -1:])
     merged, ia, ic = _merge_sorted(Sc, Dc, ws)
     cuts = torch.minimum(merged, tot, out=merged)                          # [N, nS + nD + 2], nondecreasing
     M = cuts.shape[1] - 1                                                  # M = nS + nD + 1 slots
-    dL = torch.sub(cuts[:, 1:], cuts[:, :-1], out=ws.empty((N, M), f64, dev))
+    dL = torch.sub(cuts[:, 1:], cuts[:, :-1], out=ws.out((N, M), f64, dev))
     # slot n = [cuts[n], cuts[n+1]) lies in surplus rank left[n] and deficit rank right[n] (when dL > 0)
     # A slot with dL > 0 lies below tot, so its ia / ic index a compacted rank with a positive surplus /
     # deficit (the boundaries past a row's count, padding included, are >= the row's total >= tot).
-    ia_s = torch.clamp(ia[:, :-1], 0, sr.shape[1] - 1, out=ws.empty((N, M), i64, dev))
-    ic_s = torch.clamp(ic[:, :-1], 0, dr.shape[1] - 1, out=ws.empty((N, M), i64, dev))
-    left = torch.gather(sr, 1, ia_s, out=ws.empty((N, M), i64, dev))
-    right = torch.gather(dr, 1, ic_s, out=ws.empty((N, M), i64, dev))
-    ok = torch.gt(dL, 0, out=ws.empty((N, M), bool_, dev))
-    ok.logical_and_(torch.lt(left, right, out=ws.empty((N, M), bool_, dev)))
-    dL = dL.masked_fill_(torch.logical_not(ok, out=ws.empty((N, M), bool_, dev)), 0.0)
+    ia_s = torch.clamp(ia[:, :-1], 0, sr.shape[1] - 1, out=ws.out((N, M), i64, dev))
+    ic_s = torch.clamp(ic[:, :-1], 0, dr.shape[1] - 1, out=ws.out((N, M), i64, dev))
+    left = torch.gather(sr, 1, ia_s, out=ws.out((N, M), i64, dev))
+    right = torch.gather(dr, 1, ic_s, out=ws.out((N, M), i64, dev))
+    ok = torch.gt(dL, 0, out=ws.out((N, M), bool_, dev))
+    ok.logical_and_(torch.lt(left, right, out=ws.out((N, M), bool_, dev)))
+    dL = dL.masked_fill_(torch.logical_not(ok, out=ws.out((N, M), bool_, dev)), 0.0)
     del Sc, Dc, merged, ia, ic, cuts, sr, dr
     if not cpu:
         # unused slots add exactly 0 in the scatter-adds below: spread them over the ranks instead of
@@ -176,7 +176,7 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
     # slot's ranks have q > 0, an unused one has dL = 0 and gets 0 below)
     # (q < 1e-300 is treated as 1e-300 here, as in lam below; an unused slot's rank may have q = 0,
     # where dW = b = 0 and the densities are 0)
-    slot = lambda: ws.empty((N, M), f64, dev)                              # noqa: E731
+    slot = lambda: ws.out((N, M), f64, dev)                              # noqa: E731
     ell_l, ell_r = torch.gather(ell, 1, left, out=slot()), torch.gather(ell, 1, right, out=slot())
     safe_l = torch.clamp(ell_l, min=1e-300, out=slot())
     safe_r = torch.clamp(ell_r, min=1e-300, out=slot())
@@ -184,30 +184,30 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
     m_r = torch.gather(dW, 1, right, out=slot()).div_(safe_r)
     beta_l = torch.gather(b, 1, left, out=slot()).div_(safe_l)
     s_at = torch.gather(s_vals, 1, ia_s, out=slot()).clamp_min_(1e-300)
-    xs = torch.mul(dL, ell_l, out=ws.empty((N, M), f64, dev)).div_(s_at)
-    xd = torch.div(dL, beta_l.sub_(m_r).clamp_min_(1e-300), out=ws.empty((N, M), f64, dev))
+    xs = torch.mul(dL, ell_l, out=ws.out((N, M), f64, dev)).div_(s_at)
+    xd = torch.div(dL, beta_l.sub_(m_r).clamp_min_(1e-300), out=ws.out((N, M), f64, dev))
     del safe_l, safe_r, beta_l, dL, s_vals, d_vals, ia_s, ic_s, s_at
     used = ws.full((N, Vs), 0.0, f64, dev).scatter_add_(1, left, xs).scatter_add_(1, right, xd)
     # rounding guard: a rank whose pools take more than its interval (used > ell) has them scaled by
     # ell / used (on the CPU only when some rank needs it: otherwise the scale is exactly 1). Its lam is
     # then 0: the clamp below gives 0 from the unscaled used (> ell), which the scaled pools fill to
     # rounding, so used is not summed again.
-    over = torch.gt(used, ell, out=ws.empty((N, Vs), bool_, dev))
+    over = torch.gt(used, ell, out=ws.out((N, Vs), bool_, dev))
     if not cpu or bool(over.any()):
-        scale = torch.div(ell, used, out=ws.empty((N, Vs), f64, dev))
+        scale = torch.div(ell, used, out=ws.out((N, Vs), f64, dev))
         scale = scale.masked_fill_(over.logical_not_(), 1.0)              # used > ell >= 0 where taken
         xs.mul_(torch.gather(scale, 1, left, out=slot()))
         xd.mul_(torch.gather(scale, 1, right, out=slot()))
         del scale
     del over
-    lam = used.div_(torch.clamp(ell, min=1e-300, out=ws.empty((N, Vs), f64, dev)))
+    lam = used.div_(torch.clamp(ell, min=1e-300, out=ws.out((N, Vs), f64, dev)))
     lam = lam.neg_().add_(1.0).clamp_(0.0, 1.0)                           # 1 where q = 0 (no pools)
-    own = torch.mul(lam, ell, out=ws.empty((N, Vs), f64, dev))
+    own = torch.mul(lam, ell, out=ws.out((N, Vs), f64, dev))
 
     # b_real: the selection law of exactly this kernel (own * m = lam * dW: the own-interval part)
     share = m_l.mul_(xs).add_(m_r.mul_(xd))
     share = share.div_(torch.add(xs, xd, out=slot()).clamp_min_(1e-300))   # 0 on unused slots
-    b_real_s = torch.mul(lam, dW, out=ws.empty((N, Vs), f64, dev))
+    b_real_s = torch.mul(lam, dW, out=ws.out((N, Vs), f64, dev))
     b_real_s.scatter_add_(1, left, torch.mul(xs, share, out=slot()))
     b_real_s.scatter_add_(1, right, torch.mul(xd, share, out=slot()))
     del lam, dW, m_l, m_r, share, ell_l, ell_r

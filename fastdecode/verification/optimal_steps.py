@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .workspace import FRESH, Workspace
+from .workspace import FRESH, MIN_BYTES, Workspace
 
 _ARANGE: dict = {}
 _REVERSED: dict = {}
@@ -24,8 +24,11 @@ def _arange(n: int, device) -> torch.Tensor:
     return a[:n]
 
 
-def _flip(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """x.flip(-1) written into out (same shape): a gather by a cached reversed arange (flip has no out=)."""
+def _flip(x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """x.flip(-1), written into out when given (same shape): a gather by a cached reversed arange (flip
+    has no out=); below workspace.MIN_BYTES flip's own kernel is faster."""
+    if x.numel() * x.element_size() < MIN_BYTES:
+        return x.flip(-1) if out is None else out.copy_(x.flip(-1))
     n = x.shape[-1]
     key = x.device
     r = _REVERSED.get(key)
@@ -44,7 +47,7 @@ def _powers(x: torch.Tensor, k: int, ws: Workspace = FRESH) -> dict:
     def get(m):
         if m not in out:
             h = get(m // 2)
-            out[m] = torch.mul(h, h, out=ws.empty(x.shape, x.dtype, x.device))
+            out[m] = torch.mul(h, h, out=ws.out(x.shape, x.dtype, x.device))
             if m % 2:
                 out[m].mul_(x)
         return out[m]
@@ -72,10 +75,10 @@ def _pow_quotient(pw: dict, k: int, ws: Workspace = FRESH) -> torch.Tensor:
         return ws.full(shape, 1.0, x.dtype, x.device)
     h = pw[k // 2] if k % 2 == 0 else None
     if k == 2:
-        return torch.add(h[:, :-1], h[:, 1:], out=ws.empty(shape, x.dtype, x.device))
+        return torch.add(h[:, :-1], h[:, 1:], out=ws.out(shape, x.dtype, x.device))
     if h is not None:
         return _pow_quotient(pw, k // 2, ws).mul_(
-            torch.add(h[:, :-1], h[:, 1:], out=ws.empty(shape, x.dtype, x.device)))
+            torch.add(h[:, :-1], h[:, 1:], out=ws.out(shape, x.dtype, x.device)))
     return _pow_quotient(pw, k - 1, ws).mul_(pw[1][:, :-1]).add_(pw[k - 1][:, 1:])
 
 
@@ -98,7 +101,7 @@ def _sort_key(p: torch.Tensor, q: torch.Tensor, ws: Workspace = FRESH) -> torch.
     -1.0 has the sign bit set, its negated bits are positive and sort after every r >= 0. Sorting int64
     keys is the same order as sorting -r as doubles (a stable sort keeps ties in token order) and cheaper
     than a float64 stable sort on the CPU."""
-    r = torch.div(p, q, out=ws.empty(p.shape, p.dtype, p.device)).nan_to_num_(nan=-1.0, posinf=float("inf"))
+    r = torch.div(p, q, out=ws.out(p.shape, p.dtype, p.device)).nan_to_num_(nan=-1.0, posinf=float("inf"))
     return r.view(torch.int64).neg_()
 
 
@@ -175,14 +178,14 @@ def _optimal_b(ps, qs, k: int, ws: Workspace = FRESH):
     c = ws.empty((N, V + 1), f64, dev)
     c[:, :1] = 0.0
     _flip(qs, c[:, 1:])
-    raw = _flip(c.cumsum_(-1), ws.empty((N, V + 1), f64, dev))  # suffix q-mass, accurate at the end
+    raw = _flip(c.cumsum_(-1), ws.out((N, V + 1), f64, dev))  # suffix q-mass, accurate at the end
     raw0 = raw[:, :1].clone()
     R = raw.div_(raw0).clamp_max_(1.0)                                     # [N, V + 1], nonincreasing
     pw = _powers(R, k, ws)
     # dW_j = R_j^k - R_{j+1}^k = (q_j / raw0) * (R_j^k - R_{j+1}^k) / (R_j - R_{j+1}), the quotient
     # summed without cancellation (exactly 0 where q_j = 0)
     dW = _pow_quotient(pw, k, ws).mul_(qs).div_(raw0)
-    W = torch.neg(R, out=ws.empty((N, V + 1), f64, dev)).add_(1.0) if k == 1 else pw[k].neg_().add_(1.0)
+    W = torch.neg(R, out=ws.out((N, V + 1), f64, dev)).add_(1.0) if k == 1 else pw[k].neg_().add_(1.0)
     del pw, R, raw
     d = c                                                                  # ("prefix" is free again)
     d[:, 1:] = ps
@@ -192,19 +195,19 @@ def _optimal_b(ps, qs, k: int, ws: Workspace = FRESH):
     idx = ws.empty((N, V + 1), torch.long, dev)              # (cummax / cummin's indices, unused)
     Dr = torch.cummax(d, -1, out=(ws.empty((N, V + 1), f64, dev), idx)).values
     Dstar = Dr[:, -1:].clone()                                             # [N, 1] = max(max d, 0)
-    G = torch.sub(Dstar, d, out=ws.empty((N, V + 1), f64, dev))
-    Gf = _flip(G, ws.empty((N, V + 1), f64, dev))
+    G = torch.sub(Dstar, d, out=ws.out((N, V + 1), f64, dev))
+    Gf = _flip(G, ws.out((N, V + 1), f64, dev))
     Ef = torch.cummin(Gf, -1, out=(ws.empty((N, V + 1), f64, dev), idx)).values
-    E = _flip(Ef, ws.empty((N, V + 1), f64, dev))                    # running min from the right
-    touch = torch.eq(E, G, out=ws.empty((N, V + 1), torch.bool, dev))
-    touch.logical_or_(torch.eq(Dr, d, out=ws.empty((N, V + 1), torch.bool, dev)))
+    E = _flip(Ef, ws.out((N, V + 1), f64, dev))                    # running min from the right
+    touch = torch.eq(E, G, out=ws.out((N, V + 1), torch.bool, dev))
+    touch.logical_or_(torch.eq(Dr, d, out=ws.out((N, V + 1), torch.bool, dev)))
     del G, d, Gf, Ef
-    b = torch.sub(Dr[:, 1:], Dr[:, :-1], out=ws.empty((N, V), f64, dev)).neg_().add_(ps)
-    b.add_(torch.sub(E[:, 1:], E[:, :-1], out=ws.empty((N, V), f64, dev))).clamp_min_(0.0)
+    b = torch.sub(Dr[:, 1:], Dr[:, :-1], out=ws.out((N, V), f64, dev)).neg_().add_(ps)
+    b.add_(torch.sub(E[:, 1:], E[:, :-1], out=ws.out((N, V), f64, dev))).clamp_min_(0.0)
     del Dr, E
-    zq = torch.eq(qs, 0, out=ws.empty((N, V), torch.bool, dev))
+    zq = torch.eq(qs, 0, out=ws.out((N, V), torch.bool, dev))
     # intervals touching W at both ends get dW; so do the q = 0 tokens (dW = 0 there)
-    both = torch.logical_and(touch[:, :-1], touch[:, 1:], out=ws.empty((N, V), torch.bool, dev))
+    both = torch.logical_and(touch[:, :-1], touch[:, 1:], out=ws.out((N, V), torch.bool, dev))
     both.logical_or_(zq)
     return torch.where(both, dW, b, out=b), dW, Dstar[:, 0]
 
@@ -223,12 +226,12 @@ def _merge_sorted(a: torch.Tensor, c: torch.Tensor,
         # La + Lc = 77100
         import numpy as np
 
-        both = torch.cat([a, c], -1, out=ws.empty((N, L), a.dtype, a.device))
+        both = torch.cat([a, c], -1, out=ws.out((N, L), a.dtype, a.device))
         perm = torch.from_numpy(np.argsort(both.numpy(), axis=-1, kind="stable"))
-        from_a = torch.lt(perm, La, out=ws.empty((N, L), torch.bool, a.device))
-        out = torch.gather(both, 1, perm, out=ws.empty((N, L), a.dtype, a.device))
-        ia = torch.cumsum(from_a, -1, out=ws.empty((N, L), torch.long, a.device)).sub_(1)
-        ic = torch.sub(_arange(L, a.device), ia, out=ws.empty((N, L), torch.long, a.device)).sub_(1)
+        from_a = torch.lt(perm, La, out=ws.out((N, L), torch.bool, a.device))
+        out = torch.gather(both, 1, perm, out=ws.out((N, L), a.dtype, a.device))
+        ia = torch.cumsum(from_a, -1, out=ws.out((N, L), torch.long, a.device)).sub_(1)
+        ic = torch.sub(_arange(L, a.device), ia, out=ws.out((N, L), torch.long, a.device)).sub_(1)
         return out, ia, ic
     return _merge_sorted_search(a, c)
 
@@ -274,7 +277,7 @@ def _pool_entries(xs, xd, left, right, ok, Vs: int, ws: Workspace = FRESH):
     right[n]); ok: the used slots. Returns (cum [N, 2M], first, last, base [N, Vs])."""
     N, M = xs.shape
     f64, i64, dev = xs.dtype, torch.long, xs.device
-    cum = _monotone(torch.cat([xs, xd], -1, out=ws.empty((N, 2 * M), f64, dev)).cumsum_(-1))
+    cum = _monotone(torch.cat([xs, xd], -1, out=ws.out((N, 2 * M), f64, dev)).cumsum_(-1))
     # ([N, 2M] nondecreasing, see _monotone)
     cum_excl = ws.empty((N, 2 * M), f64, dev)
     cum_excl[:, :1] = 0.0
@@ -286,14 +289,14 @@ def _pool_entries(xs, xd, left, right, ok, Vs: int, ws: Workspace = FRESH):
     # unused entries go to scratch columns past Vs: one on the CPU; on GPUs spread over _SCRATCH columns
     # (GPU atomics on one address serialise)
     n_scratch = 1 if dev.type == "cpu" else _SCRATCH
-    tok = torch.cat([left, right], -1, out=ws.empty((N, 2 * M), i64, dev))
+    tok = torch.cat([left, right], -1, out=ws.out((N, 2 * M), i64, dev))
     if n_scratch > 1:
         tok = torch.where(valid, tok, Vs + ent % n_scratch)
     else:
-        tok = tok.masked_fill_(torch.logical_not(valid, out=ws.empty((N, 2 * M), torch.bool, dev)), Vs)
+        tok = tok.masked_fill_(torch.logical_not(valid, out=ws.out((N, 2 * M), torch.bool, dev)), Vs)
     ent = ent.expand(N, 2 * M)
     first = ws.full((N, Vs + n_scratch), 2 * M, i64, dev).scatter_reduce_(1, tok, ent, "amin")[:, :Vs]
     last = ws.full((N, Vs + n_scratch), -1, i64, dev).scatter_reduce_(1, tok, ent, "amax")[:, :Vs]
-    first_c = torch.clamp(first, max=2 * M - 1, out=ws.empty((N, Vs), i64, dev))
-    base = torch.gather(cum_excl, 1, first_c, out=ws.empty((N, Vs), f64, dev))
+    first_c = torch.clamp(first, max=2 * M - 1, out=ws.out((N, Vs), i64, dev))
+    base = torch.gather(cum_excl, 1, first_c, out=ws.out((N, Vs), f64, dev))
     return cum, first, last, base

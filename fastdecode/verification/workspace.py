@@ -18,47 +18,69 @@ import threading
 import torch
 
 BUDGET_BYTES = 64 << 20    # per workspace (per thread); a one-row build at V = 151936 keeps ~30 MiB
+MIN_BYTES = 1 << 17        # smaller tensors are fresh: glibc serves them from its heap, mostly without
+                           # faults, and the pool's bookkeeping (~3 us a tensor) would cost more
 _use_count = getattr(torch._C, "_storage_Use_Count", None)
 
 
 class _Buffer:
-    __slots__ = ("nbytes", "data", "storage", "idle")
+    __slots__ = ("nbytes", "data", "storage", "typed", "idle")
 
     def __init__(self, nbytes: int):
         self.nbytes = nbytes
         self.data = torch.empty(nbytes, dtype=torch.uint8)
         self.storage = self.data.untyped_storage()      # (kept: a reference of its own, counted in idle)
+        self.typed: dict = {}                           # dtype -> the whole buffer viewed as that dtype
         self.idle = _use_count(self.storage._cdata)     # the use count while no tensor is handed out
 
     def unused(self) -> bool:
         return _use_count(self.storage._cdata) == self.idle
 
+    def view(self, shape, dtype: torch.dtype) -> torch.Tensor:
+        flat = self.typed.get(dtype)
+        if flat is None:                                # (only while unused: idle takes the new view in)
+            flat = self.typed[dtype] = self.data.view(dtype)
+            self.idle = _use_count(self.storage._cdata)
+        stride, s = [], 1
+        for n in reversed(shape):
+            stride.append(s)
+            s *= n
+        return flat.as_strided(shape, stride[::-1])
+
 
 class Workspace:
-    """A pool of byte buffers, best fit first. ``empty(shape, dtype, device)`` is an uninitialised tensor,
-    as torch.empty, whose memory comes from a buffer that no live tensor uses."""
+    """A pool of byte buffers, best fit first. ``empty(shape, dtype, device)`` is an uninitialised
+    contiguous tensor, as torch.empty, whose memory comes from a buffer that no live tensor uses
+    (device: a torch.device)."""
 
     def __init__(self, keep: bool = True):
         self.keep = keep and _use_count is not None
         self._bufs: list[_Buffer] = []    # by size, ascending
         self._bytes = 0
 
-    def empty(self, shape, dtype: torch.dtype, device) -> torch.Tensor:
-        device = torch.device(device)
-        if not self.keep or device.type != "cpu":
+    def empty(self, shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes < MIN_BYTES or not self.keep or device.type != "cpu":
             return torch.empty(shape, dtype=dtype, device=device)
-        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
         buf = next((b for b in self._bufs if b.nbytes >= nbytes and b.unused()), None)
         if buf is None:
+            nbytes = -(-nbytes // 16) * 16                # (a whole number of elements of any dtype)
             if self._bytes + nbytes > BUDGET_BYTES:
                 return torch.empty(shape, dtype=dtype, device=device)
             buf = _Buffer(nbytes)
             self._bufs.append(buf)
             self._bufs.sort(key=lambda b: b.nbytes)
             self._bytes += nbytes
-        return buf.data[:nbytes].view(dtype).view(shape)
+        return buf.view(shape, dtype)
 
-    def full(self, shape, value, dtype: torch.dtype, device) -> torch.Tensor:
+    def out(self, shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+        """An ``out=`` argument: a tensor of :meth:`empty`, or None (the op allocates) where empty would
+        allocate a fresh one anyway (saves the explicit allocation's ~3 us)."""
+        if self.keep and device.type == "cpu" and math.prod(shape) * dtype.itemsize >= MIN_BYTES:
+            return self.empty(shape, dtype, device)
+        return None
+
+    def full(self, shape, value, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         return self.empty(shape, dtype, device).fill_(value)
 
     def clear(self) -> None:
