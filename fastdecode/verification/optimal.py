@@ -119,8 +119,11 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
     if N and bool(nz.all()):
         ps_t, qs_t, sup = p64, q64, None
     else:
-        sup, _ = _compact(nz, V)                                           # padding -> column V (zeros)
-        pad = lambda t: torch.cat([t, t.new_zeros(N, 1)], -1).gather(1, sup)   # noqa: E731
+        sup, valid = _compact(nz, V, ws)                                   # padding -> column V (zeros)
+        if valid is None:                                                  # (one row: no padding)
+            pad = lambda t: torch.gather(t, 1, sup, out=ws.out(sup.shape, f64, dev))   # noqa: E731
+        else:
+            pad = lambda t: torch.cat([t, t.new_zeros(N, 1)], -1).gather(1, sup)   # noqa: E731
         ps_t, qs_t = pad(p64), pad(q64)
     del nz
     Vs = ps_t.shape[1]
@@ -128,14 +131,15 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
     order_s = _argsort_keys(_sort_key(ps_t, qs_t, ws), ws)
     ps = torch.gather(ps_t, 1, order_s, out=ws.out((N, Vs), f64, dev))
     ell = torch.gather(qs_t, 1, order_s, out=ws.out((N, Vs), f64, dev))
-    order = order_s if sup is None else sup.gather(1, order_s)             # rank -> token id (V: padding)
+    order = order_s if sup is None else torch.gather(sup, 1, order_s, out=ws.out((N, Vs), i64, dev))
+    # (order: rank -> token id, V for padding)
     if sup is None:                                                        # order is a permutation of 0..V-1
         rank = ws.empty((N, V), i64, dev).scatter_(1, order, _arange(Vs, dev).expand(N, Vs))
     else:
-        rank = torch.full((N, V + 1), Vs - 1, dtype=i64, device=dev)
+        rank = ws.full((N, V + 1), Vs - 1, i64, dev)
         rank = rank.scatter_(1, order, _arange(Vs, dev).expand(N, Vs))[:, :V]
     if sup is not None:
-        order = order.clamp_max(V - 1)                                     # padding ranks (p = q = 0)
+        order = order.clamp_max_(V - 1)                                    # padding ranks (p = q = 0)
     del ps_t, qs_t, q64
     b, dW, Dstar = _optimal_b(ps, ell, k, ws)
     del ps

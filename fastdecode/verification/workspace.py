@@ -64,14 +64,28 @@ class Workspace:
             return torch.empty(shape, dtype=dtype, device=device)
         buf = next((b for b in self._bufs if b.nbytes >= nbytes and b.unused()), None)
         if buf is None:
-            nbytes = -(-nbytes // 16) * 16                # (a whole number of elements of any dtype)
-            if self._bytes + nbytes > BUDGET_BYTES:
+            buf = self._new(nbytes)
+            if buf is None:
                 return torch.empty(shape, dtype=dtype, device=device)
-            buf = _Buffer(nbytes)
-            self._bufs.append(buf)
-            self._bufs.sort(key=lambda b: b.nbytes)
-            self._bytes += nbytes
         return buf.view(shape, dtype)
+
+    def _new(self, nbytes: int) -> _Buffer | None:
+        """A new buffer of nbytes rounded up to one of 8 sizes per octave (rows whose support varies call
+        to call then share buffers); over the budget, unused buffers are dropped first, smallest first."""
+        step = 1 << max(nbytes.bit_length() - 4, 4)
+        nbytes = -(-nbytes // step) * step
+        for b in [b for b in self._bufs if b.unused()]:
+            if self._bytes + nbytes <= BUDGET_BYTES:
+                break
+            self._bufs.remove(b)
+            self._bytes -= b.nbytes
+        if self._bytes + nbytes > BUDGET_BYTES:
+            return None
+        buf = _Buffer(nbytes)
+        self._bufs.append(buf)
+        self._bufs.sort(key=lambda b: b.nbytes)
+        self._bytes += nbytes
+        return buf
 
     def out(self, shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
         """An ``out=`` argument: a tensor of :meth:`empty`, or None (the op allocates) where empty would
