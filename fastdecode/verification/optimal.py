@@ -37,7 +37,8 @@ from dataclasses import dataclass, fields
 import torch
 
 from .. import kernels
-from .optimal_steps import (_arange, _argsort_keys, _compact, _merge_sorted, _monotone, _normalise, _optimal_b,
+from . import workspace
+from .optimal_steps import (_arange, _argsort_keys, _compact, _merge_sorted, _normalise, _optimal_b, _pool_entries,
                             _prefix, _sort_key, _values_at)
 from .primitives import VerifyResult, residual, sample
 
@@ -91,68 +92,84 @@ class RaceState:
         return self.to_tokens(self.b_real_rank)
 
 
-_SCRATCH = 256   # scratch columns that absorb unused pool entries in the scatter-reduces (spread, see above)
-
-
 def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
     """Build the race of section 1 for every row. p, q: [N, V] probabilities; k: number of i.i.d. drafts.
 
     Cost (see the README's profile): one stable sort of the tokens with p > 0 or q > 0 (tokens with
     p = q = 0 are dropped before sorting, they rank last and take no part), O(Vs) scans, and the pools,
-    built only over the tokens with a surplus or a deficit (compacted before the FIFO merge)."""
+    built only over the tokens with a surplus or a deficit (compacted before the FIFO merge).
+
+    Memory: the tensors come from this thread's workspace (:mod:`.workspace`: buffers reused once no
+    tensor uses them, so the pages of the last build's are not faulted in again)."""
+    ws = workspace.local()
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k must be an int >= 1, got {k!r}")
     if p.dim() != 2 or p.shape != q.shape:
         raise ValueError(f"p and q must be [N, V] tensors of the same shape, got {tuple(p.shape)} and {tuple(q.shape)}")
-    # the race is not differentiable (a sort, comparisons); detached, its steps may run in place
-    p64, q64 = _normalise(p.detach()), _normalise(q.detach())
-    N, V = p64.shape
-    dev = p64.device
+    N, V = p.shape
+    dev = p.device
     cpu = dev.type == "cpu"
+    f64, i64, bool_ = torch.float64, torch.long, torch.bool
+    # the race is not differentiable (a sort, comparisons); detached, its steps may run in place
+    p64 = _normalise(p.detach(), ws.out((N, V), f64, dev))
+    q64 = _normalise(q.detach(), ws.out((N, V), f64, dev))
     # support: tokens with p > 0 or q > 0 (Vs: the largest count over the rows); the others play no part
-    nz = (p64 > 0).logical_or_(q64 > 0)
+    nz = torch.gt(p64, 0, out=ws.out((N, V), bool_, dev))
+    nz.logical_or_(torch.gt(q64, 0, out=ws.out((N, V), bool_, dev)))
     if N and bool(nz.all()):
         ps_t, qs_t, sup = p64, q64, None
     else:
-        sup, _ = _compact(nz, V)                                           # padding -> column V (zeros)
-        pad = lambda t: torch.cat([t, t.new_zeros(N, 1)], -1).gather(1, sup)   # noqa: E731
+        sup, valid = _compact(nz, V, ws)                                   # padding -> column V (zeros)
+        if valid is None:                                                  # (one row: no padding)
+            pad = lambda t: torch.gather(t, 1, sup, out=ws.out(sup.shape, f64, dev))   # noqa: E731
+        else:
+            pad = lambda t: torch.cat([t, t.new_zeros(N, 1)], -1).gather(1, sup)   # noqa: E731
         ps_t, qs_t = pad(p64), pad(q64)
     del nz
     Vs = ps_t.shape[1]
-    order_s = _argsort_keys(_sort_key(ps_t, qs_t))                         # [N, Vs] rank -> support column
-    ps, ell = ps_t.gather(1, order_s), qs_t.gather(1, order_s)
-    order = order_s if sup is None else sup.gather(1, order_s)             # rank -> token id (V: padding)
+    # rank -> support column (dense rows: rank -> token id, the race's order)
+    order_s = _argsort_keys(_sort_key(ps_t, qs_t, ws), ws)
+    ps = torch.gather(ps_t, 1, order_s, out=ws.out((N, Vs), f64, dev))
+    ell = torch.gather(qs_t, 1, order_s, out=ws.out((N, Vs), f64, dev))
+    order = order_s if sup is None else torch.gather(sup, 1, order_s, out=ws.out((N, Vs), i64, dev))
+    # (order: rank -> token id, V for padding)
     if sup is None:                                                        # order is a permutation of 0..V-1
-        rank = torch.empty(N, V, dtype=torch.long, device=dev).scatter_(1, order, _arange(Vs, dev).expand(N, Vs))
+        rank = ws.empty((N, V), i64, dev).scatter_(1, order, _arange(Vs, dev).expand(N, Vs))
     else:
-        rank = torch.full((N, V + 1), Vs - 1, dtype=torch.long, device=dev)
+        rank = ws.full((N, V + 1), Vs - 1, i64, dev)
         rank = rank.scatter_(1, order, _arange(Vs, dev).expand(N, Vs))[:, :V]
     if sup is not None:
-        order = order.clamp_max(V - 1)                                     # padding ranks (p = q = 0)
+        order = order.clamp_max_(V - 1)                                    # padding ranks (p = q = 0)
     del ps_t, qs_t, q64
-    b, dW, Dstar = _optimal_b(ps, ell, k)
+    b, dW, Dstar = _optimal_b(ps, ell, k, ws)
     del ps
 
     # FIFO matching of surplus and deficit along the rank order -> pool slots, over the compacted lists
     # of the ranks with a surplus (sr) and with a deficit (dr) only
     # (surplus = max(diff, 0) and deficit = max(-diff, 0) are read at the compacted ranks only)
-    diff = dW - b
-    sr, sv = _compact(diff > 0, 0)
-    dr, dv = _compact(diff < 0, 0)
-    s_vals, d_vals = _values_at(diff, sr, sv), _values_at(diff, dr, dv).neg_()   # [N, nS], [N, nD]
+    diff = torch.sub(dW, b, out=ws.out((N, Vs), f64, dev))
+    sr, sv = _compact(torch.gt(diff, 0, out=ws.out((N, Vs), bool_, dev)), 0, ws)
+    dr, dv = _compact(torch.lt(diff, 0, out=ws.out((N, Vs), bool_, dev)), 0, ws)
+    s_vals = _values_at(diff, sr, sv, ws.out(sr.shape, f64, dev))             # [N, nS]
+    d_vals = _values_at(diff, dr, dv, ws.out(dr.shape, f64, dev)).neg_()      # [N, nD]
     del diff
-    Sc, Dc = _prefix(s_vals), _prefix(d_vals)                             # [N, nS + 1], [N, nD + 1]
+    Sc = _prefix(s_vals, ws.out((N, sr.shape[1] + 1), f64, dev))   # [N, nS + 1]
+    Dc = _prefix(d_vals, ws.out((N, dr.shape[1] + 1), f64, dev))   # [N, nD + 1]
     tot = torch.minimum(Sc[:, -1:], Dc[:, -1:])
-    merged, ia, ic = _merge_sorted(Sc, Dc)
-    cuts = torch.minimum(merged, tot)                                     # [N, nS + nD + 2], nondecreasing
-    dL = cuts[:, 1:] - cuts[:, :-1]                                       # M = nS + nD + 1 slots
+    merged, ia, ic = _merge_sorted(Sc, Dc, ws)
+    cuts = torch.minimum(merged, tot, out=merged)                          # [N, nS + nD + 2], nondecreasing
+    M = cuts.shape[1] - 1                                                  # M = nS + nD + 1 slots
+    dL = torch.sub(cuts[:, 1:], cuts[:, :-1], out=ws.out((N, M), f64, dev))
     # slot n = [cuts[n], cuts[n+1]) lies in surplus rank left[n] and deficit rank right[n] (when dL > 0)
     # A slot with dL > 0 lies below tot, so its ia / ic index a compacted rank with a positive surplus /
     # deficit (the boundaries past a row's count, padding included, are >= the row's total >= tot).
-    ia_s, ic_s = ia[:, :-1].clamp(0, sr.shape[1] - 1), ic[:, :-1].clamp(0, dr.shape[1] - 1)
-    left, right = sr.gather(1, ia_s), dr.gather(1, ic_s)
-    ok = (dL > 0) & (left < right)
-    dL = dL.masked_fill_(~ok, 0.0)
+    ia_s = torch.clamp(ia[:, :-1], 0, sr.shape[1] - 1, out=ws.out((N, M), i64, dev))
+    ic_s = torch.clamp(ic[:, :-1], 0, dr.shape[1] - 1, out=ws.out((N, M), i64, dev))
+    left = torch.gather(sr, 1, ia_s, out=ws.out((N, M), i64, dev))
+    right = torch.gather(dr, 1, ic_s, out=ws.out((N, M), i64, dev))
+    ok = torch.gt(dL, 0, out=ws.out((N, M), bool_, dev))
+    ok.logical_and_(torch.lt(left, right, out=ws.out((N, M), bool_, dev)))
+    dL = dL.masked_fill_(torch.logical_not(ok, out=ws.out((N, M), bool_, dev)), 0.0)
     del Sc, Dc, merged, ia, ic, cuts, sr, dr
     if not cpu:
         # unused slots add exactly 0 in the scatter-adds below: spread them over the ranks instead of
@@ -163,52 +180,43 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
     # slot's ranks have q > 0, an unused one has dL = 0 and gets 0 below)
     # (q < 1e-300 is treated as 1e-300 here, as in lam below; an unused slot's rank may have q = 0,
     # where dW = b = 0 and the densities are 0)
-    ell_l, ell_r = ell.gather(1, left), ell.gather(1, right)
-    safe_l, safe_r = ell_l.clamp_min(1e-300), ell_r.clamp_min(1e-300)
-    m_l, m_r = dW.gather(1, left).div_(safe_l), dW.gather(1, right).div_(safe_r)
-    beta_l = b.gather(1, left).div_(safe_l)
-    xs = (dL * ell_l).div_(s_vals.gather(1, ia_s).clamp_min_(1e-300))
-    xd = dL.div_(beta_l.sub_(m_r).clamp_min_(1e-300))                     # (dL is not read again)
-    del safe_l, safe_r, beta_l, dL, s_vals, d_vals, ia_s, ic_s
-    used = ell.new_zeros(N, Vs).scatter_add_(1, left, xs).scatter_add_(1, right, xd)
+    slot = lambda: ws.out((N, M), f64, dev)                              # noqa: E731
+    ell_l, ell_r = torch.gather(ell, 1, left, out=slot()), torch.gather(ell, 1, right, out=slot())
+    safe_l = torch.clamp(ell_l, min=1e-300, out=slot())
+    safe_r = torch.clamp(ell_r, min=1e-300, out=slot())
+    m_l = torch.gather(dW, 1, left, out=slot()).div_(safe_l)
+    m_r = torch.gather(dW, 1, right, out=slot()).div_(safe_r)
+    beta_l = torch.gather(b, 1, left, out=slot()).div_(safe_l)
+    s_at = torch.gather(s_vals, 1, ia_s, out=slot()).clamp_min_(1e-300)
+    xs = torch.mul(dL, ell_l, out=ws.out((N, M), f64, dev)).div_(s_at)
+    xd = torch.div(dL, beta_l.sub_(m_r).clamp_min_(1e-300), out=ws.out((N, M), f64, dev))
+    del safe_l, safe_r, beta_l, dL, s_vals, d_vals, ia_s, ic_s, s_at
+    used = ws.full((N, Vs), 0.0, f64, dev).scatter_add_(1, left, xs).scatter_add_(1, right, xd)
     # rounding guard: a rank whose pools take more than its interval (used > ell) has them scaled by
     # ell / used (on the CPU only when some rank needs it: otherwise the scale is exactly 1). Its lam is
     # then 0: the clamp below gives 0 from the unscaled used (> ell), which the scaled pools fill to
     # rounding, so used is not summed again.
-    over = used > ell
+    over = torch.gt(used, ell, out=ws.out((N, Vs), bool_, dev))
     if not cpu or bool(over.any()):
-        scale = torch.where(over, ell / used, 1.0)                        # used > ell >= 0 where taken
-        xs = xs * scale.gather(1, left)
-        xd = xd * scale.gather(1, right)
+        scale = torch.div(ell, used, out=ws.out((N, Vs), f64, dev))
+        scale = scale.masked_fill_(over.logical_not_(), 1.0)              # used > ell >= 0 where taken
+        xs.mul_(torch.gather(scale, 1, left, out=slot()))
+        xd.mul_(torch.gather(scale, 1, right, out=slot()))
         del scale
     del over
-    lam = used.div_(ell.clamp_min(1e-300)).neg_().add_(1.0).clamp_(0.0, 1.0)   # 1 where q = 0 (no pools)
-    own = lam * ell
+    lam = used.div_(torch.clamp(ell, min=1e-300, out=ws.out((N, Vs), f64, dev)))
+    lam = lam.neg_().add_(1.0).clamp_(0.0, 1.0)                           # 1 where q = 0 (no pools)
+    own = torch.mul(lam, ell, out=ws.out((N, Vs), f64, dev))
 
     # b_real: the selection law of exactly this kernel (own * m = lam * dW: the own-interval part)
-    share = m_l.mul_(xs).add_(m_r.mul_(xd)).div_((xs + xd).clamp_min_(1e-300))   # 0 on unused slots
-    b_real_s = lam * dW
-    b_real_s = b_real_s.scatter_add_(1, left, xs * share).scatter_add_(1, right, xd * share)
+    share = m_l.mul_(xs).add_(m_r.mul_(xd))
+    share = share.div_(torch.add(xs, xd, out=slot()).clamp_min_(1e-300))   # 0 on unused slots
+    b_real_s = torch.mul(lam, dW, out=ws.out((N, Vs), f64, dev))
+    b_real_s.scatter_add_(1, left, torch.mul(xs, share, out=slot()))
+    b_real_s.scatter_add_(1, right, torch.mul(xd, share, out=slot()))
     del lam, dW, m_l, m_r, share, ell_l, ell_r
 
-    # pool entries for the per-draft search
-    M = left.shape[1]
-    cum = _monotone(torch.cat([xs, xd], -1).cumsum_(-1))                  # [N, 2M] nondecreasing (see _monotone)
-    cum_excl = torch.cat([cum.new_zeros(N, 1), cum[:, :-1]], -1)
-    valid = torch.cat([ok & (xs > 0), ok & (xd > 0)], -1)
-    ent = _arange(2 * M, dev)
-    n_scratch = 1 if cpu else _SCRATCH                                    # one scratch column on the CPU
-    tok = torch.cat([left, right], -1)
-    if n_scratch > 1:
-        tok = torch.where(valid, tok, Vs + ent % n_scratch)
-    else:
-        tok = tok.masked_fill_(~valid, Vs)
-    ent = ent.expand(N, 2 * M)
-    first = torch.full((N, Vs + n_scratch), 2 * M, dtype=torch.long, device=dev).scatter_reduce_(1, tok, ent, "amin")[:, :Vs]
-    last = torch.full((N, Vs + n_scratch), -1, dtype=torch.long, device=dev).scatter_reduce_(1, tok, ent, "amax")[:, :Vs]
-    base = cum_excl.gather(1, first.clamp_max(2 * M - 1))
-    del tok, valid, cum_excl
-
+    cum, first, last, base = _pool_entries(xs, xd, left, right, ok, Vs, ws)   # for the per-draft search
     return RaceState(order=order, rank=rank, ell=ell, own=own, first=first, last=last, base=base, cum=cum,
                      left=left, right=right, xs=xs, xd=xd, p=p64, b_rank=b, b_real_rank=b_real_s,
                      alpha=1.0 - Dstar, k=k)
@@ -216,7 +224,7 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
 
 def selection_marginal(p: torch.Tensor, q: torch.Tensor, k: int) -> torch.Tensor:
     """[N, V] float64 law of the draft the race selects (b_real): rows sum to 1 up to rounding."""
-    return build_race(p, q, k).b_real
+    return build_race(p, q, k).b_real   # (b_real: a fresh tensor)
 
 
 def race_uniforms(n: int, k: int, generator, device) -> torch.Tensor:
@@ -341,4 +349,4 @@ def acceptance_optimal(p, q, k: int) -> torch.Tensor:
 
 def alpha_star(p, q, k: int) -> torch.Tensor:
     """[N] float64 optimal acceptance rate for k i.i.d. drafts, 1 - D* (from the same construction)."""
-    return build_race(p, q, k).alpha
+    return build_race(p, q, k).alpha   # (1 - D*: a fresh tensor)
