@@ -376,5 +376,6 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
             if c is not None and active:
                 c.trim()
 
-    report_fallback(stats, plain_steps, switches.get(B))   # the rates of the whole batch
+    if spec is not None and spec.adaptive:                 # (the rates of the whole batch)
+        report_fallback(stats, plain_steps, switches.get(B), "measured" if measured else "off")
     return batch_output(streams, per_row, batch_steps, stats, input_ids, pad_token_id)

@@ -50,16 +50,20 @@ class MeasuredSwitch:
     count of steps since plain decoding was last timed carry over.
 
     Schedule: draft first; once ``probe`` drafting steps are timed, take ``probe`` plain steps to time plain
-    decoding; then whichever rate is higher decides. While drafting wins, two plain steps re-time plain
-    decoding every ``reprobe`` steps (the costs move with the context length). While plain decoding wins,
-    ``pause`` plain steps (doubling while drafting keeps losing, up to 64) are followed by ``probe``
-    drafting steps that re-time drafting, whose acceptance may have recovered.
+    decoding; then the rates decide: plain decoding takes over only when it is faster by more than
+    ``margin`` (drafting's rate moves with the text: a hard passage must not stop it for long). While
+    drafting wins, two plain steps re-time plain decoding every ``reprobe`` steps (the costs move with the
+    context length). While plain decoding wins, ``pause`` plain steps (doubling while drafting keeps losing,
+    up to 64) are followed by ``probe`` drafting steps that re-time drafting from scratch (its acceptance
+    may have come back).
     """
 
-    def __init__(self, window: int = 8, probe: int = 3, pause: int = 8, reprobe: int = 64, clock=time.perf_counter):
-        self.probe, self.pause, self.reprobe, self.clock = probe, pause, reprobe, clock
+    def __init__(self, window: int = 16, probe: int = 3, pause: int = 8, reprobe: int = 64, margin: float = 1.1,
+                 clock=time.perf_counter):
+        self.probe, self.pause, self.reprobe, self.margin, self.clock = probe, pause, reprobe, margin, clock
         self.samples = {kind: deque(maxlen=window) for kind in (True, False)}  # drafting? -> (tokens, seconds)
         self.since_plain = 0                  # drafting steps since the last plain one
+        self.rates: dict[str, float] = {}     # tokens/s of each kind at the last comparison
         self.plan: deque[bool] = deque()      # the kinds of the next steps, decided in advance
         self.restart()
 
@@ -104,9 +108,11 @@ class MeasuredSwitch:
         if plain is None:
             self.plan.extend([False] * (self.probe - 1))
             return False
-        if plain > draft:
+        self.rates = dict(drafting=draft, plain=plain)
+        if plain > self.margin * draft:
             self.losses += 1
             n = min(self.pause << (self.losses - 1), 64)
+            self.samples[True].clear()    # the probe after the pause times drafting afresh
             self.plan.extend([False] * (n - 1) + [True] * self.probe)
             return False
         self.losses = 0
@@ -158,16 +164,18 @@ class DraftLengthPolicy:
             self.paused = self.pause
 
     def report(self, stats) -> None:
-        """Plain steps taken by the fallback (and the measured rates) into ``stats.extra``."""
-        report_fallback(stats, self.plain_steps, self.switch)
+        """The fallback in effect, the plain steps it took (and the measured rates) into ``stats.extra``."""
+        if self.spec.adaptive:
+            report_fallback(stats, self.plain_steps, self.switch,
+                            "measured" if self.switch else "estimated" if self.cost is not None else "off")
 
 
-def report_fallback(stats, plain_steps: int, switch: MeasuredSwitch | None) -> None:
+def report_fallback(stats, plain_steps: int, switch: MeasuredSwitch | None, fallback: str) -> None:
+    stats.extra["fallback"] = fallback
     if plain_steps:
         stats.extra["plain_steps"] = plain_steps
-    if switch is not None:
-        rates = {kind: switch.rate(drafting) for kind, drafting in (("drafting", True), ("plain", False))}
-        stats.extra["measured_tokens_per_s"] = {k: round(v, 1) for k, v in rates.items() if v is not None}
+    if switch is not None and switch.rates:
+        stats.extra["measured_tokens_per_s"] = {k: round(v, 1) for k, v in switch.rates.items()}
 
 
 def measured_switch(target, *key) -> MeasuredSwitch:
