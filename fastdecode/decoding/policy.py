@@ -58,7 +58,7 @@ class MeasuredSwitch:
     may have come back).
     """
 
-    def __init__(self, window: int = 16, probe: int = 3, pause: int = 8, reprobe: int = 64, margin: float = 1.1,
+    def __init__(self, window: int = 16, probe: int = 3, pause: int = 8, reprobe: int = 64, margin: float = 1.05,
                  clock=time.perf_counter):
         self.probe, self.pause, self.reprobe, self.margin, self.clock = probe, pause, reprobe, margin, clock
         self.samples = {kind: deque(maxlen=window) for kind in (True, False)}  # drafting? -> (tokens, seconds)
