@@ -1,4 +1,5 @@
-"""What chain speculation can gain on this machine (``fastdecode spec-ceiling`` or ``python bench/spec_ceiling.py``).
+"""What chain speculation can gain on this machine, under i.i.d. acceptance (``fastdecode spec-ceiling`` or
+``python bench/spec_ceiling.py``).
 
 Measured here, in one run: the target's forward time t_T(n) for n = 1 .. gamma_max + 1 new tokens per row on top
 of a cache of ``--context`` tokens, at each batch size; the draft's one-token forward t_D at the same batch size;
@@ -9,10 +10,13 @@ t_T(1)) it is worth
 
     speed-up(gamma) = E(gamma) * t_T(1) / (t_T(gamma + 1) + gamma * t_D).
 
-The best gamma bounds what a draft-length policy can reach with this pair on this machine: verification,
-sampling and host syncs only lower it, and a batch loses more (its rows accept different numbers of drafts,
-while its forwards are as wide as its longest draft). The measured speed-ups of ``bench/batch.py`` and
-``fastdecode bench`` are read against it. Times: medians over ``--repeats`` interleaved rounds.
+The best fixed gamma is what a fixed draft length can reach with this pair on this machine if every drafted
+token were accepted independently with probability alpha: verification, sampling and host syncs lower it,
+and a batch loses more (its rows accept different numbers of drafts, while its forwards are as wide as its
+longest draft). Real text is accepted in runs (easy stretches, hard ones), which an adaptive length and the
+confidence stop exploit, so measured speed-ups can exceed this estimate; what it shows is how the machine's
+costs (the growth of t_T(n) with n, the draft's share) limit speculation at each batch size. Times: medians
+over ``--repeats`` interleaved rounds.
 """
 from __future__ import annotations
 

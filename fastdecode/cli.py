@@ -30,7 +30,7 @@ SUBCOMMANDS = {
     "long-context": ("long_context", "Lambda attention: perplexity, passkey and memory vs context length"),
     "kernels": ("kernels", "Triton kernels vs PyTorch references (GPU)"),
     "optimal-cost": ("optimal_cost", "per-step cost of the OT-optimal verifier's selection"),
-    "spec-ceiling": ("spec_ceiling", "what chain speculation can gain on this machine (forward costs x acceptance)"),
+    "spec-ceiling": ("spec_ceiling", "what chain speculation gains on this machine under i.i.d. acceptance (forward costs x alpha)"),
 }
 
 
