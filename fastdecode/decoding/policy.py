@@ -65,16 +65,16 @@ class MeasuredSwitch:
         self.since_plain = 0                  # drafting steps since the last plain one
         self.rates: dict[str, float] = {}     # tokens/s of each kind at the last comparison
         self.plan: deque[bool] = deque()      # the kinds of the next steps, decided in advance
+        self.losses = 0                       # consecutive comparisons lost by drafting
         self.restart()
 
     def restart(self) -> None:
-        """Start a new call: its first step is untimed; the timings so far are kept."""
-        self.plan.clear()
+        """Start a new call: its first step is untimed; the timings, a pause under way and its length carry
+        over (a run of short calls where plain decoding wins does not re-time drafting in each)."""
         self.kind: bool | None = None         # the kind of the step running now
         self.timed = False                    # whether the running step is timed
         self.started = 0.0
         self.tokens = 1                       # tokens the running step emitted (a plain step: one)
-        self.losses = 0                       # consecutive comparisons lost by drafting
 
     def emitted(self, tokens: int) -> None:
         """The running step emitted ``tokens`` tokens."""
