@@ -99,10 +99,10 @@ def test_index_ignores_padding(target):
     prompts = [[0, 7, 0, 7, 0, 7, 0], [7, 0]]
     ids, mask = left_pad(prompts)
     out = fastdecode.generate(target, ids, attention_mask=mask, method="prompt_lookup", max_new_tokens=6,
-                              temperature=0, eos_token_id=[], pad_token_id=0)
+                              temperature=0, eos_token_id=[], pad_token_id=0, fallback="off")
     for r, p in enumerate(prompts):
         alone = fastdecode.generate(target, torch.tensor([p]), method="prompt_lookup", max_new_tokens=6,
-                                    temperature=0, eos_token_id=[])
+                                    temperature=0, eos_token_id=[], fallback="off")
         assert torch.equal(out.sequences[r, ids.shape[1]:], alone.sequences[0, len(p):])
         assert out.stats.extra["per_row"][r]["drafted"] == alone.stats.drafted_tokens
 
@@ -252,7 +252,7 @@ def test_code_pair_greedy_batch(code_pair, stdlib_prompts):
     eos = tok("\n")["input_ids"][0]
     hf = target.generate(ids, attention_mask=mask, max_new_tokens=24, do_sample=False, pad_token_id=0,
                          eos_token_id=eos)
-    for kw in ({}, dict(verifier="block")):
+    for kw in (dict(fallback="off"), dict(verifier="block", fallback="off")):   # (off: per-row counts as alone)
         out = fastdecode.generate(target, ids, attention_mask=mask, method="prompt_lookup", max_new_tokens=24,
                                   temperature=0, eos_token_id=eos, pad_token_id=0, **kw)
         assert torch.equal(out.sequences, hf), kw
