@@ -46,8 +46,8 @@ class MeasuredSwitch:
     including the host sync that reads the verdict, so on a GPU it is the device time too. The first step
     of a call is not timed (it carries the prompt's prefill). Rates are tokens over seconds of the last
     ``window`` steps of a kind, steps slower than 10x the median left out (a step that recorded a graph).
-    A switch can serve several calls in a row (:meth:`restart`, :func:`measured_switch`): its timings and its
-    count of steps since plain decoding was last timed carry over.
+    A switch can serve several calls in a row (:meth:`restart`, :func:`measured_switch`): its timings, its
+    count of steps since plain decoding was last timed and a pause under way carry over.
 
     Schedule: draft first; once ``probe`` drafting steps are timed, take ``probe`` plain steps to time plain
     decoding; then the rates decide: plain decoding takes over only when it is faster by more than
