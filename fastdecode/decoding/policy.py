@@ -54,13 +54,15 @@ class MeasuredSwitch:
     ``margin`` (drafting's rate moves with the text: a hard passage must not stop it for long). While
     drafting wins, two plain steps re-time plain decoding every ``reprobe`` steps (the costs move with the
     context length). While plain decoding wins, ``pause`` plain steps (doubling while drafting keeps losing,
-    up to 64) are followed by ``probe`` drafting steps that re-time drafting from scratch (its acceptance
-    may have come back).
+    up to ``longest_pause``) are followed by ``probe`` drafting steps that re-time drafting from scratch (its
+    acceptance may have come back). A probe can cost several plain steps (a batch's wide n-gram drafts: ~3x),
+    so the pauses grow long enough to make the probes' share small (3 in 259 steps at the longest).
     """
 
     def __init__(self, window: int = 16, probe: int = 3, pause: int = 8, reprobe: int = 64, margin: float = 1.05,
-                 clock=time.perf_counter):
+                 longest_pause: int = 256, clock=time.perf_counter):
         self.probe, self.pause, self.reprobe, self.margin, self.clock = probe, pause, reprobe, margin, clock
+        self.longest_pause = longest_pause
         self.samples = {kind: deque(maxlen=window) for kind in (True, False)}  # drafting? -> (tokens, seconds)
         self.since_plain = 0                  # drafting steps since the last plain one
         self.rates: dict[str, float] = {}     # tokens/s of each kind at the last comparison
@@ -111,7 +113,7 @@ class MeasuredSwitch:
         self.rates = dict(drafting=draft, plain=plain)
         if plain > self.margin * draft:
             self.losses += 1
-            n = min(self.pause << (self.losses - 1), 64)
+            n = min(self.pause << min(self.losses - 1, 16), self.longest_pause)
             self.samples[True].clear()    # the probe after the pause times drafting afresh
             self.plan.extend([False] * (n - 1) + [True] * self.probe)
             return False
