@@ -70,7 +70,7 @@ def test_unprofitable_draft_falls_back_and_stays_exact():
 
 
 class FakeClock:
-    """Each step takes ``cost[drafting]`` seconds and emits ``tokens[drafting]`` tokens."""
+    """A clock that moves only when the test moves it (``now``); :func:`_run_switch` advances it per step."""
 
     def __init__(self):
         self.now = 0.0
@@ -80,6 +80,8 @@ class FakeClock:
 
 
 def _run_switch(sw, clock, cost, tokens, steps):
+    """``steps`` steps of ``sw``, each taking ``cost[drafting]`` seconds and emitting ``tokens[drafting]``
+    tokens; returns the kinds chosen (True: drafting)."""
     kinds = []
     for _ in range(steps):
         d = sw.draft_next()
