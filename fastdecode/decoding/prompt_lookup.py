@@ -107,7 +107,9 @@ def length_policy(cfg: PromptLookupConfig, target=None, draft=None, *key) -> Dra
     of its own (the batch decides plain or drafting steps for all its rows)."""
     spec = SpeculativeConfig(cfg.prompt_lookup_num_tokens, cfg.adaptive, cfg.prompt_lookup_num_tokens, 0.0,
                              cfg.verifier, "off" if target is None else cfg.fallback)
-    return policy_for(spec, target, draft, "prompt_lookup", *key)
+    # (draft None to policy_for: no size-based cost, whatever model drafts the steps without a match; the
+    # draft model still tells the measured timings apart)
+    return policy_for(spec, target, None, "prompt_lookup", id(draft), *key)
 
 
 def decode(target, draft, stream: TokenStream, sampling: SamplingConfig, cfg: PromptLookupConfig, generator,

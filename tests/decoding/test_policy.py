@@ -235,3 +235,13 @@ def test_fallback_choice_and_errors():
                             max_new_tokens=4)
     with pytest.raises(ValueError, match="fallback= applies to"):
         fastdecode.generate(target, ids, fallback="off", max_new_tokens=4)
+
+
+def test_estimated_fallback_never_stops_prompt_lookup():
+    """An n-gram draft costs no forward: with the estimated rule, prompt lookup (even with a draft model for
+    the steps without a match, one as large as the target) never takes plain steps."""
+    target = tiny_llama(3, vocab=64, layers=2)
+    ids = torch.tensor([[1, 2, 3, 1, 2, 3, 4]])
+    out = fastdecode.generate(target, ids, draft=copy.deepcopy(target), method="prompt_lookup", temperature=0,
+                              max_new_tokens=60, eos_token_id=[], fallback="estimated")
+    assert out.stats.extra["fallback"] == "off" and "plain_steps" not in out.stats.extra
