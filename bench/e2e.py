@@ -76,6 +76,11 @@ def engine_configs(temperatures, device_type: str, inductor: bool = False) -> li
             Config("fastdecode speculative static (gamma=6)", "fastdecode", t,
                    dict(method="speculative", draft_length=6, adaptive_draft=False, **st)),
         ]
+        if device_type == "cpu":  # the same without oneDNN-packed linears (kernels.cpu_linear): what the engine alone gives
+            out += [Config("fastdecode autoregressive, unpacked", "fastdecode", t,
+                           dict(method="autoregressive", pack_weights=False)),
+                    Config("fastdecode speculative (adaptive), unpacked", "fastdecode", t,
+                           dict(method="speculative", pack_weights=False, **MEASURED))]
         if t > 0:
             out.append(Config("fastdecode speculative static block (gamma=4)", "fastdecode", t,
                               dict(method="speculative", draft_length=4, adaptive_draft=False, verifier="block", **st)))

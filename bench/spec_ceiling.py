@@ -20,6 +20,7 @@ over ``--repeats`` interleaved rounds.
 """
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import time
@@ -92,12 +93,15 @@ def add_arguments(p) -> None:
     p.add_argument("--new-tokens", type=int, default=48, help="tokens per prompt for alpha")
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--pack-weights", action=argparse.BooleanOptionalAction, default=None,
+                   help="time the forwards on oneDNN-packed linears as generate() runs them (default: when it would)")
     p.add_argument("--quick", action="store_true", help="batch 1,2, gamma <= 2, 2 prompts (smoke test)")
     p.add_argument("--out", default=None, help="JSON path (default bench/results/spec_ceiling.json)")
 
 
 def run(args) -> int:
     from bench.common import machine_description, stdlib_prompts
+    from fastdecode.kernels.cpu_linear import packed_linears, should_pack
     from fastdecode.models import load_pair
 
     if args.quick:
@@ -108,7 +112,8 @@ def run(args) -> int:
     alphas = {t: acceptance(target, draft, prompts, t, args.new_tokens) for t in (0.0, 1.0)}
     widths = list(range(1, args.max_gamma + 2))
     rows = []
-    with torch.inference_mode():
+    packed = should_pack(args.pack_weights, [target, draft])
+    with torch.inference_mode(), packed_linears(target, draft, enabled=packed):
         for B in [int(b) for b in args.batch.split(",")]:
             t_t = forward_times(target, B, widths, prompts, args.repeats)
             t_d = forward_times(draft, B, [1], prompts, args.repeats)[1]
@@ -129,8 +134,10 @@ def run(args) -> int:
         lines.append(f"| {r['batch']} | {t1:.2f} | {growth} | {r['draft_ms'] / t1:.2f} | {g['best_gamma']}, "
                      f"{g['ceiling']:.2f}x | {s['best_gamma']}, {s['ceiling']:.2f}x |")
     table = "\n".join(lines)
-    print(f"\n{machine}; cache of {args.context} tokens; medians of {args.repeats} rounds\n\n{table}")
-    write_json(out, dict(machine=machine, args=script_args(args), alpha=alphas, rows=rows, table=table))
+    print(f"\n{machine}; cache of {args.context} tokens; medians of {args.repeats} rounds; packed linears: "
+          f"{packed}\n\n{table}")
+    write_json(out, dict(machine=machine, args=script_args(args), packed_linears=packed, alpha=alphas, rows=rows,
+                         table=table))
     print(f"\nwrote {out}")
     return 0
 

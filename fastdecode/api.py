@@ -13,6 +13,7 @@ from .decoding import DYNAMIC, STATIC, batched
 from .decoding import hf_cache as kv
 from .decoding.stream import TokenStream
 from .defaults import eos_from_model, resolve
+from .kernels.cpu_linear import check_pack_weights, packed_linears, should_pack
 from .models import check_pair, shared_vocab
 from .stats import DecodeStats, GenerationResult
 
@@ -135,6 +136,7 @@ def generate(
     lambda_attention=None,
     cache_implementation: str = "dynamic",
     compile=None,
+    pack_weights: bool | None = None,
     progress: bool = False,
     attention_mask: torch.Tensor | None = None,
     pad_token_id: int | None = None,
@@ -172,6 +174,9 @@ def generate(
     num_global + window + longest-forward slots per layer, for all of them but multi_draft). compile (static only): None = "cudagraphs" on CUDA,
     "eager" on the CPU; True = "inductor" (torch.compile; with CUDA graphs on CUDA); False = "eager"; or
     one of those names.
+    pack_weights (CPU, float32): run the models' ``nn.Linear`` layers on oneDNN-packed copies of their weights
+    (see :mod:`fastdecode.kernels.cpu_linear`; kept on the layers between calls, as much memory as the weights
+    they copy); None = on when the copies need at most 1 GiB and the engine is not compiled with inductor.
     Options that do not apply to the method raise ValueError (see
     :func:`fastdecode.config.build_method_config`).
     """
@@ -180,6 +185,7 @@ def generate(
         adaptive_draft=adaptive_draft, max_draft_length=max_draft_length,
         confidence_threshold=confidence_threshold, fallback=fallback, **method_options)
     _check_input_ids(input_ids)
+    check_pack_weights(pack_weights)
     attention_mask, pad_token_id = batched.check_batch(target, input_ids, attention_mask, pad_token_id, method,
                                                        cache_implementation, lambda_attention, compile,
                                                        draft=draft)
@@ -213,6 +219,9 @@ def generate(
     compile_mode = _static_mode(cache_implementation, compile, method, target, draft, lambda_attention)
     if lambda_attention is not None:
         _check_rollback(lambda_attention, method_cfg, static=compile_mode is not None)
+    if pack_weights is True and compile_mode == "inductor":
+        raise ValueError("pack_weights=True does not combine with compile=True / 'inductor': torch.compile cannot "
+                         "trace the packed products (use one or the other)")
     if compile_mode is not None and compile is None and input_ids.shape[0] > 1:
         compile_mode = "eager"   # batches record their forwards on request only (compile=True / "cudagraphs")
     if compile_mode is not None and method == "speculative" and confidence_threshold is None \
@@ -232,6 +241,9 @@ def generate(
             from .attention import lambda_attention as lambda_ctx
             for m in (target, draft) if draft is not None else (target,):
                 stack.enter_context(lambda_ctx(m, lambda_attention))
+        used = (target, draft if method != "autoregressive" else None)
+        if compile_mode != "inductor" and should_pack(pack_weights, used):
+            stats.extra["packed_linears"] = stack.enter_context(packed_linears(*used))
         if compile_mode == "inductor":
             from .decoding.static_cache import compile_limits
             stack.enter_context(compile_limits())

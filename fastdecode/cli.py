@@ -90,6 +90,9 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
                    help="static: preallocated caches and recorded forwards (fast on a GPU)")
     p.add_argument("--compile", default=None, choices=["eager", "cudagraphs", "inductor"],
                    help="static engine only; default: cudagraphs on CUDA, eager on the CPU")
+    p.add_argument("--pack-weights", action=argparse.BooleanOptionalAction, default=None,
+                   help="CPU, float32: linear layers on oneDNN-packed weight copies (default: when the copies "
+                        "need at most 1 GiB and --compile is not inductor)")
     p.add_argument("--compare", action="store_true",
                    help="also time plain autoregressive decoding and HF generate and print the speed-ups")
     p.add_argument("--repeats", type=int, default=3,
@@ -99,7 +102,7 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
 def _method_kwargs(args) -> dict:
     """The method options given on the command line, as generate() keyword arguments (None: not given)."""
     kw = dict(draft_length=args.draft_length, adaptive_draft=args.adaptive_draft, verifier=args.verifier,
-              compile=args.compile, fallback=args.fallback)
+              compile=args.compile, fallback=args.fallback, pack_weights=args.pack_weights)
     kw = {k: v for k, v in kw.items() if v is not None}
     if args.cache_implementation != "dynamic":
         kw["cache_implementation"] = args.cache_implementation
@@ -132,10 +135,13 @@ def _check_args(args, has_draft: bool) -> None:
     SamplingConfig(args.temperature, args.top_k, args.top_p)
     if args.num_drafts != 1 and not (args.method == "multi_draft" or (args.method == "auto" and has_draft)):
         raise ValueError(f"--num-drafts applies to --method multi_draft (or auto), not to {args.method}")
-    engine = {k: _method_kwargs(args).pop(k, None) for k in ("cache_implementation", "compile")}
+    engine = {k: _method_kwargs(args).pop(k, None) for k in ("cache_implementation", "compile", "pack_weights")}
     build_method_config(args.method, has_draft, **{k: v for k, v in _method_kwargs(args).items() if k not in engine})
     if engine["compile"] is not None and args.cache_implementation != "static":
         raise ValueError("--compile applies to --cache-implementation static")
+    if args.pack_weights and args.compile == "inductor":
+        raise ValueError("--pack-weights does not combine with --compile inductor (torch.compile cannot trace the "
+                         "packed products)")
     check_model_path(args.target)
     if has_draft and args.method != "autoregressive":
         check_model_path(args.draft)
@@ -159,7 +165,7 @@ def _compare(args, target, draft, ids, kw, out) -> None:
         return generate(target, ids, draft=draft, method=args.method, **kw).stats.tokens_per_s
 
     base_kw = {k: kw[k] for k in ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "cache_implementation",
-                                  "compile") if k in kw}  # the same engine for the baseline
+                                  "compile", "pack_weights") if k in kw}  # the same engine for the baseline
 
     def base_rate():
         return generate(target, ids, method="autoregressive", **base_kw).stats.tokens_per_s

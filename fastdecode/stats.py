@@ -85,6 +85,8 @@ class DecodeStats:
                 s += f" (measured: drafting {rates['drafting']:.0f} tok/s, plain {rates['plain']:.0f} tok/s)"
         if "tree_nodes" in self.extra:  # multi-draft
             s += f", k={self.extra['num_drafts']} ({self.extra['verifier']}), tree nodes={self.extra['tree_nodes']}"
+        if self.extra.get("packed_linears"):  # kernels.cpu_linear
+            s += f", packed linear layers={self.extra['packed_linears']}"
         if self.lossy:
             s += " (lossy)"
         return s

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from fastdecode.cli import main
+from fastdecode.kernels import cpu_linear
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -17,6 +18,14 @@ def test_generate_prints_text_and_summary(capsys):
     assert lines[1] == "def parse(line):" and lines[2].startswith("    [>>]")  # the generation starts at [>>]
     assert "tok/s" in out and "alpha=" in out and "tau=" in out
     assert "alpha = accepted / drafted" in out and "tau = tokens emitted per target forward pass" in out
+    assert ("packed linear layers=" in out) == cpu_linear.packing_available()   # the default on the CPU
+
+
+@pytest.mark.slow  # a real generation with the code pair
+def test_generate_without_packed_weights(capsys):
+    assert main(["generate", "--prompt", "def f(x):", "--max-new-tokens", "8", "--no-pack-weights"]) == 0
+    out = capsys.readouterr().out
+    assert "method=speculative" in out and "packed linear layers" not in out
 
 
 @pytest.mark.slow  # a real generation with the code pair
@@ -49,6 +58,7 @@ def test_generate_multi_draft_with_verifier(capsys):
     (["--compile", "cudagraphs"], "--compile applies to --cache-implementation static"),
     (["--cache-implementation", "static", "--compile", "cudagraphs"], "needs a model on a CUDA device"),
     (["--cache-implementation", "static", "--method", "entropy_switch"], "supports methods"),
+    (["--cache-implementation", "static", "--compile", "inductor", "--pack-weights"], "does not combine with"),
 ])
 def test_user_mistakes_are_one_line_errors(capsys, monkeypatch, args, message):
     monkeypatch.chdir(REPO)

@@ -1,0 +1,143 @@
+"""oneDNN-packed linear layers on the CPU (kernels/cpu_linear.py): same products, restored models, reused and
+refreshed packs, the layers left alone, and the choice inside ``generate``."""
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import hf_greedy, tiny_lm, tiny_llama
+
+import fastdecode
+from fastdecode.kernels import cpu_linear
+from fastdecode.kernels.cpu_linear import packable_layers, packed_linears, release_packed, should_pack
+
+pytestmark = pytest.mark.skipif(not cpu_linear.packing_available(), reason="this torch build lacks oneDNN")
+
+
+def _patched(model) -> list:
+    return [m for m in model.modules() if "forward" in m.__dict__]
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 16, 70])
+@pytest.mark.parametrize("bias", [False, True])
+def test_packed_product_matches_linear(rows, bias):
+    torch.manual_seed(rows)
+    layer = torch.nn.Linear(48, 80, bias=bias)
+    x = torch.randn(2, rows, 48)
+    with torch.no_grad():
+        want = layer(x)
+        with packed_linears(layer) as n:
+            got = layer(x)
+    assert n == 1
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert not _patched(layer)
+
+
+def test_model_logits_close_and_model_restored():
+    model = tiny_lm("qwen2", layers=2)   # q/k/v projections with bias, tied or not: whatever qwen2 has
+    ids = torch.randint(0, model.config.vocab_size, (1, 12))
+    layers = len(packable_layers(model))
+    with torch.no_grad():
+        want = model(ids).logits
+        with packed_linears(model, model) as n:   # a model given twice is packed once
+            assert n == layers > 0
+            assert len(_patched(model)) == n
+            got = model(ids).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert not _patched(model)
+
+
+def test_restored_after_an_error():
+    layer = torch.nn.Linear(8, 8)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="boom"):
+        with packed_linears(layer):
+            assert _patched(layer)
+            raise RuntimeError("boom")
+    assert not _patched(layer)
+
+
+def test_pack_kept_between_calls_and_rebuilt_when_the_weight_changes():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(16, 24, bias=False)
+    x = torch.randn(3, 16)
+    with torch.no_grad():
+        with packed_linears(layer):
+            layer(x)
+        first = cpu_linear._PACKED[layer][1]
+        with packed_linears(layer):
+            layer(x)
+        assert cpu_linear._PACKED[layer][1] is first                  # no second pack
+        layer.weight.mul_(-2.0)                                        # an in-place edit: a new version
+        with packed_linears(layer):
+            got = layer(x)
+    torch.testing.assert_close(got, x @ layer.weight.T, rtol=1e-5, atol=1e-5)   # a stale pack would fail
+    assert release_packed(layer) == 1 and layer not in cpu_linear._PACKED
+
+
+def test_a_packed_model_still_copies_and_pickles():
+    """The packs (opaque oneDNN tensors) are kept outside the model: deepcopy and pickling still work."""
+    import copy
+    import io
+
+    model = tiny_llama(1, vocab=16)
+    with torch.no_grad(), packed_linears(model):
+        model(torch.tensor([[1, 2]]))
+    assert any(m in cpu_linear._PACKED for m in model.modules())
+    twin = copy.deepcopy(model)
+    torch.save(model, io.BytesIO())
+    assert not any(m in cpu_linear._PACKED for m in twin.modules())
+
+
+def test_layers_left_alone():
+    class Quantized(torch.nn.Linear):
+        pass
+
+    hooked = torch.nn.Linear(8, 8)
+    hooked.forward = lambda x: x          # e.g. accelerate's offload hook
+    model = torch.nn.Sequential(Quantized(8, 8), hooked, torch.nn.Linear(8, 8).to(torch.bfloat16),
+                                torch.nn.Linear(8, 8))
+    with torch.no_grad(), packed_linears(model) as n:
+        assert n == 1 and "forward" in model[3].__dict__
+    assert model[1].__dict__["forward"] is not None and "forward" not in model[3].__dict__
+    with packed_linears(model) as n:      # gradients on: never packed
+        assert n == 0
+    with torch.no_grad(), packed_linears(model, enabled=False) as n:
+        assert n == 0
+
+
+def test_should_pack():
+    model = torch.nn.Linear(256, 256)     # 256 KiB of float32 weights
+    assert should_pack(None, [model, None])
+    assert not should_pack(None, [model], limit=1000)
+    assert should_pack(True, [model], limit=1000)
+    assert not should_pack(False, [model])
+    assert not should_pack(None, [torch.nn.Linear(4, 4).to(torch.bfloat16)])   # nothing to pack
+    with pytest.raises(ValueError, match="pack_weights must be True, False or None"):
+        should_pack("yes", [model])
+
+
+def test_generate_packs_by_default_and_matches_hf_greedy():
+    target, draft = tiny_llama(1, vocab=64, hidden=64), tiny_llama(2, vocab=64, hidden=32)
+    ids = torch.randint(1, 64, (1, 6), generator=torch.Generator().manual_seed(3))
+    want = hf_greedy(target, ids, 20)
+    for method in ("autoregressive", "speculative"):
+        for cache in ("dynamic", "static"):
+            on = fastdecode.generate(target, ids, draft=draft, method=method, max_new_tokens=20, temperature=0.0,
+                                     cache_implementation=cache)
+            off = fastdecode.generate(target, ids, draft=draft, method=method, max_new_tokens=20, temperature=0.0,
+                                      cache_implementation=cache, pack_weights=False)
+            used = len(packable_layers(target)) + (len(packable_layers(draft)) if method != "autoregressive" else 0)
+            assert on.stats.extra["packed_linears"] == used
+            assert "packed_linears" not in off.stats.extra
+            assert "packed linear layers" in on.stats.summary()
+            assert torch.equal(on.sequences, want) and torch.equal(off.sequences, want), (method, cache)
+    assert not _patched(target) and not _patched(draft)
+
+
+def test_generate_rejects_bad_pack_weights():
+    target = tiny_llama(1)
+    ids = torch.tensor([[1, 2, 3]])
+    with pytest.raises(ValueError, match="pack_weights must be"):
+        fastdecode.generate(target, ids, max_new_tokens=2, pack_weights="on")
+    with pytest.raises(ValueError, match="does not combine with compile"):
+        fastdecode.generate(target, ids, max_new_tokens=2, pack_weights=True, cache_implementation="static",
+                            compile=True)
