@@ -92,7 +92,7 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
                    help="static engine only; default: cudagraphs on CUDA, eager on the CPU")
     p.add_argument("--pack-weights", action=argparse.BooleanOptionalAction, default=None,
                    help="CPU, float32: linear layers on oneDNN-packed weight copies (default: when the copies "
-                        "need at most 1 GiB and --compile is not inductor)")
+                        "need at most a quarter of the available memory and --compile is not inductor)")
     p.add_argument("--compare", action="store_true",
                    help="also time plain autoregressive decoding and HF generate and print the speed-ups")
     p.add_argument("--repeats", type=int, default=3,

@@ -3,18 +3,19 @@
 A decode or verify forward multiplies a few rows (one token, a draft of 2-16 tokens, a small batch) by
 every weight matrix of the model. ``F.linear`` sends that to the BLAS (MKL in torch's CPU wheels), which for
 so few rows either runs a matrix-vector product or packs the weight matrix again on every call: on a
-2-core AMD EPYC the code pair's target spends 11-13 ms per forward in its matrix products for 1 token, and
-15-18 ms for 3-16 tokens. oneDNN (torch's ``mkldnn`` backend, the one inductor uses when it freezes a model)
-takes the weight packed once into its blocked layout and then reads it as it is: 6 ms for 1 token, 4.5-6
-ms for 2-16 tokens on the same machine (the README's CPU section has the figures). Verifying a
-draft of 4 then costs less than one plain token did before, which is what speculative decoding needs.
+2-core AMD EPYC the code pair's target spends 10-13 ms per forward in its matrix products for 1-16 tokens.
+oneDNN (torch's ``mkldnn`` backend, the one inductor uses when it freezes a model) takes the weight packed
+once into its blocked layout and then reads it as it is: 5-6.5 ms on the same machine, and 2.5-4x faster
+than MKL for 2-16 rows on 0.5B-1.1B Llama shapes (``bench/cpu_linear.py``; the README's CPU section has
+the figures). Verifying a draft of 4 then costs less than one plain token did before, which is what
+speculative decoding needs.
 
 :func:`packed_linears` swaps the forward of each plain float32 ``nn.Linear`` of a CPU model for the
 packed product while a generation runs, and puts the model back when it ends. The packed copy is kept for
 the layer (in a weak table, so that it goes with the model and never travels with a copy or a pickle of it;
 rebuilt when the weight changes) so the next call does not pack again: it costs as much memory as the
-weights it copies, hence the default limit (:data:`DEFAULT_LIMIT_BYTES`; :func:`release_packed` drops the
-copies of a model).
+weights it copies, hence the default limit (:func:`default_limit`: a quarter of the available memory;
+:func:`release_packed` drops the copies of a model).
 Results differ from MKL's by rounding only (another summation order, ~1e-6 relative in float32).
 
 Left alone: subclasses of ``nn.Linear`` (quantized layers), layers whose forward is already replaced (e.g.
@@ -24,12 +25,14 @@ build or gradients are on.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import weakref
 
 import torch
 
-DEFAULT_LIMIT_BYTES = 1 << 30   # packed copies allowed by default (pack_weights=None): a 268M-parameter float32 model
+MEMORY_FRACTION = 4   # pack_weights=None packs when the copies need at most 1/4 of the memory available
+FALLBACK_LIMIT_BYTES = 1 << 30   # ... or at most 1 GiB where the available memory cannot be read
 PACK_ROWS = 16   # oneDNN's layout hint (rows per product): any hint >= 2 gave the same speed for 1-64 rows;
 #                  hint 1 is another layout, 1.5-2x slower for 2 or more rows
 
@@ -50,12 +53,13 @@ def packable_layers(model) -> list[torch.nn.Linear]:
             and "forward" not in m.__dict__]
 
 
-def packed_bytes(models) -> int:
-    """Bytes of float32 weights the packed copies of ``models`` would hold (each layer counted once)."""
+def packed_bytes(models, new_only: bool = False) -> int:
+    """Bytes of float32 weights the packed copies of ``models`` hold (each layer counted once); new_only: only
+    the layers without a current copy."""
     seen, total = set(), 0
     for model in models:
         for m in packable_layers(model):
-            if id(m) not in seen:
+            if id(m) not in seen and not (new_only and _is_packed(m)):
                 seen.add(id(m))
                 total += m.weight.numel() * m.weight.element_size()
     return total
@@ -66,14 +70,40 @@ def check_pack_weights(pack_weights) -> None:
         raise ValueError(f"pack_weights must be True, False or None (automatic), got {pack_weights!r}")
 
 
-def should_pack(pack_weights: bool | None, models, limit: int = DEFAULT_LIMIT_BYTES) -> bool:
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux ``MemAvailable``, else free pages), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def default_limit() -> int:
+    """What ``pack_weights=None`` allows the new copies: a quarter of the available memory (1 GiB when it is
+    unknown). Copies already made for these layers are not counted again."""
+    avail = available_memory()
+    return FALLBACK_LIMIT_BYTES if avail is None else avail // MEMORY_FRACTION
+
+
+def should_pack(pack_weights: bool | None, models, limit: int | None = None) -> bool:
     """The decision for one generation. True: pack every packable layer (no-op where none is, or where
-    oneDNN is missing); None: the same when the copies need at most ``limit`` bytes; False: never."""
+    oneDNN is missing); None: the same when the copies not made yet need at most ``limit`` bytes (None:
+    :func:`default_limit`); False: never."""
     check_pack_weights(pack_weights)
     if pack_weights is False or not packing_available():
         return False
-    size = packed_bytes([m for m in models if m is not None])
-    return size > 0 and (pack_weights is True or size <= limit)
+    models = [m for m in models if m is not None]
+    size = packed_bytes(models)
+    if size == 0 or pack_weights is True:
+        return size > 0
+    return packed_bytes(models, new_only=True) <= (default_limit() if limit is None else limit)
 
 
 # layer -> (weight identity, packed weight). Outside the layers themselves: a packed weight is an opaque oneDNN
@@ -82,9 +112,19 @@ _PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 
 
+def _weight_key(layer: torch.nn.Linear) -> tuple:
+    w = layer.weight
+    return (w.data_ptr(), w._version, tuple(w.shape))
+
+
+def _is_packed(layer: torch.nn.Linear) -> bool:
+    kept = _PACKED.get(layer)
+    return kept is not None and kept[0] == _weight_key(layer)
+
+
 def _packed_weight(layer: torch.nn.Linear) -> torch.Tensor:
     w = layer.weight
-    key = (w.data_ptr(), w._version, tuple(w.shape))
+    key = _weight_key(layer)
     with _LOCK:
         kept = _PACKED.get(layer)
         if kept is None or kept[0] != key:

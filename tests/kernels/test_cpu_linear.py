@@ -115,6 +115,22 @@ def test_should_pack():
         should_pack("yes", [model])
 
 
+def test_default_limit_is_a_quarter_of_the_available_memory(monkeypatch):
+    model = torch.nn.Linear(256, 256)     # 256 KiB
+    monkeypatch.setattr(cpu_linear, "available_memory", lambda: 4 * 256 * 1024)
+    assert cpu_linear.default_limit() == 256 * 1024 and should_pack(None, [model])
+    monkeypatch.setattr(cpu_linear, "available_memory", lambda: 4 * 256 * 1024 - 4)
+    assert not should_pack(None, [model])
+    with torch.no_grad(), packed_linears(model):   # once packed, the copy is not counted again
+        pass
+    assert should_pack(None, [model]) and cpu_linear.packed_bytes([model], new_only=True) == 0
+    monkeypatch.setattr(cpu_linear, "available_memory", lambda: None)
+    assert cpu_linear.default_limit() == cpu_linear.FALLBACK_LIMIT_BYTES
+    monkeypatch.undo()
+    avail = cpu_linear.available_memory()
+    assert avail is None or avail > 0
+
+
 def test_generate_packs_by_default_and_matches_hf_greedy():
     target, draft = tiny_llama(1, vocab=64, hidden=64), tiny_llama(2, vocab=64, hidden=32)
     ids = torch.randint(1, 64, (1, 6), generator=torch.Generator().manual_seed(3))
