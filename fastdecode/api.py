@@ -175,8 +175,8 @@ def generate(
     "eager" on the CPU; True = "inductor" (torch.compile; with CUDA graphs on CUDA); False = "eager"; or
     one of those names.
     pack_weights (CPU, float32): run the models' ``nn.Linear`` layers on oneDNN-packed copies of their weights
-    (see :mod:`fastdecode.kernels.cpu_linear`; kept on the layers between calls, as much memory as the weights
-    they copy); None = on when the copies need at most a quarter of the available memory and the engine is not
+    (see :mod:`fastdecode.kernels.cpu_linear`; kept for the layers between calls, as much memory as the
+    weights they copy); None = on when the copies need at most a quarter of the available memory and the engine is not
     compiled with inductor.
     Options that do not apply to the method raise ValueError (see
     :func:`fastdecode.config.build_method_config`).

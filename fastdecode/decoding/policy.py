@@ -28,6 +28,7 @@ import time
 from collections import deque
 
 from ..config import SpeculativeConfig
+from ..kernels.cpu_linear import runs_packed
 
 
 def cost_ratio(target, draft) -> float:
@@ -182,10 +183,11 @@ def report_fallback(stats, plain_steps: int, switch: MeasuredSwitch | None, fall
 
 def measured_switch(target, *key) -> MeasuredSwitch:
     """The switch of the last ``generate`` call with the same target and ``key`` (draft, method, engine, batch
-    size, greedy or not), restarted, so that a run of short calls does not re-time plain decoding in each
-    (it is kept on the target, ``_fastdecode_step_switches``); a new one for a new key."""
+    size, greedy or not; and whether the target's linear layers run packed, which changes every cost), restarted,
+    so that a run of short calls does not re-time plain decoding in each (it is kept on the target,
+    ``_fastdecode_step_switches``); a new one for a new key."""
     memory = target.__dict__.setdefault("_fastdecode_step_switches", {})
-    sw = memory.setdefault(key, MeasuredSwitch())
+    sw = memory.setdefault(key + (runs_packed(target),), MeasuredSwitch())
     sw.restart()
     return sw
 

@@ -141,7 +141,14 @@ def _packed_forward(layer: torch.nn.Linear):
         if x.dtype != torch.float32 or x.device.type != "cpu":   # pragma: no cover - the model casts first
             return torch.nn.functional.linear(x, layer.weight, layer.bias)
         return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    forward._fastdecode_packed = True
     return forward
+
+
+def runs_packed(model) -> bool:
+    """Whether ``model``'s linear layers run packed now (inside :func:`packed_linears`)."""
+    return any(getattr(m.__dict__.get("forward"), "_fastdecode_packed", False) for m in model.modules()
+               if type(m) is torch.nn.Linear)
 
 
 @contextlib.contextmanager

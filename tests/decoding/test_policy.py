@@ -9,7 +9,7 @@ import torch
 import fastdecode
 from tiny_models import tiny_llama
 from fastdecode.config import SpeculativeConfig
-from fastdecode.decoding.policy import DraftLengthPolicy, MeasuredSwitch, cost_ratio
+from fastdecode.decoding.policy import DraftLengthPolicy, MeasuredSwitch, cost_ratio, measured_switch
 
 
 def test_adaptive_rule_and_fixed_length():
@@ -245,3 +245,17 @@ def test_estimated_fallback_never_stops_prompt_lookup():
     out = fastdecode.generate(target, ids, draft=copy.deepcopy(target), method="prompt_lookup", temperature=0,
                               max_new_tokens=60, eos_token_id=[], fallback="estimated")
     assert out.stats.extra["fallback"] == "off" and "plain_steps" not in out.stats.extra
+
+
+def test_switch_kept_apart_for_packed_and_plain_products():
+    """Packed linear layers change every cost: their timings must not steer a call with MKL's products."""
+    from fastdecode.kernels.cpu_linear import packed_linears, packing_available
+
+    if not packing_available():
+        pytest.skip("this torch build lacks oneDNN")
+    target = tiny_llama(3, vocab=16)
+    with torch.no_grad():
+        plain = measured_switch(target, "k")
+        with packed_linears(target):
+            packed = measured_switch(target, "k")
+        assert measured_switch(target, "k") is plain and packed is not plain
