@@ -90,10 +90,6 @@ def _static_mode(cache_implementation, compile, method, target, draft, lambda_at
         return None
     if method not in STATIC_METHODS:
         raise ValueError(f"cache_implementation='static' supports methods {STATIC_METHODS}, not {method!r} yet")
-    if method == "multi_draft" and (lambda_attention is not None or getattr(target, "_fastdecode_lambda", None)):
-        raise ValueError("cache_implementation='static' runs Lambda attention for methods 'autoregressive', "
-                         "'speculative' and 'prompt_lookup'; for multi_draft (token trees) use "
-                         "cache_implementation='dynamic'")
     if method == "prompt_lookup" and draft is not None:
         raise ValueError("cache_implementation='static' runs prompt_lookup without a draft model: drop draft= or "
                          "use cache_implementation='dynamic'")
@@ -171,7 +167,7 @@ def generate(
     cache_implementation: "dynamic" (transformers' DynamicCache, cropped after rejections) or "static"
     (preallocated caches, rejected slots overwritten, fixed-shape forwards replayed; autoregressive,
     speculative, prompt_lookup and multi_draft; with ``lambda_attention`` a fixed-size ring of
-    num_global + window + longest-forward slots per layer, for all of them but multi_draft). compile (static only): None = "cudagraphs" on CUDA,
+    num_global + window + longest-forward slots per layer, for all of them). compile (static only): None = "cudagraphs" on CUDA,
     "eager" on the CPU; True = "inductor" (torch.compile; with CUDA graphs on CUDA); False = "eager"; or
     one of those names.
     pack_weights (CPU, float32): run the models' ``nn.Linear`` layers on oneDNN-packed copies of their weights

@@ -209,7 +209,7 @@ def lambda_attention_function(module, query: torch.Tensor, key: torch.Tensor, va
         scaling = query.shape[-1] ** -0.5
     ring = getattr(module, _RING, None)
     if ring is not None and ring.active:  # a static-engine forward on its fixed-size Lambda cache
-        return ring.attend(query, key, value, kwargs["position_ids"], scaling), None
+        return ring.attend(query, key, value, kwargs["position_ids"], scaling, attention_mask), None
     state: LambdaState | None = getattr(module, _STATE, None)
     if state is None:
         raise RuntimeError("the fastdecode_lambda attention function runs only inside fastdecode.lambda_attention()")

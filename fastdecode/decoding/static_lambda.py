@@ -37,9 +37,16 @@ Prefill runs the dynamic engine's Lambda prefill (one eager forward on a fresh `
 attention, O(prompt x window)) and copies the globals and the last window - 1 positions into the ring,
 so the prompt's keys are exactly those of the dynamic engine.
 
-Not covered: token trees (``method="multi_draft"``: they would need a logical index per slot besides
-its position) and the Triton one-token decode kernel (one-token steps take the dense PyTorch path,
-which records on CUDA as any other forward).
+Token trees (``method="multi_draft"``, :mod:`fastdecode.decoding.static_tree`): a tree node's position
+(root + depth) is not its place in the text, so every slot also records its *logical index* (``kidx``),
+and every forward adds a mask by logical index to the Lambda rule: a chain query sees the keys up to its
+own index (rejected tree nodes, left behind at positions a later query could otherwise see, stay hidden),
+a tree query the committed keys (index below ``prefix``) and its ancestors. Writes still go to the ring
+slot of the logical index, so the argument above holds with ``chunk`` = the span of logical indices one
+step writes. After verification :meth:`RingCache.move` copies the accepted path into place.
+
+Not covered: the Triton one-token decode kernel (one-token steps take the dense PyTorch path, which records
+on CUDA as any other forward).
 """
 from __future__ import annotations
 
@@ -49,6 +56,7 @@ import torch
 from transformers.cache_utils import Cache, StaticLayer
 
 from . import hf_cache as kv
+from .masks import additive
 from .static_cache import StaticRunner, kept_runner, runner_key
 
 RING = "_fastdecode_ring"  # attribute on each attention layer: its model's RingCache
@@ -89,6 +97,8 @@ class RingCache(Cache):
         self.size = cfg.num_global + ring
         self.start = torch.zeros((), dtype=torch.long, device=device)
         self.kpos = torch.full((self.size,), UNWRITTEN, dtype=torch.long, device=device)
+        # the logical index of each slot's key (its place in the text; a tree node's differs from its position)
+        self.kidx = torch.full((self.size,), UNWRITTEN, dtype=torch.long, device=device)
         self.inv_freq = inv_freq.detach().to(device).clone()  # owned: recorded forwards read it on every replay
         self.active = False
         super().__init__(layers=[RingLayer(self) for _ in range(num_layers)])
@@ -106,17 +116,37 @@ class RingCache(Cache):
         return sum(t.numel() * t.element_size() for layer in self.layers if layer.is_initialized
                    for t in (layer.keys, layer.values))
 
+    def move(self, src: list[int], dst: int) -> None:
+        """Copy the keys and values at logical indices ``src`` (increasing, each >= its destination) to the
+        consecutive logical indices ``dst, dst + 1, ..`` in every layer, with their positions (the accepted
+        path of a tree becomes committed text: position = logical index); in place, on the device."""
+        pairs = [(s, dst + i) for i, s in enumerate(src) if s != dst + i]
+        if not pairs:
+            return
+        dev = self.kpos.device
+        frm = self.slots_of(torch.tensor([a for a, _ in pairs], device=dev))
+        to_idx = torch.tensor([b for _, b in pairs], device=dev)
+        to = self.slots_of(to_idx)
+        for layer in self.layers:
+            if layer.is_initialized:
+                layer.keys.index_copy_(2, to, layer.keys.index_select(2, frm))
+                layer.values.index_copy_(2, to, layer.values.index_select(2, frm))
+        self.kpos.index_copy_(0, to, to_idx)
+        self.kidx.index_copy_(0, to, to_idx)
+
     def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, position_ids: torch.Tensor,
-               scaling: float) -> torch.Tensor:
+               scaling: float, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Lambda attention of query [B, H, n, D] (rotated at ``position_ids``) over the whole ring
-        key/value [B, Hkv, G + R, D]; returns [B, n, H, D]. No host sync, fixed shapes."""
+        key/value [B, Hkv, G + R, D]; returns [B, n, H, D]. No host sync, fixed shapes. ``mask``: the
+        runner's additive [1, 1, n, G + R] mask over the slots by logical index (keys of the text so far
+        and, for a tree query, its ancestors), applied on top of the Lambda rule's positions."""
         from ..attention.lambda_mask import _dense_rotated
         from ..attention.rope import FarRotation
 
         qpos = position_ids.reshape(-1, query.shape[2])[0].long()
         g = self.num_global
         far = FarRotation(qpos, self.kpos[:g], self.cfg.window, self.inv_freq) if g else None
-        out = _dense_rotated(query, key, value, qpos, self.kpos, self.cfg, scaling, None, g, far, slice(None))
+        out = _dense_rotated(query, key, value, qpos, self.kpos, self.cfg, scaling, mask, g, far, slice(None))
         return out.transpose(1, 2).contiguous()
 
 
@@ -141,17 +171,35 @@ class LambdaRunner(StaticRunner):
     def _forward(self, ids: torch.Tensor) -> torch.Tensor:
         n = ids.shape[1]
         cache = self.cache
-        pos = cache.start + self.slots[:n]
-        cache.kpos.index_copy_(0, cache.slots_of(pos), pos)
-        # a 4D mask makes transformers skip its own mask code; the ring attention ignores it (it masks by kpos)
-        mask = torch.zeros((1, 1, n, cache.size), dtype=self.dtype, device=ids.device)
-        return kv.forward(self.model, ids, cache, position_ids=pos[None], attention_mask=mask)[0]
+        pos = cache.start + self.slots[:n]   # a chain: logical index = position
+        slots = cache.slots_of(pos)
+        cache.kpos.index_copy_(0, slots, pos)
+        cache.kidx.index_copy_(0, slots, pos)
+        # a 4D mask makes transformers skip its own mask code; the ring attention adds it to the Lambda rule:
+        # keys up to each query's logical index (hides the rejected nodes a tree step leaves behind)
+        allow = cache.kidx[None, :] <= pos[:, None]
+        return kv.forward(self.model, ids, cache, position_ids=pos[None],
+                          attention_mask=additive(allow, self.dtype))[0]
+
+    def _tree_forward(self, ids: torch.Tensor, pos: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """ids [1, n] at logical indices start .. start + n - 1 and positions ``pos`` [n]; query i sees the keys
+        of logical index below ``prefix`` (by the Lambda rule) and the logical indices ``visible[i]`` [A]."""
+        n = ids.shape[1]
+        cache = self.cache
+        idx = cache.start + self.slots[:n]
+        slots = cache.slots_of(idx)
+        cache.kpos.index_copy_(0, slots, pos)
+        cache.kidx.index_copy_(0, slots, idx)
+        allow = (cache.kidx < self.prefix)[None, :].repeat(n, 1).scatter_(1, cache.slots_of(visible), True)
+        return kv.forward(self.model, ids, cache, position_ids=pos[None],
+                          attention_mask=additive(allow, self.dtype))[0]
 
     def prefill(self, ids: torch.Tensor) -> None:
         """The dynamic engine's Lambda prefill of ``ids`` [1, n] (positions 0 .. n-1), then its globals and
         last window - 1 positions copied into the ring; every other slot is marked unwritten."""
         cache, cfg = self.cache, self.lam
         cache.kpos.fill_(UNWRITTEN)
+        cache.kidx.fill_(UNWRITTEN)
         n = ids.shape[1]
         if not n:
             return
@@ -171,6 +219,7 @@ class LambdaRunner(StaticRunner):
             ring_layer.keys.index_copy_(2, slots, keys)
             ring_layer.values.index_copy_(2, slots, values)
         cache.kpos.index_copy_(0, slots, p)
+        cache.kidx.index_copy_(0, slots, p)
 
     def _check(self, start: int, n: int) -> None:
         if n > self.chunk:  # pragma: no cover - callers feed long inputs in pieces (static.feed)
@@ -180,8 +229,9 @@ class LambdaRunner(StaticRunner):
         with self._ring_active():
             return super().forward(ids, start)
 
-    def tree_forward(self, *args, **kwargs):  # pragma: no cover - refused by generate
-        raise NotImplementedError("token trees (multi_draft) are not supported on the static Lambda cache")
+    def tree_forward(self, *args, **kwargs) -> torch.Tensor:
+        with self._ring_active():
+            return super().tree_forward(*args, **kwargs)
 
     @contextlib.contextmanager
     def _ring_active(self):

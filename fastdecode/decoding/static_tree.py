@@ -16,6 +16,10 @@ Layout of one step (L = committed length, the root = token L - 1, not in either 
 - after the walk, :meth:`~fastdecode.decoding.static_cache.SlotCache.move` copies the accepted path's
   keys and values to slots L, L + 1, .. in both caches (on the device, in place); rejected nodes stay
   where they are, hidden by the mask and overwritten by the next step.
+- under Lambda attention the caches are the ring runners of :mod:`fastdecode.decoding.static_lambda`: the
+  same logical slots, mapped onto the ring, each slot remembering its logical index (what the masks use)
+  beside its position (what the Lambda rule uses); :meth:`~fastdecode.decoding.static_lambda.RingCache.move`
+  does the copy there.
 
 Host syncs: the tree's shape depends on the draws (equal draws share a node), so drafting reads each
 depth's draws, and the walk reads each visited node's decision, exactly as the dynamic engine does:
@@ -33,8 +37,7 @@ from ..stats import DecodeStats
 from . import hf_cache as kv
 from .stream import TokenStream
 from .multi_draft import MultiDraftDecoder
-from .static import _sampling, bucket, capacity_for
-from .static_cache import runner_for
+from .static import _sampling, bucket, capacity_for, runner
 from .tree import DraftTree
 
 
@@ -55,8 +58,10 @@ class StaticMultiDraftDecoder(MultiDraftDecoder):
         longest = max(bucket(1 + k * deepest), k * deepest + self.kb)
         cap = capacity_for(stream.length, stream.max_new_tokens, longest)
         self.tdev, self.ddev = kv.device(self.target), kv.device(self.draft)
-        self.trun = runner_for(self.target, cap, self.mode)
-        self.drun = runner_for(self.draft, cap, self.mode)
+        # under Lambda attention: the ring runners, whose chunk (the span of logical indices one step writes,
+        # ``longest``) keeps every key a query can see out of the step's writes (see static_lambda)
+        self.trun = runner(self.target, cap, self.mode, longest)
+        self.drun = runner(self.draft, cap, self.mode, longest)
         context = stream.tokens[:-1]
         self.trun.prefill(torch.tensor([context], device=self.tdev))
         self.drun.prefill(torch.tensor([context], device=self.ddev))

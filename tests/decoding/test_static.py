@@ -140,9 +140,6 @@ def test_refusals(tiny_pair):
         fastdecode.generate(target, ids, cache_implementation="static", compile="cudagraphs")
     with pytest.raises(ValueError, match="supports methods .*multi_draft.*, not 'entropy_switch'"):
         fastdecode.generate(target, ids, draft=draft, method="entropy_switch", cache_implementation="static")
-    with pytest.raises(ValueError, match="static' runs Lambda attention for methods .*multi_draft.*dynamic"):
-        fastdecode.generate(target, ids, draft=draft, method="multi_draft", num_drafts=2, cache_implementation="static",
-                            lambda_attention=fastdecode.LambdaAttention(window=8, num_global=1, max_rollback=16))
 
 
 def test_sliding_window_model_is_refused():

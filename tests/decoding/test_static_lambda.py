@@ -2,7 +2,8 @@
 engine's Lambda attention (prompts longer than the window, generation past the window, past the model's
 max_position_embeddings and around the ring many times, drafts rejected across its wrap point), logits of
 every forward equal a full Lambda forward of the text, the ring's size does not grow with the generation,
-seeded sampling, and inductor on the CPU (slow)."""
+seeded sampling, and inductor on the CPU (slow); token trees (multi_draft) on the ring: every node's logits,
+greedy tokens equal to the dynamic engine's, and the sampled law."""
 import pytest
 import torch
 
@@ -47,6 +48,27 @@ def test_greedy_equals_dynamic(pair, window, num_global, kw):
     assert out.stats.target_calls == dyn.stats.target_calls
     assert out.stats.accepted_tokens == dyn.stats.accepted_tokens
     assert target.config._attn_implementation != "fastdecode_lambda"  # the context was left
+
+
+@pytest.mark.parametrize("window,num_global", [(4, 0), (8, 2), (5, 1)])
+@pytest.mark.parametrize("kw", [dict(num_drafts=2, draft_length=3, verifier="rrs"),
+                                dict(num_drafts=3, draft_length=2, verifier="spectr"),
+                                dict(num_drafts=4, draft_length=4, verifier="greedy_draft"),
+                                dict(num_drafts=2, max_draft_length=4, adaptive_draft=True, verifier="optimal")],
+                         ids=lambda kw: kw["verifier"])
+@pytest.mark.parametrize("plen", [30, 3])
+def test_multi_draft_greedy_equals_dynamic(pair, window, num_global, kw, plen):
+    """Token trees on the ring: the same greedy tokens, target calls and accepted drafts as the dynamic
+    engine's multi-draft Lambda decoding (trees across the ring's wrap point, a prompt shorter than the
+    globals' count)."""
+    target, draft = pair
+    cfg = LambdaAttention(window=window, num_global=num_global, max_rollback=16)
+    common = dict(draft=draft, method="multi_draft", temperature=0, max_new_tokens=NEW, lambda_attention=cfg,
+                  eos_token_id=[], **kw)
+    dyn = fastdecode.generate(target, _prompt(plen, seed=plen), **common)
+    out = fastdecode.generate(target, _prompt(plen, seed=plen), cache_implementation="static", **common)
+    assert torch.equal(out.sequences, dyn.sequences)
+    assert (out.stats.target_calls, out.stats.accepted_tokens) == (dyn.stats.target_calls, dyn.stats.accepted_tokens)
 
 
 @pytest.mark.parametrize("plen,num_global", [(1, 0), (2, 4)])
@@ -95,6 +117,48 @@ def test_forwards_equal_a_full_lambda_forward(pair, window, num_global, chunk):
             keep = int(torch.randint(0, g + 1, (1,), generator=gen))
             text += drafts[:keep] + [int(torch.randint(0, 64, (1,), generator=gen))]
         assert run.cache.layers[0].keys.shape[2] == num_global + window + chunk
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("window,num_global,chunk", [(6, 2, 8), (4, 0, 8), (5, 3, 16)])
+def test_tree_forwards_equal_full_lambda_forwards(pair, window, num_global, chunk):
+    """Token trees on the ring (multi_draft): every node of a random tree (depth <= 3) scores like a full
+    Lambda forward of the text plus its path; the path to a random node is moved into place and committed;
+    a chain forward after a tree step sees none of the rejected nodes (some sit at positions it could see by
+    the Lambda rule alone: only their logical index hides them). The ring wraps many times."""
+    target = pair[0]
+    cfg = LambdaAttention(window=window, num_global=num_global)
+    gen = torch.Generator().manual_seed(window + chunk)
+    rand = lambda hi: int(torch.randint(0, hi, (1,), generator=gen))  # noqa: E731
+    text = _prompt(12, seed=2)[0].tolist()
+    width = 4   # visible logical indices per query: the root, up to 2 ancestors, itself
+    with lambda_attention(target, cfg):
+        run = LambdaRunner(target, cfg, chunk, "eager")
+        run.prefill(torch.tensor([text[:-1]]))
+        while len(text) < 80:
+            L, n = len(text), 1 + rand(chunk - 1)          # the root (token L - 1) and n - 1 nodes
+            parent, depth = [-1], [0]
+            for i in range(1, n):
+                p = [j for j in range(i) if depth[j] < 3][rand(sum(d < 3 for d in depth))]
+                parent.append(p)
+                depth.append(depth[p] + 1)
+
+            def path(i):
+                return path(parent[i]) + [i] if i >= 0 else []
+            toks = [text[-1]] + [rand(64) for _ in range(n - 1)]
+            vis = [[L - 1 + j for j in path(i)] + [L - 1 + i] * (width - len(path(i))) for i in range(n)]
+            got = run.tree_forward(torch.tensor([toks]), L - 1, L - 1, torch.tensor([L - 1 + d for d in depth]),
+                                   torch.tensor(vis))
+            for i in range(n):
+                want = target(torch.tensor([text[:-1] + [toks[j] for j in path(i)]])).logits[0, -1]
+                torch.testing.assert_close(got[i], want, atol=2e-4, rtol=1e-4)
+            kept = path(rand(n))[1:]
+            run.cache.move([L - 1 + j for j in kept], L)
+            text += [toks[j] for j in kept] + [rand(64)]
+            if rand(2):
+                got = run.forward(torch.tensor([text[-1:]]), len(text) - 1)
+                torch.testing.assert_close(got[0], target(torch.tensor([text])).logits[0, -1], atol=2e-4, rtol=1e-4)
+                text.append(rand(64))
 
 
 def test_ring_size_does_not_grow(pair):
@@ -152,7 +216,7 @@ def test_sampling(pair):
 
 def test_own_context_and_refusals(pair):
     """Inside the caller's own lambda_attention block the static engine uses the ring too; max_rollback
-    does not bound the drafts there (nothing is rolled back); multi_draft stays refused."""
+    does not bound the drafts there (nothing is rolled back)."""
     target, draft = pair
     cfg = LambdaAttention(window=6, num_global=1, max_rollback=0)
     kw = dict(draft=draft, method="speculative", draft_length=5, adaptive_draft=False, temperature=0,
@@ -166,9 +230,6 @@ def test_own_context_and_refusals(pair):
     assert torch.equal(own.sequences, ref.sequences)
     with pytest.raises(ValueError, match="max_rollback"):  # the dynamic engine still needs it
         fastdecode.generate(target, _prompt(), lambda_attention=cfg, **kw)
-    with pytest.raises(ValueError, match="multi_draft .*cache_implementation='dynamic'"):
-        fastdecode.generate(target, _prompt(), draft=draft, method="multi_draft", num_drafts=2,
-                            cache_implementation="static", lambda_attention=LambdaAttention(8, 1, 16))
 
 
 @pytest.mark.slow
@@ -189,12 +250,13 @@ def test_compile_on_cpu_through_inductor():
 
 def test_code_pair_past_training_length(code_pair):
     """The real pair (slow): window 256 past 256 tokens and a small window deep into the ring, static equals
-    dynamic for autoregressive and speculative decoding."""
+    dynamic for autoregressive, speculative and multi-draft decoding."""
     target, draft, _ = code_pair
     prompt = torch.randint(1, 8192, (1, 240), generator=torch.Generator().manual_seed(0))
     for cfg, new in ((LambdaAttention(window=256, num_global=8), 40), (LambdaAttention(32, 4, 16), 48)):
         for kw in (dict(method="autoregressive"),
-                   dict(method="speculative", draft=draft, max_draft_length=16, fallback="estimated")):
+                   dict(method="speculative", draft=draft, max_draft_length=16, fallback="estimated"),
+                   dict(method="multi_draft", draft=draft, num_drafts=2, draft_length=3, verifier="rrs")):
             common = dict(max_new_tokens=new, temperature=0, lambda_attention=cfg, eos_token_id=-1, **kw)
             dyn = fastdecode.generate(target, prompt, **common)
             out = fastdecode.generate(target, prompt, cache_implementation="static", **common)
@@ -219,3 +281,20 @@ def test_two_token_law_under_lambda(tiny_pair, verifier):
                         draft_length=2, adaptive_draft=False, verifier=verifier, lambda_attention=cfg,
                         cache_implementation="static")
     assert chi_square_pvalue(counts, law) > 1e-3
+
+
+@pytest.mark.slow
+def test_multi_draft_two_token_law_under_lambda(tiny_pair):
+    """Sampled multi-draft decoding (k = 2 trees, rrs) on the ring follows the Lambda target's exact law."""
+    from distribution import chi_square_pvalue, exact_law, sample_law
+
+    target, draft = tiny_pair
+    cfg = LambdaAttention(window=3, num_global=1, max_rollback=2)
+    prompt = [1, 2, 3, 4, 5]
+    with torch.inference_mode(), lambda_attention(target, cfg):
+        law = exact_law(target, prompt, 2)
+    counts = sample_law(target, draft, prompt, 2, 800, max_new_tokens=3, temperature=1.0, method="multi_draft",
+                        num_drafts=2, draft_length=2, verifier="rrs", lambda_attention=cfg,
+                        cache_implementation="static")
+    assert chi_square_pvalue(counts, law) > 1e-3
+
