@@ -240,8 +240,10 @@ def test_compile_on_cpu_through_inductor():
     draft = draft_of(target)
     ids = torch.randint(0, 32, (1, 12), generator=torch.Generator().manual_seed(0))
     cfg = LambdaAttention(window=6, num_global=2, max_rollback=4)
-    # speculative records both shapes a ring sees (one-token draft steps, the target's verify bucket)
-    for kw in (dict(method="speculative", draft=draft, draft_length=3, adaptive_draft=False),):
+    # speculative records both shapes a ring sees (one-token draft steps, the target's verify bucket); multi_draft
+    # the tree forwards on the ring
+    for kw in (dict(method="speculative", draft=draft, draft_length=3, adaptive_draft=False),
+               dict(method="multi_draft", draft=draft, num_drafts=2, draft_length=2, verifier="rrs")):
         common = dict(temperature=0, max_new_tokens=30, eos_token_id=[], lambda_attention=cfg, **kw)
         ref = fastdecode.generate(target, ids, **common).sequences
         out = fastdecode.generate(target, ids, cache_implementation="static", compile=True, **common).sequences
