@@ -92,7 +92,9 @@ def engine_configs(temperatures, device_type: str, inductor: bool = False) -> li
             out += [Config("fastdecode autoregressive static + Lambda (w=64)", "fastdecode", t,
                            dict(method="autoregressive", **lam)),
                     Config("fastdecode speculative static + Lambda (w=64, gamma=4)", "fastdecode", t,
-                           dict(method="speculative", draft_length=4, adaptive_draft=False, **lam))]
+                           dict(method="speculative", draft_length=4, adaptive_draft=False, **lam)),
+                    Config("fastdecode multi_draft static + Lambda (w=64, k=2, gamma=3, rrs)", "fastdecode", t,
+                           dict(method="multi_draft", num_drafts=2, draft_length=3, verifier="rrs", **lam))]
         if inductor:
             out += [Config("fastdecode autoregressive static compile=True", "fastdecode", t,
                            dict(method="autoregressive", compile=True, **st)),

@@ -204,10 +204,6 @@ def test_refusals(pair, tiny_pair):
     target, draft, prompt, _ = pair
     with pytest.raises(ValueError, match="supports methods .*multi_draft.*not 'entropy_switch'"):
         fastdecode.generate(target, prompt, draft=draft, method="entropy_switch", cache_implementation="static")
-    with pytest.raises(ValueError, match="Lambda attention"):
-        fastdecode.generate(target, prompt, draft=draft, method="multi_draft", num_drafts=2,
-                            cache_implementation="static",
-                            lambda_attention=fastdecode.LambdaAttention(window=8, num_global=1, max_rollback=16))
     windowed = tiny_lm("mistral", 1, seed=0, sliding_window=4)
     with pytest.raises(ValueError, match="sliding attention window"):
         fastdecode.generate(windowed, prompt, draft=draft_of(windowed), method="multi_draft", num_drafts=2,
