@@ -267,11 +267,14 @@ def test_code_pair_past_training_length(code_pair):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("verifier", ["token"])
-def test_two_token_law_under_lambda(tiny_pair, verifier):
-    """Sampled speculative decoding on the ring follows the Lambda target's exact law (window 3 < the text,
-    so the far global and the dropped middle both matter). The ring does not depend on the verifier (the
-    block rule's law is tested on the dynamic engine), so one verifier keeps the suite short."""
+@pytest.mark.parametrize("kw", [dict(method="speculative", draft_length=2, adaptive_draft=False, verifier="token"),
+                                dict(method="multi_draft", num_drafts=2, draft_length=2, verifier="rrs")],
+                         ids=lambda kw: kw["method"])
+def test_two_token_law_under_lambda(tiny_pair, kw):
+    """Sampled speculative and multi-draft decoding on the ring follow the Lambda target's exact law (window
+    3 < the text, so the far global and the dropped middle both matter). The ring does not depend on the
+    verifier (the other rules' laws are tested on the dynamic engine), so one verifier each keeps the suite
+    short."""
     from distribution import chi_square_pvalue, exact_law, sample_law
 
     target, draft = tiny_pair
@@ -279,24 +282,6 @@ def test_two_token_law_under_lambda(tiny_pair, verifier):
     prompt = [1, 2, 3, 4, 5]
     with torch.inference_mode(), lambda_attention(target, cfg):
         law = exact_law(target, prompt, 2)
-    counts = sample_law(target, draft, prompt, 2, 800, max_new_tokens=3, temperature=1.0, method="speculative",
-                        draft_length=2, adaptive_draft=False, verifier=verifier, lambda_attention=cfg,
-                        cache_implementation="static")
+    counts = sample_law(target, draft, prompt, 2, 800, max_new_tokens=3, temperature=1.0, lambda_attention=cfg,
+                        cache_implementation="static", **kw)
     assert chi_square_pvalue(counts, law) > 1e-3
-
-
-@pytest.mark.slow
-def test_multi_draft_two_token_law_under_lambda(tiny_pair):
-    """Sampled multi-draft decoding (k = 2 trees, rrs) on the ring follows the Lambda target's exact law."""
-    from distribution import chi_square_pvalue, exact_law, sample_law
-
-    target, draft = tiny_pair
-    cfg = LambdaAttention(window=3, num_global=1, max_rollback=2)
-    prompt = [1, 2, 3, 4, 5]
-    with torch.inference_mode(), lambda_attention(target, cfg):
-        law = exact_law(target, prompt, 2)
-    counts = sample_law(target, draft, prompt, 2, 800, max_new_tokens=3, temperature=1.0, method="multi_draft",
-                        num_drafts=2, draft_length=2, verifier="rrs", lambda_attention=cfg,
-                        cache_implementation="static")
-    assert chi_square_pvalue(counts, law) > 1e-3
-
