@@ -8,7 +8,9 @@ repeat, variant / baseline, then the median over repeats (with the [min, max] of
 Variants: HF ``generate`` and HF assisted generation (the baselines), fastdecode autoregressive and adaptive
 speculative decoding on the dynamic and the static engine, and on the CPU the same two without
 oneDNN-packed linear layers (``pack_weights=False``). No seed for fastdecode (so that the measured fallback
-is what runs, as for a user who does not seed).
+is what runs, as for a user who does not seed). ``--lambda-window W``: every fastdecode variant runs under
+Lambda attention (window W, 4 globals), and multi-draft decoding (k = 2, depth 3, rrs) joins on both engines
+(the HF rows stay plain attention: a speed reference only, not the same output).
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from bench.common import RESULTS_DIR, output_path, script_args, script_main, wri
 STATIC = dict(cache_implementation="static")
 
 
-def variants(device_type: str) -> dict[str, tuple[str, dict]]:
+def variants(device_type: str, lambda_window: int = 0) -> dict[str, tuple[str, dict]]:
     """name -> (kind, fastdecode keyword arguments); kind "hf", "hf_assisted" or "fastdecode"."""
     out = {"HF generate": ("hf", {}), "HF assisted": ("hf_assisted", {}),
            "autoregressive": ("fastdecode", dict(method="autoregressive")),
@@ -38,6 +40,15 @@ def variants(device_type: str) -> dict[str, tuple[str, dict]]:
     if device_type == "cpu":
         out["autoregressive, unpacked"] = ("fastdecode", dict(method="autoregressive", pack_weights=False))
         out["speculative, unpacked"] = ("fastdecode", dict(method="speculative", pack_weights=False))
+    if lambda_window:
+        from fastdecode import LambdaAttention
+
+        tree = dict(method="multi_draft", num_drafts=2, draft_length=3, verifier="rrs")
+        out["multi_draft"] = ("fastdecode", tree)
+        out["multi_draft static"] = ("fastdecode", dict(tree, **STATIC))
+        lam = LambdaAttention(window=lambda_window, num_global=4, max_rollback=16)
+        out = {name: (kind, dict(kw, lambda_attention=lam) if kind == "fastdecode" else kw)
+               for name, (kind, kw) in out.items()}
     return out
 
 
@@ -46,7 +57,8 @@ PAIRS = [("speculative", "HF assisted"), ("speculative static", "HF assisted"), 
          ("autoregressive", "HF generate"), ("autoregressive static", "autoregressive"),
          ("speculative static", "speculative"), ("speculative", "autoregressive"),
          ("speculative, unpacked", "HF assisted"), ("autoregressive", "autoregressive, unpacked"),
-         ("speculative", "speculative, unpacked")]
+         ("speculative", "speculative, unpacked"), ("multi_draft static", "multi_draft"),
+         ("multi_draft", "autoregressive"), ("multi_draft static", "autoregressive static")]
 
 
 def run_variant(kind: str, kw: dict, target, draft, prompts, new_tokens: int, temperature: float) -> int:
@@ -79,6 +91,8 @@ def add_arguments(p) -> None:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--lambda-window", type=int, default=0,
+                   help="run fastdecode under Lambda attention with this window (and add multi_draft rows); 0: off")
     p.add_argument("--quick", action="store_true", help="1 prompt, 8 new tokens, 2 repeats (smoke test)")
     p.add_argument("--out", default=None, help="JSON path (default bench/results/engine_ab_T<temperature>.json)")
 
@@ -91,10 +105,11 @@ def run(args) -> int:
 
     if args.quick:
         args.prompts, args.new_tokens, args.repeats = 1, 8, 2
-    out = output_path(args.out, RESULTS_DIR / f"engine_ab_T{args.temperature:g}.json", args.quick)
+    lam = f"_lambda{args.lambda_window}" if args.lambda_window else ""
+    out = output_path(args.out, RESULTS_DIR / f"engine_ab_T{args.temperature:g}{lam}.json", args.quick)
     target, draft, tok = load_pair(args.pair, args.device)
     prompts = stdlib_prompts(tok, args.prompts, 64)
-    table = variants(target.device.type)
+    table = variants(target.device.type, args.lambda_window)
     names = list(table)
     common = (target, draft, prompts, args.new_tokens, args.temperature)
     for name in names:  # warm-up (allocations, and the measured fallback's first timings)
@@ -107,7 +122,7 @@ def run(args) -> int:
             rates[name].append(n / (time.perf_counter() - t0))
     machine = machine_description(target.device)
     print(f"\n{machine}; T = {args.temperature:g}, {args.prompts} prompts x {args.new_tokens} new tokens, "
-          f"{args.repeats} interleaved repeats\n")
+          f"{args.repeats} interleaved repeats" + (f", Lambda window {args.lambda_window}" if lam else "") + "\n")
     lines = ["| variant | tok/s (median [min, max]) |", "|---|---|"]
     lines += [f"| {v} | {statistics.median(x):.1f} [{min(x):.1f}, {max(x):.1f}] |" for v, x in rates.items()]
     ratios = {}
