@@ -154,7 +154,8 @@ def _spread(xs: list[float]) -> tuple[float, float, float]:
 
 
 def _compare(args, target, draft, ids, kw, out) -> None:
-    """Time the method, fastdecode autoregressive and HF generate: one warm-up each, then --repeats runs."""
+    """Time the method, fastdecode autoregressive and HF generate (and HF assisted generation when the method is
+    speculative or multi_draft with a draft model): one warm-up each, then --repeats interleaved runs."""
     import time
 
     import torch
@@ -174,20 +175,29 @@ def _compare(args, target, draft, ids, kw, out) -> None:
     if args.temperature > 0:
         hf_kw.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
 
-    def hf_rate(n=args.max_new_tokens):
+    def hf_rate(n=args.max_new_tokens, assistant=None):
+        extra = {} if assistant is None else {"assistant_model": assistant}
         t0 = time.perf_counter()
         with torch.inference_mode():
-            hf = target.generate(ids, attention_mask=torch.ones_like(ids), **{**hf_kw, "max_new_tokens": n})
+            hf = target.generate(ids, attention_mask=torch.ones_like(ids), **{**hf_kw, "max_new_tokens": n}, **extra)
         return (hf.shape[1] - ids.shape[1]) / (time.perf_counter() - t0)
 
+    # HF's own speculative decoding (assisted generation, on its default cache) when the method is lossless
+    # speculation with a draft model
+    assisted = draft is not None and out.stats.method in ("speculative", "multi_draft")
     generate(target, ids, method="autoregressive", **{**base_kw, "max_new_tokens": 4})  # warm-ups
     hf_rate(4)
     rates = {out.stats.method: [out.stats.tokens_per_s], "fastdecode autoregressive": [], "HF generate": []}
-    for i in range(args.repeats):  # interleaved, so that a slow phase of the machine hits all three alike
+    if assisted:
+        hf_rate(4, draft)
+        rates["HF assisted"] = []
+    for i in range(args.repeats):  # interleaved, so that a slow phase of the machine hits all alike
         if i:
             rates[out.stats.method].append(method_rate())
         rates["fastdecode autoregressive"].append(base_rate())
         rates["HF generate"].append(hf_rate())
+        if assisted:
+            rates["HF assisted"].append(hf_rate(assistant=draft))
     print(f"speed, median of {args.repeats} run(s) after a warm-up [min - max], same prompt and settings:")
     wide = []
     for name, xs in rates.items():
@@ -197,7 +207,7 @@ def _compare(args, target, draft, ids, kw, out) -> None:
             wide.append(name)
     m = _spread(rates[out.stats.method])
     parts = []
-    for name in ("fastdecode autoregressive", "HF generate"):
+    for name in [n for n in ("fastdecode autoregressive", "HF generate", "HF assisted") if n in rates]:
         b = _spread(rates[name])
         parts.append(f"{m[0] / b[0]:.2f}x over {name} [{m[1] / b[2]:.2f} - {m[2] / b[1]:.2f}]")
     print(f"speed-up of {out.stats.method}: " + ", ".join(parts))

@@ -104,6 +104,7 @@ def test_compare_repeats_and_prints_median_and_spread(capsys):
     out = capsys.readouterr().out
     assert "median of 2 run(s) after a warm-up [min - max]" in out
     assert "fastdecode autoregressive" in out and "HF generate" in out and "x over HF generate [" in out
+    assert "x over HF assisted [" in out   # the default method drafts with a model: HF's own speculation too
 
 
 def test_load_pair_typo_says_the_folder_does_not_exist(monkeypatch):
