@@ -182,7 +182,7 @@ def generate(
         adaptive_draft=adaptive_draft, max_draft_length=max_draft_length,
         confidence_threshold=confidence_threshold, fallback=fallback, **method_options)
     _check_input_ids(input_ids)
-    check_pack_weights(pack_weights)
+    check_pack_weights(pack_weights)   # (its combination with compile: below, once the engine's mode is known)
     attention_mask, pad_token_id = batched.check_batch(target, input_ids, attention_mask, pad_token_id, method,
                                                        cache_implementation, lambda_attention, compile,
                                                        draft=draft)
@@ -198,7 +198,8 @@ def generate(
         raise ValueError(f"seed must be an int, got {seed!r}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    if method != "autoregressive" and draft is not None:  # prompt_lookup: the draft model is optional
+    drafter = draft if method != "autoregressive" else None   # the draft model the method runs (None: none)
+    if drafter is not None:  # prompt_lookup: the draft model is optional
         check_pair(target, draft)
     if seed is not None and generator is not None:
         raise ValueError("pass either seed or generator, not both")
@@ -216,9 +217,7 @@ def generate(
     compile_mode = _static_mode(cache_implementation, compile, method, target, draft, lambda_attention)
     if lambda_attention is not None:
         _check_rollback(lambda_attention, method_cfg, static=compile_mode is not None)
-    if pack_weights is True and compile_mode == "inductor":
-        raise ValueError("pack_weights=True does not combine with compile=True / 'inductor': torch.compile cannot "
-                         "trace the packed products (use one or the other)")
+    check_pack_weights(pack_weights, inductor=compile_mode == "inductor")
     if compile_mode is not None and compile is None and input_ids.shape[0] > 1:
         compile_mode = "eager"   # batches record their forwards on request only (compile=True / "cudagraphs")
     if compile_mode is not None and method == "speculative" and confidence_threshold is None \
@@ -231,22 +230,21 @@ def generate(
         bar = tqdm(total=max_new_tokens * input_ids.shape[0], desc=method, unit="tok")
 
     with contextlib.ExitStack() as stack, torch.inference_mode():
-        stack.enter_context(eval_mode(target, draft if method != "autoregressive" else None))
-        if method != "autoregressive" and draft is not None:
+        stack.enter_context(eval_mode(target, drafter))
+        if drafter is not None:
             stack.enter_context(shared_vocab(target, draft))
         if lambda_attention is not None:
             from .attention import lambda_attention as lambda_ctx
             for m in (target, draft) if draft is not None else (target,):
                 stack.enter_context(lambda_ctx(m, lambda_attention))
-        used = (target, draft if method != "autoregressive" else None)
-        if compile_mode != "inductor" and should_pack(pack_weights, used):
-            stats.extra["packed_linears"] = stack.enter_context(packed_linears(*used))
+        if compile_mode != "inductor" and should_pack(pack_weights, (target, drafter)):
+            stats.extra["packed_linears"] = stack.enter_context(packed_linears(target, drafter))
         if compile_mode == "inductor":
             from .decoding.static_cache import compile_limits
             stack.enter_context(compile_limits())
         t0 = time.perf_counter()
         if input_ids.shape[0] > 1:
-            sequences = batched.decode(target, draft if method != "autoregressive" else None, input_ids,
+            sequences = batched.decode(target, drafter, input_ids,
                                        attention_mask.to(device), max_new_tokens, stream.eos_ids, pad_token_id,
                                        sampling, method_cfg, generator, stats, bar, static=compile_mode is not None,
                                        mode=compile_mode or "eager")

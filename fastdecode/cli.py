@@ -122,6 +122,7 @@ def _check_args(args, has_draft: bool) -> None:
     import torch
 
     from .config import SamplingConfig, build_method_config
+    from .kernels.cpu_linear import check_pack_weights
     from .models import check_model_path
 
     if args.prompt_file and not Path(args.prompt_file).is_file():
@@ -139,9 +140,7 @@ def _check_args(args, has_draft: bool) -> None:
     build_method_config(args.method, has_draft, **{k: v for k, v in _method_kwargs(args).items() if k not in engine})
     if engine["compile"] is not None and args.cache_implementation != "static":
         raise ValueError("--compile applies to --cache-implementation static")
-    if args.pack_weights and args.compile == "inductor":
-        raise ValueError("--pack-weights does not combine with --compile inductor (torch.compile cannot trace the "
-                         "packed products)")
+    check_pack_weights(args.pack_weights, inductor=args.compile == "inductor")
     check_model_path(args.target)
     if has_draft and args.method != "autoregressive":
         check_model_path(args.draft)

@@ -65,9 +65,14 @@ def packed_bytes(models, new_only: bool = False) -> int:
     return total
 
 
-def check_pack_weights(pack_weights) -> None:
+def check_pack_weights(pack_weights, inductor: bool = False) -> None:
+    """ValueError for a pack_weights that is not True / False / None, or True with torch.compile (inductor:
+    whether the static engine compiles with it), which cannot trace the packed products."""
     if pack_weights is not None and not isinstance(pack_weights, bool):
         raise ValueError(f"pack_weights must be True, False or None (automatic), got {pack_weights!r}")
+    if pack_weights is True and inductor:
+        raise ValueError("pack_weights=True (--pack-weights) does not combine with compile=True / 'inductor' "
+                         "(--compile inductor): torch.compile cannot trace the packed products (use one or the other)")
 
 
 def available_memory() -> int | None:
