@@ -5,7 +5,7 @@
    the static engine's ring equals the dynamic engine token for token.
 2. The same seed gives the same tokens twice on the static engine (recorded graphs replay deterministically).
 3. Sampling law on the GPU: the first two tokens of 1200 seeded static-engine runs of a tiny pair
-   (V = 6) against the exact law (chi-square), plus a broken rule (accept every draft) that must fail.
+   (V = 6) against the exact law (chi-square), plus a broken rule (the rejected draft emitted instead of a residual draw) that must fail.
 
 Usage: python bench/gpu_checks.py [--device cuda] [--out FILE.json]. Exit status 1 if a check fails.
 """
@@ -101,7 +101,7 @@ def law_checks(device, runs: int) -> list[dict]:
     finally:
         static.kernels.verify_speculative = orig
     pv = chi_square_pvalue(counts, law)
-    out.append(dict(check="broken rule (accept all) is caught", p_value=pv, ok=pv < 1e-3))
+    out.append(dict(check="broken rule (rejected draft instead of a residual draw) is caught", p_value=pv, ok=pv < 1e-3))
     print(out[-1], flush=True)
     return out
 

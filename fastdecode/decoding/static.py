@@ -70,7 +70,7 @@ def feed(run, seq: torch.Tensor, pad: torch.Tensor, start: int, n: int) -> int:
     step = run.max_forward or n
     for a in range(0, n, step):
         m = min(step, n - a)
-        run.forward(torch.cat([seq[start + a : start + a + m], pad[: padded(run, m) - m]])[None], start + a)
+        run.forward(torch.cat([seq[start + a : start + a + m], pad[: padded(run, m) - m]])[None], start + a, keep=1)
     return -(-n // step)
 
 
@@ -103,12 +103,21 @@ def _verify(logits, qs, x, sampling: SamplingConfig, verifier: str, generator):
         n, nxt = verify_block_batched(p[None], q[None], x[None], generator)
         n, nxt = n[0], nxt[0]
     else:
+        # the acceptance tests of every row at once (gathers only); then ONE exponential row serves the one
+        # draw the step needs: the residual at the first rejected row r = n (the kernel repeats that row's
+        # rejecting test), or the bonus from p[g] when all g drafts were accepted. Same random draws in the
+        # same order as the dynamic engine's token verifier (u [g], then one noise row), so a seed gives the
+        # same tokens on both engines; drawing noise for every row would cost 2g + 1 rows of V per step.
         u = torch.rand(g, generator=generator, device=device, dtype=torch.float64)
-        noise = torch.empty((g, p.shape[1]), dtype=torch.float32, device=device).exponential_(generator=generator)
-        res, idx = kernels.verify_speculative(p[:g], q, x[:, None], u, noise)  # residual where rejected
-        n = (idx == 0).long().cumprod(0).sum()
-        bonus = sample(p, generator)                                   # [g + 1]
-        nxt = torch.where(n < g, res[n.clamp(max=g - 1)], bonus[n])
+        px = p[:g].gather(1, x[:, None])[:, 0].double()
+        qx = q.gather(1, x[:, None])[:, 0].double()
+        n = ((u * qx < px) & (qx > 0)).long().cumprod(0).sum()
+        noise = torch.empty((1, p.shape[1]), dtype=torch.float32, device=device).exponential_(generator=generator)
+        r = n.clamp(max=g - 1).view(1)
+        res, _ = kernels.verify_speculative(p.index_select(0, r), q.index_select(0, r), x.index_select(0, r)[:, None],
+                                            u.index_select(0, r), noise)
+        bonus = (p[g:].float() / noise).argmax(-1)                     # [1], as primitives.sample draws it
+        nxt = torch.where(n < g, res[0], bonus[0])
     return n, nxt, finite & sm.all_finite(p)
 
 
@@ -178,7 +187,7 @@ def decode_speculative(target, draft, stream: TokenStream, sampling: SamplingCon
         cur, xs, qs = last, [], []
         for i in range(g):
             if i == 0 and first < L - 1:
-                dl = drun.forward(seq[None, first:L], first)[-1:]
+                dl = drun.forward(seq[None, first:L], first, keep=1)
             else:
                 dl = drun.forward(cur.view(1, 1), L - 1 + i)
             if sampling.greedy:

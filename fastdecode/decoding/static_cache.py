@@ -153,12 +153,13 @@ class StaticRunner:
     def _new_cache(self, num_layers: int, capacity: int, device) -> Cache:
         return SlotCache(num_layers, capacity, device)
 
-    def _forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def _forward(self, ids: torch.Tensor, keep: int = 0) -> torch.Tensor:
+        """ids [1, n] at slots start ..; the logits of the last ``keep`` positions (0: all)."""
         n = ids.shape[1]
         pos = self.cache.start + self.slots[:n]
         allow = self.slots[None, : self.cache.width] <= pos[:, None]
         return kv.forward(self.model, ids, self.cache, position_ids=pos[None],
-                          attention_mask=additive(allow, self.dtype))[0]
+                          attention_mask=additive(allow, self.dtype), logits_to_keep=keep)[0]
 
     def _tree_forward(self, ids: torch.Tensor, pos: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         """ids [1, n] at slots start .. start + n - 1 and positions ``pos`` [n]; query i sees the slots below
@@ -200,17 +201,23 @@ class StaticRunner:
         if ids.shape[1]:
             self.cache.start.fill_(0)
             self.cache.width = ids.shape[1]
-            self._forward(ids)
+            self._forward(ids, keep=1)   # the logits are not used: the lm head runs on one row only
 
     def _check(self, start: int, n: int) -> None:
         if start + n > self.capacity:  # pragma: no cover - the engine sizes the cache for the longest step
             raise RuntimeError(f"static cache overflow: {start} + {n} > capacity {self.capacity}")
 
-    def forward(self, ids: torch.Tensor, start: int) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, start: int, keep: int = 0) -> torch.Tensor:
+        """Score ``ids`` [1, n] at slots start .. start + n - 1: float32 logits [n, V], or of the last ``keep``
+        positions only (a plain forward then runs the lm head on those rows alone; on the CPU the head of a
+        small model costs as much as several layers)."""
         self._check(start, ids.shape[1])
         self.cache.start.fill_(start)
         self._set_width(start + ids.shape[1])
-        return self._run("chain", self._forward, ids)
+        if self.mode == "eager":
+            return self._forward(ids, keep)
+        logits = self._run("chain", self._forward, ids)
+        return logits[-keep:] if keep else logits
 
     def tree_forward(self, ids: torch.Tensor, start: int, prefix: int, pos: torch.Tensor,
                      visible: torch.Tensor) -> torch.Tensor:

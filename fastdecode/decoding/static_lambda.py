@@ -168,7 +168,7 @@ class LambdaRunner(StaticRunner):
     def _new_cache(self, num_layers: int, capacity: int, device) -> RingCache:
         return RingCache(num_layers, self.lam, capacity - self.lam.num_global, self._inv_freq, device)
 
-    def _forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def _forward(self, ids: torch.Tensor, keep: int = 0) -> torch.Tensor:
         n = ids.shape[1]
         cache = self.cache
         pos = cache.start + self.slots[:n]   # a chain: logical index = position
@@ -179,7 +179,7 @@ class LambdaRunner(StaticRunner):
         # keys up to each query's logical index (hides the rejected nodes a tree step leaves behind)
         allow = cache.kidx[None, :] <= pos[:, None]
         return kv.forward(self.model, ids, cache, position_ids=pos[None],
-                          attention_mask=additive(allow, self.dtype))[0]
+                          attention_mask=additive(allow, self.dtype), logits_to_keep=keep)[0]
 
     def _tree_forward(self, ids: torch.Tensor, pos: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         """ids [1, n] at logical indices start .. start + n - 1 and positions ``pos`` [n]; query i sees the keys
@@ -225,9 +225,9 @@ class LambdaRunner(StaticRunner):
         if n > self.chunk:  # pragma: no cover - callers feed long inputs in pieces (static.feed)
             raise RuntimeError(f"a {n}-token forward on a static Lambda cache sized for forwards of {self.chunk}")
 
-    def forward(self, ids: torch.Tensor, start: int) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, start: int, keep: int = 0) -> torch.Tensor:
         with self._ring_active():
-            return super().forward(ids, start)
+            return super().forward(ids, start, keep)
 
     def tree_forward(self, *args, **kwargs) -> torch.Tensor:
         with self._ring_active():

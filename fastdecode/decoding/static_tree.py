@@ -8,7 +8,8 @@ Layout of one step (L = committed length, the root = token L - 1, not in either 
 - target: slots 0 .. L - 2 hold the committed text. The verify forward writes [root, node 0, node 1, ..,
   pad ..] at slots L - 1, L, L + 1, ..: a fixed node budget of ``bucket(1 + k * depth)`` queries
   (k drafts x depth nodes at most, padded to the next power of two, so one recorded graph serves every
-  tree of that depth whatever its duplicates merged). Node i sits at slot L + i and position
+  tree of that depth whatever its duplicates merged; plain eager forwards, which pay for every query,
+  score the root and the nodes alone, and the draft's catch-up keeps the logits of its last row only). Node i sits at slot L + i and position
   L - 1 + depth(i), and sees the committed prefix, the root, its ancestors and itself.
 - draft: the committed tokens it lacks (the root, and the previous accepted leaf if the path was full)
   in one forward, then depth d's nodes (at most k, padded to ``bucket(k)``) at slots L + (nodes scored
@@ -44,6 +45,8 @@ from .tree import DraftTree
 class StaticMultiDraftDecoder(MultiDraftDecoder):
     """:class:`MultiDraftDecoder` whose caches are :class:`~fastdecode.decoding.static_cache.StaticRunner` s."""
 
+    pad_plain = False   # True: plain (eager) forwards padded like recorded ones too (tests of the recorded layout)
+
     def __init__(self, target, draft, stream: TokenStream, sampling: SamplingConfig, cfg: MultiDraftConfig,
                  generator, stats: DecodeStats, mode: str = "eager"):
         self.mode = mode
@@ -76,13 +79,15 @@ class StaticMultiDraftDecoder(MultiDraftDecoder):
         L = self.stream.length
         pending = self.stream.tokens[self.dlen:L]
         n = len(pending)
-        ids = torch.tensor([pending + [0] * (bucket(n) - n)], device=self.ddev)
-        logits = self.drun.forward(ids, self.dlen)[n - 1 : n]
+        b = self._queries(self.drun, n, bucket(n))
+        ids = torch.tensor([pending + [0] * (b - n)], device=self.ddev)
+        logits = self.drun.forward(ids, self.dlen, keep=1) if b == n else self.drun.forward(ids, self.dlen)[n - 1 : n]
         self.dlen = L
         return logits
 
     def _draft_nodes(self, tree: DraftTree, nodes: list[int], cached: dict[int, int]) -> torch.Tensor:
-        L, n, b = self.stream.length, len(nodes), self.kb
+        L, n = self.stream.length, len(nodes)
+        b = self._queries(self.drun, n, self.kb)
         start = L + len(cached)
         own = [start + i for i in range(b)]
         ids = [tree.tokens[x] for x in nodes] + [0] * (b - n)
@@ -98,7 +103,8 @@ class StaticMultiDraftDecoder(MultiDraftDecoder):
 
     def _target_tree(self, tree: DraftTree) -> torch.Tensor:
         L, N = self.stream.length, len(tree)
-        b = bucket(1 + self.cfg.num_drafts * max(tree.depth))   # the node budget of a tree of this depth
+        # the node budget of a tree of this depth (recorded forwards); plain forwards score the nodes alone
+        b = self._queries(self.trun, 1 + N, bucket(1 + self.cfg.num_drafts * max(tree.depth)))
         own = [L - 1 + i for i in range(b)]
         ids = [self.stream.tokens[L - 1]] + tree.tokens + [0] * (b - 1 - N)
         pos = [L - 1] + [L - 1 + d for d in tree.depth] + [L - 1] * (b - 1 - N)
@@ -106,6 +112,11 @@ class StaticMultiDraftDecoder(MultiDraftDecoder):
         vis = self._rows(rows, b, own)
         return self.trun.tree_forward(torch.tensor([ids], device=self.tdev), L - 1, L - 1,
                                       torch.tensor(pos, device=self.tdev), vis.to(self.tdev))[: 1 + N]
+
+    def _queries(self, run, n: int, budget: int) -> int:
+        """Queries of a forward that scores n: the recorded ``budget``, or n alone for a plain forward, where
+        padding queries would only cost compute."""
+        return n if run.mode == "eager" and not self.pad_plain else budget
 
     def _keep(self, tree: DraftTree, path: list[int], dcached: dict[int, int]) -> None:
         L = self.stream.length

@@ -96,13 +96,26 @@ def test_sampled_autoregressive_equals_dynamic(tiny_pair):
                                                   **kw).sequences)
 
 
+@pytest.mark.parametrize("kw", [dict(draft_length=1, adaptive_draft=False), dict(draft_length=3, adaptive_draft=False),
+                                dict(adaptive_draft=True, fallback="off"), dict(adaptive_draft=True, fallback="estimated")])
+def test_sampled_speculative_equals_dynamic(tiny_pair, kw):
+    """The static token verifier draws the dynamic one's noise in the same order (the uniforms of the tests,
+    then one exponential row for the residual or the bonus): same seed, same tokens on both engines."""
+    target, draft = tiny_pair
+    for seed in range(4):
+        args = dict(draft=draft, method="speculative", max_new_tokens=16, seed=seed, eos_token_id=[], **kw)
+        a = fastdecode.generate(target, torch.tensor([PROMPT]), **args).sequences
+        assert torch.equal(a, fastdecode.generate(target, torch.tensor([PROMPT]), cache_implementation="static",
+                                                  **args).sequences)
+
+
 @pytest.mark.slow
 def test_broken_static_rule_fails(tiny_pair, law2, monkeypatch):
-    """Accepting every draft (output q instead of p) must be caught by the same test."""
-    def accept_all(p, q, drafts, u, noise):
+    """Emitting the rejected draft again instead of a residual draw must be caught by the same test."""
+    def no_residual(p, q, drafts, u, noise):
         return drafts[:, 0], torch.zeros(drafts.shape[0], dtype=torch.long)
 
-    monkeypatch.setattr(static.kernels, "verify_speculative", accept_all)
+    monkeypatch.setattr(static.kernels, "verify_speculative", no_residual)
     counts = sample_law(*tiny_pair, PROMPT, 2, RUNS, max_new_tokens=3, temperature=1.0, method="speculative",
                         draft_length=2, adaptive_draft=False, cache_implementation="static")
     assert chi_square_pvalue(counts, law2) < ALPHA

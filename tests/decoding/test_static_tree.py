@@ -49,19 +49,27 @@ def test_greedy_equals_hf_and_dynamic(pair, k, depth):
 
 @pytest.mark.parametrize("k,depth", [(1, 3), (3, 5), (7, 1), (4, 2)])
 def test_tree_filling_its_bucket_exactly(pair, k, depth, monkeypatch):
-    """1 + k * depth a power of two: greedy trees have exactly k nodes per depth, so the verify forward is
-    exactly the node budget, no padding (k = 4: the draft's per-depth forwards fill their bucket of 4 too)."""
+    """The recorded layout (plain forwards padded like recorded ones): greedy trees have exactly k nodes per
+    depth, so the verify forward is the node budget bucket(1 + k * depth) every step (k = 4: the draft's
+    per-depth forwards fill their bucket of 4 too). Without the padding, each forward scores its nodes alone."""
     target, draft, prompt, ref = pair
-    shapes = []
     real = StaticRunner.tree_forward
-    monkeypatch.setattr(StaticRunner, "tree_forward",
-                        lambda self, ids, *a: shapes.append((self.model is target, ids.shape[1])) or real(self, ids, *a))
-    _, sta = _both(target, draft, prompt, num_drafts=k, draft_length=depth, temperature=0)
-    assert torch.equal(sta.sequences, ref)
-    verify = [n for is_target, n in shapes if is_target]
+
+    def shapes_with(pad: bool) -> tuple[list[int], set[int]]:
+        seen = []
+        monkeypatch.setattr(static_tree.StaticMultiDraftDecoder, "pad_plain", pad)
+        monkeypatch.setattr(StaticRunner, "tree_forward",
+                            lambda self, ids, *a: seen.append((self.model is target, ids.shape[1])) or real(self, ids, *a))
+        _, sta = _both(target, draft, prompt, num_drafts=k, draft_length=depth, temperature=0)
+        assert torch.equal(sta.sequences, ref)
+        return [n for t, n in seen if t], {n for t, n in seen if not t}
+
+    verify, drafting = shapes_with(pad=False)
+    assert max(verify) == 1 + k * depth and drafting == ({k} if depth > 1 else set())
+    verify, drafting = shapes_with(pad=True)
     assert max(verify) == bucket(1 + k * depth) and verify.count(max(verify)) > 1   # one shape, replayed
     if k == 4:
-        assert {n for is_target, n in shapes if not is_target} == {4}
+        assert drafting == {4}
 
 
 def test_adaptive_depth_greedy(pair):
@@ -128,10 +136,13 @@ def test_sampled_same_seed_same_tokens_as_dynamic(pair, tiny_pair, verifier):
         assert torch.equal(sta.sequences, dyn.sequences), seed
 
 
-@pytest.mark.parametrize("temperature,verifier", [(0.0, "rrs"), (1.0, "rrs_without_replacement"), (1.0, "spectr")])
+@pytest.mark.parametrize("temperature,verifier,pad", [(0.0, "rrs", True), (1.0, "rrs_without_replacement", False),
+                                                      (1.0, "spectr", True)])
 @torch.inference_mode()
-def test_caches_hold_the_text_after_steps(pair, temperature, verifier):
-    """After each step the committed slots of both static caches equal a fresh forward over the text."""
+def test_caches_hold_the_text_after_steps(pair, temperature, verifier, pad, monkeypatch):
+    """After each step the committed slots of both static caches equal a fresh forward over the text (plain
+    forwards padded as recorded ones are, or not)."""
+    monkeypatch.setattr(static_tree.StaticMultiDraftDecoder, "pad_plain", pad)
     target, draft, prompt, _ = pair
     stream = TokenStream(prompt, 24, set())
     dec = static_tree.StaticMultiDraftDecoder(target, draft, stream, SamplingConfig(temperature, top_k=20),
@@ -160,11 +171,13 @@ def _random_tree(seed=0, k=4, depth=3):
     return tree, levels
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed,pad", [(0, True), (1, True), (0, False)])
 @torch.inference_mode()
-def test_tree_logits_equal_plain_forward_of_each_prefix(pair, seed):
-    """The mask, positions and slots of both models' tree forwards: every node's logits (padded budgets, merged
-    duplicates, stale slots of an earlier tree) equal a plain forward of the prompt plus the node's ancestors."""
+def test_tree_logits_equal_plain_forward_of_each_prefix(pair, seed, pad, monkeypatch):
+    """The mask, positions and slots of both models' tree forwards: every node's logits (padded budgets as
+    recorded forwards have them, or none; merged duplicates, stale slots of an earlier tree) equal a plain
+    forward of the prompt plus the node's ancestors."""
+    monkeypatch.setattr(static_tree.StaticMultiDraftDecoder, "pad_plain", pad)
     target, draft, prompt, _ = pair
     stream = TokenStream(prompt, 24, set())
     dec = static_tree.StaticMultiDraftDecoder(target, draft, stream, SamplingConfig(0.0), MultiDraftConfig(4, 3),
