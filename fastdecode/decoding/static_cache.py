@@ -56,7 +56,9 @@ class SlotLayer(StaticLayer):
     def update(self, key_states, value_states, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        slots = torch.arange(key_states.shape[-2], device=key_states.device) + self.start
+        slots = self.owner.write   # computed once per forward by the runner (not per layer: one op less each)
+        if slots is None or slots.shape[0] != key_states.shape[-2]:
+            slots = torch.arange(key_states.shape[-2], device=key_states.device) + self.start
         self.keys.index_copy_(2, slots, key_states)
         self.values.index_copy_(2, slots, value_states)
         w = self.owner.width
@@ -79,6 +81,7 @@ class SlotCache(Cache):
         super().__init__(layers=[SlotLayer(capacity, self.start, self) for _ in range(num_layers)])
         self.capacity = capacity
         self.width: int | None = None   # eager forwards: the keys returned (and masked) are slots < width
+        self.write: torch.Tensor | None = None   # the slots the forward under way writes (set by the runner)
 
     def get_seq_length(self, layer_idx: int = 0):
         return self.start
@@ -158,16 +161,23 @@ class StaticRunner:
         n = ids.shape[1]
         pos = self.cache.start + self.slots[:n]
         allow = self.slots[None, : self.cache.width] <= pos[:, None]
-        return kv.forward(self.model, ids, self.cache, position_ids=pos[None],
-                          attention_mask=additive(allow, self.dtype), logits_to_keep=keep)[0]
+        return self._model_forward(ids, pos, pos[None], additive(allow, self.dtype), keep)[0]
+
+    def _model_forward(self, ids, write, pos, mask, keep: int = 0) -> torch.Tensor:
+        """The model on ``ids`` with its layers writing at the slots ``write`` [n] (computed once here, not in
+        every layer), positions ``pos`` and the additive 4D ``mask``."""
+        self.cache.write = write
+        try:
+            return kv.forward(self.model, ids, self.cache, position_ids=pos, attention_mask=mask, logits_to_keep=keep)
+        finally:
+            self.cache.write = None
 
     def _tree_forward(self, ids: torch.Tensor, pos: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         """ids [1, n] at slots start .. start + n - 1 and positions ``pos`` [n]; query i sees the slots below
         ``prefix`` and the slots ``visible[i]`` [A] (repeats allowed)."""
         n = ids.shape[1]
         allow = (self.slots[: self.cache.width] < self.prefix)[None, :].repeat(n, 1).scatter_(1, visible, True)
-        return kv.forward(self.model, ids, self.cache, position_ids=pos[None],
-                          attention_mask=additive(allow, self.dtype))[0]
+        return self._model_forward(ids, self.cache.start + self.slots[:n], pos[None], additive(allow, self.dtype))[0]
 
     def _batch_forward(self, ids: torch.Tensor, pos: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         """ids [B, n] at slots start .. start + n - 1 of every row, positions ``pos`` [B, n]. visible (bool):
@@ -179,7 +189,7 @@ class StaticRunner:
             allow = visible[:, :, :width]
         else:
             allow = row_causal(visible[:, :width], self.cache.start + self.slots[: ids.shape[1]])   # [B, n, width]
-        return kv.forward(self.model, ids, self.cache, position_ids=pos, attention_mask=additive(allow, self.dtype))
+        return self._model_forward(ids, self.cache.start + self.slots[: ids.shape[1]], pos, additive(allow, self.dtype))
 
     def batch_forward(self, ids: torch.Tensor, start: int, pos: torch.Tensor, visible: torch.Tensor,
                       record: bool = True) -> torch.Tensor:

@@ -74,7 +74,9 @@ class RingLayer(StaticLayer):
     def update(self, key_states, value_states, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        slots = self.owner.slots_of(self.owner.start + torch.arange(key_states.shape[-2], device=key_states.device))
+        slots = self.owner.write   # computed once per forward by the runner
+        if slots is None or slots.shape[0] != key_states.shape[-2]:
+            slots = self.owner.slots_of(self.owner.start + torch.arange(key_states.shape[-2], device=key_states.device))
         self.keys.index_copy_(2, slots, key_states)
         self.values.index_copy_(2, slots, value_states)
         return self.keys, self.values
@@ -101,6 +103,7 @@ class RingCache(Cache):
         self.kidx = torch.full((self.size,), UNWRITTEN, dtype=torch.long, device=device)
         self.inv_freq = inv_freq.detach().to(device).clone()  # owned: recorded forwards read it on every replay
         self.active = False
+        self.write: torch.Tensor | None = None   # the slots the forward under way writes (set by the runner)
         super().__init__(layers=[RingLayer(self) for _ in range(num_layers)])
 
     def slots_of(self, pos: torch.Tensor) -> torch.Tensor:
@@ -178,8 +181,7 @@ class LambdaRunner(StaticRunner):
         # a 4D mask makes transformers skip its own mask code; the ring attention adds it to the Lambda rule:
         # keys up to each query's logical index (hides the rejected nodes a tree step leaves behind)
         allow = cache.kidx[None, :] <= pos[:, None]
-        return kv.forward(self.model, ids, cache, position_ids=pos[None],
-                          attention_mask=additive(allow, self.dtype), logits_to_keep=keep)[0]
+        return self._model_forward(ids, slots, pos[None], additive(allow, self.dtype), keep)[0]
 
     def _tree_forward(self, ids: torch.Tensor, pos: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         """ids [1, n] at logical indices start .. start + n - 1 and positions ``pos`` [n]; query i sees the keys
@@ -191,8 +193,7 @@ class LambdaRunner(StaticRunner):
         cache.kpos.index_copy_(0, slots, pos)
         cache.kidx.index_copy_(0, slots, idx)
         allow = (cache.kidx < self.prefix)[None, :].repeat(n, 1).scatter_(1, cache.slots_of(visible), True)
-        return kv.forward(self.model, ids, cache, position_ids=pos[None],
-                          attention_mask=additive(allow, self.dtype))[0]
+        return self._model_forward(ids, slots, pos[None], additive(allow, self.dtype))[0]
 
     def prefill(self, ids: torch.Tensor) -> None:
         """The dynamic engine's Lambda prefill of ``ids`` [1, n] (positions 0 .. n-1), then its globals and
