@@ -90,9 +90,6 @@ def _static_mode(cache_implementation, compile, method, target, draft, lambda_at
         return None
     if method not in STATIC_METHODS:
         raise ValueError(f"cache_implementation='static' supports methods {STATIC_METHODS}, not {method!r} yet")
-    if method == "prompt_lookup" and draft is not None:
-        raise ValueError("cache_implementation='static' runs prompt_lookup without a draft model: drop draft= or "
-                         "use cache_implementation='dynamic'")
     for m in (target, draft) if draft is not None and method != "autoregressive" else (target,):
         problem = static_support_problem(m)
         if problem:

@@ -205,8 +205,8 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
            static: bool = False, mode: str = "eager") -> torch.Tensor:
     """Decode a left-padded batch; returns sequences [B, L + longest new] (pad_token_id after a row's end).
 
-    draft / spec None: autoregressive (the same loop with no drafts). spec a PromptLookupConfig (draft None):
-    prompt lookup, each row's drafts from its own n-gram index. static: the static engine's preallocated
+    draft / spec None: autoregressive (the same loop with no drafts). spec a PromptLookupConfig: prompt lookup,
+    each row's drafts from its own n-gram index (and from the draft model, if given, where it has no match). static: the static engine's preallocated
     slot caches, else transformers' DynamicCache; mode (static only): "eager", or recorded forwards
     ("cudagraphs" / "inductor", see :class:`_SlotCache`)."""
     if isinstance(spec, MultiDraftConfig):
@@ -218,8 +218,6 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                for r in range(B)]
     active = [r for r in range(B) if not streams[r].done]   # original row of each batch position
     lookup = isinstance(spec, PromptLookupConfig)
-    if lookup and draft is not None and static:  # pragma: no cover - generate() refuses it first
-        raise ValueError("prompt_lookup on the static engine takes no draft model")
     with_draft = spec is not None and draft is not None
     # prompt lookup's model drafts stop early below this confidence, as alone (prompt_lookup.decode)
     lookup_threshold = DEFAULT_CONFIDENCE_THRESHOLD if lookup and spec.adaptive else 0.0

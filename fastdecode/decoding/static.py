@@ -7,8 +7,8 @@ One speculative step, all on the device until its single host sync:
 2. the target scores [last token, x_1..x_g] padded to a bucket length (a few recorded shapes serve
    every draft length) in one forward at slots L-1 .. ;
 3. the verifier runs on the device: greedy compares argmaxes; the token rule tests u * q(x) < p(x) for
-   every row at once, draws every row's residual (fused kernel on CUDA) and the bonus, and picks the
-   next token by the accepted count n; block verification uses its batched form;
+   every row at once and makes the one draw the step needs from one exponential row (the residual at
+   the first rejection, fused kernel on CUDA, or the bonus); block verification uses its batched form;
 4. ONE host read brings back (n, drafts, next token); the caches need no rollback: slots past the
    committed length are hidden by the mask and overwritten by the next step.
 
@@ -17,13 +17,17 @@ the dynamic engine. The stop reads each draft token's confidence on the host, on
 on CUDA that costs more than it saves (measured on an H200: 1420 against 1664 tok/s greedy, 737 against
 849 at T = 1, where computing the drafts and discarding the unconfident ones was worse still), so there
 ``generate`` turns the stop off unless ``confidence_threshold`` is given.
+
+Prompt lookup runs the same loop with drafts copied from the text (one-hot q) and, when the text has no
+match, the draft model's drafts if one is given; the draft catches up on the committed tokens it has not
+seen when it next drafts.
 """
 from __future__ import annotations
 
 import torch
 
 from .. import kernels
-from ..config import SamplingConfig, SpeculativeConfig
+from ..config import DEFAULT_CONFIDENCE_THRESHOLD, SamplingConfig, SpeculativeConfig
 from ..stats import DecodeStats
 from ..verification.block import verify_block_batched
 from ..verification.primitives import sample
@@ -63,11 +67,12 @@ def capacity_for(prompt_len: int, max_new_tokens: int, longest_forward: int) -> 
     return -(-need // 128) * 128
 
 
-def feed(run, seq: torch.Tensor, pad: torch.Tensor, start: int, n: int) -> int:
+def feed(run, seq: torch.Tensor, pad: torch.Tensor, start: int, n: int, most: int | None = None) -> int:
     """Score the committed tokens ``seq[start : start + n]`` at slots start .. (logits unused), each forward
     padded to its bucket; in pieces of at most ``run.max_forward`` tokens (a static Lambda cache takes
-    no longer forward). Returns the number of forwards."""
-    step = run.max_forward or n
+    no longer forward) and at most ``most`` (a padded piece must fit the capacity). Returns the number of
+    forwards."""
+    step = min(run.max_forward or n, most or n)
     for a in range(0, n, step):
         m = min(step, n - a)
         run.forward(torch.cat([seq[start + a : start + a + m], pad[: padded(run, m) - m]])[None], start + a, keep=1)
@@ -88,9 +93,8 @@ def _raise_non_finite() -> None:
 def _verify(logits, qs, x, sampling: SamplingConfig, verifier: str, generator):
     """Chain verification on the device. logits [g + 1, V]; qs: the draft rows (a list of [1, V], or one
     [g, V] tensor; unused when greedy); x [g]. Returns device tensors (n accepted, next token, all finite):
-    greedy compares argmaxes; the token rule tests u * q(x) < p(x) for every row at once, draws every
-    row's residual (fused kernel on CUDA) and the bonus, and picks the next token by n; block verification
-    uses its batched form."""
+    greedy compares argmaxes; the token rule tests u * q(x) < p(x) for every row at once, then draws the
+    residual at the first rejection or the bonus; block verification uses its batched form."""
     g, device = x.shape[0], logits.device
     finite = sm.all_finite(logits, *qs) if isinstance(qs, list) else sm.all_finite(logits)
     if sampling.greedy:
@@ -150,24 +154,54 @@ def decode_autoregressive(target, draft, stream: TokenStream, sampling: Sampling
 
 def decode_speculative(target, draft, stream: TokenStream, sampling: SamplingConfig, spec: SpeculativeConfig,
                        generator, stats: DecodeStats, progress=None, mode: str = "eager") -> None:
+    policy = policy_for(spec, target, draft, "speculative", mode, _sampling(sampling).greedy)
+    _decode_chain(target, draft, stream, sampling, generator, stats, progress, mode, policy,
+                  longest=spec.max_draft_length if spec.adaptive else spec.draft_length,
+                  threshold=spec.confidence_threshold if spec.adaptive else 0.0, verifier=spec.verifier)
+
+
+def decode_prompt_lookup(target, draft, stream: TokenStream, sampling: SamplingConfig, cfg, generator,
+                         stats: DecodeStats, progress=None, mode: str = "eager") -> None:
+    """``method="prompt_lookup"`` on the static engine: the drafts come from
+    :class:`~fastdecode.decoding.prompt_lookup.NgramIndex` on the host (the text is there anyway), q is
+    one-hot at each draft, and the target forward and verification are those of :func:`decode_speculative`
+    (one host sync per step). No match: the draft model drafts the step if one is given (its confidence stop
+    as in the dynamic engine, off on CUDA as for ``speculative``), else a plain one-token step."""
+    from .prompt_lookup import NgramIndex, length_policy
+
+    policy = length_policy(cfg, target, draft, mode, _sampling(sampling).greedy)
+    index = NgramIndex(cfg.max_matching_ngram_size, cfg.min_matching_ngram_size)
+    threshold = DEFAULT_CONFIDENCE_THRESHOLD if cfg.adaptive and kv.device(target).type != "cuda" else 0.0
+    stats.extra.update(ngram_draft_steps=0, model_draft_steps=0)
+    _decode_chain(target, draft, stream, sampling, generator, stats, progress, mode, policy,
+                  longest=cfg.prompt_lookup_num_tokens, threshold=threshold, verifier=cfg.verifier, index=index)
+
+
+def _decode_chain(target, draft, stream: TokenStream, sampling: SamplingConfig, generator, stats: DecodeStats,
+                  progress, mode: str, policy, *, longest: int, threshold: float, verifier: str, index=None) -> None:
+    """The static engine's chain loop. Each step drafts at most ``longest`` tokens (``policy`` says how many, 0: a
+    plain step): copied from the text by the n-gram ``index`` when it has a match (q one-hot), else by the
+    ``draft`` model (None: a plain step instead), which stops early below ``threshold`` confidence."""
     sampling = _sampling(sampling)
     device = kv.device(target)
-    longest = spec.max_draft_length if spec.adaptive else spec.draft_length
-    cap = capacity_for(stream.length, stream.max_new_tokens, bucket(longest + 1))
-    trun, drun = (runner(m, cap, mode, longest=bucket(longest + 1)) for m in (target, draft))
+    chunk = bucket(longest + 1)                              # the longest forward of the loop
+    cap = capacity_for(stream.length, stream.max_new_tokens, chunk)
+    trun = runner(target, cap, mode, longest=chunk)
+    drun = runner(draft, cap, mode, longest=chunk) if draft is not None else None
     seq = torch.zeros(cap, dtype=torch.long, device=device)  # the committed tokens, on the device
     seq[: stream.length] = torch.tensor(stream.tokens, device=device)
     trun.prefill(seq[None, : stream.length - 1])
-    drun.prefill(seq[None, : stream.length - 1])
+    if drun is not None:
+        drun.prefill(seq[None, : stream.length - 1])
     pad = torch.zeros(cap, dtype=torch.long, device=device)
     dlen = stream.length - 1   # draft slots holding committed tokens (the target always holds L - 1)
-    policy = policy_for(spec, target, draft, "speculative", mode, sampling.greedy)
-    early_stop = spec.adaptive and spec.confidence_threshold > 0
+    early_stop = threshold > 0
     while not stream.done:
         L = stream.length
         last = seq[L - 1 : L]  # the newest committed token: in neither cache yet
         g = policy.next_length(stream.remaining)
-        if g <= 0:  # a plain target step
+        proposal = index.propose(stream.tokens, g) if index is not None and g > 0 else []
+        if g <= 0 or (not proposal and drun is None):  # a plain target step
             tok, tok_host = _plain_step(trun, last, L - 1, sampling, generator, stats)
             seq[L : L + 1] = tok
             kept = stream.append([tok_host])
@@ -175,34 +209,17 @@ def decode_speculative(target, draft, stream: TokenStream, sampling: SamplingCon
                 progress.update(kept)
             stats.record_step(0, 0)
             continue
-        first = L - 1  # the draft's first forward: slots first .. L - 1
-        if dlen < L - 1:  # committed tokens the draft has not seen (after a full acceptance or plain steps)
-            if drun.mode == "eager" and L - dlen <= (drun.max_forward or L):
-                first = dlen  # plain forwards: the catch-up rides along with the first draft token's forward
-            else:             # recorded forwards keep one-token drafting shapes: catch up on its own
-                stats.draft_calls += feed(drun, seq, pad, dlen, L - 1 - dlen)
-            dlen = L - 1
-
-        # 1. draft g tokens (no host sync unless the confidence stop is on)
-        cur, xs, qs = last, [], []
-        for i in range(g):
-            if i == 0 and first < L - 1:
-                dl = drun.forward(seq[None, first:L], first, keep=1)
-            else:
-                dl = drun.forward(cur.view(1, 1), L - 1 + i)
-            if sampling.greedy:
-                x = dl.argmax(-1)
-            else:
-                q = sm.probs(dl, sampling, check_finite=False)
-                x = sample(q, generator)
-                qs.append(q)
-            xs.append(x)
-            cur = x
-            if early_stop and i + 1 < g and float(sm.confidence(dl)[0]) < spec.confidence_threshold:
-                g = i + 1  # a host sync per draft token: see the module docstring for the CUDA default
-                break
-        stats.draft_calls += len(xs)
-        x = torch.cat(xs)                                              # [g]
+        if proposal:   # 1a. n-gram drafts: point masses
+            g = len(proposal)
+            x = torch.tensor(proposal, dtype=torch.long, device=device)
+            qs = []     # (one-hot rows, made below once the logits' width is known)
+            stats.extra["ngram_draft_steps"] += 1
+        else:          # 1b. the draft model proposes g tokens (no host sync unless the confidence stop is on)
+            x, qs, dlen = _draft(drun, seq, pad, last, L, dlen, g, sampling, generator, stats, threshold if early_stop
+                                 else 0.0, chunk)
+            g = x.shape[0]
+            if index is not None:
+                stats.extra["model_draft_steps"] += 1
 
         # 2. one target forward over [last, x_1..x_g], padded to its bucket when recorded
         b = padded(trun, g + 1)
@@ -210,7 +227,9 @@ def decode_speculative(target, draft, stream: TokenStream, sampling: SamplingCon
         stats.target_calls += 1
 
         # 3. verification on the device
-        n, nxt, finite = _verify(logits, qs, x, sampling, spec.verifier, generator)
+        if proposal and not sampling.greedy:
+            qs = sm.one_hot(x, logits.shape[-1])
+        n, nxt, finite = _verify(logits, qs, x, sampling, verifier, generator)
 
         # 4. the one host sync of the step
         vals = torch.cat([torch.stack([n, nxt.to(n.dtype), finite.to(n.dtype)]), x]).tolist()
@@ -224,54 +243,40 @@ def decode_speculative(target, draft, stream: TokenStream, sampling: SamplingCon
         policy.update(g, n_acc)
         if progress is not None:
             progress.update(kept)
-        dlen = L + min(n_acc, g - 1)  # the draft fed last and x_1..x_{g-1}; x_g only if rejected after it
+        if not proposal:
+            dlen = L + min(n_acc, g - 1)  # the draft fed last and x_1..x_{g-1}; x_g only if rejected after it
     policy.report(stats)
 
 
-def decode_prompt_lookup(target, draft, stream: TokenStream, sampling: SamplingConfig, cfg, generator,
-                         stats: DecodeStats, progress=None, mode: str = "eager") -> None:
-    """``method="prompt_lookup"`` on the static engine: the drafts come from
-    :class:`~fastdecode.decoding.prompt_lookup.NgramIndex` on the host (the text is there anyway), q is
-    one-hot at each draft, and the target forward and verification are those of :func:`decode_speculative`
-    (one host sync per step). No match: a plain one-token step."""
-    from .prompt_lookup import NgramIndex, length_policy
-
-    sampling = _sampling(sampling)
-    device = kv.device(target)
-    longest = cfg.prompt_lookup_num_tokens
-    run = runner(target, capacity_for(stream.length, stream.max_new_tokens, bucket(longest + 1)), mode,
-                     longest=bucket(longest + 1))
-    prompt = torch.tensor([stream.tokens], device=device)
-    run.prefill(prompt[:, :-1])
-    pad = torch.zeros(bucket(longest + 1), dtype=torch.long, device=device)
-    index = NgramIndex(cfg.max_matching_ngram_size, cfg.min_matching_ngram_size)
-    last = prompt[0, -1:]  # [1] the newest committed token, not in the cache yet
-    policy = length_policy(cfg, target, None, mode, sampling.greedy)
-    while not stream.done:
-        L = stream.length
-        g = policy.next_length(stream.remaining)
-        proposal = index.propose(stream.tokens, g) if g > 0 else []
-        g = len(proposal)
-        if g == 0:
-            last, tok_host = _plain_step(run, last, L - 1, sampling, generator, stats)
-            kept = stream.append([tok_host])
-            stats.record_step(0, 0)
-            if progress is not None:
-                progress.update(kept)
-            continue
-        x = torch.tensor(proposal, dtype=torch.long, device=device)
-        b = padded(run, g + 1)
-        logits = run.forward(torch.cat([last, x, pad[: b - g - 1]])[None], L - 1)[: g + 1]
-        stats.target_calls += 1
-        q = None if sampling.greedy else sm.one_hot(x, logits.shape[-1])
-        n, nxt, finite = _verify(logits, q, x, sampling, cfg.verifier, generator)
-        n_acc, nxt_host, ok = torch.stack([n, nxt.to(n.dtype), finite.to(n.dtype)]).tolist()  # the one sync
-        if not ok:
-            _raise_non_finite()
-        kept = stream.append(proposal[:n_acc] + [nxt_host])
-        stats.record_step(g, n_acc)
-        if progress is not None:
-            progress.update(kept)
-        last = nxt.view(1)
-        policy.update(g, n_acc)
-    policy.report(stats)
+def _draft(drun, seq, pad, last, L: int, dlen: int, g: int, sampling: SamplingConfig, generator,
+           stats: DecodeStats, threshold: float, chunk: int):
+    """The draft model's g tokens after the committed text seq[:L] (the draft holds its first ``dlen``): the
+    committed tokens it lacks first (inside its first forward when plain, else fed in pieces of at most
+    ``chunk``), then one token per forward, sampled on the device; stops early when the draft's confidence
+    falls below ``threshold`` (a host read per token). Returns (drafts [g'], q rows (unused when greedy),
+    the draft's committed length)."""
+    first = L - 1  # the draft's first forward: slots first .. L - 1
+    if dlen < L - 1:  # committed tokens the draft has not seen (after a full acceptance, plain or n-gram steps)
+        if drun.mode == "eager" and L - dlen <= (drun.max_forward or L):
+            first = dlen  # plain forwards: the catch-up rides along with the first draft token's forward
+        else:             # recorded forwards keep one-token drafting shapes: catch up on its own
+            stats.draft_calls += feed(drun, seq, pad, dlen, L - 1 - dlen, most=chunk)
+        dlen = L - 1
+    cur, xs, qs = last, [], []
+    for i in range(g):
+        if i == 0 and first < L - 1:
+            dl = drun.forward(seq[None, first:L], first, keep=1)
+        else:
+            dl = drun.forward(cur.view(1, 1), L - 1 + i)
+        if sampling.greedy:
+            x = dl.argmax(-1)
+        else:
+            q = sm.probs(dl, sampling, check_finite=False)
+            x = sample(q, generator)
+            qs.append(q)
+        xs.append(x)
+        cur = x
+        if threshold > 0 and i + 1 < g and float(sm.confidence(dl)[0]) < threshold:
+            break  # a host sync per draft token: see the module docstring for the CUDA default
+    stats.draft_calls += len(xs)
+    return torch.cat(xs), qs, dlen

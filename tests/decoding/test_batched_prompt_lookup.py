@@ -120,10 +120,6 @@ def test_sampled_runs_budget_and_seed(target, batch, verifier, engine):
 
 def test_errors(target, batch):
     ids, mask = batch
-    draft = draft_of(target)
-    with pytest.raises(ValueError, match="static' runs prompt_lookup without a draft model"):
-        fastdecode.generate(target, ids, attention_mask=mask, draft=draft, method="prompt_lookup", max_new_tokens=2,
-                            pad_token_id=0, cache_implementation="static")
     for kw, match in ((dict(draft_length=3), "does not apply to method 'prompt_lookup'"),
                       (dict(pad_token_id=None), "pad_token_id"),
                       (dict(attention_mask=mask.flip(-1)), "right padding")):
@@ -135,10 +131,10 @@ def test_errors(target, batch):
 # ------------------------------------------------------------- with a draft model for the rows without a match
 @pytest.mark.parametrize("kw", [dict(fallback="off"), dict(min_matching_ngram_size=2, verifier="block", fallback="off"),
                                 dict(adaptive_draft=False, prompt_lookup_num_tokens=4)])
-@pytest.mark.parametrize("with_eos", [False, True])
-def test_draft_model_fallback_greedy_equals_hf_and_alone(target, batch, eos, kw, with_eos):
+@pytest.mark.parametrize("with_eos,cache", [(False, "dynamic"), (True, "dynamic"), (True, "static")])
+def test_draft_model_fallback_greedy_equals_hf_and_alone(target, batch, eos, kw, with_eos, cache):
     """Rows without an n-gram match draft with the model (its own length and confidence stop), rows with one
-    copy, in the same step; per row the same drafts and acceptances as alone."""
+    copy, in the same step; per row the same drafts and acceptances as alone (on either engine)."""
     ids, mask = batch
     L = ids.shape[1]
     draft = draft_of(target)
@@ -146,13 +142,15 @@ def test_draft_model_fallback_greedy_equals_hf_and_alone(target, batch, eos, kw,
     hf = target.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=0,
                          eos_token_id=eos if with_eos else None)
     out = fastdecode.generate(target, ids, attention_mask=mask, draft=draft, method="prompt_lookup",
-                              max_new_tokens=NEW, temperature=0, eos_token_id=eos_ids, pad_token_id=0, **kw)
+                              max_new_tokens=NEW, temperature=0, eos_token_id=eos_ids, pad_token_id=0,
+                              cache_implementation=cache, **kw)
     assert torch.equal(out.sequences, hf)
     per_row = out.stats.extra["per_row"]
     steps = dict(ngram_draft_steps=0, model_draft_steps=0)
     for r, prompt in enumerate(PROMPTS):
         alone = fastdecode.generate(target, torch.tensor([prompt]), draft=draft, method="prompt_lookup",
-                                    max_new_tokens=NEW, temperature=0, eos_token_id=eos_ids, **kw)
+                                    max_new_tokens=NEW, temperature=0, eos_token_id=eos_ids,
+                                    cache_implementation=cache, **kw)
         new = alone.sequences[0, len(prompt):]
         assert torch.equal(out.sequences[r, L : L + new.shape[0]], new)
         assert per_row[r]["drafted"] == alone.stats.drafted_tokens

@@ -23,6 +23,7 @@ CONFIGS = [
     ("prompt_lookup", dict(prompt_lookup_num_tokens=3, fallback="off")),
     ("multi_draft", dict(num_drafts=2, draft_length=3)),
     ("multi_draft", dict(num_drafts=3, adaptive_draft=True, verifier="spectr")),
+    ("prompt_lookup", dict(prompt_lookup_num_tokens=3, fallback="off", with_draft=True)),   # + model drafts
 ]
 
 
@@ -46,8 +47,10 @@ def eos(pair, batch):
 
 def _run(pair, ids, mask, method, kw, **extra):
     target, draft = pair
+    kw = dict(kw)
+    with_draft = kw.pop("with_draft", method in ("speculative", "multi_draft"))
     extra = {"max_new_tokens": NEW, **extra}
-    return fastdecode.generate(target, ids, attention_mask=mask, draft=draft if method in ("speculative", "multi_draft") else None,
+    return fastdecode.generate(target, ids, attention_mask=mask, draft=draft if with_draft else None,
                                method=method, pad_token_id=0, cache_implementation="static", **kw, **extra)
 
 
@@ -117,7 +120,8 @@ def fresh(pair):
             del m.__dict__[k]
 
 
-@pytest.mark.parametrize("method,kw", [CONFIGS[0], CONFIGS[1], CONFIGS[4], CONFIGS[5], CONFIGS[6], CONFIGS[7]])
+@pytest.mark.parametrize("method,kw", [CONFIGS[0], CONFIGS[1], CONFIGS[4], CONFIGS[5], CONFIGS[6], CONFIGS[7],
+                                       CONFIGS[8]])
 def test_cudagraphs_path_greedy_equals_hf_and_eager(pair, batch, eos, fake_cudagraphs, fresh, method, kw):
     _check_same(pair, batch, eos, method, kw, True, compile="cudagraphs")
     shapes = {k[1] for _, k in fake_cudagraphs}                       # (bucketed B, bucketed n) of each graph

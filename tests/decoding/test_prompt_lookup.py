@@ -217,14 +217,6 @@ def test_prompt_lookup_options_with_other_methods():
             build_method_config(method, True, prompt_lookup_num_tokens=4)
 
 
-def test_generate_errors(tiny_pair):
-    target, draft = tiny_pair
-    ids = torch.tensor([LAW_PROMPT])
-    with pytest.raises(ValueError, match="runs prompt_lookup without a draft model"):
-        fastdecode.generate(target, ids, draft=draft, method="prompt_lookup", max_new_tokens=2,
-                            cache_implementation="static")
-
-
 def test_cli_errors_before_loading_weights(capsys, monkeypatch):
     import fastdecode.models
     from fastdecode.cli import main
@@ -321,4 +313,70 @@ def test_draft_model_fallback_two_token_law(tiny_pair):
                               max_new_tokens=3, seed=0)
     assert out.stats.extra["model_draft_steps"] >= 1
     counts = sample_law(*tiny_pair, prompt, 2, RUNS, max_new_tokens=3, temperature=1.0, method="prompt_lookup")
+    assert chi_square_pvalue(counts, exact_law(tiny_pair[0], prompt, 2)) > ALPHA
+
+
+# ------------------------------------------------------------------ a draft model on the static engine
+DRAFT_PROMPT = [3, 8, 21, 5, 9, 13, 7, 5, 9, 13, 7, 60, 61]
+
+
+@pytest.mark.parametrize("kw", [dict(fallback="off"), dict(adaptive_draft=False, prompt_lookup_num_tokens=3),
+                                dict(min_matching_ngram_size=2, verifier="block", fallback="off")])
+def test_static_draft_model_fallback_equals_dynamic(tiny_target, kw):
+    """Greedy: HF's tokens, and the dynamic engine's steps (n-gram and model drafts, forwards); sampled: the
+    dynamic engine's tokens for the same seed (the same draws in the same order)."""
+    from tiny_models import draft_of
+
+    draft = draft_of(tiny_target)
+    prompt = torch.tensor([DRAFT_PROMPT])
+    ref = hf_greedy(tiny_target, prompt, 40)
+    args = dict(draft=draft, method="prompt_lookup", max_new_tokens=40, **kw)
+    dyn = fastdecode.generate(tiny_target, prompt, temperature=0, **args)
+    sta = fastdecode.generate(tiny_target, prompt, temperature=0, cache_implementation="static", **args)
+    assert torch.equal(sta.sequences, ref) and torch.equal(dyn.sequences, ref)
+    assert sta.stats.extra["model_draft_steps"] > 0
+    for name in ("ngram_draft_steps", "model_draft_steps"):
+        assert sta.stats.extra[name] == dyn.stats.extra[name], name
+    assert (sta.stats.target_calls, sta.stats.draft_calls) == (dyn.stats.target_calls, dyn.stats.draft_calls)
+    if kw.get("fallback") == "off" or "adaptive_draft" in kw:
+        for seed in range(3):
+            a, b = (fastdecode.generate(tiny_target, prompt, temperature=1.0, top_k=8, seed=seed, eos_token_id=[],
+                                        cache_implementation=c, **args).sequences for c in ("dynamic", "static"))
+            assert torch.equal(a, b), seed
+
+
+def test_static_draft_model_fallback_lambda(tiny_target):
+    """Under Lambda attention (the ring wraps): greedy equals Lambda greedy decoding."""
+    from fastdecode import LambdaAttention
+    from tiny_models import draft_of
+
+    prompt = torch.tensor([DRAFT_PROMPT * 2])
+    cfg = LambdaAttention(window=16, num_global=2, max_rollback=10)
+    ref = fastdecode.generate(tiny_target, prompt, method="autoregressive", max_new_tokens=40, temperature=0,
+                              lambda_attention=cfg)
+    out = fastdecode.generate(tiny_target, prompt, draft=draft_of(tiny_target), method="prompt_lookup",
+                              max_new_tokens=40, temperature=0, lambda_attention=cfg, fallback="off",
+                              cache_implementation="static")
+    assert torch.equal(out.sequences, ref.sequences) and out.stats.extra["model_draft_steps"] > 0
+
+
+@pytest.mark.slow
+def test_static_draft_model_fallback_inductor(tiny_target):
+    """Recorded forwards (compile=True): the draft's catch-up after n-gram steps is fed in pieces that fit the
+    preallocated cache; greedy equals HF."""
+    from tiny_models import draft_of
+
+    prompt = torch.tensor([DRAFT_PROMPT])
+    out = fastdecode.generate(tiny_target, prompt, draft=draft_of(tiny_target), method="prompt_lookup",
+                              max_new_tokens=24, temperature=0, fallback="off", cache_implementation="static",
+                              compile=True)
+    assert torch.equal(out.sequences, hf_greedy(tiny_target, prompt, 24))
+    assert out.stats.extra["model_draft_steps"] > 0 and out.stats.extra["ngram_draft_steps"] > 0
+
+
+@pytest.mark.slow
+def test_static_draft_model_fallback_two_token_law(tiny_pair):
+    prompt = [1, 2, 3, 4]   # no earlier occurrence of the last token: the first step drafts with the model
+    counts = sample_law(*tiny_pair, prompt, 2, RUNS, max_new_tokens=3, temperature=1.0, method="prompt_lookup",
+                        cache_implementation="static")
     assert chi_square_pvalue(counts, exact_law(tiny_pair[0], prompt, 2)) > ALPHA

@@ -185,8 +185,8 @@ def test_long_catch_up_is_fed_in_pieces(pair, monkeypatch):
     target, draft = pair
     calls = []
     real = static.feed
-    monkeypatch.setattr(static, "feed", lambda run, seq, pad, start, n: calls.append((n, run.max_forward))
-                        or real(run, seq, pad, start, n))
+    monkeypatch.setattr(static, "feed", lambda run, seq, pad, start, n, **kw: calls.append((n, run.max_forward))
+                        or real(run, seq, pad, start, n, **kw))
     cfg = LambdaAttention(window=4, num_global=1, max_rollback=4)
     kw = dict(draft=draft, method="speculative", draft_length=1, max_draft_length=2, temperature=0, max_new_tokens=NEW,
               lambda_attention=cfg, eos_token_id=[], fallback="estimated")
@@ -198,9 +198,8 @@ def test_long_catch_up_is_fed_in_pieces(pair, monkeypatch):
 
 
 def test_sampling(pair):
-    """Plain sampling draws the same noise in the same order on both engines: same seed, same tokens.
-    Speculative sampling verifies on the device with its own draws (as without Lambda attention): a seed
-    fixes its tokens, which follow the Lambda target's law but are not the dynamic engine's."""
+    """Plain sampling and speculative sampling with the token verifier draw the same noise in the same order
+    on both engines (as without Lambda attention): same seed, same tokens."""
     target, draft = pair
     cfg = LambdaAttention(window=4, num_global=1, max_rollback=8)
     for seed in range(2):
@@ -209,8 +208,9 @@ def test_sampling(pair):
         a = fastdecode.generate(target, _prompt(), **kw).sequences
         assert torch.equal(a, fastdecode.generate(target, _prompt(), cache_implementation="static", **kw).sequences)
     kw = dict(draft=draft, method="speculative", max_new_tokens=40, eos_token_id=[], lambda_attention=cfg,
-              cache_implementation="static", draft_length=3)
-    a = fastdecode.generate(target, _prompt(), seed=3, **kw).sequences
+              draft_length=3, adaptive_draft=False)
+    a = fastdecode.generate(target, _prompt(), seed=3, cache_implementation="static", **kw).sequences
+    assert torch.equal(a, fastdecode.generate(target, _prompt(), seed=3, cache_implementation="static", **kw).sequences)
     assert torch.equal(a, fastdecode.generate(target, _prompt(), seed=3, **kw).sequences)
 
 
