@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from .checks import check_call, eval_mode
+from .checks import check_call, check_models, eval_mode, static_mask_problem
 from .config import METHODS, SamplingConfig, build_method_config  # noqa: F401 (METHODS re-exported)
 from .decoding import DYNAMIC, STATIC, batched
 from .decoding import hf_cache as kv
@@ -90,8 +90,10 @@ def _static_mode(cache_implementation, compile, method, target, draft, lambda_at
         return None
     if method not in STATIC_METHODS:
         raise ValueError(f"cache_implementation='static' supports methods {STATIC_METHODS}, not {method!r} yet")
-    for m in (target, draft) if draft is not None and method != "autoregressive" else (target,):
-        problem = static_support_problem(m)
+    roles = ((target, "target"), (draft, "draft")) if draft is not None and method != "autoregressive" else \
+        ((target, "target"),)
+    for m, role in roles:
+        problem = static_support_problem(m) or static_mask_problem(m, role)
         if problem:
             raise ValueError(f"cache_implementation='static': {problem}")
     cuda = kv.device(target).type == "cuda"
@@ -174,6 +176,7 @@ def generate(
     Options that do not apply to the method raise ValueError (see
     :func:`fastdecode.config.build_method_config`).
     """
+    check_models(target, draft)
     method, method_cfg = build_method_config(
         method, draft is not None, num_drafts=num_drafts, verifier=verifier, draft_length=draft_length,
         adaptive_draft=adaptive_draft, max_draft_length=max_draft_length,
@@ -193,6 +196,8 @@ def generate(
     sampling = SamplingConfig(temperature, top_k, top_p)
     if seed is not None and not _is_int(seed):
         raise ValueError(f"seed must be an int, got {seed!r}")
+    if seed is not None and not -(2 ** 63) <= int(seed) < 2 ** 64:
+        raise ValueError(f"seed must fit in 64 bits (-2**63 <= seed < 2**64), got {seed}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     drafter = draft if method != "autoregressive" else None   # the draft model the method runs (None: none)

@@ -2,8 +2,10 @@
 
 Everything here turns what would otherwise surface as a raw ``IndexError`` / ``RuntimeError`` deep inside
 transformers or torch into a ``ValueError`` (or a warning) that names the model type and the reason:
-- :func:`check_method_support`: methods a model's attention code cannot run (the 4D tree mask of
-  multi-draft decoding under ALiBi attention, unknown attention layer types);
+- :func:`check_models`: a target or draft that is not a model at all;
+- :func:`check_method_support` / :func:`static_mask_problem`: methods and engines a model's attention code
+  cannot run (the 4D masks of multi-draft decoding and of the static engine under ALiBi attention, unknown
+  attention layer types);
 - :func:`check_token_ids`: prompt ids outside a model's input embedding table;
 - :func:`check_positions`: prompt + new tokens past the table of learned absolute position embeddings;
 - :func:`eval_mode`: a model left in training mode (dropout on) is run in eval mode, with a warning,
@@ -51,6 +53,26 @@ def tree_mask_problem(model) -> str | None:
     except ValueError as e:
         return str(e)
     return None
+
+
+def check_models(target, draft) -> None:
+    """Raise TypeError unless ``target`` (and ``draft``, when given) are causal LMs: torch modules with a config."""
+    for model, role in ((target, "target"), (draft, "draft")):
+        if role == "draft" and model is None:
+            continue
+        if not isinstance(model, torch.nn.Module) or getattr(model, "config", None) is None:
+            raise TypeError(f"{role} must be a transformers causal language model (a torch.nn.Module with a "
+                            f".config, e.g. from AutoModelForCausalLM.from_pretrained), got {type(model).__name__}")
+
+
+def static_mask_problem(model, role: str) -> str | None:
+    """Why ``model`` cannot run on the static engine, whose forwards pass an explicit 4D attention mask (None: it
+    can)."""
+    problem = tree_mask_problem(model)
+    if problem is None:
+        return None
+    return (f"the static engine passes a 4D attention mask, which the {role} (model type {_model_type(model)!r}) "
+            f"cannot take: {problem} (use cache_implementation='dynamic')")
 
 
 def check_method_support(model, method: str, role: str) -> None:

@@ -37,7 +37,10 @@ def resolve(target, prompt_len: int, max_new_tokens, temperature, top_k, top_p) 
         max_new_tokens = _field(gc, "max_new_tokens")
         max_length = _field(gc, "max_length")
         if max_new_tokens is None and max_length is not None:
-            max_new_tokens = max(int(max_length) - prompt_len, 0)
+            if prompt_len >= int(max_length):   # as HF generate: a length that leaves no room is an error
+                raise ValueError(f"the prompt has {prompt_len} tokens, but the target's generation_config.max_length "
+                                 f"is {max_length} (prompt included): pass max_new_tokens= (or raise max_length)")
+            max_new_tokens = int(max_length) - prompt_len
         max_new_tokens = DEFAULTS["max_new_tokens"] if max_new_tokens is None else max_new_tokens
     return max_new_tokens, temperature, top_k, top_p
 

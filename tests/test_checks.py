@@ -66,3 +66,31 @@ def test_lambda_with_the_model_s_own_sliding_window():
     out = fastdecode.generate(large, prompt, max_new_tokens=6, temperature=0,
                               lambda_attention=LambdaAttention(window=16, num_global=2))
     assert torch.equal(out.sequences, hf_greedy(large, prompt, 6))  # 9 tokens: inside both windows
+
+
+def test_not_a_model_is_a_type_error_that_names_the_role():
+    m = tiny_lm("llama", 1)
+    for kw, role in ((dict(target="x"), "target"), (dict(draft="x"), "draft"), (dict(target=object()), "target")):
+        args = dict(target=m, input_ids=torch.tensor([[1, 2, 3]]), max_new_tokens=2, temperature=0) | kw
+        with pytest.raises(TypeError, match=f"{role} must be a transformers causal language model"):
+            fastdecode.generate(**args)
+
+
+@pytest.mark.parametrize("seed", [2 ** 64, -(2 ** 63) - 1, 2 ** 70])
+def test_seed_outside_64_bits(seed):
+    with pytest.raises(ValueError, match="seed must fit in 64 bits"):
+        fastdecode.generate(tiny_lm("llama", 1), torch.tensor([[1, 2, 3]]), max_new_tokens=2, seed=seed)
+
+
+@pytest.mark.parametrize("method", ["autoregressive", "speculative", "prompt_lookup"])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_alibi_model_on_the_static_engine_is_refused(method, batch):
+    """Bloom's ALiBi attention takes only a 2D mask; the static engine's forwards pass a 4D one: a clear error
+    naming the model type (the dynamic engine runs it)."""
+    m = tiny_lm("bloom", 1)
+    ids, mask = torch.tensor([[1, 2, 3, 4]] * batch), torch.ones(batch, 4, dtype=torch.long)
+    kw = dict(attention_mask=mask, pad_token_id=0, method=method, max_new_tokens=3, temperature=0,
+              draft=m if method == "speculative" else None)
+    with pytest.raises(ValueError, match="static engine passes a 4D attention mask.*'bloom'.*dynamic"):
+        fastdecode.generate(m, ids, cache_implementation="static", **kw)
+    assert fastdecode.generate(m, ids, **kw).sequences.shape == (batch, 7)

@@ -59,3 +59,15 @@ def test_eos_as_hf_generation_config_only():
     for method, draft in [("autoregressive", None), ("speculative", m)]:
         out = fastdecode.generate(m, PROMPT, draft=draft, method=method, temperature=0, max_new_tokens=12)
         assert torch.equal(out.sequences, ref)
+
+
+def test_max_length_without_room_for_the_prompt_is_an_error_as_in_hf():
+    import pytest
+
+    m = _model(max_length=3)
+    for prompt in (PROMPT, torch.tensor([[1, 2, 3, 4]])):
+        with pytest.raises(ValueError, match="Input length"):     # HF's own refusal
+            m.generate(prompt, do_sample=False)
+        with pytest.raises(ValueError, match=f"prompt has {prompt.shape[1]} tokens.*max_length is 3"):
+            fastdecode.generate(m, prompt)
+    assert fastdecode.generate(m, PROMPT, max_new_tokens=2, temperature=0).sequences.shape[1] == 5   # explicit wins
