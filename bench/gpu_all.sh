@@ -27,7 +27,7 @@ step() {  # step NAME SECONDS COMMAND...
 }
 
 if [ "${SMOKE:-0}" = 1 ]; then
-  CHECKS="--prompts 1 --new-tokens 16 --runs 60"; E2E="--quick --prompts 1 --new-tokens 16"; BW="--smoke --new-tokens 8 --repeats 1"
+  CHECKS="--prompts 1 --new-tokens 16 --runs 300"; E2E="--quick --prompts 1 --new-tokens 16"; BW="--smoke --new-tokens 8 --repeats 1"
 else
   CHECKS="--prompts 3 --new-tokens 64 --runs 800"; E2E="--prompts 3 --repeats 3 --new-tokens 128 --dtype bfloat16"
   BW="--new-tokens 128 --repeats 3"

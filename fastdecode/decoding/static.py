@@ -115,7 +115,7 @@ def _verify(logits, qs, x, sampling: SamplingConfig, verifier: str, generator):
         u = torch.rand(g, generator=generator, device=device, dtype=torch.float64)
         px = p[:g].gather(1, x[:, None])[:, 0].double()
         qx = q.gather(1, x[:, None])[:, 0].double()
-        n = ((u * qx < px) & (qx > 0)).long().cumprod(0).sum()
+        n = _accepted_count(u, px, qx)
         noise = torch.empty((1, p.shape[1]), dtype=torch.float32, device=device).exponential_(generator=generator)
         r = n.clamp(max=g - 1).view(1)
         res, _ = kernels.verify_speculative(p.index_select(0, r), q.index_select(0, r), x.index_select(0, r)[:, None],
@@ -123,6 +123,11 @@ def _verify(logits, qs, x, sampling: SamplingConfig, verifier: str, generator):
         bonus = (p[g:].float() / noise).argmax(-1)                     # [1], as primitives.sample draws it
         nxt = torch.where(n < g, res[0], bonus[0])
     return n, nxt, finite & sm.all_finite(p)
+
+
+def _accepted_count(u: torch.Tensor, px: torch.Tensor, qx: torch.Tensor) -> torch.Tensor:
+    """Drafts kept before the first rejection (a device scalar): x_i passes when u_i q(x_i) < p(x_i), q(x_i) > 0."""
+    return ((u * qx < px) & (qx > 0)).long().cumprod(0).sum()
 
 
 def _plain_step(run, last, pos, sampling, generator, stats) -> tuple[torch.Tensor, int]:

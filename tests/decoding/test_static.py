@@ -110,12 +110,15 @@ def test_sampled_speculative_equals_dynamic(tiny_pair, kw):
 
 
 @pytest.mark.slow
-def test_broken_static_rule_fails(tiny_pair, law2, monkeypatch):
-    """Emitting the rejected draft again instead of a residual draw must be caught by the same test."""
-    def no_residual(p, q, drafts, u, noise):
-        return drafts[:, 0], torch.zeros(drafts.shape[0], dtype=torch.long)
-
-    monkeypatch.setattr(static.kernels, "verify_speculative", no_residual)
+@pytest.mark.parametrize("broken", ["accept every draft", "rejected draft instead of a residual draw"])
+def test_broken_static_rule_fails(tiny_pair, law2, monkeypatch, broken):
+    """Broken verifiers must be caught by the same test: accepting every draft (the output follows q), or
+    emitting the rejected draft again instead of a residual draw."""
+    if broken == "accept every draft":
+        monkeypatch.setattr(static, "_accepted_count", lambda u, px, qx: torch.tensor(u.shape[0]))
+    else:
+        monkeypatch.setattr(static.kernels, "verify_speculative",
+                            lambda p, q, drafts, u, noise: (drafts[:, 0], torch.zeros(drafts.shape[0], dtype=torch.long)))
     counts = sample_law(*tiny_pair, PROMPT, 2, RUNS, max_new_tokens=3, temperature=1.0, method="speculative",
                         draft_length=2, adaptive_draft=False, cache_implementation="static")
     assert chi_square_pvalue(counts, law2) < ALPHA
