@@ -255,8 +255,11 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         switch = None
         if measured:
             if nb not in switches:
-                switches[nb] = measured_switch(target, id(draft), "batch", type(spec).__name__,
-                                               mode if static else "dynamic", nb, sampling.greedy)
+                fresh = measured_switch(target, id(draft), "batch", type(spec).__name__,
+                                        mode if static else "dynamic", nb, sampling.greedy)
+                if switches:   # rows finished: start from the last count's timings and plan if it has none
+                    fresh.inherit(switches[min(switches)])
+                switches[nb] = fresh
             switch = switches[nb]
         drafting = switch is None or switch.draft_next()
         plain_steps += not drafting

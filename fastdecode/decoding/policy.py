@@ -79,6 +79,19 @@ class MeasuredSwitch:
         self.started = 0.0
         self.tokens = 1                       # tokens the running step emitted (a plain step: one)
 
+    def inherit(self, other: "MeasuredSwitch") -> None:
+        """Start from ``other``'s knowledge when this switch has none of its own: its timed steps, its plan
+        (a pause under way) and its count of lost comparisons. A batch keeps one switch per number of live
+        rows; when rows finish, the next count's costs are close to the last one's, and without this every new
+        count would first spend ``probe`` drafting and ``probe`` plain steps re-learning what the batch
+        already knew (measured: most of the loss of batched speculation where plain steps win)."""
+        if any(self.samples.values()):
+            return
+        for kind in (True, False):
+            self.samples[kind].extend(other.samples[kind])
+        self.plan.extend(other.plan)
+        self.losses, self.since_plain, self.rates = other.losses, other.since_plain, dict(other.rates)
+
     def emitted(self, tokens: int) -> None:
         """The running step emitted ``tokens`` tokens."""
         self.tokens = tokens

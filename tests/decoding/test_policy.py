@@ -164,6 +164,28 @@ def test_measured_switch_starts_from_the_last_call():
     assert kinds.count(False) == 3 + 2 * ((200 - 7) // 66)  # two more every 64 drafting steps
 
 
+def test_a_new_switch_inherits_the_last_one_s_knowledge():
+    """A batch keeps one switch per number of live rows: the count that appears when rows finish starts from
+    the last count's timings and pause instead of probing afresh; a switch with timings of its own keeps them."""
+    clock = FakeClock()
+    slow = {True: 0.030, False: 0.010}
+    last = MeasuredSwitch(window=8, probe=4, pause=8, clock=clock)
+    _run_switch(last, clock, slow, tokens={True: 1, False: 1}, steps=12)   # plain won: a pause under way
+    assert last.plan and not last.plan[0]
+    rest = list(last.plan)
+    new = MeasuredSwitch(window=8, probe=4, pause=8, clock=clock)
+    new.inherit(last)
+    kinds = _run_switch(new, clock, slow, tokens={True: 1, False: 1}, steps=len(rest))
+    assert kinds == rest and kinds[0] is False       # the pause goes on, then its probe (not a fresh start)
+    fresh = MeasuredSwitch(window=8, probe=4, pause=8, clock=clock)
+    assert _run_switch(fresh, clock, slow, tokens={True: 1, False: 1}, steps=6)[:5] == [True] * 5
+    own = MeasuredSwitch(window=8, probe=4, pause=8, clock=clock)
+    _run_switch(own, clock, {True: 0.01, False: 0.01}, tokens={True: 3, False: 1}, steps=12)
+    rates = dict(drafting=own.rate(True), plain=own.rate(False))
+    own.inherit(last)
+    assert dict(drafting=own.rate(True), plain=own.rate(False)) == rates
+
+
 def _slowed(model, seconds):
     """A copy of ``model`` whose every forward also sleeps ``seconds`` (a model that costs that much)."""
     m = copy.deepcopy(model)
