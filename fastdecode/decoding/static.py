@@ -200,7 +200,6 @@ def _decode_chain(target, draft, stream: TokenStream, sampling: SamplingConfig, 
         drun.prefill(seq[None, : stream.length - 1])
     pad = torch.zeros(cap, dtype=torch.long, device=device)
     dlen = stream.length - 1   # draft slots holding committed tokens (the target always holds L - 1)
-    early_stop = threshold > 0
     while not stream.done:
         L = stream.length
         last = seq[L - 1 : L]  # the newest committed token: in neither cache yet
@@ -220,8 +219,7 @@ def _decode_chain(target, draft, stream: TokenStream, sampling: SamplingConfig, 
             qs = []     # (one-hot rows, made below once the logits' width is known)
             stats.extra["ngram_draft_steps"] += 1
         else:          # 1b. the draft model proposes g tokens (no host sync unless the confidence stop is on)
-            x, qs, dlen = _draft(drun, seq, pad, last, L, dlen, g, sampling, generator, stats, threshold if early_stop
-                                 else 0.0, chunk)
+            x, qs, dlen = _draft(drun, seq, pad, last, L, dlen, g, sampling, generator, stats, threshold, chunk)
             g = x.shape[0]
             if index is not None:
                 stats.extra["model_draft_steps"] += 1
