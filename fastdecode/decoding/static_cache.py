@@ -185,11 +185,12 @@ class StaticRunner:
         that a padding query, with nothing valid before it, stays finite); or [B, n, capacity] the slots each
         query sees, given in full (trees). Returns float32 logits [B, n, V]."""
         width = self.slots[: self.cache.width].shape[0]
+        write = self.cache.start + self.slots[: ids.shape[1]]        # the slots of the n columns, every row
         if visible.dim() == 3:
             allow = visible[:, :, :width]
         else:
-            allow = row_causal(visible[:, :width], self.cache.start + self.slots[: ids.shape[1]])   # [B, n, width]
-        return self._model_forward(ids, self.cache.start + self.slots[: ids.shape[1]], pos, additive(allow, self.dtype))
+            allow = row_causal(visible[:, :width], write)             # [B, n, width]
+        return self._model_forward(ids, write, pos, additive(allow, self.dtype))
 
     def batch_forward(self, ids: torch.Tensor, start: int, pos: torch.Tensor, visible: torch.Tensor,
                       record: bool = True) -> torch.Tensor:
