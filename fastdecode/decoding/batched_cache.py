@@ -120,7 +120,9 @@ class _SlotCache(_Cache):
         if getattr(model, "_fastdecode_lambda", None) is not None:  # pragma: no cover - generate() checks first
             raise ValueError("batch size > 1 is not supported with Lambda attention")
         self.model, self.mode, self.role = model, mode, role
-        self.pos = None   # column positions: not kept (no sliding windows on the static engine)
+        self.window, self.layer_types = kv.attention_layout(model)
+        # each column's position: kept for a model with a sliding window only (its masks need them)
+        self.pos = torch.zeros(batch, 0, dtype=torch.long, device=device) if self.window is not None else None
         self.dtype = next(model.parameters()).dtype
         self.mask = torch.zeros(batch, 0, dtype=torch.long, device=device)
         self.valid = torch.zeros(batch, dtype=torch.long, device=device)
@@ -144,13 +146,17 @@ class _SlotCache(_Cache):
 
     def forward(self, ids: torch.Tensor, new_mask: torch.Tensor, keep: int) -> torch.Tensor:
         start = self.columns
-        return self._feed(ids, self._append(new_mask), start, keep)
+        pos = self._append(new_mask)
+        if self.pos is not None:
+            self.pos = torch.cat([self.pos, pos], 1)
+        return self._feed(ids, pos, start, keep)
 
     def _feed(self, ids: torch.Tensor, pos: torch.Tensor, start: int, keep: int,
               allow: torch.Tensor | None = None) -> torch.Tensor:
         """Score ids / pos [nb, n] (the active rows) written at columns start ..; self.mask already holds them.
         allow None: causal over each row's valid columns (and itself); else [nb, n, start + n] the columns each
-        query sees (trees). Returns logits [nb, keep, V] (the last ``keep`` of the n)."""
+        query sees (trees). self.pos (windowed models) already holds the new columns' positions. Returns logits
+        [nb, keep, V] (the last ``keep`` of the n)."""
         n = ids.shape[1]
         cap = self.capacity if self.runner is None else self.runner.capacity
         if start + n > cap:  # pragma: no cover - capacity covers the worst case
@@ -162,8 +168,12 @@ class _SlotCache(_Cache):
             allow = row_causal(self.mask.bool(), start + self.slots[:n])              # [nb, n, start + n]
         self.cache.start.fill_(start)
         self.cache.width = start + n
-        return kv.forward(self.model, ids, self.cache, position_ids=pos, attention_mask=additive(allow, self.dtype),
-                          logits_to_keep=keep)
+        self.cache.write = start + self.slots[:n]   # the slots every layer writes, computed once
+        try:
+            mask = additive(allow, self.dtype) if self.pos is None else self.attention(allow, pos)
+            return kv.forward(self.model, ids, self.cache, position_ids=pos, attention_mask=mask, logits_to_keep=keep)
+        finally:
+            self.cache.write = None
 
     def _recorded(self, ids: torch.Tensor, pos: torch.Tensor, start: int, keep: int,
                   allow: torch.Tensor | None) -> torch.Tensor:
@@ -185,15 +195,24 @@ class _SlotCache(_Cache):
             visible[self.rows, :n, : start + n] = allow
             j = torch.arange(w, device=dev)
             visible[:, j, start + j] = True
-        logits = run.batch_forward(full_ids, start, full_pos, visible, record=record)   # [bucket(B), w, V]
+        kpos = None
+        if self.pos is not None:   # the key positions (windowed models); padding columns at position 1
+            kpos = torch.ones(run.batch, run.capacity, dtype=torch.long, device=dev)
+            kpos[self.rows, : self.columns] = self.pos
+        logits = run.batch_forward(full_ids, start, full_pos, visible, record=record, kpos=kpos)  # [bucket(B), w, V]
         return logits[self.rows, n - keep : n]
 
     def trim(self) -> None:
-        self.mask = self.mask[:, : self._used_columns()]   # slots past it are overwritten by the next forward
+        used = self._used_columns()
+        self.mask = self.mask[:, :used]   # slots past it are overwritten by the next forward
+        if self.pos is not None:
+            self.pos = self.pos[:, :used]
 
     def select(self, rows: torch.Tensor) -> None:
         self.mask = self.mask.index_select(0, rows)
         self.valid = self.valid.index_select(0, rows)
+        if self.pos is not None:
+            self.pos = self.pos.index_select(0, rows)
         if self.runner is None:
             for layer in self.cache.layers:
                 if getattr(layer, "is_initialized", False):

@@ -15,7 +15,10 @@ The attention mask is ours too (an additive 4D mask over the whole capacity, bui
 needs that fixed width; a plain (eager) forward knows ``start`` on the host, so it attends to the slots
 ``< start + n`` only (:attr:`SlotCache.width`), not to the whole preallocated capacity. transformers
 passes a 4D mask through unchanged in every version we support, so the model's own mask code (which
-differs between releases) never runs inside a recorded step.
+differs between releases) never runs inside a recorded step. A model with its own sliding window (Mistral,
+Phi-3, Gemma-2/3, ...) gets the window in that mask, applied by position as transformers does (the cache
+records each slot's key position, ``SlotCache.positions``; one mask, or a dict {layer type: mask} when
+windowed and full layers mix); its windowed layers keep the full capacity like the others.
 
 Trees (``method="multi_draft"``): :meth:`StaticRunner.tree_forward` writes the n queries at slots
 ``start ..`` like any forward, but each query sees the committed prefix (slots below a second device
@@ -40,7 +43,7 @@ import torch
 from transformers.cache_utils import Cache, StaticLayer
 
 from . import hf_cache as kv
-from .masks import additive, row_causal
+from .masks import additive, row_causal, with_window
 
 COMPILE_MODES = ("eager", "cudagraphs", "inductor")
 RECOMPILE_LIMIT = 256  # graphs per recorded function (inductor): target and draft, every bucket of n and of B
@@ -82,6 +85,8 @@ class SlotCache(Cache):
         self.capacity = capacity
         self.width: int | None = None   # eager forwards: the keys returned (and masked) are slots < width
         self.write: torch.Tensor | None = None   # the slots the forward under way writes (set by the runner)
+        # models with their own sliding window (set by the runner): the position of the key in each slot
+        self.positions: torch.Tensor | None = None
 
     def get_seq_length(self, layer_idx: int = 0):
         return self.start
@@ -101,18 +106,19 @@ class SlotCache(Cache):
             if layer.is_initialized:
                 layer.keys.index_copy_(2, to, layer.keys.index_select(2, frm))
                 layer.values.index_copy_(2, to, layer.values.index_select(2, frm))
+        if self.positions is not None:
+            self.positions.index_copy_(0, to, self.positions.index_select(0, frm))
 
 
 def static_support_problem(model) -> str | None:
-    """Why ``model`` cannot run on the static engine, or None."""
+    """Why ``model`` cannot run on the static engine, or None. Full and sliding-window attention layers run
+    (the window is applied by position in the engine's own masks, over a cache of the full capacity, where
+    transformers' static sliding layers keep a ring of the window alone); other layer kinds do not."""
     cfg = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
-    types = set(getattr(cfg, "layer_types", None) or ())
-    if types - {"full_attention"}:
-        return (f"{cfg.model_type} has layers of type {sorted(types - {'full_attention'})}; the static engine "
-                "supports full-attention layers only (use cache_implementation='dynamic')")
-    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True) is not False:
-        return (f"{cfg.model_type} uses a sliding attention window; the static engine does not apply it yet "
-                "(use cache_implementation='dynamic')")
+    other = set(getattr(cfg, "layer_types", None) or ()) - {"full_attention", "sliding_attention"}
+    if other:
+        return (f"{cfg.model_type} has layers of type {sorted(other)}; the static engine supports full and "
+                "sliding-window attention layers only (use cache_implementation='dynamic')")
     if getattr(model, "hf_device_map", None) and len(set(model.hf_device_map.values())) > 1:
         return "the model is split or offloaded across devices (device_map); use cache_implementation='dynamic'"
     return None
@@ -144,9 +150,12 @@ class StaticRunner:
         self.key = runner_key(model)
         self.batch = 1   # rows of the cache (runner_for sets it; a batch's rows are its recorded batch size)
         self._compiled = {}
+        self._windowed(model)
         if mode == "inductor":
             torch._dynamo.mark_static_address(self.cache.start)
             torch._dynamo.mark_static_address(self.prefix)
+            if self.cache.positions is not None:
+                torch._dynamo.mark_static_address(self.cache.positions)
             for name, fn in (("chain", self._forward), ("tree", self._tree_forward), ("batch", self._batch_forward)):
                 self._compiled[name] = torch.compile(fn, fullgraph=True, dynamic=False,
                                                      mode="reduce-overhead" if device.type == "cuda" else None)
@@ -156,12 +165,29 @@ class StaticRunner:
     def _new_cache(self, num_layers: int, capacity: int, device) -> Cache:
         return SlotCache(num_layers, capacity, device)
 
+    def _windowed(self, model) -> None:
+        """The model's own sliding window (``attention_layout``): when it has one, every slot remembers the
+        position of its key (``cache.positions``), and the masks hide the keys ``window`` or more positions
+        behind their query, as transformers' sliding-window masks do (one mask, or one per layer type)."""
+        self.window, self.layer_types = kv.attention_layout(model)
+        if self.window is not None:
+            self.cache.positions = torch.zeros(self.capacity, dtype=torch.long, device=self.device)
+
+    def _mask(self, allow: torch.Tensor, qpos: torch.Tensor, write: torch.Tensor):
+        """The 4D mask(s) of a single-row forward whose queries, at positions ``qpos`` [n], write the slots
+        ``write`` [n] and see the slots ``allow`` [n, width] says; the model's window applied by position."""
+        if self.window is None:
+            return additive(allow, self.dtype)
+        kpos = self.cache.positions
+        kpos.index_copy_(0, write, qpos)
+        return with_window(allow, qpos, kpos[: allow.shape[-1]], self.window, self.layer_types, self.dtype)
+
     def _forward(self, ids: torch.Tensor, keep: int = 0) -> torch.Tensor:
         """ids [1, n] at slots start ..; the logits of the last ``keep`` positions (0: all)."""
         n = ids.shape[1]
         pos = self.cache.start + self.slots[:n]
         allow = self.slots[None, : self.cache.width] <= pos[:, None]
-        return self._model_forward(ids, pos, pos[None], additive(allow, self.dtype), keep)[0]
+        return self._model_forward(ids, pos, pos[None], self._mask(allow, pos, pos), keep)[0]
 
     def _model_forward(self, ids, write, pos, mask, keep: int = 0) -> torch.Tensor:
         """The model on ``ids`` with its layers writing at the slots ``write`` [n] (computed once here, not in
@@ -176,36 +202,44 @@ class StaticRunner:
         """ids [1, n] at slots start .. start + n - 1 and positions ``pos`` [n]; query i sees the slots below
         ``prefix`` and the slots ``visible[i]`` [A] (repeats allowed)."""
         n = ids.shape[1]
+        write = self.cache.start + self.slots[:n]
         allow = (self.slots[: self.cache.width] < self.prefix)[None, :].repeat(n, 1).scatter_(1, visible, True)
-        return self._model_forward(ids, self.cache.start + self.slots[:n], pos[None], additive(allow, self.dtype))[0]
+        return self._model_forward(ids, write, pos[None], self._mask(allow, pos, write))[0]
 
-    def _batch_forward(self, ids: torch.Tensor, pos: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    def _batch_forward(self, ids: torch.Tensor, pos: torch.Tensor, visible: torch.Tensor,
+                       kpos: torch.Tensor | None = None) -> torch.Tensor:
         """ids [B, n] at slots start .. start + n - 1 of every row, positions ``pos`` [B, n]. visible (bool):
         [B, capacity] the valid slots of each row, query i seeing those ``<= start + i`` and its own slot (so
         that a padding query, with nothing valid before it, stays finite); or [B, n, capacity] the slots each
-        query sees, given in full (trees). Returns float32 logits [B, n, V]."""
+        query sees, given in full (trees). kpos [B, capacity]: the position of every slot's key, the new columns'
+        included (models with a sliding window; None otherwise). Returns float32 logits [B, n, V]."""
         width = self.slots[: self.cache.width].shape[0]
         write = self.cache.start + self.slots[: ids.shape[1]]        # the slots of the n columns, every row
         if visible.dim() == 3:
             allow = visible[:, :, :width]
         else:
             allow = row_causal(visible[:, :width], write)             # [B, n, width]
-        return self._model_forward(ids, write, pos, additive(allow, self.dtype))
+        if kpos is None or self.window is None:
+            mask = additive(allow, self.dtype)
+        else:
+            mask = with_window(allow, pos, kpos[:, :width], self.window, self.layer_types, self.dtype)
+        return self._model_forward(ids, write, pos, mask)
 
     def batch_forward(self, ids: torch.Tensor, start: int, pos: torch.Tensor, visible: torch.Tensor,
-                      record: bool = True) -> torch.Tensor:
+                      record: bool = True, kpos: torch.Tensor | None = None) -> torch.Tensor:
         """A batch's forward (``decoding.batched``, ``decoding.batched_tree``): ids [B, n] written at slots
         start .. start + n - 1 of every row (B = the runner's batch, rows of the cache), positions ``pos`` [B, n]
-        (long), keys visible as ``visible`` says (see :meth:`_batch_forward`). Returns float32 logits [B, n, V].
-        record=False: a plain forward, any n (the prompts); else each input shape is recorded once (the caller
-        pads n to a bucket)."""
+        (long), keys visible as ``visible`` says, at positions ``kpos`` (see :meth:`_batch_forward`). Returns
+        float32 logits [B, n, V]. record=False: a plain forward, any n (the prompts); else each input shape is
+        recorded once (the caller pads n to a bucket)."""
         self._check(start, ids.shape[1])
         self.cache.start.fill_(start)
+        extra = () if kpos is None else (kpos,)
         if not record or self.mode == "eager":
             self.cache.width = start + ids.shape[1]
-            return self._batch_forward(ids, pos, visible)
+            return self._batch_forward(ids, pos, visible, *extra)
         self.cache.width = None
-        return self._run("batch", self._batch_forward, ids, pos, visible)
+        return self._run("batch", self._batch_forward, ids, pos, visible, *extra)
 
     def prefill(self, ids: torch.Tensor) -> None:
         """Fill slots 0 .. n-1 from ``ids`` [1, n] in one eager forward (any length, never recorded)."""

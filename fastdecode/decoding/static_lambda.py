@@ -168,6 +168,11 @@ class LambdaRunner(StaticRunner):
         for layer in _attention_layers(model):
             setattr(layer, RING, self.cache)
 
+    def _windowed(self, model) -> None:
+        # Lambda's rule replaces the model's own window (``lambda_attention`` refuses a model window smaller
+        # than Lambda's, and a larger one never reaches past Lambda's local window), as in the dynamic engine
+        self.window, self.layer_types = None, None
+
     def _new_cache(self, num_layers: int, capacity: int, device) -> RingCache:
         return RingCache(num_layers, self.lam, capacity - self.lam.num_global, self._inv_freq, device)
 

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 import fastdecode
-from fastdecode import api
-from fastdecode.decoding import static_cache
+import fake_graphs
 from batches import eos_for, left_pad, random_prompts, tiny_pair
 
 NEW = 12
@@ -70,42 +69,10 @@ def _check_same(pair, batch, eos, method, kw, with_eos, **recorded):
 
 
 # ------------------------------------------------------------------- "cudagraphs": the recording path on the CPU
-class _FakeGraph:
-    """Stands in for a recorded CUDA graph on the CPU: a replay recomputes the function on the recorded input
-    buffers into the recorded output tensor, in place (so a caller that kept the output without copying it
-    would see a later replay's values, as with a real graph)."""
-
-    def __init__(self, fn, bufs, out):
-        self.fn, self.bufs, self.out = fn, bufs, out
-
-    def replay(self):
-        self.out.copy_(self.fn(*self.bufs))
-
-
 @pytest.fixture
 def fake_cudagraphs(monkeypatch):
-    """compile="cudagraphs" on the CPU: the runner's CUDA-only pieces replaced, everything else (buckets, buffer
-    copies, graph keys, replays into a fixed output) as on CUDA. Returns the list of (runner id, graph key)."""
-    records = []
-    init = static_cache.StaticRunner.__init__
-
-    def fake_init(self, model, capacity, mode):
-        init(self, model, capacity, "eager" if mode == "cudagraphs" else mode)
-        self.mode = mode
-
-    def fake_record(self, key, fn, inputs):
-        bufs = tuple(x.clone() for x in inputs)
-        out = fn(*bufs)
-        self.graphs[key] = (_FakeGraph(fn, bufs, out), bufs, out)
-        records.append((id(self), key))
-        return out
-
-    monkeypatch.setattr(static_cache.StaticRunner, "__init__", fake_init)
-    monkeypatch.setattr(static_cache.StaticRunner, "_record", fake_record)
-    static_mode = api._static_mode
-    monkeypatch.setattr(api, "_static_mode", lambda cache, compile, *a: "cudagraphs" if compile == "cudagraphs"
-                        else static_mode(cache, compile, *a))
-    yield records
+    """compile="cudagraphs" on the CPU (``fake_graphs``). Returns the list of (runner id, graph key)."""
+    return fake_graphs.install(monkeypatch)
 
 
 @pytest.fixture

@@ -156,11 +156,3 @@ def test_refusals(tiny_pair):
         fastdecode.generate(target, ids, cache_implementation="static", compile="cudagraphs")
     with pytest.raises(ValueError, match="supports methods .*multi_draft.*, not 'entropy_switch'"):
         fastdecode.generate(target, ids, draft=draft, method="entropy_switch", cache_implementation="static")
-
-
-def test_sliding_window_model_is_refused():
-    from transformers import MistralConfig, MistralForCausalLM
-    cfg = MistralConfig(vocab_size=16, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        num_key_value_heads=2, sliding_window=4)
-    with pytest.raises(ValueError, match="sliding attention window"):
-        fastdecode.generate(MistralForCausalLM(cfg).eval(), torch.tensor([PROMPT]), cache_implementation="static")
