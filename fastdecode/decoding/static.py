@@ -135,6 +135,12 @@ def _plain_step(run, last, pos, sampling, generator, stats) -> tuple[torch.Tenso
     the host), after the host check that the logits are finite."""
     logits = run.forward(last.view(1, 1), pos)
     stats.target_calls += 1
+    return _next(logits, sampling, generator)
+
+
+def _next(logits, sampling, generator) -> tuple[torch.Tensor, int]:
+    """The token after ``logits`` [1, V]: on the device [1] and on the host (one read, which also checks
+    that the logits are finite)."""
     tok = sm.next_tokens(logits, sampling, generator, check_finite=False)
     tok_host, finite = torch.stack([tok[0], sm.all_finite(logits).long()]).tolist()
     if not finite:
@@ -145,15 +151,20 @@ def _plain_step(run, last, pos, sampling, generator, stats) -> tuple[torch.Tenso
 def decode_autoregressive(target, draft, stream: TokenStream, sampling: SamplingConfig, cfg, generator,
                           stats: DecodeStats, progress=None, mode: str = "eager") -> None:
     sampling = _sampling(sampling)
+    if stream.done:
+        return
     prompt = torch.tensor([stream.tokens], device=kv.device(target))
     run = runner(target, capacity_for(stream.length, stream.max_new_tokens, 1), mode, longest=1)
-    run.prefill(prompt[:, :-1])
-    last, pos = prompt[0, -1:], stream.length - 1
-    while not stream.done:
-        last, tok_host = _plain_step(run, last, pos, sampling, generator, stats)  # the one sync per token
+    last, tok_host = _next(run.prefill(prompt), sampling, generator)   # the whole prompt: its logits give token 1
+    stats.target_calls += 1
+    pos = stream.length
+    while True:
         kept = stream.append([tok_host])
         if progress is not None:
             progress.update(kept)
+        if stream.done:
+            break
+        last, tok_host = _plain_step(run, last, pos, sampling, generator, stats)  # the one sync per token
         pos += 1
 
 

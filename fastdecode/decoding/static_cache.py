@@ -241,12 +241,14 @@ class StaticRunner:
         self.cache.width = None
         return self._run("batch", self._batch_forward, ids, pos, visible, *extra)
 
-    def prefill(self, ids: torch.Tensor) -> None:
-        """Fill slots 0 .. n-1 from ``ids`` [1, n] in one eager forward (any length, never recorded)."""
+    def prefill(self, ids: torch.Tensor) -> torch.Tensor | None:
+        """Fill slots 0 .. n-1 from ``ids`` [1, n] in one eager forward (any length, never recorded). Returns
+        the float32 logits [1, V] of the last position (the lm head runs on that row only); None if n = 0."""
         if ids.shape[1]:
             self.cache.start.fill_(0)
             self.cache.width = ids.shape[1]
-            self._forward(ids, keep=1)   # the logits are not used: the lm head runs on one row only
+            return self._forward(ids, keep=1)
+        return None
 
     def _check(self, start: int, n: int) -> None:
         if start + n > self.capacity:  # pragma: no cover - the engine sizes the cache for the longest step

@@ -200,17 +200,18 @@ class LambdaRunner(StaticRunner):
         allow = (cache.kidx < self.prefix)[None, :].repeat(n, 1).scatter_(1, cache.slots_of(visible), True)
         return self._model_forward(ids, slots, pos[None], additive(allow, self.dtype))[0]
 
-    def prefill(self, ids: torch.Tensor) -> None:
+    def prefill(self, ids: torch.Tensor) -> torch.Tensor | None:
         """The dynamic engine's Lambda prefill of ``ids`` [1, n] (positions 0 .. n-1), then its globals and
-        last window - 1 positions copied into the ring; every other slot is marked unwritten."""
+        last window - 1 positions copied into the ring; every other slot is marked unwritten. Returns the
+        float32 logits [1, V] of the last position (None if n = 0)."""
         cache, cfg = self.cache, self.lam
         cache.kpos.fill_(UNWRITTEN)
         cache.kidx.fill_(UNWRITTEN)
         n = ids.shape[1]
         if not n:
-            return
+            return None
         lcache = getattr(self.model, _STATE).new_cache()
-        kv.forward(self.model, ids, lcache, logits_to_keep=1)
+        logits = kv.forward(self.model, ids, lcache, logits_to_keep=1)[0]
         pos = lcache.layers[0].layout.pos  # the layers of one cache share their layout
         keep = [j for j, p in enumerate(pos) if p < cfg.num_global or p >= n - (cfg.window - 1)]
         p = torch.tensor([pos[j] for j in keep], dtype=torch.long, device=cache.kpos.device)
@@ -226,6 +227,7 @@ class LambdaRunner(StaticRunner):
             ring_layer.values.index_copy_(2, slots, values)
         cache.kpos.index_copy_(0, slots, p)
         cache.kidx.index_copy_(0, slots, p)
+        return logits
 
     def _check(self, start: int, n: int) -> None:
         if n > self.chunk:  # pragma: no cover - callers feed long inputs in pieces (static.feed)
