@@ -6,6 +6,9 @@
 2. The same seed gives the same tokens twice on the static engine (recorded graphs replay deterministically).
 3. Sampling law on the GPU: the first two tokens of 1200 seeded static-engine runs of a tiny pair
    (V = 6) against the exact law (chi-square), plus a broken rule (accept every draft) that must fail.
+4. Sliding windows on the static engine's recorded forwards: tiny random Mistral (every layer windowed) and
+   Gemma-2 (windowed and full layers), window 8, texts past it: greedy = HF for single rows and a ragged
+   batch of 3 (the slot key positions are written inside the recorded graphs).
 
 Usage: python bench/gpu_checks.py [--device cuda] [--out FILE.json]. Exit status 1 if a check fails.
 """
@@ -24,7 +27,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # bench.common, this checkout's
 
 import fastdecode  # noqa: E402
 from bench.common import stdlib_prompts  # noqa: E402
-from tiny_models import tiny_llama  # noqa: E402
+from tiny_models import draft_of, tiny_llama, tiny_lm  # noqa: E402
+from batches import left_pad  # noqa: E402
 from distribution import chi_square_pvalue, exact_law, sample_law  # noqa: E402
 from fastdecode.decoding import static  # noqa: E402
 
@@ -106,6 +110,37 @@ def law_checks(device, runs: int) -> list[dict]:
     return out
 
 
+def window_checks(device) -> list[dict]:
+    out = []
+    for model_type in ("mistral", "gemma2"):
+        target = tiny_lm(model_type, 2, seed=1, sliding_window=8).to(device)
+        draft = draft_of(target).to(device)
+        prompts = [[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16], [40, 41, 42, 43, 44], [90, 91, 92, 90, 91, 92, 90]]
+        t0, ok = time.perf_counter(), True
+        for kw in (dict(method="autoregressive"), dict(method="speculative", draft_length=3, adaptive_draft=False),
+                   dict(method="multi_draft", num_drafts=2, draft_length=3)):
+            d = None if kw["method"] == "autoregressive" else draft
+            for p in prompts[:1]:
+                ids = torch.tensor([p], device=device)
+                ref = target.generate(ids, max_new_tokens=24, do_sample=False)
+                got = fastdecode.generate(target, ids, draft=d, temperature=0, max_new_tokens=24, eos_token_id=[],
+                                          cache_implementation="static", **kw).sequences
+                ok &= bool(torch.equal(ref, got))
+            if kw["method"] == "multi_draft":
+                continue
+            ids, mask = left_pad(prompts)
+            ids, mask = ids.to(device), mask.to(device)
+            ref = target.generate(ids, attention_mask=mask, max_new_tokens=24, do_sample=False, pad_token_id=0)
+            got = fastdecode.generate(target, ids, attention_mask=mask, draft=d, temperature=0, max_new_tokens=24,
+                                      pad_token_id=0, eos_token_id=[], cache_implementation="static",
+                                      compile="cudagraphs" if device.type == "cuda" else None, **kw).sequences
+            ok &= bool(torch.equal(ref, got))
+        out.append(dict(check=f"sliding window ({model_type}), static recorded: greedy == HF", ok=ok,
+                        seconds=round(time.perf_counter() - t0, 2)))
+        print(out[-1], flush=True)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -115,7 +150,7 @@ def main() -> int:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     device = torch.device(args.device)
-    rows = greedy_checks(device, args.prompts, args.new_tokens) + law_checks(device, args.runs)
+    rows = greedy_checks(device, args.prompts, args.new_tokens) + window_checks(device) + law_checks(device, args.runs)
     bad = [r for r in rows if not r["ok"]]
     print(f"\n{len(rows) - len(bad)} of {len(rows)} checks passed on {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
