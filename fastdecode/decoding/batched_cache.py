@@ -228,8 +228,8 @@ class _SlotCache(_Cache):
             for src, dst in zip(old.layers, self.cache.layers):
                 if not getattr(src, "is_initialized", False):
                     continue
-                if not dst.is_initialized:
-                    dst.lazy_initialization(src.keys[:nb], src.values[:nb])
+                if not dst.is_initialized:   # allocated for all the new runner's rows (its batch), not nb alone
+                    dst.lazy_initialization(src.keys[: self.runner.batch], src.values[: self.runner.batch])
                 dst.keys[:nb, :, :c] = src.keys[self.rows, :, :c]
                 dst.values[:nb, :, :c] = src.values[self.rows, :, :c]
             self.rows = torch.arange(nb, device=self.rows.device)

@@ -169,3 +169,23 @@ def test_inductor_speculative_ragged(pair, batch):
     assert out.stats.extra["per_row"] == eager.stats.extra["per_row"]
     assert 0 < out.stats.accepted_tokens < out.stats.drafted_tokens
     assert len({r["steps"] for r in out.stats.extra["per_row"]}) > 1   # rows ended at different steps
+
+
+@pytest.mark.parametrize("method,kw", [CONFIGS[0], CONFIGS[5]])
+def test_cudagraphs_path_rows_fewer_than_their_smaller_bucket(pair, fake_cudagraphs, fresh, method, kw):
+    """A batch of 5 (bucket 8) where two rows end at the same early step: the 3 left move to the runner of bucket
+    4, whose cache must be allocated for its 4 rows (3 live + 1 inert), not for the 3 moved (a shape error
+    before)."""
+    target, _ = pair
+    ids, mask = left_pad(random_prompts([6, 11, 3, 9, 8], seed=4))
+    L = ids.shape[1]
+    free = target.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=0)
+    eos = [int(free[0, L + 1]), int(free[1, L + 1])]
+    hf = target.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=0,
+                         eos_token_id=eos)
+    run = dict(temperature=0, eos_token_id=eos)
+    out = _run(pair, ids, mask, method, kw, compile="cudagraphs", **run)
+    assert torch.equal(out.sequences, hf)
+    lengths = sorted(r["new_tokens"] for r in out.stats.extra["per_row"])
+    assert lengths[0] == lengths[1] < lengths[2]                     # two rows ended before the other three
+    assert {k[1][0] for _, k in fake_cudagraphs} >= {8, 4}           # recorded at 8 rows, then at 4
