@@ -166,3 +166,20 @@ def test_sampled_two_token_law_past_the_window(method, kw):
     counts = sample_law(target, draft_of(target), prompt, 2, 1200, max_new_tokens=3, temperature=1.0, method=method,
                         cache_implementation="static", **kw)
     assert chi_square_pvalue(counts, exact_law(target, prompt, 2)) > 1e-3
+
+
+def test_window_of_one_equals_full_forwards():
+    """A window of 1 (each token sees itself alone): both engines equal greedy decoding by full forwards without
+    a cache (the model's own masks). transformers' cached ``generate`` differs from that reference here (its
+    windowed cache layers mishandle a window of 1), so HF is not the reference for this case."""
+    target = tiny_lm("mixtral", 1, seed=671, sliding_window=1)
+    prompt = torch.tensor([[323, 70, 60, 277, 348, 248, 376, 435]])
+    seq = prompt
+    with torch.no_grad():
+        for _ in range(6):
+            seq = torch.cat([seq, target(seq, use_cache=False).logits[:, -1:].argmax(-1)], 1)
+    for method, d in (("autoregressive", None), ("speculative", draft_of(target))):
+        for engine in ("dynamic", "static"):
+            out = fastdecode.generate(target, prompt, draft=d, method=method, temperature=0, max_new_tokens=6,
+                                      eos_token_id=[], cache_implementation=engine)
+            assert torch.equal(out.sequences, seq), (method, engine)
