@@ -154,7 +154,7 @@ class StaticRunner:
         if mode == "inductor":
             torch._dynamo.mark_static_address(self.cache.start)
             torch._dynamo.mark_static_address(self.prefix)
-            if self.cache.positions is not None:
+            if self.window is not None:   # (a Lambda ring has no window of the model's: see static_lambda)
                 torch._dynamo.mark_static_address(self.cache.positions)
             for name, fn in (("chain", self._forward), ("tree", self._tree_forward), ("batch", self._batch_forward)):
                 self._compiled[name] = torch.compile(fn, fullgraph=True, dynamic=False,
