@@ -72,6 +72,17 @@ def _check_input_ids(input_ids) -> None:
         raise ValueError("the prompt is empty: input_ids must hold at least one token")
 
 
+def _check_streamer(streamer, input_ids: torch.Tensor) -> None:
+    if streamer is None:
+        return
+    if not (callable(getattr(streamer, "put", None)) and callable(getattr(streamer, "end", None))):
+        raise TypeError(f"streamer must have put() and end() methods (transformers' TextStreamer, "
+                        f"TextIteratorStreamer, ...), got {type(streamer).__name__}")
+    if input_ids.shape[0] != 1:
+        raise ValueError(f"streamer= supports batch size 1 (as transformers' streamers do), got a batch of "
+                         f"{input_ids.shape[0]}")
+
+
 CACHE_IMPLEMENTATIONS = ("dynamic", "static")
 STATIC_METHODS = tuple(STATIC)
 
@@ -133,6 +144,7 @@ def generate(
     compile=None,
     pack_weights: bool | None = None,
     progress: bool = False,
+    streamer=None,
     attention_mask: torch.Tensor | None = None,
     pad_token_id: int | None = None,
     **method_options,
@@ -173,6 +185,10 @@ def generate(
     (see :mod:`fastdecode.kernels.cpu_linear`; kept for the layers between calls, as much memory as the
     weights they copy); None = on when the copies need at most a quarter of the available memory and the engine is not
     compiled with inductor.
+    streamer (batch 1): transformers' streamer interface (``TextStreamer``, ``TextIteratorStreamer``, or any
+    object with ``put`` and ``end``): ``put`` gets the prompt [1, L], then the tokens of each step as they are
+    committed ([1, n]: a speculative step commits several at once), and ``end`` is called when generation
+    stops (also when it fails, so that a thread reading a ``TextIteratorStreamer`` is not left waiting).
     Options that do not apply to the method raise ValueError (see
     :func:`fastdecode.config.build_method_config`).
     """
@@ -182,6 +198,7 @@ def generate(
         adaptive_draft=adaptive_draft, max_draft_length=max_draft_length,
         confidence_threshold=confidence_threshold, fallback=fallback, **method_options)
     _check_input_ids(input_ids)
+    _check_streamer(streamer, input_ids)
     check_pack_weights(pack_weights)   # (its combination with compile: below, once the engine's mode is known)
     attention_mask, pad_token_id = batched.check_batch(target, input_ids, attention_mask, pad_token_id, method,
                                                        cache_implementation, lambda_attention, compile,
@@ -213,7 +230,7 @@ def generate(
     check_call(target, draft, method, input_ids, max_new_tokens)
     device = kv.device(target)
     input_ids = input_ids.to(device)
-    stream = TokenStream(input_ids, max_new_tokens, _eos_ids(target, eos_token_id))
+    stream = TokenStream(input_ids, max_new_tokens, _eos_ids(target, eos_token_id), streamer)
     stats = DecodeStats(method=method)
 
     compile_mode = _static_mode(cache_implementation, compile, method, target, draft, lambda_attention)
@@ -232,6 +249,9 @@ def generate(
         bar = tqdm(total=max_new_tokens * input_ids.shape[0], desc=method, unit="tok")
 
     with contextlib.ExitStack() as stack, torch.inference_mode():
+        if streamer is not None:
+            streamer.put(input_ids.cpu())   # the prompt first, as HF generate does (TextStreamer may skip it)
+            stack.callback(streamer.end)
         stack.enter_context(eval_mode(target, drafter))
         if drafter is not None:
             stack.enter_context(shared_vocab(target, draft))

@@ -9,14 +9,17 @@ class TokenStream:
 
     ``tokens`` holds prompt + generated ids as a Python list (cheap appends); ``append`` applies the
     budget and the EOS rule exactly as HF does: generation stops right after the first EOS token.
+    ``streamer`` (transformers' streamer interface: ``put`` / ``end``, e.g. ``TextStreamer``) receives the
+    kept tokens of every ``append`` as they are committed (a [1, n] tensor on the CPU).
     """
 
-    def __init__(self, prompt: torch.Tensor, max_new_tokens: int, eos_ids: set[int]):
+    def __init__(self, prompt: torch.Tensor, max_new_tokens: int, eos_ids: set[int], streamer=None):
         self.prompt_len = prompt.shape[-1]
         self.tokens: list[int] = prompt[0].tolist()
         self.max_new_tokens = max_new_tokens
         self.eos_ids = eos_ids
         self.done = max_new_tokens == 0
+        self.streamer = streamer
 
     @property
     def length(self) -> int:
@@ -40,6 +43,8 @@ class TokenStream:
             kept += 1
             if int(t) in self.eos_ids or self.new_tokens >= self.max_new_tokens:
                 self.done = True
+        if kept and self.streamer is not None:
+            self.streamer.put(torch.tensor([self.tokens[-kept:]]))
         return kept
 
     def as_tensor(self, device) -> torch.Tensor:
