@@ -11,6 +11,7 @@ import torch
 from ..stats import DecodeStats
 from . import hf_cache as kv
 from .masks import additive, row_causal, with_window
+from .sampling import check_logits
 from .static import bucket as _bucket
 from .stream import TokenStream
 
@@ -200,7 +201,10 @@ class _SlotCache(_Cache):
             kpos = torch.ones(run.batch, run.capacity, dtype=torch.long, device=dev)
             kpos[self.rows, : self.columns] = self.pos
         logits = run.batch_forward(full_ids, start, full_pos, visible, record=record, kpos=kpos)  # [bucket(B), w, V]
-        return logits[self.rows, n - keep : n]
+        out = logits[self.rows, n - keep : n]
+        if self.role == "target":   # (a host read; the draft's forwards are left unread, as the target decides)
+            check_logits(out)
+        return out
 
     def trim(self) -> None:
         used = self._used_columns()

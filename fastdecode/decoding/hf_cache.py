@@ -24,6 +24,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from ..attention.windows import attention_layout  # noqa: F401 (kv.attention_layout, as callers know it)
+from .sampling import check_logits
 
 
 def new_cache(model) -> DynamicCache:
@@ -92,10 +93,12 @@ def _cache_kwarg(model_cls) -> str:
 
 
 def forward(model, input_ids: torch.Tensor, cache, position_ids: torch.Tensor | None = None,
-            attention_mask: torch.Tensor | None = None, logits_to_keep: int = 0) -> torch.Tensor:
+            attention_mask: torch.Tensor | None = None, logits_to_keep: int = 0,
+            check_finite: bool = True) -> torch.Tensor:
     """Run the model on ``input_ids`` [B, n] on top of ``cache``; returns float32 logits [B, n', V].
 
-    Position ids default to the positions right after the cache.
+    Position ids default to the positions right after the cache. NaN or +inf logits raise ValueError (a host
+    read; check_finite=False for forwards that are recorded or whose caller checks at its own sync).
     """
     if position_ids is None:
         start = cache_length(cache)
@@ -113,6 +116,8 @@ def forward(model, input_ids: torch.Tensor, cache, position_ids: torch.Tensor | 
     out = model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
                 use_cache=True, logits_to_keep=logits_to_keep, **kwargs)
     logits = out.logits.float().to(home)  # sharded models: logits come from the last device
+    if check_finite:
+        check_logits(logits)
     return fit_width(logits, getattr(model, "_fastdecode_logits_width", None))
 
 

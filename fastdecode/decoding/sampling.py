@@ -19,16 +19,36 @@ def probs(logits: torch.Tensor, sampling: SamplingConfig, check_finite: bool = T
     return kernels.probs(logits, sampling.temperature, sampling.top_k, sampling.top_p, check_finite=check_finite)
 
 
+NON_FINITE = ("the model returned NaN or +inf logits, so there is no distribution to sample from "
+              "(a float16 overflow? try float32 or bfloat16)")
+
+
+def has_non_finite(logits: torch.Tensor) -> torch.Tensor:
+    """A device bool scalar: some logit is NaN or +inf (-inf is a masked token, allowed)."""
+    return (torch.isnan(logits) | torch.isposinf(logits)).any()
+
+
+def check_logits(logits: torch.Tensor) -> None:
+    """Raise ValueError if ``logits`` hold NaN or +inf (a host sync): greedy decoding would otherwise emit
+    argmax(NaN) = an arbitrary token without a word."""
+    if bool(has_non_finite(logits)):
+        raise ValueError(NON_FINITE)
+
+
 def next_tokens(logits: torch.Tensor, sampling: SamplingConfig, generator, check_finite: bool = True) -> torch.Tensor:
-    """One token per row of ``logits`` [rows, V] as a device tensor [rows] (argmax at temperature 0)."""
+    """One token per row of ``logits`` [rows, V] as a device tensor [rows] (argmax at temperature 0).
+    check_finite: NaN or +inf logits raise ValueError (a host sync; False: the caller checks at its own)."""
     if sampling.greedy:
+        if check_finite:
+            check_logits(logits)
         return logits.argmax(-1)
     return sample(probs(logits, sampling, check_finite), generator)
 
 
 def all_finite(*tensors: torch.Tensor) -> torch.Tensor:
-    """A device bool scalar: every entry of every tensor is finite (read at the caller's one sync)."""
-    return torch.stack([torch.isfinite(t).all() for t in tensors]).all()
+    """A device bool scalar: no entry of any tensor is NaN or +inf (read at the caller's one sync; -inf is a
+    masked token's logit, allowed as on the dynamic engine)."""
+    return ~torch.stack([has_non_finite(t) for t in tensors]).any()
 
 
 def next_token(logits: torch.Tensor, sampling: SamplingConfig, generator) -> int:

@@ -86,8 +86,7 @@ def _sampling(sampling: SamplingConfig) -> SamplingConfig:
 
 
 def _raise_non_finite() -> None:
-    raise ValueError("the model returned NaN or +inf logits, so there is no distribution to sample from "
-                     "(a float16 overflow? try float32 or bfloat16)")
+    raise ValueError(sm.NON_FINITE)
 
 
 def _verify(logits, qs, x, sampling: SamplingConfig, verifier: str, generator):
@@ -230,7 +229,8 @@ def _decode_chain(target, draft, stream: TokenStream, sampling: SamplingConfig, 
             qs = []     # (one-hot rows, made below once the logits' width is known)
             stats.extra["ngram_draft_steps"] += 1
         else:          # 1b. the draft model proposes g tokens (no host sync unless the confidence stop is on)
-            x, qs, dlen = _draft(drun, seq, pad, last, L, dlen, g, sampling, generator, stats, threshold, chunk)
+            x, qs, dlen, draft_bad = _draft(drun, seq, pad, last, L, dlen, g, sampling, generator, stats, threshold,
+                                            chunk)
             g = x.shape[0]
             if index is not None:
                 stats.extra["model_draft_steps"] += 1
@@ -244,6 +244,8 @@ def _decode_chain(target, draft, stream: TokenStream, sampling: SamplingConfig, 
         if proposal and not sampling.greedy:
             qs = sm.one_hot(x, logits.shape[-1])
         n, nxt, finite = _verify(logits, qs, x, sampling, verifier, generator)
+        if not proposal and draft_bad is not None:   # greedy drafts: NaN / +inf draft logits (no q rows to test)
+            finite = finite & ~draft_bad
 
         # 4. the one host sync of the step
         vals = torch.cat([torch.stack([n, nxt.to(n.dtype), finite.to(n.dtype)]), x]).tolist()
@@ -268,7 +270,7 @@ def _draft(drun, seq, pad, last, L: int, dlen: int, g: int, sampling: SamplingCo
     committed tokens it lacks first (inside its first forward when plain, else fed in pieces of at most
     ``chunk``), then one token per forward, sampled on the device; stops early when the draft's confidence
     falls below ``threshold`` (a host read per token). Returns (drafts [g'], q rows (unused when greedy),
-    the draft's committed length)."""
+    the draft's committed length, and when greedy a device flag: some draft logit was NaN or +inf)."""
     first = L - 1  # the draft's first forward: slots first .. L - 1
     if dlen < L - 1:  # committed tokens the draft has not seen (after a full acceptance, plain or n-gram steps)
         if drun.mode == "eager" and L - dlen <= (drun.max_forward or L):
@@ -276,7 +278,7 @@ def _draft(drun, seq, pad, last, L: int, dlen: int, g: int, sampling: SamplingCo
         else:             # recorded forwards keep one-token drafting shapes: catch up on its own
             stats.draft_calls += feed(drun, seq, pad, dlen, L - 1 - dlen, most=chunk)
         dlen = L - 1
-    cur, xs, qs = last, [], []
+    cur, xs, qs, bad = last, [], [], None
     for i in range(g):
         if i == 0 and first < L - 1:
             dl = drun.forward(seq[None, first:L], first, keep=1)
@@ -284,6 +286,7 @@ def _draft(drun, seq, pad, last, L: int, dlen: int, g: int, sampling: SamplingCo
             dl = drun.forward(cur.view(1, 1), L - 1 + i)
         if sampling.greedy:
             x = dl.argmax(-1)
+            bad = sm.has_non_finite(dl) if bad is None else bad | sm.has_non_finite(dl)   # read at the step's sync
         else:
             q = sm.probs(dl, sampling, check_finite=False)
             x = sample(q, generator)
@@ -293,4 +296,4 @@ def _draft(drun, seq, pad, last, L: int, dlen: int, g: int, sampling: SamplingCo
         if threshold > 0 and i + 1 < g and float(sm.confidence(dl)[0]) < threshold:
             break  # a host sync per draft token: see the module docstring for the CUDA default
     stats.draft_calls += len(xs)
-    return torch.cat(xs), qs, dlen
+    return torch.cat(xs), qs, dlen, bad

@@ -194,7 +194,9 @@ class StaticRunner:
         every layer), positions ``pos`` and the additive 4D ``mask``."""
         self.cache.write = write
         try:
-            return kv.forward(self.model, ids, self.cache, position_ids=pos, attention_mask=mask, logits_to_keep=keep)
+            # (recorded forwards cannot read the device; the static loops check the logits at their one sync)
+            return kv.forward(self.model, ids, self.cache, position_ids=pos, attention_mask=mask, logits_to_keep=keep,
+                              check_finite=False)
         finally:
             self.cache.write = None
 

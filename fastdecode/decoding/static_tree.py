@@ -36,6 +36,7 @@ import torch
 from ..config import MultiDraftConfig, SamplingConfig
 from ..stats import DecodeStats
 from . import hf_cache as kv
+from . import sampling as sm
 from .stream import TokenStream
 from .multi_draft import MultiDraftDecoder
 from .static import _sampling, bucket, capacity_for, runner
@@ -83,7 +84,7 @@ class StaticMultiDraftDecoder(MultiDraftDecoder):
         ids = torch.tensor([pending + [0] * (b - n)], device=self.ddev)
         logits = self.drun.forward(ids, self.dlen, keep=1) if b == n else self.drun.forward(ids, self.dlen)[n - 1 : n]
         self.dlen = L
-        return logits
+        return _checked(logits)
 
     def _draft_nodes(self, tree: DraftTree, nodes: list[int], cached: dict[int, int]) -> torch.Tensor:
         L, n = self.stream.length, len(nodes)
@@ -94,12 +95,12 @@ class StaticMultiDraftDecoder(MultiDraftDecoder):
         pos = [L - 1 + tree.depth[x] for x in nodes] + [L - 1] * (b - n)
         rows = [[L + cached[a] for a in tree.ancestors(x)[:-1]] + [own[i]] for i, x in enumerate(nodes)]
         vis = self._rows(rows, b, own)
-        return self.drun.tree_forward(torch.tensor([ids], device=self.ddev), start, L,
-                                      torch.tensor(pos, device=self.ddev), vis.to(self.ddev))[:n]
+        return _checked(self.drun.tree_forward(torch.tensor([ids], device=self.ddev), start, L,
+                                               torch.tensor(pos, device=self.ddev), vis.to(self.ddev))[:n])
 
     def _target_plain(self) -> torch.Tensor:
         L = self.stream.length
-        return self.trun.forward(torch.tensor([self.stream.tokens[L - 1 : L]], device=self.tdev), L - 1)
+        return _checked(self.trun.forward(torch.tensor([self.stream.tokens[L - 1 : L]], device=self.tdev), L - 1))
 
     def _target_tree(self, tree: DraftTree) -> torch.Tensor:
         L, N = self.stream.length, len(tree)
@@ -110,8 +111,8 @@ class StaticMultiDraftDecoder(MultiDraftDecoder):
         pos = [L - 1] + [L - 1 + d for d in tree.depth] + [L - 1] * (b - 1 - N)
         rows = [[L - 1]] + [[L - 1] + [L + a for a in tree.ancestors(x)] for x in range(N)]
         vis = self._rows(rows, b, own)
-        return self.trun.tree_forward(torch.tensor([ids], device=self.tdev), L - 1, L - 1,
-                                      torch.tensor(pos, device=self.tdev), vis.to(self.tdev))[: 1 + N]
+        return _checked(self.trun.tree_forward(torch.tensor([ids], device=self.tdev), L - 1, L - 1,
+                                               torch.tensor(pos, device=self.tdev), vis.to(self.tdev))[: 1 + N])
 
     def _queries(self, run, n: int, budget: int) -> int:
         """Queries of a forward that scores n: the recorded ``budget``, or n alone for a plain forward, where
@@ -125,6 +126,13 @@ class StaticMultiDraftDecoder(MultiDraftDecoder):
         if self.drun is not self.trun:  # a self-draft shares the cache: the target's move did it (same keys)
             self.drun.cache.move(d_path, L)
         self.dlen = L + len(d_path)
+
+
+def _checked(logits: torch.Tensor) -> torch.Tensor:
+    """A model's logits, after the host check that they hold no NaN or +inf (drafting and the walk read the
+    device anyway; greedy steps would otherwise take argmax(NaN) silently)."""
+    sm.check_logits(logits)
+    return logits
 
 
 def decode_multi_draft(target, draft, stream: TokenStream, sampling: SamplingConfig, cfg: MultiDraftConfig,

@@ -38,3 +38,5 @@ def test_one_hot_confidence_and_all_finite():
     assert torch.allclose(c, torch.tensor([0.5, 1.0]), atol=1e-6)
     assert bool(sm.all_finite(torch.ones(2), torch.zeros(3)))
     assert not bool(sm.all_finite(torch.ones(2), torch.tensor([0.0, float("nan")])))
+    assert not bool(sm.all_finite(torch.tensor([float("inf")])))
+    assert bool(sm.all_finite(torch.tensor([0.0, float("-inf")])))   # a masked token
