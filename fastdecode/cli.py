@@ -93,6 +93,9 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pack-weights", action=argparse.BooleanOptionalAction, default=None,
                    help="CPU, float32: linear layers on oneDNN-packed weight copies (default: when the copies "
                         "need at most a quarter of the available memory and --compile is not inductor)")
+    p.add_argument("--stream", action="store_true",
+                   help="print the generated text as it is committed (transformers' TextStreamer; the printing "
+                        "counts in the timed run)")
     p.add_argument("--compare", action="store_true",
                    help="also time plain autoregressive decoding and HF generate and print the speed-ups")
     p.add_argument("--repeats", type=int, default=3,
@@ -245,10 +248,18 @@ def _run_generate(args) -> int:
     with torch.inference_mode():
         # warm-up run so the timing below does not include one-off start-up costs
         generate(target, ids, draft=draft, method=args.method, **{**kw, "max_new_tokens": 4})
-        out = generate(target, ids, draft=draft, method=args.method, **kw)
-    n_new = out.sequences.shape[1] - ids.shape[1]
-    print(f"--- the prompt ({ids.shape[1]} tokens), then {PROMPT_MARK} and the {n_new} generated tokens ---")
-    print(text + PROMPT_MARK + tok.decode(out.sequences[0, ids.shape[1]:]))
+        streamer = None
+        if args.stream:
+            from transformers import TextStreamer
+
+            print(f"--- the prompt ({ids.shape[1]} tokens), then {PROMPT_MARK} and the generated tokens as they come ---")
+            print(text + PROMPT_MARK, end="", flush=True)
+            streamer = TextStreamer(tok, skip_prompt=True)
+        out = generate(target, ids, draft=draft, method=args.method, streamer=streamer, **kw)
+    if not args.stream:
+        n_new = out.sequences.shape[1] - ids.shape[1]
+        print(f"--- the prompt ({ids.shape[1]} tokens), then {PROMPT_MARK} and the {n_new} generated tokens ---")
+        print(text + PROMPT_MARK + tok.decode(out.sequences[0, ids.shape[1]:]))
     print("-" * 60)
     print(out.stats.summary())
     if out.stats.drafted_tokens:

@@ -10,6 +10,18 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow  # a real generation with the code pair
+def test_generate_stream_prints_the_same_text(capsys):
+    """--stream prints the text as it is committed (TextStreamer): the same text as the printout at the end."""
+    common = ["generate", "--prompt", "def parse(line):\n    ", "--max-new-tokens", "24", "--temperature", "0"]
+    texts = []
+    for extra in ([], ["--stream"]):
+        assert main(common + extra) == 0
+        lines = capsys.readouterr().out.splitlines()
+        texts.append(lines[1 : lines.index("-" * 60)])
+    assert texts[0] == texts[1] and len("".join(texts[0])) > len("def parse(line):    [>>]")
+
+
+@pytest.mark.slow  # a real generation with the code pair
 def test_generate_prints_text_and_summary(capsys):
     assert main(["generate", "--prompt", "def parse(line):\n    ", "--max-new-tokens", "8", "--temperature", "0"]) == 0
     out = capsys.readouterr().out
