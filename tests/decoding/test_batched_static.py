@@ -101,17 +101,23 @@ def test_cudagraphs_path_greedy_equals_hf_and_eager(pair, batch, eos, fake_cudag
     assert len(fake_cudagraphs) == before
 
 
+def _ending(target, ids, mask, at: dict[int, int]):
+    """EOS tokens that end row r after its at[r]-th new token (taken from HF's free greedy run), and HF's greedy
+    output with them."""
+    L = ids.shape[1]
+    free = target.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=0)
+    eos = [int(free[r, L + i]) for r, i in at.items()]
+    return eos, target.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=0,
+                                eos_token_id=eos)
+
+
 @pytest.mark.parametrize("method,kw", [CONFIGS[3], CONFIGS[6]])
 def test_cudagraphs_path_self_draft(pair, batch, fake_cudagraphs, fresh, method, kw):
     """The target drafting for itself, rows ending at three different steps (two EOS tokens), down to a batch
     of one: its draft and target caches stay apart in every bucket, and apart from the single-row engine's."""
     target, _ = pair
     ids, mask = batch
-    L = ids.shape[1]
-    free = target.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=0)
-    eos = [int(free[0, L + 2]), int(free[1, L + 6])]
-    hf = target.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=0,
-                         eos_token_id=eos)
+    eos, hf = _ending(target, ids, mask, {0: 2, 1: 6})
     run = dict(temperature=0, eos_token_id=eos)
     out = _run((target, target), ids, mask, method, kw, compile="cudagraphs", **run)
     eager = _run((target, target), ids, mask, method, kw, compile=False, **run)
@@ -178,11 +184,7 @@ def test_cudagraphs_path_rows_fewer_than_their_smaller_bucket(pair, fake_cudagra
     before)."""
     target, _ = pair
     ids, mask = left_pad(random_prompts([6, 11, 3, 9, 8], seed=4))
-    L = ids.shape[1]
-    free = target.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=0)
-    eos = [int(free[0, L + 1]), int(free[1, L + 1])]
-    hf = target.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=0,
-                         eos_token_id=eos)
+    eos, hf = _ending(target, ids, mask, {0: 1, 1: 1})
     run = dict(temperature=0, eos_token_id=eos)
     out = _run(pair, ids, mask, method, kw, compile="cudagraphs", **run)
     assert torch.equal(out.sequences, hf)
