@@ -278,7 +278,7 @@ def _draft(drun, seq, pad, last, L: int, dlen: int, g: int, sampling: SamplingCo
         else:             # recorded forwards keep one-token drafting shapes: catch up on its own
             stats.draft_calls += feed(drun, seq, pad, dlen, L - 1 - dlen, most=chunk)
         dlen = L - 1
-    cur, xs, qs, bad = last, [], [], None
+    cur, xs, qs, dls = last, [], [], []
     for i in range(g):
         if i == 0 and first < L - 1:
             dl = drun.forward(seq[None, first:L], first, keep=1)
@@ -286,7 +286,9 @@ def _draft(drun, seq, pad, last, L: int, dlen: int, g: int, sampling: SamplingCo
             dl = drun.forward(cur.view(1, 1), L - 1 + i)
         if sampling.greedy:
             x = dl.argmax(-1)
-            bad = sm.has_non_finite(dl) if bad is None else bad | sm.has_non_finite(dl)   # read at the step's sync
+            # argmax picks a NaN or +inf logit if there is one, so the chosen logit tells (checked at the step's
+            # sync; the logits themselves may be a recorded graph's output, rewritten by the next replay)
+            dls.append(dl.gather(-1, x[:, None])[:, 0])
         else:
             q = sm.probs(dl, sampling, check_finite=False)
             x = sample(q, generator)
@@ -296,4 +298,4 @@ def _draft(drun, seq, pad, last, L: int, dlen: int, g: int, sampling: SamplingCo
         if threshold > 0 and i + 1 < g and float(sm.confidence(dl)[0]) < threshold:
             break  # a host sync per draft token: see the module docstring for the CUDA default
     stats.draft_calls += len(xs)
-    return torch.cat(xs), qs, dlen, bad
+    return torch.cat(xs), qs, dlen, sm.has_non_finite(torch.cat(dls)) if dls else None
