@@ -1,7 +1,8 @@
 """Fast-tier matrix: tiny random models of many transformers architectures (built from their config classes)
 give HF ``generate``'s greedy output with every lossless method (and entropy switching with the large model
 always active, which verifies drafts like speculative decoding), or are refused up front with a ValueError
-that names the model type and the reason. Draft: the target's first layer (same architecture, same vocabulary)."""
+that names the model type and the reason; the static engine too. Draft: the target's first layer (same architecture,
+same vocabulary)."""
 import functools
 
 import pytest
@@ -25,6 +26,23 @@ def _case(model_type):
     target = tiny_lm(model_type, 2, seed=1, **OVERRIDES.get(model_type, {}))
     prompt = torch.randint(0, target.config.vocab_size, (1, PROMPT), generator=torch.Generator().manual_seed(0))
     return target, draft_of(target), prompt, hf_greedy(target, prompt, NEW)
+
+
+STATIC_REFUSED = {"bloom"}   # ALiBi: the static engine's forwards pass a 4D mask (refused up front)
+
+
+@pytest.mark.parametrize("model_type", sorted(set(ARCHITECTURES) - STATIC_REFUSED))
+def test_static_engine_equals_hf_greedy(model_type):
+    """The static engine (plain forwards on preallocated slot caches, its own 4D masks) on every architecture."""
+    target, draft, prompt, ref = _case(model_type)
+    runs = [("autoregressive", None, {}), ("speculative", draft, dict(draft_length=3, adaptive_draft=False)),
+            ("speculative", draft, dict(verifier="block")), ("prompt_lookup", None, {}),
+            ("multi_draft", draft, dict(num_drafts=2, draft_length=3)),
+            ("multi_draft", target, dict(num_drafts=2, draft_length=4))]
+    for method, d, kw in runs:
+        out = fastdecode.generate(target, prompt, draft=d, method=method, temperature=0, max_new_tokens=NEW,
+                                  cache_implementation="static", **kw)
+        assert torch.equal(out.sequences, ref), f"{model_type}: static {method} {kw} differs from HF greedy"
 
 
 @pytest.mark.parametrize("model_type", ARCHITECTURES)
