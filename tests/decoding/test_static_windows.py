@@ -183,3 +183,24 @@ def test_window_of_one_equals_full_forwards():
             out = fastdecode.generate(target, prompt, draft=d, method=method, temperature=0, max_new_tokens=6,
                                       eos_token_id=[], cache_implementation=engine)
             assert torch.equal(out.sequences, seq), (method, engine)
+
+
+def test_gemma3_multimodal_wrapper():
+    """Gemma-3 as its checkpoints load (``Gemma3ForConditionalGeneration``: a text model with windowed and full
+    layers inside a vision-language wrapper), text only: both engines give HF's greedy tokens past the window."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    torch.manual_seed(0)
+    cfg = Gemma3Config(text_config=dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=WINDOW,
+                                        layer_types=["sliding_attention", "full_attention"]),
+                       vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                          num_attention_heads=2, image_size=32, patch_size=16), mm_tokens_per_image=4)
+    model = Gemma3ForConditionalGeneration(cfg).eval()
+    prompt = torch.randint(0, 500, (1, PROMPT), generator=torch.Generator().manual_seed(0))
+    ref = model.generate(prompt, max_new_tokens=NEW, do_sample=False)
+    for engine in ("dynamic", "static"):
+        for method in ("autoregressive", "speculative", "multi_draft"):   # (self-drafts)
+            out = fastdecode.generate(model, prompt, draft=None if method == "autoregressive" else model, method=method,
+                                      temperature=0, max_new_tokens=NEW, eos_token_id=[], cache_implementation=engine)
+            assert torch.equal(out.sequences, ref), (engine, method)

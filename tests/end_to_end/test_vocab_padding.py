@@ -26,18 +26,22 @@ def _pair(v_target: int, v_draft: int):
     return target, draft
 
 
+@pytest.mark.parametrize("engine", ["dynamic", "static"])
 @pytest.mark.parametrize("v_target,v_draft", [(512, 520), (520, 512)])
-def test_greedy_equals_hf_when_sizes_differ(v_target, v_draft):
+def test_greedy_equals_hf_when_sizes_differ(v_target, v_draft, engine):
     target, draft = _pair(v_target, v_draft)
     prompt = torch.randint(0, 512, (1, 8), generator=torch.Generator().manual_seed(0))
     ref = hf_greedy(target, prompt, NEW)
     if v_target > v_draft:
         assert (ref[0, 8:] >= v_draft).any(), "the target should emit ids the draft lacks (test power)"
-    for method, kw in [("speculative", {}), ("speculative", dict(verifier="block")),
-                       ("multi_draft", dict(num_drafts=3, draft_length=3)),
-                       ("entropy_switch", dict(entropy_threshold=float("-inf"), speculate_when_large=True))]:
-        out = fastdecode.generate(target, prompt, draft=draft, method=method, temperature=0, max_new_tokens=NEW, **kw)
-        assert torch.equal(out.sequences, ref), f"{method} {kw} with vocab {v_target} / {v_draft}"
+    runs = [("speculative", {}), ("speculative", dict(verifier="block")), ("prompt_lookup", {}),
+            ("multi_draft", dict(num_drafts=3, draft_length=3))]
+    if engine == "dynamic":
+        runs.append(("entropy_switch", dict(entropy_threshold=float("-inf"), speculate_when_large=True)))
+    for method, kw in runs:
+        out = fastdecode.generate(target, prompt, draft=draft, method=method, temperature=0, max_new_tokens=NEW,
+                                  cache_implementation=engine, **kw)
+        assert torch.equal(out.sequences, ref), f"{engine} {method} {kw} with vocab {v_target} / {v_draft}"
 
 
 @pytest.mark.parametrize("v_target,v_draft", [(512, 520), (520, 512)])
