@@ -9,7 +9,8 @@ fastdecode ``prompt_lookup``, fastdecode ``autoregressive``; median of ``--repea
 warm-up of each method first).
 Every output is checked against HF greedy (all four are greedy: they must agree token for token).
 
-Usage: python bench/prompt_lookup.py [--copy 6] [--plain 6] [--new 96] [--repeats 3] [--out FILE.json]
+Usage: python bench/prompt_lookup.py [--copy 6] [--plain 6] [--new 96] [--repeats 3] [--more] [--out FILE.json]
+(--more: also the static engine's prompt lookup and the draft model's fallback, on both engines.)
 """
 from __future__ import annotations
 
@@ -68,9 +69,11 @@ def main() -> int:
     ap.add_argument("--new", type=int, default=96)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=str(RESULTS / "prompt_lookup.json"))
+    ap.add_argument("--more", action="store_true",
+                    help="also the static engine's prompt_lookup and the draft model's fallback (both engines)")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
-    target, _, tok = load_pair(dtype=torch.float32)
+    target, draft, tok = load_pair(dtype=torch.float32)
     tasks = {"copy": copy_prompts(tok, args.copy), "plain": stdlib_prompts(tok, n=args.plain, prompt_tokens=64)}
     n = args.new
 
@@ -86,6 +89,13 @@ def main() -> int:
         "fastdecode autoregressive": lambda ids: fastdecode.generate(
             target, ids, method="autoregressive", max_new_tokens=n, temperature=0, eos_token_id=[]),
     }
+    if args.more:
+        def pl(**kw):
+            return lambda ids: fastdecode.generate(target, ids, method="prompt_lookup", max_new_tokens=n, temperature=0,
+                                                   eos_token_id=[], **kw)
+        runs.update({"fastdecode prompt_lookup static": pl(cache_implementation="static"),
+                     "fastdecode prompt_lookup + draft": pl(draft=draft),
+                     "fastdecode prompt_lookup + draft, static": pl(draft=draft, cache_implementation="static")})
     rows, tables = [], {}
     for fn in runs.values():  # one warm-up of each
         fn(torch.tensor([tasks["copy"][0]]))
@@ -151,6 +161,13 @@ def main() -> int:
         md.append(f"| {task} | {t['HF generate']:.1f} | {t['HF prompt_lookup_num_tokens=10']:.1f} | "
                   f"{t['fastdecode prompt_lookup']:.1f} | {t['fastdecode autoregressive']:.1f} | {s['vs_hf']:.2f}x | "
                   f"{s['vs_hf_prompt_lookup']:.2f}x | {s['vs_fastdecode_autoregressive']:.2f}x |")
+    more = [name for name in runs if name.startswith("fastdecode prompt_lookup ")]
+    if more:   # --more: the other prompt-lookup variants, against the dynamic engine's and HF's prompt lookup
+        md += ["", "| task | " + " | ".join(more) + " |", "|---|" + "---|" * len(more)]
+        for task, t in tables.items():
+            md.append(f"| {task} | " + " | ".join(
+                f"{t[m]:.1f} ({t[m] / t['fastdecode prompt_lookup']:.2f}x dynamic, "
+                f"{t[m] / t['HF prompt_lookup_num_tokens=10']:.2f}x HF lookup)" for m in more) + " |")
     md += ["", "Goals: " + "; ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in goals.items())]
     Path(args.out).with_suffix(".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
