@@ -13,6 +13,7 @@ from . import hf_cache as kv
 from .masks import additive, row_causal, with_window
 from .sampling import check_logits
 from .static import bucket as _bucket
+from .static_cache import SlotCache, forward_at, runner_for, static_support_problem
 from .stream import TokenStream
 
 
@@ -113,8 +114,6 @@ class _SlotCache(_Cache):
     (one copy per layer) to the runner of that smaller bucket, so finished rows stop costing compute."""
 
     def __init__(self, model, batch: int, device, capacity: int, mode: str = "eager", role: str = "target"):
-        from .static_cache import SlotCache, static_support_problem
-
         problem = static_support_problem(model)
         if problem:  # pragma: no cover - generate() checks first
             raise ValueError(problem)
@@ -140,8 +139,6 @@ class _SlotCache(_Cache):
             self.rows = torch.arange(batch, device=device)   # cache row of each active row
 
     def _use_runner(self, rows: int) -> None:
-        from .static_cache import runner_for
-
         self.runner = runner_for(self.model, self.capacity, self.mode, batch=rows, role=f"{self.role}{rows}")
         self.cache = self.runner.cache
 
@@ -169,12 +166,8 @@ class _SlotCache(_Cache):
             allow = row_causal(self.mask.bool(), start + self.slots[:n])              # [nb, n, start + n]
         self.cache.start.fill_(start)
         self.cache.width = start + n
-        self.cache.write = start + self.slots[:n]   # the slots every layer writes, computed once
-        try:
-            mask = additive(allow, self.dtype) if self.pos is None else self.attention(allow, pos)
-            return kv.forward(self.model, ids, self.cache, position_ids=pos, attention_mask=mask, logits_to_keep=keep)
-        finally:
-            self.cache.write = None
+        mask = additive(allow, self.dtype) if self.pos is None else self.attention(allow, pos)
+        return forward_at(self.model, self.cache, ids, start + self.slots[:n], pos, mask, keep)
 
     def _recorded(self, ids: torch.Tensor, pos: torch.Tensor, start: int, keep: int,
                   allow: torch.Tensor | None) -> torch.Tensor:

@@ -110,6 +110,17 @@ class SlotCache(Cache):
             self.positions.index_copy_(0, to, self.positions.index_select(0, frm))
 
 
+def forward_at(model, cache, ids, write, pos, mask, keep: int = 0, check_finite: bool = True) -> torch.Tensor:
+    """The model on ``ids`` over a slot (or ring) ``cache``, its layers writing at the slots ``write`` [n]
+    (computed once here, not in every layer), positions ``pos`` and the 4D ``mask``; see ``kv.forward``."""
+    cache.write = write
+    try:
+        return kv.forward(model, ids, cache, position_ids=pos, attention_mask=mask, logits_to_keep=keep,
+                          check_finite=check_finite)
+    finally:
+        cache.write = None
+
+
 def static_support_problem(model) -> str | None:
     """Why ``model`` cannot run on the static engine, or None. Full and sliding-window attention layers run
     (the window is applied by position in the engine's own masks, over a cache of the full capacity, where
@@ -190,15 +201,8 @@ class StaticRunner:
         return self._model_forward(ids, pos, pos[None], self._mask(allow, pos, pos), keep)[0]
 
     def _model_forward(self, ids, write, pos, mask, keep: int = 0) -> torch.Tensor:
-        """The model on ``ids`` with its layers writing at the slots ``write`` [n] (computed once here, not in
-        every layer), positions ``pos`` and the additive 4D ``mask``."""
-        self.cache.write = write
-        try:
-            # (recorded forwards cannot read the device; the static loops check the logits at their one sync)
-            return kv.forward(self.model, ids, self.cache, position_ids=pos, attention_mask=mask, logits_to_keep=keep,
-                              check_finite=False)
-        finally:
-            self.cache.write = None
+        # (recorded forwards cannot read the device; the static loops check the logits at their one sync)
+        return forward_at(self.model, self.cache, ids, write, pos, mask, keep, check_finite=False)
 
     def _tree_forward(self, ids: torch.Tensor, pos: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         """ids [1, n] at slots start .. start + n - 1 and positions ``pos`` [n]; query i sees the slots below
