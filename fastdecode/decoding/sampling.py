@@ -23,32 +23,25 @@ NON_FINITE = ("the model returned NaN or +inf logits, so there is no distributio
               "(a float16 overflow? try float32 or bfloat16)")
 
 
-def has_non_finite(logits: torch.Tensor) -> torch.Tensor:
-    """A device bool scalar: some logit is NaN or +inf (-inf is a masked token, allowed). ``x < inf`` is false
-    exactly for NaN and +inf: one comparison and one reduction (two kernels on a GPU, as ``isfinite().all()``)."""
-    return ~(logits < float("inf")).all()
-
-
 def check_logits(logits: torch.Tensor) -> None:
     """Raise ValueError if ``logits`` hold NaN or +inf (a host sync): greedy decoding would otherwise emit
     argmax(NaN) = an arbitrary token without a word."""
-    if bool(has_non_finite(logits)):
+    if not bool(all_finite(logits)):
         raise ValueError(NON_FINITE)
 
 
 def next_tokens(logits: torch.Tensor, sampling: SamplingConfig, generator, check_finite: bool = True) -> torch.Tensor:
-    """One token per row of ``logits`` [rows, V] as a device tensor [rows] (argmax at temperature 0).
-    check_finite: NaN or +inf logits raise ValueError (a host sync; False: the caller checks at its own)."""
+    """One token per row of ``logits`` [rows, V] as a device tensor [rows] (argmax at temperature 0). (NaN or
+    +inf logits are caught where they are computed: ``kv.forward``, or the static loops' one sync.)"""
     if sampling.greedy:
-        if check_finite:
-            check_logits(logits)
         return logits.argmax(-1)
     return sample(probs(logits, sampling, check_finite), generator)
 
 
 def all_finite(*tensors: torch.Tensor) -> torch.Tensor:
     """A device bool scalar: no entry of any tensor is NaN or +inf (read at the caller's one sync; -inf is a
-    masked token's logit, allowed as on the dynamic engine)."""
+    masked token's logit, allowed). ``x < inf`` is false exactly for NaN and +inf: one comparison and one
+    reduction per tensor (as ``isfinite().all()``)."""
     return torch.stack([(t < float("inf")).all() for t in tensors]).all()
 
 

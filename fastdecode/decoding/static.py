@@ -91,7 +91,8 @@ def _raise_non_finite() -> None:
 
 def _verify(logits, qs, x, sampling: SamplingConfig, verifier: str, generator):
     """Chain verification on the device. logits [g + 1, V]; qs: the draft rows (a list of [1, V], or one
-    [g, V] tensor; unused when greedy); x [g]. Returns device tensors (n accepted, next token, all finite):
+    [g, V] tensor; when greedy, the draft logits the drafts were chosen by, only checked for NaN / +inf); x [g].
+    Returns device tensors (n accepted, next token, all finite):
     greedy compares argmaxes; the token rule tests u * q(x) < p(x) for every row at once, then draws the
     residual at the first rejection or the bonus; block verification uses its batched form."""
     g, device = x.shape[0], logits.device
@@ -229,8 +230,7 @@ def _decode_chain(target, draft, stream: TokenStream, sampling: SamplingConfig, 
             qs = []     # (one-hot rows, made below once the logits' width is known)
             stats.extra["ngram_draft_steps"] += 1
         else:          # 1b. the draft model proposes g tokens (no host sync unless the confidence stop is on)
-            x, qs, dlen, draft_bad = _draft(drun, seq, pad, last, L, dlen, g, sampling, generator, stats, threshold,
-                                            chunk)
+            x, qs, dlen = _draft(drun, seq, pad, last, L, dlen, g, sampling, generator, stats, threshold, chunk)
             g = x.shape[0]
             if index is not None:
                 stats.extra["model_draft_steps"] += 1
@@ -244,8 +244,6 @@ def _decode_chain(target, draft, stream: TokenStream, sampling: SamplingConfig, 
         if proposal and not sampling.greedy:
             qs = sm.one_hot(x, logits.shape[-1])
         n, nxt, finite = _verify(logits, qs, x, sampling, verifier, generator)
-        if not proposal and draft_bad is not None:   # greedy drafts: NaN / +inf draft logits (no q rows to test)
-            finite = finite & ~draft_bad
 
         # 4. the one host sync of the step
         vals = torch.cat([torch.stack([n, nxt.to(n.dtype), finite.to(n.dtype)]), x]).tolist()
@@ -269,8 +267,9 @@ def _draft(drun, seq, pad, last, L: int, dlen: int, g: int, sampling: SamplingCo
     """The draft model's g tokens after the committed text seq[:L] (the draft holds its first ``dlen``): the
     committed tokens it lacks first (inside its first forward when plain, else fed in pieces of at most
     ``chunk``), then one token per forward, sampled on the device; stops early when the draft's confidence
-    falls below ``threshold`` (a host read per token). Returns (drafts [g'], q rows (unused when greedy),
-    the draft's committed length, and when greedy a device flag: some draft logit was NaN or +inf)."""
+    falls below ``threshold`` (a host read per token). Returns (drafts [g'], q rows (when greedy: one tensor of
+    the logits the drafts were chosen by, which the verification checks for NaN / +inf), the draft's committed
+    length)."""
     first = L - 1  # the draft's first forward: slots first .. L - 1
     if dlen < L - 1:  # committed tokens the draft has not seen (after a full acceptance, plain or n-gram steps)
         if drun.mode == "eager" and L - dlen <= (drun.max_forward or L):
@@ -278,7 +277,7 @@ def _draft(drun, seq, pad, last, L: int, dlen: int, g: int, sampling: SamplingCo
         else:             # recorded forwards keep one-token drafting shapes: catch up on its own
             stats.draft_calls += feed(drun, seq, pad, dlen, L - 1 - dlen, most=chunk)
         dlen = L - 1
-    cur, xs, qs, dls = last, [], [], []
+    cur, xs, qs, chosen = last, [], [], []
     for i in range(g):
         if i == 0 and first < L - 1:
             dl = drun.forward(seq[None, first:L], first, keep=1)
@@ -288,7 +287,7 @@ def _draft(drun, seq, pad, last, L: int, dlen: int, g: int, sampling: SamplingCo
             x = dl.argmax(-1)
             # argmax picks a NaN or +inf logit if there is one, so the chosen logit tells (checked at the step's
             # sync; the logits themselves may be a recorded graph's output, rewritten by the next replay)
-            dls.append(dl.gather(-1, x[:, None])[:, 0])
+            chosen.append(dl.gather(-1, x[:, None])[:, 0])
         else:
             q = sm.probs(dl, sampling, check_finite=False)
             x = sample(q, generator)
@@ -298,4 +297,4 @@ def _draft(drun, seq, pad, last, L: int, dlen: int, g: int, sampling: SamplingCo
         if threshold > 0 and i + 1 < g and float(sm.confidence(dl)[0]) < threshold:
             break  # a host sync per draft token: see the module docstring for the CUDA default
     stats.draft_calls += len(xs)
-    return torch.cat(xs), qs, dlen, sm.has_non_finite(torch.cat(dls)) if dls else None
+    return torch.cat(xs), [torch.cat(chosen)] if chosen else qs, dlen
