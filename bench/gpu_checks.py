@@ -120,12 +120,11 @@ def window_checks(device) -> list[dict]:
         for kw in (dict(method="autoregressive"), dict(method="speculative", draft_length=3, adaptive_draft=False),
                    dict(method="multi_draft", num_drafts=2, draft_length=3)):
             d = None if kw["method"] == "autoregressive" else draft
-            for p in prompts[:1]:
-                ids = torch.tensor([p], device=device)
-                ref = target.generate(ids, max_new_tokens=24, do_sample=False)
-                got = fastdecode.generate(target, ids, draft=d, temperature=0, max_new_tokens=24, eos_token_id=[],
-                                          cache_implementation="static", **kw).sequences
-                ok &= bool(torch.equal(ref, got))
+            ids = torch.tensor(prompts[:1], device=device)   # a single row: the first prompt
+            ref = target.generate(ids, max_new_tokens=24, do_sample=False)
+            got = fastdecode.generate(target, ids, draft=d, temperature=0, max_new_tokens=24, eos_token_id=[],
+                                      cache_implementation="static", **kw).sequences
+            ok &= bool(torch.equal(ref, got))
             if kw["method"] == "multi_draft":
                 continue
             ids, mask = left_pad(prompts)

@@ -206,9 +206,9 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     """Decode a left-padded batch; returns sequences [B, L + longest new] (pad_token_id after a row's end).
 
     draft / spec None: autoregressive (the same loop with no drafts). spec a PromptLookupConfig: prompt lookup,
-    each row's drafts from its own n-gram index (and from the draft model, if given, where it has no match). static: the static engine's preallocated
-    slot caches, else transformers' DynamicCache; mode (static only): "eager", or recorded forwards
-    ("cudagraphs" / "inductor", see :class:`_SlotCache`)."""
+    each row's drafts from its own n-gram index (and from the draft model, if given, where it has no match).
+    static: the static engine's preallocated slot caches, else transformers' DynamicCache; mode (static only):
+    "eager", or recorded forwards ("cudagraphs" / "inductor", see :class:`_SlotCache`)."""
     if isinstance(spec, MultiDraftConfig):
         return decode_tree(target, draft, input_ids, attention_mask, max_new_tokens, eos_ids, pad_token_id, sampling,
                            spec, generator, stats, progress, static=static, mode=mode)
