@@ -4,7 +4,8 @@ A batch-1 decode step reads every weight once, so no implementation can beat
     floor tokens/s = measured copy bandwidth (bytes read + written per second) / weight bytes.
 This script measures that bandwidth (a large device-to-device copy), then HF `generate` (eager),
 HF with a static cache (+ torch.compile on CUDA, transformers' own auto-compilation) and fastdecode's
-autoregressive decoding on the dynamic and static engines, greedy, same prompt, same run, and reports
+autoregressive decoding on the dynamic and static engines (CUDA graphs of the eager forward, and
+``compile=True``: inductor), greedy, same prompt, same run, and reports
 each as a fraction of the floor.
 
 Usage: python bench/bandwidth_floor.py [--new-tokens 128] [--repeats 3] [--smoke] [--out FILE.json]
@@ -103,7 +104,8 @@ def main() -> int:
     cases = [("HF generate (eager)", hf()),
              ("HF static cache" + (" + compile" if device.type == "cuda" else ""), hf(cache_implementation="static")),
              ("fastdecode autoregressive (dynamic)", fd()),
-             ("fastdecode autoregressive (static)", fd(cache_implementation="static"))]
+             ("fastdecode autoregressive (static)", fd(cache_implementation="static")),
+             ("fastdecode autoregressive (static, compile=True)", fd(cache_implementation="static", compile=True))]
     rows = []
     for name, fn in cases:
         try:

@@ -1,0 +1,157 @@
+"""Where a static-engine decode step's time goes: the device's time per recorded forward against the host's.
+
+For each model (the code pair's target, and the 1.1B Llama shape of ``bench/bandwidth_floor.py``) and each
+recording mode (CUDA graphs of the eager forward; ``torch.compile`` = inductor + CUDA graphs), greedy,
+one token per forward, on the static engine's runner (``decoding.static_cache``):
+
+- ``serial``: one forward, its argmax, one host read of the token per step (what plain decoding does now);
+- ``queued``: the same steps with no host read in between (the host queues them; a step then costs
+  max(host time, device time));
+- ``host``: the host's time to queue a step (measured before the closing sync of ``queued``);
+- ``replay``: the device's time per forward alone (back-to-back replays of the recorded forward, CUDA events);
+- ``kernels``: the device kernels one plain (eager) forward launches, and their summed device time
+  (torch.profiler).
+
+Usage: python bench/step_time.py [--models pair,1b] [--modes cudagraphs,inductor] [--steps 64] [--out FILE.json]
+(--smoke: the tiny shape on the CPU, eager and inductor only, for a check of the script itself).
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.common import machine_description, script_args, script_main, write_json  # noqa: E402
+
+
+def _model(name: str, device, smoke: bool):
+    from bench.bandwidth_floor import build
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name == "1b":
+        return build(device, dtype, smoke)
+    import fastdecode
+    target, _, _ = fastdecode.load_pair(device=device, dtype=dtype)
+    return target
+
+
+def _kernels(model, ids) -> tuple[int, float]:
+    """CUDA kernels launched by one plain forward of ``ids`` [1, 1] after a cache of 32 tokens, and their device ms."""
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import DynamicCache
+    with torch.inference_mode():
+        cache = DynamicCache(config=model.config)
+        model(ids.repeat(1, 32), past_key_values=cache, use_cache=True)
+        model(ids, past_key_values=cache, use_cache=True)   # warm
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            model(ids, past_key_values=cache, use_cache=True)
+            torch.cuda.synchronize()
+    evs = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return len(evs), sum(e.device_time for e in evs) / 1e3
+
+
+def measure(model, mode: str, steps: int, repeats: int) -> dict:
+    from fastdecode.decoding.static_cache import StaticRunner, compile_limits
+    device = next(model.parameters()).device
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    run = StaticRunner(model, 128 * (1 + (32 + steps * 3) // 128), mode)
+    prompt = torch.randint(0, model.config.vocab_size, (1, 32), generator=torch.Generator().manual_seed(0)).to(device)
+    out = dict(mode=mode)
+    with torch.inference_mode(), compile_limits():
+        t0 = time.perf_counter()
+        tok = run.prefill(prompt).argmax(-1)
+        for i in range(3):   # record / compile, warm
+            tok = run.forward(tok.view(1, 1), 32 + i).argmax(-1)
+        sync()
+        out["warmup_s"] = time.perf_counter() - t0
+        serial, queued, host = [], [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for i in range(steps):
+                tok = run.forward(tok.view(1, 1), 32 + i).argmax(-1)
+                tok.item()
+            serial.append((time.perf_counter() - t0) / steps)
+            sync()
+            t0 = time.perf_counter()
+            for i in range(steps):
+                tok = run.forward(tok.view(1, 1), 32 + steps + i).argmax(-1)
+            host.append((time.perf_counter() - t0) / steps)
+            sync()
+            queued.append((time.perf_counter() - t0) / steps)
+        out.update(serial_ms=1e3 * statistics.median(serial), queued_ms=1e3 * statistics.median(queued),
+                   host_ms=1e3 * statistics.median(host))
+        if cuda and mode == "cudagraphs":
+            g = next(iter(v for k, v in run.graphs.items() if k[0] == "chain"))[0]
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            g.replay()
+            start.record()
+            for _ in range(steps):
+                g.replay()
+            end.record()
+            sync()
+            out["replay_ms"] = start.elapsed_time(end) / steps
+    return out
+
+
+def run(args) -> int:
+    device = torch.device(args.device)
+    modes = ("eager", "inductor") if args.smoke else tuple(args.modes.split(","))
+    rows = []
+    for name in args.models.split(","):
+        model = _model(name, device, args.smoke)
+        info = dict(model=name, params=sum(p.numel() for p in model.parameters()),
+                    weight_bytes=sum(p.numel() * p.element_size() for p in model.parameters()))
+        if device.type == "cuda":
+            ids = torch.tensor([[5]], device=device)
+            info["kernels_per_forward"], info["kernel_ms_per_forward"] = _kernels(model, ids)
+            print(f"{name}: {info['kernels_per_forward']} kernels per plain forward, "
+                  f"{info['kernel_ms_per_forward']:.3f} ms of device time", flush=True)
+        for mode in modes:
+            try:
+                r = dict(info, **measure(model, mode, args.steps, args.repeats))
+            except Exception as e:  # report and go on
+                r = dict(info, mode=mode, error=f"{type(e).__name__}: {e}")
+            rows.append(r)
+            print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}, flush=True)
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    print(f"\n{machine_description(device)}, greedy, one token per forward, median of {args.repeats} x {args.steps} steps\n")
+    print("| model | mode | serial ms/step | queued ms/step | host ms/step | replay ms (device) | warm-up s |")
+    print("|---|---|---|---|---|---|---|")
+    f = lambda r, k: f"{r[k]:.3f}" if k in r else "-"  # noqa: E731
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['model']} | {r['mode']} | failed: {r['error'][:80]} |")
+            continue
+        print(f"| {r['model']} | {r['mode']} | {f(r, 'serial_ms')} | {f(r, 'queued_ms')} | {f(r, 'host_ms')} | "
+              f"{f(r, 'replay_ms')} | {r['warmup_s']:.1f} |")
+    if args.out:
+        write_json(args.out, dict(machine=machine_description(device), args=script_args(args), rows=rows))
+    return 0
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--models", default="pair,1b")
+    p.add_argument("--modes", default="cudagraphs,inductor")
+    p.add_argument("--steps", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--smoke", action="store_true")
+    p.add_argument("--out", default=None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return script_main(__doc__, add_arguments, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
