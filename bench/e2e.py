@@ -99,7 +99,9 @@ def engine_configs(temperatures, device_type: str, inductor: bool = False) -> li
             out += [Config("fastdecode autoregressive static compile=True", "fastdecode", t,
                            dict(method="autoregressive", compile=True, **st)),
                     Config("fastdecode speculative static (gamma=4) compile=True", "fastdecode", t,
-                           dict(method="speculative", draft_length=4, adaptive_draft=False, compile=True, **st))]
+                           dict(method="speculative", draft_length=4, adaptive_draft=False, compile=True, **st)),
+                    Config("fastdecode speculative static (gamma=6) compile=True", "fastdecode", t,   # (same buckets)
+                           dict(method="speculative", draft_length=6, adaptive_draft=False, compile=True, **st))]
     return out
 
 
@@ -246,8 +248,8 @@ def add_arguments(p) -> None:
                    help="core: HF vs fastdecode methods (greedy and T=1); multi: multi-draft sweep over k, L, verifiers; "
                         "engine: HF plain / static (+compile on CUDA) / assisted vs fastdecode's dynamic and static engines")
     p.add_argument("--inductor", action="store_true", help="engine suite: add compile=True (torch.compile) rows")
-    p.add_argument("--skip", default="", help="comma list of configuration names to leave out (e.g. 'HF assisted' "
-                                             "where its run would take most of a timed GPU session)")
+    p.add_argument("--skip", default="", help="configuration names to leave out, separated by ';' (names hold commas), "
+                                             "e.g. 'HF assisted' where its run would take most of a timed GPU session")
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--prompt-tokens", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=128)
@@ -286,7 +288,7 @@ def run(args) -> int:
     else:
         configs = multi_configs(temps, [int(k) for k in args.ks.split(",")], [int(x) for x in args.lengths.split(",")],
                                 args.verifiers.split(","))
-    skip = {name.strip() for name in args.skip.split(",") if name.strip()}
+    skip = {name.strip() for name in args.skip.split(";") if name.strip()}
     unknown = skip - {c.name for c in configs}
     if unknown:
         raise SystemExit(f"--skip: no configuration named {sorted(unknown)} in suite {args.suite!r}")

@@ -14,8 +14,9 @@
 #   DEADLINE=400 ...                                 (seconds for the whole run; a step gets what is left, at most
 #                                                      its own limit; default 480)
 #   SMOKE=1 PYTHON=.venv/bin/python bash bench/gpu_all.sh   (a CPU run of the steps at toy sizes)
-# E2E_SKIP: configuration names (comma list) the e2e_engine step leaves out (default: HF assisted and the
-# dynamic engine's rows, which take most of the step's time on a GPU and are measured on the CPU).
+# E2E_SKIP: configuration names (separated by ';') the e2e_engine step leaves out (default: HF assisted and the
+# dynamic engine's rows, which take most of the step's time on a GPU and are measured on the CPU);
+# E2E_EXTRA: more e2e arguments (e.g. --inductor); GPU_CHECKS: which gpu_checks to run (default all).
 set -u
 PY=${PYTHON:-python3}
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} TRITON_INTERPRET=0 PYTHONUNBUFFERED=1
@@ -47,12 +48,14 @@ else
   BW="--new-tokens 128 --repeats 3"; STEP_TIME="--steps 64 --repeats 3"; DEV=cuda
   BATCH="--batch 16,64 --prompts 64 --temperatures 0,1 --repeats 2"; CEIL="--batch 1,16,64 --repeats 10"
 fi
-E2E_SKIP=${E2E_SKIP-HF assisted,fastdecode autoregressive,fastdecode speculative (adaptive)}
+E2E_SKIP=${E2E_SKIP-HF assisted;fastdecode autoregressive;fastdecode speculative (adaptive)}
 
 run_step() {
   case $1 in
-    gpu_checks) step gpu_checks 90 "$PY" bench/gpu_checks.py $CHECKS --out "$OUT/gpu_checks.json" ;;
-    e2e_engine) step e2e_engine 200 "$PY" bench/e2e.py --suite engine $E2E --skip "$E2E_SKIP" --out "$OUT/e2e_engine.json" ;;
+    gpu_checks) step gpu_checks 150 "$PY" bench/gpu_checks.py $CHECKS --checks "${GPU_CHECKS:-greedy,windows,law,compiled}" \
+                  --out "$OUT/gpu_checks.json" ;;
+    e2e_engine) step e2e_engine 200 "$PY" bench/e2e.py --suite engine $E2E ${E2E_EXTRA:-} --skip "$E2E_SKIP" \
+                  --out "$OUT/e2e_engine.json" ;;
     bandwidth_floor) step bandwidth_floor 120 "$PY" bench/bandwidth_floor.py $BW --out "$OUT/bandwidth_floor.json" ;;
     step_time) step step_time 130 "$PY" bench/step_time.py $STEP_TIME --out "$OUT/step_time.json" ;;
     kernels_check) step kernels_check 90 "$PY" bench/kernels_gpu_check.py ;;

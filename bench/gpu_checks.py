@@ -9,8 +9,11 @@
 4. Sliding windows on the static engine's recorded forwards: tiny random Mistral (every layer windowed) and
    Gemma-2 (windowed and full layers), window 8, texts past it: greedy = HF for single rows and a ragged
    batch of 3 (the slot key positions are written inside the recorded graphs).
+5. compile=True (inductor kernels in the engine's own CUDA graphs): greedy = HF for plain, speculative and
+   multi-draft decoding, float32, and the same seed twice gives the same tokens.
 
-Usage: python bench/gpu_checks.py [--device cuda] [--out FILE.json]. Exit status 1 if a check fails.
+Usage: python bench/gpu_checks.py [--device cuda] [--checks greedy,windows,law,compiled] [--out FILE.json].
+Exit status 1 if a check fails.
 """
 from __future__ import annotations
 
@@ -140,16 +143,51 @@ def window_checks(device) -> list[dict]:
     return out
 
 
+COMPILED = [dict(method="autoregressive"), dict(method="speculative", draft_length=3, adaptive_draft=False),
+            dict(method="multi_draft", num_drafts=2, draft_length=3)]
+
+
+def compiled_checks(device, n_prompts: int, new: int) -> list[dict]:
+    target, draft, tok = fastdecode.load_pair(device=device, dtype=torch.float32)
+    prompts = stdlib_prompts(tok, n_prompts, 64)
+    out = []
+    for kw in COMPILED:
+        same, t0 = 0, time.perf_counter()
+        for pr in prompts:
+            ids = torch.tensor([pr], device=device)
+            ref = target.generate(ids, max_new_tokens=new, do_sample=False)
+            got = fastdecode.generate(target, ids, draft=draft, temperature=0, max_new_tokens=new,
+                                      cache_implementation="static", compile=True, **kw).sequences
+            same += bool(torch.equal(ref, got))
+        out.append(dict(check="compile=True: greedy == HF", kwargs=kw, equal=same, of=len(prompts),
+                        seconds=round(time.perf_counter() - t0, 2), ok=same == len(prompts)))
+        print(out[-1], flush=True)
+    ids = torch.tensor([prompts[0]], device=device)
+    kw = dict(draft=draft, method="speculative", temperature=1.0, max_new_tokens=new, cache_implementation="static",
+              compile=True)
+    a = fastdecode.generate(target, ids, seed=7, **kw).sequences
+    b = fastdecode.generate(target, ids, seed=7, **kw).sequences
+    out.append(dict(check="compile=True: same seed, same tokens (T=1)", ok=bool(torch.equal(a, b))))
+    print(out[-1], flush=True)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--prompts", type=int, default=3)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--runs", type=int, default=1200)
+    ap.add_argument("--checks", default="greedy,windows,law,compiled")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     device = torch.device(args.device)
-    rows = greedy_checks(device, args.prompts, args.new_tokens) + window_checks(device) + law_checks(device, args.runs)
+    run = dict(greedy=lambda: greedy_checks(device, args.prompts, args.new_tokens), windows=lambda: window_checks(device),
+               law=lambda: law_checks(device, args.runs),
+               compiled=lambda: compiled_checks(device, args.prompts, args.new_tokens))
+    rows = []
+    for name in args.checks.split(","):
+        rows += run[name]()
     bad = [r for r in rows if not r["ok"]]
     print(f"\n{len(rows) - len(bad)} of {len(rows)} checks passed on {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))

@@ -17,14 +17,15 @@ class FakeGraph:
 
 
 def install(monkeypatch) -> list:
-    """Patch the runner (through ``monkeypatch``) so that compile="cudagraphs" records stand-in graphs. Returns
+    """Patch the runner (through ``monkeypatch``) so that compile="cudagraphs" records stand-in graphs, and
+    compile=True ("inductor") records stand-in graphs of its compiled forwards, as both do on CUDA. Returns
     the list that collects (runner id, graph key) of each recording."""
     records = []
     init = static_cache.StaticRunner.__init__
 
     def fake_init(self, model, capacity, mode):
         init(self, model, capacity, "eager" if mode == "cudagraphs" else mode)
-        self.mode = mode
+        self.mode, self.records = mode, True
 
     def fake_record(self, key, fn, inputs):
         bufs = tuple(x.clone() for x in inputs)

@@ -16,7 +16,6 @@
 """
 from __future__ import annotations
 
-import functools
 import inspect
 
 import torch
@@ -86,10 +85,16 @@ def select(cache, positions: torch.Tensor) -> None:
         layer.values = layer.values.index_select(-2, idx)
 
 
-@functools.lru_cache(maxsize=None)
+_CACHE_KWARG: dict = {}   # model class -> the name of its cache argument (a plain dict: torch.compile traces
+                          # a lookup in it without the warning an lru_cache wrapper gets)
+
+
 def _cache_kwarg(model_cls) -> str:
-    params = inspect.signature(model_cls.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
+    name = _CACHE_KWARG.get(model_cls)
+    if name is None:
+        params = inspect.signature(model_cls.forward).parameters
+        name = _CACHE_KWARG[model_cls] = "cache" if "cache" in params else "past_key_values"
+    return name
 
 
 def forward(model, input_ids: torch.Tensor, cache, position_ids: torch.Tensor | None = None,

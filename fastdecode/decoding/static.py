@@ -148,8 +148,22 @@ def _next(logits, sampling, generator) -> tuple[torch.Tensor, int]:
     return tok, tok_host
 
 
+QUEUED_STEPS = 8  # plain steps queued on a CUDA device per host read (see decode_autoregressive)
+
+
+def _queued_steps(run) -> int:
+    """How many plain steps run between two host reads: on CUDA the host queues the next steps while the
+    device computes (each step's token feeds the next on the device), so the read's round trip is paid once
+    per ``QUEUED_STEPS`` tokens; on the CPU, where every op finishes before the next starts, one."""
+    return QUEUED_STEPS if run.device.type == "cuda" else 1
+
+
 def decode_autoregressive(target, draft, stream: TokenStream, sampling: SamplingConfig, cfg, generator,
                           stats: DecodeStats, progress=None, mode: str = "eager") -> None:
+    """Plain decoding. Steps are queued ``_queued_steps`` at a time, then one host read brings back their
+    tokens and one finiteness flag; tokens past an EOS in that read are computed but dropped (at most
+    ``QUEUED_STEPS - 1`` forwards, counted in ``target_calls``; the budget is never overrun). The tokens
+    and their random draws are those of one read per token, so a seed gives the same text."""
     sampling = _sampling(sampling)
     if stream.done:
         return
@@ -157,15 +171,24 @@ def decode_autoregressive(target, draft, stream: TokenStream, sampling: Sampling
     run = runner(target, capacity_for(stream.length, stream.max_new_tokens, 1), mode, longest=1)
     last, tok_host = _next(run.prefill(prompt), sampling, generator)   # the whole prompt: its logits give token 1
     stats.target_calls += 1
-    pos = stream.length
+    pos, new, queue = stream.length, [tok_host], _queued_steps(run)
     while True:
-        kept = stream.append([tok_host])
+        kept = stream.append(new)
         if progress is not None:
             progress.update(kept)
         if stream.done:
             break
-        last, tok_host = _plain_step(run, last, pos, sampling, generator, stats)  # the one sync per token
-        pos += 1
+        toks, finite = [], []
+        for _ in range(min(queue, stream.remaining)):
+            logits = run.forward(last.view(1, 1), pos)
+            last = sm.next_tokens(logits, sampling, generator, check_finite=False)
+            toks.append(last)
+            finite.append(sm.all_finite(logits))
+            pos += 1
+        stats.target_calls += len(toks)
+        *new, ok = torch.cat(toks + [torch.stack(finite).all().long().view(1)]).tolist()   # the one sync
+        if not ok:
+            _raise_non_finite()
 
 
 def decode_speculative(target, draft, stream: TokenStream, sampling: SamplingConfig, spec: SpeculativeConfig,

@@ -141,8 +141,15 @@ class StaticRunner:
 
     mode: "eager" (plain forwards), "cudagraphs" (each input length recorded once as a CUDA graph of the
     eager forward, then replayed: no Python or launch cost per layer), "inductor" (``torch.compile``,
-    fullgraph, one graph per length; on CUDA with ``mode="reduce-overhead"``, i.e. CUDA graphs of the
-    compiled kernels). Lengths are the caller's buckets: few distinct lengths, few graphs.
+    fullgraph, one compilation per length; on CUDA each compiled forward is then recorded as a CUDA graph
+    of its own, exactly as "cudagraphs" records the eager one). Lengths are the caller's buckets: few
+    distinct lengths, few graphs.
+
+    Why our own graphs around inductor rather than its ``mode="reduce-overhead"`` (CUDA-graph trees):
+    measured on an H200 (``bench/step_time.py``), a tree replay costs the host 0.31 ms per forward against
+    0.13 ms for a plain ``CUDAGraph.replay`` of the same model, and the draft's forwards of a speculative
+    step are host-bound, so inductor's fused kernels (0.41 against 0.91 ms of device time per forward of
+    the code pair's target) were lost to the host again.
     """
 
     def __init__(self, model, capacity: int, mode: str):
@@ -152,6 +159,8 @@ class StaticRunner:
         if mode == "cudagraphs" and device.type != "cuda":
             raise ValueError("compile='cudagraphs' needs a CUDA model")
         self.model, self.mode, self.capacity, self.device = model, mode, capacity, device
+        # recorded CUDA graphs: of the eager forward ("cudagraphs") or of the compiled one ("inductor" on CUDA)
+        self.records = mode == "cudagraphs" or (mode == "inductor" and device.type == "cuda")
         cfg = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
         self.cache = self._new_cache(cfg.num_hidden_layers, capacity, device)
         self.prefix = torch.zeros((), dtype=torch.long, device=device)  # tree forwards: slots below it are seen
@@ -168,8 +177,7 @@ class StaticRunner:
             if self.window is not None:   # (a Lambda ring has no window of the model's: see static_lambda)
                 torch._dynamo.mark_static_address(self.cache.positions)
             for name, fn in (("chain", self._forward), ("tree", self._tree_forward), ("batch", self._batch_forward)):
-                self._compiled[name] = torch.compile(fn, fullgraph=True, dynamic=False,
-                                                     mode="reduce-overhead" if device.type == "cuda" else None)
+                self._compiled[name] = torch.compile(fn, fullgraph=True, dynamic=False)
 
     max_forward: int | None = None  # longest input ``forward`` takes (None: any that fits the capacity)
 
@@ -293,9 +301,9 @@ class StaticRunner:
         if self.mode == "eager":
             return fn(*inputs)
         if self.mode == "inductor":
-            if inputs[0].is_cuda:
-                torch.compiler.cudagraph_mark_step_begin()
-            return self._compiled[kind](*inputs).clone()   # within compile_limits() (the caller's generate)
+            fn = self._compiled[kind]      # within compile_limits() (the caller's generate)
+            if not self.records:
+                return fn(*inputs)         # the CPU: the compiled forward itself
         key = (kind,) + tuple(tuple(x.shape) for x in inputs)
         graph = self.graphs.get(key)
         if graph is None:

@@ -156,3 +156,21 @@ def test_refusals(tiny_pair):
         fastdecode.generate(target, ids, cache_implementation="static", compile="cudagraphs")
     with pytest.raises(ValueError, match="supports methods .*multi_draft.*, not 'entropy_switch'"):
         fastdecode.generate(target, ids, draft=draft, method="entropy_switch", cache_implementation="static")
+
+
+@pytest.mark.slow
+def test_compiled_forwards_recorded_as_graphs(monkeypatch):
+    """compile=True on CUDA records each compiled forward as a graph of its own (no CUDA-graph trees): the CPU
+    stand-in records the compiled chain and tree forwards and replays them, same greedy tokens as the
+    dynamic engine for every recorded method."""
+    import fake_graphs
+    records = fake_graphs.install(monkeypatch)
+    target, draft = tiny_llama(5, vocab=32), tiny_llama(6, vocab=32, layers=1)
+    ids = torch.tensor([PROMPT])
+    for kw in (dict(method="autoregressive"), dict(method="speculative", draft_length=3, adaptive_draft=False),
+               dict(method="multi_draft", num_drafts=2, draft_length=2)):
+        common = dict(draft=draft, temperature=0, max_new_tokens=10, eos_token_id=[], **kw)
+        ref = fastdecode.generate(target, ids, **common).sequences
+        out = fastdecode.generate(target, ids, cache_implementation="static", compile=True, **common).sequences
+        assert torch.equal(out, ref), kw
+    assert {key[0] for _, key in records} == {"chain", "tree"}

@@ -36,6 +36,18 @@ def test_probs_and_entropy(monkeypatch):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
+def test_probs_never_dispatches_its_kernel(monkeypatch):
+    """The probs kernel was slower than its reference at every size measured on a GPU: the dispatch keeps the
+    reference even where Triton would be used."""
+    import importlib
+    kp = importlib.import_module("fastdecode.kernels.probs")   # (the package's name `probs` is the dispatcher)
+    monkeypatch.setattr(K, "use_triton", lambda t: True)
+    monkeypatch.setattr(kp, "probs", lambda *a, **k: pytest.fail("the probs kernel was dispatched"))
+    logits = torch.randn(2, 50)
+    for kw in (dict(temperature=0.8), dict(temperature=1.0, top_k=5, top_p=0.9)):
+        torch.testing.assert_close(K.probs(logits, **kw), K.probs_reference(logits, **kw))
+
+
 @pytest.mark.parametrize("op", ["verify_speculative", "verify_rrs", "verify_rrs_without_replacement", "verify_kseq"])
 def test_verify_ops_same_tokens_for_the_same_noise(monkeypatch, op):
     k = 1 if op == "verify_speculative" else 3

@@ -1,0 +1,90 @@
+"""Plain decoding on the static engine queues several steps per host read on CUDA (``static._queued_steps``).
+Here the queue is forced on the CPU: the same greedy tokens as HF ``generate`` whatever the queue length
+and budget, EOS inside a queue (the tokens after it dropped), the same seeded samples as the dynamic engine,
+NaN logits in the middle of a queue still an error, and the CUDA default."""
+import pytest
+import torch
+
+import fastdecode
+import fake_graphs
+from fastdecode.decoding import static
+from tiny_models import tiny_llama
+
+PROMPT = torch.tensor([[1, 2, 3, 4, 5]])
+
+
+@pytest.fixture
+def target():
+    return tiny_llama(5, vocab=32)
+
+
+def _queue(monkeypatch, n: int) -> None:
+    monkeypatch.setattr(static, "_queued_steps", lambda run: n)
+
+
+@pytest.mark.parametrize("queue", [2, 3, 8])
+@pytest.mark.parametrize("new", [1, 7, 12])
+def test_greedy_equals_hf(target, monkeypatch, queue, new):
+    _queue(monkeypatch, queue)
+    ref = target.generate(PROMPT, max_new_tokens=new, do_sample=False, eos_token_id=None)
+    out = fastdecode.generate(target, PROMPT, temperature=0, max_new_tokens=new, eos_token_id=[],
+                              cache_implementation="static")
+    assert torch.equal(out.sequences, ref)
+    assert out.stats.new_tokens == new and out.stats.target_calls == new   # no forward past the budget
+
+
+def test_eos_inside_a_queue(target, monkeypatch):
+    """EOS as the 4th new token, queue 3: the read of steps 2-4 holds it; the queue after it is never started,
+    and a queue holding tokens past it drops them (they are computed, and counted as forwards)."""
+    free = target.generate(PROMPT, max_new_tokens=12, do_sample=False, eos_token_id=None)[0, 5:].tolist()
+    eos = free[3]
+    first = free.index(eos)
+    ref = target.generate(PROMPT, max_new_tokens=12, do_sample=False, eos_token_id=eos, pad_token_id=0)
+    for queue in (3, 5):
+        _queue(monkeypatch, queue)
+        out = fastdecode.generate(target, PROMPT, temperature=0, max_new_tokens=12, eos_token_id=eos,
+                                  cache_implementation="static")
+        assert torch.equal(out.sequences, ref[:, : 5 + first + 1])
+        assert out.stats.new_tokens == first + 1
+        assert out.stats.target_calls == 1 + queue * -(-first // queue)   # the prefill, then whole queues
+
+
+def test_seeded_samples_equal_the_dynamic_engine(target, monkeypatch):
+    _queue(monkeypatch, 4)
+    kw = dict(temperature=1.0, max_new_tokens=11, eos_token_id=[], seed=5)
+    ref = fastdecode.generate(target, PROMPT, **kw).sequences
+    assert torch.equal(fastdecode.generate(target, PROMPT, cache_implementation="static", **kw).sequences, ref)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_nan_inside_a_queue_raises(target, monkeypatch, temperature):
+    """NaN logits at the 3rd step of a queue of 4 (not at the prefill): the queue's read raises."""
+    _queue(monkeypatch, 4)
+    calls = []
+
+    def poison(module, args, out):
+        calls.append(1)
+        return out.masked_fill(torch.ones_like(out, dtype=torch.bool), float("nan")) if len(calls) == 4 else out
+    target.lm_head.register_forward_hook(poison)
+    with pytest.raises(ValueError, match="NaN or \\+inf logits"):
+        fastdecode.generate(target, PROMPT, temperature=temperature, seed=0, max_new_tokens=10, eos_token_id=[],
+                            cache_implementation="static")
+
+
+def test_recorded_forwards_with_a_queue(target, monkeypatch):
+    """The queue on recorded forwards (the CPU stand-in for CUDA graphs): every step reads the previous step's
+    token from the device and overwrites the one output buffer."""
+    fake_graphs.install(monkeypatch)
+    _queue(monkeypatch, 4)
+    ref = target.generate(PROMPT, max_new_tokens=10, do_sample=False, eos_token_id=None)
+    out = fastdecode.generate(target, PROMPT, temperature=0, max_new_tokens=10, eos_token_id=[],
+                              cache_implementation="static", compile="cudagraphs")
+    assert torch.equal(out.sequences, ref)
+
+
+def test_queue_lengths():
+    class Run:
+        def __init__(self, kind):
+            self.device = torch.device(kind)
+    assert static._queued_steps(Run("cuda")) == static.QUEUED_STEPS > 1
+    assert static._queued_steps(Run("cpu")) == 1
