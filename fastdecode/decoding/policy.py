@@ -161,6 +161,26 @@ class DraftLengthPolicy:
         gamma = 1 if self.probing else self.gamma
         return max(0, min(gamma, remaining - 1))
 
+    def plain_run(self, most: int) -> int:
+        """Right after :meth:`next_length` returned 0: how many plain steps in a row, this one included and at
+        most ``most``, the policy has already decided on (a pause under way, or the measured switch's plan).
+        They are taken from the plan now, so the caller can queue them on the device with one host read; the
+        measured switch times them as one step of that many tokens. The decisions are those of one call per
+        step (no timing or acceptance enters a plan already made)."""
+        n = 1
+        while n < most:
+            if self.paused > 0:
+                self.paused -= 1
+            elif self.switch is not None and self.switch.plan and self.switch.plan[0] is False:
+                self.switch.plan.popleft()
+            else:
+                break
+            n += 1
+            self.plain_steps += 1
+        if self.switch is not None:
+            self.switch.emitted(n)
+        return n
+
     @property
     def probing(self) -> bool:
         return self.spec.adaptive and len(self.first_accepted) == self.window and not self._pays()

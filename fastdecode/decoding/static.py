@@ -54,11 +54,22 @@ def runner(model, capacity: int, mode: str, longest: int):
     return runner_for(model, capacity, mode)
 
 
-def padded(run, n: int) -> int:
+def padded(run, n: int, most: int) -> int:
     """The length an n-token forward of ``run`` is padded to: its bucket when forwards are recorded (a few
     shapes serve every step); n itself for plain (eager) forwards, where padding would only add compute
-    (on the CPU the target's verify forward costs about its token count)."""
-    return n if run.mode == "eager" else bucket(n)
+    (on the CPU the target's verify forward costs about its token count). Under inductor, where each new
+    length costs a compilation (9-10 s per shape for the code pair on an H200, measured in the middle of
+    timed runs: a draft cut short by the budget needed a smaller bucket), the shortest length already
+    compiled between the bucket and ``most`` (the longest forward the caller's cache has room for), if any,
+    when the compiled forwards are recorded as CUDA graphs."""
+    if run.mode == "eager":
+        return n
+    b = bucket(n)
+    if run.mode == "inductor" and run.records:   # (on a GPU a few more query rows cost next to nothing)
+        have = [m for m in run.lengths if b < m <= most]
+        if b not in run.lengths and have:
+            return min(have)
+    return b
 
 
 def capacity_for(prompt_len: int, max_new_tokens: int, longest_forward: int) -> int:
@@ -75,7 +86,8 @@ def feed(run, seq: torch.Tensor, pad: torch.Tensor, start: int, n: int, most: in
     step = min(run.max_forward or n, most or n)
     for a in range(0, n, step):
         m = min(step, n - a)
-        run.forward(torch.cat([seq[start + a : start + a + m], pad[: padded(run, m) - m]])[None], start + a, keep=1)
+        b = padded(run, m, min(run.max_forward or bucket(step), bucket(step)))
+        run.forward(torch.cat([seq[start + a : start + a + m], pad[: b - m]])[None], start + a, keep=1)
     return -(-n // step)
 
 
@@ -130,12 +142,24 @@ def _accepted_count(u: torch.Tensor, px: torch.Tensor, qx: torch.Tensor) -> torc
     return ((u * qx < px) & (qx > 0)).long().cumprod(0).sum()
 
 
-def _plain_step(run, last, pos, sampling, generator, stats) -> tuple[torch.Tensor, int]:
-    """One target forward on the newest token at slot ``pos``: the next token ([1] on the device, and on
-    the host), after the host check that the logits are finite."""
-    logits = run.forward(last.view(1, 1), pos)
-    stats.target_calls += 1
-    return _next(logits, sampling, generator)
+def _plain_steps(run, last, pos: int, k: int, most: int, sampling, generator) -> tuple[torch.Tensor, list[int]]:
+    """k plain target steps after the newest token ``last`` [1] (at slot ``pos``), queued on the device (each
+    step's token feeds the next), then ONE host read of their tokens and of one finiteness flag (ValueError on
+    NaN / +inf). Each forward is padded as :func:`padded` says (``most``: the longest the cache has room for).
+    Returns the k tokens on the device [k] and on the host."""
+    b = padded(run, 1, most)
+    toks, finite = [], []
+    for i in range(k):
+        ids = last.view(1, 1) if b == 1 else torch.cat([last, last.new_zeros(b - 1)])[None]
+        logits = run.forward(ids, pos + i)[:1]
+        last = sm.next_tokens(logits, sampling, generator, check_finite=False)
+        toks.append(last)
+        finite.append(sm.all_finite(logits))
+    toks = torch.cat(toks)
+    *host, ok = torch.cat([toks, torch.stack(finite).all().long().view(1)]).tolist()   # the one sync
+    if not ok:
+        _raise_non_finite()
+    return toks, host
 
 
 def _next(logits, sampling, generator) -> tuple[torch.Tensor, int]:
@@ -178,17 +202,10 @@ def decode_autoregressive(target, draft, stream: TokenStream, sampling: Sampling
             progress.update(kept)
         if stream.done:
             break
-        toks, finite = [], []
-        for _ in range(min(queue, stream.remaining)):
-            logits = run.forward(last.view(1, 1), pos)
-            last = sm.next_tokens(logits, sampling, generator, check_finite=False)
-            toks.append(last)
-            finite.append(sm.all_finite(logits))
-            pos += 1
-        stats.target_calls += len(toks)
-        *new, ok = torch.cat(toks + [torch.stack(finite).all().long().view(1)]).tolist()   # the one sync
-        if not ok:
-            _raise_non_finite()
+        k = min(queue, stream.remaining)
+        toks, new = _plain_steps(run, last, pos, k, 1, sampling, generator)
+        last, pos = toks[-1:], pos + k
+        stats.target_calls += k
 
 
 def decode_speculative(target, draft, stream: TokenStream, sampling: SamplingConfig, spec: SpeculativeConfig,
@@ -239,13 +256,17 @@ def _decode_chain(target, draft, stream: TokenStream, sampling: SamplingConfig, 
         last = seq[L - 1 : L]  # the newest committed token: in neither cache yet
         g = policy.next_length(stream.remaining)
         proposal = index.propose(stream.tokens, g) if index is not None and g > 0 else []
-        if g <= 0 or (not proposal and drun is None):  # a plain target step
-            tok, tok_host = _plain_step(trun, last, L - 1, sampling, generator, stats)
-            seq[L : L + 1] = tok
-            kept = stream.append([tok_host])
+        if g <= 0 or (not proposal and drun is None):  # plain target steps: as many as the policy has planned,
+            # queued on the device (CUDA) up to _queued_steps, one host read for all
+            k = policy.plain_run(min(_queued_steps(trun), stream.remaining)) if g <= 0 else 1
+            toks, host = _plain_steps(trun, last, L - 1, k, chunk, sampling, generator)
+            stats.target_calls += k
+            seq[L : L + k] = toks
+            kept = stream.append(host)
             if progress is not None:
                 progress.update(kept)
-            stats.record_step(0, 0)
+            for _ in range(k):
+                stats.record_step(0, 0)
             continue
         if proposal:   # 1a. n-gram drafts: point masses
             g = len(proposal)
@@ -259,7 +280,7 @@ def _decode_chain(target, draft, stream: TokenStream, sampling: SamplingConfig, 
                 stats.extra["model_draft_steps"] += 1
 
         # 2. one target forward over [last, x_1..x_g], padded to its bucket when recorded
-        b = padded(trun, g + 1)
+        b = padded(trun, g + 1, chunk)
         logits = trun.forward(torch.cat([last, x, pad[: b - g - 1]])[None], L - 1)[: g + 1]
         stats.target_calls += 1
 

@@ -167,6 +167,7 @@ class StaticRunner:
         self.slots = torch.arange(capacity, device=device)
         self.dtype = next(model.parameters()).dtype
         self.graphs: dict[tuple, tuple] = {}   # (kind, input shapes) -> (graph, input buffers, output)
+        self.lengths: set[int] = set()         # the lengths of the chain forwards recorded or compiled so far
         self.key = runner_key(model)
         self.batch = 1   # rows of the cache (runner_for sets it; a batch's rows are its recorded batch size)
         self._compiled = {}
@@ -277,6 +278,7 @@ class StaticRunner:
         self._set_width(start + ids.shape[1])
         if self.mode == "eager":
             return self._forward(ids, keep)
+        self.lengths.add(ids.shape[1])
         logits = self._run("chain", self._forward, ids)
         return logits[-keep:] if keep else logits
 

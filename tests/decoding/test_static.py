@@ -14,6 +14,22 @@ PROMPT = [1, 2, 3, 4]
 ALPHA = 1e-3
 
 
+def test_padded_lengths():
+    """Plain forwards are not padded; recorded ones go to their bucket; under inductor a length already compiled
+    (up to the caller's bound) serves a shorter forward rather than a new compilation in the middle of a run."""
+    class Run:
+        def __init__(self, mode, lengths=(), records=True):
+            self.mode, self.lengths, self.records = mode, set(lengths), records
+    assert static.padded(Run("inductor", {8}, records=False), 3, 8) == 4   # the CPU: padding costs compute there
+    assert static.padded(Run("eager"), 3, 8) == 3
+    assert static.padded(Run("cudagraphs", {8}), 3, 8) == 4
+    assert static.padded(Run("inductor"), 3, 8) == 4
+    assert static.padded(Run("inductor", {8}), 3, 8) == 8
+    assert static.padded(Run("inductor", {4, 8}), 3, 8) == 4
+    assert static.padded(Run("inductor", {16}), 3, 8) == 4      # past the bound: the bucket
+    assert static.padded(Run("inductor", {2, 8}), 1, 8) == 2
+
+
 def test_buckets_and_capacity():
     assert [bucket(n) for n in (1, 2, 3, 4, 5, 8, 9, 17)] == [1, 2, 4, 4, 8, 8, 16, 32]
     assert capacity_for(100, 28, 1) == 256 and capacity_for(100, 29, 1) == 256 and capacity_for(100, 28, 1) % 128 == 0
@@ -167,10 +183,12 @@ def test_compiled_forwards_recorded_as_graphs(monkeypatch):
     records = fake_graphs.install(monkeypatch)
     target, draft = tiny_llama(5, vocab=32), tiny_llama(6, vocab=32, layers=1)
     ids = torch.tensor([PROMPT])
-    for kw in (dict(method="autoregressive"), dict(method="speculative", draft_length=3, adaptive_draft=False),
+    for kw in (dict(method="speculative", draft_length=3, adaptive_draft=False), dict(method="autoregressive"),
                dict(method="multi_draft", num_drafts=2, draft_length=2)):
         common = dict(draft=draft, temperature=0, max_new_tokens=10, eos_token_id=[], **kw)
         ref = fastdecode.generate(target, ids, **common).sequences
         out = fastdecode.generate(target, ids, cache_implementation="static", compile=True, **common).sequences
         assert torch.equal(out, ref), kw
+        if kw["method"] == "speculative":   # the last step's draft, cut short by the budget, reused the 4-token forward
+            assert target.__dict__["_fastdecode_static"].lengths == {4}
     assert {key[0] for _, key in records} == {"chain", "tree"}

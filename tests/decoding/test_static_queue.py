@@ -88,3 +88,40 @@ def test_queue_lengths():
             self.device = torch.device(kind)
     assert static._queued_steps(Run("cuda")) == static.QUEUED_STEPS > 1
     assert static._queued_steps(Run("cpu")) == 1
+
+
+def test_chain_plain_steps_are_queued(target, monkeypatch):
+    """A draft that is never right: the estimated fallback pauses drafting, and the chain loop queues the
+    paused plain steps (4 per read here). Greedy = HF; sampled = the dynamic engine for a seed (the estimated
+    fallback decides the same steps on both engines); the queued reads are fewer than the plain steps."""
+    _queue(monkeypatch, 4)
+    draft = tiny_llama(9, vocab=32, layers=1, scale=3.0)
+    reads = []
+    orig = static._plain_steps
+    monkeypatch.setattr(static, "_plain_steps", lambda run, last, pos, k, *a: reads.append(k) or orig(run, last, pos, k, *a))
+    kw = dict(draft=draft, method="speculative", fallback="estimated", max_new_tokens=40, eos_token_id=[])
+    ref = target.generate(PROMPT, max_new_tokens=40, do_sample=False, eos_token_id=None)
+    out = fastdecode.generate(target, PROMPT, temperature=0, cache_implementation="static", **kw)
+    assert torch.equal(out.sequences, ref)
+    plain = out.stats.extra.get("plain_steps", 0)
+    assert plain >= 8 and max(reads) == 4 and len(reads) < plain
+    dyn = fastdecode.generate(target, PROMPT, temperature=1.0, seed=3, **kw).sequences
+    assert torch.equal(fastdecode.generate(target, PROMPT, temperature=1.0, seed=3, cache_implementation="static",
+                                           **kw).sequences, dyn)
+
+
+def test_plain_run_takes_planned_plain_steps():
+    from fastdecode.config import SpeculativeConfig
+    from fastdecode.decoding.policy import DraftLengthPolicy, MeasuredSwitch
+    sw = MeasuredSwitch()
+    pol = DraftLengthPolicy(SpeculativeConfig(draft_length=4, adaptive=True), None, switch=sw)
+    sw.plan.extend([False, False, False, False, True, False])
+    assert pol.next_length(100) == 0                 # the first planned plain step
+    assert pol.plain_run(8) == 4 and list(sw.plan) == [True, False] and sw.tokens == 4
+    assert pol.next_length(100) > 0                  # then the planned drafting step
+    sw.plan.extend([False, False, False])
+    assert pol.next_length(100) == 0 and pol.plain_run(2) == 2 and list(sw.plan) == [False, False]
+    paused = DraftLengthPolicy(SpeculativeConfig(draft_length=4, adaptive=True), 0.5)
+    paused.paused = 5
+    assert paused.next_length(100) == 0 and paused.plain_run(3) == 3 and paused.paused == 2
+    assert paused.plain_steps == 3
