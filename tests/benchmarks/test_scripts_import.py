@@ -30,7 +30,7 @@ def test_script_imports(name):
 
 
 def test_gpu_only_scripts_answer_help():
-    for name in ("gpu_checks", "bandwidth_floor", "static_tuning"):
+    for name in ("gpu_checks", "bandwidth_floor", "static_tuning", "step_time"):
         r = subprocess.run([sys.executable, f"bench/{name}.py", "--help"], cwd=ROOT, capture_output=True, text=True,
                            timeout=120)
         assert r.returncode == 0 and "usage" in r.stdout, (name, r.stderr[-500:])
