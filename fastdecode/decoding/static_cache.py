@@ -305,11 +305,11 @@ class StaticRunner:
         if self.mode == "inductor":
             fn = self._compiled[kind]      # within compile_limits() (the caller's generate)
             if not self.records:
-                return fn(*inputs)         # the CPU: the compiled forward itself
+                return _traced(fn, *inputs)   # the CPU: the compiled forward itself
         key = (kind,) + tuple(tuple(x.shape) for x in inputs)
         graph = self.graphs.get(key)
         if graph is None:
-            return self._record(key, fn, inputs)
+            return _traced(self._record, key, fn, inputs)
         g, bufs, out = graph
         for buf, x in zip(bufs, inputs):
             buf.copy_(x)
@@ -334,6 +334,17 @@ class StaticRunner:
         self.graphs[key] = (g, bufs, out)
         g.replay()
         return out
+
+
+def _traced(fn, *args):
+    """fn(*args); a forward that ``torch.compile`` cannot capture in one graph (a host read or other graph break
+    inside the model) becomes a ValueError that says what to use instead."""
+    try:
+        return fn(*args)
+    except torch._dynamo.exc.TorchDynamoException as e:
+        raise ValueError("compile=True: torch.compile could not compile this model's forward as one graph "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); use compile=None (on CUDA: CUDA "
+                         "graphs of the eager forward) or compile=False") from e
 
 
 def compile_limits():

@@ -192,3 +192,17 @@ def test_compiled_forwards_recorded_as_graphs(monkeypatch):
         if kw["method"] == "speculative":   # the last step's draft, cut short by the budget, reused the 4-token forward
             assert target.__dict__["_fastdecode_static"].lengths == {4}
     assert {key[0] for _, key in records} == {"chain", "tree"}
+
+
+def test_compile_refuses_a_forward_it_cannot_capture():
+    """A model whose forward reads the device (a graph break) gets a clear ValueError from compile=True, naming
+    the alternative, not dynamo's traceback; without compile it decodes."""
+    target = tiny_llama(5, vocab=32)
+    mlp = target.model.layers[0].mlp
+    forward = mlp.forward
+    mlp.forward = lambda x: forward(x) if float(x.abs().sum()) >= 0 else forward(-x)
+    ids = torch.tensor([PROMPT])
+    with pytest.raises(ValueError, match="could not compile this model's forward as one graph.*compile=None"):
+        fastdecode.generate(target, ids, max_new_tokens=4, cache_implementation="static", compile=True)
+    assert fastdecode.generate(target, ids, max_new_tokens=4, eos_token_id=[],
+                               cache_implementation="static").stats.new_tokens == 4
