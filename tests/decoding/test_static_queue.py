@@ -125,3 +125,38 @@ def test_plain_run_takes_planned_plain_steps():
     paused.paused = 5
     assert paused.next_length(100) == 0 and paused.plain_run(3) == 3 and paused.paused == 2
     assert paused.plain_steps == 3
+
+
+def test_streamer_and_progress_get_each_read(target, monkeypatch):
+    """A streamer gets the prompt, then each read's kept tokens (cut at EOS), then end(); the counts add up."""
+    _queue(monkeypatch, 3)
+    free = target.generate(PROMPT, max_new_tokens=12, do_sample=False, eos_token_id=None)[0, 5:].tolist()
+    eos = free[4]
+    first = free.index(eos)
+    assert first == 4   # (this model's text: EOS as the 5th new token, inside the second read of 3)
+
+    class Recorder:
+        def __init__(self):
+            self.puts, self.ended = [], 0
+
+        def put(self, value):
+            self.puts.append(value[0].tolist())
+
+        def end(self):
+            self.ended += 1
+    rec = Recorder()
+    out = fastdecode.generate(target, PROMPT, temperature=0, max_new_tokens=12, eos_token_id=eos,
+                              cache_implementation="static", streamer=rec, progress=True)
+    assert rec.ended == 1 and rec.puts[0] == PROMPT[0].tolist()
+    assert sum(rec.puts[1:], []) == free[: first + 1] == out.sequences[0, 5:].tolist()
+    assert [len(p) for p in rec.puts[1:]] == [1, 3, 1]   # the prefill's token, a read of 3, one cut at EOS
+
+
+def test_lambda_ring_with_a_queue(target, monkeypatch):
+    """Lambda attention's ring on the static engine with queued plain steps = the dynamic engine, past the window."""
+    from fastdecode import LambdaAttention
+    _queue(monkeypatch, 4)
+    cfg = LambdaAttention(window=6, num_global=2)
+    kw = dict(temperature=0, max_new_tokens=20, eos_token_id=[], lambda_attention=cfg)
+    ref = fastdecode.generate(target, PROMPT, **kw).sequences
+    assert torch.equal(fastdecode.generate(target, PROMPT, cache_implementation="static", **kw).sequences, ref)
