@@ -38,8 +38,8 @@ import torch
 
 from .. import kernels
 from . import workspace
-from .optimal_steps import (_arange, _argsort_keys, _compact, _merge_sorted, _normalise, _optimal_b, _pool_entries,
-                            _prefix, _sort_key, _values_at)
+from .optimal_steps import (_arange, _argsort_keys, _compact, _compact_fixed, _merge_sorted, _normalise, _optimal_b,
+                            _pool_entries, _prefix, _sort_key, _values_at)
 from .primitives import VerifyResult, residual, sample
 
 
@@ -92,12 +92,19 @@ class RaceState:
         return self.to_tokens(self.b_real_rank)
 
 
-def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
+def build_race(p: torch.Tensor, q: torch.Tensor, k: int, fixed: bool | None = None) -> RaceState:
     """Build the race of section 1 for every row. p, q: [N, V] probabilities; k: number of i.i.d. drafts.
 
     Cost (see the README's profile): one stable sort of the tokens with p > 0 or q > 0 (tokens with
     p = q = 0 are dropped before sorting, they rank last and take no part), O(Vs) scans, and the pools,
     built only over the tokens with a surplus or a deficit (compacted before the FIFO merge).
+
+    fixed (default: on CUDA): no host read at all, so nothing waits for the device. The support is not
+    compacted (tokens with p = q = 0 are sorted last with the others: Vs = V) and the surplus and deficit
+    lists keep the full width (:func:`~.optimal_steps._compact_fixed`); the extra entries are zero masses,
+    the padding a batch of rows already has, so the race's values on the support are those of the
+    compacted build. On a GPU the compacted build's time was its launches and its host reads, not its
+    arithmetic over 152k entries.
 
     Memory: the tensors come from this thread's workspace (:mod:`.workspace`: buffers reused once no
     tensor uses them, so the pages of the last build's are not faulted in again)."""
@@ -109,14 +116,16 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
     N, V = p.shape
     dev = p.device
     cpu = dev.type == "cpu"
+    fixed = not cpu if fixed is None else fixed
     f64, i64, bool_ = torch.float64, torch.long, torch.bool
     # the race is not differentiable (a sort, comparisons); detached, its steps may run in place
     p64 = _normalise(p.detach(), ws.out((N, V), f64, dev))
     q64 = _normalise(q.detach(), ws.out((N, V), f64, dev))
     # support: tokens with p > 0 or q > 0 (Vs: the largest count over the rows); the others play no part
-    nz = torch.gt(p64, 0, out=ws.out((N, V), bool_, dev))
-    nz.logical_or_(torch.gt(q64, 0, out=ws.out((N, V), bool_, dev)))
-    if N and bool(nz.all()):
+    nz = None if fixed else torch.gt(p64, 0, out=ws.out((N, V), bool_, dev))
+    if nz is not None:
+        nz.logical_or_(torch.gt(q64, 0, out=ws.out((N, V), bool_, dev)))
+    if fixed or (N and bool(nz.all())):
         ps_t, qs_t, sup = p64, q64, None
     else:
         sup, valid = _compact(nz, V, ws)                                   # padding -> column V (zeros)
@@ -148,8 +157,9 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
     # of the ranks with a surplus (sr) and with a deficit (dr) only
     # (surplus = max(diff, 0) and deficit = max(-diff, 0) are read at the compacted ranks only)
     diff = torch.sub(dW, b, out=ws.out((N, Vs), f64, dev))
-    sr, sv = _compact(torch.gt(diff, 0, out=ws.out((N, Vs), bool_, dev)), 0, ws)
-    dr, dv = _compact(torch.lt(diff, 0, out=ws.out((N, Vs), bool_, dev)), 0, ws)
+    compact = _compact_fixed if fixed else _compact
+    sr, sv = compact(torch.gt(diff, 0, out=ws.out((N, Vs), bool_, dev)), 0, ws)
+    dr, dv = compact(torch.lt(diff, 0, out=ws.out((N, Vs), bool_, dev)), 0, ws)
     s_vals = _values_at(diff, sr, sv, ws.out(sr.shape, f64, dev))             # [N, nS]
     d_vals = _values_at(diff, dr, dv, ws.out(dr.shape, f64, dev)).neg_()      # [N, nD]
     del diff

@@ -159,6 +159,22 @@ def _compact(mask: torch.Tensor, fill: int, ws: Workspace = FRESH) -> tuple[torc
     return idx, valid
 
 
+def _compact_fixed(mask: torch.Tensor, fill: int, ws: Workspace = FRESH) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_compact` without a host read: the same (idx, valid) at the mask's full width L instead of the
+    largest count (the Trues of each row first, in column order, then ``fill``), so that nothing waits for
+    the device (a GPU build; the extra columns are padding the build already handles: zero masses)."""
+    N, L = mask.shape
+    dev = mask.device
+    pos = torch.cumsum(mask, -1, out=ws.out((N, L), torch.long, dev))      # 1 + place among the row's Trues
+    count = pos[:, -1:].clone() if L else pos.new_zeros(N, 1)
+    # the Falses write into scratch columns past L (spread on GPUs: writes to one address serialise)
+    n_scratch = 1 if dev.type == "cpu" else min(_SCRATCH, max(L, 1))
+    cols = _arange(L, dev)
+    dest = torch.where(mask, pos.sub_(1), L + cols % n_scratch)
+    idx = ws.full((N, L + n_scratch), fill, torch.long, dev).scatter_(1, dest, cols.expand(N, L))[:, :L]
+    return idx, torch.lt(cols, count, out=ws.out((N, L), torch.bool, dev))
+
+
 def _monotone(x: torch.Tensor) -> torch.Tensor:
     # a parallel (GPU) scan of nonnegative numbers need not be monotone in floating point; the CPU scan
     # adds in order, and a rounded sum of nonnegative terms added in order never decreases
@@ -243,10 +259,10 @@ def _merge_sorted_search(a: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor
     """:func:`_merge_sorted` by binary search (any device; the GPU path)."""
     N, La = a.shape
     L = La + c.shape[1]
-    pa = _arange(La, a.device) + torch.searchsorted(c, a, right=False)   # final places of a
+    pa = _arange(La, a.device) + torch.searchsorted(c, a, right=False)   # final places of a (before equal c)
+    pc = _arange(c.shape[1], a.device) + torch.searchsorted(a, c, right=True)   # and of c (no host read)
     from_a = torch.zeros(N, L, dtype=torch.bool, device=a.device).scatter_(1, pa, True)
-    out = a.new_empty(N, L).scatter_(1, pa, a)
-    out.masked_scatter_(~from_a, c)                    # c fills the other places of each row, in order
+    out = a.new_empty(N, L).scatter_(1, pa, a).scatter_(1, pc, c)
     ia = from_a.cumsum(-1) - 1
     ic = _arange(L, a.device) - ia - 1
     return out, ia, ic

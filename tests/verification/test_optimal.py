@@ -19,6 +19,20 @@ from fastdecode.verification.optimal import (acceptance_optimal, build_race, rac
                                              selection_marginal, speculative_against)
 
 
+@pytest.fixture(params=[False, True], ids=["compacted", "fixed-width"])
+def build_mode(request, monkeypatch):
+    """Both builds: the compacted one (host reads; the CPU's) and the fixed-width one without host reads (the
+    GPU's), through this module's build_race and the one the public verify path calls."""
+    if request.param:
+        import sys
+        from fastdecode.verification import optimal
+        orig = optimal.build_race
+        fixed = lambda p, q, k, fixed=None: orig(p, q, k, fixed=True)   # noqa: E731
+        monkeypatch.setattr(optimal, "build_race", fixed)
+        monkeypatch.setattr(sys.modules[__name__], "build_race", fixed)
+    return request.param
+
+
 @pytest.fixture(scope="module")
 def ref():
     import optimal_iid_reference
@@ -96,7 +110,7 @@ def _enumerated_selection(D, ranks_of_token, q, k):
 
 
 # ---------------------------------------------------------------------------- exact
-def test_exact_selection_output_and_acceptance():
+def test_exact_selection_output_and_acceptance(build_mode):
     rng = np.random.default_rng(7)
     for trial in range(40):
         p, q, k = _random_case(rng, trial)
@@ -121,7 +135,7 @@ def test_exact_selection_output_and_acceptance():
         assert abs(float(acceptance_optimal(torch.tensor(p)[None], torch.tensor(q)[None], k)[0]) - alpha) < 1e-13
 
 
-def test_matches_spec_oracle_batched(ref):
+def test_matches_spec_oracle_batched(ref, build_mode):
     rng = np.random.default_rng(8)
     cases = [_random_case(rng, t) for t in range(60)]
     for k in (1, 2, 3, 4, 8):                                             # one batch of rows of equal V per k
@@ -189,7 +203,7 @@ def _run_variant(st, drafts, u, gen, variant):
 
 
 @pytest.mark.parametrize("k", [3, 4])
-def test_statistical_output_is_p_and_broken_variants_fail(k):
+def test_statistical_output_is_p_and_broken_variants_fail(k, build_mode):
     pytest.importorskip("scipy")
     N = 100_000
     gen = torch.Generator().manual_seed(k)
@@ -233,7 +247,7 @@ def _realistic_pair(V, seed, top_p=None):
 
 
 @pytest.mark.parametrize("V", [32000, 151936])
-def test_scale_acceptance_equals_alpha_star(V):
+def test_scale_acceptance_equals_alpha_star(V, build_mode):
     try:
         from fastdecode.verification.bound import optimal_acceptance_rate
     except ImportError:
@@ -288,7 +302,7 @@ def _check_exact_small(p, q, k, tol=1e-13):
     assert abs(acc - _alpha_brute(p, q, k)) < tol
 
 
-def test_ties_exact():
+def test_ties_exact(build_mode):
     # equal ratios p/q (ties in the rank order), p = q on part of the vocabulary, q = 0 < p and p = 0 < q
     cases = [([0.2, 0.2, 0.1, 0.1, 0.4, 0.0], [0.1, 0.1, 0.05, 0.05, 0.5, 0.2]),
              ([0.25, 0.25, 0.25, 0.25, 0.0], [0.25, 0.25, 0.25, 0.0, 0.25]),
@@ -299,7 +313,7 @@ def test_ties_exact():
             _check_exact_small(np.array(p), np.array(q), k)
 
 
-def test_disjoint_supports_exact_and_at_scale():
+def test_disjoint_supports_exact_and_at_scale(build_mode):
     for k in (1, 2, 4):
         _check_exact_small(np.array([0.5, 0.5, 0.0, 0.0, 0.0]), np.array([0.0, 0.0, 0.2, 0.3, 0.5]), k)
     g = torch.Generator().manual_seed(3)
@@ -352,6 +366,37 @@ def test_sparse_rows_equal_dense_rows():
             st_b = build_races(P, Q, [k, k, k])[i]
             r2 = verify_prepared(_expanded(st_b, 64), drafts, torch.Generator().manual_seed(i))
             assert torch.equal(r1.tokens, r2.tokens) and torch.equal(r1.accepted, r2.accepted)
+
+
+def test_fixed_width_build_equals_the_compacted_build():
+    """The build without host reads (the GPU's default) gives the compacted build's race on the support: the
+    same selection law, alpha* and acceptance, and, from the same generator, the same selected drafts,
+    tokens and decisions, for dense and sparse rows, one row or a batch."""
+    from fastdecode.verification.optimal import verify_prepared
+    g = torch.Generator().manual_seed(11)
+    for V, top_p in ((300, None), (300, 0.9), (5000, 0.95)):
+        for k in (2, 3, 4, 8):
+            rows = [_realistic_pair(V, seed=100 * k + i, top_p=top_p) for i in range(3)]
+            P, Q = torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows])
+            for sl in (slice(0, 1), slice(0, 3)):
+                a, b = build_race(P[sl], Q[sl], k, fixed=False), build_race(P[sl], Q[sl], k, fixed=True)
+                assert b.ell.shape[1] == V and (top_p is None or a.ell.shape[1] < V)
+                assert (a.b_real - b.b_real).abs().max() < 1e-15 and torch.equal(a.alpha, b.alpha)
+                for i, s in enumerate(((P[sl] > 0) | (Q[sl] > 0)).sum(-1).tolist()):   # the same ranks on the support
+                    assert torch.equal(a.order[i, :s], b.order[i, :s])
+                n = sl.stop
+                drafts = torch.stack([torch.multinomial(Q[i], 256 * k, replacement=True, generator=g).view(256, k)
+                                      for i in range(n)]).view(n * 256, k)
+                ra = verify_prepared(_expanded_rows(a, 256), drafts, torch.Generator().manual_seed(k))
+                rb = verify_prepared(_expanded_rows(b, 256), drafts, torch.Generator().manual_seed(k))
+                assert torch.equal(ra.tokens, rb.tokens) and torch.equal(ra.accepted, rb.accepted)
+                assert torch.equal(ra.draft_index, rb.draft_index)
+
+
+def _expanded_rows(st, n: int):
+    """Each row of a race repeated n times (row-major), as one batch."""
+    return dataclasses.replace(st, **{f.name: getattr(st, f.name).repeat_interleave(n, 0)
+                                      for f in dataclasses.fields(st) if f.name != "k"})
 
 
 def test_prepared_verify_equals_verify():
@@ -455,3 +500,17 @@ def test_residual_by_inverse_cdf():
     assert _chi2_pvalue(tokens, r / r.sum()) > 1e-4                      # also: no zero-mass token emitted
     tokens = _sample_residual(p.expand(N, -1), p.expand(N, -1), gen)
     assert _chi2_pvalue(tokens, p) > 1e-4
+
+
+def test_fixed_width_build_reads_nothing_back():
+    """The fixed-width build and the whole verification after it make no host read (the GPU's path: nothing
+    waits for the device, so it could be recorded as a graph): they run on the meta device, whose tensors hold
+    no data and raise at any read; the compacted build reads its compactions' lengths and raises there."""
+    from fastdecode.verification.optimal import verify_prepared
+    p = torch.empty(2, 1000, dtype=torch.float64, device="meta")
+    st = build_race(p, torch.empty_like(p), 4, fixed=True)
+    assert st.ell.shape == (2, 1000) and st.cum.shape == (2, 4002)
+    res = verify_prepared(st, torch.empty(2, 4, dtype=torch.long, device="meta"))
+    assert res.tokens.shape == (2,)
+    with pytest.raises(RuntimeError, match="meta"):
+        build_race(p, torch.empty_like(p), 4, fixed=False)
