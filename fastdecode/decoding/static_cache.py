@@ -146,10 +146,10 @@ class StaticRunner:
     distinct lengths, few graphs.
 
     Why our own graphs around inductor rather than its ``mode="reduce-overhead"`` (CUDA-graph trees):
-    measured on an H200 (``bench/step_time.py``), a tree replay costs the host 0.31 ms per forward against
-    0.13 ms for a plain ``CUDAGraph.replay`` of the same model, and the draft's forwards of a speculative
-    step are host-bound, so inductor's fused kernels (0.41 against 0.91 ms of device time per forward of
-    the code pair's target) were lost to the host again.
+    measured on an H200 (``bench/step_time.py``, the code pair's target), a tree replay cost the host 0.31 ms
+    per forward against 0.07 ms for a plain ``CUDAGraph.replay`` of the same compiled forward, and the draft's
+    forwards of a speculative step are host-bound, so inductor's fused kernels (0.41 against 0.91 ms of
+    device time per forward) were lost to the host again.
     """
 
     def __init__(self, model, capacity: int, mode: str):
