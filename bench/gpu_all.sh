@@ -41,11 +41,11 @@ step() {  # step NAME SECONDS COMMAND...
 
 if [ "${SMOKE:-0}" = 1 ]; then
   CHECKS="--prompts 1 --new-tokens 16 --runs 300"; E2E="--quick --prompts 1 --new-tokens 16"; BW="--smoke --new-tokens 8 --repeats 1"
-  STEP_TIME="--smoke --steps 8 --repeats 1"; DEV=cpu
+  STEP_TIME="--smoke --steps 8 --repeats 1"; DEV=cpu; OPT="--quick"
   BATCH="--quick"; CEIL="--quick"
 else
   CHECKS="--prompts 3 --new-tokens 64 --runs 600"; E2E="--prompts 3 --repeats 3 --new-tokens 128 --dtype bfloat16"
-  BW="--new-tokens 128 --repeats 3"; STEP_TIME="--steps 64 --repeats 3"; DEV=cuda
+  BW="--new-tokens 128 --repeats 3"; STEP_TIME="--steps 64 --repeats 3"; DEV=cuda; OPT="--vocab 32000 151936 --k 2 4 8"
   BATCH="--batch 16,64 --prompts 64 --temperatures 0,1 --repeats 2"; CEIL="--batch 1,16,64 --repeats 10"
 fi
 E2E_SKIP=${E2E_SKIP-HF assisted;fastdecode autoregressive;fastdecode speculative (adaptive)}
@@ -60,7 +60,7 @@ run_step() {
     step_time) step step_time 130 "$PY" bench/step_time.py $STEP_TIME --out "$OUT/step_time.json" ;;
     kernels_check) step kernels_check 90 "$PY" bench/kernels_gpu_check.py ;;
     kernels_bench) step kernels_bench 120 "$PY" bench/kernels.py --quick --budget-s 60 --out "$OUT/kernels.json" ;;
-    optimal_cost) step optimal_cost 60 "$PY" bench/optimal_cost.py --device $DEV --check --quick --no-plot --out "$OUT/optimal_cost.json" ;;
+    optimal_cost) step optimal_cost 60 "$PY" bench/optimal_cost.py --device $DEV --check $OPT --no-plot --out "$OUT/optimal_cost.json" ;;
     long_context) step long_context 90 "$PY" bench/long_context.py --device $DEV --skip ppl,passkey --lengths 1024,4096,16384 \
                     --decode-tokens 128 --out "$OUT" ;;
     e2e_multi) step e2e_multi 90 "$PY" bench/e2e.py --suite multi --device $DEV --quick --out "$OUT/e2e_multi.json" ;;
