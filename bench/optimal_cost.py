@@ -5,6 +5,9 @@ For each vocabulary size V and number of drafts k it times, on `rows` rows (tree
 - select:  the per-draft race (kernels/optimal_select.py): O(k log V) per row
 - verify:  single-draft speculative sampling of the selected draft against b_real
 - total:   verify_optimal end to end (float64 conversion included): build + select + verify
+- other:   the device's other build (the compacted one, with host reads, on CUDA; the fixed-width one on the CPU)
+- on CUDA also build_recorded / total_recorded: the fixed-width build replayed from a CUDA graph
+  (``build_race(record=True)``), alone and followed by the selection and the verification
 and, for scale, a float64 sort of the rows, the classic single-draft verifier, and the two other
 lossless verifiers of k i.i.d. drafts, ``rrs`` and ``spectr`` (K-SEQ), each one whole call on the same
 rows. Per-row figures (``*_ms_per_row``) divide by ``rows``. CPU numbers are medians of `repeats` wall-clock runs on `threads` threads,
@@ -154,10 +157,20 @@ def _measure(device, V: int, k: int, args) -> dict:
         "rrs": lambda: verify_rrs(p, q, drafts, gen),
         "spectr": lambda: verify_spectr(p, q, drafts, gen),
     }
+    if cuda:   # the fixed-width build replayed from a CUDA graph (opt-in in the library: build_race(record=True))
+        from fastdecode.verification.optimal import verify_prepared
+        try:
+            build_race(p, q, k, record=True)
+            fns["build_recorded"] = lambda: build_race(p, q, k, record=True)
+            fns["total_recorded"] = lambda: verify_prepared(build_race(p, q, k, record=True), drafts, gen)
+        except Exception as e:   # report it; the other timings stand
+            recorded_error = f"{type(e).__name__}: {e}"
     row = {"device": torch.cuda.get_device_name(device) if cuda else "cpu", "V": V, "k": k, "rows": args.rows,
            "build_other_is": "compacted" if cuda else "fixed-width",
            "support": int(((p > 0) | (q > 0)).sum(-1).max()),
            "alpha_star": float(st.alpha.mean()), "acceptance": float(torch.minimum(st.p, st.b_real).sum(-1).mean())}
+    if cuda and "build_recorded" not in fns:
+        row["recorded_error"] = recorded_error
     timed = _cpu_interleaved(fns, args.repeats) if not cuda and args.interleave else {}
     for name, fn in fns.items():
         if cuda:
@@ -252,7 +265,10 @@ def run(args) -> int:
               f"{r['select_ms']:8.3f} {r['verify_ms']:8.3f} {r['total_ms']:8.3f} {r['rrs_ms']:8.3f} "
               f"{r['spectr_ms']:8.3f} {r['speculative_k1_ms']:8.3f}"
               + (f"   select torch {r['select_torch_ms']:.4f} / triton {r['select_triton_ms']:.4f}"
-                 f" (agree: {r['triton_agrees']})" if "select_triton_ms" in r else ""))
+                 f" (agree: {r['triton_agrees']})" if "select_triton_ms" in r else "")
+              + (f"   recorded: build {r['build_recorded_ms']:.3f}, total {r['total_recorded_ms']:.3f}"
+                 if "build_recorded_ms" in r else f"   recorded: {r['recorded_error'][:80]}"
+                 if "recorded_error" in r else ""))
     meta = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
             "processor": _cpu_name(), "load_average_at_start": load0,
             "threads": args.threads, "rows": args.rows, "repeats": args.repeats, "top_p": args.top_p,

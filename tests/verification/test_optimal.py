@@ -514,3 +514,43 @@ def test_fixed_width_build_reads_nothing_back():
     assert res.tokens.shape == (2,)
     with pytest.raises(RuntimeError, match="meta"):
         build_race(p, torch.empty_like(p), 4, fixed=False)
+
+
+def test_recorded_build_replays_the_fixed_width_build(monkeypatch):
+    """build_race(record=True) (CUDA): one recording per (rows, V, k, dtype), replayed for new p and q. Here a
+    stand-in for the CUDA graph recomputes the recorded function into the recorded outputs on each replay, as
+    a graph rewrites its own: every replay gives the fixed-width build of its own p and q, value for value,
+    and a state kept from an earlier call is not rewritten by a later one (the result is a copy)."""
+    from fastdecode.verification import optimal
+    recordings = []
+
+    class FakeGraph:
+        def __init__(self, fn, out):
+            self.fn, self.out = fn, out
+
+        def replay(self):
+            new = self.fn()
+            for f in dataclasses.fields(new):
+                if f.name != "k":
+                    getattr(self.out, f.name).copy_(getattr(new, f.name))
+
+    def fake_capture(fn, device):
+        out = fn()
+        recordings.append(device)
+        return FakeGraph(fn, out), out
+    monkeypatch.setattr(optimal, "_capture", fake_capture)
+    monkeypatch.setattr(optimal, "_RECORDED", {})
+    pairs = [_realistic_pair(2000, seed=s, top_p=0.95 if s % 2 else None) for s in range(3)]
+    kept = []
+    for k in (4, 4, 2):
+        for p, q in pairs:
+            st, ref = optimal.build_race(p, q, k, record=True), optimal.build_race(p, q, k, fixed=True)
+            for f in dataclasses.fields(st):
+                a, b = getattr(st, f.name), getattr(ref, f.name)
+                assert (a == b) if f.name == "k" else torch.equal(a, b), f.name
+            kept.append((st, ref))
+    assert len(recordings) == 2                                           # k = 4 and k = 2, each once
+    st, ref = kept[0]
+    assert torch.equal(st.b_real_rank, ref.b_real_rank) and torch.equal(st.cum, ref.cum)
+    with pytest.raises(ValueError, match="same shape"):
+        optimal.build_race(pairs[0][0], pairs[0][1][:, :10], 2, record=True)
