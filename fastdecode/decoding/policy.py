@@ -64,7 +64,8 @@ class MeasuredSwitch:
                  longest_pause: int = 256, clock=time.perf_counter):
         self.probe, self.pause, self.reprobe, self.margin, self.clock = probe, pause, reprobe, margin, clock
         self.longest_pause = longest_pause
-        self.samples = {kind: deque(maxlen=window) for kind in (True, False)}  # drafting? -> (tokens, seconds)
+        # drafting? -> (tokens, seconds, steps): a sample is one step, or plain steps queued together
+        self.samples = {kind: deque(maxlen=window) for kind in (True, False)}
         self.since_plain = 0                  # drafting steps since the last plain one
         self.rates: dict[str, float] = {}     # tokens/s of each kind at the last comparison
         self.plan: deque[bool] = deque()      # the kinds of the next steps, decided in advance
@@ -78,6 +79,7 @@ class MeasuredSwitch:
         self.timed = False                    # whether the running step is timed
         self.started = 0.0
         self.tokens = 1                       # tokens the running step emitted (a plain step: one)
+        self.steps = 1                        # steps it stands for (plain steps queued together: several)
 
     def inherit(self, other: "MeasuredSwitch") -> None:
         """Start from ``other``'s knowledge when this switch has none of its own: its timed steps, its plan
@@ -92,26 +94,27 @@ class MeasuredSwitch:
         self.plan.extend(other.plan)
         self.losses, self.since_plain, self.rates = other.losses, other.since_plain, dict(other.rates)
 
-    def emitted(self, tokens: int) -> None:
-        """The running step emitted ``tokens`` tokens."""
-        self.tokens = tokens
+    def emitted(self, tokens: int, steps: int = 1) -> None:
+        """The running step emitted ``tokens`` tokens (as ``steps`` steps: plain steps queued together)."""
+        self.tokens, self.steps = tokens, steps
 
     def rate(self, drafting: bool) -> float | None:
-        """Tokens per second of the timed steps of a kind (None: fewer than ``probe`` of them)."""
+        """Tokens per second of the timed steps of a kind (None: fewer than ``probe`` of them; queued plain
+        steps count as the steps they are, and their time per step is what the outlier cut compares)."""
         s = self.samples[drafting]
-        if len(s) < self.probe:
+        if sum(st for _, _, st in s) < self.probe:
             return None
-        cut = 10 * statistics.median(t for _, t in s)
-        kept = [(n, t) for n, t in s if t <= cut]
+        cut = 10 * statistics.median(t / st for _, t, st in s)
+        kept = [(n, t) for n, t, st in s if t / st <= cut]
         return sum(n for n, _ in kept) / max(sum(t for _, t in kept), 1e-12)
 
     def draft_next(self) -> bool:
         """Call once at the start of every step: True = draft, False = a plain step."""
         now = self.clock()
         if self.kind is not None and self.timed:
-            self.samples[self.kind].append((self.tokens, now - self.started))
+            self.samples[self.kind].append((self.tokens, now - self.started, self.steps))
         self.timed = self.kind is not None    # the first step of the call is not timed
-        self.kind, self.started, self.tokens = self._choose(), now, 1
+        self.kind, self.started, self.tokens, self.steps = self._choose(), now, 1, 1
         self.since_plain = 0 if not self.kind else self.since_plain + 1
         return self.kind
 
@@ -178,7 +181,7 @@ class DraftLengthPolicy:
             n += 1
             self.plain_steps += 1
         if self.switch is not None:
-            self.switch.emitted(n)
+            self.switch.emitted(n, steps=n)
         return n
 
     @property

@@ -117,7 +117,7 @@ def test_plain_run_takes_planned_plain_steps():
     pol = DraftLengthPolicy(SpeculativeConfig(draft_length=4, adaptive=True), None, switch=sw)
     sw.plan.extend([False, False, False, False, True, False])
     assert pol.next_length(100) == 0                 # the first planned plain step
-    assert pol.plain_run(8) == 4 and list(sw.plan) == [True, False] and sw.tokens == 4
+    assert pol.plain_run(8) == 4 and list(sw.plan) == [True, False] and (sw.tokens, sw.steps) == (4, 4)
     assert pol.next_length(100) > 0                  # then the planned drafting step
     sw.plan.extend([False, False, False])
     assert pol.next_length(100) == 0 and pol.plain_run(2) == 2 and list(sw.plan) == [False, False]
@@ -160,3 +160,21 @@ def test_lambda_ring_with_a_queue(target, monkeypatch):
     kw = dict(temperature=0, max_new_tokens=20, eos_token_id=[], lambda_attention=cfg)
     ref = fastdecode.generate(target, PROMPT, **kw).sequences
     assert torch.equal(fastdecode.generate(target, PROMPT, cache_implementation="static", **kw).sequences, ref)
+
+
+def test_queued_plain_steps_time_plain_decoding_as_that_many_steps():
+    """The measured switch's first look at plain decoding takes ``probe`` plain steps: queued together they are
+    one sample of that many steps, enough for a rate, with the outlier cut on their time per step."""
+    from fastdecode.config import SpeculativeConfig
+    from fastdecode.decoding.policy import DraftLengthPolicy, MeasuredSwitch
+    now = [0.0]
+    sw = MeasuredSwitch(clock=lambda: now[0])
+    pol = DraftLengthPolicy(SpeculativeConfig(draft_length=4, adaptive=True), None, switch=sw)
+    for _ in range(4):                      # the first (untimed) and 3 timed drafting steps: 3 tokens in 3 ms each
+        assert pol.next_length(100) > 0
+        pol.update(4, 2)
+        now[0] += 3e-3
+    assert pol.next_length(100) == 0 and pol.plain_run(8) == 3     # the probe's 3 plain steps, queued
+    now[0] += 3 * 0.5e-3                    # 0.5 ms per plain token: plain decoding wins
+    assert pol.next_length(100) == 0        # decided at once, from the one queued sample
+    assert sw.rates == pytest.approx(dict(drafting=1000.0, plain=2000.0)) and sw.losses == 1   # a pause began
