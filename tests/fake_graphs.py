@@ -1,19 +1,30 @@
 """compile="cudagraphs" on the CPU: the static runner's CUDA-only pieces replaced by a stand-in, everything else
 (buckets, buffer copies, graph keys, replays into a fixed output) as on CUDA."""
+import dataclasses
+
+import torch
+
 from fastdecode import api
 from fastdecode.decoding import static_cache
 
 
 class FakeGraph:
     """Stands in for a recorded CUDA graph on the CPU: a replay recomputes the function on the recorded input
-    buffers into the recorded output tensor, in place (so a caller that kept the output without copying it
-    would see a later replay's values, as with a real graph)."""
+    buffers into the recorded output, in place (so a caller that kept the output without copying it would see
+    a later replay's values, as with a real graph). The output: a tensor, or a dataclass of tensors (whose
+    other fields stay as recorded)."""
 
     def __init__(self, fn, bufs, out):
         self.fn, self.bufs, self.out = fn, bufs, out
 
     def replay(self):
-        self.out.copy_(self.fn(*self.bufs))
+        new = self.fn(*self.bufs)
+        if isinstance(new, torch.Tensor):
+            self.out.copy_(new)
+            return
+        for f in dataclasses.fields(new):
+            if isinstance(getattr(new, f.name), torch.Tensor):
+                getattr(self.out, f.name).copy_(getattr(new, f.name))
 
 
 def install(monkeypatch) -> list:

@@ -42,6 +42,7 @@ import contextlib
 import torch
 from transformers.cache_utils import Cache, StaticLayer
 
+from .. import graphs
 from . import hf_cache as kv
 from .masks import additive, row_causal, with_window
 
@@ -320,17 +321,7 @@ class StaticRunner:
         """First call of this kind and shape: warm up on a side stream, record the graph, replay it. Replays
         are idempotent (the same keys written to the same slots), so the warm-up forwards do no harm."""
         bufs = tuple(x.clone() for x in inputs)
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                fn(*bufs)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        g = torch.cuda.CUDAGraph()
-        # each graph its own memory pool: graphs of one runner replay in any order, so sharing a pool
-        # could let one graph's intermediates overwrite another's output
-        with torch.cuda.graph(g):
-            out = fn(*bufs)
+        g, out = graphs.record(lambda: fn(*bufs), self.device)
         self.graphs[key] = (g, bufs, out)
         g.replay()
         return out

@@ -36,7 +36,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from .. import kernels
+from .. import graphs, kernels
 from . import workspace
 from .optimal_steps import (_arange, _argsort_keys, _compact, _compact_fixed, _merge_sorted, _normalise, _optimal_b,
                             _pool_entries, _prefix, _sort_key, _values_at)
@@ -241,21 +241,6 @@ def build_race(p: torch.Tensor, q: torch.Tensor, k: int, fixed: bool | None = No
 _RECORDED: dict = {}   # (rows, V, k, dtype, device) -> (graph, p buffer, q buffer, the graph's RaceState)
 
 
-def _capture(fn, device):
-    """(graph, fn()'s result): fn recorded as a CUDA graph, after two warm-up calls on a side stream (kernels
-    built, the cached aranges grown: nothing is allocated outside the graph's pool while it records)."""
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn()
-    return graph, out
-
-
 def _recorded_build(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
     """build_race(p, q, k, fixed=True) from a recording: the fixed-width build makes no host read and its
     shapes depend on (rows, V) alone, so one recorded graph per (rows, V, k, dtype, device) replays it for
@@ -267,7 +252,7 @@ def _recorded_build(p: torch.Tensor, q: torch.Tensor, k: int) -> RaceState:
     entry = _RECORDED.get(key)
     if entry is None:
         pb, qb = p.detach().clone(), q.detach().clone()
-        graph, st = _capture(lambda: build_race(pb, qb, k, fixed=True), p.device)
+        graph, st = graphs.record(lambda: build_race(pb, qb, k, fixed=True), p.device)
         entry = _RECORDED[key] = (graph, pb, qb, st)
     graph, pb, qb, st = entry
     pb.copy_(p)

@@ -521,24 +521,16 @@ def test_recorded_build_replays_the_fixed_width_build(monkeypatch):
     stand-in for the CUDA graph recomputes the recorded function into the recorded outputs on each replay, as
     a graph rewrites its own: every replay gives the fixed-width build of its own p and q, value for value,
     and a state kept from an earlier call is not rewritten by a later one (the result is a copy)."""
+    from fake_graphs import FakeGraph
+    from fastdecode import graphs
     from fastdecode.verification import optimal
     recordings = []
 
-    class FakeGraph:
-        def __init__(self, fn, out):
-            self.fn, self.out = fn, out
-
-        def replay(self):
-            new = self.fn()
-            for f in dataclasses.fields(new):
-                if f.name != "k":
-                    getattr(self.out, f.name).copy_(getattr(new, f.name))
-
-    def fake_capture(fn, device):
+    def fake_record(fn, device):
         out = fn()
         recordings.append(device)
-        return FakeGraph(fn, out), out
-    monkeypatch.setattr(optimal, "_capture", fake_capture)
+        return FakeGraph(fn, (), out), out
+    monkeypatch.setattr(graphs, "record", fake_record)
     monkeypatch.setattr(optimal, "_RECORDED", {})
     pairs = [_realistic_pair(2000, seed=s, top_p=0.95 if s % 2 else None) for s in range(3)]
     kept = []
