@@ -19,8 +19,7 @@ def probs(logits: torch.Tensor, sampling: SamplingConfig, check_finite: bool = T
     return kernels.probs(logits, sampling.temperature, sampling.top_k, sampling.top_p, check_finite=check_finite)
 
 
-NON_FINITE = ("the model returned NaN or +inf logits, so there is no distribution to sample from "
-              "(a float16 overflow? try float32 or bfloat16)")
+NON_FINITE = kernels.NON_FINITE   # the one message for NaN or +inf logits, wherever they are found
 
 
 def check_logits(logits: torch.Tensor) -> None:

@@ -156,20 +156,23 @@ def _plain_steps(run, last, pos: int, k: int, most: int, sampling, generator) ->
         toks.append(last)
         finite.append(sm.all_finite(logits))
     toks = torch.cat(toks)
-    *host, ok = torch.cat([toks, torch.stack(finite).all().long().view(1)]).tolist()   # the one sync
+    return toks, _read(toks, finite)
+
+
+def _read(toks: torch.Tensor, finite: list[torch.Tensor]) -> list[int]:
+    """The tokens ``toks`` [k] on the host, in ONE read with the device flags ``finite`` (ValueError if one of
+    them is false: NaN or +inf logits)."""
+    *host, ok = torch.cat([toks, torch.stack(finite).all().long().view(1)]).tolist()
     if not ok:
         _raise_non_finite()
-    return toks, host
+    return host
 
 
 def _next(logits, sampling, generator) -> tuple[torch.Tensor, int]:
     """The token after ``logits`` [1, V]: on the device [1] and on the host (one read, which also checks
     that the logits are finite)."""
     tok = sm.next_tokens(logits, sampling, generator, check_finite=False)
-    tok_host, finite = torch.stack([tok[0], sm.all_finite(logits).long()]).tolist()
-    if not finite:
-        _raise_non_finite()
-    return tok, tok_host
+    return tok, _read(tok, [sm.all_finite(logits)])[0]
 
 
 QUEUED_STEPS = 8  # plain steps queued on a CUDA device per host read (see decode_autoregressive)

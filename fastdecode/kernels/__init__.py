@@ -54,11 +54,14 @@ def probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p:
     return out
 
 
+NON_FINITE = ("the model returned NaN or +inf logits, so there is no distribution to sample from "
+              "(a float16 overflow? try float32 or bfloat16)")
+
+
 def _probs_overflow(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
     x = logits.float()
     if torch.isnan(x).any() or (x == float("inf")).any():
-        raise ValueError("the model returned NaN or +inf logits, so there is no distribution to sample from "
-                         "(a float16 overflow? try float32 or bfloat16)")
+        raise ValueError(NON_FINITE)
     m = x.amax(-1, keepdim=True)
     if (m == float("-inf")).any():
         raise ValueError("the model returned a row of logits that are all -inf: every token is masked")
