@@ -48,22 +48,34 @@ VARIANTS = [
 LAMBDA_VARIANTS = [dict(method="autoregressive"), dict(method="speculative", draft_length=4, adaptive_draft=False)]
 
 
+def _greedy_equal(target, draft, prompts, device, new: int, **kw) -> dict:
+    """How many of the prompts give HF generate's greedy tokens with fastdecode (``kw``), and the seconds."""
+    same, t0 = 0, time.perf_counter()
+    for pr in prompts:
+        ids = torch.tensor([pr], device=device)
+        ref = target.generate(ids, max_new_tokens=new, do_sample=False)
+        got = fastdecode.generate(target, ids, draft=draft, temperature=0, max_new_tokens=new, **kw).sequences
+        same += bool(torch.equal(ref, got))
+    return dict(equal=same, of=len(prompts), seconds=round(time.perf_counter() - t0, 2), ok=same == len(prompts))
+
+
+def _seed_repeats(target, draft, ids, new: int, **kw) -> bool:
+    """The same seed gives the same sampled tokens twice (T = 1, speculative, static engine)."""
+    kw = dict(draft=draft, method="speculative", temperature=1.0, max_new_tokens=new, cache_implementation="static",
+              **kw)
+    return bool(torch.equal(fastdecode.generate(target, ids, seed=7, **kw).sequences,
+                            fastdecode.generate(target, ids, seed=7, **kw).sequences))
+
+
 def greedy_checks(device, n_prompts: int, new: int) -> list[dict]:
     target, draft, tok = fastdecode.load_pair(device=device, dtype=torch.float32)
     prompts = stdlib_prompts(tok, n_prompts, 64)
     out = []
     for kw in VARIANTS:
         for engine in ("dynamic", "static"):
-            same, t0 = 0, time.perf_counter()
-            for pr in prompts:
-                ids = torch.tensor([pr], device=device)
-                ref = target.generate(ids, max_new_tokens=new, do_sample=False)
-                got = fastdecode.generate(target, ids, draft=None if kw["method"] == "prompt_lookup" else draft,
-                                          temperature=0, max_new_tokens=new, cache_implementation=engine,
-                                          **kw).sequences
-                same += bool(torch.equal(ref, got))
-            out.append(dict(check="greedy == HF", engine=engine, kwargs=kw, equal=same, of=len(prompts),
-                            seconds=round(time.perf_counter() - t0, 2), ok=same == len(prompts)))
+            d = None if kw["method"] == "prompt_lookup" else draft
+            out.append(dict(check="greedy == HF", engine=engine, kwargs=kw,
+                            **_greedy_equal(target, d, prompts, device, new, cache_implementation=engine, **kw)))
             print(out[-1], flush=True)
     cfg = fastdecode.LambdaAttention(window=32, num_global=4, max_rollback=8)
     for kw in LAMBDA_VARIANTS:
@@ -77,11 +89,8 @@ def greedy_checks(device, n_prompts: int, new: int) -> list[dict]:
         out.append(dict(check="Lambda: static == dynamic", kwargs=kw, equal=same, of=len(prompts),
                         seconds=round(time.perf_counter() - t0, 2), ok=same == len(prompts)))
         print(out[-1], flush=True)
-    ids = torch.tensor([prompts[0]], device=device)
-    kw = dict(draft=draft, method="speculative", temperature=1.0, max_new_tokens=new, cache_implementation="static")
-    a = fastdecode.generate(target, ids, seed=7, **kw).sequences
-    b = fastdecode.generate(target, ids, seed=7, **kw).sequences
-    out.append(dict(check="same seed, same tokens (static, T=1)", ok=bool(torch.equal(a, b))))
+    out.append(dict(check="same seed, same tokens (static, T=1)",
+                    ok=_seed_repeats(target, draft, torch.tensor([prompts[0]], device=device), new)))
     print(out[-1], flush=True)
     return out
 
@@ -152,22 +161,12 @@ def compiled_checks(device, n_prompts: int, new: int) -> list[dict]:
     prompts = stdlib_prompts(tok, n_prompts, 64)
     out = []
     for kw in COMPILED:
-        same, t0 = 0, time.perf_counter()
-        for pr in prompts:
-            ids = torch.tensor([pr], device=device)
-            ref = target.generate(ids, max_new_tokens=new, do_sample=False)
-            got = fastdecode.generate(target, ids, draft=draft, temperature=0, max_new_tokens=new,
-                                      cache_implementation="static", compile=True, **kw).sequences
-            same += bool(torch.equal(ref, got))
-        out.append(dict(check="compile=True: greedy == HF", kwargs=kw, equal=same, of=len(prompts),
-                        seconds=round(time.perf_counter() - t0, 2), ok=same == len(prompts)))
+        out.append(dict(check="compile=True: greedy == HF", kwargs=kw,
+                        **_greedy_equal(target, draft, prompts, device, new, cache_implementation="static",
+                                        compile=True, **kw)))
         print(out[-1], flush=True)
-    ids = torch.tensor([prompts[0]], device=device)
-    kw = dict(draft=draft, method="speculative", temperature=1.0, max_new_tokens=new, cache_implementation="static",
-              compile=True)
-    a = fastdecode.generate(target, ids, seed=7, **kw).sequences
-    b = fastdecode.generate(target, ids, seed=7, **kw).sequences
-    out.append(dict(check="compile=True: same seed, same tokens (T=1)", ok=bool(torch.equal(a, b))))
+    out.append(dict(check="compile=True: same seed, same tokens (T=1)",
+                    ok=_seed_repeats(target, draft, torch.tensor([prompts[0]], device=device), new, compile=True)))
     print(out[-1], flush=True)
     return out
 
