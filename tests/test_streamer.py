@@ -4,19 +4,8 @@ import pytest
 import torch
 
 import fastdecode
+from streamers import Recorder
 from tiny_models import draft_of, tiny_lm
-
-
-class Recorder:
-    def __init__(self):
-        self.puts, self.ended = [], 0
-
-    def put(self, value):
-        assert not self.ended, "put after end"
-        self.puts.append(value.clone())
-
-    def end(self):
-        self.ended += 1
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import torch
 import fastdecode
 import fake_graphs
 from fastdecode.decoding import static
+from streamers import Recorder
 from tiny_models import tiny_llama
 
 PROMPT = torch.tensor([[1, 2, 3, 4, 5]])
@@ -134,22 +135,13 @@ def test_streamer_and_progress_get_each_read(target, monkeypatch):
     eos = free[4]
     first = free.index(eos)
     assert first == 4   # (this model's text: EOS as the 5th new token, inside the second read of 3)
-
-    class Recorder:
-        def __init__(self):
-            self.puts, self.ended = [], 0
-
-        def put(self, value):
-            self.puts.append(value[0].tolist())
-
-        def end(self):
-            self.ended += 1
     rec = Recorder()
     out = fastdecode.generate(target, PROMPT, temperature=0, max_new_tokens=12, eos_token_id=eos,
                               cache_implementation="static", streamer=rec, progress=True)
-    assert rec.ended == 1 and rec.puts[0] == PROMPT[0].tolist()
-    assert sum(rec.puts[1:], []) == free[: first + 1] == out.sequences[0, 5:].tolist()
-    assert [len(p) for p in rec.puts[1:]] == [1, 3, 1]   # the prefill's token, a read of 3, one cut at EOS
+    puts = [p[0].tolist() for p in rec.puts]
+    assert rec.ended == 1 and puts[0] == PROMPT[0].tolist()
+    assert sum(puts[1:], []) == free[: first + 1] == out.sequences[0, 5:].tolist()
+    assert [len(p) for p in puts[1:]] == [1, 3, 1]   # the prefill's token, a read of 3, one cut at EOS
 
 
 def test_lambda_ring_with_a_queue(target, monkeypatch):
