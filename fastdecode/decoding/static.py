@@ -148,9 +148,10 @@ def _plain_steps(run, last, pos: int, k: int, most: int, sampling, generator) ->
     NaN / +inf). Each forward is padded as :func:`padded` says (``most``: the longest the cache has room for).
     Returns the k tokens on the device [k] and on the host."""
     b = padded(run, 1, most)
+    pad = last.new_zeros(b - 1)   # (made once per read, not per step)
     toks, finite = [], []
     for i in range(k):
-        ids = last.view(1, 1) if b == 1 else torch.cat([last, last.new_zeros(b - 1)])[None]
+        ids = last.view(1, 1) if b == 1 else torch.cat([last, pad])[None]
         logits = run.forward(ids, pos + i)[:1]
         last = sm.next_tokens(logits, sampling, generator, check_finite=False)
         toks.append(last)
