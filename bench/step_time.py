@@ -10,13 +10,18 @@ one token per forward, on the static engine's runner (``decoding.static_cache``)
 - ``host``: the host's time to queue a step (measured before the closing sync of ``queued``);
 - ``replay``: the device's time per forward alone (back-to-back replays of the recorded forward, CUDA events);
 - ``kernels``: the device kernels one plain (eager) forward launches, and their summed device time
-  (torch.profiler).
+  (torch.profiler);
+- ``breakdown`` (CUDA): the kernels of the recorded forward itself (the profiler sees inside a graph replay),
+  grouped as matrix products, attention, inductor's fused kernels, copies and the rest: per forward, their
+  count and device ms, the matrix products' implied weight-read bandwidth, and the ten costliest kernels.
 
-Usage: python bench/step_time.py [--models pair,1b] [--modes cudagraphs,inductor] [--steps 64] [--out FILE.json]
-(--smoke: the tiny shape on the CPU, eager and inductor only, for a check of the script itself).
+Usage: python bench/step_time.py [--models pair,1b] [--modes cudagraphs,inductor[,inductor-tuned]] [--steps 64] [--out FILE.json]
+(--smoke: the tiny shape on the CPU, eager and inductor by default, for a check of the script itself).
 """
 from __future__ import annotations
 
+import contextlib
+import re
 import statistics
 import sys
 import time
@@ -57,15 +62,61 @@ def _kernels(model, ids) -> tuple[int, float]:
     return len(evs), sum(e.device_time for e in evs) / 1e3
 
 
+KINDS = (("matmul", re.compile(r"gemm|gemv|cutlass|nvjet|cublas|xmma|splitk|sm90_|sm80_", re.I)),
+         ("attention", re.compile(r"flash|fmha|attention|attn|sdpa", re.I)),
+         ("fused (inductor)", re.compile(r"^triton_")),
+         ("copy / fill", re.compile(r"copy|fill|memcpy|memset", re.I)))
+
+
+def kind_of(name: str) -> str:
+    """The group of a CUDA kernel by its name (first match in ``KINDS``; else "other")."""
+    return next((kind for kind, pat in KINDS if pat.search(name)), "other")
+
+
+def breakdown(kernels: list[tuple[str, float]], forwards: int, weight_bytes: int) -> dict:
+    """Group profiled kernels [(name, device us)] of ``forwards`` forwards: per forward, each group's kernel
+    count and device ms; the matrix products' weight bytes per second (every weight read once per forward, as
+    in a batch-1 decode step); and the ten costliest kernel names with their ms per forward."""
+    groups: dict[str, dict] = {}
+    by_name: dict[str, float] = {}
+    for name, us in kernels:
+        g = groups.setdefault(kind_of(name), dict(kernels=0, ms=0.0))
+        g["kernels"] += 1 / forwards
+        g["ms"] += us / 1e3 / forwards
+        by_name[name] = by_name.get(name, 0.0) + us / 1e3 / forwards
+    out = dict(groups=groups, ms=sum(g["ms"] for g in groups.values()),
+               top=sorted(by_name.items(), key=lambda kv: -kv[1])[:10])
+    if groups.get("matmul", {}).get("ms"):
+        out["matmul_bytes_per_s"] = weight_bytes / (groups["matmul"]["ms"] / 1e3)
+    return out
+
+
+def _profile_forwards(run, tok, start: int, n: int) -> list[tuple[str, float]]:
+    """[(kernel name, device us)] of n recorded forwards of the runner (graph replays included)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for i in range(n):
+            tok = run.forward(tok.view(1, 1), start + i).argmax(-1)
+        torch.cuda.synchronize()
+    return [(e.name, e.device_time) for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
+TUNED = dict(coordinate_descent_tuning=True)   # "inductor-tuned": inductor config gpt-fast compiles under
+
+
 def measure(model, mode: str, steps: int, repeats: int) -> dict:
+    """The timings of one recording mode: "eager", "cudagraphs", "inductor", or "inductor-tuned" (inductor
+    with ``TUNED`` patched into its config: its fused kernels' launch parameters searched, a longer compile)."""
     from fastdecode.decoding.static_cache import StaticRunner, compile_limits
+    import torch._inductor.config as inductor_config
     device = next(model.parameters()).device
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    run = StaticRunner(model, 128 * (1 + (32 + steps * 3) // 128), mode)
+    run = StaticRunner(model, 128 * (1 + (32 + steps * 3) // 128), mode.removesuffix("-tuned"))
     prompt = torch.randint(0, model.config.vocab_size, (1, 32), generator=torch.Generator().manual_seed(0)).to(device)
     out = dict(mode=mode)
-    with torch.inference_mode(), compile_limits():
+    tuning = inductor_config.patch(**TUNED) if mode.endswith("-tuned") else contextlib.nullcontext()
+    with torch.inference_mode(), compile_limits(), tuning:
         t0 = time.perf_counter()
         tok = run.prefill(prompt).argmax(-1)
         for i in range(3):   # record / compile, warm
@@ -98,12 +149,18 @@ def measure(model, mode: str, steps: int, repeats: int) -> dict:
             end.record()
             sync()
             out["replay_ms"] = start.elapsed_time(end) / steps
+        if cuda:
+            weights = sum(p.numel() * p.element_size() for p in model.parameters())
+            try:   # the timings above stand whatever happens here
+                out["breakdown"] = breakdown(_profile_forwards(run, tok, 32 + 2 * steps, 8), 8, weights)
+            except Exception as e:
+                out["breakdown_error"] = f"{type(e).__name__}: {e}"
     return out
 
 
 def run(args) -> int:
     device = torch.device(args.device)
-    modes = ("eager", "inductor") if args.smoke else tuple(args.modes.split(","))
+    modes = tuple(args.modes.split(",")) if args.modes else ("eager", "inductor") if args.smoke else ("cudagraphs", "inductor")
     rows = []
     for name in args.models.split(","):
         model = _model(name, device, args.smoke)
@@ -134,6 +191,17 @@ def run(args) -> int:
             continue
         print(f"| {r['model']} | {r['mode']} | {f(r, 'serial_ms')} | {f(r, 'queued_ms')} | {f(r, 'host_ms')} | "
               f"{f(r, 'replay_ms')} | {r['warmup_s']:.1f} |")
+    for r in rows:
+        if "breakdown" in r:
+            b = r["breakdown"]
+            bw = f", matrix products read the weights at {b['matmul_bytes_per_s'] / 1e12:.2f} TB/s" \
+                if "matmul_bytes_per_s" in b else ""
+            print(f"\n{r['model']}, {r['mode']}: {b['ms']:.3f} ms of kernels per forward{bw}")
+            print("| group | kernels / forward | ms / forward |\n|---|---|---|")
+            for kind, g in sorted(b["groups"].items(), key=lambda kv: -kv[1]["ms"]):
+                print(f"| {kind} | {g['kernels']:.0f} | {g['ms']:.3f} |")
+            for name, ms in b["top"]:
+                print(f"  {ms:.4f} ms  {name[:110]}")
     if args.out:
         write_json(args.out, dict(machine=machine_description(device), args=script_args(args), rows=rows))
     return 0
@@ -142,7 +210,7 @@ def run(args) -> int:
 def add_arguments(p) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--models", default="pair,1b")
-    p.add_argument("--modes", default="cudagraphs,inductor")
+    p.add_argument("--modes", default=None, help="default: cudagraphs,inductor (--smoke: eager,inductor)")
     p.add_argument("--steps", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--smoke", action="store_true")
