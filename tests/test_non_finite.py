@@ -68,3 +68,17 @@ def test_minus_inf_logits_are_allowed():
         out = fastdecode.generate(target, ONE, draft=draft_of(target), temperature=0, max_new_tokens=6,
                                   eos_token_id=[], cache_implementation=engine)
         assert torch.equal(out.sequences, ref)
+
+
+@pytest.mark.parametrize("verifier", ["rrs_without_replacement", "greedy_draft", "spectr", "optimal"])
+@pytest.mark.parametrize("engine", ["dynamic", "static"])
+def test_nan_draft_under_every_multi_draft_verifier(verifier, engine):
+    """Multi-draft decoding reads its distributions' NaN flags once per step, after drafting and the walk: a
+    NaN draft row must still end in the NaN error, not in a crash of the drafting on the broken row (an empty
+    draw of a distinct-token scheme gave a float token tensor to the next forward)."""
+    target, draft = _broken("draft")
+    for ids in (ONE, TWO):
+        with pytest.raises(ValueError, match="NaN or \\+inf logits"):
+            fastdecode.generate(target, ids, draft=draft, method="multi_draft", num_drafts=3, verifier=verifier,
+                                temperature=1.0, seed=0, max_new_tokens=6, cache_implementation=engine,
+                                pad_token_id=0, eos_token_id=[])

@@ -48,7 +48,7 @@ from . import sampling as sm
 from .batched_cache import _block, _bucket, _Cache, _SlotCache, batch_output
 from .masks import row_causal
 from .stream import TokenStream
-from .multi_draft import MultiDraftDecoder, draw_children
+from .multi_draft import MultiDraftDecoder, draw_frontier
 from .tree import DraftTree
 
 
@@ -195,6 +195,7 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     batch_steps = 0
     greedy = sampling.greedy
 
+    flags: list[torch.Tensor] = []   # device bools: this step's distributions are finite (read once per step)
     while active:
         nb = len(active)
         dr = [max(0, min(depths[i], streams[r].remaining - 1)) for i, r in enumerate(active)]
@@ -214,12 +215,13 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                     if dr[i] <= d:
                         frontier[i] = []
                         continue
-                    q = sm.probs(row_logits[i], sampling)
+                    q = sm.probs(row_logits[i], sampling, check_finite=False)
+                    flags.append(sm.all_finite(q))
                     new = []
-                    for j, (node, mult) in enumerate(frontier[i]):
+                    draws = draw_frontier(q, [m for _, m in frontier[i]], cfg.scheme, greedy, row_logits[i], generator)
+                    for j, (node, _) in enumerate(frontier[i]):
                         trees[i].q[node] = q[j]
-                        draws = draw_children(q[j], mult, cfg.scheme, greedy, row_logits[i][j], generator)
-                        new += trees[i].add_children(node, draws)
+                        new += trees[i].add_children(node, draws[j])
                     frontier[i] = new
                 if d + 1 == D:
                     break
@@ -254,17 +256,26 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         stats.extra["tree_nodes"] += sum(len(t) for t in trees)
         batch_steps += 1
 
+        walked = []
+        for i in range(nb):
+            lg = logits[i, : len(trees[i]) + 1]
+            p = lg if greedy else sm.probs(lg if dr[i] else lg[:1], sampling, check_finite=False)
+            if not greedy:
+                flags.append(sm.all_finite(p))
+            if dr[i] == 0:
+                walked.append(([], int(lg[0].argmax()) if greedy else int(sample(p, generator)[0])))
+            else:
+                walked.append(walker.walk(trees[i], p))
+        # the step's one NaN / +inf read of its draft and target distributions, before any token is committed
+        if flags and not bool(torch.stack(flags).all()):
+            raise ValueError(sm.NON_FINITE)
+        flags.clear()
+
         keep_t, keep_d, keep = [], [], []
         for i, r in enumerate(active):
-            lg = logits[i, : len(trees[i]) + 1]
-            if dr[i] == 0:
-                path = []
-                nxt = int(lg[0].argmax()) if greedy else int(sample(sm.probs(lg[:1], sampling), generator)[0])
-            else:
-                path, nxt = walker.walk(trees[i], lg if greedy else sm.probs(lg, sampling))
-                if cfg.adaptive:   # past outcomes only: the law is unchanged
-                    depths[i] = (min(depths[i] + 2, cfg.max_draft_length) if len(path) == dr[i]
-                                 else max(1, depths[i] - 1))
+            path, nxt = walked[i]
+            if dr[i] and cfg.adaptive:   # past outcomes only: the law is unchanged
+                depths[i] = min(depths[i] + 2, cfg.max_draft_length) if len(path) == dr[i] else max(1, depths[i] - 1)
             stats.record_step(dr[i], len(path))
             row = per_row[r]
             row["drafted"] += dr[i]

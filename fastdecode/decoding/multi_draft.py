@@ -28,9 +28,10 @@ import torch
 
 from ..config import MultiDraftConfig, SamplingConfig
 from ..stats import DecodeStats
-from ..verification import PREPARABLE, method_info, prepare, verify
+from ..verification import PREPARABLE, method_info, verify_unchecked
+from ..verification.optimal import build_races
 from ..verification.primitives import sample
-from ..verification.drafts import sample_drafts
+from ..verification.drafts import draw
 from ..verification.token import verify_chain
 from . import hf_cache as kv
 from . import sampling as sm
@@ -41,15 +42,28 @@ from .tree import DraftTree, score_nodes
 BATCH_NODES: bool | None = None   # MultiDraftDecoder.prepare_nodes: None = batched off the CPU only
 
 
-def draw_children(q: torch.Tensor, m: int, scheme: str, greedy: bool, logits: torch.Tensor, generator) -> list[int]:
-    """m child tokens of one node, in draw order. q: [V] draft distribution; logits: [V] raw draft logits."""
+def draw_frontier(q: torch.Tensor, ms: list[int], scheme: str, greedy: bool, logits: torch.Tensor,
+                  generator) -> list[list[int]]:
+    """The child tokens of every frontier node of one depth, in draw order: node i (row i of q [F, V], the
+    draft distributions, and of ``logits`` [F, V], the raw draft logits) draws ``ms[i]`` children.
+
+    The draws are made node by node, in node order, exactly as one call per node would make them (so the
+    generator is consumed as before and a seed keeps its tokens), but read to the host ONCE for the whole
+    depth (twice for the distinct-token schemes, which first read how many tokens each q can give). Greedy
+    (temperature 0): each node's top-m draft tokens."""
     if greedy:
-        return torch.topk(logits, m).indices.tolist()
-    if m == 1:
-        return [int(sample(q[None], generator)[0])]
-    if scheme == "without_replacement" or scheme == "greedy":
-        m = min(m, int((q > 0).sum()))  # cannot draw more distinct tokens than q's support
-    return sample_drafts(q[None], m, scheme, generator=generator)[0].tolist()
+        top = torch.topk(logits, max(ms), dim=-1).indices.tolist()
+        return [row[:m] for row, m in zip(top, ms)]
+    asked = ms
+    if scheme == "without_replacement" or scheme == "greedy":   # no more distinct tokens than q's support
+        # (at least one: a q row with no support holds NaN, which the step's check reports after drafting)
+        ms = [max(1, min(m, s)) for m, s in zip(ms, (q > 0).sum(-1).tolist())]
+    most = max(ms)
+    rows = []
+    for i, (a, m) in enumerate(zip(asked, ms)):
+        x = sample(q[i : i + 1], generator) if a == 1 else draw(q[i : i + 1], m, scheme, generator)[0]
+        rows.append(torch.nn.functional.pad(x.view(-1), (0, most - m)))
+    return [r[:m] for r, m in zip(torch.stack(rows).tolist(), ms)]
 
 
 class MultiDraftDecoder:
@@ -65,9 +79,21 @@ class MultiDraftDecoder:
         stats.extra.setdefault("tree_nodes", 0)
         stats.extra.update(num_drafts=cfg.num_drafts, verifier=cfg.verifier, scheme=cfg.scheme)
         self.depth = cfg.draft_length  # the next step's tree depth (changes only with cfg.adaptive)
+        self._flags: list[torch.Tensor] = []   # device bools: the step's p and q rows (and logits) are finite
 
     def _probs(self, logits: torch.Tensor) -> torch.Tensor:
-        return sm.probs(logits, self.sampling)
+        """probs of ``logits``, their NaN / inf check left to the step's one read (:meth:`_checked_step`)."""
+        p = sm.probs(logits, self.sampling, check_finite=False)
+        self._flags.append(sm.all_finite(p))
+        return p
+
+    def _checked_step(self) -> None:
+        """Raise ValueError if any distribution (or logits) this step flagged held NaN or +inf: ONE host read
+        per step, before any token of it is committed, in place of a read per distribution (drafting and the
+        walk run on flagged rows meanwhile: their draws are discarded with the step)."""
+        flags, self._flags = self._flags, []
+        if flags and not bool(torch.stack(flags).all()):
+            raise ValueError(sm.NON_FINITE)
 
     # ------------------------------------------------------------------ the engine: caches and forwards
     # The dynamic engine's (DynamicCache, cropped / selected). The static engine overrides these six
@@ -126,10 +152,10 @@ class MultiDraftDecoder:
         for d in range(depth):
             q = self._probs(logits)  # [F, V]
             new_frontier = []
-            for i, (node, m) in enumerate(frontier):
+            draws = draw_frontier(q, [m for _, m in frontier], self.cfg.scheme, s.greedy, logits, self.generator)
+            for i, (node, _) in enumerate(frontier):
                 tree.q[node] = q[i]
-                draws = draw_children(q[i], m, self.cfg.scheme, s.greedy, logits[i], self.generator)
-                new_frontier += tree.add_children(node, draws)
+                new_frontier += tree.add_children(node, draws[i])
             frontier = new_frontier
             if d + 1 == depth:
                 break
@@ -157,9 +183,9 @@ class MultiDraftDecoder:
         if not batch or not nodes or self.cfg.verifier not in PREPARABLE:
             return {}
         rows = torch.tensor([n + 1 for n in nodes], device=p.device)
-        prep = prepare(self.cfg.verifier, p.index_select(0, rows), torch.stack([tree.q[n] for n in nodes]),
-                       [len(tree.draws[n]) for n in nodes])
-        return {} if prep is None else dict(zip(nodes, prep))
+        prep = build_races(p.index_select(0, rows), torch.stack([tree.q[n] for n in nodes]),
+                           [len(tree.draws[n]) for n in nodes])
+        return dict(zip(nodes, prep))
 
     def walk(self, tree: DraftTree, p: torch.Tensor) -> tuple[list[int], int]:
         """Walk the tree with the verifier. p: [1 + len(tree), V] target distributions at the root and at
@@ -174,21 +200,22 @@ class MultiDraftDecoder:
                                       self.generator)
             return chain[:n_acc], nxt
         prepared = {} if s.greedy else self.prepare_nodes(tree, p)
+        top = p.argmax(-1).tolist() if s.greedy else None   # greedy: every row's argmax in one read
         while node in tree.draws:
             draws = tree.draws[node]
             if s.greedy:
-                tok = int(p[row(node)].argmax())
+                tok = top[row(node)]
                 if tok not in draws:
                     return path, tok
             else:
-                res = verify(self.cfg.verifier, p[row(node)][None], tree.q[node][None],
-                             torch.tensor([draws], device=p.device), self.generator, prepared.get(node))
-                tok = int(res.tokens[0])
-                if not bool(res.accepted[0]):
+                res = verify_unchecked(self.cfg.verifier, p[row(node)][None], tree.q[node][None],
+                                       torch.tensor([draws], device=p.device), self.generator, prepared.get(node))
+                tok, accepted = torch.stack([res.tokens[0], res.accepted[0].to(res.tokens.dtype)]).tolist()
+                if not accepted:   # (one read for both)
                     return path, tok
             node = tree.child[(node, tok)]
             path.append(node)
-        bonus = int(p[row(node)].argmax()) if s.greedy else int(sample(p[row(node)][None], self.generator)[0])
+        bonus = top[row(node)] if s.greedy else int(sample(p[row(node)][None], self.generator)[0])
         return path, bonus
 
     # ------------------------------------------------------------------ one step
@@ -200,6 +227,7 @@ class MultiDraftDecoder:
             self.stats.target_calls += 1
             self.stats.record_step(0, 0)
             nxt = int(logits.argmax()) if s.greedy else int(sample(self._probs(logits), self.generator)[0])
+            self._checked_step()
             return stream.append([nxt])
 
         tree, dcached = self.draft_tree(depth)
@@ -208,6 +236,7 @@ class MultiDraftDecoder:
         self.stats.extra["tree_nodes"] += len(tree)
         p = logits if s.greedy else self._probs(logits)
         path, nxt = self.walk(tree, p)
+        self._checked_step()
         self.stats.record_step(depth, len(path))
         if self.cfg.adaptive:  # decided from past outcomes only, so the output law is unchanged
             self.depth = min(self.depth + 2, self.cfg.max_draft_length) if len(path) == depth else max(1, self.depth - 1)

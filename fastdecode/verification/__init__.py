@@ -61,11 +61,20 @@ def verify(method: str, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, 
     check_generator(generator)
     check_drafts(drafts, p.shape[0], p.shape[1], 1 if info.single_draft else None)
     check_scheme(q, drafts, info.scheme)
+    if prepared is not None and method != "optimal":
+        raise ValueError(f"method {method!r} has no prepared form (see prepare)")
+    return verify_unchecked(method, p, q, drafts, generator, prepared)
+
+
+def verify_unchecked(method: str, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, generator=None,
+                     prepared=None) -> VerifyResult:
+    """:func:`verify` without its checks of the arguments, several of which read the device (finite rows
+    summing to 1, drafts in range and drawn by the scheme): for the decoding loops, whose p and q come from
+    ``kernels.probs`` and whose drafts from :func:`~.drafts.draw`, and which check p and q for NaN / inf at
+    their own host read. ``method`` must be a key of :data:`METHODS`."""
     if prepared is not None:
-        if method != "optimal":
-            raise ValueError(f"method {method!r} has no prepared form (see prepare)")
         return verify_prepared(prepared, drafts, generator)
-    return info.verify(p, q, drafts, generator)
+    return METHODS[method].verify(p, q, drafts, generator)
 
 
 PREPARABLE = frozenset({"optimal"})   # methods for which prepare() returns something
@@ -102,6 +111,6 @@ def acceptance_probability(method: str, p: torch.Tensor, q: torch.Tensor, k: int
 
 
 __all__ = [
-    "METHODS", "MethodInfo", "VerifyResult", "verify", "prepare", "PREPARABLE", "acceptance_probability", "method_info",
+    "METHODS", "MethodInfo", "VerifyResult", "verify", "verify_unchecked", "prepare", "PREPARABLE", "acceptance_probability", "method_info",
     "check_distributions", "check_drafts", "check_generator", "residual", "sample", "sample_drafts", "optimal_acceptance_rate",
 ]

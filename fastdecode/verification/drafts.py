@@ -57,6 +57,12 @@ def sample_drafts(q: torch.Tensor, k: int, scheme: str = "iid", generator: torch
     _check(q, k, scheme)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    return draw(q, k, scheme, generator)
+
+
+def draw(q: torch.Tensor, k: int, scheme: str, generator=None) -> torch.Tensor:
+    """:func:`sample_drafts` without its checks of the arguments (each a host read): for the decoding loops,
+    whose q rows come from ``kernels.probs`` and are checked for NaN / inf at the step's own read."""
     if scheme == "iid":
         return categorical(q, generator, k)
     if scheme == "without_replacement":

@@ -75,8 +75,8 @@ def test_optimal_batched_tree_nodes_equal_per_node(tiny_pair, monkeypatch):
     target, draft = tiny_pair
     ids = torch.tensor([PROMPT])
     calls = []
-    real_prepare = multi_draft.prepare
-    monkeypatch.setattr(multi_draft, "prepare", lambda *a: calls.append(len(a[3])) or real_prepare(*a))
+    real_build = multi_draft.build_races
+    monkeypatch.setattr(multi_draft, "build_races", lambda *a: calls.append(len(a[2])) or real_build(*a))
     for seed in range(4):
         out = {}
         for batched in (False, True):
