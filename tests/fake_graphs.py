@@ -1,8 +1,10 @@
 """compile="cudagraphs" on the CPU: the static runner's CUDA-only pieces replaced by a stand-in, everything else
 (buckets, buffer copies, graph keys, replays into a fixed output) as on CUDA."""
+import contextlib
 import dataclasses
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastdecode import api
 from fastdecode.decoding import static_cache
@@ -11,20 +13,38 @@ from fastdecode.decoding import static_cache
 class FakeGraph:
     """Stands in for a recorded CUDA graph on the CPU: a replay recomputes the function on the recorded input
     buffers into the recorded output, in place (so a caller that kept the output without copying it would see
-    a later replay's values, as with a real graph). The output: a tensor, or a dataclass of tensors (whose
-    other fields stay as recorded)."""
+    a later replay's values, as with a real graph). The output: a tensor, a tuple of tensors, or a dataclass of
+    tensors (whose other fields stay as recorded). Recording and replays refuse host reads (``NoHostReads``),
+    unless ``host_reads``: a function whose CPU path reads where its CUDA path does not."""
 
-    def __init__(self, fn, bufs, out):
-        self.fn, self.bufs, self.out = fn, bufs, out
+    def __init__(self, fn, bufs, out, host_reads: bool = False):
+        self.fn, self.bufs, self.out, self.host_reads = fn, bufs, out, host_reads
 
     def replay(self):
-        new = self.fn(*self.bufs)
+        with contextlib.nullcontext() if self.host_reads else NoHostReads():
+            new = self.fn(*self.bufs)
         if isinstance(new, torch.Tensor):
             self.out.copy_(new)
+            return
+        if isinstance(new, tuple):
+            for o, x in zip(self.out, new):
+                o.copy_(x)
             return
         for f in dataclasses.fields(new):
             if isinstance(getattr(new, f.name), torch.Tensor):
                 getattr(self.out, f.name).copy_(getattr(new, f.name))
+
+
+class NoHostReads(TorchDispatchMode):
+    """A recorded function must not read the device from the host (a CUDA graph cannot capture it: the value
+    would be frozen at recording): any op that brings a tensor's value to the host raises here."""
+
+    READS = {"aten._local_scalar_dense", "aten.is_nonzero", "aten.item", "aten.equal"}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func.overloadpacket) in self.READS:
+            raise AssertionError(f"a recorded function read the device on the host ({func})")
+        return func(*args, **(kwargs or {}))
 
 
 def install(monkeypatch) -> list:
@@ -40,8 +60,12 @@ def install(monkeypatch) -> list:
 
     def fake_record(self, key, fn, inputs):
         bufs = tuple(x.clone() for x in inputs)
-        out = fn(*bufs)
-        self.graphs[key] = (FakeGraph(fn, bufs, out), bufs, out)
+        # (dynamo does not trace under a dispatch mode: the guard serves the eager-recorded functions, the
+        # same code as the compiled ones apart from the forwards, which fullgraph compiles read-free anyway)
+        unguarded = self.mode == "inductor"
+        with contextlib.nullcontext() if unguarded else NoHostReads():
+            out = fn(*bufs)
+        self.graphs[key] = (FakeGraph(fn, bufs, out, host_reads=unguarded), bufs, out)
         records.append((id(self), key))
         return out
 

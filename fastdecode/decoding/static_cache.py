@@ -307,7 +307,14 @@ class StaticRunner:
             fn = self._compiled[kind]      # within compile_limits() (the caller's generate)
             if not self.records:
                 return _traced(fn, *inputs)   # the CPU: the compiled forward itself
-        key = (kind,) + tuple(tuple(x.shape) for x in inputs)
+        return self.replay((kind,), fn, *inputs)
+
+    def replay(self, key: tuple, fn, *inputs: torch.Tensor):
+        """fn(*inputs), recorded as a CUDA graph the first time this ``key`` meets these input shapes, replayed
+        after (the inputs copied into the recorded buffers; the result is the graph's own tensors, rewritten by
+        the next replay). Recording runners only (:attr:`records`). ``key`` names everything fn bakes in
+        besides the shapes; fn reads the device only (no host read), and leaves ``cache.start`` as it found it."""
+        key = tuple(key) + tuple(tuple(x.shape) for x in inputs)
         graph = self.graphs.get(key)
         if graph is None:
             return _traced(self._record, key, fn, inputs)
@@ -316,6 +323,18 @@ class StaticRunner:
             buf.copy_(x)
         g.replay()
         return out
+
+    def step_forward(self):
+        """The one-forward function a recorded step calls (``ids`` [1, n] at slots ``cache.start`` ..): the
+        compiled forward under inductor, else the eager one. Set up by :meth:`recording_at` first."""
+        return self._compiled["chain"] if self.mode == "inductor" else self._forward
+
+    def recording_at(self, start: int, n: int) -> None:
+        """Before a :meth:`replay` of a function that calls :meth:`step_forward`: forwards of ``n`` tokens from
+        slot ``start`` (set once; the function may move ``cache.start`` as long as it puts it back)."""
+        self._check(start, n)
+        self.cache.start.fill_(start)
+        self.cache.width = None   # recorded forwards see the whole capacity (one shape per length)
 
     def _record(self, key: tuple, fn, inputs: tuple) -> torch.Tensor:
         """First call of this kind and shape: warm up on a side stream, record the graph, replay it. Replays

@@ -241,13 +241,17 @@ class LambdaRunner(StaticRunner):
         with self._ring_active():
             return super().tree_forward(*args, **kwargs)
 
+    def replay(self, *args, **kwargs):
+        with self._ring_active():   # (a recorded step's forwards attend through the ring)
+            return super().replay(*args, **kwargs)
+
     @contextlib.contextmanager
     def _ring_active(self):
-        self.cache.active = True
+        was, self.cache.active = self.cache.active, True
         try:
             yield
         finally:
-            self.cache.active = False
+            self.cache.active = was
 
 
 def _attention_layers(model) -> list:

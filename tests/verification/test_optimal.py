@@ -529,7 +529,7 @@ def test_recorded_build_replays_the_fixed_width_build(monkeypatch):
     def fake_record(fn, device):
         out = fn()
         recordings.append(device)
-        return FakeGraph(fn, (), out), out
+        return FakeGraph(fn, (), out, host_reads=True), out   # (its CPU path reads once; CUDA's: see the meta test)
     monkeypatch.setattr(graphs, "record", fake_record)
     monkeypatch.setattr(optimal, "_RECORDED", {})
     pairs = [_realistic_pair(2000, seed=s, top_p=0.95 if s % 2 else None) for s in range(3)]
