@@ -4,8 +4,9 @@
    multi-draft trees) equals HF `generate` token for token; with Lambda attention (window 32, past it),
    the static engine's ring equals the dynamic engine token for token.
 2. The same seed gives the same tokens twice on the static engine (recorded graphs replay deterministically).
-3. Sampling law on the GPU: the first two tokens of 1200 seeded static-engine runs of a tiny pair
-   (V = 6) against the exact law (chi-square), plus a broken rule (accept every draft) that must fail.
+3. Sampling law on the GPU: the first two tokens of 1200 seeded static-engine runs of a tiny pair (V = 6)
+   against the exact law (chi-square), plus a broken rule (accept every draft) that must fail; the token
+   verifier's runs go through the recorded step (draft chain and verification replayed as CUDA graphs).
 4. Sliding windows on the static engine's recorded forwards: tiny random Mistral (every layer windowed) and
    Gemma-2 (windowed and full layers), window 8, texts past it: greedy = HF for single rows and a ragged
    batch of 3 (the slot key positions are written inside the recorded graphs).
@@ -33,7 +34,7 @@ from bench.common import stdlib_prompts  # noqa: E402
 from tiny_models import draft_of, tiny_llama, tiny_lm  # noqa: E402
 from batches import left_pad  # noqa: E402
 from distribution import chi_square_pvalue, exact_law, sample_law  # noqa: E402
-from fastdecode.decoding import static  # noqa: E402
+from fastdecode.decoding import static_step  # noqa: E402
 
 VARIANTS = [
     dict(method="autoregressive"),
@@ -109,13 +110,15 @@ def law_checks(device, runs: int) -> list[dict]:
         out.append(dict(check=f"2-token law, static {verifier} verifier", p_value=pv, ok=pv > 1e-3,
                         seconds=round(time.perf_counter() - t0, 2)))
         print(out[-1], flush=True)
-    orig = static._accepted_count
-    static._accepted_count = lambda u, px, qx: torch.tensor(u.shape[0], device=u.device)   # accept every draft
+    orig = static_step.accepted_count   # (the recorded verification's rule, and the unrecorded one's)
+    static_step.accepted_count = lambda u, px, qx: torch.full((), u.shape[0], device=u.device)   # accept every draft
+    for m in (target, draft):   # the runners' graphs recorded the right rule: record afresh with the broken one
+        m.__dict__.pop("_fastdecode_static", None)
     try:
         counts = sample_law(target, draft, prompt, 2, runs, max_new_tokens=3, temperature=1.0, method="speculative",
                             draft_length=2, adaptive_draft=False, cache_implementation="static")
     finally:
-        static._accepted_count = orig
+        static_step.accepted_count = orig
     pv = chi_square_pvalue(counts, law)
     out.append(dict(check="broken rule (accept all) is caught", p_value=pv, ok=pv < 1e-3))
     print(out[-1], flush=True)

@@ -171,6 +171,7 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     """Multi-draft decoding of a left-padded batch; returns sequences [B, L + longest new]. static: the static
     engine's slot caches (mode "eager", or "cudagraphs" / "inductor": recorded forwards)."""
     device = kv.device(target)
+    sampling = sm.greedy_limit(sampling)   # (its distributions skip kernels.probs' overflow fallback)
     B, L = input_ids.shape
     streams = [TokenStream(input_ids[r : r + 1, L - int(attention_mask[r].sum()):], max_new_tokens, eos_ids)
                for r in range(B)]

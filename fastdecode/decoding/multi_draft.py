@@ -72,6 +72,7 @@ class MultiDraftDecoder:
     def __init__(self, target, draft, stream: TokenStream, sampling: SamplingConfig, cfg: MultiDraftConfig,
                  generator, stats: DecodeStats):
         self.target, self.draft, self.stream = target, draft, stream
+        sampling = sm.greedy_limit(sampling)   # (its distributions skip kernels.probs' overflow fallback)
         self.sampling, self.cfg, self.generator, self.stats = sampling, cfg, generator, stats
         self._new_caches()
         self.lossless = method_info(cfg.verifier).lossless

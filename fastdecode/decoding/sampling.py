@@ -13,6 +13,18 @@ from ..config import SamplingConfig
 from ..verification.primitives import sample  # noqa: F401 (re-exported: the sampler of every loop)
 
 
+TINY_TEMPERATURE = 1e-30  # below this, logits / T overflows float32: the greedy limit is used
+
+
+def greedy_limit(sampling: SamplingConfig) -> SamplingConfig:
+    """``sampling``, or its greedy limit (temperature 0) for a temperature so small that logits / T overflows
+    float32: for loops that call :func:`probs` with check_finite=False, which then cannot fall back to the
+    overflow-safe computation (``kernels.probs``: both give the greedy limit)."""
+    if 0 < sampling.temperature < TINY_TEMPERATURE:
+        return SamplingConfig(0.0, sampling.top_k, sampling.top_p)
+    return sampling
+
+
 def probs(logits: torch.Tensor, sampling: SamplingConfig, check_finite: bool = True) -> torch.Tensor:
     """logits [rows, V] -> probabilities [rows, V] float32. check_finite=False: no host sync (the caller
     checks the result at its own sync, see :func:`all_finite`)."""

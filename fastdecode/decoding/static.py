@@ -26,20 +26,16 @@ from __future__ import annotations
 
 import torch
 
-from .. import kernels
 from ..config import DEFAULT_CONFIDENCE_THRESHOLD, SamplingConfig, SpeculativeConfig
 from ..stats import DecodeStats
-from ..verification.block import verify_block_batched
 from ..verification.primitives import sample
 from . import hf_cache as kv
 from . import sampling as sm
 from .stream import TokenStream
 from .policy import policy_for
 from .static_cache import runner_for
+from .static_step import decide, draft_chain, recordable, verify_recorded
 from .static_lambda import lambda_runner_for
-
-TINY_TEMPERATURE = 1e-30  # below this, logits / T overflows float32: the greedy limit is used
-
 
 def bucket(n: int) -> int:
     """The recorded length that serves an n-token forward: the next power of two."""
@@ -91,55 +87,8 @@ def feed(run, seq: torch.Tensor, pad: torch.Tensor, start: int, n: int, most: in
     return -(-n // step)
 
 
-def _sampling(sampling: SamplingConfig) -> SamplingConfig:
-    if 0 < sampling.temperature < TINY_TEMPERATURE:
-        return SamplingConfig(0.0, sampling.top_k, sampling.top_p)
-    return sampling
-
-
 def _raise_non_finite() -> None:
     raise ValueError(sm.NON_FINITE)
-
-
-def _verify(logits, qs, x, sampling: SamplingConfig, verifier: str, generator):
-    """Chain verification on the device. logits [g + 1, V]; qs: the draft rows (a list of [1, V], or one
-    [g, V] tensor; when greedy, the draft logits the drafts were chosen by, only checked for NaN / +inf); x [g].
-    Returns device tensors (n accepted, next token, all finite):
-    greedy compares argmaxes; the token rule tests u * q(x) < p(x) for every row at once, then draws the
-    residual at the first rejection or the bonus; block verification uses its batched form."""
-    g, device = x.shape[0], logits.device
-    finite = sm.all_finite(logits, *qs) if isinstance(qs, list) else sm.all_finite(logits)
-    if sampling.greedy:
-        t = logits.argmax(-1)                                          # [g + 1]
-        n = (t[:g] == x).long().cumprod(0).sum()
-        return n, t[n], finite
-    p = sm.probs(logits, sampling, check_finite=False)                 # [g + 1, V]
-    q = torch.cat(qs) if isinstance(qs, list) else qs                  # [g, V]
-    if verifier == "block":
-        n, nxt = verify_block_batched(p[None], q[None], x[None], generator)
-        n, nxt = n[0], nxt[0]
-    else:
-        # the acceptance tests of every row at once (gathers only); then ONE exponential row serves the one
-        # draw the step needs: the residual at the first rejected row r = n (the kernel repeats that row's
-        # rejecting test), or the bonus from p[g] when all g drafts were accepted. Same random draws in the
-        # same order as the dynamic engine's token verifier (u [g], then one noise row), so a seed gives the
-        # same tokens on both engines; drawing noise for every row would cost 2g + 1 rows of V per step.
-        u = torch.rand(g, generator=generator, device=device, dtype=torch.float64)
-        px = p[:g].gather(1, x[:, None])[:, 0].double()
-        qx = q.gather(1, x[:, None])[:, 0].double()
-        n = _accepted_count(u, px, qx)
-        noise = torch.empty((1, p.shape[1]), dtype=torch.float32, device=device).exponential_(generator=generator)
-        r = n.clamp(max=g - 1).view(1)
-        res, _ = kernels.verify_speculative(p.index_select(0, r), q.index_select(0, r), x.index_select(0, r)[:, None],
-                                            u.index_select(0, r), noise)
-        bonus = (p[g:].float() / noise).argmax(-1)                     # [1], as primitives.sample draws it
-        nxt = torch.where(n < g, res[0], bonus[0])
-    return n, nxt, finite & sm.all_finite(p)
-
-
-def _accepted_count(u: torch.Tensor, px: torch.Tensor, qx: torch.Tensor) -> torch.Tensor:
-    """Drafts kept before the first rejection (a device scalar): x_i passes when u_i q(x_i) < p(x_i), q(x_i) > 0."""
-    return ((u * qx < px) & (qx > 0)).long().cumprod(0).sum()
 
 
 def _plain_steps(run, last, pos: int, k: int, most: int, sampling, generator) -> tuple[torch.Tensor, list[int]]:
@@ -192,7 +141,7 @@ def decode_autoregressive(target, draft, stream: TokenStream, sampling: Sampling
     tokens and one finiteness flag; tokens past an EOS in that read are computed but dropped (at most
     ``QUEUED_STEPS - 1`` forwards, counted in ``target_calls``; the budget is never overrun). The tokens
     and their random draws are those of one read per token, so a seed gives the same text."""
-    sampling = _sampling(sampling)
+    sampling = sm.greedy_limit(sampling)
     if stream.done:
         return
     prompt = torch.tensor([stream.tokens], device=kv.device(target))
@@ -214,7 +163,7 @@ def decode_autoregressive(target, draft, stream: TokenStream, sampling: Sampling
 
 def decode_speculative(target, draft, stream: TokenStream, sampling: SamplingConfig, spec: SpeculativeConfig,
                        generator, stats: DecodeStats, progress=None, mode: str = "eager") -> None:
-    policy = policy_for(spec, target, draft, "speculative", mode, _sampling(sampling).greedy)
+    policy = policy_for(spec, target, draft, "speculative", mode, sm.greedy_limit(sampling).greedy)
     _decode_chain(target, draft, stream, sampling, generator, stats, progress, mode, policy,
                   longest=spec.max_draft_length if spec.adaptive else spec.draft_length,
                   threshold=spec.confidence_threshold if spec.adaptive else 0.0, verifier=spec.verifier)
@@ -229,7 +178,7 @@ def decode_prompt_lookup(target, draft, stream: TokenStream, sampling: SamplingC
     as in the dynamic engine, off on CUDA as for ``speculative``), else a plain one-token step."""
     from .prompt_lookup import NgramIndex, length_policy
 
-    policy = length_policy(cfg, target, draft, mode, _sampling(sampling).greedy)
+    policy = length_policy(cfg, target, draft, mode, sm.greedy_limit(sampling).greedy)
     index = NgramIndex(cfg.max_matching_ngram_size, cfg.min_matching_ngram_size)
     threshold = DEFAULT_CONFIDENCE_THRESHOLD if cfg.adaptive and kv.device(target).type != "cuda" else 0.0
     stats.extra.update(ngram_draft_steps=0, model_draft_steps=0)
@@ -242,7 +191,7 @@ def _decode_chain(target, draft, stream: TokenStream, sampling: SamplingConfig, 
     """The static engine's chain loop. Each step drafts at most ``longest`` tokens (``policy`` says how many, 0: a
     plain step): copied from the text by the n-gram ``index`` when it has a match (q one-hot), else by the
     ``draft`` model (None: a plain step instead), which stops early below ``threshold`` confidence."""
-    sampling = _sampling(sampling)
+    sampling = sm.greedy_limit(sampling)
     device = kv.device(target)
     chunk = bucket(longest + 1)                              # the longest forward of the loop
     cap = capacity_for(stream.length, stream.max_new_tokens, chunk)
@@ -255,6 +204,7 @@ def _decode_chain(target, draft, stream: TokenStream, sampling: SamplingConfig, 
         drun.prefill(seq[None, : stream.length - 1])
     pad = torch.zeros(cap, dtype=torch.long, device=device)
     dlen = stream.length - 1   # draft slots holding committed tokens (the target always holds L - 1)
+    recorded = recordable(drun, trun, sampling, verifier, threshold)   # model drafts: two recorded graphs
     while not stream.done:
         L = stream.length
         last = seq[L - 1 : L]  # the newest committed token: in neither cache yet
@@ -278,7 +228,8 @@ def _decode_chain(target, draft, stream: TokenStream, sampling: SamplingConfig, 
             qs = []     # (one-hot rows, made below once the logits' width is known)
             stats.extra["ngram_draft_steps"] += 1
         else:          # 1b. the draft model proposes g tokens (no host sync unless the confidence stop is on)
-            x, qs, dlen = _draft(drun, seq, pad, last, L, dlen, g, sampling, generator, stats, threshold, chunk)
+            x, q, dlen = _draft(drun, seq, pad, last, L, dlen, g, sampling, generator, stats, threshold, chunk,
+                                recorded)
             g = x.shape[0]
             if index is not None:
                 stats.extra["model_draft_steps"] += 1
@@ -288,10 +239,14 @@ def _decode_chain(target, draft, stream: TokenStream, sampling: SamplingConfig, 
         logits = trun.forward(torch.cat([last, x, pad[: b - g - 1]])[None], L - 1)[: g + 1]
         stats.target_calls += 1
 
-        # 3. verification on the device
-        if proposal and not sampling.greedy:
-            qs = sm.one_hot(x, logits.shape[-1])
-        n, nxt, finite = _verify(logits, qs, x, sampling, verifier, generator)
+        # 3. verification on the device (recorded whole, with its draws made first, for model drafts)
+        if proposal:
+            q = x if sampling.greedy else sm.one_hot(x, logits.shape[-1])   # (greedy: q unused, unchecked)
+            n, nxt, finite = decide(logits, q, x, sampling, verifier, generator, check_q=False)
+        elif recorded:
+            n, nxt, finite = verify_recorded(trun, logits, q, x, sampling, generator)
+        else:
+            n, nxt, finite = decide(logits, q, x, sampling, verifier, generator)
 
         # 4. the one host sync of the step
         vals = torch.cat([torch.stack([n, nxt.to(n.dtype), finite.to(n.dtype)]), x]).tolist()
@@ -311,13 +266,13 @@ def _decode_chain(target, draft, stream: TokenStream, sampling: SamplingConfig, 
 
 
 def _draft(drun, seq, pad, last, L: int, dlen: int, g: int, sampling: SamplingConfig, generator,
-           stats: DecodeStats, threshold: float, chunk: int):
+           stats: DecodeStats, threshold: float, chunk: int, recorded: bool = False):
     """The draft model's g tokens after the committed text seq[:L] (the draft holds its first ``dlen``): the
     committed tokens it lacks first (inside its first forward when plain, else fed in pieces of at most
     ``chunk``), then one token per forward, sampled on the device; stops early when the draft's confidence
-    falls below ``threshold`` (a host read per token). Returns (drafts [g'], q rows (when greedy: one tensor of
-    the logits the drafts were chosen by, which the verification checks for NaN / +inf), the draft's committed
-    length)."""
+    falls below ``threshold`` (a host read per token). ``recorded``: the g tokens from one recorded graph
+    (:func:`~.static_step.draft_chain`). Returns (drafts [g'], q rows [g', V] (when greedy: the logits the
+    drafts were chosen by [g'], which the verification checks for NaN / +inf), the draft's committed length)."""
     first = L - 1  # the draft's first forward: slots first .. L - 1
     if dlen < L - 1:  # committed tokens the draft has not seen (after a full acceptance, plain or n-gram steps)
         if drun.mode == "eager" and L - dlen <= (drun.max_forward or L):
@@ -325,6 +280,10 @@ def _draft(drun, seq, pad, last, L: int, dlen: int, g: int, sampling: SamplingCo
         else:             # recorded forwards keep one-token drafting shapes: catch up on its own
             stats.draft_calls += feed(drun, seq, pad, dlen, L - 1 - dlen, most=chunk)
         dlen = L - 1
+    if recorded:
+        x, q = draft_chain(drun, last, L - 1, g, sampling, generator)
+        stats.draft_calls += g
+        return x, q, dlen
     cur, xs, qs, chosen = last, [], [], []
     for i in range(g):
         if i == 0 and first < L - 1:
@@ -345,4 +304,4 @@ def _draft(drun, seq, pad, last, L: int, dlen: int, g: int, sampling: SamplingCo
         if threshold > 0 and i + 1 < g and float(sm.confidence(dl)[0]) < threshold:
             break  # a host sync per draft token: see the module docstring for the CUDA default
     stats.draft_calls += len(xs)
-    return torch.cat(xs), [torch.cat(chosen)] if chosen else qs, dlen
+    return torch.cat(xs), torch.cat(chosen or qs), dlen

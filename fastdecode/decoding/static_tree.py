@@ -44,7 +44,7 @@ from . import hf_cache as kv
 from . import sampling as sm
 from .stream import TokenStream
 from .multi_draft import MultiDraftDecoder
-from .static import _sampling, bucket, capacity_for, runner
+from .static import bucket, capacity_for, runner
 from .tree import DraftTree
 
 
@@ -141,7 +141,7 @@ class StaticMultiDraftDecoder(MultiDraftDecoder):
 
 def decode_multi_draft(target, draft, stream: TokenStream, sampling: SamplingConfig, cfg: MultiDraftConfig,
                        generator, stats: DecodeStats, progress=None, mode: str = "eager") -> None:
-    dec = StaticMultiDraftDecoder(target, draft, stream, _sampling(sampling), cfg, generator, stats, mode)
+    dec = StaticMultiDraftDecoder(target, draft, stream, sampling, cfg, generator, stats, mode)
     while not stream.done:
         kept = dec.step()
         if progress is not None:

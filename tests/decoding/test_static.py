@@ -6,7 +6,7 @@ import torch
 import fastdecode
 from tiny_models import tiny_llama
 from distribution import chi_square_pvalue, exact_law, sample_law
-from fastdecode.decoding import static
+from fastdecode.decoding import static, static_step
 from fastdecode.decoding.static import bucket, capacity_for
 
 NEW = 40
@@ -131,9 +131,9 @@ def test_broken_static_rule_fails(tiny_pair, law2, monkeypatch, broken):
     """Broken verifiers must be caught by the same test: accepting every draft (the output follows q), or
     emitting the rejected draft again instead of a residual draw."""
     if broken == "accept every draft":
-        monkeypatch.setattr(static, "_accepted_count", lambda u, px, qx: torch.tensor(u.shape[0]))
+        monkeypatch.setattr(static_step, "accepted_count", lambda u, px, qx: torch.tensor(u.shape[0]))
     else:
-        monkeypatch.setattr(static.kernels, "verify_speculative",
+        monkeypatch.setattr(static_step.kernels, "verify_speculative",
                             lambda p, q, drafts, u, noise: (drafts[:, 0], torch.zeros(drafts.shape[0], dtype=torch.long)))
     counts = sample_law(*tiny_pair, PROMPT, 2, RUNS, max_new_tokens=3, temperature=1.0, method="speculative",
                         draft_length=2, adaptive_draft=False, cache_implementation="static")
@@ -191,7 +191,7 @@ def test_compiled_forwards_recorded_as_graphs(monkeypatch):
         assert torch.equal(out, ref), kw
         if kw["method"] == "speculative":   # the last step's draft, cut short by the budget, reused the 4-token forward
             assert target.__dict__["_fastdecode_static"].lengths == {4}
-    assert {key[0] for _, key in records} == {"chain", "tree"}
+    assert {key[0] for _, key in records} == {"chain", "tree", "draft_chain", "verify"}
 
 
 def test_compile_refuses_a_forward_it_cannot_capture():

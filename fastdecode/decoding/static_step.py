@@ -1,0 +1,146 @@
+"""The static engine's speculative step recorded as two CUDA graphs: the whole draft chain, and the verification.
+
+Why: on a GPU a small pair's step is bound by the host. Measured on an H200 with the code pair, a step of the
+chain loop queued about 90 PyTorch ops besides its forwards (per draft token: the probabilities, the
+exponential race, a finiteness check, the runner's input copies; then about 25 for the verification), at
+several microseconds of host time each, while plain decoding with ``compile=True`` needed 0.41 ms per token
+in all. Recorded, a step queues about 20 ops: the random draws, the graphs' input copies and three replays
+(draft chain, target forward, verification), then its one host read.
+
+- The draft chain (:func:`draft_chain`): g one-token draft forwards, each followed by its token's
+  probabilities and its exponential-race draw on the device, recorded together once per (g, sampling
+  settings). The noise of the g draws is drawn before the replay in ONE call of g rows (outside the graph:
+  no random state is recorded); the forwards advance the shared ``start`` slot inside the graph and put it
+  back at the end.
+- The verification (:func:`verify_recorded`): :func:`decide`, the same function the unrecorded step runs,
+  recorded once per (g, sampling settings) with its uniforms and its noise row as inputs, drawn before the
+  replay.
+
+The draws are the unrecorded step's, in the same order: g noise rows for the drafts (on the CPU one call
+of g rows gives exactly the numbers of g calls of one row, so the CPU stand-in tests compare seeds with the
+dynamic engine), then the g uniforms of the tests, then one noise row for the residual or the bonus.
+
+Used when both runners record (CUDA graphs: ``compile=None`` or ``True`` on CUDA), the draft is a model
+(not n-gram proposals), the confidence stop is off (its host read per draft token cannot be recorded) and
+the rule is greedy or the token verifier (block verification draws inside its batched form: unrecorded).
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import kernels
+from ..config import SamplingConfig
+from ..models import vocab_size
+from ..verification.block import verify_block_batched
+from . import sampling as sm
+
+
+def recordable(drun, trun, sampling: SamplingConfig, verifier: str, threshold: float) -> bool:
+    """Whether a draft-model step runs recorded (see the module docstring)."""
+    return (drun is not None and drun.records and trun.records and threshold <= 0
+            and (sampling.greedy or verifier != "block"))
+
+
+def _settings(sampling: SamplingConfig) -> tuple:
+    return sampling.temperature, sampling.top_k, sampling.top_p
+
+
+def draft_chain(drun, last: torch.Tensor, start: int, g: int, sampling: SamplingConfig, generator):
+    """The draft model's g tokens after ``last`` [1] (at slot ``start``), from one recorded graph. Returns (x [g]
+    long, and q [g, V] float32 when sampling, else the g logits the drafts were chosen by, for the NaN / +inf
+    check): the graph's own tensors, rewritten by the next replay of this chain."""
+    drun.recording_at(start, g)
+    drun.lengths.add(1)
+    settings = _settings(sampling)
+    fwd = drun.step_forward()
+    cache = drun.cache
+
+    def chain(ids: torch.Tensor, noise: torch.Tensor | None = None):
+        cur, xs, outs = ids.view(1, 1), [], []
+        for i in range(g):
+            logits = fwd(cur)                                     # [1, V] at slot start + i
+            cache.start.add_(1)
+            if sampling.greedy:
+                x = logits.argmax(-1)
+                outs.append(logits.gather(-1, x[:, None])[:, 0])
+            else:
+                q = sm.probs(logits, sampling, check_finite=False)
+                x = (q / noise[i : i + 1]).argmax(-1)              # primitives.sample with this row's noise
+                outs.append(q)
+            xs.append(x)
+            cur = x.view(1, 1)
+        cache.start.sub_(g)                                       # as found: warm-up calls and replays alike
+        return torch.cat(xs), torch.cat(outs)
+
+    if sampling.greedy:
+        return drun.replay(("draft_chain", g) + settings, chain, last)
+    width = getattr(drun.model, "_fastdecode_logits_width", None) or vocab_size(drun.model)
+    noise = torch.empty((g, width), dtype=torch.float32, device=last.device).exponential_(generator=generator)
+    return drun.replay(("draft_chain", g) + settings, chain, last, noise)
+
+
+def verify_recorded(trun, logits: torch.Tensor, q: torch.Tensor, x: torch.Tensor, sampling: SamplingConfig,
+                    generator):
+    """:func:`decide` (greedy or the token rule) from one recorded graph of the target runner: its random
+    draws made first, in the unrecorded order. Returns device tensors (n, next token, all finite), the graph's
+    own: read them before the next step."""
+    g, settings = x.shape[0], _settings(sampling)
+    if sampling.greedy:
+        out = trun.replay(("verify", g) + settings, lambda lg, qq, xx: _packed(decide(lg, qq, xx, sampling, "token")),
+                          logits, q, x)
+    else:
+        u = torch.rand(g, generator=generator, device=logits.device, dtype=torch.float64)
+        noise = torch.empty((1, logits.shape[1]), dtype=torch.float32, device=logits.device).exponential_(
+            generator=generator)
+        out = trun.replay(("verify", g) + settings,
+                          lambda lg, qq, xx, uu, nn: _packed(decide(lg, qq, xx, sampling, "token", u=uu, noise=nn)),
+                          logits, q, x, u, noise)
+    return out[0], out[1], out[2].bool()
+
+
+def _packed(result) -> torch.Tensor:
+    n, nxt, finite = result
+    return torch.stack([n, nxt.to(n.dtype), finite.to(n.dtype)])
+
+
+def decide(logits, q, x, sampling: SamplingConfig, verifier: str, generator=None, u=None, noise=None,
+           check_q: bool = True):
+    """Chain verification on the device. logits [g + 1, V]; q: the draft rows [g, V] (when greedy: the draft
+    logits the drafts were chosen by [g], only checked for NaN / +inf; ``check_q`` False: q is not checked,
+    one-hot n-gram rows); x [g]. Returns device tensors (n accepted, next token, all finite):
+    greedy compares argmaxes; the token rule tests u * q(x) < p(x) for every row at once, then draws the
+    residual at the first rejection or the bonus (``u`` [g] float64 and ``noise`` [1, V]: given, or drawn
+    here in that order from ``generator``); block verification uses its batched form (its own draws)."""
+    g, device = x.shape[0], logits.device
+    finite = sm.all_finite(logits, q) if check_q else sm.all_finite(logits)
+    if sampling.greedy:
+        t = logits.argmax(-1)                                          # [g + 1]
+        n = (t[:g] == x).long().cumprod(0).sum()
+        return n, t.index_select(0, n.view(1))[0], finite   # (t[n] would read n on the host)
+    p = sm.probs(logits, sampling, check_finite=False)                 # [g + 1, V]
+    if verifier == "block":
+        n, nxt = verify_block_batched(p[None], q[None], x[None], generator)
+        return n[0], nxt[0], finite & sm.all_finite(p)
+    # the acceptance tests of every row at once (gathers only); then ONE exponential row serves the one
+    # draw the step needs: the residual at the first rejected row r = n (the kernel repeats that row's
+    # rejecting test), or the bonus from p[g] when all g drafts were accepted. Same random draws in the
+    # same order as the dynamic engine's token verifier (u [g], then one noise row), so a seed gives the
+    # same tokens on both engines; drawing noise for every row would cost 2g + 1 rows of V per step.
+    if u is None:
+        u = torch.rand(g, generator=generator, device=device, dtype=torch.float64)
+    px = p[:g].gather(1, x[:, None])[:, 0].double()
+    qx = q.gather(1, x[:, None])[:, 0].double()
+    n = accepted_count(u, px, qx)
+    if noise is None:
+        noise = torch.empty((1, p.shape[1]), dtype=torch.float32, device=device).exponential_(generator=generator)
+    r = n.clamp(max=g - 1).view(1)
+    res, _ = kernels.verify_speculative(p.index_select(0, r), q.index_select(0, r), x.index_select(0, r)[:, None],
+                                        u.index_select(0, r), noise)
+    bonus = (p[g:].float() / noise).argmax(-1)                         # [1], as primitives.sample draws it
+    nxt = torch.where(n < g, res[0], bonus[0])
+    return n, nxt, finite & sm.all_finite(p)
+
+
+def accepted_count(u: torch.Tensor, px: torch.Tensor, qx: torch.Tensor) -> torch.Tensor:
+    """Drafts kept before the first rejection (a device scalar): x_i passes when u_i q(x_i) < p(x_i), q(x_i) > 0."""
+    return ((u * qx < px) & (qx > 0)).long().cumprod(0).sum()
