@@ -101,7 +101,9 @@ def engine_configs(temperatures, device_type: str, inductor: bool = False) -> li
                     Config("fastdecode speculative static (gamma=4) compile=True", "fastdecode", t,
                            dict(method="speculative", draft_length=4, adaptive_draft=False, compile=True, **st)),
                     Config("fastdecode speculative static (gamma=6) compile=True", "fastdecode", t,   # (same buckets)
-                           dict(method="speculative", draft_length=6, adaptive_draft=False, compile=True, **st))]
+                           dict(method="speculative", draft_length=6, adaptive_draft=False, compile=True, **st)),
+                    Config("fastdecode speculative static (adaptive) compile=True", "fastdecode", t,
+                           dict(method="speculative", **MEASURED, compile=True, **st))]
     return out
 
 
