@@ -54,8 +54,8 @@ def install(monkeypatch) -> list:
     records = []
     init = static_cache.StaticRunner.__init__
 
-    def fake_init(self, model, capacity, mode):
-        init(self, model, capacity, "eager" if mode == "cudagraphs" else mode)
+    def fake_init(self, model, capacity, mode, *args, **kwargs):
+        init(self, model, capacity, "eager" if mode == "cudagraphs" else mode, *args, **kwargs)
         self.mode, self.records = mode, True
 
     def fake_record(self, key, fn, inputs):

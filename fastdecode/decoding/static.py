@@ -47,7 +47,7 @@ def runner(model, capacity: int, mode: str, longest: int):
     runner sized by ``longest``, the longest forward the loop makes (not by the capacity)."""
     if getattr(model, "_fastdecode_lambda", None) is not None:
         return lambda_runner_for(model, longest, mode)
-    return runner_for(model, capacity, mode)
+    return runner_for(model, capacity, mode, span=longest)
 
 
 def padded(run, n: int, most: int) -> int:

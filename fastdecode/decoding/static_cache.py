@@ -18,7 +18,8 @@ passes a 4D mask through unchanged in every version we support, so the model's o
 differs between releases) never runs inside a recorded step. A model with its own sliding window (Mistral,
 Phi-3, Gemma-2/3, ...) gets the window in that mask, applied by position as transformers does (the cache
 records each slot's key position, ``SlotCache.positions``; one mask, or a dict {layer type: mask} when
-windowed and full layers mix); its windowed layers keep the full capacity like the others.
+windowed and full layers mix). Its windowed layers keep the full capacity like the others in short
+generations; in long ones (single rows) a ring of window + a few hundred slots each (``static_windows``).
 
 Trees (``method="multi_draft"``): :meth:`StaticRunner.tree_forward` writes the n queries at slots
 ``start ..`` like any forward, but each query sees the committed prefix (slots below a second device
@@ -45,6 +46,9 @@ from transformers.cache_utils import Cache, StaticLayer
 from .. import graphs
 from . import hf_cache as kv
 from .masks import additive, row_causal, with_window
+from . import static_windows as sw
+from .static_windows import UNWRITTEN, RingLayer, ring_mask, ring_size, windowed_layers
+from .static_windows import move as ring_move
 
 COMPILE_MODES = ("eager", "cudagraphs", "inductor")
 RECOMPILE_LIMIT = 256  # graphs per recorded function (inductor): target and draft, every bucket of n and of B
@@ -80,14 +84,22 @@ class SlotLayer(StaticLayer):
 class SlotCache(Cache):
     """One :class:`SlotLayer` per decoder layer, all writing at the same device scalar ``start``."""
 
-    def __init__(self, num_layers: int, capacity: int, device):
+    def __init__(self, num_layers: int, capacity: int, device, ring: int | None = None,
+                 windowed: list[bool] | None = None):
         self.start = torch.zeros((), dtype=torch.long, device=device)
-        super().__init__(layers=[SlotLayer(capacity, self.start, self) for _ in range(num_layers)])
+        # ``ring``: the windowed layers (``windowed[i]``) keep a ring of that many slots (``static_windows``)
+        self.ring = ring
+        super().__init__(layers=[RingLayer(self) if ring and windowed[i] else SlotLayer(capacity, self.start, self)
+                                 for i in range(num_layers)])
         self.capacity = capacity
         self.width: int | None = None   # eager forwards: the keys returned (and masked) are slots < width
         self.write: torch.Tensor | None = None   # the slots the forward under way writes (set by the runner)
         # models with their own sliding window (set by the runner): the position of the key in each slot
         self.positions: torch.Tensor | None = None
+        if ring:   # the logical slot and the key position held by each ring slot; the forward's ring slots
+            self.ring_idx = torch.full((ring,), UNWRITTEN, dtype=torch.long, device=device)
+            self.ring_pos = torch.zeros(ring, dtype=torch.long, device=device)
+            self.ring_write: torch.Tensor | None = None
 
     def get_seq_length(self, layer_idx: int = 0):
         return self.start
@@ -104,11 +116,13 @@ class SlotCache(Cache):
         frm = torch.tensor([a for a, _ in pairs], device=dev)
         to = torch.tensor([b for _, b in pairs], device=dev)
         for layer in self.layers:
-            if layer.is_initialized:
+            if layer.is_initialized and not isinstance(layer, RingLayer):
                 layer.keys.index_copy_(2, to, layer.keys.index_select(2, frm))
                 layer.values.index_copy_(2, to, layer.values.index_select(2, frm))
         if self.positions is not None:
             self.positions.index_copy_(0, to, self.positions.index_select(0, frm))
+        if self.ring:
+            ring_move(self, frm, to)
 
 
 def forward_at(model, cache, ids, write, pos, mask, keep: int = 0, check_finite: bool = True) -> torch.Tensor:
@@ -120,12 +134,14 @@ def forward_at(model, cache, ids, write, pos, mask, keep: int = 0, check_finite:
                           check_finite=check_finite)
     finally:
         cache.write = None
+        if getattr(cache, "ring", None):
+            cache.ring_write = None
 
 
 def static_support_problem(model) -> str | None:
     """Why ``model`` cannot run on the static engine, or None. Full and sliding-window attention layers run
-    (the window is applied by position in the engine's own masks, over a cache of the full capacity, where
-    transformers' static sliding layers keep a ring of the window alone); other layer kinds do not."""
+    (the window is applied by position in the engine's own masks, over the full capacity or a ring:
+    ``static_windows``); other layer kinds do not."""
     cfg = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
     other = set(getattr(cfg, "layer_types", None) or ()) - {"full_attention", "sliding_attention"}
     if other:
@@ -153,7 +169,7 @@ class StaticRunner:
     device time per forward) were lost to the host again.
     """
 
-    def __init__(self, model, capacity: int, mode: str):
+    def __init__(self, model, capacity: int, mode: str, span: int | None = None):
         if mode not in COMPILE_MODES:
             raise ValueError(f"unknown compile mode {mode!r}; choose one of {COMPILE_MODES}")
         device = kv.device(model)
@@ -163,6 +179,8 @@ class StaticRunner:
         # recorded CUDA graphs: of the eager forward ("cudagraphs") or of the compiled one ("inductor" on CUDA)
         self.records = mode == "cudagraphs" or (mode == "inductor" and device.type == "cuda")
         cfg = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
+        # ``span`` (single rows): the longest forward the loop makes, which sizes the windowed layers' rings
+        self.ring = ring_size(kv.attention_layout(model)[0], capacity, span)
         self.cache = self._new_cache(cfg.num_hidden_layers, capacity, device)
         self.prefix = torch.zeros((), dtype=torch.long, device=device)  # tree forwards: slots below it are seen
         self.slots = torch.arange(capacity, device=device)
@@ -176,22 +194,26 @@ class StaticRunner:
         if mode == "inductor":
             torch._dynamo.mark_static_address(self.cache.start)
             torch._dynamo.mark_static_address(self.prefix)
-            if self.window is not None:   # (a Lambda ring has no window of the model's: see static_lambda)
+            if self.window is not None and self.ring is None:   # (a Lambda ring has no window of the model's)
                 torch._dynamo.mark_static_address(self.cache.positions)
+            if self.ring is not None:
+                torch._dynamo.mark_static_address(self.cache.ring_idx)
+                torch._dynamo.mark_static_address(self.cache.ring_pos)
             for name, fn in (("chain", self._forward), ("tree", self._tree_forward), ("batch", self._batch_forward)):
                 self._compiled[name] = torch.compile(fn, fullgraph=True, dynamic=False)
 
     max_forward: int | None = None  # longest input ``forward`` takes (None: any that fits the capacity)
 
     def _new_cache(self, num_layers: int, capacity: int, device) -> Cache:
-        return SlotCache(num_layers, capacity, device)
+        windowed = windowed_layers(self.model, num_layers) if self.ring else None
+        return SlotCache(num_layers, capacity, device, self.ring, windowed)
 
     def _windowed(self, model) -> None:
         """The model's own sliding window (``attention_layout``): when it has one, every slot remembers the
         position of its key (``cache.positions``), and the masks hide the keys ``window`` or more positions
         behind their query, as transformers' sliding-window masks do (one mask, or one per layer type)."""
         self.window, self.layer_types = kv.attention_layout(model)
-        if self.window is not None:
+        if self.window is not None and self.ring is None:
             self.cache.positions = torch.zeros(self.capacity, dtype=torch.long, device=self.device)
 
     def _mask(self, allow: torch.Tensor, qpos: torch.Tensor, write: torch.Tensor):
@@ -199,6 +221,12 @@ class StaticRunner:
         ``write`` [n] and see the slots ``allow`` [n, width] says; the model's window applied by position."""
         if self.window is None:
             return additive(allow, self.dtype)
+        if self.ring is not None:   # the windowed layers' ring (static_windows); full layers: the logical slots
+            sliding = ring_mask(self.cache, allow, qpos, write, self.window, self.dtype)
+            if self.layer_types is None:
+                return sliding
+            full = additive(allow, self.dtype)
+            return {t: sliding if t == "sliding_attention" else full for t in self.layer_types}
         kpos = self.cache.positions
         kpos.index_copy_(0, write, qpos)
         return with_window(allow, qpos, kpos[: allow.shape[-1]], self.window, self.layer_types, self.dtype)
@@ -258,13 +286,18 @@ class StaticRunner:
         return self._run("batch", self._batch_forward, ids, pos, visible, *extra)
 
     def prefill(self, ids: torch.Tensor) -> torch.Tensor | None:
-        """Fill slots 0 .. n-1 from ``ids`` [1, n] in one eager forward (any length, never recorded). Returns
-        the float32 logits [1, V] of the last position (the lm head runs on that row only); None if n = 0."""
-        if ids.shape[1]:
-            self.cache.start.fill_(0)
-            self.cache.width = ids.shape[1]
-            return self._forward(ids, keep=1)
-        return None
+        """Fill slots 0 .. n-1 from ``ids`` [1, n] in one eager forward (any length, never recorded; in pieces of
+        ``static_windows.PREFILL_PIECE`` tokens when windowed layers keep a ring). Returns the float32 logits [1, V] of the
+        last position (the lm head runs on that row only); None if n = 0."""
+        if self.ring is not None:
+            self.cache.ring_idx.fill_(UNWRITTEN)   # (a reused runner: no key of an earlier call is seen)
+        n, logits = ids.shape[1], None
+        piece = sw.PREFILL_PIECE if self.ring is not None else max(n, 1)
+        for a in range(0, n, piece):
+            self.cache.start.fill_(a)
+            self.cache.width = min(n, a + piece)
+            logits = self._forward(ids[:, a : a + piece], keep=1)
+        return logits
 
     def _check(self, start: int, n: int) -> None:
         if start + n > self.capacity:  # pragma: no cover - the engine sizes the cache for the longest step
@@ -374,20 +407,26 @@ def runner_key(model) -> tuple:
             getattr(model, "_fastdecode_input_rows", None))
 
 
-def runner_for(model, capacity: int, mode: str, batch: int = 1, role: str = "") -> StaticRunner:
+def runner_for(model, capacity: int, mode: str, batch: int = 1, role: str = "", span: int | None = None) -> StaticRunner:
     """The model's runner, reused across ``generate`` calls while it is big enough (graphs recorded once).
 
     (A model under Lambda attention gets its ring runner from ``static_lambda.lambda_runner_for`` instead:
     ``decoding.static`` picks.) role (batches, ``decoding.batched``): a runner whose cache has ``batch`` rows, kept apart from the
     single-row one (even with batch 1, once a batch is down to one row) under its role (e.g. "target4",
-    "draft4": a model drafting for itself gets two caches), reused by a later call with the same role."""
+    "draft4": a model drafting for itself gets two caches), reused by a later call with the same role.
+    span (single rows): the longest forward the caller makes; windowed layers then keep a ring sized by it
+    when that saves memory (``static_windows``), and a kept runner's ring must hold it."""
     slot = f"_fastdecode_static_batch_{role}" if role else "_fastdecode_static"
+    span = span if batch == 1 and not role else None
+    window = kv.attention_layout(model)[0]
 
     def fits(old) -> bool:
-        return old.mode == mode and old.capacity >= capacity and old.key == runner_key(model) and old.batch == batch
+        ring_ok = old.ring is None or old.ring >= window + max(span or 0, sw.PREFILL_PIECE)
+        return (old.mode == mode and old.capacity >= capacity and old.key == runner_key(model) and old.batch == batch
+                and ring_ok)
 
     def make() -> StaticRunner:
-        runner = StaticRunner(model, capacity, mode)
+        runner = StaticRunner(model, capacity, mode, span)
         runner.batch = batch
         return runner
     return kept_runner(model, slot, fits, make)

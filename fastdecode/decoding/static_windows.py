@@ -1,0 +1,109 @@
+"""Sliding-window layers on the static engine in a ring of slots: memory O(window) per windowed layer.
+
+A model with its own sliding window (Mistral, Phi-3, Gemma-2/3, ...) never lets a windowed layer's query see
+a key ``window`` or more positions behind it, so such a layer needs only the last ``window`` positions and
+whatever the forward under way writes. When a generation is long enough for it to matter, the single-row
+static runner gives each windowed layer a ring of
+
+    R = window + max(longest forward of the loop, PREFILL_PIECE) slots,
+
+where logical slot m (the slot the full-capacity layers use) lives at m mod R; full-attention layers keep
+the whole capacity. Shared by all windowed layers: ``ring_idx`` [R], the logical slot each ring slot holds
+(a far-future sentinel when never written), and ``ring_pos`` [R], the position of its key. A forward's mask
+for the windowed layers is the full layers' mask over logical slots (``allow`` [n, width], unchanged: causal,
+tree prefix and ancestors) gathered at ``ring_idx``, with the window applied by ``ring_pos``; a slot that
+holds another lap's key is hidden because its logical index is not the one the query may see.
+
+Why R suffices: a forward writing logical slots s .. s + n - 1 (n <= R - window) overwrites the ring slots of
+s - R .. s + n - 1 - R, all more than ``window`` positions behind any query of it (a chain query at logical
+index j sits at position j; a tree node sits at root + depth <= its logical index and needs the committed
+keys less than ``window`` positions behind it, all at logical >= s - window + 1 > s + n - 1 - R). Every loop
+writes its forwards at or after the committed length, so a rejected draft is rewritten (or lies in every
+query's future) as in the full-capacity layout; a tree's accepted path is copied down from slots the step
+wrote (:func:`move`). The prompt is prefilled in pieces of at most ``PREFILL_PIECE`` tokens, eager forwards
+(never recorded), so the same bound holds there.
+
+The ring is used only where it is smaller than the capacity (short generations keep the full layout, so
+their forwards are unchanged), for single rows (batches keep the full capacity), and not under Lambda
+attention (whose ring replaces the model's window altogether: ``static_lambda``).
+"""
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import StaticLayer
+
+from .masks import additive
+
+PREFILL_PIECE = 512   # prompt tokens per prefill forward when windowed layers keep a ring
+UNWRITTEN = 1 << 40   # the logical slot of a ring slot never written: no query may see it
+
+
+def ring_size(window: int | None, capacity: int, span: int | None) -> int | None:
+    """Slots of a windowed layer's ring for forwards of at most ``span`` tokens, or None (no window, no span
+    given, or a ring no smaller than the capacity)."""
+    if window is None or span is None:
+        return None
+    ring = window + max(span, PREFILL_PIECE)
+    return ring if ring < capacity else None
+
+
+def windowed_layers(model, num_layers: int) -> list[bool]:
+    """Which decoder layers attend through the model's window (every one, unless ``config.layer_types``
+    says otherwise)."""
+    cfg = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
+    types = getattr(cfg, "layer_types", None)
+    if types is None:
+        return [True] * num_layers
+    return [t == "sliding_attention" for t in types[:num_layers]]
+
+
+class RingLayer(StaticLayer):
+    """A windowed layer's keys and values [1, H, R, D]: logical slot m at ring slot m mod R (``owner.ring``);
+    the runner computes the forward's ring slots once (``owner.ring_write``)."""
+
+    def __init__(self, owner):
+        super().__init__(max_cache_len=owner.ring)
+        self.owner = owner
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        slots = self.owner.ring_write
+        if slots is None or slots.shape[0] != key_states.shape[-2]:   # pragma: no cover - the runner sets them
+            slots = torch.remainder(torch.arange(key_states.shape[-2], device=key_states.device) + self.owner.start,
+                                    self.owner.ring)
+        self.keys.index_copy_(2, slots, key_states)
+        self.values.index_copy_(2, slots, value_states)
+        return self.keys, self.values
+
+    def get_seq_length(self):
+        return self.owner.start
+
+    def crop(self, tokens_to_remove: int) -> None:  # pragma: no cover - the engine never crops
+        raise RuntimeError("a static fastdecode cache is never cropped: the next step overwrites rejected slots")
+
+
+def ring_mask(cache, allow: torch.Tensor, qpos: torch.Tensor, write: torch.Tensor, window: int, dtype):
+    """The windowed layers' additive mask [1, 1, n, R] of a forward whose queries (positions ``qpos`` [n])
+    write the logical slots ``write`` [n] and see the logical slots ``allow`` [n, width] says: records the
+    written slots' logical index and position in the ring first (the layers then write their keys there)."""
+    slots = torch.remainder(write, cache.ring)
+    cache.ring_write = slots
+    cache.ring_idx.index_copy_(0, slots, write)
+    cache.ring_pos.index_copy_(0, slots, qpos)
+    idx, width = cache.ring_idx, allow.shape[-1]
+    seen = allow.gather(1, idx.clamp(max=width - 1)[None, :].expand(allow.shape[0], -1)) & (idx < width)[None, :]
+    return additive(seen & (qpos[:, None] - cache.ring_pos[None, :] < window), dtype)
+
+
+def move(cache, frm: torch.Tensor, to: torch.Tensor) -> None:
+    """Copy the ring layers' keys and values of logical slots ``frm`` to logical slots ``to`` (both [m] long,
+    each source written by the step under way, so still in the ring), with their position. (The step has
+    written the destinations too, so their logical index is already theirs; it is set again for clarity.)"""
+    src, dst = torch.remainder(frm, cache.ring), torch.remainder(to, cache.ring)
+    for layer in cache.layers:
+        if isinstance(layer, RingLayer) and layer.is_initialized:
+            layer.keys.index_copy_(2, dst, layer.keys.index_select(2, src))
+            layer.values.index_copy_(2, dst, layer.values.index_select(2, src))
+    cache.ring_pos.index_copy_(0, dst, cache.ring_pos.index_select(0, src))
+    cache.ring_idx.index_copy_(0, dst, to)
