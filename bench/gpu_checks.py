@@ -9,7 +9,8 @@
    verifier's runs go through the recorded step (draft chain and verification replayed as CUDA graphs).
 4. Sliding windows on the static engine's recorded forwards: tiny random Mistral (every layer windowed) and
    Gemma-2 (windowed and full layers), window 8, texts past it: greedy = HF for single rows and a ragged
-   batch of 3 (the slot key positions are written inside the recorded graphs).
+   batch of 3 (the slot key positions are written inside the recorded graphs); and with the windowed layers in
+   rings (the prefill piece shrunk so that they wrap): greedy = HF for plain, speculative and tree steps.
 5. compile=True (inductor kernels in the engine's own CUDA graphs): greedy = HF for plain, speculative and
    multi-draft decoding, float32, and the same seed twice gives the same tokens.
 
@@ -34,7 +35,7 @@ from bench.common import stdlib_prompts  # noqa: E402
 from tiny_models import draft_of, tiny_llama, tiny_lm  # noqa: E402
 from batches import left_pad  # noqa: E402
 from distribution import chi_square_pvalue, exact_law, sample_law  # noqa: E402
-from fastdecode.decoding import static_step  # noqa: E402
+from fastdecode.decoding import static_step, static_windows  # noqa: E402
 
 VARIANTS = [
     dict(method="autoregressive"),
@@ -152,7 +153,31 @@ def window_checks(device) -> list[dict]:
         out.append(dict(check=f"sliding window ({model_type}), static recorded: greedy == HF", ok=ok,
                         seconds=round(time.perf_counter() - t0, 2)))
         print(out[-1], flush=True)
+        out.append(_ring_check(target, draft, prompts[0], model_type, device))
+        print(out[-1], flush=True)
     return out
+
+
+def _ring_check(target, draft, prompt: list[int], model_type: str, device) -> dict:
+    """The windowed layers' rings (``static_windows``) in recorded forwards: the prefill piece shrunk to 4 tokens
+    so that rings of 12-16 slots wrap several times in 48 new tokens; greedy == HF for the three recorded step
+    kinds (plain, the recorded speculative step, the tree)."""
+    t0, ok, piece = time.perf_counter(), True, static_windows.PREFILL_PIECE
+    static_windows.PREFILL_PIECE = 4
+    try:
+        ids = torch.tensor([prompt], device=device)
+        ref = target.generate(ids, max_new_tokens=48, do_sample=False)
+        for kw in COMPILED:
+            target.__dict__.pop("_fastdecode_static", None)   # a fresh runner, with a ring
+            got = fastdecode.generate(target, ids, draft=None if kw["method"] == "autoregressive" else draft,
+                                      temperature=0, max_new_tokens=48, eos_token_id=[], cache_implementation="static",
+                                      **kw)
+            ok &= bool(torch.equal(ref, got.sequences)) and target.__dict__["_fastdecode_static"].ring is not None
+    finally:
+        static_windows.PREFILL_PIECE = piece
+        target.__dict__.pop("_fastdecode_static", None)
+    return dict(check=f"sliding window ({model_type}) in rings, static recorded: greedy == HF", ok=ok,
+                seconds=round(time.perf_counter() - t0, 2))
 
 
 COMPILED = [dict(method="autoregressive"), dict(method="speculative", draft_length=3, adaptive_draft=False),
