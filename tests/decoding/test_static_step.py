@@ -210,3 +210,33 @@ def test_nan_logits_raise(recorded, which, temperature):
         fastdecode.generate(target, PROMPT, draft=draft, method="speculative", draft_length=3, adaptive_draft=False,
                             temperature=temperature, seed=0, max_new_tokens=6, eos_token_id=[],
                             cache_implementation="static", compile="cudagraphs")
+
+
+@pytest.mark.parametrize("v_target,v_draft", [(512, 520), (520, 512)])
+def test_padded_vocabularies(recorded, v_target, v_draft):
+    """A pair whose output sizes differ (the draft's logits cut or padded to the target's width): the recorded
+    chain draws its noise at that width; greedy = HF and seeds = the dynamic engine."""
+    from end_to_end.test_vocab_padding import _pair
+    target, draft = _pair(v_target, v_draft)
+    prompt = torch.randint(0, 512, (1, 8), generator=torch.Generator().manual_seed(0))
+    kw = dict(draft=draft, method="speculative", draft_length=3, adaptive_draft=False, max_new_tokens=16,
+              eos_token_id=[])
+    ref = target.generate(prompt, max_new_tokens=16, do_sample=False)
+    assert torch.equal(fastdecode.generate(target, prompt, temperature=0, cache_implementation="static",
+                                           compile="cudagraphs", **kw).sequences, ref)
+    a = fastdecode.generate(target, prompt, temperature=1.0, seed=2, **kw).sequences
+    b = fastdecode.generate(target, prompt, temperature=1.0, seed=2, cache_implementation="static",
+                            compile="cudagraphs", **kw).sequences
+    assert torch.equal(a, b)
+    assert _kinds(recorded)["draft_chain"] >= 2
+
+
+def test_self_draft(pair, recorded):
+    """The target drafting for itself: one runner holds the draft chain, the target's forwards and the
+    verification (distinct graph keys); greedy = HF, every draft accepted."""
+    target, _ = pair
+    out = fastdecode.generate(target, PROMPT, draft=target, method="speculative", draft_length=3, adaptive_draft=False,
+                              temperature=0, max_new_tokens=17, eos_token_id=[], cache_implementation="static",
+                              compile="cudagraphs")
+    assert torch.equal(out.sequences, target.generate(PROMPT, max_new_tokens=17, do_sample=False))
+    assert out.stats.accepted_tokens == out.stats.drafted_tokens
