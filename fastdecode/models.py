@@ -10,8 +10,9 @@ DEFAULT_PAIR = Path(__file__).resolve().parent.parent / "models" / "code-pair"
 
 
 def vocab_size(model) -> int:
-    emb = model.get_output_embeddings()
-    return int(emb.weight.shape[0]) if emb is not None else int(model.config.vocab_size)
+    """The model's own output size (rows of its output embedding; see ``decoding.hf_cache.output_size``)."""
+    from .decoding.hf_cache import output_size
+    return output_size(model)
 
 
 # without tokenizers, output sizes may differ by vocabulary padding: at most this many rows and this

@@ -126,6 +126,19 @@ def forward(model, input_ids: torch.Tensor, cache, position_ids: torch.Tensor | 
     return fit_width(logits, getattr(model, "_fastdecode_logits_width", None))
 
 
+def logits_width(model) -> int:
+    """Columns of the logits :func:`forward` returns for ``model``: the width a pair imposes on its draft
+    (``models.shared_vocab``), else the model's output size."""
+    width = getattr(model, "_fastdecode_logits_width", None)
+    return output_size(model) if width is None else width
+
+
+def output_size(model) -> int:
+    """The model's own output size: the rows of its output embedding (else ``config.vocab_size``)."""
+    emb = model.get_output_embeddings()
+    return int(emb.weight.shape[0]) if emb is not None else int(model.config.vocab_size)
+
+
 def fit_width(logits: torch.Tensor, width: int | None) -> torch.Tensor:
     """logits [..., V] cut to ``width`` columns or padded with -inf up to it (None: unchanged)."""
     if width is None or logits.shape[-1] == width:

@@ -3,12 +3,12 @@ overwritten, and each forward shape recorded once and replayed (CUDA graphs or `
 
 Why a layer of our own instead of transformers' ``StaticLayer`` as it is: ``StaticLayer`` keeps one
 length counter per layer and advances it inside every ``update``, so a rollback costs one device op per
-layer, and its write slots cannot be chosen. :class:`SlotLayer` reuses ``StaticLayer``'s allocation (and
-its static-address marking for ``torch.compile``) but writes the n new keys at slots
-``start .. start + n - 1``, where ``start`` is ONE device scalar shared by every layer of the model.
-A step sets it once (``start.fill_``, no host sync); a rejected draft needs no rollback at all, since
-its slots lie past the committed length, the attention mask hides them, and the next step overwrites
-them.
+layer, and its write slots cannot be chosen. :class:`SlotLayer` (a ``written_layer.WrittenLayer``) reuses
+``StaticLayer``'s allocation (and its static-address marking for ``torch.compile``) but writes the n new
+keys at slots ``start .. start + n - 1``, where ``start`` is ONE device scalar shared by every layer of
+the model. A step sets it once (``start.fill_``, no host sync); a rejected draft needs no rollback at all,
+since its slots lie past the committed length, the attention mask hides them, and the next step
+overwrites them.
 
 The attention mask is ours too (an additive 4D mask over the whole capacity, built on the device from
 ``start``): query i of a forward at ``start`` sees the keys at slots ``<= start + i``. A recorded forward
@@ -41,44 +41,35 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from transformers.cache_utils import Cache, StaticLayer
+from transformers.cache_utils import Cache
 
 from .. import graphs
 from . import hf_cache as kv
 from .masks import additive, row_causal, with_window
 from . import static_windows as sw
-from .static_windows import UNWRITTEN, RingLayer, ring_mask, ring_size, windowed_layers
+from .static_windows import UNWRITTEN, WindowRingLayer, ring_mask, ring_size, windowed_layers
+from .written_layer import WrittenLayer
 from .static_windows import move as ring_move
 
 COMPILE_MODES = ("eager", "cudagraphs", "inductor")
 RECOMPILE_LIMIT = 256  # graphs per recorded function (inductor): target and draft, every bucket of n and of B
 
 
-class SlotLayer(StaticLayer):
-    """A StaticLayer that writes at ``start + arange(n)`` (``start``: a device scalar shared by all layers)."""
+class SlotLayer(WrittenLayer):
+    """Writes at ``start + arange(n)`` (``start``: a device scalar shared by all layers); an eager forward sees
+    the slots below ``owner.width`` only."""
 
-    def __init__(self, max_cache_len: int, start: torch.Tensor, owner: "SlotCache"):
-        super().__init__(max_cache_len=max_cache_len)
-        self.start, self.owner = start, owner
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
+    def slots(self, n: int, device) -> torch.Tensor:
         slots = self.owner.write   # computed once per forward by the runner (not per layer: one op less each)
-        if slots is None or slots.shape[0] != key_states.shape[-2]:
-            slots = torch.arange(key_states.shape[-2], device=key_states.device) + self.start
-        self.keys.index_copy_(2, slots, key_states)
-        self.values.index_copy_(2, slots, value_states)
+        if slots is None or slots.shape[0] != n:
+            slots = torch.arange(n, device=device) + self.owner.start
+        return slots
+
+    def visible(self):
         w = self.owner.width
         if w is None:
             return self.keys, self.values
         return self.keys[:, :, :w], self.values[:, :, :w]
-
-    def get_seq_length(self):
-        return self.start
-
-    def crop(self, tokens_to_remove: int) -> None:  # pragma: no cover - the engine never crops
-        raise RuntimeError("a static fastdecode cache is never cropped: the next step overwrites rejected slots")
 
 
 class SlotCache(Cache):
@@ -89,7 +80,7 @@ class SlotCache(Cache):
         self.start = torch.zeros((), dtype=torch.long, device=device)
         # ``ring``: the windowed layers (``windowed[i]``) keep a ring of that many slots (``static_windows``)
         self.ring = ring
-        super().__init__(layers=[RingLayer(self) if ring and windowed[i] else SlotLayer(capacity, self.start, self)
+        super().__init__(layers=[WindowRingLayer(self) if ring and windowed[i] else SlotLayer(capacity, self)
                                  for i in range(num_layers)])
         self.capacity = capacity
         self.width: int | None = None   # eager forwards: the keys returned (and masked) are slots < width
@@ -116,7 +107,7 @@ class SlotCache(Cache):
         frm = torch.tensor([a for a, _ in pairs], device=dev)
         to = torch.tensor([b for _, b in pairs], device=dev)
         for layer in self.layers:
-            if layer.is_initialized and not isinstance(layer, RingLayer):
+            if layer.is_initialized and not isinstance(layer, WindowRingLayer):
                 layer.keys.index_copy_(2, to, layer.keys.index_select(2, frm))
                 layer.values.index_copy_(2, to, layer.values.index_select(2, frm))
         if self.positions is not None:

@@ -53,39 +53,29 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from transformers.cache_utils import Cache, StaticLayer
+from transformers.cache_utils import Cache
 
 from . import hf_cache as kv
 from .masks import additive
 from .static_cache import StaticRunner, kept_runner, runner_key
+from .written_layer import WrittenLayer
 
 RING = "_fastdecode_ring"  # attribute on each attention layer: its model's RingCache
 _STATE = "_fastdecode_lambda"  # the LambdaState that fastdecode.attention.lambda_attention puts on the model
 UNWRITTEN = 1 << 40  # position of a slot never written: in every query's future, so always masked
 
 
-class RingLayer(StaticLayer):
+class RingLayer(WrittenLayer):
     """One layer's keys and values [B, Hkv, G + R, D], written at the ring slots of ``owner.start + arange(n)``."""
 
     def __init__(self, owner: "RingCache"):
-        super().__init__(max_cache_len=owner.size)
-        self.owner = owner
+        super().__init__(owner.size, owner)
 
-    def update(self, key_states, value_states, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
+    def slots(self, n: int, device) -> torch.Tensor:
         slots = self.owner.write   # computed once per forward by the runner
-        if slots is None or slots.shape[0] != key_states.shape[-2]:
-            slots = self.owner.slots_of(self.owner.start + torch.arange(key_states.shape[-2], device=key_states.device))
-        self.keys.index_copy_(2, slots, key_states)
-        self.values.index_copy_(2, slots, value_states)
-        return self.keys, self.values
-
-    def get_seq_length(self):
-        return self.owner.start
-
-    def crop(self, tokens_to_remove: int) -> None:  # pragma: no cover - the engine never crops
-        raise RuntimeError("a static Lambda cache is never cropped: the next step overwrites rejected slots")
+        if slots is None or slots.shape[0] != n:
+            slots = self.owner.slots_of(self.owner.start + torch.arange(n, device=device))
+        return slots
 
 
 class RingCache(Cache):

@@ -30,8 +30,8 @@ import torch
 
 from .. import kernels
 from ..config import SamplingConfig
-from ..models import vocab_size
 from ..verification.block import verify_block_batched
+from . import hf_cache as kv
 from . import sampling as sm
 
 
@@ -74,8 +74,7 @@ def draft_chain(drun, last: torch.Tensor, start: int, g: int, sampling: Sampling
 
     if sampling.greedy:
         return drun.replay(("draft_chain", g) + settings, chain, last)
-    width = getattr(drun.model, "_fastdecode_logits_width", None) or vocab_size(drun.model)
-    noise = torch.empty((g, width), dtype=torch.float32, device=last.device).exponential_(generator=generator)
+    noise = torch.empty((g, kv.logits_width(drun.model)), dtype=torch.float32, device=last.device).exponential_(generator=generator)
     return drun.replay(("draft_chain", g) + settings, chain, last, noise)
 
 

@@ -30,9 +30,8 @@ attention (whose ring replaces the model's window altogether: ``static_lambda``)
 from __future__ import annotations
 
 import torch
-from transformers.cache_utils import StaticLayer
-
 from .masks import additive
+from .written_layer import WrittenLayer
 
 PREFILL_PIECE = 512   # prompt tokens per prefill forward when windowed layers keep a ring
 UNWRITTEN = 1 << 40   # the logical slot of a ring slot never written: no query may see it
@@ -57,30 +56,18 @@ def windowed_layers(model, num_layers: int) -> list[bool]:
     return [t == "sliding_attention" for t in types[:num_layers]]
 
 
-class RingLayer(StaticLayer):
+class WindowRingLayer(WrittenLayer):
     """A windowed layer's keys and values [1, H, R, D]: logical slot m at ring slot m mod R (``owner.ring``);
     the runner computes the forward's ring slots once (``owner.ring_write``)."""
 
     def __init__(self, owner):
-        super().__init__(max_cache_len=owner.ring)
-        self.owner = owner
+        super().__init__(owner.ring, owner)
 
-    def update(self, key_states, value_states, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
+    def slots(self, n: int, device) -> torch.Tensor:
         slots = self.owner.ring_write
-        if slots is None or slots.shape[0] != key_states.shape[-2]:   # pragma: no cover - the runner sets them
-            slots = torch.remainder(torch.arange(key_states.shape[-2], device=key_states.device) + self.owner.start,
-                                    self.owner.ring)
-        self.keys.index_copy_(2, slots, key_states)
-        self.values.index_copy_(2, slots, value_states)
-        return self.keys, self.values
-
-    def get_seq_length(self):
-        return self.owner.start
-
-    def crop(self, tokens_to_remove: int) -> None:  # pragma: no cover - the engine never crops
-        raise RuntimeError("a static fastdecode cache is never cropped: the next step overwrites rejected slots")
+        if slots is None or slots.shape[0] != n:   # pragma: no cover - the runner sets them
+            slots = torch.remainder(torch.arange(n, device=device) + self.owner.start, self.owner.ring)
+        return slots
 
 
 def ring_mask(cache, allow: torch.Tensor, qpos: torch.Tensor, write: torch.Tensor, window: int, dtype):
@@ -102,7 +89,7 @@ def move(cache, frm: torch.Tensor, to: torch.Tensor) -> None:
     written the destinations too, so their logical index is already theirs; it is set again for clarity.)"""
     src, dst = torch.remainder(frm, cache.ring), torch.remainder(to, cache.ring)
     for layer in cache.layers:
-        if isinstance(layer, RingLayer) and layer.is_initialized:
+        if isinstance(layer, WindowRingLayer) and layer.is_initialized:
             layer.keys.index_copy_(2, dst, layer.keys.index_select(2, src))
             layer.values.index_copy_(2, dst, layer.values.index_select(2, src))
     cache.ring_pos.index_copy_(0, dst, cache.ring_pos.index_select(0, src))

@@ -11,7 +11,7 @@ import fake_graphs
 import fastdecode
 from end_to_end.test_sliding_window import CONFIGS, WINDOW
 from fastdecode.decoding import static_windows
-from fastdecode.decoding.static_windows import RingLayer
+from fastdecode.decoding.static_windows import WindowRingLayer
 from tiny_models import draft_of, hf_greedy, tiny_lm
 
 PROMPT, NEW, PIECE = 13, 60, 4
@@ -52,7 +52,7 @@ def _run(target, prompt, method, kw, draft, **extra):
 
 def _rings(model) -> list[int]:
     run = model.__dict__["_fastdecode_static"]
-    return [layer.keys.shape[2] for layer in run.cache.layers if isinstance(layer, RingLayer)]
+    return [layer.keys.shape[2] for layer in run.cache.layers if isinstance(layer, WindowRingLayer)]
 
 
 @pytest.mark.parametrize("method,kw", METHODS, ids=[f"{m}-{i}" for i, (m, _) in enumerate(METHODS)])
