@@ -240,3 +240,16 @@ def test_self_draft(pair, recorded):
                               compile="cudagraphs")
     assert torch.equal(out.sequences, target.generate(PROMPT, max_new_tokens=17, do_sample=False))
     assert out.stats.accepted_tokens == out.stats.drafted_tokens
+
+
+def test_prompt_lookup_model_drafts(pair, recorded, monkeypatch):
+    """Prompt lookup's draft-model steps (where the text has no match) take the recorded step on CUDA, where
+    the confidence stop is off; here the stop is turned off the same way: greedy = HF."""
+    from fastdecode.decoding import static
+    monkeypatch.setattr(static, "DEFAULT_CONFIDENCE_THRESHOLD", 0.0)
+    target, draft = pair
+    ids = torch.tensor([[1, 2, 3, 4, 5, 1, 2, 3]])
+    kw = dict(draft=draft, method="prompt_lookup", max_new_tokens=20, eos_token_id=[], fallback="off")
+    out = fastdecode.generate(target, ids, temperature=0, cache_implementation="static", compile="cudagraphs", **kw)
+    assert torch.equal(out.sequences, target.generate(ids, max_new_tokens=20, do_sample=False))
+    assert out.stats.extra["model_draft_steps"] > 0 and _kinds(recorded)["draft_chain"] >= 1
