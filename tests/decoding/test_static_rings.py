@@ -117,3 +117,23 @@ def test_compiled_with_rings():
     target, draft, prompt, ref = _case("gemma2")
     out = _run(target, prompt, "speculative", dict(draft_length=3, adaptive_draft=False), draft, compile=True)
     assert torch.equal(out, ref)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", ["mistral", "gemma3_text"])
+def test_default_piece_long_prompt(monkeypatch, model_type):
+    """At the real prefill piece (512): a 700-token prompt prefilled in two pieces, 300 new tokens through a
+    ring of 64 + 512 slots (the capacity is 1024): greedy = HF for plain, speculative and tree steps."""
+    monkeypatch.setattr(static_windows, "PREFILL_PIECE", 512)
+    extra = dict(layer_types=["sliding_attention", "full_attention"]) if model_type == "gemma3_text" else {}
+    target = tiny_lm(model_type, 2, seed=1, sliding_window=64, max_position_embeddings=4096, **extra)
+    draft = draft_of(target)
+    prompt = torch.randint(0, target.config.vocab_size, (1, 700), generator=torch.Generator().manual_seed(0))
+    ref = target.generate(prompt, max_new_tokens=300, do_sample=False)
+    for method, kw in (("autoregressive", {}), ("speculative", dict(draft_length=4, adaptive_draft=False)),
+                       ("multi_draft", dict(num_drafts=2, draft_length=3))):
+        out = fastdecode.generate(target, prompt, draft=None if method == "autoregressive" else draft, method=method,
+                                  temperature=0, max_new_tokens=300, eos_token_id=[], cache_implementation="static",
+                                  **kw)
+        assert torch.equal(out.sequences, ref), method
+        assert target.__dict__["_fastdecode_static"].ring == 576
