@@ -160,7 +160,8 @@ def measure(model, mode: str, steps: int, repeats: int) -> dict:
 
 def run(args) -> int:
     device = torch.device(args.device)
-    modes = tuple(args.modes.split(",")) if args.modes else ("eager", "inductor") if args.smoke else ("cudagraphs", "inductor")
+    default = ("eager", "inductor") if args.smoke else ("cudagraphs", "inductor")
+    modes = tuple(args.modes.split(",")) if args.modes else default
     rows = []
     for name in args.models.split(","):
         model = _model(name, device, args.smoke)

@@ -37,6 +37,7 @@ from .static_cache import runner_for
 from .static_step import decide, draft_chain, recordable, verify_recorded
 from .static_lambda import lambda_runner_for
 
+
 def bucket(n: int) -> int:
     """The recorded length that serves an n-token forward: the next power of two."""
     return 1 << max(0, n - 1).bit_length()
@@ -225,7 +226,6 @@ def _decode_chain(target, draft, stream: TokenStream, sampling: SamplingConfig, 
         if proposal:   # 1a. n-gram drafts: point masses
             g = len(proposal)
             x = torch.tensor(proposal, dtype=torch.long, device=device)
-            qs = []     # (one-hot rows, made below once the logits' width is known)
             stats.extra["ngram_draft_steps"] += 1
         else:          # 1b. the draft model proposes g tokens (no host sync unless the confidence stop is on)
             x, q, dlen = _draft(drun, seq, pad, last, L, dlen, g, sampling, generator, stats, threshold, chunk,

@@ -277,9 +277,9 @@ class StaticRunner:
         return self._run("batch", self._batch_forward, ids, pos, visible, *extra)
 
     def prefill(self, ids: torch.Tensor) -> torch.Tensor | None:
-        """Fill slots 0 .. n-1 from ``ids`` [1, n] in one eager forward (any length, never recorded; in pieces of
-        ``static_windows.PREFILL_PIECE`` tokens when windowed layers keep a ring). Returns the float32 logits [1, V] of the
-        last position (the lm head runs on that row only); None if n = 0."""
+        """Fill slots 0 .. n-1 from ``ids`` [1, n] in one eager forward (any length, never recorded; in pieces
+        of ``static_windows.PREFILL_PIECE`` tokens when windowed layers keep a ring). Returns the float32
+        logits [1, V] of the last position (the lm head runs on that row only); None if n = 0."""
         if self.ring is not None:
             self.cache.ring_idx.fill_(UNWRITTEN)   # (a reused runner: no key of an earlier call is seen)
         n, logits = ids.shape[1], None

@@ -74,7 +74,8 @@ def draft_chain(drun, last: torch.Tensor, start: int, g: int, sampling: Sampling
 
     if sampling.greedy:
         return drun.replay(("draft_chain", g) + settings, chain, last)
-    noise = torch.empty((g, kv.logits_width(drun.model)), dtype=torch.float32, device=last.device).exponential_(generator=generator)
+    width = kv.logits_width(drun.model)
+    noise = torch.empty((g, width), dtype=torch.float32, device=last.device).exponential_(generator=generator)
     return drun.replay(("draft_chain", g) + settings, chain, last, noise)
 
 
