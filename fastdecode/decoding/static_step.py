@@ -1,11 +1,12 @@
 """The static engine's speculative step recorded as two CUDA graphs: the whole draft chain, and the verification.
 
-Why: on a GPU a small pair's step is bound by the host. Measured on an H200 with the code pair, a step of the
-chain loop queued about 90 PyTorch ops besides its forwards (per draft token: the probabilities, the
-exponential race, a finiteness check, the runner's input copies; then about 25 for the verification), at
-several microseconds of host time each, while plain decoding with ``compile=True`` needed 0.41 ms per token
-in all. Recorded, a step queues about 20 ops: the random draws, the graphs' input copies and three replays
-(draft chain, target forward, verification), then its one host read.
+Why: on a GPU a small pair's step is bound by the host. Counted on the CPU with stand-in graphs (g = 4,
+T = 1), an unrecorded step of the chain loop dispatches about 90 PyTorch ops besides its forwards (per draft
+token: the probabilities, the exponential race, a finiteness check, the runner's input copies; then about 25
+for the verification), each several microseconds of host time on a GPU, while plain decoding with
+``compile=True`` needed 0.41 ms per token in all on an H200 (``bench/step_time.py``). Recorded, a step queues
+about 20 ops: the random draws, the graphs' input copies and three replays (draft chain, target forward,
+verification), then its one host read.
 
 - The draft chain (:func:`draft_chain`): g one-token draft forwards, each followed by its token's
   probabilities and its exponential-race draw on the device, recorded together once per (g, sampling
