@@ -178,6 +178,8 @@ def run(args) -> int:
             except Exception as e:  # report and go on
                 r = dict(info, mode=mode, error=f"{type(e).__name__}: {e}")
             rows.append(r)
+            if args.out:   # after every row: a step cut short by its time limit keeps what it measured
+                write_json(args.out, dict(machine=machine_description(device), args=script_args(args), rows=rows))
             print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}, flush=True)
         del model
         if device.type == "cuda":
