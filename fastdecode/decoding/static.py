@@ -34,7 +34,7 @@ from . import sampling as sm
 from .stream import TokenStream
 from .policy import policy_for
 from .static_cache import runner_for
-from .static_step import decide, draft_chain, recordable, verify_recorded
+from .static_step import decide, draft_chain, packed, recordable, verify_recorded
 from .static_lambda import lambda_runner_for
 
 
@@ -240,21 +240,21 @@ def _decode_chain(target, draft, stream: TokenStream, sampling: SamplingConfig, 
         stats.target_calls += 1
 
         # 3. verification on the device (recorded whole, with its draws made first, for model drafts)
-        if proposal:
-            q = x if sampling.greedy else sm.one_hot(x, logits.shape[-1])   # (greedy: q unused, unchecked)
-            n, nxt, finite = decide(logits, q, x, sampling, verifier, generator, check_q=False)
+        if proposal:   # (greedy: q unused)
+            q = None if sampling.greedy else sm.one_hot(x, logits.shape[-1])
+            verdict = packed(decide(logits, q, x, sampling, verifier, generator, check_q=False))
         elif recorded:
-            n, nxt, finite = verify_recorded(trun, logits, q, x, sampling, generator)
+            verdict = verify_recorded(trun, logits, q, x, sampling, generator)
         else:
-            n, nxt, finite = decide(logits, q, x, sampling, verifier, generator)
+            verdict = packed(decide(logits, q, x, sampling, verifier, generator))
 
-        # 4. the one host sync of the step
-        vals = torch.cat([torch.stack([n, nxt.to(n.dtype), finite.to(n.dtype)]), x]).tolist()
+        # 4. the one host sync of the step: (n accepted, next token, all finite) and the drafts
+        vals = torch.cat([verdict, x]).tolist()
         n_acc, nxt_host, ok = vals[:3]
         if not ok:
             _raise_non_finite()
         seq[L : L + n_acc] = x[:n_acc]
-        seq[L + n_acc : L + n_acc + 1] = nxt.view(1)
+        seq[L + n_acc : L + n_acc + 1] = verdict[1:2]
         kept = stream.append(vals[3 : 3 + n_acc] + [nxt_host])
         stats.record_step(g, n_acc)
         policy.update(g, n_acc)

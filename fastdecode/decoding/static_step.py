@@ -83,23 +83,24 @@ def draft_chain(drun, last: torch.Tensor, start: int, g: int, sampling: Sampling
 def verify_recorded(trun, logits: torch.Tensor, q: torch.Tensor, x: torch.Tensor, sampling: SamplingConfig,
                     generator):
     """:func:`decide` (greedy or the token rule) from one recorded graph of the target runner: its random
-    draws made first, in the unrecorded order. Returns device tensors (n, next token, all finite), the graph's
-    own: read them before the next step."""
+    draws made first, in the unrecorded order. Returns its :func:`packed` verdict, the graph's own tensor:
+    read it before the next step."""
     g, settings = x.shape[0], _settings(sampling)
     if sampling.greedy:
-        out = trun.replay(("verify", g) + settings, lambda lg, qq, xx: _packed(decide(lg, qq, xx, sampling, "token")),
+        out = trun.replay(("verify", g) + settings, lambda lg, qq, xx: packed(decide(lg, qq, xx, sampling, "token")),
                           logits, q, x)
     else:
         u = torch.rand(g, generator=generator, device=logits.device, dtype=torch.float64)
         noise = torch.empty((1, logits.shape[1]), dtype=torch.float32, device=logits.device).exponential_(
             generator=generator)
         out = trun.replay(("verify", g) + settings,
-                          lambda lg, qq, xx, uu, nn: _packed(decide(lg, qq, xx, sampling, "token", u=uu, noise=nn)),
+                          lambda lg, qq, xx, uu, nn: packed(decide(lg, qq, xx, sampling, "token", u=uu, noise=nn)),
                           logits, q, x, u, noise)
-    return out[0], out[1], out[2].bool()
+    return out
 
 
-def _packed(result) -> torch.Tensor:
+def packed(result) -> torch.Tensor:
+    """:func:`decide`'s (n, next token, all finite) as one long tensor [3], for the step's one host read."""
     n, nxt, finite = result
     return torch.stack([n, nxt.to(n.dtype), finite.to(n.dtype)])
 
