@@ -45,11 +45,11 @@ from transformers.cache_utils import Cache
 
 from .. import graphs
 from . import hf_cache as kv
+from . import static_windows as sw   # (its PREFILL_PIECE read at call time: the tests shrink it)
 from .masks import additive, row_causal, with_window
-from . import static_windows as sw
-from .static_windows import UNWRITTEN, WindowRingLayer, ring_mask, ring_size, windowed_layers
-from .written_layer import WrittenLayer
+from .static_windows import UNWRITTEN, WindowRingLayer, ring_mask, ring_needed, ring_size, windowed_layers
 from .static_windows import move as ring_move
+from .written_layer import WrittenLayer
 
 COMPILE_MODES = ("eager", "cudagraphs", "inductor")
 RECOMPILE_LIMIT = 256  # graphs per recorded function (inductor): target and draft, every bucket of n and of B
@@ -412,7 +412,7 @@ def runner_for(model, capacity: int, mode: str, batch: int = 1, role: str = "", 
     window = kv.attention_layout(model)[0]
 
     def fits(old) -> bool:
-        ring_ok = old.ring is None or old.ring >= window + max(span or 0, sw.PREFILL_PIECE)
+        ring_ok = old.ring is None or old.ring >= ring_needed(window, span)
         return (old.mode == mode and old.capacity >= capacity and old.key == runner_key(model) and old.batch == batch
                 and ring_ok)
 

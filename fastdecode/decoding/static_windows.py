@@ -37,12 +37,17 @@ PREFILL_PIECE = 512   # prompt tokens per prefill forward when windowed layers k
 UNWRITTEN = 1 << 40   # the logical slot of a ring slot never written: no query may see it
 
 
+def ring_needed(window: int, span: int | None) -> int:
+    """The slots a windowed layer's ring needs for forwards of at most ``span`` tokens (and the prefill's)."""
+    return window + max(span or 0, PREFILL_PIECE)
+
+
 def ring_size(window: int | None, capacity: int, span: int | None) -> int | None:
     """Slots of a windowed layer's ring for forwards of at most ``span`` tokens, or None (no window, no span
     given, or a ring no smaller than the capacity)."""
     if window is None or span is None:
         return None
-    ring = window + max(span, PREFILL_PIECE)
+    ring = ring_needed(window, span)
     return ring if ring < capacity else None
 
 
