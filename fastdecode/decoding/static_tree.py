@@ -101,7 +101,7 @@ class StaticMultiDraftDecoder(MultiDraftDecoder):
         rows = [[L + cached[a] for a in tree.ancestors(x)[:-1]] + [own[i]] for i, x in enumerate(nodes)]
         vis = self._rows(rows, b, own)
         return self._flagged(self.drun.tree_forward(torch.tensor([ids], device=self.ddev), start, L,
-                                               torch.tensor(pos, device=self.ddev), vis.to(self.ddev))[:n])
+                                                    torch.tensor(pos, device=self.ddev), vis.to(self.ddev))[:n])
 
     def _target_plain(self) -> torch.Tensor:
         L = self.stream.length
@@ -117,7 +117,7 @@ class StaticMultiDraftDecoder(MultiDraftDecoder):
         rows = [[L - 1]] + [[L - 1] + [L + a for a in tree.ancestors(x)] for x in range(N)]
         vis = self._rows(rows, b, own)
         return self._flagged(self.trun.tree_forward(torch.tensor([ids], device=self.tdev), L - 1, L - 1,
-                                               torch.tensor(pos, device=self.tdev), vis.to(self.tdev))[: 1 + N])
+                                                    torch.tensor(pos, device=self.tdev), vis.to(self.tdev))[: 1 + N])
 
     def _queries(self, run, n: int, budget: int) -> int:
         """Queries of a forward that scores n: the recorded ``budget``, or n alone for a plain forward, where
@@ -126,8 +126,11 @@ class StaticMultiDraftDecoder(MultiDraftDecoder):
 
     def _flagged(self, logits: torch.Tensor) -> torch.Tensor:
         """A forward's logits, flagged now for the step's one NaN / +inf read (:meth:`_checked_step`; a recorded
-        forward's output is rewritten by the next replay, so the flag is computed before that)."""
-        self._flags.append(sm.all_finite(logits))
+        forward's output is rewritten by the next replay, so the flag is computed before that). Greedy only:
+        when sampling, every forward's logits become distributions that :meth:`_probs` flags (NaN or +inf
+        logits give NaN probabilities)."""
+        if self.sampling.greedy:
+            self._flags.append(sm.all_finite(logits))
         return logits
 
     def _keep(self, tree: DraftTree, path: list[int], dcached: dict[int, int]) -> None:
