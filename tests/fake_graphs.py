@@ -4,6 +4,7 @@ import contextlib
 import dataclasses
 
 import torch
+from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastdecode import api
@@ -17,8 +18,10 @@ class FakeGraph:
     tensors (whose other fields stay as recorded). Recording and replays refuse host reads (``NoHostReads``),
     unless ``host_reads``: a function whose CPU path reads where its CUDA path does not."""
 
-    def __init__(self, fn, bufs, out, host_reads: bool = False):
+    def __init__(self, fn, bufs, out, host_reads: bool = False, frozen: bool = False):
         self.fn, self.bufs, self.out, self.host_reads = fn, bufs, out, host_reads
+        if frozen:   # replay what the recording did, Python values baked in, as a CUDA graph does
+            self.fn = make_fx(lambda *xs: fn(*xs), tracing_mode="real")(*bufs)
 
     def replay(self):
         with contextlib.nullcontext() if self.host_reads else NoHostReads():
@@ -40,10 +43,18 @@ class NoHostReads(TorchDispatchMode):
     would be frozen at recording): any op that brings a tensor's value to the host raises here."""
 
     READS = {"aten._local_scalar_dense", "aten.is_nonzero", "aten.item", "aten.equal"}
+    # outputs whose shape depends on values: CUDA reads the size on the host (capture fails)
+    SIZED_BY_VALUES = {"aten.nonzero", "aten.masked_select", "aten._unique2", "aten.unique_dim",
+                       "aten.unique_consecutive", "aten.argwhere"}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if str(func.overloadpacket) in self.READS:
+        name = str(func.overloadpacket)
+        if name in self.READS:
             raise AssertionError(f"a recorded function read the device on the host ({func})")
+        if (name in self.SIZED_BY_VALUES or (name == "aten.repeat_interleave" and not (kwargs or {}).get("output_size"))
+                or (name == "aten.index" and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool
+                                                 for i in args[1]))):
+            raise AssertionError(f"a recorded function made a tensor sized by its values ({func})")
         return func(*args, **(kwargs or {}))
 
 
@@ -65,7 +76,7 @@ def install(monkeypatch) -> list:
         unguarded = self.mode == "inductor"
         with contextlib.nullcontext() if unguarded else NoHostReads():
             out = fn(*bufs)
-        self.graphs[key] = (FakeGraph(fn, bufs, out, host_reads=unguarded), bufs, out)
+        self.graphs[key] = (FakeGraph(fn, bufs, out, host_reads=unguarded, frozen=not unguarded), bufs, out)
         records.append((id(self), key))
         return out
 
