@@ -50,6 +50,9 @@ def method_info(method: str) -> MethodInfo:
     return METHODS[method]
 
 
+PREPARABLE = frozenset({"optimal"})   # methods for which prepare() returns something
+
+
 def verify(method: str, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, generator=None,
            prepared=None) -> VerifyResult:
     """Decide, per row, which token is emitted. p, q: [N, V]; drafts: [N, k] drawn with the method's scheme.
@@ -61,7 +64,7 @@ def verify(method: str, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, 
     check_generator(generator)
     check_drafts(drafts, p.shape[0], p.shape[1], 1 if info.single_draft else None)
     check_scheme(q, drafts, info.scheme)
-    if prepared is not None and method != "optimal":
+    if prepared is not None and method not in PREPARABLE:
         raise ValueError(f"method {method!r} has no prepared form (see prepare)")
     return verify_unchecked(method, p, q, drafts, generator, prepared)
 
@@ -75,9 +78,6 @@ def verify_unchecked(method: str, p: torch.Tensor, q: torch.Tensor, drafts: torc
     if prepared is not None:
         return verify_prepared(prepared, drafts, generator)
     return METHODS[method].verify(p, q, drafts, generator)
-
-
-PREPARABLE = frozenset({"optimal"})   # methods for which prepare() returns something
 
 
 def prepare(method: str, p: torch.Tensor, q: torch.Tensor, ks: list[int]):
