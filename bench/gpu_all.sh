@@ -45,7 +45,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
   BATCH="--quick"; CEIL="--quick"
 else
   CHECKS="--prompts 3 --new-tokens 64 --runs 600"; E2E="--prompts 3 --repeats 3 --new-tokens 128 --dtype bfloat16"
-  BW="--new-tokens 128 --repeats 3"; STEP_TIME="--steps 64 --repeats 3 --models 1b --modes cudagraphs,inductor,inductor-tuned"; DEV=cuda; OPT="--vocab 32000 151936 --k 2 4 8"
+  BW="--new-tokens 128 --repeats 3"; STEP_TIME="--steps 64 --repeats 3 --models 1b --modes cudagraphs,inductor,inductor-frozen,inductor-tuned"; DEV=cuda; OPT="--vocab 32000 151936 --k 2 4 8"
   BATCH="--batch 16,64 --prompts 64 --temperatures 0,1 --repeats 2"; CEIL="--batch 1,16,64 --repeats 10"
 fi
 E2E_SKIP=${E2E_SKIP-HF assisted;fastdecode autoregressive;fastdecode speculative (adaptive)}

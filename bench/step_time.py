@@ -15,7 +15,7 @@ one token per forward, on the static engine's runner (``decoding.static_cache``)
   grouped as matrix products, attention, inductor's fused kernels, copies and the rest: per forward, their
   count and device ms, the matrix products' implied weight-read bandwidth, and the ten costliest kernels.
 
-Usage: python bench/step_time.py [--models pair,1b] [--modes cudagraphs,inductor[,inductor-tuned]] [--steps 64] [--out FILE.json]
+Usage: python bench/step_time.py [--models pair,1b] [--modes cudagraphs,inductor[,inductor-tuned,inductor-frozen]] [--steps 64] [--out FILE.json]
 (--smoke: the tiny shape on the CPU, eager and inductor by default, for a check of the script itself).
 """
 from __future__ import annotations
@@ -101,21 +101,27 @@ def _profile_forwards(run, tok, start: int, n: int) -> list[tuple[str, float]]:
     return [(e.name, e.device_time) for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
 
 
-TUNED = dict(coordinate_descent_tuning=True)   # "inductor-tuned": inductor config gpt-fast compiles under
+# inductor modes with config patched in: "inductor-tuned", the config gpt-fast compiles under (its fused
+# kernels' launch parameters searched, a longer compile); "inductor-frozen", the weights taken for constants
+# (freezing: the products that share an input, q/k/v and gate/up, concatenated into one each; on the CPU
+# also the weights packed for oneDNN; a concatenated copy of those weights is kept besides the model's own)
+PATCHES = {"tuned": dict(coordinate_descent_tuning=True),
+           "frozen": {"freezing": True, "cpp.enable_concat_linear": True}}
 
 
 def measure(model, mode: str, steps: int, repeats: int) -> dict:
-    """The timings of one recording mode: "eager", "cudagraphs", "inductor", or "inductor-tuned" (inductor
-    with ``TUNED`` patched into its config: its fused kernels' launch parameters searched, a longer compile)."""
+    """The timings of one recording mode: "eager", "cudagraphs", "inductor", "inductor-tuned" or
+    "inductor-frozen" (inductor with its :data:`PATCHES` entry patched into its config)."""
     from fastdecode.decoding.static_cache import StaticRunner, compile_limits
     import torch._inductor.config as inductor_config
     device = next(model.parameters()).device
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    run = StaticRunner(model, 128 * (1 + (32 + steps * 3) // 128), mode.removesuffix("-tuned"))
+    base, _, patch = mode.partition("-")
+    run = StaticRunner(model, 128 * (1 + (32 + steps * 3) // 128), base)
     prompt = torch.randint(0, model.config.vocab_size, (1, 32), generator=torch.Generator().manual_seed(0)).to(device)
     out = dict(mode=mode)
-    tuning = inductor_config.patch(**TUNED) if mode.endswith("-tuned") else contextlib.nullcontext()
+    tuning = inductor_config.patch(PATCHES[patch]) if patch else contextlib.nullcontext()
     with torch.inference_mode(), compile_limits(), tuning:
         t0 = time.perf_counter()
         tok = run.prefill(prompt).argmax(-1)
