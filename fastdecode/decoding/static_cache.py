@@ -206,6 +206,8 @@ class StaticRunner:
         self.window, self.layer_types = kv.attention_layout(model)
         if self.window is not None and self.ring is None:
             self.cache.positions = torch.zeros(self.capacity, dtype=torch.long, device=self.device)
+        if self.ring is not None:   # a longer forward would overwrite keys its own queries still see
+            self.max_forward = self.ring - self.window
 
     def _mask(self, allow: torch.Tensor, qpos: torch.Tensor, write: torch.Tensor):
         """The 4D mask(s) of a single-row forward whose queries, at positions ``qpos`` [n], write the slots
@@ -293,6 +295,8 @@ class StaticRunner:
     def _check(self, start: int, n: int) -> None:
         if start + n > self.capacity:  # pragma: no cover - the engine sizes the cache for the longest step
             raise RuntimeError(f"static cache overflow: {start} + {n} > capacity {self.capacity}")
+        if self.max_forward is not None and n > self.max_forward:   # the callers split longer inputs
+            raise RuntimeError(f"a forward of {n} tokens: this runner takes at most {self.max_forward}")
 
     def forward(self, ids: torch.Tensor, start: int, keep: int = 0) -> torch.Tensor:
         """Score ``ids`` [1, n] at slots start .. start + n - 1: float32 logits [n, V], or of the last ``keep``

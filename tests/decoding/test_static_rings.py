@@ -85,6 +85,34 @@ def test_full_layers_keep_the_capacity_and_windowed_layers_a_ring():
     assert run.ring == WINDOW + max(4, PIECE) and run.ring < run.capacity   # (gamma = 3: forwards of 4)
 
 
+def test_long_catch_up_in_pieces():
+    """A draft that lacks more committed tokens than the ring takes in one forward (R - window: after many
+    n-gram or plain steps) catches up in pieces: its drafts equal a full-capacity runner's. (One eager forward
+    of them all overwrote ring slots its own first queries still needed: other drafts, silently.)"""
+    from fastdecode.config import SamplingConfig
+    from fastdecode.decoding import static
+    from fastdecode.decoding.static_cache import StaticRunner
+    from fastdecode.stats import DecodeStats
+    target, draft, prompt, _ = _case("mistral")
+    L, behind = 60, 40
+    seq = torch.zeros(128, dtype=torch.long)
+    seq[:L] = torch.randint(0, 512, (L,), generator=torch.Generator().manual_seed(1))
+    drafts = []
+    for span in (None, 4):   # the full layout, then a ring of window + 4 slots
+        run = StaticRunner(draft, 128, "eager", span=span)
+        assert (run.ring is None) == (span is None)
+        with torch.inference_mode():
+            run.prefill(seq[None, : L - 1 - behind])
+            x, _, dlen = static._draft(run, seq, torch.zeros_like(seq), seq[L - 1 : L], L, L - 1 - behind, 3,
+                                       SamplingConfig(0.0), None, DecodeStats(), 0.0, 4)
+        assert dlen == L - 1
+        drafts.append(x)
+    assert run.max_forward == run.ring - WINDOW < behind
+    assert torch.equal(drafts[0], drafts[1])
+    with pytest.raises(RuntimeError, match="takes at most"):
+        run.forward(seq[None, :behind], 0)
+
+
 def test_no_ring_when_it_would_not_save_memory(monkeypatch):
     """The default prefill piece (512) makes the ring larger than a short generation's capacity: the full
     layout, unchanged."""
