@@ -259,7 +259,20 @@ def run(args) -> int:
     return 1 if failed else 0
 
 
+def _interpreter_too_late() -> bool:
+    """Triton's own library functions (``tl.max``, ...) are built when triton is first imported, for the
+    interpreter only if TRITON_INTERPRET=1 was set by then: a process that imported triton before (the
+    ``fastdecode kernels`` command: the package imports it) cannot interpret the kernels on the CPU."""
+    return (not torch.cuda.is_available() and "triton" in sys.modules
+            and os.environ.get("TRITON_INTERPRET") != "1")
+
+
 def main(argv: list[str] | None = None) -> int:
+    if _interpreter_too_late():   # this script again, in a process that imports triton for the interpreter
+        import subprocess
+        argv = sys.argv[1:] if argv is None else argv
+        return subprocess.call([sys.executable, str(Path(__file__).resolve()), *argv],
+                               env=dict(os.environ, TRITON_INTERPRET="1"))
     return script_main(__doc__, add_arguments, run, argv)
 
 

@@ -40,3 +40,19 @@ def test_smoke_reports_a_kernel_that_disagrees_with_its_reference(tmp_path, caps
     assert rc == 1
     bad = [r for r in result["rows"] if r["note"].startswith("MISMATCH")]
     assert bad and all(r["kernel"] == "entropy" for r in bad)
+
+
+@pytest.mark.slow
+def test_command_line_smoke_runs_in_the_interpreter():
+    """``fastdecode kernels --smoke`` on the CPU: the package imports triton before the script could ask for
+    its interpreter (every case failed: a @triton.jit library function called outside a kernel); the
+    script then reruns itself in a process that imports triton for the interpreter."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-m", "fastdecode.cli", "kernels", "--smoke", "--vocab", "100", "--rows",
+                           "1", "--out", os.devnull], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert " 0 failed" in done.stdout
