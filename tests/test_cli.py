@@ -69,7 +69,6 @@ def test_generate_multi_draft_with_verifier(capsys):
     (["--method", "entropy_switch", "--speculate-when-large", "--draft-length", "0"], "draft_length must be"),
     (["--compile", "cudagraphs"], "--compile applies to --cache-implementation static"),
     (["--cache-implementation", "static", "--compile", "cudagraphs"], "needs a model on a CUDA device"),
-    (["--cache-implementation", "static", "--method", "entropy_switch"], "supports methods"),
     (["--cache-implementation", "static", "--compile", "inductor", "--pack-weights"], "does not combine with"),
 ])
 def test_user_mistakes_are_one_line_errors(capsys, monkeypatch, args, message):

@@ -28,7 +28,7 @@ def _cases():
             for engine in ("dynamic", "static"):
                 for ids in (ONE, TWO):
                     skip = (which == "draft" and method == "autoregressive") or (
-                        method == "entropy_switch" and (engine == "static" or ids is TWO))
+                        method == "entropy_switch" and ids is TWO)
                     if not skip:
                         yield which, method, kw, engine, ids
 

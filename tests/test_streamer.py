@@ -18,7 +18,7 @@ CASES = [("autoregressive", {}, "dynamic"), ("autoregressive", {}, "static"),
          ("speculative", {}, "dynamic"), ("speculative", {}, "static"),
          ("multi_draft", dict(num_drafts=2), "dynamic"), ("multi_draft", dict(num_drafts=2), "static"),
          ("prompt_lookup", {}, "dynamic"), ("prompt_lookup", {}, "static"),
-         ("entropy_switch", dict(entropy_threshold=1.0), "dynamic")]
+         ("entropy_switch", dict(entropy_threshold=1.0), "dynamic"), ("entropy_switch", dict(entropy_threshold=1.0), "static")]
 
 
 @pytest.mark.parametrize("method,kw,engine", CASES)

@@ -6,7 +6,7 @@ Every decode function has the same signature,
 none), and the static engine's take ``mode=`` ("eager", "cudagraphs", "inductor") as well. Batches
 (B > 1) go through ``batched.decode`` instead, which works on a [B, L] prompt rather than one stream.
 """
-from . import autoregressive, entropy_switch, multi_draft, prompt_lookup, speculative, static, static_tree
+from . import autoregressive, entropy_switch, multi_draft, prompt_lookup, speculative, static, static_switch, static_tree
 
 DYNAMIC = {
     "autoregressive": autoregressive.decode,
@@ -21,4 +21,5 @@ STATIC = {
     "speculative": static.decode_speculative,
     "prompt_lookup": static.decode_prompt_lookup,
     "multi_draft": static_tree.decode_multi_draft,
+    "entropy_switch": static_switch.decode,
 }

@@ -130,6 +130,14 @@ class _Switcher:
         v = self.es.vocab_size
         return kernels.entropy(logits[:, :v] if v is not None else logits)
 
+    def host_entropy(self, logits: torch.Tensor) -> float:
+        """The entropy of the one row ``logits`` [1, V] on the host; NaN (non-finite logits, where the engine
+        has not checked them yet) is a ValueError."""
+        h = float(self.entropy(logits)[0])
+        if h != h:
+            raise ValueError(sm.NON_FINITE)
+        return h
+
     def forward(self, name: str) -> torch.Tensor:
         logits, n = catch_up(self.models[name], self.caches[name], self.stream.tokens)
         self.fed[name] += n
@@ -166,7 +174,7 @@ class _Switcher:
     def token_step(self) -> None:
         """The active model probes position t; the rule picks who generates it; that model generates it."""
         logits = self.forward(self.active)
-        h = float(self.entropy(logits)[0])
+        h = self.host_entropy(logits)
         mean = self.window.mean_with(h)
         want, probe, switched = wanted_model(mean, self.es.entropy_threshold), None, False
         if want != self.active and may_switch(self.since_switch, self.es.min_dwell):
@@ -174,15 +182,31 @@ class _Switcher:
             self.switch_to(want)
             if want == TARGET and self.es.speculate_when_large:
                 # the target's segment starts with a verification step; the draft re-feeds its last token
-                kv.crop(self.caches[DRAFT], self.stream.length - 1)
+                self.crop_draft(self.stream.length - 1)
                 self.pending_probe = (probe, mean)
                 return
             logits = self.forward(self.active)
-            h = float(self.entropy(logits)[0])
+            h = self.host_entropy(logits)
         self.emit([sm.next_token(logits, self.sampling, self.generator)], [h], logits, probe, mean, switched)
+
+    def crop_draft(self, n: int) -> None:
+        """The draft's cache keeps the stream's first ``n`` tokens."""
+        kv.crop(self.caches[DRAFT], n)
 
     def speculative_step(self, verifier) -> None:
         """The target, active, verifies a chain drafted by the draft model (lossless, docs/algorithms.md section 1)."""
+        tokens, logits = self.chain_step(verifier)
+        probe, mean = self.pending_probe or (None, None)
+        self.pending_probe = None
+        self.emit(tokens, self.entropy(logits).tolist(), logits, probe, mean, probe is not None)
+        # hand-back check between verification steps, on the entropies of the emitted tokens
+        if not self.stream.done and may_switch(self.since_switch, self.es.min_dwell):
+            if wanted_model(self.window.mean, self.es.entropy_threshold) == DRAFT:
+                self.switch_to(DRAFT)
+
+    def chain_step(self, verifier) -> tuple[list[int], torch.Tensor]:
+        """One drafted and verified chain (the draft's cache then holds only committed tokens): the tokens to
+        emit and the target's logits they were chosen from [n + 1, V]."""
         stream, device, dcache = self.stream, kv.device(self.models[TARGET]), self.caches[DRAFT]
         gamma = min(self.es.draft_length, stream.remaining - 1)
         unseen = stream.length - kv.cache_length(dcache)
@@ -198,15 +222,8 @@ class _Switcher:
             self.catchups += 1
             self.catchup_tokens += v.fed - v.n_draft
             self.takeover = False
-        logits = v.logits[: v.n_accepted + 1]
-        probe, mean = self.pending_probe or (None, None)
-        self.pending_probe = None
-        self.emit(v.tokens, self.entropy(logits).tolist(), logits, probe, mean, probe is not None)
         kv.crop(dcache, min(kv.cache_length(dcache), base + v.n_accepted))
-        # hand-back check between verification steps, on the entropies of the emitted tokens
-        if not stream.done and may_switch(self.since_switch, self.es.min_dwell):
-            if wanted_model(self.window.mean, self.es.entropy_threshold) == DRAFT:
-                self.switch_to(DRAFT)
+        return v.tokens, v.logits[: v.n_accepted + 1]
 
     def run(self) -> None:
         verifier = CHAIN_VERIFIERS["token"]

@@ -213,12 +213,6 @@ def test_reused_runner_gives_the_same_tokens(pair):
                        first)
 
 
-def test_refusals(pair, tiny_pair):
-    target, draft, prompt, _ = pair
-    with pytest.raises(ValueError, match="supports methods .*multi_draft.*not 'entropy_switch'"):
-        fastdecode.generate(target, prompt, draft=draft, method="entropy_switch", cache_implementation="static")
-
-
 @pytest.fixture(scope="module")
 def code_hf(code_pair, stdlib_prompts):
     return [code_pair[0].generate(torch.tensor([p]), max_new_tokens=40, do_sample=False) for p in stdlib_prompts[:2]]

@@ -21,6 +21,7 @@ METHODS = [
     ("prompt_lookup", dict(fallback="off")),
     ("multi_draft", dict(num_drafts=2, draft_length=3)),
     ("multi_draft", dict(num_drafts=3, adaptive_draft=True)),
+    ("entropy_switch", dict(entropy_threshold=float("-inf"), speculate_when_large=True)),   # the target verifying
 ]
 
 
@@ -37,7 +38,7 @@ def case(request):
 
 
 def _static(target, prompt, method, kw, draft, **extra):
-    return fastdecode.generate(target, prompt, draft=draft if method in ("speculative", "multi_draft") else None,
+    return fastdecode.generate(target, prompt, draft=draft if method in ("speculative", "multi_draft", "entropy_switch") else None,
                                method=method, temperature=0, max_new_tokens=NEW, eos_token_id=[],
                                cache_implementation="static", **kw, **extra)
 

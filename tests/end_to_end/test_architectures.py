@@ -38,7 +38,8 @@ def test_static_engine_equals_hf_greedy(model_type):
     runs = [("autoregressive", None, {}), ("speculative", draft, dict(draft_length=3, adaptive_draft=False)),
             ("speculative", draft, dict(verifier="block")), ("prompt_lookup", None, {}),
             ("multi_draft", draft, dict(num_drafts=2, draft_length=3)),
-            ("multi_draft", target, dict(num_drafts=2, draft_length=4))]
+            ("multi_draft", target, dict(num_drafts=2, draft_length=4)),
+            ("entropy_switch", draft, dict(entropy_threshold=float("-inf"), speculate_when_large=True))]
     for method, d, kw in runs:
         out = fastdecode.generate(target, prompt, draft=d, method=method, temperature=0, max_new_tokens=NEW,
                                   cache_implementation="static", **kw)
