@@ -91,6 +91,17 @@ def greedy_checks(device, n_prompts: int, new: int) -> list[dict]:
         out.append(dict(check="Lambda: static == dynamic", kwargs=kw, equal=same, of=len(prompts),
                         seconds=round(time.perf_counter() - t0, 2), ok=same == len(prompts)))
         print(out[-1], flush=True)
+    for kw in (dict(), dict(speculate_when_large=True)):   # lossy: the static engine against the dynamic one
+        same, t0 = 0, time.perf_counter()
+        for pr in prompts:
+            ids = torch.tensor([pr], device=device)
+            common = dict(draft=draft, method="entropy_switch", temperature=0, max_new_tokens=new, **kw)
+            ref = fastdecode.generate(target, ids, **common).sequences
+            got = fastdecode.generate(target, ids, cache_implementation="static", **common).sequences
+            same += bool(torch.equal(ref, got))
+        out.append(dict(check="entropy_switch: static == dynamic", kwargs=kw, equal=same, of=len(prompts),
+                        seconds=round(time.perf_counter() - t0, 2), ok=same == len(prompts)))
+        print(out[-1], flush=True)
     out.append(dict(check="same seed, same tokens (static, T=1)",
                     ok=_seed_repeats(target, draft, torch.tensor([prompts[0]], device=device), new)))
     print(out[-1], flush=True)
