@@ -263,6 +263,9 @@ def generate(
         if compile_mode == "inductor":
             from .decoding.static_cache import compile_limits
             stack.enter_context(compile_limits())
+        if compile_mode is not None:   # a failed call must not leave its caches kept on the models
+            from .decoding.static_cache import drop_runners
+            stack.push(lambda exc_type, *_: drop_runners(target, drafter) if exc_type is not None else None)
         t0 = time.perf_counter()
         if input_ids.shape[0] > 1:
             sequences = batched.decode(target, drafter, input_ids,

@@ -130,7 +130,12 @@ def _check_args(args, has_draft: bool) -> None:
     from .models import check_model_path
 
     if args.prompt_file and not Path(args.prompt_file).is_file():
-        raise ValueError(f"--prompt-file {args.prompt_file}: no such file")
+        raise ValueError(f"--prompt-file {args.prompt_file}: "
+                         + ("a folder, not a file" if Path(args.prompt_file).is_dir() else "no such file"))
+    try:
+        torch.device(args.device)
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"--device {args.device}: not a device name torch knows (cpu, cuda, cuda:1, ...)") from e
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: this torch build sees no CUDA device")
     if args.max_new_tokens < 0:

@@ -193,3 +193,26 @@ def test_nan_logits_are_an_error_not_token_zero(pair):
         broken.lm_head.weight[0, 0] = float("inf")  # logit of token 0 is +-inf or NaN
     with pytest.raises(ValueError, match="NaN or \\+inf logits"):
         fastdecode.generate(broken, IDS, draft=draft, max_new_tokens=5, seed=0)
+
+
+def test_failed_static_call_keeps_no_cache_on_the_models(monkeypatch):
+    """A static call whose draft cache cannot be allocated (a max_new_tokens too large for the memory) used to leave
+    the target's cache, sized for that call, kept on the target: every later call fitting in it reused it and ran
+    out of memory again. Now a failed call drops the runners it kept, and the next call runs normally."""
+    from fastdecode.decoding import static_cache
+    target, draft = tiny_llama(11), tiny_llama(12, scale=3.0)   # fresh models: no runner kept by other tests
+    ids = torch.tensor([[1, 2, 3]])
+    real_init = static_cache.StaticRunner.__init__
+
+    def init(self, model, *args, **kwargs):
+        if model is draft:
+            raise torch.OutOfMemoryError("can't allocate memory")
+        real_init(self, model, *args, **kwargs)
+    monkeypatch.setattr(static_cache.StaticRunner, "__init__", init)
+    with pytest.raises(torch.OutOfMemoryError):
+        fastdecode.generate(target, ids, draft=draft, temperature=0, max_new_tokens=20, cache_implementation="static")
+    assert not [k for m in (target, draft) for k in m.__dict__ if k.startswith("_fastdecode_static")]
+    monkeypatch.setattr(static_cache.StaticRunner, "__init__", real_init)
+    out = fastdecode.generate(target, ids, draft=draft, temperature=0, max_new_tokens=8, cache_implementation="static")
+    assert torch.equal(out.sequences, target.generate(ids, do_sample=False, max_new_tokens=8))
+    assert [k for k in target.__dict__ if k.startswith("_fastdecode_static")]   # a successful call keeps its runner

@@ -54,6 +54,8 @@ def test_generate_multi_draft_with_verifier(capsys):
     (["--method", "speculative", "--num-drafts", "3"], "--num-drafts applies"),
     (["--verifier", "bogus"], "verifier"),
     (["--prompt-file", "/nonexistent.txt"], "no such file"),
+    (["--prompt-file", "/"], "a folder, not a file"),
+    (["--device", "bogus"], "--device bogus: not a device name torch knows"),
     (["--prompt", ""], "prompt is empty"),
     (["--draft", "none", "--method", "speculative"], "needs a draft"),
     (["--target", "/nonexistent"], "no such model folder"),

@@ -427,6 +427,19 @@ def runner_for(model, capacity: int, mode: str, batch: int = 1, role: str = "", 
     return kept_runner(model, slot, fits, make)
 
 
+def drop_runners(*models) -> None:
+    """Drop every static runner kept on ``models`` (None entries skipped) and give back their device memory. After a
+    failed call (a draft's cache that did not fit in memory, say) a kept runner could hold caches sized for that
+    call, which every later call that fits would reuse: the next calls would run out of memory too."""
+    for model in models:
+        if model is None:
+            continue
+        for slot in [k for k in model.__dict__ if k.startswith("_fastdecode_static")]:
+            model.__dict__.pop(slot)
+    with contextlib.suppress(Exception):
+        torch.cuda.empty_cache()
+
+
 def kept_runner(model, slot: str, fits, make):
     """The runner kept on ``model`` under ``slot`` if ``fits(it)``, else a new one from ``make()`` (the old one
     dropped first, and its device memory given back, so that the two never coexist)."""
