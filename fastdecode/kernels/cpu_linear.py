@@ -117,14 +117,27 @@ _PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 
 
+SAMPLED = 257   # weight elements compared between calls, spread over the matrix (rows and columns vary)
+
+
 def _weight_key(layer: torch.nn.Linear) -> tuple:
-    w = layer.weight
-    return (w.data_ptr(), w._version, tuple(w.shape))
+    """What says the kept copy is still the weight's: its storage, version and shape, and the bits of SAMPLED
+    of its elements. The version counter misses edits through ``weight.data`` (``.data`` has a counter of its
+    own: PEFT's unsafe adapter merge and EMA updates write that way), which change the sampled elements (an
+    edit that changes none of them, a single element say, is missed: call :func:`release_packed` then)."""
+    w = layer.weight.detach()
+    flat = w.reshape(-1)
+    idx = torch.linspace(0, flat.numel() - 1, min(SAMPLED, flat.numel())).long()
+    return (w.data_ptr(), layer.weight._version, tuple(w.shape)), flat[idx].view(torch.int32)
+
+
+def _same_weight(kept_key: tuple, key: tuple) -> bool:
+    return kept_key[0] == key[0] and torch.equal(kept_key[1], key[1])
 
 
 def _is_packed(layer: torch.nn.Linear) -> bool:
     kept = _PACKED.get(layer)
-    return kept is not None and kept[0] == _weight_key(layer)
+    return kept is not None and _same_weight(kept[0], _weight_key(layer))
 
 
 def _packed_weight(layer: torch.nn.Linear) -> torch.Tensor:
@@ -132,7 +145,7 @@ def _packed_weight(layer: torch.nn.Linear) -> torch.Tensor:
     key = _weight_key(layer)
     with _LOCK:
         kept = _PACKED.get(layer)
-        if kept is None or kept[0] != key:
+        if kept is None or not _same_weight(kept[0], key):
             kept = (key, torch.ops.mkldnn._reorder_linear_weight(w.detach(), PACK_ROWS))
             _PACKED[layer] = kept
     return kept[1]

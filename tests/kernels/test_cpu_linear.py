@@ -73,6 +73,23 @@ def test_pack_kept_between_calls_and_rebuilt_when_the_weight_changes():
     assert release_packed(layer) == 1 and layer not in cpu_linear._PACKED
 
 
+@pytest.mark.parametrize("edit", ["data_add", "data_mul", "data_copy"])
+def test_an_edit_through_data_is_seen(edit):
+    """``weight.data`` has a version counter of its own, so an edit through it (PEFT's unsafe adapter merge, EMA
+    updates) left the kept pack stale: generate then decoded with the old weights, silently."""
+    target = tiny_llama(21, vocab=64, hidden=32)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    fastdecode.generate(target, ids, method="autoregressive", temperature=0, max_new_tokens=4, pack_weights=True)
+    w = target.model.layers[0].mlp.down_proj.weight
+    delta = torch.randn(w.shape, generator=torch.Generator().manual_seed(0))
+    {"data_add": lambda: w.data.add_(delta), "data_mul": lambda: w.data.mul_(-1.5),
+     "data_copy": lambda: w.data.copy_(w.data + delta)}[edit]()
+    out = fastdecode.generate(target, ids, method="autoregressive", temperature=0, max_new_tokens=12,
+                              pack_weights=True, eos_token_id=[])
+    assert out.stats.extra.get("packed_linears")
+    assert torch.equal(out.sequences, hf_greedy(target, ids, 12))
+
+
 def test_a_packed_model_still_copies_and_pickles():
     """The packs (opaque oneDNN tensors) are kept outside the model: deepcopy and pickling still work."""
     import copy
