@@ -216,3 +216,18 @@ def test_failed_static_call_keeps_no_cache_on_the_models(monkeypatch):
     out = fastdecode.generate(target, ids, draft=draft, temperature=0, max_new_tokens=8, cache_implementation="static")
     assert torch.equal(out.sequences, target.generate(ids, do_sample=False, max_new_tokens=8))
     assert [k for k in target.__dict__ if k.startswith("_fastdecode_static")]   # a successful call keeps its runner
+
+
+def test_a_static_cache_that_does_not_fit_says_why(monkeypatch):
+    """The allocator's own error named no cause: the message says the static cache is allocated up front for
+    max_new_tokens and what to do."""
+    from fastdecode.decoding import static_cache
+    target = tiny_llama(13)
+
+    def init(self, *args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate memory")
+    monkeypatch.setattr(static_cache.StaticRunner, "__init__", init)
+    with pytest.raises(RuntimeError, match="allocates each model's cache for the whole generation up front .*"
+                                           "fewer max_new_tokens.*can't allocate memory"):
+        fastdecode.generate(target, torch.tensor([[1, 2, 3]]), max_new_tokens=10 ** 6, temperature=0,
+                            cache_implementation="static")

@@ -421,7 +421,15 @@ def runner_for(model, capacity: int, mode: str, batch: int = 1, role: str = "", 
                 and ring_ok)
 
     def make() -> StaticRunner:
-        runner = StaticRunner(model, capacity, mode, span)
+        try:
+            runner = StaticRunner(model, capacity, mode, span)
+        except RuntimeError as e:   # (torch.OutOfMemoryError is one)
+            if not isinstance(e, torch.OutOfMemoryError) and "alloc" not in str(e).lower():
+                raise
+            raise type(e)(f"cache_implementation='static' allocates each model's cache for the whole generation "
+                          f"up front ({capacity} positions: prompt + max_new_tokens + the longest forward, rounded "
+                          f"up) and that did not fit in memory; ask for fewer max_new_tokens or use "
+                          f"cache_implementation='dynamic' ({str(e).splitlines()[0][:200]})") from e
         runner.batch = batch
         return runner
     return kept_runner(model, slot, fits, make)
