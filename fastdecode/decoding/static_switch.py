@@ -57,8 +57,8 @@ class _StaticSwitcher(_Switcher):
         the ones it lacks scored in bucket-padded pieces."""
         run, have = self.runs[name], self.slots[name]
         if have is None:
-            run.prefill(self.seq[None, :upto])
-            self._count(name, 1)
+            run.prefill(self.seq[None, :upto])   # (also with upto = 0: a reused runner starts clean)
+            self._count(name, int(upto > 0))
         elif have < upto:
             self._count(name, feed(run, self.seq, self.pad, have, upto - have, most=self.chunk))
         self.fed[name] += upto - (have or 0)
@@ -146,7 +146,8 @@ class _StaticSwitcher(_Switcher):
 def decode(target, draft, stream: TokenStream, sampling: SamplingConfig, es: EntropySwitchConfig, generator,
            stats: DecodeStats, progress=None, mode: str = "eager", trace: list | None = None) -> None:
     """:func:`fastdecode.decoding.entropy_switch.decode` on the static engine (``mode``: its recording)."""
-    if stream.done:
+    if stream.done:   # nothing to generate: no cache to allocate, the counters all the same
+        _Switcher(target, draft, stream, sampling, es, generator, stats, progress, trace).fill_stats()
         return
     sw = _StaticSwitcher(target, draft, stream, sm.greedy_limit(sampling), es, generator, stats, progress, trace, mode)
     sw.run()

@@ -162,3 +162,14 @@ def test_compiled_equals_dynamic(pair, threshold):
     finally:
         for m in pair[:2]:
             m.__dict__.pop("_fastdecode_static", None)
+
+
+@pytest.mark.parametrize("prompt_len,new", [(1, 6), (5, 0)])
+def test_one_token_prompt_and_nothing_to_generate(pair, prompt_len, new):
+    target, draft, prompt = pair
+    kw = dict(draft=draft, method="entropy_switch", temperature=0, max_new_tokens=new, eos_token_id=[],
+              entropy_threshold=float("-inf"))
+    ref = fastdecode.generate(target, prompt[:, :prompt_len], **kw)
+    out = fastdecode.generate(target, prompt[:, :prompt_len], cache_implementation="static", **kw)
+    assert torch.equal(out.sequences, ref.sequences) and out.stats.extra.keys() == ref.stats.extra.keys()
+    assert out.stats.target_calls == ref.stats.target_calls
