@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+from collections.abc import Mapping
 
 import torch
 
@@ -60,6 +61,20 @@ def _check_rollback(cfg, method_cfg, static: bool = False) -> None:
 
 def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _unpack_encoding(inputs, attention_mask):
+    """``inputs``: a tensor, or a tokenizer's output (``BatchEncoding``, or any mapping with "input_ids"), whose
+    "attention_mask" is used unless one is passed as well (then a ValueError). Returns (input_ids, mask)."""
+    if not isinstance(inputs, Mapping):
+        return inputs, attention_mask
+    if "input_ids" not in inputs:
+        raise ValueError(f"input_ids is a mapping without an 'input_ids' entry (keys: {sorted(inputs)})")
+    mask = inputs.get("attention_mask")
+    if mask is not None and attention_mask is not None:
+        raise ValueError("attention_mask given twice: in the tokenizer's output passed as input_ids and as "
+                         "attention_mask=; pass one")
+    return inputs["input_ids"], attention_mask if attention_mask is not None else mask
 
 
 def _check_input_ids(input_ids) -> None:
@@ -146,7 +161,8 @@ def generate(
     pad_token_id: int | None = None,
     **method_options,
 ) -> GenerationResult:
-    """Generate up to ``max_new_tokens`` tokens after ``input_ids`` [batch, prompt_len].
+    """Generate up to ``max_new_tokens`` tokens after ``input_ids`` [batch, prompt_len] (or a tokenizer's
+    output passed whole, ``tok(prompts, return_tensors="pt")``: its input_ids and attention_mask).
 
     Batches (batch > 1): left padding only, ``attention_mask`` [batch, prompt_len] (1 = real token, 0 =
     padding; None = all ones) and a ``pad_token_id`` (None: the target's generation_config / config) for
@@ -196,6 +212,7 @@ def generate(
         method, draft is not None, num_drafts=num_drafts, verifier=verifier, draft_length=draft_length,
         adaptive_draft=adaptive_draft, max_draft_length=max_draft_length,
         confidence_threshold=confidence_threshold, fallback=fallback, **method_options)
+    input_ids, attention_mask = _unpack_encoding(input_ids, attention_mask)
     _check_input_ids(input_ids)
     _check_streamer(streamer, input_ids)
     check_pack_weights(pack_weights)   # (its combination with compile: below, once the engine's mode is known)

@@ -231,3 +231,21 @@ def test_a_static_cache_that_does_not_fit_says_why(monkeypatch):
                                            "fewer max_new_tokens.*can't allocate memory"):
         fastdecode.generate(target, torch.tensor([[1, 2, 3]]), max_new_tokens=10 ** 6, temperature=0,
                             cache_implementation="static")
+
+
+def test_a_tokenizer_output_passed_whole():
+    """``generate(target, tok(prompt, return_tensors="pt"))``, as HF users pass ``**inputs``: its input_ids and
+    attention_mask (a left-padded batch included); a mask given twice, or no input_ids, is a ValueError."""
+    from transformers import BatchEncoding
+    target = tiny_llama(14)
+    ids = torch.tensor([[0, 1, 2, 3], [3, 2, 1, 0]])
+    mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
+    kw = dict(temperature=0, max_new_tokens=5, pad_token_id=0, eos_token_id=[])
+    ref = fastdecode.generate(target, ids, attention_mask=mask, **kw).sequences
+    enc = BatchEncoding({"input_ids": ids, "attention_mask": mask})
+    assert torch.equal(fastdecode.generate(target, enc, **kw).sequences, ref)
+    assert torch.equal(fastdecode.generate(target, {"input_ids": ids[1:]}, **kw).sequences, ref[1:])
+    with pytest.raises(ValueError, match="attention_mask given twice"):
+        fastdecode.generate(target, enc, attention_mask=mask, **kw)
+    with pytest.raises(ValueError, match="without an 'input_ids' entry"):
+        fastdecode.generate(target, {"ids": ids}, **kw)
