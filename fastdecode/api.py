@@ -11,6 +11,7 @@ import torch
 from .checks import check_call, check_models, eval_mode, static_mask_problem
 from .config import METHODS, SamplingConfig, build_method_config  # noqa: F401 (METHODS re-exported)
 from .decoding import DYNAMIC, STATIC, batched
+from .decoding.batched_rows import decode_rows
 from .decoding import hf_cache as kv
 from .decoding.stream import TokenStream
 from .defaults import eos_from_model, resolve
@@ -216,9 +217,7 @@ def generate(
     _check_input_ids(input_ids)
     _check_streamer(streamer, input_ids)
     check_pack_weights(pack_weights)   # (its combination with compile: below, once the engine's mode is known)
-    attention_mask, pad_token_id = batched.check_batch(target, input_ids, attention_mask, pad_token_id, method,
-                                                       cache_implementation, lambda_attention, compile,
-                                                       draft=draft)
+    attention_mask, pad_token_id = batched.check_batch(target, input_ids, attention_mask, pad_token_id)
     padded_prompt = None
     if input_ids.shape[0] == 1 and not bool(attention_mask.all()):  # one left-padded row: decode its real tokens
         padded_prompt, input_ids = input_ids, input_ids[:, attention_mask[0].bool()]
@@ -253,7 +252,8 @@ def generate(
     if lambda_attention is not None:
         _check_rollback(lambda_attention, method_cfg, static=compile_mode is not None)
     check_pack_weights(pack_weights, inductor=compile_mode == "inductor")
-    if compile_mode is not None and compile is None and input_ids.shape[0] > 1:
+    rows_alone = input_ids.shape[0] > 1 and batched.one_by_one(method, lambda_attention)
+    if compile_mode is not None and compile is None and input_ids.shape[0] > 1 and not rows_alone:
         compile_mode = "eager"   # batches record their forwards on request only (compile=True / "cudagraphs")
     if compile_mode is not None and method == "speculative" and confidence_threshold is None \
             and kv.device(target).type == "cuda":  # the stop's per-token host sync costs more than it saves there
@@ -284,7 +284,15 @@ def generate(
             from .decoding.static_cache import drop_runners
             stack.push(lambda exc_type, *_: drop_runners(target, drafter) if exc_type is not None else None)
         t0 = time.perf_counter()
-        if input_ids.shape[0] > 1:
+        if rows_alone:   # no batched loop for it: the rows one by one, each as alone
+            def one(s, st):
+                if compile_mode is not None:
+                    STATIC[method](target, draft, s, sampling, method_cfg, generator, st, bar, mode=compile_mode)
+                else:
+                    DYNAMIC[method](target, draft, s, sampling, method_cfg, generator, st, bar)
+            sequences = decode_rows(one, input_ids, attention_mask.to(device), max_new_tokens, stream.eos_ids,
+                                    pad_token_id, stats)
+        elif input_ids.shape[0] > 1:
             sequences = batched.decode(target, drafter, input_ids,
                                        attention_mask.to(device), max_new_tokens, stream.eos_ids, pad_token_id,
                                        sampling, method_cfg, generator, stats, bar, static=compile_mode is not None,

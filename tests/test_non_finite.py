@@ -27,8 +27,7 @@ def _cases():
         for method, kw in METHODS:
             for engine in ("dynamic", "static"):
                 for ids in (ONE, TWO):
-                    skip = (which == "draft" and method == "autoregressive") or (
-                        method == "entropy_switch" and ids is TWO)
+                    skip = which == "draft" and method == "autoregressive"
                     if not skip:
                         yield which, method, kw, engine, ids
 

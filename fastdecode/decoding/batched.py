@@ -61,7 +61,12 @@ from .batched_tree import decode as decode_tree
 from .policy import DraftLengthPolicy, measured_switch, report_fallback
 from .stream import TokenStream
 
-BATCHED_METHODS = ("autoregressive", "speculative", "prompt_lookup", "multi_draft")
+BATCHED_METHODS = ("autoregressive", "speculative", "prompt_lookup", "multi_draft")   # with a batched loop
+
+
+def one_by_one(method: str, lambda_attention) -> bool:
+    """Whether a batch runs row by row (:mod:`~fastdecode.decoding.batched_rows`): no batched loop for it."""
+    return method not in BATCHED_METHODS or lambda_attention is not None
 
 
 def _pad_from_model(target):
@@ -74,15 +79,14 @@ def _pad_from_model(target):
     return None
 
 
-def check_batch(target, input_ids: torch.Tensor, attention_mask, pad_token_id, method: str,
-                cache_implementation: str, lambda_attention, compile=None,
-                draft=None) -> tuple[torch.Tensor, int | None]:
+def check_batch(target, input_ids: torch.Tensor, attention_mask, pad_token_id) -> tuple[torch.Tensor, int | None]:
     """Validate a (possibly batched, left-padded) call. Returns (attention_mask [B, L] long, pad id or None).
 
     Raises ValueError for B = 0, a mask whose shape differs from the ids, a mask that is not 0/1, right
-    padding (a 0 after a 1), an all-padding row, and, for B > 1: a method without batch support, Lambda
-    attention, and a missing pad_token_id (neither the argument nor the target's generation_config / config has one).
-    (compile= is checked by ``api._static_mode``: recorded forwards serve batches too.)
+    padding (a 0 after a 1), an all-padding row, and, for B > 1, a missing pad_token_id (neither the argument
+    nor the target's generation_config / config has one). (B > 1 with a method that has no batched loop, or
+    Lambda attention: the rows one by one, :mod:`~fastdecode.decoding.batched_rows`; compile= is checked by
+    ``api._static_mode``: recorded forwards serve batches too.)
     """
     B, L = input_ids.shape
     if B == 0:
@@ -111,11 +115,6 @@ def check_batch(target, input_ids: torch.Tensor, attention_mask, pad_token_id, m
         raise ValueError(f"pad_token_id must be an int >= 0 or None, got {pad_token_id!r}")
     if B == 1:
         return mask, pad_token_id
-    if method not in BATCHED_METHODS:
-        raise ValueError(f"batch size > 1 is supported for methods {BATCHED_METHODS} only, not {method!r} "
-                         f"(batch size {B}); run the prompts one at a time")
-    if lambda_attention is not None:
-        raise ValueError(f"batch size > 1 is not supported with lambda_attention (batch size {B})")
     if pad_token_id is None:
         pad_token_id = _pad_from_model(target)
     if pad_token_id is None:

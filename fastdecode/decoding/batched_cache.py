@@ -117,8 +117,8 @@ class _SlotCache(_Cache):
         problem = static_support_problem(model)
         if problem:  # pragma: no cover - generate() checks first
             raise ValueError(problem)
-        if getattr(model, "_fastdecode_lambda", None) is not None:  # pragma: no cover - generate() checks first
-            raise ValueError("batch size > 1 is not supported with Lambda attention")
+        if getattr(model, "_fastdecode_lambda", None) is not None:  # pragma: no cover - generate() sends these
+            raise ValueError("Lambda attention has no batched cache (its batches run row by row: batched_rows)")
         self.model, self.mode, self.role = model, mode, role
         self.window, self.layer_types = kv.attention_layout(model)
         # each column's position: kept for a model with a sliding window only (its masks need them)

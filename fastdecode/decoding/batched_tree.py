@@ -25,8 +25,8 @@ target's argmax), and every row makes the same trees and accepts the same paths 
 row's law is exactly the target's for a lossless verifier (one generator serves the batch, so the same seed
 gives a row different tokens in another batch, as for the chain methods).
 
-Sliding-window models: the window is applied by position in the tree masks (``_Cache.attention``). Not
-covered (refused by :func:`~fastdecode.decoding.batched.check_batch`): Lambda attention.
+Sliding-window models: the window is applied by position in the tree masks (``_Cache.attention``). Lambda
+attention does not come here: its batches run row by row (:mod:`~fastdecode.decoding.batched_rows`).
 
 Static engine (``cache_implementation="static"``, :class:`_StaticTreeCache`): the same columns on the slot
 caches of :mod:`fastdecode.decoding.batched`; a tree forward passes its [rows, n, columns] visibility

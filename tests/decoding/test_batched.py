@@ -97,7 +97,6 @@ def test_pad_token_from_generation_config(pair, batch):
     ("all_padding", "all padding"),
     ("empty_batch", "batch size 0"),
     ("no_pad", "pad_token_id"),
-    ("entropy_switch", "batch size > 1 is supported"),
     ("mask_values", "only 0"),
 ])
 def test_bad_batch_input(pair, batch, case, match):
@@ -116,8 +115,6 @@ def test_bad_batch_input(pair, batch, case, match):
         ids, kw["attention_mask"] = ids[:0], mask[:0]
     elif case == "no_pad":
         kw.pop("pad_token_id")
-    elif case == "entropy_switch":
-        kw["method"] = "entropy_switch"
     elif case == "mask_values":
         kw["attention_mask"] = mask * 2
     with pytest.raises(ValueError, match=match):
