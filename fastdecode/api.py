@@ -167,9 +167,11 @@ def generate(
 
     Batches (batch > 1): left padding only, ``attention_mask`` [batch, prompt_len] (1 = real token, 0 =
     padding; None = all ones) and a ``pad_token_id`` (None: the target's generation_config / config) for
-    rows that end early; methods "autoregressive", "speculative", "prompt_lookup" and "multi_draft", on the
-    dynamic engine or the static one (eager forwards, or recorded ones with compile=True / "cudagraphs": the
-    batch and step widths padded to powers of two; compile=None runs a batch eagerly) (see
+    rows that end early; methods "autoregressive", "speculative", "prompt_lookup" and "multi_draft" in one
+    batched loop, on the dynamic engine or the static one (eager forwards, or recorded ones with compile=True
+    / "cudagraphs": the batch and step widths padded to powers of two; compile=None runs a batch eagerly); entropy
+    switching and Lambda attention: the rows one after another, each as alone
+    (:mod:`fastdecode.decoding.batched_rows`) (see
     :mod:`fastdecode.decoding.batched` and :mod:`fastdecode.decoding.batched_tree`). Batch size 1 runs the single-row
     engines (a left-padded row is decoded without its padding, which is put back in the output).
 
