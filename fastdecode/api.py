@@ -104,7 +104,7 @@ CACHE_IMPLEMENTATIONS = ("dynamic", "static")
 
 def _static_mode(cache_implementation, compile, method, target, draft, lambda_attention) -> str | None:
     """The static engine's compile mode ("eager", "cudagraphs" or "inductor"), or None for the dynamic engine."""
-    from .decoding.static_cache import COMPILE_MODES, static_support_problem
+    from .decoding.static_cache import COMPILE_MODES, offloaded, static_support_problem
 
     if cache_implementation not in CACHE_IMPLEMENTATIONS:
         raise ValueError(f"cache_implementation must be one of {CACHE_IMPLEMENTATIONS}, got {cache_implementation!r}")
@@ -121,8 +121,13 @@ def _static_mode(cache_implementation, compile, method, target, draft, lambda_at
         if problem:
             raise ValueError(f"cache_implementation='static': {problem}")
     cuda = kv.device(target).type == "cuda"
+    moved = [role for m, role in roles if offloaded(m)]
+    if moved and compile not in (None, False, "eager"):
+        raise ValueError(f"cache_implementation='static' with compile={compile!r}: the {moved[0]} is offloaded "
+                         "(device_map with 'cpu' or 'disk'), and accelerate moves its weights in at each forward, "
+                         "which a recorded or compiled forward cannot replay; use compile=None (plain forwards)")
     if compile is None:
-        mode = "cudagraphs" if cuda else "eager"
+        mode = "cudagraphs" if cuda and not moved else "eager"
     elif isinstance(compile, bool):
         mode = "inductor" if compile else "eager"
     else:

@@ -138,9 +138,24 @@ def static_support_problem(model) -> str | None:
     if other:
         return (f"{cfg.model_type} has layers of type {sorted(other)}; the static engine supports full and "
                 "sliding-window attention layers only (use cache_implementation='dynamic')")
-    if getattr(model, "hf_device_map", None) and len(set(model.hf_device_map.values())) > 1:
-        return "the model is split or offloaded across devices (device_map); use cache_implementation='dynamic'"
+    if len(execution_devices(model)) > 1:
+        return ("the model is split across several devices (device_map); the static engine keeps each cache on "
+                "one device: use cache_implementation='dynamic'")
     return None
+
+
+def execution_devices(model) -> set:
+    """The devices accelerate's ``device_map`` runs ``model``'s modules on (offloaded ones, "cpu" or "disk" in
+    the map, run on the main device: not counted unless nothing else is); empty for a model not dispatched."""
+    placed = set((getattr(model, "hf_device_map", None) or {}).values())
+    return (placed - {"cpu", "disk"}) or (placed & {"cpu"}) or ({"cpu"} if placed else set())
+
+
+def offloaded(model) -> bool:
+    """Whether accelerate moves some of ``model``'s weights in at each forward (device_map with "cpu" or
+    "disk" besides the execution device, or "disk" alone)."""
+    placed = set((getattr(model, "hf_device_map", None) or {}).values())
+    return len(placed) > 1 or "disk" in placed
 
 
 class StaticRunner:
