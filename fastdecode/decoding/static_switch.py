@@ -4,7 +4,8 @@ static runner (preallocated cache, recorded fixed-shape forwards) instead of tra
 
 - Each model's runner holds the committed tokens in its first ``fed`` slots. A model that generates (or
   takes over) scores the tokens it lacks and then the newest one: on plain (eager) forwards in one forward,
-  as the dynamic engine does; on recorded ones in bucket-padded pieces, then one one-token forward, so that
+  as the dynamic engine does; on recorded ones in bucket-padded pieces of up to CATCH_UP tokens, then one
+  one-token forward, so that
   a few recorded shapes serve every catch-up. A model's first forward of the call is its prefill of the
   text so far (a model the rule never picks costs nothing).
 - Nothing is cropped: slots past ``fed`` are hidden by the mask and overwritten by the next forward.
@@ -30,6 +31,9 @@ from .static_step import decide, packed, recordable, verify_recorded
 from .stream import TokenStream
 
 
+CATCH_UP = 16   # tokens per recorded catch-up forward (padded to its bucket)
+
+
 class _StaticSwitcher(_Switcher):
     """:class:`~fastdecode.decoding.entropy_switch._Switcher` on static runners (see the module docstring)."""
 
@@ -37,7 +41,9 @@ class _StaticSwitcher(_Switcher):
         super().__init__(target, draft, stream, sampling, es, generator, stats, progress, trace)
         self.caches = None   # (the dynamic engine's; the runners hold the keys and values here)
         device = kv.device(target)
-        self.chunk = bucket(es.draft_length + 1 if es.speculate_when_large else 1)   # the longest recorded forward
+        # the longest forward: a verification, or a recorded catch-up piece (a few recorded lengths, not one
+        # one-token forward per token a model missed)
+        self.chunk = max(bucket(es.draft_length + 1) if es.speculate_when_large else 1, CATCH_UP)
         cap = capacity_for(stream.length, stream.max_new_tokens, self.chunk)
         self.runs = {name: runner(m, cap, mode, longest=self.chunk) for name, m in self.models.items()}
         self.slots = {TARGET: None, DRAFT: None}   # committed tokens each runner holds (None: not prefilled)
