@@ -4,9 +4,8 @@ static runner (preallocated cache, recorded fixed-shape forwards) instead of tra
 
 - Each model's runner holds the committed tokens in its first ``fed`` slots. A model that generates (or
   takes over) scores the tokens it lacks and then the newest one: on plain (eager) forwards in one forward,
-  as the dynamic engine does; on recorded ones in bucket-padded pieces of up to CATCH_UP tokens, then one
-  one-token forward, so that
-  a few recorded shapes serve every catch-up. A model's first forward of the call is its prefill of the
+  as the dynamic engine does; on recorded ones in bucket-padded pieces of up to ``CATCH_UP`` tokens, then
+  one one-token forward, so that a few recorded shapes serve every catch-up. A model's first forward of the call is its prefill of the
   text so far (a model the rule never picks costs nothing).
 - Nothing is cropped: slots past ``fed`` are hidden by the mask and overwritten by the next forward.
 - ``speculate_when_large``: the target's steps are the static chain step (:mod:`fastdecode.decoding.static`):
