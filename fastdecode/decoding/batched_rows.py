@@ -54,8 +54,7 @@ def decode_rows(decode_one, input_ids: torch.Tensor, attention_mask: torch.Tenso
     for r in range(B):
         stream = TokenStream(input_ids[r : r + 1, L - int(attention_mask[r].sum()):], max_new_tokens, eos_ids)
         row = DecodeStats(method=stats.method)
-        if not stream.done:
-            decode_one(stream, row)
+        decode_one(stream, row)   # (also with nothing to generate: the counters a call alone gives, zeros)
         streams.append(stream)
         per_row.append(dict(new_tokens=stream.new_tokens, drafted=row.drafted_tokens, accepted=row.accepted_tokens,
                             steps=row.steps, extra=row.extra))

@@ -85,3 +85,19 @@ def test_early_stop_is_padded_and_seed_replays(pair):
     a = fastdecode.generate(target, ids, temperature=1.0, seed=3, eos_token_id=[], **kw).sequences
     b = fastdecode.generate(target, ids, temperature=1.0, seed=3, eos_token_id=[], **kw).sequences
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("engine", ["dynamic", "static"])
+def test_no_new_tokens_gives_each_rows_counters(pair, engine):
+    """max_new_tokens=0: each row's counters are those of its call alone (zeros), and the batch's sums exist."""
+    target, draft = pair
+    rows, ids, mask = _batch()
+    kw = dict(draft=draft, method="entropy_switch", temperature=0, max_new_tokens=0, entropy_threshold=7.3,
+              eos_token_id=[], cache_implementation=engine)
+    out = fastdecode.generate(target, ids, attention_mask=mask, pad_token_id=PAD, **kw)
+    assert torch.equal(out.sequences, ids)
+    for r, row in enumerate(rows):
+        alone = fastdecode.generate(target, torch.tensor([row]), **kw).stats.extra
+        assert out.stats.extra["per_row"][r]["extra"]["switches"] == alone["switches"] == 0
+        assert out.stats.extra["per_row"][r]["extra"]["fed_tokens_target"] == alone["fed_tokens_target"]
+    assert out.stats.extra["tokens_by_target"] == 0 and out.stats.extra["switches"] == 0
