@@ -69,6 +69,21 @@ def _seed_repeats(target, draft, ids, new: int, **kw) -> bool:
                             fastdecode.generate(target, ids, seed=7, **kw).sequences))
 
 
+def _static_equals_dynamic(check: str, target, draft, prompts, device, new: int, **kw) -> dict:
+    """How many of the prompts give the dynamic engine's greedy tokens on the static engine (``kw``)."""
+    same, t0 = 0, time.perf_counter()
+    for pr in prompts:
+        ids = torch.tensor([pr], device=device)
+        common = dict(draft=draft, temperature=0, max_new_tokens=new, **kw)
+        ref = fastdecode.generate(target, ids, **common).sequences
+        same += bool(torch.equal(ref, fastdecode.generate(target, ids, cache_implementation="static",
+                                                          **common).sequences))
+    row = dict(check=check, kwargs={k: v for k, v in kw.items() if k != "lambda_attention"}, equal=same,
+               of=len(prompts), seconds=round(time.perf_counter() - t0, 2), ok=same == len(prompts))
+    print(row, flush=True)
+    return row
+
+
 def greedy_checks(device, n_prompts: int, new: int) -> list[dict]:
     target, draft, tok = fastdecode.load_pair(device=device, dtype=torch.float32)
     prompts = stdlib_prompts(tok, n_prompts, 64)
@@ -81,27 +96,11 @@ def greedy_checks(device, n_prompts: int, new: int) -> list[dict]:
             print(out[-1], flush=True)
     cfg = fastdecode.LambdaAttention(window=32, num_global=4, max_rollback=8)
     for kw in LAMBDA_VARIANTS:
-        same, t0 = 0, time.perf_counter()
-        for pr in prompts:
-            ids = torch.tensor([pr], device=device)
-            common = dict(draft=draft, temperature=0, max_new_tokens=new, lambda_attention=cfg, **kw)
-            ref = fastdecode.generate(target, ids, **common).sequences
-            got = fastdecode.generate(target, ids, cache_implementation="static", **common).sequences
-            same += bool(torch.equal(ref, got))
-        out.append(dict(check="Lambda: static == dynamic", kwargs=kw, equal=same, of=len(prompts),
-                        seconds=round(time.perf_counter() - t0, 2), ok=same == len(prompts)))
-        print(out[-1], flush=True)
+        out.append(_static_equals_dynamic("Lambda: static == dynamic", target, draft, prompts, device, new,
+                                          lambda_attention=cfg, **kw))
     for kw in (dict(), dict(speculate_when_large=True)):   # lossy: the static engine against the dynamic one
-        same, t0 = 0, time.perf_counter()
-        for pr in prompts:
-            ids = torch.tensor([pr], device=device)
-            common = dict(draft=draft, method="entropy_switch", temperature=0, max_new_tokens=new, **kw)
-            ref = fastdecode.generate(target, ids, **common).sequences
-            got = fastdecode.generate(target, ids, cache_implementation="static", **common).sequences
-            same += bool(torch.equal(ref, got))
-        out.append(dict(check="entropy_switch: static == dynamic", kwargs=kw, equal=same, of=len(prompts),
-                        seconds=round(time.perf_counter() - t0, 2), ok=same == len(prompts)))
-        print(out[-1], flush=True)
+        out.append(_static_equals_dynamic("entropy_switch: static == dynamic", target, draft, prompts, device, new,
+                                          method="entropy_switch", **kw))
     out.append(dict(check="same seed, same tokens (static, T=1)",
                     ok=_seed_repeats(target, draft, torch.tensor([prompts[0]], device=device), new)))
     print(out[-1], flush=True)

@@ -58,10 +58,12 @@ class NoHostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def install(monkeypatch) -> list:
+def install(monkeypatch, frozen: bool = False) -> list:
     """Patch the runner (through ``monkeypatch``) so that compile="cudagraphs" records stand-in graphs, and
     compile=True ("inductor") records stand-in graphs of its compiled forwards, as both do on CUDA. Returns
-    the list that collects (runner id, graph key) of each recording."""
+    the list that collects (runner id, graph key) of each recording. ``frozen``: replays run a traced copy of
+    the recording (``FakeGraph``'s ``frozen``; tracing costs ~6x the plain stand-in's time, so the tests of the
+    recorded step, the rings and entropy switching ask for it, the others re-run the function)."""
     records = []
     init = static_cache.StaticRunner.__init__
 
@@ -76,7 +78,7 @@ def install(monkeypatch) -> list:
         unguarded = self.mode == "inductor"
         with contextlib.nullcontext() if unguarded else NoHostReads():
             out = fn(*bufs)
-        self.graphs[key] = (FakeGraph(fn, bufs, out, host_reads=unguarded, frozen=not unguarded), bufs, out)
+        self.graphs[key] = (FakeGraph(fn, bufs, out, host_reads=unguarded, frozen=frozen and not unguarded), bufs, out)
         records.append((id(self), key))
         return out
 

@@ -29,7 +29,7 @@ def pair():
 @pytest.fixture
 def recorded(monkeypatch):
     """The stand-in graphs installed; returns the list of (runner id, key) recordings."""
-    return fake_graphs.install(monkeypatch)
+    return fake_graphs.install(monkeypatch, frozen=True)
 
 
 def _kinds(records) -> collections.Counter:

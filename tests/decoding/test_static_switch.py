@@ -1,6 +1,8 @@
 """Entropy switching on the static engine (``decoding/static_switch.py``): the same tokens, switches and
 counters as the dynamic engine, greedy and seeded, with and without the target verifying drafts, on plain,
 recorded (stand-in graphs) and ring runners; each model alone equals HF greedy; Lambda attention."""
+import contextlib
+
 import pytest
 import torch
 
@@ -33,7 +35,8 @@ def _run(engine, target, draft, prompt, temperature=0.0, seed=None, mode="eager"
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     extra = dict(mode=mode) if engine == "static" else {}
     table = STATIC if engine == "static" else DYNAMIC
-    with torch.inference_mode():
+    from fastdecode.decoding.static_cache import compile_limits   # (generate enters it for compile=True)
+    with torch.inference_mode(), compile_limits() if mode == "inductor" else contextlib.nullcontext():
         table["entropy_switch"](target, draft, stream, SamplingConfig(temperature), EntropySwitchConfig(**opts),
                                 generator, stats, None, trace=trace, **extra)
     return stream.as_tensor("cpu"), stats, trace
@@ -71,7 +74,7 @@ def test_static_equals_dynamic(pair, threshold, opts, temperature, seed):
 def test_recorded_forwards_equal_dynamic(pair, threshold, opts, temperature, seed, monkeypatch):
     """Recorded forwards (the CPU stand-in for CUDA graphs): catch-ups in bucket-padded pieces, the draft chain
     and the verification recorded whole; the same tokens and counters."""
-    records = fake_graphs.install(monkeypatch)
+    records = fake_graphs.install(monkeypatch, frozen=True)
     for m in pair[:2]:
         m.__dict__.pop("_fastdecode_static", None)
     ref = _run("dynamic", *pair, temperature, seed, entropy_threshold=threshold, **opts)
