@@ -62,8 +62,8 @@ def install(monkeypatch, frozen: bool = False) -> list:
     """Patch the runner (through ``monkeypatch``) so that compile="cudagraphs" records stand-in graphs, and
     compile=True ("inductor") records stand-in graphs of its compiled forwards, as both do on CUDA. Returns
     the list that collects (runner id, graph key) of each recording. ``frozen``: replays run a traced copy of
-    the recording (``FakeGraph``'s ``frozen``; tracing costs ~6x the plain stand-in's time, so the tests of the
-    recorded step, the rings and entropy switching ask for it, the others re-run the function)."""
+    the recording (``FakeGraph``'s ``frozen``; tracing costs ~6x the plain stand-in's time, so a few tests of
+    the recorded step, the rings and entropy switching ask for it, the others re-run the function)."""
     records = []
     init = static_cache.StaticRunner.__init__
 

@@ -72,7 +72,7 @@ def test_greedy_equals_hf_with_rings(case, method, kw):
 def test_recorded_forwards_with_rings(monkeypatch, model_type, method, kw):
     """Recorded forwards (stand-in graphs, which refuse host reads) replay the ring masks and writes: the
     recorded speculative step and the tree forwards included."""
-    fake_graphs.install(monkeypatch, frozen=True)
+    fake_graphs.install(monkeypatch, frozen=model_type == "gemma2")   # (one of them on traced replays)
     target, draft, prompt, ref = _case(model_type)
     assert torch.equal(_run(target, prompt, method, kw, draft, compile="cudagraphs"), ref)
 
