@@ -436,15 +436,7 @@ def runner_for(model, capacity: int, mode: str, batch: int = 1, role: str = "", 
                 and ring_ok)
 
     def make() -> StaticRunner:
-        try:
-            runner = StaticRunner(model, capacity, mode, span)
-        except RuntimeError as e:   # (torch.OutOfMemoryError is one)
-            if not isinstance(e, torch.OutOfMemoryError) and "alloc" not in str(e).lower():
-                raise
-            raise type(e)(f"cache_implementation='static' allocates each model's cache for the whole generation "
-                          f"up front ({capacity} positions: prompt + max_new_tokens + the longest forward, rounded "
-                          f"up) and that did not fit in memory; ask for fewer max_new_tokens or use "
-                          f"cache_implementation='dynamic' ({str(e).splitlines()[0][:200]})") from e
+        runner = StaticRunner(model, capacity, mode, span)
         runner.batch = batch
         return runner
     return kept_runner(model, slot, fits, make)
@@ -455,25 +447,37 @@ def drop_runners(*models) -> None:
     failed call (a draft's cache that did not fit in memory, say) a kept runner could hold caches sized for that
     call, which every later call that fits would reuse: the next calls would run out of memory too."""
     for model in models:
-        if model is None:
-            continue
-        for slot in [k for k in model.__dict__ if k.startswith("_fastdecode_static")]:
-            model.__dict__.pop(slot)
-    with contextlib.suppress(Exception):
-        torch.cuda.empty_cache()
+        if model is not None:
+            _drop(model, [k for k in model.__dict__ if k.startswith("_fastdecode_static")])
+
+
+def _drop(model, slots: list[str]) -> None:
+    """Drop the runners kept on ``model`` under ``slots`` and give their device memory back."""
+    for slot in slots:
+        model.__dict__.pop(slot, None)
+    if slots:
+        with contextlib.suppress(Exception):
+            torch.cuda.empty_cache()
 
 
 def kept_runner(model, slot: str, fits, make):
     """The runner kept on ``model`` under ``slot`` if ``fits(it)``, else a new one from ``make()`` (the old one
-    dropped first, and its device memory given back, so that the two never coexist)."""
+    dropped first, and its device memory given back, so that the two never coexist). A cache that does not
+    fit in memory is a RuntimeError that says why (the allocator's own error names no cause)."""
     old = model.__dict__.get(slot)
     if old is not None and fits(old):
         return old
     if old is not None:
-        model.__dict__.pop(slot)
         del old
-        with contextlib.suppress(Exception):
-            torch.cuda.empty_cache()
-    runner = make()
+        _drop(model, [slot])
+    try:
+        runner = make()
+    except RuntimeError as e:   # (torch.OutOfMemoryError is one)
+        if not isinstance(e, torch.OutOfMemoryError) and "alloc" not in str(e).lower():
+            raise
+        raise type(e)("cache_implementation='static' allocates each model's cache for the whole generation up "
+                      "front (prompt + max_new_tokens + the longest forward) and that did not fit in memory; ask "
+                      "for fewer max_new_tokens or use cache_implementation='dynamic' "
+                      f"({str(e).splitlines()[0][:200]})") from e
     model.__dict__[slot] = runner
     return runner
