@@ -235,27 +235,20 @@ def _decode_chain(target, draft, stream: TokenStream, sampling: SamplingConfig, 
                 stats.extra["model_draft_steps"] += 1
 
         # 2. one target forward over [last, x_1..x_g], padded to its bucket when recorded
-        b = padded(trun, g + 1, chunk)
-        logits = trun.forward(torch.cat([last, x, pad[: b - g - 1]])[None], L - 1)[: g + 1]
-        stats.target_calls += 1
+        logits = score_drafts(trun, last, x, pad, L, chunk, stats)
 
         # 3. verification on the device (recorded whole, with its draws made first, for model drafts)
         if proposal:   # (greedy: q unused)
             q = None if sampling.greedy else sm.one_hot(x, logits.shape[-1])
             verdict = packed(decide(logits, q, x, sampling, verifier, generator, check_q=False))
-        elif recorded:
-            verdict = verify_recorded(trun, logits, q, x, sampling, generator)
         else:
-            verdict = packed(decide(logits, q, x, sampling, verifier, generator))
+            verdict = verify_drafts(trun, logits, q, x, sampling, verifier, generator, recorded)
 
         # 4. the one host sync of the step: (n accepted, next token, all finite) and the drafts
-        vals = torch.cat([verdict, x]).tolist()
-        n_acc, nxt_host, ok = vals[:3]
-        if not ok:
-            _raise_non_finite()
+        n_acc, nxt_host, drafts = read_verdict(verdict, x)
         seq[L : L + n_acc] = x[:n_acc]
         seq[L + n_acc : L + n_acc + 1] = verdict[1:2]
-        kept = stream.append(vals[3 : 3 + n_acc] + [nxt_host])
+        kept = stream.append(drafts[:n_acc] + [nxt_host])
         stats.record_step(g, n_acc)
         policy.update(g, n_acc)
         if progress is not None:
@@ -263,6 +256,32 @@ def _decode_chain(target, draft, stream: TokenStream, sampling: SamplingConfig, 
         if not proposal:
             dlen = L + min(n_acc, g - 1)  # the draft fed last and x_1..x_{g-1}; x_g only if rejected after it
     policy.report(stats)
+
+
+def score_drafts(trun, last, x, pad, L: int, chunk: int, stats: DecodeStats) -> torch.Tensor:
+    """The target's logits [g + 1, V] over [last, x_1..x_g] at slots L - 1 .., one forward padded as
+    :func:`padded` says (``chunk``: the longest the cache has room for)."""
+    g = x.shape[0]
+    b = padded(trun, g + 1, chunk)
+    stats.target_calls += 1
+    return trun.forward(torch.cat([last, x, pad[: b - g - 1]])[None], L - 1)[: g + 1]
+
+
+def verify_drafts(trun, logits, q, x, sampling: SamplingConfig, verifier: str, generator, recorded: bool):
+    """The packed verdict of a draft model's chain (:func:`~.static_step.decide`): recorded whole, its draws
+    made first, when ``recorded``."""
+    if recorded:
+        return verify_recorded(trun, logits, q, x, sampling, generator)
+    return packed(decide(logits, q, x, sampling, verifier, generator))
+
+
+def read_verdict(verdict: torch.Tensor, x: torch.Tensor) -> tuple[int, int, list[int]]:
+    """The step's one host read: (n accepted, next token, the drafts on the host); NaN or +inf logits (the
+    verdict's flag) are a ValueError."""
+    n, nxt, ok, *drafts = torch.cat([verdict, x]).tolist()
+    if not ok:
+        _raise_non_finite()
+    return n, nxt, drafts
 
 
 def _draft(drun, seq, pad, last, L: int, dlen: int, g: int, sampling: SamplingConfig, generator,

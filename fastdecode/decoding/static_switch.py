@@ -25,8 +25,8 @@ from ..stats import DecodeStats
 from . import hf_cache as kv
 from . import sampling as sm
 from .entropy_switch import _Switcher
-from .static import _draft, _raise_non_finite, bucket, capacity_for, feed, padded, runner
-from .static_step import decide, packed, recordable, verify_recorded
+from .static import _draft, bucket, capacity_for, feed, padded, read_verdict, runner, score_drafts, verify_drafts
+from .static_step import recordable
 from .stream import TokenStream
 
 
@@ -127,17 +127,9 @@ class _StaticSwitcher(_Switcher):
                             self.chunk, self.recorded)
         self.fed[DRAFT] += dlen - self.slots[DRAFT] + g
         self._ready(TARGET, L - 1)
-        b = padded(trun, g + 1, self.chunk)
-        logits = trun.forward(torch.cat([last, x, self.pad[: b - g - 1]])[None], L - 1)[: g + 1]
-        stats.target_calls += 1
+        logits = score_drafts(trun, last, x, self.pad, L, self.chunk, stats)
         self.fed[TARGET] += g + 1
-        if self.recorded:
-            verdict = verify_recorded(trun, logits, q, x, sampling, generator)
-        else:
-            verdict = packed(decide(logits, q, x, sampling, "token", generator))
-        n, nxt, ok, *drafts = torch.cat([verdict, x]).tolist()
-        if not ok:
-            _raise_non_finite()
+        n, nxt, drafts = read_verdict(verify_drafts(trun, logits, q, x, sampling, "token", generator, self.recorded), x)
         stats.record_step(g, n)
         if self.takeover:
             self.catchups += 1
