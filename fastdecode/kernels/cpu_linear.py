@@ -120,15 +120,20 @@ _LOCK = threading.Lock()
 SAMPLED = 257   # weight elements compared between calls, spread over the matrix (rows and columns vary)
 
 
+def _weight_id(layer: torch.nn.Linear) -> tuple:
+    w = layer.weight
+    return (w.data_ptr(), w._version, tuple(w.shape))
+
+
 def _weight_key(layer: torch.nn.Linear) -> tuple:
-    """What says the kept copy is still the weight's: its storage, version and shape, and the bits of SAMPLED
-    of its elements. The version counter misses edits through ``weight.data`` (``.data`` has a counter of its
-    own: PEFT's unsafe adapter merge and EMA updates write that way), which change the sampled elements (an
-    edit that changes none of them, a single element say, is missed: call :func:`release_packed` then)."""
-    w = layer.weight.detach()
-    flat = w.reshape(-1)
+    """What says the kept copy is still the weight's: its storage, version and shape (:func:`_weight_id`), and
+    the bits of SAMPLED of its elements. The version counter misses edits through ``weight.data`` (``.data``
+    has a counter of its own: PEFT's unsafe adapter merge and EMA updates write that way), which change the
+    sampled elements (an edit that changes none of them, a single element say, is missed: call
+    :func:`release_packed` then)."""
+    flat = layer.weight.detach().reshape(-1)
     idx = torch.linspace(0, flat.numel() - 1, min(SAMPLED, flat.numel())).long()
-    return (w.data_ptr(), layer.weight._version, tuple(w.shape)), flat[idx].view(torch.int32)
+    return _weight_id(layer), flat[idx].view(torch.int32)
 
 
 def _same_weight(kept_key: tuple, key: tuple) -> bool:
@@ -136,8 +141,11 @@ def _same_weight(kept_key: tuple, key: tuple) -> bool:
 
 
 def _is_packed(layer: torch.nn.Linear) -> bool:
+    """Whether a copy of this weight's storage and shape is kept (the memory budget's question: an edit through
+    ``.data`` repacks in place of that copy at the next call, in :func:`_packed_weight`, without the sampled
+    elements' second read here)."""
     kept = _PACKED.get(layer)
-    return kept is not None and _same_weight(kept[0], _weight_key(layer))
+    return kept is not None and kept[0][0] == _weight_id(layer)
 
 
 def _packed_weight(layer: torch.nn.Linear) -> torch.Tensor:
