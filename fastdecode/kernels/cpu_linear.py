@@ -35,6 +35,11 @@ MEMORY_FRACTION = 4   # pack_weights=None packs when the copies need at most 1/4
 FALLBACK_LIMIT_BYTES = 1 << 30   # ... or at most 1 GiB where the available memory cannot be read
 PACK_ROWS = 16   # oneDNN's layout hint (rows per product): any hint >= 2 gave the same speed for 1-64 rows;
 #                  hint 1 is another layout, 1.5-2x slower for 2 or more rows
+# Small layers are left unpacked: oneDNN's product costs ~20 us per call whatever its size, MKL's 4-10 us for
+# layers of 4k-37k elements (2-core EPYC, 1-16 rows). Plain decoding with the code pair's draft (192 x 192
+# projections) ran 1.13-1.25x faster with those layers unpacked, its target (>= 384 x 384) no faster; tiny
+# models (hidden 32-64) ran their short calls 2.2x faster with nothing packed.
+MIN_PACKED = 48 * 1024   # elements of a layer's weight (192 KiB in float32)
 
 
 def packing_available() -> bool:
@@ -44,13 +49,13 @@ def packing_available() -> bool:
 
 
 def packable_layers(model) -> list[torch.nn.Linear]:
-    """The layers :func:`packed_linears` would pack: plain ``nn.Linear`` with a float32 CPU weight and no
-    replaced forward."""
+    """The layers :func:`packed_linears` would pack: plain ``nn.Linear`` with a float32 CPU weight of at least
+    ``MIN_PACKED`` elements and no replaced forward."""
     if model is None:
         return []
     return [m for m in model.modules()
             if type(m) is torch.nn.Linear and m.weight.dtype == torch.float32 and m.weight.device.type == "cpu"
-            and "forward" not in m.__dict__]
+            and m.weight.numel() >= MIN_PACKED and "forward" not in m.__dict__]
 
 
 def packed_bytes(models, new_only: bool = False) -> int:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fastdecode
-from distribution import accept_every_draft, chi_square_pvalue, exact_law, sample_law
+from distribution import LAW_RUNS, accept_every_draft, chi_square_pvalue, exact_law, sample_law
 from fastdecode.config import PromptLookupConfig, build_method_config
 from fastdecode.decoding.prompt_lookup import NgramIndex, propose_reference
 from tiny_models import hf_greedy, tiny_lm
@@ -146,7 +146,7 @@ def test_code_pair_greedy_equals_hf_and_hf_prompt_lookup(code_pair, stdlib_promp
 # ------------------------------------------------------------------ sampled law (V = 6 tiny pair)
 
 LAW_PROMPT = [1, 2, 3, 1, 2, 3, 1, 2]  # "1 2" matches: every run drafts "3 1" for the first two tokens
-RUNS = 1200
+RUNS = LAW_RUNS
 ALPHA = 1e-3
 
 

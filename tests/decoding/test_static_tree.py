@@ -8,7 +8,7 @@ import torch
 
 import fastdecode
 from distribution import LAW_ALPHA as ALPHA
-from distribution import LAW_PROMPT, chi_square_pvalue, sample_law
+from distribution import LAW_PROMPT, LAW_RUNS, chi_square_pvalue, sample_law
 from fastdecode.config import MultiDraftConfig, SamplingConfig
 from fastdecode.decoding import hf_cache as kv
 from fastdecode.decoding import static_tree
@@ -253,7 +253,7 @@ def test_other_architectures(model_type):
 
 
 # ---------------------------------------------------------------------------------------------- the law
-RUNS = 800  # as the static engine's other law tests (distribution.LAW_RUNS: 1200)
+RUNS = LAW_RUNS
 
 
 def _pvalue(tiny_pair, law2, **kw):

@@ -159,12 +159,12 @@ def test_lambda_replaces_a_larger_model_window():
                                        ("speculative", dict(draft_length=2, adaptive_draft=False))])
 def test_sampled_two_token_law_past_the_window(method, kw):
     """Sampling stays lossless past a window of 2 (prompt of 4) on the static engine: the exact law of the first
-    two tokens by enumeration with full forwards (the model's own windowed mask) against 1200 seeded runs."""
-    from distribution import chi_square_pvalue, exact_law, sample_law
+    two tokens by enumeration with full forwards (the model's own windowed mask) against LAW_RUNS seeded runs."""
+    from distribution import LAW_RUNS, chi_square_pvalue, exact_law, sample_law
 
     target = tiny_lm("mistral", 2, seed=1, vocab_size=6, sliding_window=2)
     prompt = [1, 2, 3, 4]
-    counts = sample_law(target, draft_of(target), prompt, 2, 1200, max_new_tokens=3, temperature=1.0, method=method,
+    counts = sample_law(target, draft_of(target), prompt, 2, LAW_RUNS, max_new_tokens=3, temperature=1.0, method=method,
                         cache_implementation="static", **kw)
     assert chi_square_pvalue(counts, exact_law(target, prompt, 2)) > 1e-3
 

@@ -61,6 +61,24 @@ def test_every_method_equals_hf_greedy(model_type):
         assert torch.equal(out.sequences, ref), f"{model_type}: {method} {kw} differs from HF greedy"
 
 
+@pytest.mark.parametrize("model_type", ARCHITECTURES)
+def test_packed_products_equal_hf_greedy(model_type, monkeypatch):
+    """The CPU's packed linear layers (kernels/cpu_linear.py) on every architecture: these tiny layers are below
+    the size rule, so it is lowered to pack them all; plain and speculative decoding still equal HF greedy."""
+    from fastdecode.kernels import cpu_linear
+
+    if not cpu_linear.packing_available():
+        pytest.skip("this torch build lacks oneDNN")
+    monkeypatch.setattr(cpu_linear, "MIN_PACKED", 0)
+    target, draft, prompt, ref = _case(model_type)
+    for method, d in (("autoregressive", None), ("speculative", draft)):
+        out = fastdecode.generate(target, prompt, draft=d, method=method, temperature=0, max_new_tokens=NEW,
+                                  draft_length=None if d is None else 3)
+        packed = cpu_linear.packable_layers(target)
+        assert out.stats.extra.get("packed_linears", 0) >= len(packed) > 0, model_type
+        assert torch.equal(out.sequences, ref), f"{model_type}: packed {method} differs from HF greedy"
+
+
 @pytest.mark.parametrize("model_type,overrides", [("bloom", {}), ("falcon", dict(alibi=True))])
 def test_alibi_models_refuse_multi_draft_up_front(model_type, overrides):
     target = tiny_lm(model_type, 1, seed=1, **overrides)

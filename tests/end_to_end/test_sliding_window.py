@@ -109,11 +109,11 @@ def test_entropy_switching_and_sampling_past_the_window(model_type):
                                        ("speculative", dict(draft_length=2, adaptive_draft=False))])
 def test_sampled_two_token_law_past_the_window(method, kw):
     """Sampling stays lossless past a window of 2 (prompt of 4): exact law of the first two tokens by
-    enumeration with full forwards (the model's own windowed mask) against 1200 seeded generations."""
-    from distribution import chi_square_pvalue, exact_law, sample_law
+    enumeration with full forwards (the model's own windowed mask) against LAW_RUNS seeded generations."""
+    from distribution import LAW_RUNS, chi_square_pvalue, exact_law, sample_law
 
     target = tiny_lm("mistral", 2, seed=1, vocab_size=6, sliding_window=2)
     draft = draft_of(target)
     prompt = [1, 2, 3, 4]
-    counts = sample_law(target, draft, prompt, 2, 1200, max_new_tokens=3, temperature=1.0, method=method, **kw)
+    counts = sample_law(target, draft, prompt, 2, LAW_RUNS, max_new_tokens=3, temperature=1.0, method=method, **kw)
     assert chi_square_pvalue(counts, exact_law(target, prompt, 2)) > 1e-3

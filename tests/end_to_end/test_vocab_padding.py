@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import fastdecode
-from distribution import chi_square_pvalue, exact_law, sample_law
+from distribution import LAW_RUNS, chi_square_pvalue, exact_law, sample_law
 from fastdecode.decoding.hf_cache import fit_width
 from tiny_models import hf_greedy, tiny_llama, tiny_lm
 
@@ -58,13 +58,13 @@ def test_sampling_stays_in_range(v_target, v_draft):
 @pytest.mark.parametrize("v_draft,method,kw", [(5, "speculative", dict(draft_length=2, adaptive_draft=False)),
                                               (8, "multi_draft", dict(num_drafts=2, draft_length=2))])
 def test_two_token_law_is_the_target_s(v_draft, method, kw, monkeypatch):
-    """Exact law of the first two tokens (enumeration) against 1200 seeded generations, V_target = 6: a
+    """Exact law of the first two tokens (enumeration) against LAW_RUNS seeded generations, V_target = 6: a
     narrower draft (padded) and a wider one (cut). Sizes this far apart are refused as different tokenizers
     by default, so the test lifts that guard."""
     monkeypatch.setattr(fastdecode.models, "MAX_PADDING_FRACTION", 1.0)
     target, draft = tiny_llama(1, vocab=6), tiny_llama(2, vocab=v_draft, scale=3.0)
     prompt = [1, 2, 3, 4]
-    counts = sample_law(target, draft, prompt, 2, 1200, max_new_tokens=3, temperature=1.0, method=method, **kw)
+    counts = sample_law(target, draft, prompt, 2, LAW_RUNS, max_new_tokens=3, temperature=1.0, method=method, **kw)
     assert chi_square_pvalue(counts, exact_law(target, prompt, 2)) > 1e-3
 
 

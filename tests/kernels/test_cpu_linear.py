@@ -13,6 +13,13 @@ from fastdecode.kernels.cpu_linear import packable_layers, packed_linears, relea
 pytestmark = pytest.mark.skipif(not cpu_linear.packing_available(), reason="this torch build lacks oneDNN")
 
 
+@pytest.fixture(autouse=True)
+def small_layers_packed(monkeypatch):
+    """The tests here pack tiny layers, which the size rule (``MIN_PACKED``) leaves alone; its own test
+    restores it."""
+    monkeypatch.setattr(cpu_linear, "MIN_PACKED", 0)
+
+
 def _patched(model) -> list:
     return [m for m in model.modules() if "forward" in m.__dict__]
 
@@ -119,6 +126,22 @@ def test_layers_left_alone():
         assert n == 0
     with torch.no_grad(), packed_linears(model, enabled=False) as n:
         assert n == 0
+
+
+def test_small_layers_are_left_unpacked(monkeypatch):
+    """Layers under MIN_PACKED elements run faster on MKL's product (oneDNN's has a fixed cost per call): they are
+    not packed, also with pack_weights=True, and a model with nothing larger runs its plain products."""
+    monkeypatch.undo()
+    assert cpu_linear.MIN_PACKED == 48 * 1024
+    small, large = torch.nn.Linear(192, 192), torch.nn.Linear(192, 512)   # 36864 and 98304 elements
+    model = torch.nn.Sequential(small, large)
+    assert packable_layers(model) == [large]
+    with torch.no_grad(), packed_linears(model) as n:
+        assert n == 1 and "forward" in large.__dict__ and "forward" not in small.__dict__
+    assert not should_pack(True, [small]) and should_pack(None, [model])
+    target = tiny_llama(1)   # hidden 32: every layer below the rule
+    out = fastdecode.generate(target, torch.tensor([[1, 2, 3]]), max_new_tokens=3, pack_weights=True)
+    assert "packed_linears" not in out.stats.extra
 
 
 def test_should_pack():
