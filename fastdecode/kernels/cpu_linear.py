@@ -58,16 +58,26 @@ def packable_layers(model) -> list[torch.nn.Linear]:
             and m.weight.numel() >= MIN_PACKED and "forward" not in m.__dict__]
 
 
+def _unique_layers(models) -> list[torch.nn.Linear]:
+    """The packable layers of ``models`` (None entries skipped), each once (a model may be given twice, or a
+    draft share layers with its target)."""
+    seen, out = set(), []
+    for model in models:
+        for m in packable_layers(model):
+            if id(m) not in seen:
+                seen.add(id(m))
+                out.append(m)
+    return out
+
+
+def _bytes(layers, new_only: bool = False) -> int:
+    return sum(m.weight.numel() * m.weight.element_size() for m in layers if not (new_only and _is_packed(m)))
+
+
 def packed_bytes(models, new_only: bool = False) -> int:
     """Bytes of float32 weights the packed copies of ``models`` hold (each layer counted once); new_only: only
     the layers without a current copy."""
-    seen, total = set(), 0
-    for model in models:
-        for m in packable_layers(model):
-            if id(m) not in seen and not (new_only and _is_packed(m)):
-                seen.add(id(m))
-                total += m.weight.numel() * m.weight.element_size()
-    return total
+    return _bytes(_unique_layers(models), new_only)
 
 
 def check_pack_weights(pack_weights, inductor: bool = False) -> None:
@@ -109,11 +119,10 @@ def should_pack(pack_weights: bool | None, models, limit: int | None = None) -> 
     check_pack_weights(pack_weights)
     if pack_weights is False or not packing_available():
         return False
-    models = [m for m in models if m is not None]
-    size = packed_bytes(models)
-    if size == 0 or pack_weights is True:
-        return size > 0
-    return packed_bytes(models, new_only=True) <= (default_limit() if limit is None else limit)
+    layers = _unique_layers(models)   # (one walk over the modules: a call's fixed cost)
+    if not layers or pack_weights is True:
+        return bool(layers)
+    return _bytes(layers, new_only=True) <= (default_limit() if limit is None else limit)
 
 
 # layer -> (weight identity, packed weight). Outside the layers themselves: a packed weight is an opaque oneDNN
@@ -188,15 +197,10 @@ def packed_linears(*models, enabled: bool = True):
     until the block ends. ``enabled=False`` (or gradients on): a no-op."""
     patched = []
     if enabled and not torch.is_grad_enabled() and packing_available():
-        seen = set()
-        for model in models:
-            for layer in packable_layers(model):
-                if id(layer) in seen:
-                    continue
-                seen.add(id(layer))
-                fwd = _packed_forward(layer)
-                layer.__dict__["forward"] = fwd
-                patched.append((layer, fwd))
+        for layer in _unique_layers(models):
+            fwd = _packed_forward(layer)
+            layer.__dict__["forward"] = fwd
+            patched.append((layer, fwd))
     try:
         yield len(patched)
     finally:
