@@ -151,6 +151,7 @@ def generate(
     seed: int | None = None,
     generator: torch.Generator | None = None,
     *,
+    do_sample: bool | None = None,
     adaptive_draft: bool | None = None,
     max_draft_length: int | None = None,
     confidence_threshold: float | None = None,
@@ -188,6 +189,11 @@ def generate(
     else autoregressive. See the README for every method's guarantees.
     max_new_tokens, temperature, top_k, top_p: None = the target's ``generation_config`` (do_sample=False
     means temperature 0), else 128, 1.0, 0, 1.0 (see ``fastdecode.defaults``).
+    do_sample: HF's switch, for code written for HF ``generate``: False = greedy (temperature 0), True =
+    sampling (the temperature given, else the generation config's, else 1.0); a temperature that contradicts
+    it is a ValueError; None = decided by the temperature. Other options of HF ``generate`` that fastdecode
+    does not take (num_beams, repetition_penalty, min_new_tokens, ...) are a ValueError that says what to do
+    instead.
     draft_length: gamma, tokens drafted per step; None = 4.
     adaptive_draft: None = the method's default (on for "speculative", off for "multi_draft").
     max_draft_length: the adaptive length's upper bound; None = max(16, draft_length).
@@ -229,7 +235,7 @@ def generate(
     if input_ids.shape[0] == 1 and not bool(attention_mask.all()):  # one left-padded row: decode its real tokens
         padded_prompt, input_ids = input_ids, input_ids[:, attention_mask[0].bool()]
     max_new_tokens, temperature, top_k, top_p = resolve(target, input_ids.shape[1], max_new_tokens, temperature,
-                                                        top_k, top_p)
+                                                        top_k, top_p, do_sample)
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     sampling = SamplingConfig(temperature, top_k, top_p)

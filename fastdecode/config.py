@@ -229,11 +229,49 @@ class EntropySwitchConfig:
             raise ValueError(f"vocab_size must be None or an int >= 2, got {v!r}")
 
 
+_CHANGES_LAW = ("it changes the distribution tokens are drawn from, and fastdecode samples the target's own "
+                "(temperature, top_k and top_p only), which is what its verification keeps exactly")
+# options of transformers' generate() that fastdecode does not take, and what to do instead
+HF_ONLY = {
+    "num_beams": "beam search is not speculative decoding's target; fastdecode decodes greedily (temperature=0) "
+                 "or samples",
+    "num_return_sequences": "repeat the prompt in the batch instead: input_ids.repeat(n, 1) (with "
+                            "attention_mask.repeat(n, 1)), sampling",
+    "min_new_tokens": _CHANGES_LAW,
+    "repetition_penalty": _CHANGES_LAW,
+    "no_repeat_ngram_size": _CHANGES_LAW,
+    "bad_words_ids": _CHANGES_LAW,
+    "min_p": _CHANGES_LAW,
+    "typical_p": _CHANGES_LAW,
+    "logits_processor": _CHANGES_LAW,
+    "stop_strings": "stop on token ids with eos_token_id= (an id or a list), or cut the decoded text",
+    "stopping_criteria": "stop on token ids with eos_token_id= (an id or a list)",
+    "generation_config": "pass its max_new_tokens, temperature, top_k and top_p as arguments, or set it as "
+                         "target.generation_config, which generate() reads for every argument left None",
+    "return_dict_in_generate": "generate() returns a GenerationResult (.sequences and .stats) always",
+    "output_scores": "generate() returns tokens and statistics, not scores",
+    "output_logits": "generate() returns tokens and statistics, not logits",
+    "assistant_model": "pass the draft model as draft=",
+    "use_cache": "fastdecode always decodes with a cache (cache_implementation='dynamic' or 'static')",
+}
+
+
+def check_hf_options(options) -> None:
+    """ValueError naming an option of transformers' generate() that fastdecode does not take, with what to do."""
+    for name in sorted(options):
+        if name in HF_ONLY:
+            raise ValueError(f"{name}= is an option of transformers' generate() that fastdecode.generate does not "
+                             f"take: {HF_ONLY[name]}")
+
+
 def build_method_config(method: str, has_draft: bool, *, num_drafts=1, verifier=None, draft_length=None,
                         adaptive_draft=None, max_draft_length=None, confidence_threshold=None, fallback=None,
                         **method_options):
     """Resolve ``method`` and build its configuration (see :func:`_method_config`); ``fallback`` (None: the
-    configuration's default, "measured") applies to speculative and prompt_lookup only."""
+    configuration's default, "measured") applies to speculative and prompt_lookup only. Options of
+    transformers' generate() that fastdecode does not take raise a ValueError that says what to do instead
+    (:data:`HF_ONLY`)."""
+    check_hf_options(method_options)
     method, cfg = _method_config(method, has_draft, num_drafts=num_drafts, verifier=verifier,
                                  draft_length=draft_length, adaptive_draft=adaptive_draft,
                                  max_draft_length=max_draft_length, confidence_threshold=confidence_threshold,

@@ -3,9 +3,9 @@ the way HF ``generate`` reads them.
 
 Priority, per argument: the caller's explicit value > ``target.generation_config`` > fastdecode's documented
 default (temperature 1.0, top_k 0, top_p 1.0, max_new_tokens 128). A generation config field that is None
-(the transformers 5 convention for "not set") says nothing. fastdecode has no ``do_sample``: greedy is
-temperature 0, so ``do_sample=False`` in the generation config means temperature 0 unless the caller
-passes a temperature. The length: ``max_new_tokens``, else ``max_length`` minus the prompt (HF counts the
+(the transformers 5 convention for "not set") says nothing. Greedy is temperature 0: ``do_sample=False``
+in the generation config means temperature 0 unless the caller passes a temperature or ``do_sample``;
+the caller's ``do_sample`` (HF's name) is checked against its temperature in :func:`sampling_choice`. The length: ``max_new_tokens``, else ``max_length`` minus the prompt (HF counts the
 prompt in ``max_length``).
 """
 from __future__ import annotations
@@ -17,11 +17,32 @@ def _field(gc, name):
     return getattr(gc, name, None) if gc is not None else None
 
 
-def resolve(target, prompt_len: int, max_new_tokens, temperature, top_k, top_p) -> tuple:
-    """(max_new_tokens, temperature, top_k, top_p) with every None filled in (priority in the module docstring)."""
+def sampling_choice(do_sample, temperature):
+    """The temperature a call asks for once HF's ``do_sample`` is taken into account (None: still to be read from
+    the generation config). do_sample=False is greedy decoding (temperature 0); do_sample=True samples (the
+    temperature given, else the generation config's, else 1.0). A temperature that contradicts it is a
+    ValueError, not a silent choice between the two."""
+    if do_sample is None:
+        return temperature
+    if not isinstance(do_sample, bool):
+        raise ValueError(f"do_sample must be True, False or None, got {do_sample!r}")
+    if do_sample is False:
+        if temperature is not None and temperature != 0:
+            raise ValueError(f"do_sample=False is greedy decoding, but temperature={temperature!r} asks for sampling: "
+                             "pass one of them (greedy: temperature=0)")
+        return 0.0
+    if temperature is not None and temperature == 0:
+        raise ValueError("do_sample=True asks for sampling, but temperature=0 is greedy decoding: pass one of them")
+    return temperature
+
+
+def resolve(target, prompt_len: int, max_new_tokens, temperature, top_k, top_p, do_sample=None) -> tuple:
+    """(max_new_tokens, temperature, top_k, top_p) with every None filled in (priority in the module docstring;
+    ``do_sample``: the caller's, see :func:`sampling_choice`)."""
     gc = getattr(target, "generation_config", None)
+    temperature = sampling_choice(do_sample, temperature)
     if temperature is None:
-        do_sample = _field(gc, "do_sample")
+        do_sample = _field(gc, "do_sample") if do_sample is None else do_sample
         if do_sample is False:
             temperature = 0.0
         else:

@@ -71,3 +71,40 @@ def test_max_length_without_room_for_the_prompt_is_an_error_as_in_hf():
         with pytest.raises(ValueError, match=f"prompt has {prompt.shape[1]} tokens.*max_length is 3"):
             fastdecode.generate(m, prompt)
     assert fastdecode.generate(m, PROMPT, max_new_tokens=2, temperature=0).sequences.shape[1] == 5   # explicit wins
+
+
+def test_do_sample_as_hf_generate():
+    """HF's do_sample: False is greedy (HF's own greedy output), True samples with the temperature given or the
+    generation config's (the same tokens as that temperature and seed); a contradicting temperature raises."""
+    import pytest
+
+    m = _model(do_sample=False, temperature=0.7)    # a config that decodes greedily unless told otherwise
+    greedy = m.generate(PROMPT, max_new_tokens=10, do_sample=False)
+    assert torch.equal(fastdecode.generate(m, PROMPT, do_sample=False, max_new_tokens=10).sequences, greedy)
+    assert resolve(m, 3, None, None, None, None, do_sample=True)[1] == 0.7   # the config's temperature
+    assert resolve(_model(), 3, None, None, None, None, do_sample=True)[1] == 1.0
+    assert resolve(m, 3, None, 0.5, None, None, do_sample=True)[1] == 0.5
+    for draft, method in ((None, "autoregressive"), (m, "speculative")):
+        a = fastdecode.generate(m, PROMPT, draft=draft, method=method, do_sample=True, seed=3, max_new_tokens=10)
+        b = fastdecode.generate(m, PROMPT, draft=draft, method=method, temperature=0.7, seed=3, max_new_tokens=10)
+        assert torch.equal(a.sequences, b.sequences)
+    with pytest.raises(ValueError, match="do_sample=False is greedy decoding, but temperature=0.7"):
+        fastdecode.generate(m, PROMPT, do_sample=False, temperature=0.7)
+    with pytest.raises(ValueError, match="do_sample=True asks for sampling, but temperature=0"):
+        fastdecode.generate(m, PROMPT, do_sample=True, temperature=0)
+    with pytest.raises(ValueError, match="do_sample must be True, False or None"):
+        fastdecode.generate(m, PROMPT, do_sample=1)
+
+
+def test_hf_only_options_say_what_to_do():
+    import pytest
+
+    m = _model()
+    for name, value, hint in (("num_beams", 4, "beam search"), ("num_return_sequences", 2, "input_ids.repeat"),
+                              ("repetition_penalty", 1.2, "changes the distribution"),
+                              ("min_new_tokens", 5, "changes the distribution"), ("stop_strings", ["\n"], "eos_token_id"),
+                              ("generation_config", m.generation_config, "target.generation_config"),
+                              ("assistant_model", m, "draft=")):
+        for draft in (None, m):
+            with pytest.raises(ValueError, match=f"{name}= is an option of transformers' generate.*{hint}"):
+                fastdecode.generate(m, PROMPT, draft=draft, max_new_tokens=2, **{name: value})
