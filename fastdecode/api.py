@@ -152,6 +152,8 @@ def generate(
     generator: torch.Generator | None = None,
     *,
     do_sample: bool | None = None,
+    max_length: int | None = None,
+    num_return_sequences: int = 1,
     adaptive_draft: bool | None = None,
     max_draft_length: int | None = None,
     confidence_threshold: float | None = None,
@@ -189,6 +191,10 @@ def generate(
     else autoregressive. See the README for every method's guarantees.
     max_new_tokens, temperature, top_k, top_p: None = the target's ``generation_config`` (do_sample=False
     means temperature 0), else 128, 1.0, 0, 1.0 (see ``fastdecode.defaults``).
+    max_length: HF's length limit, prompt included (the padded prompt width in a batch): max_new_tokens =
+    max_length - prompt_len; not together with max_new_tokens.
+    num_return_sequences: n sampled continuations of each prompt, as HF returns them (rows [B * n, ...], the
+    n rows of a prompt next to each other; a batch of B * n rows, see Batches); greedy decoding raises.
     do_sample: HF's switch, for code written for HF ``generate``: False = greedy (temperature 0), True =
     sampling (the temperature given, else the generation config's, else 1.0); a temperature that contradicts
     it is a ValueError; None = decided by the temperature. Other options of HF ``generate`` that fastdecode
@@ -228,17 +234,36 @@ def generate(
         confidence_threshold=confidence_threshold, fallback=fallback, **method_options)
     input_ids, attention_mask = _unpack_encoding(input_ids, attention_mask)
     _check_input_ids(input_ids)
+    if not _is_int(num_return_sequences) or num_return_sequences < 1:
+        raise ValueError(f"num_return_sequences must be an int >= 1, got {num_return_sequences!r}")
+    if num_return_sequences > 1:   # as HF: each prompt n times, rows of one prompt next to each other
+        input_ids = input_ids.repeat_interleave(num_return_sequences, 0)
+        if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 \
+                and attention_mask.shape[0] * num_return_sequences == input_ids.shape[0]:
+            attention_mask = attention_mask.repeat_interleave(num_return_sequences, 0)
     _check_streamer(streamer, input_ids)
     check_pack_weights(pack_weights)   # (its combination with compile: below, once the engine's mode is known)
     attention_mask, pad_token_id = batched.check_batch(target, input_ids, attention_mask, pad_token_id)
     padded_prompt = None
     if input_ids.shape[0] == 1 and not bool(attention_mask.all()):  # one left-padded row: decode its real tokens
         padded_prompt, input_ids = input_ids, input_ids[:, attention_mask[0].bool()]
+    if max_length is not None:   # HF's length, prompt included
+        if not _is_int(max_length) or max_length < 1:
+            raise ValueError(f"max_length must be an int >= 1 (prompt included, as in HF generate), got {max_length!r}")
+        if max_new_tokens is not None:
+            raise ValueError("pass max_new_tokens or max_length (prompt included), not both")
+        if input_ids.shape[1] >= max_length:
+            raise ValueError(f"the prompt has {input_ids.shape[1]} tokens, but max_length={max_length} counts the "
+                             "prompt (as in HF generate): raise it, or pass max_new_tokens=")
+        max_new_tokens = max_length - input_ids.shape[1]
     max_new_tokens, temperature, top_k, top_p = resolve(target, input_ids.shape[1], max_new_tokens, temperature,
                                                         top_k, top_p, do_sample)
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     sampling = SamplingConfig(temperature, top_k, top_p)
+    if num_return_sequences > 1 and sampling.greedy:
+        raise ValueError(f"num_return_sequences={num_return_sequences} with greedy decoding would return the same "
+                         "text n times: sample (temperature > 0 or do_sample=True), as HF generate requires")
     if seed is not None and not _is_int(seed):
         raise ValueError(f"seed must be an int, got {seed!r}")
     if seed is not None and not -(2 ** 63) <= int(seed) < 2 ** 64:

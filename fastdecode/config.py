@@ -235,8 +235,6 @@ _CHANGES_LAW = ("it changes the distribution tokens are drawn from, and fastdeco
 HF_ONLY = {
     "num_beams": "beam search is not speculative decoding's target; fastdecode decodes greedily (temperature=0) "
                  "or samples",
-    "num_return_sequences": "repeat the prompt in the batch instead: input_ids.repeat(n, 1) (with "
-                            "attention_mask.repeat(n, 1)), sampling",
     "min_new_tokens": _CHANGES_LAW,
     "repetition_penalty": _CHANGES_LAW,
     "no_repeat_ngram_size": _CHANGES_LAW,

@@ -100,7 +100,7 @@ def test_hf_only_options_say_what_to_do():
     import pytest
 
     m = _model()
-    for name, value, hint in (("num_beams", 4, "beam search"), ("num_return_sequences", 2, "input_ids.repeat"),
+    for name, value, hint in (("num_beams", 4, "beam search"),
                               ("repetition_penalty", 1.2, "changes the distribution"),
                               ("min_new_tokens", 5, "changes the distribution"), ("stop_strings", ["\n"], "eos_token_id"),
                               ("generation_config", m.generation_config, "target.generation_config"),
@@ -108,3 +108,31 @@ def test_hf_only_options_say_what_to_do():
         for draft in (None, m):
             with pytest.raises(ValueError, match=f"{name}= is an option of transformers' generate.*{hint}"):
                 fastdecode.generate(m, PROMPT, draft=draft, max_new_tokens=2, **{name: value})
+
+
+def test_max_length_and_num_return_sequences_as_hf_generate():
+    """max_length counts the prompt; num_return_sequences gives each prompt's n rows next to each other, the
+    same tokens as the batch written out by hand with the same seed (one batched call)."""
+    import pytest
+
+    m = _model()
+    ref = m.generate(PROMPT, max_new_tokens=5, do_sample=False)
+    assert torch.equal(fastdecode.generate(m, PROMPT, max_length=8, temperature=0).sequences, ref)
+    with pytest.raises(ValueError, match="not both"):
+        fastdecode.generate(m, PROMPT, max_length=8, max_new_tokens=5)
+    with pytest.raises(ValueError, match="prompt has 3 tokens, but max_length=3"):
+        fastdecode.generate(m, PROMPT, max_length=3)
+    ids = torch.tensor([[0, 0, 5, 6], [1, 2, 3, 4]])
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    for draft, method in ((None, "autoregressive"), (m, "speculative")):
+        kw = dict(draft=draft, method=method, max_new_tokens=6, temperature=1.0, seed=5, pad_token_id=0, eos_token_id=[])
+        out = fastdecode.generate(m, ids, attention_mask=mask, num_return_sequences=3, **kw)
+        by_hand = fastdecode.generate(m, ids.repeat_interleave(3, 0), attention_mask=mask.repeat_interleave(3, 0), **kw)
+        assert out.sequences.shape == (6, 10) and torch.equal(out.sequences, by_hand.sequences)
+        assert torch.equal(out.sequences[:3, :4], ids[:1].expand(3, 4)) and torch.equal(out.sequences[3:, :4], ids[1:].expand(3, 4))
+        assert len({tuple(r) for r in out.sequences[:3, 4:].tolist()}) > 1   # three samples, not one copied
+    with pytest.raises(ValueError, match="num_return_sequences=2 with greedy decoding"):
+        fastdecode.generate(m, PROMPT, num_return_sequences=2, temperature=0, pad_token_id=0)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="num_return_sequences must be an int >= 1"):
+            fastdecode.generate(m, PROMPT, num_return_sequences=bad)
