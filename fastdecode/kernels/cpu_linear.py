@@ -10,7 +10,7 @@ than MKL for 2-16 rows on 0.5B-1.1B Llama shapes (``bench/cpu_linear.py``; the R
 the figures). Verifying a draft of 4 then costs less than one plain token did before, which is what
 speculative decoding needs.
 
-:func:`packed_linears` swaps the forward of each plain float32 ``nn.Linear`` of a CPU model for the
+:func:`packed_linears` swaps the forward of each plain float32 ``nn.Linear`` of a CPU model (``MIN_PACKED`` elements or more) for the
 packed product while a generation runs, and puts the model back when it ends. The packed copy is kept for
 the layer (in a weak table, so that it goes with the model and never travels with a copy or a pickle of it;
 rebuilt when the weight changes) so the next call does not pack again: it costs as much memory as the
