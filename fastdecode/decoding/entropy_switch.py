@@ -145,11 +145,16 @@ class _Switcher:
             self.stats.target_calls += 1
         else:
             self.stats.draft_calls += 1
+        self.caught_up(n)
+        return logits  # [1, V]
+
+    def caught_up(self, tokens: int) -> None:
+        """After a forward of the active model that scored ``tokens`` tokens: the first forward after a switch is
+        its catch-up, counted (``catchups``, ``catchup_tokens``) once."""
         if self.takeover:
             self.catchups += 1
-            self.catchup_tokens += n
+            self.catchup_tokens += tokens
             self.takeover = False
-        return logits  # [1, V]
 
     def switch_to(self, name: str) -> None:
         self.active, self.since_switch, self.takeover = name, 0, True
@@ -218,10 +223,7 @@ class _Switcher:
         v = verify_step(self.models[TARGET], self.caches[TARGET], stream.tokens, drafts, q, self.sampling, verifier,
                         self.generator, self.stats)
         self.fed[TARGET] += v.fed
-        if self.takeover:
-            self.catchups += 1
-            self.catchup_tokens += v.fed - v.n_draft
-            self.takeover = False
+        self.caught_up(v.fed - v.n_draft)
         kv.crop(dcache, min(kv.cache_length(dcache), base + v.n_accepted))
         return v.tokens, v.logits[: v.n_accepted + 1]
 

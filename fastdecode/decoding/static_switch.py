@@ -84,10 +84,7 @@ class _StaticSwitcher(_Switcher):
             self._count(name, 1)
             self.fed[name] += 1
         self.slots[name] = L
-        if self.takeover:
-            self.catchups += 1
-            self.catchup_tokens += lacking
-            self.takeover = False
+        self.caught_up(lacking)
         return logits
 
     def entropy(self, logits: torch.Tensor) -> torch.Tensor:
@@ -131,10 +128,7 @@ class _StaticSwitcher(_Switcher):
         self.fed[TARGET] += g + 1
         n, nxt, drafts = read_verdict(verify_drafts(trun, logits, q, x, sampling, "token", generator, self.recorded), x)
         stats.record_step(g, n)
-        if self.takeover:
-            self.catchups += 1
-            self.catchup_tokens += takeover + 1
-            self.takeover = False
+        self.caught_up(takeover + 1)
         self.slots[TARGET] = L + n                    # [last, x_1..x_n] are committed now
         self.slots[DRAFT] = L + min(n, g - 1)         # the draft fed last and x_1..x_{g-1}
         return drafts[:n] + [nxt], logits[: n + 1]
