@@ -247,17 +247,8 @@ def generate(
     padded_prompt = None
     if input_ids.shape[0] == 1 and not bool(attention_mask.all()):  # one left-padded row: decode its real tokens
         padded_prompt, input_ids = input_ids, input_ids[:, attention_mask[0].bool()]
-    if max_length is not None:   # HF's length, prompt included
-        if not _is_int(max_length) or max_length < 1:
-            raise ValueError(f"max_length must be an int >= 1 (prompt included, as in HF generate), got {max_length!r}")
-        if max_new_tokens is not None:
-            raise ValueError("pass max_new_tokens or max_length (prompt included), not both")
-        if input_ids.shape[1] >= max_length:
-            raise ValueError(f"the prompt has {input_ids.shape[1]} tokens, but max_length={max_length} counts the "
-                             "prompt (as in HF generate): raise it, or pass max_new_tokens=")
-        max_new_tokens = max_length - input_ids.shape[1]
     max_new_tokens, temperature, top_k, top_p = resolve(target, input_ids.shape[1], max_new_tokens, temperature,
-                                                        top_k, top_p, do_sample)
+                                                        top_k, top_p, do_sample, max_length)
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     sampling = SamplingConfig(temperature, top_k, top_p)

@@ -36,9 +36,26 @@ def sampling_choice(do_sample, temperature):
     return temperature
 
 
-def resolve(target, prompt_len: int, max_new_tokens, temperature, top_k, top_p, do_sample=None) -> tuple:
+def _room(prompt_len: int, max_length: int, said: str) -> int:
+    """New tokens a length limit that counts the prompt leaves (HF's max_length); none left is a ValueError, as
+    in HF generate. ``said``: where the limit came from, for the message."""
+    if prompt_len >= int(max_length):
+        raise ValueError(f"the prompt has {prompt_len} tokens, but {said}")
+    return int(max_length) - prompt_len
+
+
+def resolve(target, prompt_len: int, max_new_tokens, temperature, top_k, top_p, do_sample=None,
+            max_length=None) -> tuple:
     """(max_new_tokens, temperature, top_k, top_p) with every None filled in (priority in the module docstring;
-    ``do_sample``: the caller's, see :func:`sampling_choice`)."""
+    ``do_sample``: the caller's, see :func:`sampling_choice`; ``max_length``: the caller's length limit,
+    prompt included, which takes the place of max_new_tokens)."""
+    if max_length is not None:
+        if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
+            raise ValueError(f"max_length must be an int >= 1 (prompt included, as in HF generate), got {max_length!r}")
+        if max_new_tokens is not None:
+            raise ValueError("pass max_new_tokens or max_length (prompt included), not both")
+        max_new_tokens = _room(prompt_len, max_length, f"max_length={max_length} counts the prompt (as in HF "
+                                                       "generate): raise it, or pass max_new_tokens=")
     gc = getattr(target, "generation_config", None)
     temperature = sampling_choice(do_sample, temperature)
     if temperature is None:
@@ -58,10 +75,9 @@ def resolve(target, prompt_len: int, max_new_tokens, temperature, top_k, top_p, 
         max_new_tokens = _field(gc, "max_new_tokens")
         max_length = _field(gc, "max_length")
         if max_new_tokens is None and max_length is not None:
-            if prompt_len >= int(max_length):   # as HF generate: a length that leaves no room is an error
-                raise ValueError(f"the prompt has {prompt_len} tokens, but the target's generation_config.max_length "
-                                 f"is {max_length} (prompt included): pass max_new_tokens= (or raise max_length)")
-            max_new_tokens = int(max_length) - prompt_len
+            max_new_tokens = _room(prompt_len, max_length, f"the target's generation_config.max_length is "
+                                                           f"{max_length} (prompt included): pass max_new_tokens= "
+                                                           "(or raise max_length)")
         max_new_tokens = DEFAULTS["max_new_tokens"] if max_new_tokens is None else max_new_tokens
     return max_new_tokens, temperature, top_k, top_p
 
