@@ -37,8 +37,8 @@ PACK_ROWS = 16   # oneDNN's layout hint (rows per product): any hint >= 2 gave t
 #                  hint 1 is another layout, 1.5-2x slower for 2 or more rows
 # Small layers are left unpacked: oneDNN's product costs ~20 us per call whatever its size, MKL's 4-10 us for
 # layers of 4k-37k elements (2-core EPYC, 1-16 rows). Plain decoding with the code pair's draft (192 x 192
-# projections) ran 1.13-1.25x faster with those layers unpacked, its target (>= 384 x 384) no faster; tiny
-# models (hidden 32-64) ran their short calls 2.2x faster with nothing packed.
+# projections) ran 1.13-1.25x faster with those layers unpacked (bench/pack_rule.py), its target (>= 384 x 384)
+# no faster; tiny models (hidden 32-64) ran their short calls 2.2x faster with nothing packed.
 MIN_PACKED = 48 * 1024   # elements of a layer's weight (192 KiB in float32)
 
 
