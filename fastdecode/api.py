@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+import warnings
 from collections.abc import Mapping
 
 import torch
@@ -13,8 +14,9 @@ from .config import METHODS, SamplingConfig, build_method_config  # noqa: F401 (
 from .decoding import DYNAMIC, STATIC, batched
 from .decoding.batched_rows import decode_rows
 from .decoding import hf_cache as kv
+from .decoding.processors import Processors
 from .decoding.stream import TokenStream
-from .defaults import eos_from_model, resolve
+from .defaults import eos_from_model, not_applied, resolve, resolve_min_p, resolve_processors
 from .kernels.cpu_linear import check_pack_weights, packed_linears, should_pack
 from .models import check_pair, shared_vocab
 from .stats import DecodeStats, GenerationResult
@@ -137,6 +139,13 @@ def _static_mode(cache_implementation, compile, method, target, draft, lambda_at
     return mode
 
 
+def _processors(target, width: int, eos_ids, repetition_penalty, min_new_tokens, min_length) -> Processors:
+    """The prefix-dependent logits processors of a call (HF's repetition_penalty, min_new_tokens, min_length: the
+    arguments, else the generation config's; ``width``: the prompt's width as passed, padding included)."""
+    r, least = resolve_processors(target, width, repetition_penalty, min_new_tokens, min_length)
+    return Processors(r, least, tuple(sorted(eos_ids)))
+
+
 def generate(
     target,
     input_ids: torch.Tensor,
@@ -152,6 +161,10 @@ def generate(
     generator: torch.Generator | None = None,
     *,
     do_sample: bool | None = None,
+    min_p: float | None = None,
+    repetition_penalty: float | None = None,
+    min_new_tokens: int | None = None,
+    min_length: int | None = None,
     max_length: int | None = None,
     num_return_sequences: int = 1,
     adaptive_draft: bool | None = None,
@@ -189,8 +202,9 @@ def generate(
     max_matching_ngram_size=2, min_matching_ngram_size=1; a draft= model, if given, drafts the steps
     without a match); "auto" = speculative when a draft is given (multi_draft when num_drafts > 1),
     else autoregressive. See the README for every method's guarantees.
-    max_new_tokens, temperature, top_k, top_p: None = the target's ``generation_config`` (do_sample=False
-    means temperature 0), else 128, 1.0, 0, 1.0 (see ``fastdecode.defaults``).
+    max_new_tokens, temperature, top_k, top_p, min_p: None = the target's ``generation_config``
+    (do_sample=False means temperature 0), else 128, 1.0, 0, 1.0, 0.0 (see ``fastdecode.defaults``). min_p (HF's):
+    after top-k and top-p, tokens less probable than min_p times the most probable one are dropped (sampling only).
     max_length: HF's length limit, prompt included (the padded prompt width in a batch): max_new_tokens =
     max_length - prompt_len; not together with max_new_tokens.
     num_return_sequences: n sampled continuations of each prompt, as HF returns them (rows [B * n, ...], the
@@ -199,7 +213,8 @@ def generate(
     sampling (the temperature given, else the generation config's, else 1.0); a temperature that contradicts
     it is a ValueError; None = decided by the temperature. Other options of HF ``generate`` that fastdecode
     does not take (num_beams, repetition_penalty, min_new_tokens, ...) are a ValueError that says what to do
-    instead.
+    instead (given as None or as the value that changes nothing, such as num_beams=1, they are accepted); the
+    same settings in ``target.generation_config``, which HF generate would apply, give a UserWarning naming them.
     draft_length: gamma, tokens drafted per step; None = 4.
     adaptive_draft: None = the method's default (on for "speculative", off for "multi_draft").
     max_draft_length: the adaptive length's upper bound; None = max(16, draft_length).
@@ -251,7 +266,12 @@ def generate(
                                                         top_k, top_p, do_sample, max_length)
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    sampling = SamplingConfig(temperature, top_k, top_p)
+    sampling = SamplingConfig(temperature, top_k, top_p, resolve_min_p(target, min_p))
+    ignored = not_applied(target, input_ids.shape[1], sampling.greedy)
+    if ignored:
+        warnings.warn(f"target.generation_config sets {', '.join(ignored)}, which HF generate would apply and "
+                      "fastdecode does not: the tokens follow the model's distribution without them (set those "
+                      "fields to None on target.generation_config to silence this)", UserWarning, stacklevel=2)
     if num_return_sequences > 1 and sampling.greedy:
         raise ValueError(f"num_return_sequences={num_return_sequences} with greedy decoding would return the same "
                          "text n times: sample (temperature > 0 or do_sample=True), as HF generate requires")
@@ -274,14 +294,16 @@ def generate(
     check_call(target, draft, method, input_ids, max_new_tokens)
     device = kv.device(target)
     input_ids = input_ids.to(device)
-    stream = TokenStream(input_ids, max_new_tokens, _eos_ids(target, eos_token_id), streamer)
-    stats = DecodeStats(method=method)
-
     compile_mode = _static_mode(cache_implementation, compile, method, target, draft, lambda_attention)
     if lambda_attention is not None:
         _check_rollback(lambda_attention, method_cfg, static=compile_mode is not None)
     check_pack_weights(pack_weights, inductor=compile_mode == "inductor")
     rows_alone = input_ids.shape[0] > 1 and batched.one_by_one(method, lambda_attention)
+    eos_ids = _eos_ids(target, eos_token_id)
+    procs = _processors(target, (input_ids if padded_prompt is None else padded_prompt).shape[1], eos_ids,
+                        repetition_penalty, min_new_tokens, min_length)
+    stream = TokenStream(input_ids, max_new_tokens, eos_ids, streamer, procs)
+    stats = DecodeStats(method=method)
     if compile_mode is not None and compile is None and input_ids.shape[0] > 1 and not rows_alone:
         compile_mode = "eager"   # batches record their forwards on request only (compile=True / "cudagraphs")
     if compile_mode is not None and method == "speculative" and confidence_threshold is None \
@@ -320,12 +342,12 @@ def generate(
                 else:
                     DYNAMIC[method](target, draft, s, sampling, method_cfg, generator, st, bar)
             sequences = decode_rows(one, input_ids, attention_mask.to(device), max_new_tokens, stream.eos_ids,
-                                    pad_token_id, stats)
+                                    pad_token_id, stats, procs)
         elif input_ids.shape[0] > 1:
             sequences = batched.decode(target, drafter, input_ids,
                                        attention_mask.to(device), max_new_tokens, stream.eos_ids, pad_token_id,
                                        sampling, method_cfg, generator, stats, bar, static=compile_mode is not None,
-                                       mode=compile_mode or "eager")
+                                       mode=compile_mode or "eager", processors=procs)
         elif compile_mode is not None:
             STATIC[method](target, draft, stream, sampling, method_cfg, generator, stats, bar, mode=compile_mode)
         else:

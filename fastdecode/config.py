@@ -13,6 +13,8 @@ import math
 import warnings
 from dataclasses import dataclass
 
+from .defaults import NEUTRAL, NOT_APPLIED
+
 METHODS = ("autoregressive", "speculative", "multi_draft", "entropy_switch", "prompt_lookup")
 
 # documented defaults of generate(): its signature uses None for them, to tell "passed" from "left out"
@@ -34,12 +36,14 @@ class SamplingConfig:
     """How logits become a distribution. Applied identically to p (target) and q (draft).
 
     temperature: 0 means greedy (the distribution is one-hot at the argmax).
-    top_k: 0 disables it. top_p: 1.0 disables it.
+    top_k: 0 disables it. top_p: 1.0 disables it. min_p: 0.0 disables it (after top-k and top-p, tokens less
+    probable than min_p times the most probable one are dropped, as HF's min_p; greedy decoding ignores it).
     """
 
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    min_p: float = 0.0
 
     def __post_init__(self):
         t = self.temperature
@@ -50,6 +54,9 @@ class SamplingConfig:
         p = self.top_p
         if not _is_number(p) or math.isnan(p) or not (0.0 < p <= 1.0):
             raise ValueError(f"top_p must be in (0, 1], got {p!r}")
+        m = self.min_p
+        if not _is_number(m) or math.isnan(m) or not (0.0 <= m <= 1.0):
+            raise ValueError(f"min_p must be in [0, 1] (0 disables it), got {m!r}")
 
     @property
     def greedy(self) -> bool:
@@ -230,17 +237,18 @@ class EntropySwitchConfig:
 
 
 _CHANGES_LAW = ("it changes the distribution tokens are drawn from, and fastdecode samples the target's own "
-                "(temperature, top_k and top_p only), which is what its verification keeps exactly")
+                "(temperature, top_k, top_p and min_p only), which is what its verification keeps exactly")
 # options of transformers' generate() that fastdecode does not take, and what to do instead
 HF_ONLY = {
     "num_beams": "beam search is not speculative decoding's target; fastdecode decodes greedily (temperature=0) "
                  "or samples",
-    "min_new_tokens": _CHANGES_LAW,
-    "repetition_penalty": _CHANGES_LAW,
     "no_repeat_ngram_size": _CHANGES_LAW,
     "bad_words_ids": _CHANGES_LAW,
-    "min_p": _CHANGES_LAW,
     "typical_p": _CHANGES_LAW,
+    **{name: _CHANGES_LAW for name in NOT_APPLIED if name not in ("num_beams", "penalty_alpha", "dola_layers")},
+    "penalty_alpha": "contrastive search is not speculative decoding's target; fastdecode decodes greedily "
+                     "(temperature=0) or samples",
+    "dola_layers": "DoLa contrasts layers of one model; fastdecode decodes the target's own distribution",
     "logits_processor": _CHANGES_LAW,
     "stop_strings": "stop on token ids with eos_token_id= (an id or a list), or cut the decoded text",
     "stopping_criteria": "stop on token ids with eos_token_id= (an id or a list)",
@@ -254,12 +262,27 @@ HF_ONLY = {
 }
 
 
-def check_hf_options(options) -> None:
-    """ValueError naming an option of transformers' generate() that fastdecode does not take, with what to do."""
+# values of those options that ask for nothing fastdecode does not do (code written for HF generate may pass them)
+HARMLESS = {"use_cache": True, "return_dict_in_generate": True, "output_scores": False, "output_logits": False,
+            "logits_processor": [], "stopping_criteria": [], **NEUTRAL}
+
+
+def check_hf_options(options) -> dict:
+    """ValueError naming an option of transformers' generate() that fastdecode does not take, with what to do.
+    Such an option given as None or as a value in :data:`HARMLESS` (``num_beams=1``, ``repetition_penalty=1.0``,
+    ...) asks for nothing: it is dropped. Returns the other options."""
+    rest = {}
     for name in sorted(options):
-        if name in HF_ONLY:
+        value = options[name]
+        if name not in HF_ONLY:
+            rest[name] = value
+        elif value is None or (name in HARMLESS and value == HARMLESS[name]
+                               and isinstance(value, bool) == isinstance(HARMLESS[name], bool)):
+            continue
+        else:
             raise ValueError(f"{name}= is an option of transformers' generate() that fastdecode.generate does not "
                              f"take: {HF_ONLY[name]}")
+    return rest
 
 
 def build_method_config(method: str, has_draft: bool, *, num_drafts=1, verifier=None, draft_length=None,
@@ -269,7 +292,7 @@ def build_method_config(method: str, has_draft: bool, *, num_drafts=1, verifier=
     configuration's default, "measured") applies to speculative and prompt_lookup only. Options of
     transformers' generate() that fastdecode does not take raise a ValueError that says what to do instead
     (:data:`HF_ONLY`)."""
-    check_hf_options(method_options)
+    method_options = check_hf_options(method_options)
     method, cfg = _method_config(method, has_draft, num_drafts=num_drafts, verifier=verifier,
                                  draft_length=draft_length, adaptive_draft=adaptive_draft,
                                  max_draft_length=max_draft_length, confidence_threshold=confidence_threshold,

@@ -82,6 +82,67 @@ def resolve(target, prompt_len: int, max_new_tokens, temperature, top_k, top_p, 
     return max_new_tokens, temperature, top_k, top_p
 
 
+def resolve_min_p(target, min_p):
+    """HF's min_p: the caller's, else the generation config's, else 0.0 (off). Checked by SamplingConfig."""
+    if min_p is None:
+        min_p = _field(getattr(target, "generation_config", None), "min_p")
+    return 0.0 if min_p is None else min_p
+
+
+# generation_config fields with which HF generate changes the logits (or the search) and fastdecode does not:
+# field -> (the value that changes nothing, whether it acts only when sampling)
+NOT_APPLIED = {
+    "no_repeat_ngram_size": (0, False), "bad_words_ids": (None, False),
+    "sequence_bias": (None, False), "suppress_tokens": (None, False), "begin_suppress_tokens": (None, False),
+    "forced_bos_token_id": (None, False), "forced_eos_token_id": (None, False),
+    "exponential_decay_length_penalty": (None, False), "guidance_scale": (1.0, False),
+    "watermarking_config": (None, False), "num_beams": (1, False), "penalty_alpha": (None, False),
+    "dola_layers": (None, False), "typical_p": (1.0, True), "epsilon_cutoff": (0.0, True),
+    "eta_cutoff": (0.0, True), "top_h": (None, True),
+}
+NEUTRAL = {name: neutral for name, (neutral, _) in NOT_APPLIED.items() if neutral is not None}
+
+
+def not_applied(target, prompt_len: int, greedy: bool) -> list[str]:
+    """The target's generation_config settings that HF generate would apply to this call and fastdecode does not
+    ("name=value" each): the caller is warned, since the tokens then differ from HF's. Explicit arguments with
+    these names are refused instead (``config.HF_ONLY``)."""
+    gc = getattr(target, "generation_config", None)
+    found = []
+    for name, (neutral, sampling_only) in NOT_APPLIED.items():
+        value = _field(gc, name)
+        if value is None or value == neutral or (isinstance(value, (list, dict)) and not value):
+            continue
+        if sampling_only and greedy:
+            continue
+        if name == "forced_bos_token_id" and prompt_len > 1:   # HF forces it at the first position only
+            continue
+        found.append(f"{name}={value!r}")
+    return found
+
+
+def resolve_processors(target, prompt_len: int, repetition_penalty=None, min_new_tokens=None,
+                       min_length=None) -> tuple[float, int]:
+    """(repetition penalty, minimum number of new tokens): the caller's values, else the generation config's,
+    else none (1.0, 0). ``min_length`` counts the prompt (``prompt_len``: the prompt's width as the caller
+    passed it, padding included, as HF counts it); the two minimum lengths combine as HF applies both.
+    ValueError for invalid values."""
+    gc = getattr(target, "generation_config", None)
+    r = _field(gc, "repetition_penalty") if repetition_penalty is None else repetition_penalty
+    r = 1.0 if r is None else r
+    if not isinstance(r, (int, float)) or isinstance(r, bool) or not 0 < r < float("inf"):
+        raise ValueError(f"repetition_penalty must be a finite number > 0 (1.0: none), got {r!r}")
+    least = 0
+    for name, v in (("min_new_tokens", min_new_tokens), ("min_length", min_length)):
+        v = _field(gc, name) if v is None else v
+        if v is None:
+            continue
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {v!r}")
+        least = max(least, v - prompt_len if name == "min_length" else v)
+    return float(r), least
+
+
 def eos_from_model(target):
     """The EOS id(s) HF ``generate`` stops at when the caller passes none: ``generation_config.eos_token_id``
     only (HF does not fall back to ``config.eos_token_id``); ``config.eos_token_id`` only for a model

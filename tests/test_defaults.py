@@ -1,5 +1,6 @@
 """generate()'s sampling / length defaults and EOS come from the target's generation_config as in HF
 ``generate``; explicit arguments win; fastdecode's documented defaults apply where it says nothing."""
+import pytest
 import torch
 
 import fastdecode
@@ -101,13 +102,69 @@ def test_hf_only_options_say_what_to_do():
 
     m = _model()
     for name, value, hint in (("num_beams", 4, "beam search"),
-                              ("repetition_penalty", 1.2, "changes the distribution"),
-                              ("min_new_tokens", 5, "changes the distribution"), ("stop_strings", ["\n"], "eos_token_id"),
+                              ("no_repeat_ngram_size", 3, "changes the distribution"),
+                              ("suppress_tokens", [1], "changes the distribution"), ("stop_strings", ["\n"], "eos_token_id"),
                               ("generation_config", m.generation_config, "target.generation_config"),
                               ("assistant_model", m, "draft=")):
         for draft in (None, m):
             with pytest.raises(ValueError, match=f"{name}= is an option of transformers' generate.*{hint}"):
                 fastdecode.generate(m, PROMPT, draft=draft, max_new_tokens=2, **{name: value})
+
+
+def test_hf_options_that_ask_for_nothing_pass():
+    """Code written for HF generate may pass an option at the value that changes nothing (or None)."""
+    m = _model()
+    ref = fastdecode.generate(m, PROMPT, temperature=0, max_new_tokens=3).sequences
+    out = fastdecode.generate(m, PROMPT, temperature=0, max_new_tokens=3, num_beams=1, use_cache=True,
+                              no_repeat_ngram_size=0, typical_p=1.0, return_dict_in_generate=True, output_scores=False,
+                              logits_processor=[], stopping_criteria=None, guidance_scale=None)
+    assert torch.equal(out.sequences, ref)
+    with pytest.raises(ValueError, match="use_cache= is an option"):
+        fastdecode.generate(m, PROMPT, max_new_tokens=3, use_cache=False)
+    with pytest.raises(ValueError, match="num_beams= is an option"):
+        fastdecode.generate(m, PROMPT, max_new_tokens=3, num_beams=True)   # a bool is not the count 1
+
+
+def test_generation_config_settings_not_applied_are_warned_about():
+    """HF generate applies a generation config's no_repeat_ngram_size, typical_p, ...; fastdecode does not, and
+    says so (sampling-only warpers only when sampling); min_p is applied, from the argument or the config."""
+    m = _model()
+    m.generation_config.no_repeat_ngram_size = 2
+    m.generation_config.typical_p = 0.9
+    try:
+        with pytest.warns(UserWarning, match=r"sets no_repeat_ngram_size=2, typical_p=0.9, which HF generate"):
+            fastdecode.generate(m, PROMPT, temperature=1.0, max_new_tokens=2, seed=0)
+        with pytest.warns(UserWarning, match=r"sets no_repeat_ngram_size=2, which HF") as rec:
+            fastdecode.generate(m, PROMPT, temperature=0, max_new_tokens=2)
+        assert all("typical_p" not in str(w.message) for w in rec)   # a warper: greedy decoding has none
+    finally:
+        m.generation_config.no_repeat_ngram_size = None
+        m.generation_config.typical_p = None
+
+
+def test_min_p_as_hf():
+    """min_p drops tokens under min_p times the top probability, after top-k / top-p; the argument, else the
+    generation config's. Same probabilities as HF's warper chain."""
+    from transformers.generation.logits_process import MinPLogitsWarper, TopPLogitsWarper
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 50, generator=g) * 3
+    for top_p, min_p in ((1.0, 0.1), (0.9, 0.3), (1.0, 1.0)):
+        x = logits.clone() / 0.8
+        if top_p < 1:
+            x = TopPLogitsWarper(top_p)(None, x)
+        want = torch.softmax(MinPLogitsWarper(min_p)(None, x), -1)
+        got = fastdecode.kernels.probs(logits, 0.8, 0, top_p, min_p=min_p)
+        assert torch.equal(got > 0, want > 0) and torch.allclose(got, want, atol=1e-6)
+    m = _model()
+    a = fastdecode.generate(m, PROMPT, temperature=1.0, min_p=0.3, max_new_tokens=4, seed=1).sequences
+    m.generation_config.min_p = 0.3
+    try:
+        assert torch.equal(fastdecode.generate(m, PROMPT, temperature=1.0, max_new_tokens=4, seed=1).sequences, a)
+    finally:
+        m.generation_config.min_p = None
+    with pytest.raises(ValueError, match="min_p must be in"):
+        fastdecode.generate(m, PROMPT, min_p=-0.1)
 
 
 def test_max_length_and_num_return_sequences_as_hf_generate():

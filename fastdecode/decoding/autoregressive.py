@@ -20,6 +20,6 @@ def decode(target, draft, stream: TokenStream, sampling: SamplingConfig, cfg, ge
         ids = torch.tensor([stream.tokens[start:]], device=device)
         logits = kv.forward(target, ids, cache, logits_to_keep=1)[0]
         stats.target_calls += 1
-        kept = stream.append([sm.next_token(logits, sampling, generator)])
+        kept = stream.append([sm.next_token(stream.process(logits), sampling, generator)])
         if progress is not None:
             progress.update(kept)

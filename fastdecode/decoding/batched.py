@@ -59,6 +59,7 @@ from . import sampling as sm
 from .batched_cache import _block, _bucket, _Cache, _SlotCache, batch_output
 from .batched_tree import decode as decode_tree
 from .policy import DraftLengthPolicy, measured_switch, report_fallback
+from .processors import process_rows
 from .stream import TokenStream
 
 BATCHED_METHODS = ("autoregressive", "speculative", "prompt_lookup", "multi_draft")   # with a batched loop
@@ -158,12 +159,13 @@ def _verify_block(p, q, drafts, lens, generator):
     return n, nxt
 
 
-def _lookup_model_drafts(dc, dpend, props, lens, model_rows, drafts, lens_t, sampling, generator, stats, threshold):
+def _lookup_model_drafts(dc, dpend, props, lens, model_rows, drafts, lens_t, sampling, generator, stats, threshold,
+                         rows=()):
     """Prompt lookup with a draft model: the rows without an n-gram match (``model_rows``) draft with the model,
     up to their own length and confidence stop, exactly as alone; the other rows ride along, fed their own
     n-gram drafts (so that the draft cache holds what they drafted). Returns (drafts [nb, G], q [nb, gm, V]
     (the model rows' q; the n-gram rows' entries are replaced by one-hot rows), lens_t, first draft column,
-    drafts fed per row)."""
+    drafts fed per row). ``rows``: the rows' streams, whose logits processors apply to the drafts' rows."""
     nb, device = len(props), drafts.device
     gm = max(lens[i] for i in model_rows)
     gl = max(len(x) for x in props)
@@ -177,7 +179,7 @@ def _lookup_model_drafts(dc, dpend, props, lens, model_rows, drafts, lens_t, sam
     for i in range(gm):
         logits = dc.forward(ids, m, 1)[:, 0]        # [nb, V]
         stats.draft_calls += 1
-        qi = sm.probs(logits, sampling)
+        qi = sm.probs(process_rows(rows, logits, torch.stack(xs, 1) if xs else None), sampling)
         x = qi.argmax(-1) if sampling.greedy else sample(qi, generator)
         x = torch.where(is_ng & (i < nlen), ngram[:, i], x)   # n-gram rows: their own draft
         xs.append(x)
@@ -201,20 +203,21 @@ def _lookup_model_drafts(dc, dpend, props, lens, model_rows, drafts, lens_t, sam
 def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
            eos_ids: set[int], pad_token_id: int, sampling: SamplingConfig,
            spec: SpeculativeConfig | PromptLookupConfig | None, generator, stats: DecodeStats, progress=None,
-           static: bool = False, mode: str = "eager") -> torch.Tensor:
+           static: bool = False, mode: str = "eager", processors=None) -> torch.Tensor:
     """Decode a left-padded batch; returns sequences [B, L + longest new] (pad_token_id after a row's end).
 
     draft / spec None: autoregressive (the same loop with no drafts). spec a PromptLookupConfig: prompt lookup,
     each row's drafts from its own n-gram index (and from the draft model, if given, where it has no match).
     static: the static engine's preallocated slot caches, else transformers' DynamicCache; mode (static only):
-    "eager", or recorded forwards ("cudagraphs" / "inductor", see :class:`_SlotCache`)."""
+    "eager", or recorded forwards ("cudagraphs" / "inductor", see :class:`_SlotCache`). processors: the logits
+    processors (:mod:`~fastdecode.decoding.processors`), each row's with its own text."""
     if isinstance(spec, MultiDraftConfig):
         return decode_tree(target, draft, input_ids, attention_mask, max_new_tokens, eos_ids, pad_token_id, sampling,
-                           spec, generator, stats, progress, static=static, mode=mode)
+                           spec, generator, stats, progress, static=static, mode=mode, processors=processors)
     device = kv.device(target)
     B, L = input_ids.shape
-    streams = [TokenStream(input_ids[r : r + 1, L - int(attention_mask[r].sum()):], max_new_tokens, eos_ids)
-               for r in range(B)]
+    streams = [TokenStream(input_ids[r : r + 1, L - int(attention_mask[r].sum()):], max_new_tokens, eos_ids,
+                           processors=processors) for r in range(B)]
     active = [r for r in range(B) if not streams[r].done]   # original row of each batch position
     lookup = isinstance(spec, PromptLookupConfig)
     with_draft = spec is not None and draft is not None
@@ -282,7 +285,8 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
             model_rows = [i for i in range(nb) if not props[i] and lens[i] > 0] if dc is not None else []
             if model_rows:
                 drafts, q, lens_t, dfirst, fed = _lookup_model_drafts(
-                    dc, dpend, props, lens, model_rows, drafts, lens_t, sampling, generator, stats, lookup_threshold)
+                    dc, dpend, props, lens, model_rows, drafts, lens_t, sampling, generator, stats, lookup_threshold,
+                    [streams[r] for r in active])
                 stats.extra["model_draft_steps"] += len(model_rows)
         elif g > 0:
             ids, m = _block(dpend, device)
@@ -292,7 +296,8 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
             for i in range(g):
                 logits = dc.forward(ids, m, 1)[:, 0]        # [nb, V]
                 stats.draft_calls += 1
-                qi = sm.probs(logits, sampling)
+                qi = sm.probs(process_rows([streams[r] for r in active], logits, torch.stack(xs, 1) if xs else None),
+                              sampling)
                 x = qi.argmax(-1) if sampling.greedy else sample(qi, generator)
                 xs.append(x)
                 qs.append(qi)
@@ -314,7 +319,7 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         tfirst = tc.columns + ids.shape[1]                  # column of the first draft
         ids = torch.cat([ids, drafts], 1)
         m = torch.cat([m, torch.ones_like(drafts)], 1)
-        logits = tc.forward(ids, m, gd + 1)                 # [nb, gd + 1, V]
+        logits = process_rows([streams[r] for r in active], tc.forward(ids, m, gd + 1), drafts)   # [nb, gd + 1, V]
         stats.target_calls += 1
         p = sm.probs(logits.reshape(nb * (gd + 1), -1), sampling).view(nb, gd + 1, -1)
         if lookup and gd:   # point-mass drafts: the verifiers' q is one-hot at each n-gram draft

@@ -47,6 +47,7 @@ from . import hf_cache as kv
 from . import sampling as sm
 from .batched_cache import _block, _bucket, _Cache, _SlotCache, batch_output
 from .masks import row_causal
+from .processors import process_nodes
 from .stream import TokenStream
 from .multi_draft import MultiDraftDecoder, draw_frontier
 from .tree import DraftTree
@@ -167,14 +168,16 @@ def _pad_nodes(rows: list[list[int]], trees: list[DraftTree], device):
 
 def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
            eos_ids: set[int], pad_token_id: int, sampling: SamplingConfig, cfg: MultiDraftConfig, generator,
-           stats: DecodeStats, progress=None, static: bool = False, mode: str = "eager") -> torch.Tensor:
+           stats: DecodeStats, progress=None, static: bool = False, mode: str = "eager",
+           processors=None) -> torch.Tensor:
     """Multi-draft decoding of a left-padded batch; returns sequences [B, L + longest new]. static: the static
-    engine's slot caches (mode "eager", or "cudagraphs" / "inductor": recorded forwards)."""
+    engine's slot caches (mode "eager", or "cudagraphs" / "inductor": recorded forwards). processors: the logits
+    processors, each tree row with its own branch of its own row's text."""
     device = kv.device(target)
     sampling = sm.greedy_limit(sampling)   # (its distributions skip kernels.probs' overflow fallback)
     B, L = input_ids.shape
-    streams = [TokenStream(input_ids[r : r + 1, L - int(attention_mask[r].sum()):], max_new_tokens, eos_ids)
-               for r in range(B)]
+    streams = [TokenStream(input_ids[r : r + 1, L - int(attention_mask[r].sum()):], max_new_tokens, eos_ids,
+                           processors=processors) for r in range(B)]
     active = [r for r in range(B) if not streams[r].done]
     if static:
         deepest = cfg.max_draft_length if cfg.adaptive else cfg.draft_length
@@ -209,7 +212,7 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
             logits = dc.forward(ids, m, 1)                     # [nb, 1, V]: the roots
             stats.draft_calls += 1
             dfirst = dc.columns
-            row_logits = [logits[i] for i in range(nb)]
+            row_logits = [process_nodes(streams[r], logits[i], trees[i], [-1]) for i, r in enumerate(active)]
             frontier = [[(-1, cfg.num_drafts)] if dr[i] > 0 else [] for i in range(nb)]
             for d in range(D):
                 for i in range(nb):
@@ -239,7 +242,8 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 for i, x in enumerate(score):
                     for j, v in enumerate(x):
                         dcols[i][v] = c0 + j
-                row_logits = [lg[i, : len(score[i])] for i in range(nb)]
+                row_logits = [process_nodes(streams[r], lg[i, : len(score[i])], trees[i], score[i])
+                              for i, r in enumerate(active)]
 
         # one target forward: pending tokens + every row's whole tree (node v at node column v)
         ids_p, m_p = _block(tpend, device)
@@ -258,8 +262,8 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         batch_steps += 1
 
         walked = []
-        for i in range(nb):
-            lg = logits[i, : len(trees[i]) + 1]
+        for i, r in enumerate(active):
+            lg = process_nodes(streams[r], logits[i, : len(trees[i]) + 1], trees[i], [-1] + list(range(len(trees[i]))))
             p = lg if greedy else sm.probs(lg if dr[i] else lg[:1], sampling, check_finite=False)
             if not greedy:
                 flags.append(sm.all_finite(p))

@@ -192,7 +192,8 @@ class _Switcher:
                 return
             logits = self.forward(self.active)
             h = self.host_entropy(logits)
-        self.emit([sm.next_token(logits, self.sampling, self.generator)], [h], logits, probe, mean, switched)
+        self.emit([sm.next_token(self.stream.process(logits), self.sampling, self.generator)], [h], logits, probe, mean,
+                  switched)
 
     def crop_draft(self, n: int) -> None:
         """The draft's cache keeps the stream's first ``n`` tokens."""
@@ -216,12 +217,13 @@ class _Switcher:
         gamma = min(self.es.draft_length, stream.remaining - 1)
         unseen = stream.length - kv.cache_length(dcache)
         drafts, q = (draft_tokens(self.models[DRAFT], dcache, stream.tokens, gamma, self.sampling, self.generator,
-                                  self.stats) if gamma > 0 else (torch.empty(0, dtype=torch.long, device=device), None))
+                                  self.stats, process=stream.process) if gamma > 0
+                     else (torch.empty(0, dtype=torch.long, device=device), None))
         if drafts.shape[0]:  # draft_tokens fed the unseen tokens, then each draft but the last
             self.fed[DRAFT] += unseen + drafts.shape[0] - 1
         base = stream.length
         v = verify_step(self.models[TARGET], self.caches[TARGET], stream.tokens, drafts, q, self.sampling, verifier,
-                        self.generator, self.stats)
+                        self.generator, self.stats, process=stream.process)
         self.fed[TARGET] += v.fed
         self.caught_up(v.fed - v.n_draft)
         kv.crop(dcache, min(kv.cache_length(dcache), base + v.n_accepted))

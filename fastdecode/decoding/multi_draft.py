@@ -35,6 +35,7 @@ from ..verification.drafts import draw
 from ..verification.token import verify_chain
 from . import hf_cache as kv
 from . import sampling as sm
+from .processors import process_nodes
 from .stream import TokenStream
 from .tree import DraftTree, score_nodes
 
@@ -87,6 +88,10 @@ class MultiDraftDecoder:
         p = sm.probs(logits, self.sampling, check_finite=False)
         self._flags.append(sm.all_finite(p))
         return p
+
+    def _process(self, logits: torch.Tensor, tree: DraftTree | None, nodes: list[int]) -> torch.Tensor:
+        """The stream's logits processors on rows after ``nodes`` (-1: the root; :func:`process_nodes`)."""
+        return process_nodes(self.stream, logits, tree, nodes)
 
     def _checked_step(self) -> None:
         """Raise ValueError if any distribution (or logits) this step flagged held NaN or +inf: ONE host read
@@ -146,7 +151,7 @@ class MultiDraftDecoder:
         """Grow the draft tree to ``depth`` levels. Returns the tree and node -> draft-cache offset
         (relative to the end of the context) for the nodes the draft model has scored."""
         tree, s = DraftTree(), self.sampling
-        logits = self._draft_root()
+        logits = self._process(self._draft_root(), tree, [-1])
         self.stats.draft_calls += 1
         cached: dict[int, int] = {}
         frontier = [(-1, self.cfg.num_drafts)]
@@ -161,7 +166,7 @@ class MultiDraftDecoder:
             if d + 1 == depth:
                 break
             nodes = [n for n, _ in frontier]
-            logits = self._draft_nodes(tree, nodes, cached)
+            logits = self._process(self._draft_nodes(tree, nodes, cached), tree, nodes)
             self.stats.draft_calls += 1
             for n in nodes:
                 cached[n] = len(cached)
@@ -224,7 +229,7 @@ class MultiDraftDecoder:
         stream, s = self.stream, self.sampling
         depth = min(self.depth, stream.remaining - 1)
         if depth <= 0:
-            logits = self._target_plain()
+            logits = self._process(self._target_plain(), None, [-1])
             self.stats.target_calls += 1
             self.stats.record_step(0, 0)
             nxt = int(logits.argmax()) if s.greedy else int(sample(self._probs(logits), self.generator)[0])
@@ -232,7 +237,7 @@ class MultiDraftDecoder:
             return stream.append([nxt])
 
         tree, dcached = self.draft_tree(depth)
-        logits = self._target_tree(tree)
+        logits = self._process(self._target_tree(tree), tree, [-1] + list(range(len(tree))))
         self.stats.target_calls += 1
         self.stats.extra["tree_nodes"] += len(tree)
         p = logits if s.greedy else self._probs(logits)

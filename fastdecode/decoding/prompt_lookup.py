@@ -132,12 +132,14 @@ def decode(target, draft, stream: TokenStream, sampling: SamplingConfig, cfg: Pr
             drafts = torch.tensor(proposal, dtype=torch.long, device=device)
             stats.extra["ngram_draft_steps"] += 1
         elif dcache is not None and g > 0:
-            drafts, q = draft_tokens(draft, dcache, stream.tokens, g, sampling, generator, stats, threshold)
+            drafts, q = draft_tokens(draft, dcache, stream.tokens, g, sampling, generator, stats, threshold,
+                                     process=stream.process)
             stats.extra["model_draft_steps"] += 1
         else:
             drafts = torch.empty(0, dtype=torch.long, device=device)
         base = stream.length
-        v = verify_step(target, tcache, stream.tokens, drafts, q, sampling, verifier, generator, stats)
+        v = verify_step(target, tcache, stream.tokens, drafts, q, sampling, verifier, generator, stats,
+                        process=stream.process)
         kept = stream.append(v.tokens)
         if progress is not None:
             progress.update(kept)

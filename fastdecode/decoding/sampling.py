@@ -1,6 +1,6 @@
 """Logits -> distributions and tokens, on the logits' device and without host syncs.
 
-Temperature, top-k and top-p are applied identically to p (target) and q (draft) through
+Temperature, top-k, top-p and min-p are applied identically to p (target) and q (draft) through
 ``kernels.probs``; a token is drawn by the exponential race (argmax w / E, E ~ Exp(1)), whose noise
 comes from the caller's generator on the same device, so a seed fixes the tokens.
 """
@@ -21,14 +21,15 @@ def greedy_limit(sampling: SamplingConfig) -> SamplingConfig:
     float32: for loops that call :func:`probs` with check_finite=False, which then cannot fall back to the
     overflow-safe computation (``kernels.probs``: both give the greedy limit)."""
     if 0 < sampling.temperature < TINY_TEMPERATURE:
-        return SamplingConfig(0.0, sampling.top_k, sampling.top_p)
+        return SamplingConfig(0.0, sampling.top_k, sampling.top_p, sampling.min_p)
     return sampling
 
 
 def probs(logits: torch.Tensor, sampling: SamplingConfig, check_finite: bool = True) -> torch.Tensor:
     """logits [rows, V] -> probabilities [rows, V] float32. check_finite=False: no host sync (the caller
     checks the result at its own sync, see :func:`all_finite`)."""
-    return kernels.probs(logits, sampling.temperature, sampling.top_k, sampling.top_p, check_finite=check_finite)
+    return kernels.probs(logits, sampling.temperature, sampling.top_k, sampling.top_p, check_finite=check_finite,
+                         min_p=sampling.min_p)
 
 
 NON_FINITE = kernels.NON_FINITE   # the one message for NaN or +inf logits, wherever they are found

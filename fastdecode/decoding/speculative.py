@@ -34,10 +34,12 @@ def decode(target, draft, stream: TokenStream, sampling: SamplingConfig, spec: S
     empty = torch.empty(0, dtype=torch.long, device=kv.device(target))
     while not stream.done:
         gamma = policy.next_length(stream.remaining)
-        drafts, q = draft_tokens(draft, dcache, stream.tokens, gamma, sampling, generator, stats, threshold) \
+        drafts, q = draft_tokens(draft, dcache, stream.tokens, gamma, sampling, generator, stats, threshold,
+                                process=stream.process) \
             if gamma > 0 else (empty, None)
         base = stream.length
-        v = verify_step(target, tcache, stream.tokens, drafts, q, sampling, verifier, generator, stats)
+        v = verify_step(target, tcache, stream.tokens, drafts, q, sampling, verifier, generator, stats,
+                        process=stream.process)
         kept = stream.append(v.tokens)
         if progress is not None:
             progress.update(kept)

@@ -92,18 +92,21 @@ def _raise_non_finite() -> None:
     raise ValueError(sm.NON_FINITE)
 
 
-def _plain_steps(run, last, pos: int, k: int, most: int, sampling, generator) -> tuple[torch.Tensor, list[int]]:
+def _plain_steps(run, last, pos: int, k: int, most: int, sampling, generator,
+                 process=None) -> tuple[torch.Tensor, list[int]]:
     """k plain target steps after the newest token ``last`` [1] (at slot ``pos``), queued on the device (each
     step's token feeds the next), then ONE host read of their tokens and of one finiteness flag (ValueError on
     NaN / +inf). Each forward is padded as :func:`padded` says (``most``: the longest the cache has room for).
-    Returns the k tokens on the device [k] and on the host."""
+    ``process``: the stream's logits processors (each step's row with the queued tokens before it). Returns the
+    k tokens on the device [k] and on the host."""
     b = padded(run, 1, most)
     pad = last.new_zeros(b - 1)   # (made once per read, not per step)
     toks, finite = [], []
     for i in range(k):
         ids = last.view(1, 1) if b == 1 else torch.cat([last, pad])[None]
         logits = run.forward(ids, pos + i)[:1]
-        last = sm.next_tokens(logits, sampling, generator, check_finite=False)
+        scores = logits if process is None else process(logits, torch.cat(toks) if toks else None)
+        last = sm.next_tokens(scores, sampling, generator, check_finite=False)
         toks.append(last)
         finite.append(sm.all_finite(logits))
     toks = torch.cat(toks)
@@ -147,7 +150,7 @@ def decode_autoregressive(target, draft, stream: TokenStream, sampling: Sampling
         return
     prompt = torch.tensor([stream.tokens], device=kv.device(target))
     run = runner(target, capacity_for(stream.length, stream.max_new_tokens, 1), mode, longest=1)
-    last, tok_host = _next(run.prefill(prompt), sampling, generator)   # the whole prompt: its logits give token 1
+    last, tok_host = _next(stream.process(run.prefill(prompt)), sampling, generator)   # its logits give token 1
     stats.target_calls += 1
     pos, new, queue = stream.length, [tok_host], _queued_steps(run)
     while True:
@@ -157,7 +160,7 @@ def decode_autoregressive(target, draft, stream: TokenStream, sampling: Sampling
         if stream.done:
             break
         k = min(queue, stream.remaining)
-        toks, new = _plain_steps(run, last, pos, k, 1, sampling, generator)
+        toks, new = _plain_steps(run, last, pos, k, 1, sampling, generator, stream.process)
         last, pos = toks[-1:], pos + k
         stats.target_calls += k
 
@@ -205,7 +208,8 @@ def _decode_chain(target, draft, stream: TokenStream, sampling: SamplingConfig, 
         drun.prefill(seq[None, : stream.length - 1])
     pad = torch.zeros(cap, dtype=torch.long, device=device)
     dlen = stream.length - 1   # draft slots holding committed tokens (the target always holds L - 1)
-    recorded = recordable(drun, trun, sampling, verifier, threshold)   # model drafts: two recorded graphs
+    # model drafts: two recorded graphs (not with logits processors, which read the text outside them)
+    recorded = recordable(drun, trun, sampling, verifier, threshold) and stream.prefix is None
     while not stream.done:
         L = stream.length
         last = seq[L - 1 : L]  # the newest committed token: in neither cache yet
@@ -214,7 +218,7 @@ def _decode_chain(target, draft, stream: TokenStream, sampling: SamplingConfig, 
         if g <= 0 or (not proposal and drun is None):  # plain target steps: as many as the policy has planned,
             # queued on the device (CUDA) up to _queued_steps, one host read for all
             k = policy.plain_run(min(_queued_steps(trun), stream.remaining)) if g <= 0 else 1
-            toks, host = _plain_steps(trun, last, L - 1, k, chunk, sampling, generator)
+            toks, host = _plain_steps(trun, last, L - 1, k, chunk, sampling, generator, stream.process)
             stats.target_calls += k
             seq[L : L + k] = toks
             kept = stream.append(host)
@@ -229,13 +233,13 @@ def _decode_chain(target, draft, stream: TokenStream, sampling: SamplingConfig, 
             stats.extra["ngram_draft_steps"] += 1
         else:          # 1b. the draft model proposes g tokens (no host sync unless the confidence stop is on)
             x, q, dlen = _draft(drun, seq, pad, last, L, dlen, g, sampling, generator, stats, threshold, chunk,
-                                recorded)
+                                recorded, stream.process)
             g = x.shape[0]
             if index is not None:
                 stats.extra["model_draft_steps"] += 1
 
         # 2. one target forward over [last, x_1..x_g], padded to its bucket when recorded
-        logits = score_drafts(trun, last, x, pad, L, chunk, stats)
+        logits = stream.process(score_drafts(trun, last, x, pad, L, chunk, stats), x)
 
         # 3. verification on the device (recorded whole, with its draws made first, for model drafts)
         if proposal:   # (greedy: q unused)
@@ -285,13 +289,14 @@ def read_verdict(verdict: torch.Tensor, x: torch.Tensor) -> tuple[int, int, list
 
 
 def _draft(drun, seq, pad, last, L: int, dlen: int, g: int, sampling: SamplingConfig, generator,
-           stats: DecodeStats, threshold: float, chunk: int, recorded: bool = False):
+           stats: DecodeStats, threshold: float, chunk: int, recorded: bool = False, process=None):
     """The draft model's g tokens after the committed text seq[:L] (the draft holds its first ``dlen``): the
     committed tokens it lacks first (inside its first forward when plain, else fed in pieces of at most
     ``chunk``), then one token per forward, sampled on the device; stops early when the draft's confidence
     falls below ``threshold`` (a host read per token). ``recorded``: the g tokens from one recorded graph
-    (:func:`~.static_step.draft_chain`). Returns (drafts [g'], q rows [g', V] (when greedy: the logits the
-    drafts were chosen by [g'], which the verification checks for NaN / +inf), the draft's committed length)."""
+    (:func:`~.static_step.draft_chain`). ``process``: the stream's logits processors (unrecorded drafting
+    only). Returns (drafts [g'], q rows [g', V] (when greedy: the logits the drafts were chosen by [g'], which
+    the verification checks for NaN / +inf), the draft's committed length)."""
     first = L - 1  # the draft's first forward: slots first .. L - 1
     if dlen < L - 1:  # committed tokens the draft has not seen (after a full acceptance, plain or n-gram steps)
         if drun.mode == "eager" and L - dlen <= (drun.max_forward or L):
@@ -309,13 +314,14 @@ def _draft(drun, seq, pad, last, L: int, dlen: int, g: int, sampling: SamplingCo
             dl = drun.forward(seq[None, first:L], first, keep=1)
         else:
             dl = drun.forward(cur.view(1, 1), L - 1 + i)
+        scores = dl if process is None else process(dl, torch.cat(xs) if xs else None)
         if sampling.greedy:
-            x = dl.argmax(-1)
+            x = scores.argmax(-1)
             # argmax picks a NaN or +inf logit if there is one, so the chosen logit tells (checked at the step's
             # sync; the logits themselves may be a recorded graph's output, rewritten by the next replay)
-            chosen.append(dl.gather(-1, x[:, None])[:, 0])
+            chosen.append(scores.gather(-1, x[:, None])[:, 0])
         else:
-            q = sm.probs(dl, sampling, check_finite=False)
+            q = sm.probs(scores, sampling, check_finite=False)
             x = sample(q, generator)
             qs.append(q)
         xs.append(x)

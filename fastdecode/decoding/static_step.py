@@ -43,7 +43,7 @@ def recordable(drun, trun, sampling: SamplingConfig, verifier: str, threshold: f
 
 
 def _settings(sampling: SamplingConfig) -> tuple:
-    return sampling.temperature, sampling.top_k, sampling.top_p
+    return sampling.temperature, sampling.top_k, sampling.top_p, sampling.min_p
 
 
 def draft_chain(drun, last: torch.Tensor, start: int, g: int, sampling: SamplingConfig, generator):

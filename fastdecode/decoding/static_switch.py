@@ -49,7 +49,8 @@ class _StaticSwitcher(_Switcher):
         self.seq = torch.zeros(cap, dtype=torch.long, device=device)   # the committed tokens, on the device
         self.seq[: stream.length] = torch.tensor(stream.tokens, device=device)
         self.pad = torch.zeros(cap, dtype=torch.long, device=device)
-        self.recorded = recordable(self.runs[DRAFT], self.runs[TARGET], sampling, "token", 0.0)
+        self.recorded = recordable(self.runs[DRAFT], self.runs[TARGET], sampling, "token", 0.0) \
+            and stream.prefix is None   # logits processors read the text outside the recorded graphs
 
     def _count(self, name: str, calls: int) -> None:
         if name == TARGET:
@@ -112,7 +113,7 @@ class _StaticSwitcher(_Switcher):
         takeover = L - 1 - (self.slots[TARGET] or 0)
         if g <= 0:   # a plain target step, as the dynamic engine's verification of no drafts
             logits = self.forward(TARGET)
-            nxt = sm.next_token(logits, sampling, generator)
+            nxt = sm.next_token(stream.process(logits), sampling, generator)
             stats.record_step(0, 0)
             self.crop_draft(L)
             return [nxt], logits
@@ -121,12 +122,13 @@ class _StaticSwitcher(_Switcher):
             self._ready(DRAFT, L - 1)
             dlen = L - 1
         x, q, dlen = _draft(self.runs[DRAFT], self.seq, self.pad, last, L, dlen, g, sampling, generator, stats, 0.0,
-                            self.chunk, self.recorded)
+                            self.chunk, self.recorded, stream.process)
         self.fed[DRAFT] += dlen - self.slots[DRAFT] + g
         self._ready(TARGET, L - 1)
         logits = score_drafts(trun, last, x, self.pad, L, self.chunk, stats)
         self.fed[TARGET] += g + 1
-        n, nxt, drafts = read_verdict(verify_drafts(trun, logits, q, x, sampling, "token", generator, self.recorded), x)
+        n, nxt, drafts = read_verdict(verify_drafts(trun, stream.process(logits, x), q, x, sampling, "token", generator,
+                                                    self.recorded), x)
         stats.record_step(g, n)
         self.caught_up(takeover + 1)
         self.slots[TARGET] = L + n                    # [last, x_1..x_n] are committed now

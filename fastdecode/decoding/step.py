@@ -21,18 +21,19 @@ CHAIN_VERIFIERS = {"token": verify_chain, "block": verify_block}
 
 
 def draft_tokens(draft, dcache, tokens: list[int], gamma: int, sampling: SamplingConfig, generator,
-                 stats: DecodeStats, confidence_threshold: float = 0.0):
+                 stats: DecodeStats, confidence_threshold: float = 0.0, process=None):
     """Up to ``gamma`` draft tokens after ``tokens`` (the draft first catches up on what its cache lacks).
     Drafting stops early once the draft's top probability (softmax of its raw logits) falls below
-    ``confidence_threshold`` (0: never). Returns (drafts [n] long, q [n, V] float32: the rows they were
-    sampled from)."""
+    ``confidence_threshold`` (0: never). ``process``: the stream's logits processors
+    (:meth:`TokenStream.process`), applied to each row with the drafts before it. Returns (drafts [n] long,
+    q [n, V] float32: the rows they were sampled from)."""
     device = kv.device(draft)
     drafts, qs = [], []
     pending = tokens[kv.cache_length(dcache):]
     for i in range(gamma):
         logits = kv.forward(draft, torch.tensor([pending], device=device), dcache, logits_to_keep=1)[0]  # [1, V]
         stats.draft_calls += 1
-        q = sm.probs(logits, sampling)
+        q = sm.probs(logits if process is None else process(logits, drafts), sampling)
         x = int(q.argmax(-1)[0]) if sampling.greedy else int(sm.sample(q, generator)[0])
         drafts.append(x)
         qs.append(q)
@@ -54,22 +55,24 @@ class Verified:
 
 
 def verify_step(target, tcache, tokens: list[int], drafts: torch.Tensor, q: torch.Tensor | None,
-                sampling: SamplingConfig, verifier, generator, stats: DecodeStats) -> Verified:
+                sampling: SamplingConfig, verifier, generator, stats: DecodeStats, process=None) -> Verified:
     """Score and verify ``drafts`` [n] after ``tokens``; q [n, V] (None: point-mass drafts, q one-hot).
-    No drafts: a plain decoding step. Records the step in ``stats``; crops ``tcache`` to the accepted
-    text minus the newest token (which the next step feeds)."""
+    No drafts: a plain decoding step. ``process``: the stream's logits processors, applied to each row with
+    the drafts before it (the returned ``logits`` are the raw ones). Records the step in ``stats``; crops
+    ``tcache`` to the accepted text minus the newest token (which the next step feeds)."""
     base, n_draft = len(tokens), drafts.shape[0]
     start = kv.cache_length(tcache)
     ids = torch.cat([torch.tensor(tokens[start:], device=drafts.device), drafts])[None]
     logits = kv.forward(target, ids, tcache, logits_to_keep=n_draft + 1)[0]  # [n_draft + 1, V]
     stats.target_calls += 1
+    scores = logits if process is None else process(logits, drafts)
     if n_draft:
-        p = sm.probs(logits, sampling)
+        p = sm.probs(scores, sampling)
         if q is None:
             q = sm.one_hot(drafts, p.shape[-1])
         n_acc, nxt = verifier(p, q, drafts, generator)
     else:
-        n_acc, nxt = 0, sm.next_token(logits, sampling, generator)
+        n_acc, nxt = 0, sm.next_token(scores, sampling, generator)
     stats.record_step(n_draft, n_acc)
     kv.crop(tcache, base + n_acc)
     return Verified(n_draft, n_acc, drafts[:n_acc].tolist() + [nxt], logits, ids.shape[1])

@@ -11,15 +11,28 @@ class TokenStream:
     budget and the EOS rule exactly as HF does: generation stops right after the first EOS token.
     ``streamer`` (transformers' streamer interface: ``put`` / ``end``, e.g. ``TextStreamer``) receives the
     kept tokens of every ``append`` as they are committed (a [1, n] tensor on the CPU).
+    ``processors`` (:class:`~fastdecode.decoding.processors.Processors`, active ones only): the prefix-dependent
+    logits processors of the generation; :meth:`process` applies them to rows of logits, and the stream keeps
+    their view of the committed text.
     """
 
-    def __init__(self, prompt: torch.Tensor, max_new_tokens: int, eos_ids: set[int], streamer=None):
+    def __init__(self, prompt: torch.Tensor, max_new_tokens: int, eos_ids: set[int], streamer=None,
+                 processors=None):
         self.prompt_len = prompt.shape[-1]
         self.tokens: list[int] = prompt[0].tolist()
         self.max_new_tokens = max_new_tokens
         self.eos_ids = eos_ids
         self.done = max_new_tokens == 0
         self.streamer = streamer
+        self.prefix = None
+        if processors is not None and processors.active:
+            from .processors import Prefix
+            self.prefix = Prefix(processors, self.tokens, self.prompt_len, prompt.device)
+
+    def process(self, logits: torch.Tensor, ahead=None) -> torch.Tensor:
+        """``logits`` [n, V] after the processors (see :meth:`Prefix.apply
+        <fastdecode.decoding.processors.Prefix.apply>` for ``ahead``); unchanged when there are none."""
+        return logits if self.prefix is None else self.prefix.apply(logits, ahead)
 
     @property
     def length(self) -> int:
@@ -43,6 +56,8 @@ class TokenStream:
             kept += 1
             if int(t) in self.eos_ids or self.new_tokens >= self.max_new_tokens:
                 self.done = True
+        if kept and self.prefix is not None:
+            self.prefix.commit(self.tokens[-kept:])
         if kept and self.streamer is not None:
             self.streamer.put(torch.tensor([self.tokens[-kept:]]))
         return kept

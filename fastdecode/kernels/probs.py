@@ -1,10 +1,13 @@
-"""Logits -> probabilities with temperature, top-k and top-p (the distribution p or q).
+"""Logits -> probabilities with temperature, top-k, top-p and min-p (the distribution p or q).
 
 ``probs_reference`` is the PyTorch definition and the CPU path. Semantics (identical for p and q):
 - temperature == 0: one-hot at the argmax (first index on ties, as ``torch.argmax`` and HF greedy).
 - top_k > 0: keep the tokens whose scaled logit is >= the k-th largest (ties at the boundary kept).
 - top_p < 1: keep the smallest set of most probable tokens whose mass reaches top_p (after top-k),
   i.e. token x is kept iff the mass of tokens strictly more probable than x is < top_p.
+- min_p > 0 (reference only; the kernel takes none): after top-k and top-p, keep token x iff
+  p(x) >= min_p * max p (HF's min_p, which it applies after top-p: ratios of kept tokens do not change
+  when the row is renormalised, so the test reads the top-p row directly).
 - the result is renormalised, float32.
 
 ``probs`` runs ``_probs_kernel``, one program per row, without sorting the vocabulary:
@@ -41,7 +44,8 @@ except ImportError:  # pragma: no cover - exercised only where triton is missing
 NT = 16  # thresholds per search pass: each pass narrows the key bracket about 16-fold
 
 
-def probs_reference(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+def probs_reference(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                    min_p: float = 0.0) -> torch.Tensor:
     # logits: [rows, V] -> [rows, V] float32
     if temperature == 0:
         out = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
@@ -58,6 +62,9 @@ def probs_reference(logits: torch.Tensor, temperature: float = 1.0, top_k: int =
         drop_sorted = before >= top_p
         drop = torch.zeros_like(drop_sorted).scatter_(-1, idx, drop_sorted)
         probs = probs.masked_fill(drop, 0.0)
+        probs = probs / probs.sum(-1, keepdim=True)
+    if min_p > 0.0:
+        probs = probs.masked_fill(probs < min_p * probs.amax(-1, keepdim=True), 0.0)
         probs = probs / probs.sum(-1, keepdim=True)
     return probs
 

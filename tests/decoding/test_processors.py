@@ -1,0 +1,219 @@
+"""HF's prefix-dependent logits processors (repetition_penalty, min_new_tokens, min_length): each row processed
+with its own prefix (chains, tree branches, batch rows), equal to transformers' processors; greedy output equal
+to HF generate's for every method on both engines, alone and in batches; the sampled law equal to the processed
+target's (and a broken variant, the target's rows left unprocessed, caught)."""
+import warnings
+
+import pytest
+import torch
+from transformers.generation.logits_process import MinNewTokensLengthLogitsProcessor, RepetitionPenaltyLogitsProcessor
+
+import fastdecode
+from fastdecode import kernels
+from fastdecode.decoding import step
+from fastdecode.decoding.processors import Prefix, Processors
+from fastdecode.decoding.stream import TokenStream
+
+from distribution import LAW_ALPHA, LAW_PROMPT, LAW_RUNS, chi_square_pvalue, sample_law
+from tiny_models import tiny_llama
+
+
+def _hf_rows(logits, committed, ahead, prompt_len, penalty, min_new, eos):
+    """Row j processed by transformers' own processors with its prefix, written out one row at a time."""
+    n = logits.shape[0]
+    first = len(ahead) - (n - 1)
+    rows = []
+    for j in range(n):
+        prefix = torch.tensor([committed + ahead[: first + j]])
+        x = logits[j : j + 1].float().clone()
+        if penalty != 1.0:
+            x = RepetitionPenaltyLogitsProcessor(penalty)(prefix, x)
+        if min_new:
+            x = MinNewTokensLengthLogitsProcessor(prompt_len, min_new, torch.tensor(eos))(prefix, x)
+        rows.append(x)
+    return torch.cat(rows)
+
+
+@pytest.mark.parametrize("penalty,min_new", [(1.3, 0), (0.7, 0), (1.0, 6), (1.2, 5)])
+def test_rows_equal_transformers_processors(penalty, min_new):
+    g = torch.Generator().manual_seed(0)
+    V, prompt = 40, [3, 5, 5, 9, 1]
+    for trial in range(20):
+        committed = prompt + torch.randint(0, V, (trial % 6,), generator=g).tolist()
+        procs = Processors(penalty, min_new, (2, 7))
+        pre = Prefix(procs, prompt, len(prompt), "cpu")
+        pre.commit(committed[len(prompt):])
+        n = 1 + trial % 5
+        ahead = torch.randint(0, V, (n - 1 + trial % 3,), generator=g).tolist() + [5]   # repeats and seen tokens
+        logits = torch.randn(n, V, generator=g) * 3
+        got = pre.apply(logits, ahead)
+        want = _hf_rows(logits, committed, ahead, len(prompt), penalty, min_new, [2, 7])
+        assert torch.equal(got, want), (trial, penalty, min_new)
+        assert torch.equal(logits, logits.clone())   # the input is left as it was
+
+
+def test_inactive_processors_leave_the_logits_alone():
+    s = TokenStream(torch.tensor([[1, 2]]), 4, {0}, processors=Processors(1.0, 3, ()))
+    x = torch.randn(2, 9)
+    assert s.prefix is None and s.process(x, [4]) is x    # no EOS: a minimum length holds nothing back
+
+
+# greedy output equals HF generate's with the same processors, on the real pair (float32)
+CASES = [dict(repetition_penalty=1.3), dict(repetition_penalty=0.8, min_new_tokens=20), dict(min_length=60)]
+METHODS = [("autoregressive", {}), ("speculative", dict(draft=True)),
+           ("speculative", dict(draft=True, draft_length=3, adaptive_draft=False)), ("prompt_lookup", {}),
+           ("multi_draft", dict(draft=True, num_drafts=2, draft_length=3)),
+           ("multi_draft", dict(draft=True, num_drafts=3, draft_length=2, verifier="optimal"))]
+
+
+def _run(code_pair, ids, method, extra, **kw):
+    target, draft, _ = code_pair
+    extra = dict(extra, draft=draft) if extra.get("draft") else extra
+    return fastdecode.generate(target, ids, method=method, temperature=0, max_new_tokens=40, **extra, **kw).sequences
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", range(3), ids=["penalty", "reward+min_new", "min_length"])
+def test_greedy_equals_hf_generate(code_pair, stdlib_prompts, case):
+    """Every method on both engines with the penalty; the other settings on a few (their rows are processed by
+    the same code, tested against transformers above)."""
+    kw = CASES[case]
+    methods = [METHODS, [METHODS[1], METHODS[4]], [METHODS[0]]][case]
+    target = code_pair[0]
+    ids = torch.tensor([stdlib_prompts[case][:24]])
+    ref = target.generate(ids, max_new_tokens=40, do_sample=False, **kw)
+    if "repetition_penalty" in kw:   # (not a test of nothing: the penalty changes these generations)
+        assert not torch.equal(ref, target.generate(ids, max_new_tokens=40, do_sample=False))
+    for engine in ("dynamic", "static"):
+        for method, extra in methods:
+            out = _run(code_pair, ids, method, extra, cache_implementation=engine, **kw)
+            assert torch.equal(out, ref), (kw, engine, method, extra)
+
+
+@pytest.mark.slow
+def test_batches_equal_hf_generate(code_pair, stdlib_prompts):
+    """A left-padded batch: each row processed with its own text (padding not counted), as HF's batch."""
+    target = code_pair[0]
+    ids = torch.tensor([[0] * 8 + stdlib_prompts[2][:16], stdlib_prompts[3][:24], [0] * 4 + stdlib_prompts[4][:20]])
+    mask = (torch.arange(24)[None] >= torch.tensor([[8], [0], [4]])).long()
+    kw = dict(repetition_penalty=1.3, min_new_tokens=30)
+    ref = target.generate(ids, attention_mask=mask, max_new_tokens=40, do_sample=False, pad_token_id=0, **kw)
+    for engine in ("dynamic", "static"):
+        for method, extra in (METHODS[1], METHODS[3], METHODS[4]):
+            out = _run(code_pair, ids, method, extra, attention_mask=mask, pad_token_id=0, cache_implementation=engine,
+                       **kw)
+            assert torch.equal(out, ref), (engine, method, extra)
+
+
+def test_min_new_tokens_holds_eos_back_and_generation_config_is_read():
+    m = tiny_llama(1)
+    ids = torch.tensor([[1, 2, 3]])
+    eos = int(fastdecode.generate(m, ids, temperature=0, max_new_tokens=1).sequences[0, -1])
+    out = fastdecode.generate(m, ids, temperature=0, max_new_tokens=6, eos_token_id=eos)
+    assert out.sequences.shape[1] == 4                             # stops at once without a minimum
+    ref = m.generate(ids, max_new_tokens=6, do_sample=False, eos_token_id=eos, min_new_tokens=4, pad_token_id=0)
+    for method in ("autoregressive", "prompt_lookup"):
+        for engine in ("dynamic", "static"):
+            out = fastdecode.generate(m, ids, method=method, temperature=0, max_new_tokens=6, eos_token_id=eos,
+                                      min_new_tokens=4, cache_implementation=engine)
+            assert torch.equal(out.sequences, ref), (method, engine)
+            assert eos not in out.sequences[0, 3:7].tolist()
+    m = tiny_llama(1, vocab=12)
+    m.generation_config.repetition_penalty = 3.0      # read from the generation config, as HF generate does
+    try:
+        ref = m.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")                # applied: no warning
+            out = fastdecode.generate(m, ids, temperature=0, max_new_tokens=6)
+        assert torch.equal(out.sequences, ref)
+        assert not torch.equal(ref, fastdecode.generate(m, ids, temperature=0, max_new_tokens=6,
+                                                        repetition_penalty=1.0).sequences)
+    finally:
+        m.generation_config.repetition_penalty = None
+
+
+def test_entropy_switch_applies_them_on_both_engines():
+    """Entropy switching: the target alone (threshold -inf) equals HF's greedy output with the penalty; the static
+    engine gives the dynamic engine's tokens whatever the switching (its recorded steps give way to plain ones)."""
+    m, d = tiny_llama(1, vocab=12), tiny_llama(2, vocab=12)
+    ids = torch.tensor([[1, 2, 3, 1]])
+    kw = dict(method="entropy_switch", temperature=0, max_new_tokens=10, eos_token_id=[], repetition_penalty=1.4)
+    ref = m.generate(ids, max_new_tokens=10, do_sample=False, repetition_penalty=1.4, pad_token_id=0)
+    for engine in ("dynamic", "static"):
+        out = fastdecode.generate(m, ids, draft=d, entropy_threshold=float("-inf"), cache_implementation=engine, **kw)
+        assert torch.equal(out.sequences, ref), engine
+    for opts in (dict(entropy_threshold=1.0), dict(entropy_threshold=1.0, speculate_when_large=True)):
+        a = fastdecode.generate(m, ids, draft=d, **opts, **kw).sequences
+        b = fastdecode.generate(m, ids, draft=d, cache_implementation="static", **opts, **kw).sequences
+        assert torch.equal(a, b), opts
+
+
+def test_invalid_values_are_refused():
+    m = tiny_llama(1)
+    ids = torch.tensor([[1, 2, 3]])
+    for bad, match in ((dict(repetition_penalty=0), "repetition_penalty must be"),
+                       (dict(repetition_penalty=float("nan")), "repetition_penalty must be"),
+                       (dict(repetition_penalty="1.2"), "repetition_penalty must be"),
+                       (dict(min_new_tokens=-1), "min_new_tokens must be"), (dict(min_length=2.5), "min_length must")):
+        with pytest.raises(ValueError, match=match):
+            fastdecode.generate(m, ids, **bad)
+
+
+def test_batch_rows_one_by_one_apply_them():
+    """Lambda attention decodes a batch's rows one by one: each row gets the processors, as alone."""
+    m = tiny_llama(1, vocab=12)
+    ids = torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7]])
+    mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
+    lam = fastdecode.LambdaAttention(window=16, num_global=2)
+    out = fastdecode.generate(m, ids, attention_mask=mask, temperature=0, max_new_tokens=5, pad_token_id=0,
+                              eos_token_id=[], repetition_penalty=1.4, lambda_attention=lam)
+    for r in range(2):
+        alone = fastdecode.generate(m, ids[r : r + 1, 1 - r:], temperature=0, max_new_tokens=5, eos_token_id=[],
+                                    repetition_penalty=1.4, lambda_attention=lam)
+        assert out.sequences[r, 4:].tolist() == alone.sequences[0, 3 + r:].tolist()
+
+
+# the sampled law: the first two tokens against the processed target's exact law (enumeration)
+PENALTY = 3.0
+
+
+@torch.inference_mode()
+def _processed_law(model, prompt, penalty):
+    law = {(): 1.0}
+    for _ in range(2):
+        nxt = {}
+        for seq, pr in law.items():
+            prefix = torch.tensor([prompt + list(seq)])
+            logits = RepetitionPenaltyLogitsProcessor(penalty)(prefix, model(prefix).logits[0, -1:].float())
+            p = kernels.probs(logits, 1.0)[0].double()
+            for x in torch.nonzero(p).flatten().tolist():
+                nxt[seq + (x,)] = pr * float(p[x])
+        law = nxt
+    return law
+
+
+@pytest.fixture(scope="module")
+def penalty_law(tiny_pair):
+    return _processed_law(tiny_pair[0], LAW_PROMPT, PENALTY)
+
+
+@pytest.mark.parametrize("engine,method", [("dynamic", "speculative"), ("static", "speculative"),
+                                           ("dynamic", "prompt_lookup"), ("dynamic", "multi_draft")])
+def test_sampled_law_is_the_processed_target(tiny_pair, penalty_law, engine, method):
+    target, draft = tiny_pair
+    kw = dict(draft_length=2, adaptive_draft=False) if method == "speculative" else {}
+    if method == "multi_draft":   # tree rows: each with its own branch
+        kw = dict(num_drafts=3, draft_length=2)
+    counts = sample_law(target, None if method == "prompt_lookup" else draft, LAW_PROMPT, 2, LAW_RUNS, max_new_tokens=3, temperature=1.0, method=method,
+                        repetition_penalty=PENALTY, cache_implementation=engine, **kw)
+    assert chi_square_pvalue(counts, penalty_law) > LAW_ALPHA
+
+
+def test_unprocessed_target_rows_are_caught(tiny_pair, penalty_law, monkeypatch):
+    """Broken on purpose: the draft's rows processed, the target's not. Its law is the raw target's."""
+    real = step.verify_step
+    monkeypatch.setattr(fastdecode.decoding.speculative, "verify_step",
+                        lambda *a, process=None, **k: real(*a, **k))
+    counts = sample_law(*tiny_pair, LAW_PROMPT, 2, LAW_RUNS, max_new_tokens=3, temperature=1.0,
+                        method="speculative", draft_length=2, adaptive_draft=False, repetition_penalty=PENALTY)
+    assert chi_square_pvalue(counts, penalty_law) < 1e-6, chi_square_pvalue(counts, penalty_law)
