@@ -50,6 +50,8 @@ def test_generate_multi_draft_with_verifier(capsys):
 @pytest.mark.parametrize("args,message", [
     (["--temperature", "-1"], "temperature must be"),
     (["--top-p", "0"], "top_p must be"),
+    (["--min-p", "2"], "min_p must be"),
+    (["--repetition-penalty", "0"], "--repetition-penalty must be"),
     (["--method", "multi_draft", "--num-drafts", "0"], "num_drafts must be"),
     (["--method", "speculative", "--num-drafts", "3"], "--num-drafts applies"),
     (["--verifier", "bogus"], "verifier"),
