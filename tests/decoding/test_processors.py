@@ -217,3 +217,30 @@ def test_unprocessed_target_rows_are_caught(tiny_pair, penalty_law, monkeypatch)
     counts = sample_law(*tiny_pair, LAW_PROMPT, 2, LAW_RUNS, max_new_tokens=3, temperature=1.0,
                         method="speculative", draft_length=2, adaptive_draft=False, repetition_penalty=PENALTY)
     assert chi_square_pvalue(counts, penalty_law) < 1e-6, chi_square_pvalue(counts, penalty_law)
+
+
+def test_recorded_forwards_apply_them(monkeypatch):
+    """compile="cudagraphs" (the CPU stand-in for CUDA graphs): the forwards stay recorded, the processors run
+    on their logits outside the graphs, and the speculative step's own graphs (draft chain, verification) give
+    way to the unrecorded step, which reads the text. Greedy output equals HF's, alone and in a batch."""
+    import fake_graphs
+
+    records = fake_graphs.install(monkeypatch)
+    target, draft = tiny_llama(5, vocab=32), tiny_llama(6, vocab=32, layers=1)
+    ids = torch.tensor([[3, 7, 7, 1, 9, 3]])
+    kw = dict(temperature=0, max_new_tokens=12, eos_token_id=[], repetition_penalty=1.5,
+              cache_implementation="static", compile="cudagraphs")
+    ref = target.generate(ids, max_new_tokens=12, do_sample=False, repetition_penalty=1.5, pad_token_id=0)
+    assert not torch.equal(ref, target.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=0))
+    for method, extra in (("autoregressive", {}), ("speculative", dict(draft=draft, draft_length=3,
+                                                                       adaptive_draft=False)),
+                          ("multi_draft", dict(draft=draft, num_drafts=2, draft_length=2))):
+        assert torch.equal(fastdecode.generate(target, ids, method=method, **extra, **kw).sequences, ref), method
+    kinds = {key[0] for _, key in records}
+    assert records and not kinds & {"draft_chain", "verify"}, kinds
+    batch = torch.cat([ids, torch.tensor([[0, 0, 5, 2, 5, 8]])])
+    mask = (batch != 0).long()
+    ref = target.generate(batch, attention_mask=mask, max_new_tokens=12, do_sample=False, repetition_penalty=1.5,
+                          pad_token_id=0)
+    out = fastdecode.generate(target, batch, attention_mask=mask, draft=draft, pad_token_id=0, **kw)
+    assert torch.equal(out.sequences, ref)
