@@ -14,8 +14,8 @@ tokens were drawn from: processing it too keeps q' close to p', so drafts are ac
   EOS id gets logit -inf there (HF's ``MinNewTokensLengthLogitsProcessor``; ``min_length`` counts the prompt
   and is turned into the same count).
 
-The committed text's tokens are kept as a presence mask on the device, updated when the stream commits
-tokens; a block of rows adds the tokens ahead of each row to it (a cumulative sum over the block).
+The committed text's tokens are kept on the device (a presence mask and the list of distinct ids), updated
+when the stream commits tokens; only the columns of tokens in a row's prefix are touched.
 """
 from __future__ import annotations
 
@@ -44,27 +44,31 @@ class Prefix:
     def __init__(self, procs: Processors, tokens: list[int], prompt_len: int, device):
         self.procs = procs
         self.device = device
-        self.seen = torch.zeros(0, dtype=torch.bool, device=device)
+        self.seen = torch.zeros(0, dtype=torch.bool, device=device)      # token id -> in the committed text
+        self.ids = torch.zeros(0, dtype=torch.long, device=device)       # those ids, each once
+        self._host: set[int] = set()
         self.new = 0
         self.commit(tokens)
         self.new = len(tokens) - prompt_len
-        self._eos = torch.tensor(procs.eos_ids, dtype=torch.long, device=device)
 
     def commit(self, tokens: list[int]) -> None:
-        """Tokens appended to the committed text."""
-        if not tokens:
-            return
-        ids = torch.tensor(tokens, dtype=torch.long, device=self.device)
-        self.seen = _grown(self.seen, max(tokens) + 1)
-        self.seen[ids] = True
+        """Tokens appended to the committed text (host ints)."""
         self.new += len(tokens)
+        fresh = sorted(set(tokens) - self._host)
+        if not fresh:
+            return
+        self._host.update(fresh)
+        ids = torch.tensor(fresh, dtype=torch.long, device=self.device)
+        self.seen = _grown(self.seen, fresh[-1] + 1)
+        self.seen[ids] = True
+        self.ids = torch.cat([self.ids, ids])
 
     def apply(self, logits: torch.Tensor, ahead: torch.Tensor | list[int] | None = None) -> torch.Tensor:
         """Processed float32 logits [n, V] for ``logits`` [n, V] whose last row's prefix is the committed text
         followed by ``ahead`` (tokens not yet committed: drafts, or queued steps' tokens), row j's the same
         minus the last n - 1 - j tokens of ``ahead`` (so row 0 of a verify block over g drafts, with ahead =
-        the g drafts, is the committed text alone)."""
-        n, width = logits.shape
+        the g drafts, is the committed text alone). ``logits`` is left as it was."""
+        n = logits.shape[0]
         if ahead is None:
             ahead = torch.zeros(0, dtype=torch.long, device=logits.device)
         elif not isinstance(ahead, torch.Tensor):
@@ -72,21 +76,48 @@ class Prefix:
         m = ahead.shape[0]
         if m < n - 1:
             raise ValueError(f"{n} rows of logits need at least {n - 1} tokens ahead, got {m}")
-        first = m - (n - 1)   # tokens of ``ahead`` in row 0's prefix
+        lengths = list(range(m - n + 1, m + 1))                                 # row j's tokens ahead
+        valid = torch.arange(m, device=logits.device)[None, :] < torch.tensor(lengths, device=logits.device)[:, None]
+        return self._apply(logits, ahead.view(1, m).expand(n, m), valid, lengths)
+
+    def apply_paths(self, logits: torch.Tensor, paths: list[list[int]]) -> torch.Tensor:
+        """As :meth:`apply`, row i's prefix being the committed text followed by ``paths[i]`` (a tree node's
+        branch, for example)."""
+        width = max((len(x) for x in paths), default=0)
+        t = torch.tensor([x + [0] * (width - len(x)) for x in paths], dtype=torch.long, device=logits.device)
+        valid = torch.tensor([[i < len(x) for i in range(width)] for x in paths], dtype=torch.bool,
+                             device=logits.device)
+        return self._apply(logits, t.view(len(paths), width), valid.view(len(paths), width), [len(x) for x in paths])
+
+    def _apply(self, logits, t: torch.Tensor, valid: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        """Row i's prefix: the committed text, then t[i, valid[i]] (``lengths``: their counts, host ints). Only
+        the columns of tokens in some row's prefix are touched (gathered, penalised, written back): O(n *
+        (distinct committed tokens + tokens ahead)), plus one copy of the rows."""
+        n, width = logits.shape
         x = logits.float()
+        x = x.clone() if x is logits else x
         r = self.procs.repetition_penalty
         if r != 1.0:
-            mask = _grown(self.seen, width)[:width].expand(n, width)
-            if m:
-                counts = torch.zeros(m + 1, width, dtype=torch.int32, device=x.device)
-                counts[1:].scatter_(1, ahead.view(m, 1), 1)
-                mask = mask | (counts.cumsum(0)[first:] > 0)
-            x = torch.where(mask, torch.where(x < 0, x * r, x / r), x)
-        held = self.procs.min_new_tokens - self.new - first   # rows 0 .. held - 1 may not end
-        if held > 0 and self._eos.numel():
-            eos = self._eos[self._eos < width]
-            x = x.clone() if x is logits else x
-            x[: min(held, n)].index_fill_(1, eos, float("-inf"))
+            if self.seen.shape[0] < width:
+                self.seen = _grown(self.seen, width)
+            # (committed ids fit the logits but for a draft whose logits are narrower than a prompt id: then the
+            # columns it has; the filter reads the device, so it is taken only then)
+            ids = self.ids if max(self._host, default=-1) < width else self.ids[self.ids < width]
+            if ids.numel():   # the committed text: every row
+                sub = x[:, ids]
+                x[:, ids] = torch.where(sub < 0, sub * r, sub / r)
+            if t.shape[1]:    # a row's tokens ahead that the committed text lacks
+                # decided per (row, token), so that every entry of one token in a row writes the same value
+                present = ((t[:, :, None] == t[:, None, :]) & valid[:, None, :]).any(-1)
+                hit = present & ~self.seen[:width][t]
+                sub = x.gather(1, t)
+                x.scatter_(1, t, torch.where(hit, torch.where(sub < 0, sub * r, sub / r), sub))
+        if self.procs.eos_ids and self.procs.min_new_tokens > self.new:
+            held = [i for i, k in enumerate(lengths) if self.new + k < self.procs.min_new_tokens]  # may not end
+            if held:
+                rows = torch.tensor(held, device=x.device)[:, None]
+                eos = torch.tensor([e for e in self.procs.eos_ids if e < width], dtype=torch.long, device=x.device)
+                x[rows, eos[None, :]] = float("-inf")
         return x
 
 
@@ -114,5 +145,5 @@ def process_nodes(stream, logits: torch.Tensor, tree, nodes) -> torch.Tensor:
     :class:`~fastdecode.decoding.tree.DraftTree`); unchanged without processors."""
     if stream.prefix is None or not len(nodes):
         return logits
-    return torch.cat([stream.process(logits[i : i + 1], [tree.tokens[a] for a in tree.ancestors(n)] if n >= 0 else None)
-                      for i, n in enumerate(nodes)])
+    return stream.prefix.apply_paths(logits, [[tree.tokens[a] for a in tree.ancestors(n)] if n >= 0 else []
+                                              for n in nodes])

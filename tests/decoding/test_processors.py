@@ -52,6 +52,20 @@ def test_rows_equal_transformers_processors(penalty, min_new):
         assert torch.equal(logits, logits.clone())   # the input is left as it was
 
 
+def test_branch_rows_equal_transformers_processors():
+    """Tree rows: each with its own branch (repeats inside a branch, tokens the committed text holds)."""
+    g = torch.Generator().manual_seed(1)
+    V, prompt = 30, [3, 5, 5, 9, 1]
+    for trial in range(20):
+        pre = Prefix(Processors(1.4 if trial % 2 else 0.6, 8, (2,)), prompt, len(prompt), "cpu")
+        paths = [torch.randint(0, V, (int(k),), generator=g).tolist() for k in torch.randint(0, 5, (4,), generator=g)]
+        logits = torch.randn(4, V, generator=g) * 3
+        got = pre.apply_paths(logits, paths)
+        for i, path in enumerate(paths):
+            want = _hf_rows(logits[i : i + 1], prompt, path, len(prompt), pre.procs.repetition_penalty, 8, [2])
+            assert torch.equal(got[i : i + 1], want), (trial, i)
+
+
 def test_inactive_processors_leave_the_logits_alone():
     s = TokenStream(torch.tensor([[1, 2]]), 4, {0}, processors=Processors(1.0, 3, ()))
     x = torch.randn(2, 9)
