@@ -211,8 +211,12 @@ def generate(
     n rows of a prompt next to each other; a batch of B * n rows, see Batches); greedy decoding raises.
     do_sample: HF's switch, for code written for HF ``generate``: False = greedy (temperature 0), True =
     sampling (the temperature given, else the generation config's, else 1.0); a temperature that contradicts
-    it is a ValueError; None = decided by the temperature. Other options of HF ``generate`` that fastdecode
-    does not take (num_beams, repetition_penalty, min_new_tokens, ...) are a ValueError that says what to do
+    it is a ValueError; None = decided by the temperature.
+    repetition_penalty, min_new_tokens, min_length: HF's logits processors, applied as HF applies them to every
+    row of logits with its own prefix, target and draft alike, on every method, engine and batch (the output
+    keeps the processed target's law; see :mod:`fastdecode.decoding.processors`); None = the generation
+    config's, else none. Other options of HF ``generate`` that fastdecode
+    does not take (num_beams, no_repeat_ngram_size, suppress_tokens, ...) are a ValueError that says what to do
     instead (given as None or as the value that changes nothing, such as num_beams=1, they are accepted); the
     same settings in ``target.generation_config``, which HF generate would apply, give a UserWarning naming them.
     draft_length: gamma, tokens drafted per step; None = 4.
