@@ -50,13 +50,15 @@ VARIANTS = [
 LAMBDA_VARIANTS = [dict(method="autoregressive"), dict(method="speculative", draft_length=4, adaptive_draft=False)]
 
 
-def _greedy_equal(target, draft, prompts, device, new: int, **kw) -> dict:
-    """How many of the prompts give HF generate's greedy tokens with fastdecode (``kw``), and the seconds."""
-    same, t0 = 0, time.perf_counter()
+def _greedy_equal(target, draft, prompts, device, new: int, both=None, **kw) -> dict:
+    """How many of the prompts give HF generate's greedy tokens with fastdecode (``kw``), and the seconds.
+    ``both``: settings given to HF generate and fastdecode alike (logits processors)."""
+    same, t0, both = 0, time.perf_counter(), both or {}
     for pr in prompts:
         ids = torch.tensor([pr], device=device)
-        ref = target.generate(ids, max_new_tokens=new, do_sample=False)
-        got = fastdecode.generate(target, ids, draft=draft, temperature=0, max_new_tokens=new, **kw).sequences
+        ref = target.generate(ids, max_new_tokens=new, do_sample=False, **both)
+        got = fastdecode.generate(target, ids, draft=draft, temperature=0, max_new_tokens=new, **both,
+                                  **kw).sequences
         same += bool(torch.equal(ref, got))
     return dict(equal=same, of=len(prompts), seconds=round(time.perf_counter() - t0, 2), ok=same == len(prompts))
 
@@ -93,6 +95,13 @@ def greedy_checks(device, n_prompts: int, new: int) -> list[dict]:
             d = None if kw["method"] == "prompt_lookup" else draft
             out.append(dict(check="greedy == HF", engine=engine, kwargs=kw,
                             **_greedy_equal(target, d, prompts, device, new, cache_implementation=engine, **kw)))
+            print(out[-1], flush=True)
+    procs = dict(repetition_penalty=1.3, min_new_tokens=new // 2)   # HF's logits processors, applied per row
+    for kw in (VARIANTS[0], VARIANTS[1], VARIANTS[6]):
+        for engine in ("dynamic", "static"):
+            out.append(dict(check="with repetition_penalty + min_new_tokens: greedy == HF", engine=engine,
+                            kwargs=kw, **_greedy_equal(target, draft, prompts, device, new, both=procs,
+                                                       cache_implementation=engine, **kw)))
             print(out[-1], flush=True)
     cfg = fastdecode.LambdaAttention(window=32, num_global=4, max_rollback=8)
     for kw in LAMBDA_VARIANTS:
