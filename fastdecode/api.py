@@ -139,13 +139,6 @@ def _static_mode(cache_implementation, compile, method, target, draft, lambda_at
     return mode
 
 
-def _processors(target, width: int, eos_ids, repetition_penalty, min_new_tokens, min_length) -> Processors:
-    """The prefix-dependent logits processors of a call (HF's repetition_penalty, min_new_tokens, min_length: the
-    arguments, else the generation config's; ``width``: the prompt's width as passed, padding included)."""
-    r, least = resolve_processors(target, width, repetition_penalty, min_new_tokens, min_length)
-    return Processors(r, least, tuple(sorted(eos_ids)))
-
-
 def generate(
     target,
     input_ids: torch.Tensor,
@@ -165,6 +158,10 @@ def generate(
     repetition_penalty: float | None = None,
     min_new_tokens: int | None = None,
     min_length: int | None = None,
+    no_repeat_ngram_size: int | None = None,
+    bad_words_ids: list | None = None,
+    suppress_tokens: list | None = None,
+    begin_suppress_tokens: list | None = None,
     max_length: int | None = None,
     num_return_sequences: int = 1,
     adaptive_draft: bool | None = None,
@@ -212,11 +209,12 @@ def generate(
     do_sample: HF's switch, for code written for HF ``generate``: False = greedy (temperature 0), True =
     sampling (the temperature given, else the generation config's, else 1.0); a temperature that contradicts
     it is a ValueError; None = decided by the temperature.
-    repetition_penalty, min_new_tokens, min_length: HF's logits processors, applied as HF applies them to every
-    row of logits with its own prefix, target and draft alike, on every method, engine and batch (the output
-    keeps the processed target's law; see :mod:`fastdecode.decoding.processors`); None = the generation
-    config's, else none. Other options of HF ``generate`` that fastdecode
-    does not take (num_beams, no_repeat_ngram_size, suppress_tokens, ...) are a ValueError that says what to do
+    repetition_penalty, min_new_tokens, min_length, no_repeat_ngram_size, bad_words_ids, suppress_tokens,
+    begin_suppress_tokens: HF's logits processors, applied as HF applies them to every row of logits with its own
+    prefix, target and draft alike, on every method, engine and batch (the output keeps the processed target's
+    law; see :mod:`fastdecode.decoding.processors`); None = the generation config's, else none. Other options
+    of HF ``generate`` that fastdecode does not take (num_beams, typical_p, sequence_bias, ...) are a ValueError
+    that says what to do
     instead (given as None or as the value that changes nothing, such as num_beams=1, they are accepted); the
     same settings in ``target.generation_config``, which HF generate would apply, give a UserWarning naming them.
     draft_length: gamma, tokens drafted per step; None = 4.
@@ -304,8 +302,9 @@ def generate(
     check_pack_weights(pack_weights, inductor=compile_mode == "inductor")
     rows_alone = input_ids.shape[0] > 1 and batched.one_by_one(method, lambda_attention)
     eos_ids = _eos_ids(target, eos_token_id)
-    procs = _processors(target, (input_ids if padded_prompt is None else padded_prompt).shape[1], eos_ids,
-                        repetition_penalty, min_new_tokens, min_length)
+    procs = Processors(**resolve_processors(
+        target, (input_ids if padded_prompt is None else padded_prompt).shape[1], eos_ids, repetition_penalty,
+        min_new_tokens, min_length, no_repeat_ngram_size, bad_words_ids, suppress_tokens, begin_suppress_tokens))
     stream = TokenStream(input_ids, max_new_tokens, eos_ids, streamer, procs)
     stats = DecodeStats(method=method)
     if compile_mode is not None and compile is None and input_ids.shape[0] > 1 and not rows_alone:

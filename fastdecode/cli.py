@@ -58,6 +58,7 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-p", type=float, default=0.0, help="HF's min_p (sampling only; 0 = off)")
     p.add_argument("--repetition-penalty", type=float, default=1.0,
                    help="HF's repetition_penalty (1.0 = none); applied to the target and the draft alike")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=0, help="HF's no_repeat_ngram_size (0 = off)")
     p.add_argument("--method", default="auto",
                    choices=["auto", "autoregressive", "speculative", "multi_draft", "entropy_switch",
                             "prompt_lookup"],
@@ -148,6 +149,8 @@ def _check_args(args, has_draft: bool) -> None:
     SamplingConfig(args.temperature, args.top_k, args.top_p, args.min_p)
     if not 0 < args.repetition_penalty < float("inf"):
         raise ValueError(f"--repetition-penalty must be a finite number > 0 (1.0: none), got {args.repetition_penalty}")
+    if args.no_repeat_ngram_size < 0:
+        raise ValueError(f"--no-repeat-ngram-size must be >= 0, got {args.no_repeat_ngram_size}")
     if args.num_drafts != 1 and not (args.method == "multi_draft" or (args.method == "auto" and has_draft)):
         raise ValueError(f"--num-drafts applies to --method multi_draft (or auto), not to {args.method}")
     engine = {k: _method_kwargs(args).pop(k, None) for k in ("cache_implementation", "compile", "pack_weights")}
@@ -179,14 +182,14 @@ def _compare(args, target, draft, ids, kw, out) -> None:
         return generate(target, ids, draft=draft, method=args.method, **kw).stats.tokens_per_s
 
     base_kw = {k: kw[k] for k in ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
-                                  "seed", "cache_implementation", "compile", "pack_weights")
+                                  "no_repeat_ngram_size", "seed", "cache_implementation", "compile", "pack_weights")
                if k in kw}  # the same engine and settings for the baseline
 
     def base_rate():
         return generate(target, ids, method="autoregressive", **base_kw).stats.tokens_per_s
 
     hf_kw = dict(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
-                 repetition_penalty=args.repetition_penalty)
+                 repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size)
     if args.temperature > 0:
         hf_kw.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p or None)
 
@@ -257,8 +260,8 @@ def _run_generate(args) -> int:
         check_pair(target, draft, tok, dtok)
     ids = tok(text, return_tensors="pt").input_ids.to(args.device)
     kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-              top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
-              **_method_kwargs(args))
+              top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+              no_repeat_ngram_size=args.no_repeat_ngram_size, seed=args.seed, **_method_kwargs(args))
     with torch.inference_mode():
         # warm-up run so the timing below does not include one-off start-up costs
         generate(target, ids, draft=draft, method=args.method, **{**kw, "max_new_tokens": 4})

@@ -242,8 +242,6 @@ _CHANGES_LAW = ("it changes the distribution tokens are drawn from, and fastdeco
 HF_ONLY = {
     "num_beams": "beam search is not speculative decoding's target; fastdecode decodes greedily (temperature=0) "
                  "or samples",
-    "no_repeat_ngram_size": _CHANGES_LAW,
-    "bad_words_ids": _CHANGES_LAW,
     "typical_p": _CHANGES_LAW,
     **{name: _CHANGES_LAW for name in NOT_APPLIED if name not in ("num_beams", "penalty_alpha", "dola_layers")},
     "penalty_alpha": "contrastive search is not speculative decoding's target; fastdecode decodes greedily "

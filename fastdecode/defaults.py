@@ -92,9 +92,7 @@ def resolve_min_p(target, min_p):
 # generation_config fields with which HF generate changes the logits (or the search) and fastdecode does not:
 # field -> (the value that changes nothing, whether it acts only when sampling)
 NOT_APPLIED = {
-    "no_repeat_ngram_size": (0, False), "bad_words_ids": (None, False),
-    "sequence_bias": (None, False), "suppress_tokens": (None, False), "begin_suppress_tokens": (None, False),
-    "forced_bos_token_id": (None, False), "forced_eos_token_id": (None, False),
+    "sequence_bias": (None, False), "forced_bos_token_id": (None, False), "forced_eos_token_id": (None, False),
     "exponential_decay_length_penalty": (None, False), "guidance_scale": (1.0, False),
     "watermarking_config": (None, False), "num_beams": (1, False), "penalty_alpha": (None, False),
     "dola_layers": (None, False), "typical_p": (1.0, True), "epsilon_cutoff": (0.0, True),
@@ -121,26 +119,54 @@ def not_applied(target, prompt_len: int, greedy: bool) -> list[str]:
     return found
 
 
-def resolve_processors(target, prompt_len: int, repetition_penalty=None, min_new_tokens=None,
-                       min_length=None) -> tuple[float, int]:
-    """(repetition penalty, minimum number of new tokens): the caller's values, else the generation config's,
-    else none (1.0, 0). ``min_length`` counts the prompt (``prompt_len``: the prompt's width as the caller
-    passed it, padding included, as HF counts it); the two minimum lengths combine as HF applies both.
-    ValueError for invalid values."""
+def resolve_processors(target, prompt_len: int, eos_ids, repetition_penalty=None, min_new_tokens=None,
+                       min_length=None, no_repeat_ngram_size=None, bad_words_ids=None, suppress_tokens=None,
+                       begin_suppress_tokens=None) -> dict:
+    """HF's prefix-dependent logits processors of a call, as the keyword arguments of
+    :class:`~fastdecode.decoding.processors.Processors`: each setting the caller's, else the generation
+    config's, else none. ``min_length`` counts the prompt (``prompt_len``: the prompt's width as the caller
+    passed it, padding included, as HF counts it); the two minimum lengths combine as HF applies both. One-token
+    bad words that are an EOS id are dropped, as HF drops them. ValueError for invalid values."""
     gc = getattr(target, "generation_config", None)
-    r = _field(gc, "repetition_penalty") if repetition_penalty is None else repetition_penalty
+
+    def pick(name, value):
+        return _field(gc, name) if value is None else value
+
+    r = pick("repetition_penalty", repetition_penalty)
     r = 1.0 if r is None else r
     if not isinstance(r, (int, float)) or isinstance(r, bool) or not 0 < r < float("inf"):
         raise ValueError(f"repetition_penalty must be a finite number > 0 (1.0: none), got {r!r}")
-    least = 0
-    for name, v in (("min_new_tokens", min_new_tokens), ("min_length", min_length)):
-        v = _field(gc, name) if v is None else v
-        if v is None:
-            continue
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+    counts = {}
+    for name, v in (("min_new_tokens", min_new_tokens), ("min_length", min_length),
+                    ("no_repeat_ngram_size", no_repeat_ngram_size)):
+        v = pick(name, v)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
             raise ValueError(f"{name} must be an int >= 0, got {v!r}")
-        least = max(least, v - prompt_len if name == "min_length" else v)
-    return float(r), least
+        counts[name] = v or 0
+    words = []
+    for name, v, nested in (("bad_words_ids", bad_words_ids, True), ("suppress_tokens", suppress_tokens, False)):
+        v = pick(name, v)
+        for w in (v or []):
+            w = _token_list(name, w) if nested else _token_list(name, [w])
+            if not w:
+                raise ValueError(f"{name} holds an empty sequence")
+            if not (len(w) == 1 and w[0] in eos_ids and nested):
+                words.append(tuple(w))
+    begin = _token_list("begin_suppress_tokens", pick("begin_suppress_tokens", begin_suppress_tokens) or [])
+    return dict(repetition_penalty=float(r), eos_ids=tuple(sorted(eos_ids)),
+                min_new_tokens=max(counts["min_new_tokens"], counts["min_length"] - prompt_len),
+                no_repeat_ngram_size=counts["no_repeat_ngram_size"], bad_words=tuple(words), begin_suppress=tuple(begin))
+
+
+def _token_list(name: str, value) -> list[int]:
+    """A list of token ids (ints >= 0) or a ValueError naming ``name``."""
+    try:
+        ids = [int(x) for x in value] if all(isinstance(x, int) and not isinstance(x, bool) for x in value) else None
+    except TypeError:
+        ids = None
+    if ids is None or any(x < 0 for x in ids):
+        raise ValueError(f"{name} must hold token ids (ints >= 0), got {value!r}")
+    return ids
 
 
 def eos_from_model(target):

@@ -52,6 +52,7 @@ def test_generate_multi_draft_with_verifier(capsys):
     (["--top-p", "0"], "top_p must be"),
     (["--min-p", "2"], "min_p must be"),
     (["--repetition-penalty", "0"], "--repetition-penalty must be"),
+    (["--no-repeat-ngram-size", "-1"], "--no-repeat-ngram-size must be"),
     (["--method", "multi_draft", "--num-drafts", "0"], "num_drafts must be"),
     (["--method", "speculative", "--num-drafts", "3"], "--num-drafts applies"),
     (["--verifier", "bogus"], "verifier"),

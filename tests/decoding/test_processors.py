@@ -6,7 +6,10 @@ import warnings
 
 import pytest
 import torch
-from transformers.generation.logits_process import MinNewTokensLengthLogitsProcessor, RepetitionPenaltyLogitsProcessor
+from transformers.generation.logits_process import (MinNewTokensLengthLogitsProcessor, NoBadWordsLogitsProcessor,
+                                                    NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor,
+                                                    SuppressTokensAtBeginLogitsProcessor,
+                                                    SuppressTokensLogitsProcessor)
 
 import fastdecode
 from fastdecode import kernels
@@ -18,7 +21,7 @@ from distribution import LAW_ALPHA, LAW_PROMPT, LAW_RUNS, chi_square_pvalue, sam
 from tiny_models import tiny_llama
 
 
-def _hf_rows(logits, committed, ahead, prompt_len, penalty, min_new, eos):
+def _hf_rows(logits, committed, ahead, prompt_len, penalty, min_new, eos, ngram=0, bad=(), suppress=(), begin=()):
     """Row j processed by transformers' own processors with its prefix, written out one row at a time."""
     n = logits.shape[0]
     first = len(ahead) - (n - 1)
@@ -28,10 +31,43 @@ def _hf_rows(logits, committed, ahead, prompt_len, penalty, min_new, eos):
         x = logits[j : j + 1].float().clone()
         if penalty != 1.0:
             x = RepetitionPenaltyLogitsProcessor(penalty)(prefix, x)
+        if ngram:
+            x = NoRepeatNGramLogitsProcessor(ngram)(prefix, x)
+        if bad:
+            x = NoBadWordsLogitsProcessor([list(w) for w in bad], eos)(prefix, x)
         if min_new:
             x = MinNewTokensLengthLogitsProcessor(prompt_len, min_new, torch.tensor(eos))(prefix, x)
+        if suppress:
+            x = SuppressTokensLogitsProcessor(list(suppress))(prefix, x)
+        if begin:
+            x = SuppressTokensAtBeginLogitsProcessor(list(begin), prompt_len)(prefix, x)
         rows.append(x)
     return torch.cat(rows)
+
+
+@pytest.mark.parametrize("ngram", [2, 3])
+def test_ngram_and_word_bans_equal_transformers_processors(ngram):
+    """no_repeat_ngram_size, bad words (one and several tokens), suppress_tokens and begin_suppress_tokens, with
+    the penalty: chain blocks and tree branches, each row against transformers' processors on its prefix."""
+    g = torch.Generator().manual_seed(ngram)
+    V, prompt = 12, [3, 5, 5, 9, 1, 3, 5]
+    bad = ((7,), (5, 4), (3, 5, 8), (9,))          # (9,) is an EOS id: HF drops it, so must we
+    for trial in range(30):
+        procs = Processors(1.2, 0, (9,), ngram, ((7,), (5, 4), (3, 5, 8), (11,)), (6, 2))
+        pre = Prefix(procs, prompt, len(prompt), "cpu")
+        committed = prompt + torch.randint(0, V, (trial % 4,), generator=g).tolist()
+        pre.commit(committed[len(prompt):])
+        n = 1 + trial % 5
+        ahead = torch.randint(0, V, (n - 1 + trial % 2,), generator=g).tolist()
+        logits = torch.randn(n, V, generator=g) * 3
+        want = _hf_rows(logits, committed, ahead, len(prompt), 1.2, 0, [9], ngram, bad, (11,), (6, 2))
+        assert torch.equal(pre.apply(logits, ahead), want), trial
+        paths = [ahead[: j + 1] for j in range(len(ahead))] + [[], ahead[::-1]]   # tree branches
+        rows = torch.randn(len(paths), V, generator=g) * 3
+        got = pre.apply_paths(rows, paths)
+        for i, path in enumerate(paths):
+            w = _hf_rows(rows[i : i + 1], committed, path, len(prompt), 1.2, 0, [9], ngram, bad, (11,), (6, 2))
+            assert torch.equal(got[i : i + 1], w), (trial, i)
 
 
 @pytest.mark.parametrize("penalty,min_new", [(1.3, 0), (0.7, 0), (1.0, 6), (1.2, 5)])
@@ -105,6 +141,22 @@ def test_greedy_equals_hf_generate(code_pair, stdlib_prompts, case):
 
 
 @pytest.mark.slow
+def test_bans_equal_hf_generate(code_pair, stdlib_prompts):
+    """no_repeat_ngram_size, bad words and suppressed tokens taken from the plain greedy text itself (so that
+    they bite), on the chain, prompt-lookup and tree methods of both engines."""
+    target = code_pair[0]
+    ids = torch.tensor([stdlib_prompts[5][:24]])
+    plain = target.generate(ids, max_new_tokens=40, do_sample=False)[0, 24:].tolist()
+    kw = dict(no_repeat_ngram_size=3, bad_words_ids=[[plain[5], plain[6]], [plain[9]]], suppress_tokens=[plain[2]])
+    ref = target.generate(ids, max_new_tokens=40, do_sample=False, **kw)
+    assert ref[0, 24:].tolist() != plain
+    for engine in ("dynamic", "static"):
+        for method, extra in (METHODS[1], METHODS[3], METHODS[4]):
+            out = _run(code_pair, ids, method, extra, cache_implementation=engine, **kw)
+            assert torch.equal(out, ref), (engine, method, extra)
+
+
+@pytest.mark.slow
 def test_batches_equal_hf_generate(code_pair, stdlib_prompts):
     """A left-padded batch: each row processed with its own text (padding not counted), as HF's batch."""
     target = code_pair[0]
@@ -165,7 +217,10 @@ def test_entropy_switch_applies_them_on_both_engines():
 def test_invalid_values_are_refused():
     m = tiny_llama(1)
     ids = torch.tensor([[1, 2, 3]])
-    for bad, match in ((dict(repetition_penalty=0), "repetition_penalty must be"),
+    for bad, match in ((dict(no_repeat_ngram_size=-2), "no_repeat_ngram_size must be"),
+                       (dict(bad_words_ids=[[1, "a"]]), "bad_words_ids must hold token ids"),
+                       (dict(bad_words_ids=[[]]), "empty sequence"), (dict(suppress_tokens=[-1]), "suppress_tokens"),
+                       (dict(repetition_penalty=0), "repetition_penalty must be"),
                        (dict(repetition_penalty=float("nan")), "repetition_penalty must be"),
                        (dict(repetition_penalty="1.2"), "repetition_penalty must be"),
                        (dict(min_new_tokens=-1), "min_new_tokens must be"), (dict(min_length=2.5), "min_length must")):
@@ -192,13 +247,15 @@ PENALTY = 3.0
 
 
 @torch.inference_mode()
-def _processed_law(model, prompt, penalty):
+def _processed_law(model, prompt, penalty, ngram=0):
     law = {(): 1.0}
     for _ in range(2):
         nxt = {}
         for seq, pr in law.items():
             prefix = torch.tensor([prompt + list(seq)])
             logits = RepetitionPenaltyLogitsProcessor(penalty)(prefix, model(prefix).logits[0, -1:].float())
+            if ngram:
+                logits = NoRepeatNGramLogitsProcessor(ngram)(prefix, logits)
             p = kernels.probs(logits, 1.0)[0].double()
             for x in torch.nonzero(p).flatten().tolist():
                 nxt[seq + (x,)] = pr * float(p[x])
@@ -258,3 +315,15 @@ def test_recorded_forwards_apply_them(monkeypatch):
                           pad_token_id=0)
     out = fastdecode.generate(target, batch, attention_mask=mask, draft=draft, pad_token_id=0, **kw)
     assert torch.equal(out.sequences, ref)
+
+
+def test_sampled_law_with_ngram_bans(tiny_pair):
+    """Bans give some tokens probability 0 after some prefixes (here: a token after 1, 2 or 3 that the prompt
+    already follows it with): the static engine's speculative and tree steps keep that law."""
+    law = _processed_law(tiny_pair[0], LAW_PROMPT, 1.5, ngram=2)
+    for kw in (dict(method="speculative", draft_length=2, adaptive_draft=False),
+               dict(method="multi_draft", num_drafts=2, draft_length=2)):
+        counts = sample_law(*tiny_pair, LAW_PROMPT, 2, LAW_RUNS, max_new_tokens=3, temperature=1.0,
+                            repetition_penalty=1.5, no_repeat_ngram_size=2, cache_implementation="static", **kw)
+        assert chi_square_pvalue(counts, law) > LAW_ALPHA, kw
+
