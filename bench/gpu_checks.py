@@ -96,10 +96,10 @@ def greedy_checks(device, n_prompts: int, new: int) -> list[dict]:
             out.append(dict(check="greedy == HF", engine=engine, kwargs=kw,
                             **_greedy_equal(target, d, prompts, device, new, cache_implementation=engine, **kw)))
             print(out[-1], flush=True)
-    procs = dict(repetition_penalty=1.3, min_new_tokens=new // 2)   # HF's logits processors, applied per row
+    procs = dict(repetition_penalty=1.3, min_new_tokens=new // 2, no_repeat_ngram_size=4)   # HF processors, per row
     for kw in (VARIANTS[0], VARIANTS[1], VARIANTS[6]):
         for engine in ("dynamic", "static"):
-            out.append(dict(check="with repetition_penalty + min_new_tokens: greedy == HF", engine=engine,
+            out.append(dict(check="with logits processors: greedy == HF", engine=engine,
                             kwargs=kw, **_greedy_equal(target, draft, prompts, device, new, both=procs,
                                                        cache_implementation=engine, **kw)))
             print(out[-1], flush=True)
