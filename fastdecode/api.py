@@ -16,7 +16,7 @@ from .decoding.batched_rows import decode_rows
 from .decoding import hf_cache as kv
 from .decoding.processors import Processors
 from .decoding.stream import TokenStream
-from .defaults import eos_from_model, not_applied, resolve, resolve_min_p, resolve_processors
+from .defaults import eos_from_model, not_applied, resolve, resolve_processors, resolve_warpers
 from .kernels.cpu_linear import check_pack_weights, packed_linears, should_pack
 from .models import check_pair, shared_vocab
 from .stats import DecodeStats, GenerationResult
@@ -155,6 +155,9 @@ def generate(
     *,
     do_sample: bool | None = None,
     min_p: float | None = None,
+    typical_p: float | None = None,
+    epsilon_cutoff: float | None = None,
+    eta_cutoff: float | None = None,
     repetition_penalty: float | None = None,
     min_new_tokens: int | None = None,
     min_length: int | None = None,
@@ -201,7 +204,9 @@ def generate(
     else autoregressive. See the README for every method's guarantees.
     max_new_tokens, temperature, top_k, top_p, min_p: None = the target's ``generation_config``
     (do_sample=False means temperature 0), else 128, 1.0, 0, 1.0, 0.0 (see ``fastdecode.defaults``). min_p (HF's):
-    after top-k and top-p, tokens less probable than min_p times the most probable one are dropped (sampling only).
+    after top-k and top-p, tokens less probable than min_p times the most probable one are dropped (sampling only);
+    typical_p, epsilon_cutoff, eta_cutoff: HF's warpers, after min_p in that order (sampling only); None = the
+    generation config's, else off.
     max_length: HF's length limit, prompt included (the padded prompt width in a batch): max_new_tokens =
     max_length - prompt_len; not together with max_new_tokens.
     num_return_sequences: n sampled continuations of each prompt, as HF returns them (rows [B * n, ...], the
@@ -268,7 +273,8 @@ def generate(
                                                         top_k, top_p, do_sample, max_length)
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    sampling = SamplingConfig(temperature, top_k, top_p, resolve_min_p(target, min_p))
+    sampling = SamplingConfig(temperature, top_k, top_p, **resolve_warpers(
+        target, min_p=min_p, typical_p=typical_p, epsilon_cutoff=epsilon_cutoff, eta_cutoff=eta_cutoff))
     ignored = not_applied(target, input_ids.shape[1], sampling.greedy)
     if ignored:
         warnings.warn(f"target.generation_config sets {', '.join(ignored)}, which HF generate would apply and "

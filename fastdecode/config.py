@@ -37,13 +37,18 @@ class SamplingConfig:
 
     temperature: 0 means greedy (the distribution is one-hot at the argmax).
     top_k: 0 disables it. top_p: 1.0 disables it. min_p: 0.0 disables it (after top-k and top-p, tokens less
-    probable than min_p times the most probable one are dropped, as HF's min_p; greedy decoding ignores it).
+    probable than min_p times the most probable one are dropped, as HF's min_p). typical_p (1.0: off),
+    epsilon_cutoff and eta_cutoff (0.0: off): HF's warpers of those names, in HF's order after min_p (see
+    kernels/probs.py). Greedy decoding ignores the warpers after temperature.
     """
 
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
     min_p: float = 0.0
+    typical_p: float = 1.0
+    epsilon_cutoff: float = 0.0
+    eta_cutoff: float = 0.0
 
     def __post_init__(self):
         t = self.temperature
@@ -57,6 +62,13 @@ class SamplingConfig:
         m = self.min_p
         if not _is_number(m) or math.isnan(m) or not (0.0 <= m <= 1.0):
             raise ValueError(f"min_p must be in [0, 1] (0 disables it), got {m!r}")
+        m = self.typical_p
+        if not _is_number(m) or math.isnan(m) or not (0.0 < m <= 1.0):
+            raise ValueError(f"typical_p must be in (0, 1] (1 disables it), got {m!r}")
+        for name in ("epsilon_cutoff", "eta_cutoff"):
+            m = getattr(self, name)
+            if not _is_number(m) or math.isnan(m) or not (0.0 <= m < 1.0):
+                raise ValueError(f"{name} must be in [0, 1) (0 disables it), got {m!r}")
 
     @property
     def greedy(self) -> bool:
@@ -242,7 +254,6 @@ _CHANGES_LAW = ("it changes the distribution tokens are drawn from, and fastdeco
 HF_ONLY = {
     "num_beams": "beam search is not speculative decoding's target; fastdecode decodes greedily (temperature=0) "
                  "or samples",
-    "typical_p": _CHANGES_LAW,
     **{name: _CHANGES_LAW for name in NOT_APPLIED if name not in ("num_beams", "penalty_alpha", "dola_layers")},
     "penalty_alpha": "contrastive search is not speculative decoding's target; fastdecode decodes greedily "
                      "(temperature=0) or samples",

@@ -82,11 +82,19 @@ def resolve(target, prompt_len: int, max_new_tokens, temperature, top_k, top_p, 
     return max_new_tokens, temperature, top_k, top_p
 
 
-def resolve_min_p(target, min_p):
-    """HF's min_p: the caller's, else the generation config's, else 0.0 (off). Checked by SamplingConfig."""
-    if min_p is None:
-        min_p = _field(getattr(target, "generation_config", None), "min_p")
-    return 0.0 if min_p is None else min_p
+WARPERS = dict(min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0)   # HF's, after top-p; value: off
+
+
+def resolve_warpers(target, **given) -> dict:
+    """HF's warpers after top-p (:data:`WARPERS`): each the caller's, else the generation config's, else off.
+    Checked by SamplingConfig."""
+    gc = getattr(target, "generation_config", None)
+    out = {}
+    for name, off in WARPERS.items():
+        v = given.get(name)
+        v = _field(gc, name) if v is None else v
+        out[name] = off if v is None else v
+    return out
 
 
 # generation_config fields with which HF generate changes the logits (or the search) and fastdecode does not:
@@ -95,8 +103,7 @@ NOT_APPLIED = {
     "sequence_bias": (None, False), "forced_bos_token_id": (None, False), "forced_eos_token_id": (None, False),
     "exponential_decay_length_penalty": (None, False), "guidance_scale": (1.0, False),
     "watermarking_config": (None, False), "num_beams": (1, False), "penalty_alpha": (None, False),
-    "dola_layers": (None, False), "typical_p": (1.0, True), "epsilon_cutoff": (0.0, True),
-    "eta_cutoff": (0.0, True), "top_h": (None, True),
+    "dola_layers": (None, False), "top_h": (None, True),
 }
 NEUTRAL = {name: neutral for name, (neutral, _) in NOT_APPLIED.items() if neutral is not None}
 

@@ -1,5 +1,7 @@
 """generate()'s sampling / length defaults and EOS come from the target's generation_config as in HF
 ``generate``; explicit arguments win; fastdecode's documented defaults apply where it says nothing."""
+import warnings
+
 import pytest
 import torch
 
@@ -102,7 +104,7 @@ def test_hf_only_options_say_what_to_do():
 
     m = _model()
     for name, value, hint in (("num_beams", 4, "beam search"),
-                              ("typical_p", 0.9, "changes the distribution"),
+                              ("top_h", 0.9, "changes the distribution"),
                               ("sequence_bias", {(1,): 2.0}, "changes the distribution"),
                               ("stop_strings", ["\n"], "eos_token_id"),
                               ("generation_config", m.generation_config, "target.generation_config"),
@@ -117,8 +119,8 @@ def test_hf_options_that_ask_for_nothing_pass():
     m = _model()
     ref = fastdecode.generate(m, PROMPT, temperature=0, max_new_tokens=3).sequences
     out = fastdecode.generate(m, PROMPT, temperature=0, max_new_tokens=3, num_beams=1, use_cache=True,
-                              no_repeat_ngram_size=0, typical_p=1.0, return_dict_in_generate=True, output_scores=False,
-                              logits_processor=[], stopping_criteria=None, guidance_scale=None)
+                              no_repeat_ngram_size=0, typical_p=1.0, guidance_scale=1.0, return_dict_in_generate=True, output_scores=False,
+                              logits_processor=[], stopping_criteria=None)
     assert torch.equal(out.sequences, ref)
     with pytest.raises(ValueError, match="use_cache= is an option"):
         fastdecode.generate(m, PROMPT, max_new_tokens=3, use_cache=False)
@@ -127,20 +129,59 @@ def test_hf_options_that_ask_for_nothing_pass():
 
 
 def test_generation_config_settings_not_applied_are_warned_about():
-    """HF generate applies a generation config's forced_eos_token_id, typical_p, ...; fastdecode does not, and
+    """HF generate applies a generation config's forced_eos_token_id, top_h, ...; fastdecode does not, and
     says so (sampling-only warpers only when sampling); min_p is applied, from the argument or the config."""
     m = _model()
     m.generation_config.forced_eos_token_id = 2
-    m.generation_config.typical_p = 0.9
+    m.generation_config.top_h = 0.9
     try:
-        with pytest.warns(UserWarning, match=r"sets forced_eos_token_id=2, typical_p=0.9, which HF generate"):
+        with pytest.warns(UserWarning, match=r"sets forced_eos_token_id=2, top_h=0.9, which HF generate"):
             fastdecode.generate(m, PROMPT, temperature=1.0, max_new_tokens=2, seed=0)
         with pytest.warns(UserWarning, match=r"sets forced_eos_token_id=2, which HF") as rec:
             fastdecode.generate(m, PROMPT, temperature=0, max_new_tokens=2)
-        assert all("typical_p" not in str(w.message) for w in rec)   # a warper: greedy decoding has none
+        assert all("top_h" not in str(w.message) for w in rec)   # a warper: greedy decoding has none
     finally:
         m.generation_config.forced_eos_token_id = None
-        m.generation_config.typical_p = None
+        m.generation_config.top_h = None
+
+
+@pytest.mark.parametrize("warper", ["typical_p", "epsilon_cutoff", "eta_cutoff"])
+def test_other_warpers_as_hf(warper):
+    """typical_p, epsilon_cutoff and eta_cutoff after temperature, top-k, top-p and min_p: the same kept tokens and
+    probabilities as HF's warper chain; from the argument or the generation config."""
+    from transformers.generation.logits_process import (EpsilonLogitsWarper, EtaLogitsWarper, MinPLogitsWarper,
+                                                        TopKLogitsWarper, TopPLogitsWarper, TypicalLogitsWarper)
+
+    hf = dict(typical_p=lambda v: TypicalLogitsWarper(v), epsilon_cutoff=lambda v: EpsilonLogitsWarper(v),
+              eta_cutoff=lambda v: EtaLogitsWarper(v))[warper]
+    g = torch.Generator().manual_seed(0)
+    for trial in range(40):
+        logits = torch.randn(3, 60, generator=g) * (1 + trial % 4)
+        value = [0.2, 0.5, 0.9, 0.05][trial % 4] if warper == "typical_p" else [1e-3, 0.02, 0.1, 3e-4][trial % 4]
+        top_k, top_p, min_p = [(0, 1.0, 0.0), (20, 1.0, 0.0), (0, 0.9, 0.0), (0, 1.0, 0.05)][trial % 4]
+        x = logits / 0.7
+        if top_k:
+            x = TopKLogitsWarper(top_k)(None, x)
+        if top_p < 1:
+            x = TopPLogitsWarper(top_p)(None, x)
+        if min_p:
+            x = MinPLogitsWarper(min_p)(None, x)
+        want = torch.softmax(hf(value)(None, x), -1)
+        got = fastdecode.kernels.probs(logits, 0.7, top_k, top_p, min_p=min_p, **{warper: value})
+        assert torch.equal(got > 0, want > 0), trial
+        assert torch.allclose(got, want, atol=1e-6), trial
+    m = _model()
+    a = fastdecode.generate(m, PROMPT, temperature=1.0, max_new_tokens=4, seed=1, **{warper: 0.5 if warper ==
+                                                                                    "typical_p" else 0.05}).sequences
+    setattr(m.generation_config, warper, 0.5 if warper == "typical_p" else 0.05)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")   # applied: no warning
+            assert torch.equal(fastdecode.generate(m, PROMPT, temperature=1.0, max_new_tokens=4, seed=1).sequences, a)
+    finally:
+        setattr(m.generation_config, warper, None)
+    with pytest.raises(ValueError, match=f"{warper} must be in"):
+        fastdecode.generate(m, PROMPT, **{warper: 1.5})
 
 
 def test_min_p_as_hf():

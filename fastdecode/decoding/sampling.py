@@ -6,6 +6,8 @@ comes from the caller's generator on the same device, so a seed fixes the tokens
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from .. import kernels
@@ -21,7 +23,7 @@ def greedy_limit(sampling: SamplingConfig) -> SamplingConfig:
     float32: for loops that call :func:`probs` with check_finite=False, which then cannot fall back to the
     overflow-safe computation (``kernels.probs``: both give the greedy limit)."""
     if 0 < sampling.temperature < TINY_TEMPERATURE:
-        return SamplingConfig(0.0, sampling.top_k, sampling.top_p, sampling.min_p)
+        return dataclasses.replace(sampling, temperature=0.0)
     return sampling
 
 
@@ -29,7 +31,13 @@ def probs(logits: torch.Tensor, sampling: SamplingConfig, check_finite: bool = T
     """logits [rows, V] -> probabilities [rows, V] float32. check_finite=False: no host sync (the caller
     checks the result at its own sync, see :func:`all_finite`)."""
     return kernels.probs(logits, sampling.temperature, sampling.top_k, sampling.top_p, check_finite=check_finite,
-                         min_p=sampling.min_p)
+                         **warpers(sampling))
+
+
+def warpers(sampling: SamplingConfig) -> dict:
+    """The warpers after top-p (HF's min_p, typical_p, epsilon_cutoff, eta_cutoff) of ``sampling``."""
+    return dict(min_p=sampling.min_p, typical_p=sampling.typical_p, epsilon_cutoff=sampling.epsilon_cutoff,
+                eta_cutoff=sampling.eta_cutoff)
 
 
 NON_FINITE = kernels.NON_FINITE   # the one message for NaN or +inf logits, wherever they are found

@@ -27,6 +27,8 @@ the rule is greedy or the token verifier (block verification draws inside its ba
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from .. import kernels
@@ -43,7 +45,7 @@ def recordable(drun, trun, sampling: SamplingConfig, verifier: str, threshold: f
 
 
 def _settings(sampling: SamplingConfig) -> tuple:
-    return sampling.temperature, sampling.top_k, sampling.top_p, sampling.min_p
+    return dataclasses.astuple(sampling)
 
 
 def draft_chain(drun, last: torch.Tensor, start: int, g: int, sampling: SamplingConfig, generator):

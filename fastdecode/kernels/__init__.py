@@ -36,9 +36,9 @@ def use_triton(t: torch.Tensor) -> bool:
 
 
 def probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-          check_finite: bool = True, min_p: float = 0.0) -> torch.Tensor:
-    """Logits [rows, V] -> probabilities [rows, V] float32 (see kernels/probs.py for the semantics; min_p: the
-    reference only, the kernel has none).
+          check_finite: bool = True, **warpers) -> torch.Tensor:
+    """Logits [rows, V] -> probabilities [rows, V] float32 (see kernels/probs.py for the semantics; ``warpers``:
+    min_p, typical_p, epsilon_cutoff, eta_cutoff, the reference's only: the kernel has none).
 
     Never returns NaN: logits holding NaN or +inf (a model that overflowed, e.g. in float16) raise a
     ValueError, and a temperature so small that logits / temperature overflows float32 is handled by
@@ -49,9 +49,9 @@ def probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p:
     # temperature softmax took 53 / 19 / 20 us at 1 / 8 / 64 rows of V = 32000 against 16 / 17 / 21 us for
     # this reference, 72 / 74 / 89 against 45 / 48 / 90 us at V = 151936 (its launch costs more than the
     # reference's work), and top-k / top-p 2.1 ms against 0.26 ms. It stays for its tests and the benchmark.
-    out = probs_reference(logits, temperature, top_k, top_p, min_p)
+    out = probs_reference(logits, temperature, top_k, top_p, **warpers)
     if check_finite and temperature > 0 and not bool(torch.isfinite(out).all()):
-        out = _probs_overflow(logits, temperature, top_k, top_p, min_p)
+        out = _probs_overflow(logits, temperature, top_k, top_p, **warpers)
     return out
 
 
@@ -59,8 +59,7 @@ NON_FINITE = ("the model returned NaN or +inf logits, so there is no distributio
               "(a float16 overflow? try float32 or bfloat16)")
 
 
-def _probs_overflow(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
-                    min_p: float = 0.0) -> torch.Tensor:
+def _probs_overflow(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, **warpers) -> torch.Tensor:
     x = logits.float()
     if torch.isnan(x).any() or (x == float("inf")).any():
         raise ValueError(NON_FINITE)
@@ -68,7 +67,7 @@ def _probs_overflow(logits: torch.Tensor, temperature: float, top_k: int, top_p:
     if (m == float("-inf")).any():
         raise ValueError("the model returned a row of logits that are all -inf: every token is masked")
     scaled = ((x - m).double() / temperature).float()  # <= 0: no overflow to +inf (T may be below float32's range)
-    out = probs_reference(scaled, 1.0, top_k, top_p, min_p)
+    out = probs_reference(scaled, 1.0, top_k, top_p, **warpers)
     if not bool(torch.isfinite(out).all()):  # pragma: no cover - (x - m) / T cannot produce NaN
         raise ValueError(f"temperature {temperature!r} gives no valid distribution for these logits")
     return out

@@ -5,9 +5,14 @@
 - top_k > 0: keep the tokens whose scaled logit is >= the k-th largest (ties at the boundary kept).
 - top_p < 1: keep the smallest set of most probable tokens whose mass reaches top_p (after top-k),
   i.e. token x is kept iff the mass of tokens strictly more probable than x is < top_p.
-- min_p > 0 (reference only; the kernel takes none): after top-k and top-p, keep token x iff
-  p(x) >= min_p * max p (HF's min_p, which it applies after top-p: ratios of kept tokens do not change
-  when the row is renormalised, so the test reads the top-p row directly).
+- the warpers after top-p (reference only; the kernel takes none), in HF's order, each on the row renormalised
+  after the ones before it (ratios of kept tokens do not change under renormalisation), the most probable
+  token always kept as HF keeps one (``min_tokens_to_keep``):
+  - min_p > 0: keep x iff p(x) >= min_p * max p;
+  - typical_p < 1 (locally typical sampling): rank tokens by |-log p(x) - H| (H: the row's entropy), keep the
+    shortest run of that order whose mass reaches typical_p (the first token always);
+  - epsilon_cutoff > 0: drop x where p(x) < epsilon_cutoff;
+  - eta_cutoff > 0: drop x where p(x) < min(eta, sqrt(eta) * exp(-H)).
 - the result is renormalised, float32.
 
 ``probs`` runs ``_probs_kernel``, one program per row, without sorting the vocabulary:
@@ -45,7 +50,8 @@ NT = 16  # thresholds per search pass: each pass narrows the key bracket about 1
 
 
 def probs_reference(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                    min_p: float = 0.0) -> torch.Tensor:
+                    min_p: float = 0.0, typical_p: float = 1.0, epsilon_cutoff: float = 0.0,
+                    eta_cutoff: float = 0.0) -> torch.Tensor:
     # logits: [rows, V] -> [rows, V] float32
     if temperature == 0:
         out = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
@@ -64,9 +70,35 @@ def probs_reference(logits: torch.Tensor, temperature: float = 1.0, top_k: int =
         probs = probs.masked_fill(drop, 0.0)
         probs = probs / probs.sum(-1, keepdim=True)
     if min_p > 0.0:
-        probs = probs.masked_fill(probs < min_p * probs.amax(-1, keepdim=True), 0.0)
+        probs = _kept(probs, probs < min_p * probs.amax(-1, keepdim=True))
+    if typical_p < 1.0:
+        lp = probs.log()
+        shifted = (-lp - _entropy(probs, lp)).abs()                      # +inf where p = 0: ranked last
+        order_s, order = torch.sort(shifted, dim=-1)
+        mass = probs.gather(-1, order).cumsum(-1)
+        last = (mass < typical_p).sum(-1, keepdim=True).clamp(max=probs.shape[-1] - 1)
+        drop_sorted = order_s > order_s.gather(-1, last)
+        drop_sorted[..., :1] = False
+        probs = probs.masked_fill(torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted), 0.0)
         probs = probs / probs.sum(-1, keepdim=True)
+    if epsilon_cutoff > 0.0:
+        probs = _kept(probs, probs < epsilon_cutoff)
+    if eta_cutoff > 0.0:
+        eta = torch.clamp(eta_cutoff ** 0.5 * torch.exp(-_entropy(probs, probs.log())), max=eta_cutoff)
+        probs = _kept(probs, probs < eta)
     return probs
+
+
+def _entropy(probs: torch.Tensor, lp: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) per row [rows, 1] of ``probs`` with their logs ``lp`` (0 log 0 = 0)."""
+    return -(probs * lp).nansum(-1, keepdim=True)
+
+
+def _kept(probs: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+    """``probs`` with the ``drop`` entries zeroed, except each row's most probable token, renormalised."""
+    drop = drop & (probs < probs.amax(-1, keepdim=True))
+    probs = probs.masked_fill(drop, 0.0)
+    return probs / probs.sum(-1, keepdim=True)
 
 
 @functools.cache
