@@ -336,3 +336,32 @@ def test_static_engine_samples_the_dynamic_engine_s_tokens(tiny_pair):
         assert torch.equal(fastdecode.generate(tiny_pair[0], ids, **kw).sequences,
                            fastdecode.generate(tiny_pair[0], ids, cache_implementation="static", **kw).sequences), seed
 
+
+
+def test_padded_vocabularies_and_lambda_apply_them():
+    """A target wider than its draft (it emits ids the draft lacks; a bad word among them), and Lambda attention
+    on both engines (its static ring equals the dynamic engine)."""
+    from tiny_models import tiny_lm
+
+    target, draft = tiny_lm("llama", 2, seed=1, vocab_size=520), tiny_lm("llama", 1, seed=2, vocab_size=512)
+    with torch.no_grad():
+        draft.model.embed_tokens.weight[:] = target.model.embed_tokens.weight[:512]
+        draft.lm_head.weight[:] = target.lm_head.weight[:512]
+        target.lm_head.weight[512:] *= 3.0
+    ids = torch.randint(0, 512, (1, 8), generator=torch.Generator().manual_seed(0))
+    kw = dict(repetition_penalty=1.3, no_repeat_ngram_size=2, bad_words_ids=[[515]], suppress_tokens=[3])
+    ref = target.generate(ids, max_new_tokens=16, do_sample=False, pad_token_id=0, **kw)
+    for engine in ("dynamic", "static"):
+        for method, extra in (("speculative", {}), ("multi_draft", dict(num_drafts=3, draft_length=3))):
+            out = fastdecode.generate(target, ids, draft=draft, method=method, temperature=0, max_new_tokens=16,
+                                      eos_token_id=[], cache_implementation=engine, **extra, **kw)
+            assert torch.equal(out.sequences, ref), (engine, method)
+    t, d = tiny_llama(1, vocab=32), tiny_llama(2, vocab=32)
+    ids = torch.randint(0, 32, (1, 40), generator=torch.Generator().manual_seed(1))
+    kw = dict(temperature=0, max_new_tokens=20, eos_token_id=[], repetition_penalty=1.4, no_repeat_ngram_size=3,
+              lambda_attention=fastdecode.LambdaAttention(window=16, num_global=2))
+    for method, extra in (("speculative", dict(draft=d, draft_length=3, adaptive_draft=False)),
+                          ("multi_draft", dict(draft=d, num_drafts=2, draft_length=2))):
+        a = fastdecode.generate(t, ids, method=method, **extra, **kw).sequences
+        assert torch.equal(a, fastdecode.generate(t, ids, method=method, cache_implementation="static", **extra,
+                                                  **kw).sequences), method
