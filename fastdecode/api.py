@@ -15,7 +15,7 @@ from .decoding import DYNAMIC, STATIC, batched
 from .decoding.batched_rows import decode_rows
 from .decoding import hf_cache as kv
 from .decoding.processors import Processors
-from .decoding.stream import TokenStream
+from .decoding.stream import StopStrings, TokenStream
 from .defaults import eos_from_model, not_applied, resolve, resolve_processors, resolve_warpers
 from .kernels.cpu_linear import check_pack_weights, packed_linears, should_pack
 from .models import check_pair, shared_vocab
@@ -139,6 +139,21 @@ def _static_mode(cache_implementation, compile, method, target, draft, lambda_at
     return mode
 
 
+def _stop_strings(target, strings, tokenizer):
+    """HF's stop_strings (the argument, else the generation config's) as a StopStrings test, or None. As in HF,
+    they need the model's tokenizer."""
+    if strings is None:
+        strings = getattr(getattr(target, "generation_config", None), "stop_strings", None)
+    if strings is None or (not isinstance(strings, str) and len(strings) == 0):
+        return None
+    strings = [strings] if isinstance(strings, str) else list(strings)
+    if not all(isinstance(x, str) and x for x in strings):
+        raise ValueError(f"stop_strings must be a non-empty string or a list of them, got {strings!r}")
+    if tokenizer is None:
+        raise ValueError("stop_strings need the model's tokenizer: pass it as tokenizer= (as HF generate requires)")
+    return StopStrings(tokenizer, strings)
+
+
 def generate(
     target,
     input_ids: torch.Tensor,
@@ -165,6 +180,8 @@ def generate(
     bad_words_ids: list | None = None,
     suppress_tokens: list | None = None,
     begin_suppress_tokens: list | None = None,
+    stop_strings=None,
+    tokenizer=None,
     max_length: int | None = None,
     num_return_sequences: int = 1,
     adaptive_draft: bool | None = None,
@@ -214,6 +231,8 @@ def generate(
     do_sample: HF's switch, for code written for HF ``generate``: False = greedy (temperature 0), True =
     sampling (the temperature given, else the generation config's, else 1.0); a temperature that contradicts
     it is a ValueError; None = decided by the temperature.
+    stop_strings (with tokenizer=, as in HF): generation stops right after a token that completes one of the
+    strings, as after EOS (transformers' own StopStringCriteria decides); None = the generation config's.
     repetition_penalty, min_new_tokens, min_length, no_repeat_ngram_size, bad_words_ids, suppress_tokens,
     begin_suppress_tokens: HF's logits processors, applied as HF applies them to every row of logits with its own
     prefix, target and draft alike, on every method, engine and batch (the output keeps the processed target's
@@ -311,7 +330,8 @@ def generate(
     procs = Processors(**resolve_processors(
         target, (input_ids if padded_prompt is None else padded_prompt).shape[1], eos_ids, repetition_penalty,
         min_new_tokens, min_length, no_repeat_ngram_size, bad_words_ids, suppress_tokens, begin_suppress_tokens))
-    stream = TokenStream(input_ids, max_new_tokens, eos_ids, streamer, procs)
+    stop = _stop_strings(target, stop_strings, tokenizer)
+    stream = TokenStream(input_ids, max_new_tokens, eos_ids, streamer, procs, stop)
     stats = DecodeStats(method=method)
     if compile_mode is not None and compile is None and input_ids.shape[0] > 1 and not rows_alone:
         compile_mode = "eager"   # batches record their forwards on request only (compile=True / "cudagraphs")
@@ -351,12 +371,12 @@ def generate(
                 else:
                     DYNAMIC[method](target, draft, s, sampling, method_cfg, generator, st, bar)
             sequences = decode_rows(one, input_ids, attention_mask.to(device), max_new_tokens, stream.eos_ids,
-                                    pad_token_id, stats, procs)
+                                    pad_token_id, stats, procs, stop)
         elif input_ids.shape[0] > 1:
             sequences = batched.decode(target, drafter, input_ids,
                                        attention_mask.to(device), max_new_tokens, stream.eos_ids, pad_token_id,
                                        sampling, method_cfg, generator, stats, bar, static=compile_mode is not None,
-                                       mode=compile_mode or "eager", processors=procs)
+                                       mode=compile_mode or "eager", processors=procs, stop=stop)
         elif compile_mode is not None:
             STATIC[method](target, draft, stream, sampling, method_cfg, generator, stats, bar, mode=compile_mode)
         else:

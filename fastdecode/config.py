@@ -259,8 +259,8 @@ HF_ONLY = {
                      "(temperature=0) or samples",
     "dola_layers": "DoLa contrasts layers of one model; fastdecode decodes the target's own distribution",
     "logits_processor": _CHANGES_LAW,
-    "stop_strings": "stop on token ids with eos_token_id= (an id or a list), or cut the decoded text",
-    "stopping_criteria": "stop on token ids with eos_token_id= (an id or a list)",
+    "stopping_criteria": "stop on token ids with eos_token_id= (an id or a list), or on text with stop_strings= "
+                         "and tokenizer=",
     "generation_config": "pass its max_new_tokens, temperature, top_k and top_p as arguments, or set it as "
                          "target.generation_config, which generate() reads for every argument left None",
     "return_dict_in_generate": "generate() returns a GenerationResult (.sequences and .stats) always",

@@ -106,7 +106,6 @@ def test_hf_only_options_say_what_to_do():
     for name, value, hint in (("num_beams", 4, "beam search"),
                               ("top_h", 0.9, "changes the distribution"),
                               ("sequence_bias", {(1,): 2.0}, "changes the distribution"),
-                              ("stop_strings", ["\n"], "eos_token_id"),
                               ("generation_config", m.generation_config, "target.generation_config"),
                               ("assistant_model", m, "draft=")):
         for draft in (None, m):

@@ -203,21 +203,23 @@ def _lookup_model_drafts(dc, dpend, props, lens, model_rows, drafts, lens_t, sam
 def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
            eos_ids: set[int], pad_token_id: int, sampling: SamplingConfig,
            spec: SpeculativeConfig | PromptLookupConfig | None, generator, stats: DecodeStats, progress=None,
-           static: bool = False, mode: str = "eager", processors=None) -> torch.Tensor:
+           static: bool = False, mode: str = "eager", processors=None, stop=None) -> torch.Tensor:
     """Decode a left-padded batch; returns sequences [B, L + longest new] (pad_token_id after a row's end).
 
     draft / spec None: autoregressive (the same loop with no drafts). spec a PromptLookupConfig: prompt lookup,
     each row's drafts from its own n-gram index (and from the draft model, if given, where it has no match).
     static: the static engine's preallocated slot caches, else transformers' DynamicCache; mode (static only):
     "eager", or recorded forwards ("cudagraphs" / "inductor", see :class:`_SlotCache`). processors: the logits
-    processors (:mod:`~fastdecode.decoding.processors`), each row's with its own text."""
+    processors (:mod:`~fastdecode.decoding.processors`), each row's with its own text; stop: the rows' stop
+    strings (:class:`~fastdecode.decoding.stream.StopStrings`)."""
     if isinstance(spec, MultiDraftConfig):
         return decode_tree(target, draft, input_ids, attention_mask, max_new_tokens, eos_ids, pad_token_id, sampling,
-                           spec, generator, stats, progress, static=static, mode=mode, processors=processors)
+                           spec, generator, stats, progress, static=static, mode=mode, processors=processors,
+                           stop=stop)
     device = kv.device(target)
     B, L = input_ids.shape
     streams = [TokenStream(input_ids[r : r + 1, L - int(attention_mask[r].sum()):], max_new_tokens, eos_ids,
-                           processors=processors) for r in range(B)]
+                           processors=processors, stop=stop) for r in range(B)]
     active = [r for r in range(B) if not streams[r].done]   # original row of each batch position
     lookup = isinstance(spec, PromptLookupConfig)
     with_draft = spec is not None and draft is not None

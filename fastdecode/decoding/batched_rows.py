@@ -45,7 +45,7 @@ def _merged_extra(rows: list[dict], weights: list[int]) -> dict:
 
 
 def decode_rows(decode_one, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
-                eos_ids: set[int], pad_token_id: int, stats: DecodeStats, processors=None) -> torch.Tensor:
+                eos_ids: set[int], pad_token_id: int, stats: DecodeStats, processors=None, stop=None) -> torch.Tensor:
     """Decode a left-padded batch row by row: ``decode_one(stream, stats)`` runs the single-row engine on one
     row's real tokens. Returns sequences [B, L + longest new] (``batch_output``); ``stats`` gets the sums of the
     rows' counters and ``extra["per_row"]`` each row's own (with its method counters under "extra")."""
@@ -53,7 +53,7 @@ def decode_rows(decode_one, input_ids: torch.Tensor, attention_mask: torch.Tenso
     streams, per_row = [], []
     for r in range(B):
         stream = TokenStream(input_ids[r : r + 1, L - int(attention_mask[r].sum()):], max_new_tokens, eos_ids,
-                             processors=processors)
+                             processors=processors, stop=stop)
         row = DecodeStats(method=stats.method)
         decode_one(stream, row)   # (also with nothing to generate: the counters a call alone gives, zeros)
         streams.append(stream)

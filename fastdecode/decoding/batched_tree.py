@@ -169,7 +169,7 @@ def _pad_nodes(rows: list[list[int]], trees: list[DraftTree], device):
 def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
            eos_ids: set[int], pad_token_id: int, sampling: SamplingConfig, cfg: MultiDraftConfig, generator,
            stats: DecodeStats, progress=None, static: bool = False, mode: str = "eager",
-           processors=None) -> torch.Tensor:
+           processors=None, stop=None) -> torch.Tensor:
     """Multi-draft decoding of a left-padded batch; returns sequences [B, L + longest new]. static: the static
     engine's slot caches (mode "eager", or "cudagraphs" / "inductor": recorded forwards). processors: the logits
     processors, each tree row with its own branch of its own row's text."""
@@ -177,7 +177,7 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     sampling = sm.greedy_limit(sampling)   # (its distributions skip kernels.probs' overflow fallback)
     B, L = input_ids.shape
     streams = [TokenStream(input_ids[r : r + 1, L - int(attention_mask[r].sum()):], max_new_tokens, eos_ids,
-                           processors=processors) for r in range(B)]
+                           processors=processors, stop=stop) for r in range(B)]
     active = [r for r in range(B) if not streams[r].done]
     if static:
         deepest = cfg.max_draft_length if cfg.adaptive else cfg.draft_length

@@ -13,17 +13,19 @@ class TokenStream:
     kept tokens of every ``append`` as they are committed (a [1, n] tensor on the CPU).
     ``processors`` (:class:`~fastdecode.decoding.processors.Processors`, active ones only): the prefix-dependent
     logits processors of the generation; :meth:`process` applies them to rows of logits, and the stream keeps
-    their view of the committed text.
+    their view of the committed text. ``stop`` (:class:`StopStrings`): generation also stops right after a token
+    that completes one of its strings, as after EOS.
     """
 
     def __init__(self, prompt: torch.Tensor, max_new_tokens: int, eos_ids: set[int], streamer=None,
-                 processors=None):
+                 processors=None, stop=None):
         self.prompt_len = prompt.shape[-1]
         self.tokens: list[int] = prompt[0].tolist()
         self.max_new_tokens = max_new_tokens
         self.eos_ids = eos_ids
         self.done = max_new_tokens == 0
         self.streamer = streamer
+        self.stop = stop
         self.prefix = None
         if processors is not None and processors.active:
             from .processors import Prefix
@@ -54,7 +56,8 @@ class TokenStream:
                 break
             self.tokens.append(int(t))
             kept += 1
-            if int(t) in self.eos_ids or self.new_tokens >= self.max_new_tokens:
+            if int(t) in self.eos_ids or self.new_tokens >= self.max_new_tokens or (
+                    self.stop is not None and self.stop(self.tokens)):
                 self.done = True
         if kept and self.prefix is not None:
             self.prefix.commit(self.tokens[-kept:])
@@ -64,3 +67,19 @@ class TokenStream:
 
     def as_tensor(self, device) -> torch.Tensor:
         return torch.tensor([self.tokens], dtype=torch.long, device=device)
+
+
+class StopStrings:
+    """HF's ``stop_strings``: true right after a token that completes one of the strings (the string must reach
+    into that token; it may start in earlier tokens, the prompt included). transformers' own
+    ``StopStringCriteria`` decides, on the last tokens of the text, so the stops are exactly HF's."""
+
+    def __init__(self, tokenizer, strings):
+        from transformers.generation.stopping_criteria import StopStringCriteria
+
+        self.criteria = StopStringCriteria(tokenizer=tokenizer, stop_strings=strings)
+        self.window = self.criteria.maximum_token_len   # (a stop string spans at most one token per character)
+
+    def __call__(self, tokens: list[int]) -> bool:
+        return bool(self.criteria(torch.tensor([tokens[-self.window:]]), None)[0])
+
