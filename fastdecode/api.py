@@ -237,9 +237,8 @@ def generate(
     begin_suppress_tokens: HF's logits processors, applied as HF applies them to every row of logits with its own
     prefix, target and draft alike, on every method, engine and batch (the output keeps the processed target's
     law; see :mod:`fastdecode.decoding.processors`); None = the generation config's, else none. Other options
-    of HF ``generate`` that fastdecode does not take (num_beams, typical_p, sequence_bias, ...) are a ValueError
-    that says what to do
-    instead (given as None or as the value that changes nothing, such as num_beams=1, they are accepted); the
+    of HF ``generate`` that fastdecode does not take (num_beams, sequence_bias, forced_eos_token_id, ...) are a
+    ValueError that says what to do instead (given as None or as the value that changes nothing, such as num_beams=1, they are accepted); the
     same settings in ``target.generation_config``, which HF generate would apply, give a UserWarning naming them.
     draft_length: gamma, tokens drafted per step; None = 4.
     adaptive_draft: None = the method's default (on for "speculative", off for "multi_draft").
