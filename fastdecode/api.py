@@ -180,6 +180,10 @@ def generate(
     bad_words_ids: list | None = None,
     suppress_tokens: list | None = None,
     begin_suppress_tokens: list | None = None,
+    sequence_bias=None,
+    forced_bos_token_id: int | None = None,
+    forced_eos_token_id=None,
+    exponential_decay_length_penalty=None,
     stop_strings=None,
     tokenizer=None,
     max_length: int | None = None,
@@ -234,10 +238,11 @@ def generate(
     stop_strings (with tokenizer=, as in HF): generation stops right after a token that completes one of the
     strings, as after EOS (transformers' own StopStringCriteria decides); None = the generation config's.
     repetition_penalty, min_new_tokens, min_length, no_repeat_ngram_size, bad_words_ids, suppress_tokens,
-    begin_suppress_tokens: HF's logits processors, applied as HF applies them to every row of logits with its own
+    begin_suppress_tokens, sequence_bias, forced_bos_token_id, forced_eos_token_id,
+    exponential_decay_length_penalty: HF's logits processors, applied as HF applies them to every row of logits with its own
     prefix, target and draft alike, on every method, engine and batch (the output keeps the processed target's
     law; see :mod:`fastdecode.decoding.processors`); None = the generation config's, else none. Other options
-    of HF ``generate`` that fastdecode does not take (num_beams, sequence_bias, forced_eos_token_id, ...) are a
+    of HF ``generate`` that fastdecode does not take (num_beams, guidance_scale, top_h, ...) are a
     ValueError that says what to do instead (given as None or as the value that changes nothing, such as num_beams=1, they are accepted); the
     same settings in ``target.generation_config``, which HF generate would apply, give a UserWarning naming them.
     draft_length: gamma, tokens drafted per step; None = 4.
@@ -328,7 +333,8 @@ def generate(
     eos_ids = _eos_ids(target, eos_token_id)
     procs = Processors(**resolve_processors(
         target, (input_ids if padded_prompt is None else padded_prompt).shape[1], eos_ids, repetition_penalty,
-        min_new_tokens, min_length, no_repeat_ngram_size, bad_words_ids, suppress_tokens, begin_suppress_tokens))
+        min_new_tokens, min_length, no_repeat_ngram_size, bad_words_ids, suppress_tokens, begin_suppress_tokens,
+        sequence_bias, forced_bos_token_id, forced_eos_token_id, exponential_decay_length_penalty, max_new_tokens))
     stop = _stop_strings(target, stop_strings, tokenizer)
     stream = TokenStream(input_ids, max_new_tokens, eos_ids, streamer, procs, stop)
     stats = DecodeStats(method=method)

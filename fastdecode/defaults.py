@@ -100,8 +100,7 @@ def resolve_warpers(target, **given) -> dict:
 # generation_config fields with which HF generate changes the logits (or the search) and fastdecode does not:
 # field -> (the value that changes nothing, whether it acts only when sampling)
 NOT_APPLIED = {
-    "sequence_bias": (None, False), "forced_bos_token_id": (None, False), "forced_eos_token_id": (None, False),
-    "exponential_decay_length_penalty": (None, False), "guidance_scale": (1.0, False),
+    "guidance_scale": (1.0, False),
     "watermarking_config": (None, False), "num_beams": (1, False), "penalty_alpha": (None, False),
     "dola_layers": (None, False), "top_h": (None, True),
 }
@@ -120,15 +119,15 @@ def not_applied(target, prompt_len: int, greedy: bool) -> list[str]:
             continue
         if sampling_only and greedy:
             continue
-        if name == "forced_bos_token_id" and prompt_len > 1:   # HF forces it at the first position only
-            continue
         found.append(f"{name}={value!r}")
     return found
 
 
 def resolve_processors(target, prompt_len: int, eos_ids, repetition_penalty=None, min_new_tokens=None,
                        min_length=None, no_repeat_ngram_size=None, bad_words_ids=None, suppress_tokens=None,
-                       begin_suppress_tokens=None) -> dict:
+                       begin_suppress_tokens=None, sequence_bias=None, forced_bos_token_id=None,
+                       forced_eos_token_id=None, exponential_decay_length_penalty=None,
+                       max_new_tokens: int = 0) -> dict:
     """HF's prefix-dependent logits processors of a call, as the keyword arguments of
     :class:`~fastdecode.decoding.processors.Processors`: each setting the caller's, else the generation
     config's, else none. ``min_length`` counts the prompt (``prompt_len``: the prompt's width as the caller
@@ -160,9 +159,33 @@ def resolve_processors(target, prompt_len: int, eos_ids, repetition_penalty=None
             if not (len(w) == 1 and w[0] in eos_ids and nested):
                 words.append(tuple(w))
     begin = _token_list("begin_suppress_tokens", pick("begin_suppress_tokens", begin_suppress_tokens) or [])
+    bias = pick("sequence_bias", sequence_bias) or {}
+    items = bias.items() if isinstance(bias, dict) else bias
+    try:
+        bias = tuple((tuple(_token_list("sequence_bias", list(w))), float(b)) for w, b in items)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"sequence_bias must map token-id sequences to biases ({{(id, ...): bias}} or "
+                         f"[[[id, ...], bias], ...]), got {bias!r}") from e
+    if any(not w for w, _ in bias):
+        raise ValueError("sequence_bias holds an empty sequence")
+    bos = pick("forced_bos_token_id", forced_bos_token_id)
+    if bos is not None:
+        bos = _token_list("forced_bos_token_id", [bos])[0]
+    eos_forced = pick("forced_eos_token_id", forced_eos_token_id)
+    eos_forced = () if eos_forced is None else tuple(_token_list(
+        "forced_eos_token_id", [eos_forced] if isinstance(eos_forced, int) else eos_forced))
+    decay = pick("exponential_decay_length_penalty", exponential_decay_length_penalty)
+    if decay is not None:
+        if (not isinstance(decay, (tuple, list)) or len(decay) != 2 or not isinstance(decay[0], int)
+                or isinstance(decay[0], bool) or decay[0] < 0 or not isinstance(decay[1], (int, float))):
+            raise ValueError(f"exponential_decay_length_penalty must be (start_index >= 0, decay_factor), "
+                             f"got {decay!r}")
+        decay = (decay[0], float(decay[1]))
     return dict(repetition_penalty=float(r), eos_ids=tuple(sorted(eos_ids)),
                 min_new_tokens=max(counts["min_new_tokens"], counts["min_length"] - prompt_len),
-                no_repeat_ngram_size=counts["no_repeat_ngram_size"], bad_words=tuple(words), begin_suppress=tuple(begin))
+                no_repeat_ngram_size=counts["no_repeat_ngram_size"], bad_words=tuple(words), begin_suppress=tuple(begin),
+                sequence_bias=bias, forced_bos=bos if prompt_len == 1 else None,   # (HF forces it at length 1 only)
+                forced_eos=eos_forced, forced_eos_at=max_new_tokens - 1, decay=decay)
 
 
 def _token_list(name: str, value) -> list[int]:

@@ -105,7 +105,7 @@ def test_hf_only_options_say_what_to_do():
     m = _model()
     for name, value, hint in (("num_beams", 4, "beam search"),
                               ("top_h", 0.9, "changes the distribution"),
-                              ("sequence_bias", {(1,): 2.0}, "changes the distribution"),
+                              ("guidance_scale", 1.5, "changes the distribution"),
                               ("generation_config", m.generation_config, "target.generation_config"),
                               ("assistant_model", m, "draft=")):
         for draft in (None, m):
@@ -128,19 +128,19 @@ def test_hf_options_that_ask_for_nothing_pass():
 
 
 def test_generation_config_settings_not_applied_are_warned_about():
-    """HF generate applies a generation config's forced_eos_token_id, top_h, ...; fastdecode does not, and
+    """HF generate applies a generation config's guidance_scale, top_h, ...; fastdecode does not, and
     says so (sampling-only warpers only when sampling); min_p is applied, from the argument or the config."""
     m = _model()
-    m.generation_config.forced_eos_token_id = 2
+    m.generation_config.guidance_scale = 1.5
     m.generation_config.top_h = 0.9
     try:
-        with pytest.warns(UserWarning, match=r"sets forced_eos_token_id=2, top_h=0.9, which HF generate"):
+        with pytest.warns(UserWarning, match=r"sets guidance_scale=1.5, top_h=0.9, which HF generate"):
             fastdecode.generate(m, PROMPT, temperature=1.0, max_new_tokens=2, seed=0)
-        with pytest.warns(UserWarning, match=r"sets forced_eos_token_id=2, which HF") as rec:
+        with pytest.warns(UserWarning, match=r"sets guidance_scale=1.5, which HF") as rec:
             fastdecode.generate(m, PROMPT, temperature=0, max_new_tokens=2)
         assert all("top_h" not in str(w.message) for w in rec)   # a warper: greedy decoding has none
     finally:
-        m.generation_config.forced_eos_token_id = None
+        m.generation_config.guidance_scale = None
         m.generation_config.top_h = None
 
 

@@ -1,6 +1,7 @@
 """Logits processors that depend on the text before a position: HF's ``repetition_penalty``, its minimum
-lengths (``min_new_tokens``, ``min_length``), ``no_repeat_ngram_size``, ``bad_words_ids``, ``suppress_tokens``
-and ``begin_suppress_tokens``, applied as HF ``generate`` applies them, to the target's logits and to the
+lengths (``min_new_tokens``, ``min_length``), ``no_repeat_ngram_size``, ``bad_words_ids``, ``suppress_tokens``,
+``begin_suppress_tokens``, ``sequence_bias``, forced BOS / EOS and the exponential decay length penalty, applied
+as HF ``generate`` applies them, to the target's logits and to the
 draft's alike.
 
 Why they keep speculative decoding lossless: each one maps a position's raw logits and the tokens before it
@@ -21,6 +22,9 @@ q; ``bench/processors.py`` measures it).
   always; ``NoBadWordsLogitsProcessor``, which drops one-token sequences that are an EOS id);
   ``suppress_tokens`` are one-token bad words; ``begin_suppress_tokens`` get -inf at the first generated
   position only.
+- ``sequence_bias``: a sequence's bias is added to its last token where the prefix ends with the rest (applied
+  first, as HF does); forced BOS / EOS (every other token -inf at the first position of a one-token prompt /
+  at the last position the budget allows); the exponential decay length penalty on the EOS logits.
 
 The committed text's tokens are kept on the device (a presence mask and the list of distinct ids, and the
 tokens in order where a rule reads them), updated when the stream commits tokens; the penalty touches only the
@@ -43,16 +47,24 @@ class Processors:
     no_repeat_ngram_size: int = 0
     bad_words: tuple[tuple[int, ...], ...] = ()   # suppress_tokens included, as one-token words
     begin_suppress: tuple[int, ...] = ()
+    sequence_bias: tuple[tuple[tuple[int, ...], float], ...] = ()
+    forced_bos: int | None = None          # forced at the first generated position (a one-token prompt only)
+    forced_eos: tuple[int, ...] = ()       # forced at the position with ``forced_eos_at`` new tokens before it
+    forced_eos_at: int = -1
+    decay: tuple[int, float] | None = None  # HF's exponential_decay_length_penalty (start, factor), on eos_ids
 
     @property
     def active(self) -> bool:
         return (self.repetition_penalty != 1.0 or (self.min_new_tokens > 0 and bool(self.eos_ids))
-                or self.no_repeat_ngram_size > 0 or bool(self.bad_words) or bool(self.begin_suppress))
+                or self.no_repeat_ngram_size > 0 or bool(self.bad_words) or bool(self.begin_suppress)
+                or bool(self.sequence_bias) or self.forced_bos is not None or bool(self.forced_eos)
+                or (self.decay is not None and bool(self.eos_ids)))
 
     @property
     def reads_text(self) -> bool:
         """Whether a row's tokens, in order, are needed (not only which tokens occur)."""
-        return self.no_repeat_ngram_size > 0 or any(len(w) > 1 for w in self.bad_words)
+        return (self.no_repeat_ngram_size > 0 or any(len(w) > 1 for w in self.bad_words)
+                or any(len(w) > 1 for w, _ in self.sequence_bias))
 
 
 class Prefix:
@@ -122,6 +134,8 @@ class Prefix:
         n, width = logits.shape
         x = logits.float()
         x = x.clone() if x is logits else x
+        if self.procs.sequence_bias:   # first, as in HF: the penalty then sees the biased logits
+            x = self._bias(x, t, lengths)
         r = self.procs.repetition_penalty
         if r != 1.0:
             if self.seen.shape[0] < width:
@@ -151,7 +165,62 @@ class Prefix:
                 rows = torch.tensor(held, device=x.device)[:, None]
                 eos = torch.tensor([e for e in self.procs.eos_ids if e < width], dtype=torch.long, device=x.device)
                 x[rows, eos[None, :]] = float("-inf")
+        return self._forced(x, lengths)
+
+    def _forced(self, x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        """HF's forced BOS / EOS (every other token -inf, the forced one 0) and its exponential decay length
+        penalty (EOS logits raised by |l| (factor^k - 1), k new tokens past the start), by each row's position."""
+        p, dev = self.procs, x.device
+        for token, at in ((p.forced_bos, 0), (p.forced_eos, p.forced_eos_at)):
+            if token is None or token == ():
+                continue
+            rows = [i for i, k in enumerate(lengths) if self.new + k == at]
+            if rows:
+                idx = torch.tensor(rows, device=dev)
+                x[idx] = float("-inf")
+                x[idx[:, None], torch.tensor(token if isinstance(token, tuple) else [token], device=dev)[None]] = 0.0
+        if p.decay is not None and p.eos_ids:
+            start, factor = p.decay
+            eos = torch.tensor([e for e in p.eos_ids if e < x.shape[1]], dtype=torch.long, device=dev)
+            for i, k in enumerate(lengths):
+                if self.new + k > start:
+                    sub = x[i, eos]
+                    pen = (sub.abs() * (pow(factor, self.new + k - start) - 1)).masked_fill(~torch.isfinite(sub), 0.0)
+                    x[i, eos] = sub + pen
         return x
+
+    def _texts(self, t: torch.Tensor, lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's text [rows, L + P] (the committed tokens, then its own ahead; past its end: padding) and
+        its length [rows]."""
+        L = self.length
+        seqs = torch.cat([self.text[:L].expand(t.shape[0], L), t], 1)
+        return seqs, torch.tensor([L + k for k in lengths], device=t.device)
+
+    @staticmethod
+    def _ends_with(seqs: torch.Tensor, ends: torch.Tensor, pattern) -> torch.Tensor:
+        """[rows] bool: the row's text ends with ``pattern`` (a non-empty tuple of ids)."""
+        k = len(pattern)
+        tail = seqs.gather(1, (ends[:, None] - k + torch.arange(k, device=seqs.device)).clamp(min=0))
+        return (ends >= k) & (tail == torch.tensor(pattern, device=seqs.device)).all(-1)
+
+    def _bias(self, x: torch.Tensor, t: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        """HF's sequence_bias: a sequence's bias added to its last token's logit where the text ends with the rest
+        (one-token sequences: always), the biases summed first as HF sums them."""
+        width = x.shape[1]
+        bad = [w[-1] for w, _ in self.procs.sequence_bias if w[-1] >= width]
+        if bad:
+            raise ValueError(f"sequence_bias biases token ids {bad}, but the model's logits have {width} entries")
+        bias = torch.zeros_like(x)
+        for w, b in self.procs.sequence_bias:
+            if len(w) == 1:
+                bias[:, w[0]] += b
+        seqs = ends = None
+        for w, b in self.procs.sequence_bias:
+            if len(w) > 1:
+                if seqs is None:
+                    seqs, ends = self._texts(t, lengths)
+                bias[:, w[-1]] += torch.where(self._ends_with(seqs, ends, w[:-1]), b, 0.0)
+        return x + bias
 
 
     def _bans(self, x: torch.Tensor, t: torch.Tensor, lengths: list[int]) -> torch.Tensor:
@@ -163,9 +232,8 @@ class Prefix:
             x[:, torch.tensor(singles, device=x.device)] = float("-inf")
         if not self.procs.reads_text:
             return x
-        L, dev = self.length, x.device
-        seqs = torch.cat([self.text[:L].expand(n_rows, L), t], 1)                  # [rows, L + P]
-        ends = torch.tensor([L + k for k in lengths], device=dev)                  # each row's text length
+        dev = x.device
+        seqs, ends = self._texts(t, lengths)                                       # [rows, L + P], [rows]
         n = self.procs.no_repeat_ngram_size
         if n > 0 and seqs.shape[1] >= n:
             windows = seqs.unfold(1, n, 1)                                          # [rows, W, n]
@@ -177,12 +245,8 @@ class Prefix:
             banned.scatter_add_(1, windows[:, :, n - 1].clamp(max=width - 1), match.int())   # (sums: no race)
             x = x.masked_fill(banned > 0, float("-inf"))
         for w in self.procs.bad_words:
-            k = len(w) - 1
-            if k == 0 or w[-1] >= width:
-                continue
-            tail = seqs.gather(1, (ends[:, None] - k + torch.arange(k, device=dev)).clamp(min=0))
-            hit = (ends >= k) & (tail == torch.tensor(w[:-1], device=dev)).all(-1)   # [rows]
-            x[:, w[-1]] = torch.where(hit, float("-inf"), x[:, w[-1]])
+            if len(w) > 1 and w[-1] < width:
+                x[:, w[-1]] = torch.where(self._ends_with(seqs, ends, w[:-1]), float("-inf"), x[:, w[-1]])
         return x
 
 

@@ -102,6 +102,41 @@ def test_branch_rows_equal_transformers_processors():
             assert torch.equal(got[i : i + 1], want), (trial, i)
 
 
+def test_bias_forced_tokens_and_decay_equal_transformers_processors():
+    """sequence_bias (one- and two-token sequences, two on one token), forced BOS / EOS and the exponential decay
+    length penalty, by each row's position, against transformers' processors (with a repetition penalty after the
+    bias, in HF's order)."""
+    from transformers.generation.logits_process import (ExponentialDecayLengthPenalty, ForcedBOSTokenLogitsProcessor,
+                                                        ForcedEOSTokenLogitsProcessor, SequenceBiasLogitsProcessor)
+
+    g = torch.Generator().manual_seed(3)
+    V = 12
+    bias = {(4,): 2.5, (3, 4): -1.0, (5, 7): 1.5, (9,): -3.0}
+    for trial in range(24):
+        prompt = [3] if trial % 3 == 0 else [3, 5, 5, 9, 1, 3]
+        new = torch.randint(0, V, (trial % 4,), generator=g).tolist()
+        committed = prompt + new
+        max_new = 7
+        procs = Processors(1.3, 0, (2,), sequence_bias=tuple((k, v) for k, v in bias.items()),
+                           forced_bos=0 if len(prompt) == 1 else None, forced_eos=(2,), forced_eos_at=max_new - 1,
+                           decay=(1, 1.4))
+        pre = Prefix(procs, prompt, len(prompt), "cpu")
+        pre.commit(new)
+        n = 1 + trial % 5
+        ahead = torch.randint(0, V, (n - 1,), generator=g).tolist()
+        logits = torch.randn(n, V, generator=g) * 3
+        got = pre.apply(logits, ahead)
+        for j in range(n):
+            prefix = torch.tensor([committed + ahead[:j]])
+            x = SequenceBiasLogitsProcessor({k: v for k, v in bias.items()})(prefix, logits[j : j + 1].clone())
+            x = RepetitionPenaltyLogitsProcessor(1.3)(prefix, x)
+            if len(prompt) == 1:
+                x = ForcedBOSTokenLogitsProcessor(0)(prefix, x)
+            x = ForcedEOSTokenLogitsProcessor(len(prompt) + max_new, 2)(prefix, x)
+            x = ExponentialDecayLengthPenalty((1, 1.4), 2, len(prompt))(prefix, x)
+            assert torch.equal(got[j : j + 1], x), (trial, j)
+
+
 def test_inactive_processors_leave_the_logits_alone():
     s = TokenStream(torch.tensor([[1, 2]]), 4, {0}, processors=Processors(1.0, 3, ()))
     x = torch.randn(2, 9)
@@ -142,8 +177,8 @@ def test_greedy_equals_hf_generate(code_pair, stdlib_prompts, case):
 
 @pytest.mark.slow
 def test_bans_equal_hf_generate(code_pair, stdlib_prompts):
-    """no_repeat_ngram_size, bad words and suppressed tokens taken from the plain greedy text itself (so that
-    they bite), on the chain, prompt-lookup and tree methods of both engines."""
+    """no_repeat_ngram_size, bad words and suppressed tokens, then sequence biases, taken from the plain greedy text
+    itself (so that they bite), on the chain, prompt-lookup and tree methods of both engines."""
     target = code_pair[0]
     ids = torch.tensor([stdlib_prompts[5][:24]])
     plain = target.generate(ids, max_new_tokens=40, do_sample=False)[0, 24:].tolist()
@@ -152,6 +187,15 @@ def test_bans_equal_hf_generate(code_pair, stdlib_prompts):
     assert ref[0, 24:].tolist() != plain
     for engine in ("dynamic", "static"):
         for method, extra in (METHODS[1], METHODS[3], METHODS[4]):
+            out = _run(code_pair, ids, method, extra, cache_implementation=engine, **kw)
+            assert torch.equal(out, ref), (engine, method, extra)
+    # sequence biases (one and two tokens), the exponential decay length penalty and a forced EOS
+    kw = dict(sequence_bias={(plain[3],): -5.0, (plain[0], plain[1]): 3.0}, exponential_decay_length_penalty=(10, 1.5),
+              forced_eos_token_id=target.generation_config.eos_token_id)
+    ref = target.generate(ids, max_new_tokens=40, do_sample=False, **kw)
+    assert ref[0, 24:].tolist() != plain
+    for engine in ("dynamic", "static"):
+        for method, extra in (METHODS[1], METHODS[4]):
             out = _run(code_pair, ids, method, extra, cache_implementation=engine, **kw)
             assert torch.equal(out, ref), (engine, method, extra)
 
@@ -217,7 +261,11 @@ def test_entropy_switch_applies_them_on_both_engines():
 def test_invalid_values_are_refused():
     m = tiny_llama(1)
     ids = torch.tensor([[1, 2, 3]])
-    for bad, match in ((dict(no_repeat_ngram_size=-2), "no_repeat_ngram_size must be"),
+    for bad, match in ((dict(sequence_bias={(): 1.0}), "empty sequence"), (dict(sequence_bias=[[1, 2]]), "sequence_bias"),
+                       (dict(sequence_bias={(99,): 1.0}), "biases token ids \\[99\\]"),
+                       (dict(exponential_decay_length_penalty=(1,)), "exponential_decay_length_penalty must"),
+                       (dict(forced_eos_token_id="x"), "forced_eos_token_id must hold token ids"),
+                       (dict(no_repeat_ngram_size=-2), "no_repeat_ngram_size must be"),
                        (dict(bad_words_ids=[[1, "a"]]), "bad_words_ids must hold token ids"),
                        (dict(bad_words_ids=[[]]), "empty sequence"), (dict(suppress_tokens=[-1]), "suppress_tokens"),
                        (dict(repetition_penalty=0), "repetition_penalty must be"),
