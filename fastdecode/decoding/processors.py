@@ -52,19 +52,20 @@ class Processors:
     forced_eos: tuple[int, ...] = ()       # forced at the position with ``forced_eos_at`` new tokens before it
     forced_eos_at: int = -1
     decay: tuple[int, float] | None = None  # HF's exponential_decay_length_penalty (start, factor), on eos_ids
+    custom: tuple = ()                      # the caller's logits_processor: callables (input_ids, scores) -> scores
 
     @property
     def active(self) -> bool:
         return (self.repetition_penalty != 1.0 or (self.min_new_tokens > 0 and bool(self.eos_ids))
                 or self.no_repeat_ngram_size > 0 or bool(self.bad_words) or bool(self.begin_suppress)
                 or bool(self.sequence_bias) or self.forced_bos is not None or bool(self.forced_eos)
-                or (self.decay is not None and bool(self.eos_ids)))
+                or (self.decay is not None and bool(self.eos_ids)) or bool(self.custom))
 
     @property
     def reads_text(self) -> bool:
         """Whether a row's tokens, in order, are needed (not only which tokens occur)."""
         return (self.no_repeat_ngram_size > 0 or any(len(w) > 1 for w in self.bad_words)
-                or any(len(w) > 1 for w, _ in self.sequence_bias))
+                or any(len(w) > 1 for w, _ in self.sequence_bias) or bool(self.custom))
 
 
 class Prefix:
@@ -134,6 +135,7 @@ class Prefix:
         n, width = logits.shape
         x = logits.float()
         x = x.clone() if x is logits else x
+        self._ahead = t
         if self.procs.sequence_bias:   # first, as in HF: the penalty then sees the biased logits
             x = self._bias(x, t, lengths)
         r = self.procs.repetition_penalty
@@ -187,7 +189,22 @@ class Prefix:
                     sub = x[i, eos]
                     pen = (sub.abs() * (pow(factor, self.new + k - start) - 1)).masked_fill(~torch.isfinite(sub), 0.0)
                     x[i, eos] = sub + pen
-        return x
+        return self._custom(x, lengths)
+
+    def _custom(self, x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        """The caller's logits processors (HF's ``logits_processor``), after HF's own as in HF: each row's scores
+        [1, V] with that row's own text as ``input_ids`` [1, length] (no padding), one call per row and
+        processor. They must be functions of those two: a row may be a draft that is then rejected."""
+        if not self.procs.custom:
+            return x
+        seqs, _ = self._texts(self._ahead, lengths)
+        rows = []
+        for i, k in enumerate(lengths):
+            ids, row = seqs[i : i + 1, : self.length + k], x[i : i + 1]
+            for proc in self.procs.custom:
+                row = proc(ids, row)
+            rows.append(row)
+        return torch.cat(rows).float()
 
     def _texts(self, t: torch.Tensor, lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Each row's text [rows, L + P] (the committed tokens, then its own ahead; past its end: padding) and

@@ -413,3 +413,44 @@ def test_padded_vocabularies_and_lambda_apply_them():
         a = fastdecode.generate(t, ids, method=method, **extra, **kw).sequences
         assert torch.equal(a, fastdecode.generate(t, ids, method=method, cache_implementation="static", **extra,
                                                   **kw).sequences), method
+
+
+class _NextPenalty:
+    """A caller's processor that reads the text: the id after the last token's gets -3 (and counts its calls)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, input_ids, scores):
+        self.calls += 1
+        nxt = (input_ids[:, -1] + 1) % scores.shape[-1]
+        return scores.scatter_add(1, nxt[:, None], torch.full((scores.shape[0], 1), -3.0))
+
+
+def test_callers_logits_processors_run_on_every_row_with_its_own_text():
+    """logits_processor=: after HF's own (here a repetition penalty and n-gram bans), each row with its own text,
+    so greedy output equals HF's with the same list, alone and in a batch, on every method and both engines."""
+    from transformers import LogitsProcessorList
+
+    target, draft = tiny_llama(5, vocab=32), tiny_llama(6, vocab=32, layers=1)
+    ids = torch.tensor([[3, 7, 7, 1, 9, 3]])
+    procs = [NoRepeatNGramLogitsProcessor(3), _NextPenalty()]
+    kw = dict(max_new_tokens=14, repetition_penalty=1.2)
+    ref = target.generate(ids, do_sample=False, pad_token_id=0, logits_processor=LogitsProcessorList(procs), **kw)
+    assert not torch.equal(ref, target.generate(ids, do_sample=False, pad_token_id=0, **kw))
+    for engine in ("dynamic", "static"):
+        for method, extra in (("autoregressive", {}), ("speculative", dict(draft=draft)), ("prompt_lookup", {}),
+                              ("multi_draft", dict(draft=draft, num_drafts=2, draft_length=2))):
+            out = fastdecode.generate(target, ids, method=method, temperature=0, eos_token_id=[], logits_processor=procs,
+                                      cache_implementation=engine, **extra, **kw)
+            assert torch.equal(out.sequences, ref), (engine, method)
+    assert procs[1].calls > 14                     # (drafted rows too)
+    batch = torch.cat([ids, torch.tensor([[0, 0, 5, 2, 5, 8]])])
+    mask = (batch != 0).long()
+    ref = target.generate(batch, attention_mask=mask, do_sample=False, pad_token_id=0,
+                          logits_processor=LogitsProcessorList(procs), **kw)
+    out = fastdecode.generate(target, batch, attention_mask=mask, draft=draft, temperature=0, pad_token_id=0,
+                              eos_token_id=[], logits_processor=procs, **kw)
+    assert torch.equal(out.sequences, ref)
+    with pytest.raises(ValueError, match="logits_processor must hold callables"):
+        fastdecode.generate(target, ids, logits_processor=[1])
