@@ -185,6 +185,7 @@ def generate(
     forced_eos_token_id=None,
     exponential_decay_length_penalty=None,
     logits_processor=None,
+    prefix_allowed_tokens_fn=None,
     stop_strings=None,
     tokenizer=None,
     max_length: int | None = None,
@@ -245,7 +246,8 @@ def generate(
     law; see :mod:`fastdecode.decoding.processors`); None = the generation config's, else none.
     logits_processor: the caller's processors (HF's ``LogitsProcessorList`` or any callables (input_ids, scores)
     -> scores), after HF's own, called on every row with that row's own text as input_ids [1, length]; they
-    must be functions of those two (a row may belong to a draft that is then rejected). Other options
+    must be functions of those two (a row may belong to a draft that is then rejected). prefix_allowed_tokens_fn:
+    HF's constraint (batch_id, input_ids 1-D) -> allowed token ids, called the same way. Other options
     of HF ``generate`` that fastdecode does not take (num_beams, guidance_scale, top_h, ...) are a
     ValueError that says what to do instead (given as None or as the value that changes nothing, such as num_beams=1, they are accepted); the
     same settings in ``target.generation_config``, which HF generate would apply, give a UserWarning naming them.
@@ -339,7 +341,7 @@ def generate(
         target, (input_ids if padded_prompt is None else padded_prompt).shape[1], eos_ids, repetition_penalty,
         min_new_tokens, min_length, no_repeat_ngram_size, bad_words_ids, suppress_tokens, begin_suppress_tokens,
         sequence_bias, forced_bos_token_id, forced_eos_token_id, exponential_decay_length_penalty, max_new_tokens,
-        logits_processor))
+        logits_processor, prefix_allowed_tokens_fn, num_return_sequences))
     stop = _stop_strings(target, stop_strings, tokenizer)
     stream = TokenStream(input_ids, max_new_tokens, eos_ids, streamer, procs, stop)
     stats = DecodeStats(method=method)

@@ -127,7 +127,8 @@ def resolve_processors(target, prompt_len: int, eos_ids, repetition_penalty=None
                        min_length=None, no_repeat_ngram_size=None, bad_words_ids=None, suppress_tokens=None,
                        begin_suppress_tokens=None, sequence_bias=None, forced_bos_token_id=None,
                        forced_eos_token_id=None, exponential_decay_length_penalty=None,
-                       max_new_tokens: int = 0, logits_processor=None) -> dict:
+                       max_new_tokens: int = 0, logits_processor=None, prefix_allowed_tokens_fn=None,
+                       group: int = 1) -> dict:
     """HF's prefix-dependent logits processors of a call, as the keyword arguments of
     :class:`~fastdecode.decoding.processors.Processors`: each setting the caller's, else the generation
     config's, else none. ``min_length`` counts the prompt (``prompt_len``: the prompt's width as the caller
@@ -184,7 +185,11 @@ def resolve_processors(target, prompt_len: int, eos_ids, repetition_penalty=None
     custom = tuple(logits_processor or ())
     if not all(callable(f) for f in custom):
         raise ValueError(f"logits_processor must hold callables (input_ids, scores) -> scores, got {logits_processor!r}")
-    return dict(custom=custom, repetition_penalty=float(r), eos_ids=tuple(sorted(eos_ids)),
+    if prefix_allowed_tokens_fn is not None and not callable(prefix_allowed_tokens_fn):
+        raise ValueError(f"prefix_allowed_tokens_fn must be a callable (batch_id, input_ids) -> allowed token ids, "
+                         f"got {prefix_allowed_tokens_fn!r}")
+    return dict(custom=custom, allowed_fn=prefix_allowed_tokens_fn, group=group,
+                repetition_penalty=float(r), eos_ids=tuple(sorted(eos_ids)),
                 min_new_tokens=max(counts["min_new_tokens"], counts["min_length"] - prompt_len),
                 no_repeat_ngram_size=counts["no_repeat_ngram_size"], bad_words=tuple(words), begin_suppress=tuple(begin),
                 sequence_bias=bias, forced_bos=bos if prompt_len == 1 else None,   # (HF forces it at length 1 only)

@@ -219,7 +219,7 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     device = kv.device(target)
     B, L = input_ids.shape
     streams = [TokenStream(input_ids[r : r + 1, L - int(attention_mask[r].sum()):], max_new_tokens, eos_ids,
-                           processors=processors, stop=stop) for r in range(B)]
+                           processors=processors, stop=stop, row=r) for r in range(B)]
     active = [r for r in range(B) if not streams[r].done]   # original row of each batch position
     lookup = isinstance(spec, PromptLookupConfig)
     with_draft = spec is not None and draft is not None

@@ -53,7 +53,7 @@ def decode_rows(decode_one, input_ids: torch.Tensor, attention_mask: torch.Tenso
     streams, per_row = [], []
     for r in range(B):
         stream = TokenStream(input_ids[r : r + 1, L - int(attention_mask[r].sum()):], max_new_tokens, eos_ids,
-                             processors=processors, stop=stop)
+                             processors=processors, stop=stop, row=r)
         row = DecodeStats(method=stats.method)
         decode_one(stream, row)   # (also with nothing to generate: the counters a call alone gives, zeros)
         streams.append(stream)

@@ -177,7 +177,7 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     sampling = sm.greedy_limit(sampling)   # (its distributions skip kernels.probs' overflow fallback)
     B, L = input_ids.shape
     streams = [TokenStream(input_ids[r : r + 1, L - int(attention_mask[r].sum()):], max_new_tokens, eos_ids,
-                           processors=processors, stop=stop) for r in range(B)]
+                           processors=processors, stop=stop, row=r) for r in range(B)]
     active = [r for r in range(B) if not streams[r].done]
     if static:
         deepest = cfg.max_draft_length if cfg.adaptive else cfg.draft_length

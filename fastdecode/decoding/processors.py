@@ -53,27 +53,30 @@ class Processors:
     forced_eos_at: int = -1
     decay: tuple[int, float] | None = None  # HF's exponential_decay_length_penalty (start, factor), on eos_ids
     custom: tuple = ()                      # the caller's logits_processor: callables (input_ids, scores) -> scores
+    allowed_fn: object = None               # HF's prefix_allowed_tokens_fn(batch_id, input_ids 1-D) -> allowed ids
+    group: int = 1                          # rows per prompt (num_return_sequences): batch_id = row // group
 
     @property
     def active(self) -> bool:
         return (self.repetition_penalty != 1.0 or (self.min_new_tokens > 0 and bool(self.eos_ids))
                 or self.no_repeat_ngram_size > 0 or bool(self.bad_words) or bool(self.begin_suppress)
                 or bool(self.sequence_bias) or self.forced_bos is not None or bool(self.forced_eos)
-                or (self.decay is not None and bool(self.eos_ids)) or bool(self.custom))
+                or (self.decay is not None and bool(self.eos_ids)) or bool(self.custom) or self.allowed_fn is not None)
 
     @property
     def reads_text(self) -> bool:
         """Whether a row's tokens, in order, are needed (not only which tokens occur)."""
         return (self.no_repeat_ngram_size > 0 or any(len(w) > 1 for w in self.bad_words)
-                or any(len(w) > 1 for w, _ in self.sequence_bias) or bool(self.custom))
+                or any(len(w) > 1 for w, _ in self.sequence_bias) or bool(self.custom) or self.allowed_fn is not None)
 
 
 class Prefix:
     """The processors' view of one generation (batch 1): which tokens the committed text holds, and how many
     of them are new. :meth:`commit` follows the stream; :meth:`apply` processes rows of logits."""
 
-    def __init__(self, procs: Processors, tokens: list[int], prompt_len: int, device):
+    def __init__(self, procs: Processors, tokens: list[int], prompt_len: int, device, row: int = 0):
         self.procs = procs
+        self.row = row   # the stream's row in the batch (prefix_allowed_tokens_fn's batch_id: row // group)
         self.device = device
         self.seen = torch.zeros(0, dtype=torch.bool, device=device)      # token id -> in the committed text
         self.ids = torch.zeros(0, dtype=torch.long, device=device)       # those ids, each once
@@ -167,7 +170,23 @@ class Prefix:
                 rows = torch.tensor(held, device=x.device)[:, None]
                 eos = torch.tensor([e for e in self.procs.eos_ids if e < width], dtype=torch.long, device=x.device)
                 x[rows, eos[None, :]] = float("-inf")
+        if self.procs.allowed_fn is not None:
+            x = self._allowed(x, lengths)
         return self._forced(x, lengths)
+
+    def _allowed(self, x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        """HF's prefix_allowed_tokens_fn: every token it does not list for a row's text gets -inf (the scores plus
+        a 0 / -inf mask, as HF adds it); an empty list is a ValueError, as in HF."""
+        seqs, _ = self._texts(self._ahead, lengths)
+        batch_id = self.row // self.procs.group
+        mask = torch.full_like(x, float("-inf"))
+        for i, k in enumerate(lengths):
+            allowed = self.procs.allowed_fn(batch_id, seqs[i, : self.length + k])
+            if len(allowed) == 0:
+                raise ValueError(f"prefix_allowed_tokens_fn returned an empty list for batch ID {batch_id}: the "
+                                 "constraint cannot be satisfied")
+            mask[i, allowed] = 0
+        return x + mask
 
     def _forced(self, x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
         """HF's forced BOS / EOS (every other token -inf, the forced one 0) and its exponential decay length

@@ -18,7 +18,7 @@ class TokenStream:
     """
 
     def __init__(self, prompt: torch.Tensor, max_new_tokens: int, eos_ids: set[int], streamer=None,
-                 processors=None, stop=None):
+                 processors=None, stop=None, row: int = 0):
         self.prompt_len = prompt.shape[-1]
         self.tokens: list[int] = prompt[0].tolist()
         self.max_new_tokens = max_new_tokens
@@ -29,7 +29,7 @@ class TokenStream:
         self.prefix = None
         if processors is not None and processors.active:
             from .processors import Prefix
-            self.prefix = Prefix(processors, self.tokens, self.prompt_len, prompt.device)
+            self.prefix = Prefix(processors, self.tokens, self.prompt_len, prompt.device, row)
 
     def process(self, logits: torch.Tensor, ahead=None) -> torch.Tensor:
         """``logits`` [n, V] after the processors (see :meth:`Prefix.apply

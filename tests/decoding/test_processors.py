@@ -454,3 +454,30 @@ def test_callers_logits_processors_run_on_every_row_with_its_own_text():
     assert torch.equal(out.sequences, ref)
     with pytest.raises(ValueError, match="logits_processor must hold callables"):
         fastdecode.generate(target, ids, logits_processor=[1])
+
+
+def test_prefix_allowed_tokens_fn_as_hf():
+    """HF's constraint function, given each row's batch index and its own text: greedy output equals HF's, alone
+    and in a batch (where the allowed set depends on the batch index), on every method and both engines."""
+    target, draft = tiny_llama(5, vocab=32), tiny_llama(6, vocab=32, layers=1)
+
+    def allowed(batch_id, ids):
+        last = int(ids[-1])
+        return [(last * 3 + j + batch_id) % 32 for j in range(6)]
+
+    ids = torch.tensor([[3, 7, 7, 1, 9, 3]])
+    kw = dict(max_new_tokens=12, prefix_allowed_tokens_fn=allowed)
+    ref = target.generate(ids, do_sample=False, pad_token_id=0, **kw)
+    assert not torch.equal(ref, target.generate(ids, do_sample=False, pad_token_id=0, max_new_tokens=12))
+    for engine in ("dynamic", "static"):
+        for method, extra in (("autoregressive", {}), ("speculative", dict(draft=draft)),
+                              ("multi_draft", dict(draft=draft, num_drafts=2, draft_length=2))):
+            out = fastdecode.generate(target, ids, method=method, temperature=0, eos_token_id=[],
+                                      cache_implementation=engine, **extra, **kw)
+            assert torch.equal(out.sequences, ref), (engine, method)
+    batch = torch.cat([ids, torch.tensor([[4, 4, 5, 2, 5, 8]])])
+    ref = target.generate(batch, attention_mask=torch.ones_like(batch), do_sample=False, pad_token_id=0, **kw)
+    out = fastdecode.generate(target, batch, draft=draft, temperature=0, pad_token_id=0, eos_token_id=[], **kw)
+    assert torch.equal(out.sequences, ref)
+    with pytest.raises(ValueError, match="returned an empty list for batch ID 0"):
+        fastdecode.generate(target, ids, max_new_tokens=2, prefix_allowed_tokens_fn=lambda b, s: [])
