@@ -1,8 +1,8 @@
 """Logits processors that depend on the text before a position: HF's ``repetition_penalty``, its minimum
 lengths (``min_new_tokens``, ``min_length``), ``no_repeat_ngram_size``, ``bad_words_ids``, ``suppress_tokens``,
-``begin_suppress_tokens``, ``sequence_bias``, forced BOS / EOS and the exponential decay length penalty, applied
-as HF ``generate`` applies them, to the target's logits and to the
-draft's alike.
+``begin_suppress_tokens``, ``sequence_bias``, forced BOS / EOS, the exponential decay length penalty, and the
+caller's own (``logits_processor``, ``prefix_allowed_tokens_fn``), applied as HF ``generate`` applies them, to
+the target's logits and to the draft's alike.
 
 Why they keep speculative decoding lossless: each one maps a position's raw logits and the tokens before it
 to new logits, so the processed target is just another next-token distribution p'(x | prefix). Every row of
@@ -25,6 +25,9 @@ q; ``bench/processors.py`` measures it).
 - ``sequence_bias``: a sequence's bias is added to its last token where the prefix ends with the rest (applied
   first, as HF does); forced BOS / EOS (every other token -inf at the first position of a one-token prompt /
   at the last position the budget allows); the exponential decay length penalty on the EOS logits.
+- the caller's: ``prefix_allowed_tokens_fn(batch_id, input_ids)`` (every token it does not list: -inf), then
+  each ``logits_processor`` callable, after HF's own as in HF; both get a row's own text (no padding) and must
+  be functions of it (a row may belong to a draft that is then rejected).
 
 The committed text's tokens are kept on the device (a presence mask and the list of distinct ids, and the
 tokens in order where a rule reads them), updated when the stream commits tokens; the penalty touches only the
