@@ -173,6 +173,7 @@ def generate(
     typical_p: float | None = None,
     epsilon_cutoff: float | None = None,
     eta_cutoff: float | None = None,
+    top_h: float | None = None,
     repetition_penalty: float | None = None,
     min_new_tokens: int | None = None,
     min_length: int | None = None,
@@ -228,8 +229,8 @@ def generate(
     max_new_tokens, temperature, top_k, top_p, min_p: None = the target's ``generation_config``
     (do_sample=False means temperature 0), else 128, 1.0, 0, 1.0, 0.0 (see ``fastdecode.defaults``). min_p (HF's):
     after top-k and top-p, tokens less probable than min_p times the most probable one are dropped (sampling only);
-    typical_p, epsilon_cutoff, eta_cutoff: HF's warpers, after min_p in that order (sampling only); None = the
-    generation config's, else off.
+    typical_p, epsilon_cutoff, eta_cutoff: HF's warpers, after min_p in that order; top_h: HF's, before top-k
+    (sampling only); None = the generation config's, else off.
     max_length: HF's length limit, prompt included (the padded prompt width in a batch): max_new_tokens =
     max_length - prompt_len; not together with max_new_tokens.
     num_return_sequences: n sampled continuations of each prompt, as HF returns them (rows [B * n, ...], the
@@ -248,7 +249,7 @@ def generate(
     -> scores), after HF's own, called on every row with that row's own text as input_ids [1, length]; they
     must be functions of those two (a row may belong to a draft that is then rejected). prefix_allowed_tokens_fn:
     HF's constraint (batch_id, input_ids 1-D) -> allowed token ids, called the same way. Other options
-    of HF ``generate`` that fastdecode does not take (num_beams, guidance_scale, top_h, ...) are a
+    of HF ``generate`` that fastdecode does not take (num_beams, guidance_scale, watermarking_config, ...) are a
     ValueError that says what to do instead (given as None or as the value that changes nothing, such as num_beams=1, they are accepted); the
     same settings in ``target.generation_config``, which HF generate would apply, give a UserWarning naming them.
     draft_length: gamma, tokens drafted per step; None = 4.
@@ -303,8 +304,8 @@ def generate(
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     sampling = SamplingConfig(temperature, top_k, top_p, **resolve_warpers(
-        target, min_p=min_p, typical_p=typical_p, epsilon_cutoff=epsilon_cutoff, eta_cutoff=eta_cutoff))
-    ignored = not_applied(target, input_ids.shape[1], sampling.greedy)
+        target, min_p=min_p, typical_p=typical_p, epsilon_cutoff=epsilon_cutoff, eta_cutoff=eta_cutoff, top_h=top_h))
+    ignored = not_applied(target)
     if ignored:
         warnings.warn(f"target.generation_config sets {', '.join(ignored)}, which HF generate would apply and "
                       "fastdecode does not: the tokens follow the model's distribution without them (set those "

@@ -38,8 +38,8 @@ class SamplingConfig:
     temperature: 0 means greedy (the distribution is one-hot at the argmax).
     top_k: 0 disables it. top_p: 1.0 disables it. min_p: 0.0 disables it (after top-k and top-p, tokens less
     probable than min_p times the most probable one are dropped, as HF's min_p). typical_p (1.0: off),
-    epsilon_cutoff and eta_cutoff (0.0: off): HF's warpers of those names, in HF's order after min_p (see
-    kernels/probs.py). Greedy decoding ignores the warpers after temperature.
+    epsilon_cutoff and eta_cutoff (0.0: off): HF's warpers of those names, in HF's order after min_p; top_h
+    (1.0: off): HF's, before top-k (see kernels/probs.py). Greedy decoding ignores the warpers after temperature.
     """
 
     temperature: float = 1.0
@@ -49,6 +49,7 @@ class SamplingConfig:
     typical_p: float = 1.0
     epsilon_cutoff: float = 0.0
     eta_cutoff: float = 0.0
+    top_h: float = 1.0
 
     def __post_init__(self):
         t = self.temperature
@@ -65,6 +66,9 @@ class SamplingConfig:
         m = self.typical_p
         if not _is_number(m) or math.isnan(m) or not (0.0 < m <= 1.0):
             raise ValueError(f"typical_p must be in (0, 1] (1 disables it), got {m!r}")
+        m = self.top_h
+        if not _is_number(m) or math.isnan(m) or not (0.0 < m <= 1.0):
+            raise ValueError(f"top_h must be in (0, 1] (1 disables it), got {m!r}")
         for name in ("epsilon_cutoff", "eta_cutoff"):
             m = getattr(self, name)
             if not _is_number(m) or math.isnan(m) or not (0.0 <= m < 1.0):

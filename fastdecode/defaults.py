@@ -82,11 +82,12 @@ def resolve(target, prompt_len: int, max_new_tokens, temperature, top_k, top_p, 
     return max_new_tokens, temperature, top_k, top_p
 
 
-WARPERS = dict(min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0)   # HF's, after top-p; value: off
+WARPERS = dict(min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0, top_h=1.0)   # HF's; value: off
 
 
 def resolve_warpers(target, **given) -> dict:
-    """HF's warpers after top-p (:data:`WARPERS`): each the caller's, else the generation config's, else off.
+    """HF's warpers besides temperature, top-k and top-p (:data:`WARPERS`): each the caller's, else the generation
+    config's, else off.
     Checked by SamplingConfig."""
     gc = getattr(target, "generation_config", None)
     out = {}
@@ -98,26 +99,21 @@ def resolve_warpers(target, **given) -> dict:
 
 
 # generation_config fields with which HF generate changes the logits (or the search) and fastdecode does not:
-# field -> (the value that changes nothing, whether it acts only when sampling)
-NOT_APPLIED = {
-    "guidance_scale": (1.0, False),
-    "watermarking_config": (None, False), "num_beams": (1, False), "penalty_alpha": (None, False),
-    "dola_layers": (None, False), "top_h": (None, True),
-}
-NEUTRAL = {name: neutral for name, (neutral, _) in NOT_APPLIED.items() if neutral is not None}
+# field -> the value that changes nothing
+NOT_APPLIED = {"guidance_scale": 1.0, "watermarking_config": None, "num_beams": 1, "penalty_alpha": None,
+               "dola_layers": None}
+NEUTRAL = {name: neutral for name, neutral in NOT_APPLIED.items() if neutral is not None}
 
 
-def not_applied(target, prompt_len: int, greedy: bool) -> list[str]:
-    """The target's generation_config settings that HF generate would apply to this call and fastdecode does not
-    ("name=value" each): the caller is warned, since the tokens then differ from HF's. Explicit arguments with
-    these names are refused instead (``config.HF_ONLY``)."""
+def not_applied(target) -> list[str]:
+    """The target's generation_config settings that HF generate would apply and fastdecode does not ("name=value"
+    each): the caller is warned, since the tokens then differ from HF's. Explicit arguments with these names are
+    refused instead (``config.HF_ONLY``)."""
     gc = getattr(target, "generation_config", None)
     found = []
-    for name, (neutral, sampling_only) in NOT_APPLIED.items():
+    for name, neutral in NOT_APPLIED.items():
         value = _field(gc, name)
         if value is None or value == neutral or (isinstance(value, (list, dict)) and not value):
-            continue
-        if sampling_only and greedy:
             continue
         found.append(f"{name}={value!r}")
     return found

@@ -104,7 +104,7 @@ def test_hf_only_options_say_what_to_do():
 
     m = _model()
     for name, value, hint in (("num_beams", 4, "beam search"),
-                              ("top_h", 0.9, "changes the distribution"),
+                              ("watermarking_config", {"bias": 2.0}, "changes the distribution"),
                               ("guidance_scale", 1.5, "changes the distribution"),
                               ("generation_config", m.generation_config, "target.generation_config"),
                               ("assistant_model", m, "draft=")):
@@ -128,51 +128,59 @@ def test_hf_options_that_ask_for_nothing_pass():
 
 
 def test_generation_config_settings_not_applied_are_warned_about():
-    """HF generate applies a generation config's guidance_scale, top_h, ...; fastdecode does not, and
-    says so (sampling-only warpers only when sampling); min_p is applied, from the argument or the config."""
+    """HF generate applies a generation config's guidance_scale, beam search, ...; fastdecode does not, and says so
+    (one warning naming them); at the values that change nothing, nothing is said."""
     m = _model()
     m.generation_config.guidance_scale = 1.5
-    m.generation_config.top_h = 0.9
+    m.generation_config.num_beams = 3
     try:
-        with pytest.warns(UserWarning, match=r"sets guidance_scale=1.5, top_h=0.9, which HF generate"):
-            fastdecode.generate(m, PROMPT, temperature=1.0, max_new_tokens=2, seed=0)
-        with pytest.warns(UserWarning, match=r"sets guidance_scale=1.5, which HF") as rec:
+        with pytest.warns(UserWarning, match=r"sets guidance_scale=1.5, num_beams=3, which HF generate"):
             fastdecode.generate(m, PROMPT, temperature=0, max_new_tokens=2)
-        assert all("top_h" not in str(w.message) for w in rec)   # a warper: greedy decoding has none
+        m.generation_config.guidance_scale = 1.0
+        m.generation_config.num_beams = 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            fastdecode.generate(m, PROMPT, temperature=0, max_new_tokens=2)
     finally:
         m.generation_config.guidance_scale = None
-        m.generation_config.top_h = None
+        m.generation_config.num_beams = None
 
 
-@pytest.mark.parametrize("warper", ["typical_p", "epsilon_cutoff", "eta_cutoff"])
+@pytest.mark.parametrize("warper", ["typical_p", "epsilon_cutoff", "eta_cutoff", "top_h"])
 def test_other_warpers_as_hf(warper):
-    """typical_p, epsilon_cutoff and eta_cutoff after temperature, top-k, top-p and min_p: the same kept tokens and
-    probabilities as HF's warper chain; from the argument or the generation config."""
+    """typical_p, epsilon_cutoff and eta_cutoff after temperature, top-k, top-p and min_p, top_h before top-k: the
+    same kept tokens and probabilities as HF's warper chain; from the argument or the generation config."""
     from transformers.generation.logits_process import (EpsilonLogitsWarper, EtaLogitsWarper, MinPLogitsWarper,
-                                                        TopKLogitsWarper, TopPLogitsWarper, TypicalLogitsWarper)
+                                                        TopHLogitsWarper, TopKLogitsWarper, TopPLogitsWarper,
+                                                        TypicalLogitsWarper)
 
     hf = dict(typical_p=lambda v: TypicalLogitsWarper(v), epsilon_cutoff=lambda v: EpsilonLogitsWarper(v),
-              eta_cutoff=lambda v: EtaLogitsWarper(v))[warper]
+              eta_cutoff=lambda v: EtaLogitsWarper(v), top_h=lambda v: TopHLogitsWarper(v))[warper]
     g = torch.Generator().manual_seed(0)
     for trial in range(40):
         logits = torch.randn(3, 60, generator=g) * (1 + trial % 4)
-        value = [0.2, 0.5, 0.9, 0.05][trial % 4] if warper == "typical_p" else [1e-3, 0.02, 0.1, 3e-4][trial % 4]
+        value = [0.2, 0.5, 0.9, 0.05][trial % 4] if warper in ("typical_p", "top_h") else \
+            [1e-3, 0.02, 0.1, 3e-4][trial % 4]
         top_k, top_p, min_p = [(0, 1.0, 0.0), (20, 1.0, 0.0), (0, 0.9, 0.0), (0, 1.0, 0.05)][trial % 4]
         x = logits / 0.7
+        if warper == "top_h":   # (before top-k in HF's chain)
+            x = hf(value)(None, x)
         if top_k:
             x = TopKLogitsWarper(top_k)(None, x)
         if top_p < 1:
             x = TopPLogitsWarper(top_p)(None, x)
         if min_p:
             x = MinPLogitsWarper(min_p)(None, x)
-        want = torch.softmax(hf(value)(None, x), -1)
+        if warper != "top_h":
+            x = hf(value)(None, x)
+        want = torch.softmax(x, -1)
         got = fastdecode.kernels.probs(logits, 0.7, top_k, top_p, min_p=min_p, **{warper: value})
         assert torch.equal(got > 0, want > 0), trial
         assert torch.allclose(got, want, atol=1e-6), trial
     m = _model()
-    a = fastdecode.generate(m, PROMPT, temperature=1.0, max_new_tokens=4, seed=1, **{warper: 0.5 if warper ==
-                                                                                    "typical_p" else 0.05}).sequences
-    setattr(m.generation_config, warper, 0.5 if warper == "typical_p" else 0.05)
+    v = 0.5 if warper in ("typical_p", "top_h") else 0.05
+    a = fastdecode.generate(m, PROMPT, temperature=1.0, max_new_tokens=4, seed=1, **{warper: v}).sequences
+    setattr(m.generation_config, warper, v)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")   # applied: no warning

@@ -35,9 +35,10 @@ def probs(logits: torch.Tensor, sampling: SamplingConfig, check_finite: bool = T
 
 
 def warpers(sampling: SamplingConfig) -> dict:
-    """The warpers after top-p (HF's min_p, typical_p, epsilon_cutoff, eta_cutoff) of ``sampling``."""
+    """HF's warpers besides temperature, top-k and top-p (min_p, typical_p, epsilon_cutoff, eta_cutoff, top_h) of
+    ``sampling``."""
     return dict(min_p=sampling.min_p, typical_p=sampling.typical_p, epsilon_cutoff=sampling.epsilon_cutoff,
-                eta_cutoff=sampling.eta_cutoff)
+                eta_cutoff=sampling.eta_cutoff, top_h=sampling.top_h)
 
 
 NON_FINITE = kernels.NON_FINITE   # the one message for NaN or +inf logits, wherever they are found

@@ -5,6 +5,8 @@
 - top_k > 0: keep the tokens whose scaled logit is >= the k-th largest (ties at the boundary kept).
 - top_p < 1: keep the smallest set of most probable tokens whose mass reaches top_p (after top-k),
   i.e. token x is kept iff the mass of tokens strictly more probable than x is < top_p.
+- top_h < 1 (reference only), before top-k as in HF: among the 100 most probable tokens, keep them in order
+  while the cumulative entropy terms -p log p (their own softmax) stay within top_h times their entropy.
 - the warpers after top-p (reference only; the kernel takes none), in HF's order, each on the row renormalised
   after the ones before it (ratios of kept tokens do not change under renormalisation), the most probable
   token always kept as HF keeps one (``min_tokens_to_keep``):
@@ -51,13 +53,15 @@ NT = 16  # thresholds per search pass: each pass narrows the key bracket about 1
 
 def probs_reference(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                     min_p: float = 0.0, typical_p: float = 1.0, epsilon_cutoff: float = 0.0,
-                    eta_cutoff: float = 0.0) -> torch.Tensor:
+                    eta_cutoff: float = 0.0, top_h: float = 1.0) -> torch.Tensor:
     # logits: [rows, V] -> [rows, V] float32
     if temperature == 0:
         out = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
         return out.scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
     x = logits.float() / temperature
     V = x.shape[-1]
+    if top_h < 1.0:
+        x = _top_h(x, top_h)
     if 0 < top_k < V:
         kth = torch.topk(x, top_k, dim=-1).values[..., -1:]
         x = x.masked_fill(x < kth, float("-inf"))
@@ -87,6 +91,23 @@ def probs_reference(logits: torch.Tensor, temperature: float = 1.0, top_k: int =
         eta = torch.clamp(eta_cutoff ** 0.5 * torch.exp(-_entropy(probs, probs.log())), max=eta_cutoff)
         probs = _kept(probs, probs < eta)
     return probs
+
+
+TOP_H_CANDIDATES = 100   # HF's top_n: the top-h rule looks at this many most probable tokens
+
+
+def _top_h(x: torch.Tensor, top_h: float) -> torch.Tensor:
+    """HF's top-h warper on scaled logits: among the TOP_H_CANDIDATES largest (their own softmax), keep tokens in
+    order of probability while the cumulative entropy terms stay within top_h times their entropy (the first
+    always); the rest -inf. The same operations as HF's, so the same kept set."""
+    n = min(TOP_H_CANDIDATES, x.shape[-1])
+    top, idx = torch.topk(x, n, dim=-1, largest=True, sorted=True)
+    dist = torch.distributions.Categorical(logits=top)
+    p = dist.probs
+    keep_top = torch.cumsum(-p * torch.log(p), dim=-1) <= (dist.entropy() * top_h).unsqueeze(-1)
+    keep_top[:, 0] = True
+    keep = torch.zeros_like(x, dtype=torch.bool).scatter_(1, idx, keep_top)
+    return x.masked_fill(~keep, float("-inf"))
 
 
 def _entropy(probs: torch.Tensor, lp: torch.Tensor) -> torch.Tensor:
