@@ -137,14 +137,16 @@ class Prefix:
     def _apply(self, logits, t: torch.Tensor, valid: torch.Tensor, lengths: list[int]) -> torch.Tensor:
         """Row i's prefix: the committed text, then t[i, valid[i]] (``lengths``: their counts, host ints). Only
         the columns of tokens in some row's prefix are touched (gathered, penalised, written back): O(n *
-        (distinct committed tokens + tokens ahead)), plus one copy of the rows."""
+        (distinct committed tokens + tokens ahead)), plus one copy of the rows. The rules that read a row's
+        text in order get it from one :meth:`_texts` per call."""
+        p = self.procs
         n, width = logits.shape
         x = logits.float()
         x = x.clone() if x is logits else x
-        self._ahead = t
-        if self.procs.sequence_bias:   # first, as in HF: the penalty then sees the biased logits
-            x = self._bias(x, t, lengths)
-        r = self.procs.repetition_penalty
+        seqs, ends = self._texts(t, lengths) if p.reads_text else (None, None)
+        if p.sequence_bias:   # first, as in HF: the penalty then sees the biased logits
+            x = self._bias(x, seqs, ends)
+        r = p.repetition_penalty
         if r != 1.0:
             if self.seen.shape[0] < width:
                 self.seen = _grown(self.seen, width)
@@ -160,27 +162,19 @@ class Prefix:
                 hit = present & ~self.seen[:width][t]
                 sub = x.gather(1, t)
                 x.scatter_(1, t, torch.where(hit, torch.where(sub < 0, sub * r, sub / r), sub))
-        if self.procs.reads_text or self.procs.bad_words:
-            x = self._bans(x, t, lengths)
-        if self.procs.begin_suppress:
-            first = [i for i, k in enumerate(lengths) if self.new + k == 0]
-            if first:
-                cols = torch.tensor([c for c in self.procs.begin_suppress if c < width], device=x.device)
-                x[torch.tensor(first, device=x.device)[:, None], cols[None, :]] = float("-inf")
-        if self.procs.eos_ids and self.procs.min_new_tokens > self.new:
-            held = [i for i, k in enumerate(lengths) if self.new + k < self.procs.min_new_tokens]  # may not end
-            if held:
-                rows = torch.tensor(held, device=x.device)[:, None]
-                eos = torch.tensor([e for e in self.procs.eos_ids if e < width], dtype=torch.long, device=x.device)
-                x[rows, eos[None, :]] = float("-inf")
-        if self.procs.allowed_fn is not None:
-            x = self._allowed(x, lengths)
-        return self._forced(x, lengths)
+        if p.bad_words or p.no_repeat_ngram_size:
+            x = self._bans(x, seqs, ends)
+        _fill(x, [i for i, k in enumerate(lengths) if self.new + k == 0], p.begin_suppress, float("-inf"))
+        _fill(x, [i for i, k in enumerate(lengths) if self.new + k < p.min_new_tokens], p.eos_ids,
+              float("-inf"))   # rows that may not end yet
+        if p.allowed_fn is not None:
+            x = self._allowed(x, seqs, lengths)
+        x = self._forced(x, lengths)
+        return self._custom(x, seqs, lengths) if p.custom else x
 
-    def _allowed(self, x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    def _allowed(self, x: torch.Tensor, seqs: torch.Tensor, lengths: list[int]) -> torch.Tensor:
         """HF's prefix_allowed_tokens_fn: every token it does not list for a row's text gets -inf (the scores plus
         a 0 / -inf mask, as HF adds it); an empty list is a ValueError, as in HF."""
-        seqs, _ = self._texts(self._ahead, lengths)
         batch_id = self.row // self.procs.group
         mask = torch.full_like(x, float("-inf"))
         for i, k in enumerate(lengths):
@@ -194,32 +188,28 @@ class Prefix:
     def _forced(self, x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
         """HF's forced BOS / EOS (every other token -inf, the forced one 0) and its exponential decay length
         penalty (EOS logits raised by |l| (factor^k - 1), k new tokens past the start), by each row's position."""
-        p, dev = self.procs, x.device
-        for token, at in ((p.forced_bos, 0), (p.forced_eos, p.forced_eos_at)):
-            if token is None or token == ():
-                continue
-            rows = [i for i, k in enumerate(lengths) if self.new + k == at]
+        p = self.procs
+        for tokens, at in (((p.forced_bos,) if p.forced_bos is not None else (), 0), (p.forced_eos, p.forced_eos_at)):
+            rows = [i for i, k in enumerate(lengths) if self.new + k == at] if tokens else []
+            if rows and max(tokens) >= x.shape[1]:
+                raise ValueError(f"forced token ids {list(tokens)}, but the model's logits have {x.shape[1]} entries")
             if rows:
-                idx = torch.tensor(rows, device=dev)
-                x[idx] = float("-inf")
-                x[idx[:, None], torch.tensor(token if isinstance(token, tuple) else [token], device=dev)[None]] = 0.0
+                x[torch.tensor(rows, device=x.device)] = float("-inf")
+                _fill(x, rows, tokens, 0.0)
         if p.decay is not None and p.eos_ids:
             start, factor = p.decay
-            eos = torch.tensor([e for e in p.eos_ids if e < x.shape[1]], dtype=torch.long, device=dev)
+            eos = torch.tensor([e for e in p.eos_ids if e < x.shape[1]], dtype=torch.long, device=x.device)
             for i, k in enumerate(lengths):
                 if self.new + k > start:
                     sub = x[i, eos]
                     pen = (sub.abs() * (pow(factor, self.new + k - start) - 1)).masked_fill(~torch.isfinite(sub), 0.0)
                     x[i, eos] = sub + pen
-        return self._custom(x, lengths)
+        return x
 
-    def _custom(self, x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    def _custom(self, x: torch.Tensor, seqs: torch.Tensor, lengths: list[int]) -> torch.Tensor:
         """The caller's logits processors (HF's ``logits_processor``), after HF's own as in HF: each row's scores
         [1, V] with that row's own text as ``input_ids`` [1, length] (no padding), one call per row and
         processor. They must be functions of those two: a row may be a draft that is then rejected."""
-        if not self.procs.custom:
-            return x
-        seqs, _ = self._texts(self._ahead, lengths)
         rows = []
         for i, k in enumerate(lengths):
             ids, row = seqs[i : i + 1, : self.length + k], x[i : i + 1]
@@ -242,9 +232,10 @@ class Prefix:
         tail = seqs.gather(1, (ends[:, None] - k + torch.arange(k, device=seqs.device)).clamp(min=0))
         return (ends >= k) & (tail == torch.tensor(pattern, device=seqs.device)).all(-1)
 
-    def _bias(self, x: torch.Tensor, t: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    def _bias(self, x: torch.Tensor, seqs: torch.Tensor | None, ends: torch.Tensor | None) -> torch.Tensor:
         """HF's sequence_bias: a sequence's bias added to its last token's logit where the text ends with the rest
-        (one-token sequences: always), the biases summed first as HF sums them."""
+        (one-token sequences: always), the biases summed first as HF sums them (``seqs``, ``ends``: the rows'
+        texts, given when a sequence is longer than one token)."""
         width = x.shape[1]
         bad = [w[-1] for w, _ in self.procs.sequence_bias if w[-1] >= width]
         if bad:
@@ -253,26 +244,21 @@ class Prefix:
         for w, b in self.procs.sequence_bias:
             if len(w) == 1:
                 bias[:, w[0]] += b
-        seqs = ends = None
         for w, b in self.procs.sequence_bias:
             if len(w) > 1:
-                if seqs is None:
-                    seqs, ends = self._texts(t, lengths)
                 bias[:, w[-1]] += torch.where(self._ends_with(seqs, ends, w[:-1]), b, 0.0)
         return x + bias
 
-
-    def _bans(self, x: torch.Tensor, t: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-        """-inf where a repeated n-gram or a bad word would end (row i's text: the committed text, then
-        t[i, :lengths[i]])."""
+    def _bans(self, x: torch.Tensor, seqs: torch.Tensor | None, ends: torch.Tensor | None) -> torch.Tensor:
+        """-inf where a repeated n-gram or a bad word would end (``seqs``, ``ends``: the rows' texts, given when
+        a rule reads them)."""
         n_rows, width = x.shape
         singles = [w[0] for w in self.procs.bad_words if len(w) == 1 and w[0] < width]
         if singles:
             x[:, torch.tensor(singles, device=x.device)] = float("-inf")
-        if not self.procs.reads_text:
+        if seqs is None:
             return x
         dev = x.device
-        seqs, ends = self._texts(t, lengths)                                       # [rows, L + P], [rows]
         n = self.procs.no_repeat_ngram_size
         if n > 0 and seqs.shape[1] >= n:
             windows = seqs.unfold(1, n, 1)                                          # [rows, W, n]
@@ -287,6 +273,13 @@ class Prefix:
             if len(w) > 1 and w[-1] < width:
                 x[:, w[-1]] = torch.where(self._ends_with(seqs, ends, w[:-1]), float("-inf"), x[:, w[-1]])
         return x
+
+
+def _fill(x: torch.Tensor, rows: list[int], cols, value: float) -> None:
+    """x[rows, cols] = value in place (host lists; ids past x's width skipped; nothing when either is empty)."""
+    cols = [c for c in cols if c < x.shape[1]]
+    if rows and cols:
+        x[torch.tensor(rows, device=x.device)[:, None], torch.tensor(cols, device=x.device)[None, :]] = value
 
 
 def _grown(seen: torch.Tensor, width: int) -> torch.Tensor:
