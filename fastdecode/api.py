@@ -344,7 +344,9 @@ def generate(
         sequence_bias, forced_bos_token_id, forced_eos_token_id, exponential_decay_length_penalty, max_new_tokens,
         logits_processor, prefix_allowed_tokens_fn, num_return_sequences))
     stop = _stop_strings(target, stop_strings, tokenizer)
-    stream = TokenStream(input_ids, max_new_tokens, eos_ids, streamer, procs, stop)
+    # (batches make a stream per row, each with the processors; this one then only carries the EOS ids)
+    stream = TokenStream(input_ids, max_new_tokens, eos_ids, streamer, procs if input_ids.shape[0] == 1 else None,
+                         stop)
     stats = DecodeStats(method=method)
     if compile_mode is not None and compile is None and input_ids.shape[0] > 1 and not rows_alone:
         compile_mode = "eager"   # batches record their forwards on request only (compile=True / "cudagraphs")

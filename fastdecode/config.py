@@ -252,8 +252,9 @@ class EntropySwitchConfig:
             raise ValueError(f"vocab_size must be None or an int >= 2, got {v!r}")
 
 
-_CHANGES_LAW = ("it changes the distribution tokens are drawn from, and fastdecode samples the target's own "
-                "(temperature, top_k, top_p and min_p only), which is what its verification keeps exactly")
+_CHANGES_LAW = ("it changes the distribution tokens are drawn from in a way fastdecode does not apply (it applies "
+                "HF's other logits processors and warpers, each row with its own prefix, which its verification "
+                "keeps exactly)")
 # options of transformers' generate() that fastdecode does not take, and what to do instead
 HF_ONLY = {
     "num_beams": "beam search is not speculative decoding's target; fastdecode decodes greedily (temperature=0) "

@@ -82,4 +82,3 @@ class StopStrings:
 
     def __call__(self, tokens: list[int]) -> bool:
         return bool(self.criteria(torch.tensor([tokens[-self.window:]]), None)[0])
-
