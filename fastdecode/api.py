@@ -15,7 +15,7 @@ from .decoding import DYNAMIC, STATIC, batched
 from .decoding.batched_rows import decode_rows
 from .decoding import hf_cache as kv
 from .decoding.processors import Processors
-from .decoding.stream import StopStrings, TokenStream
+from .decoding.stream import StopStrings, Stops, TokenStream, check_max_time, check_stopping_criteria
 from .defaults import eos_from_model, not_applied, resolve, resolve_processors, resolve_warpers
 from .kernels.cpu_linear import check_pack_weights, packed_linears, should_pack
 from .models import check_pair, shared_vocab
@@ -154,6 +154,16 @@ def _stop_strings(target, strings, tokenizer):
     return StopStrings(tokenizer, strings)
 
 
+def _stops(target, strings, tokenizer, stopping_criteria, max_time, device) -> Stops | None:
+    """Every stop rule of the call besides EOS and the budget (:class:`Stops`), or None when there is none.
+    stop_strings and max_time: the argument, else the generation config's, as in HF."""
+    if max_time is None:
+        max_time = getattr(getattr(target, "generation_config", None), "max_time", None)
+    stops = Stops(_stop_strings(target, strings, tokenizer), check_stopping_criteria(stopping_criteria),
+                  check_max_time(max_time), device)
+    return stops if stops.active else None
+
+
 def generate(
     target,
     input_ids: torch.Tensor,
@@ -189,6 +199,8 @@ def generate(
     prefix_allowed_tokens_fn=None,
     stop_strings=None,
     tokenizer=None,
+    stopping_criteria=None,
+    max_time: float | None = None,
     max_length: int | None = None,
     num_return_sequences: int = 1,
     adaptive_draft: bool | None = None,
@@ -240,6 +252,11 @@ def generate(
     it is a ValueError; None = decided by the temperature.
     stop_strings (with tokenizer=, as in HF): generation stops right after a token that completes one of the
     strings, as after EOS (transformers' own StopStringCriteria decides); None = the generation config's.
+    stopping_criteria: the caller's (HF's ``StoppingCriteriaList`` or any callables (input_ids, scores) -> bool
+    tensor [rows]), checked after each committed token with that row's own text as input_ids [1, length] (a
+    batch's rows each alone, without padding) and scores None; generation stops right after a token for which
+    one is true, as after EOS. max_time: seconds from the call's start after which generation stops (checked
+    after each committed token, as HF's MaxTimeCriteria); None = the generation config's.
     repetition_penalty, min_new_tokens, min_length, no_repeat_ngram_size, bad_words_ids, suppress_tokens,
     begin_suppress_tokens, sequence_bias, forced_bos_token_id, forced_eos_token_id,
     exponential_decay_length_penalty: HF's logits processors, applied as HF applies them to every row of logits with its own
@@ -343,7 +360,7 @@ def generate(
         min_new_tokens, min_length, no_repeat_ngram_size, bad_words_ids, suppress_tokens, begin_suppress_tokens,
         sequence_bias, forced_bos_token_id, forced_eos_token_id, exponential_decay_length_penalty, max_new_tokens,
         logits_processor, prefix_allowed_tokens_fn, num_return_sequences))
-    stop = _stop_strings(target, stop_strings, tokenizer)
+    stop = _stops(target, stop_strings, tokenizer, stopping_criteria, max_time, device)
     # (batches make a stream per row, each with the processors; this one then only carries the EOS ids)
     stream = TokenStream(input_ids, max_new_tokens, eos_ids, streamer, procs if input_ids.shape[0] == 1 else None,
                          stop)

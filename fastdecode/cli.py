@@ -59,6 +59,9 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repetition-penalty", type=float, default=1.0,
                    help="HF's repetition_penalty (1.0 = none); applied to the target and the draft alike")
     p.add_argument("--no-repeat-ngram-size", type=int, default=0, help="HF's no_repeat_ngram_size (0 = off)")
+    p.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                   help="stop right after the token that completes TEXT (HF's stop_strings; repeatable; a literal "
+                        "\\n or \\t in TEXT is a newline or a tab, so --stop '\\n\\n' stops at a blank line)")
     p.add_argument("--method", default="auto",
                    choices=["auto", "autoregressive", "speculative", "multi_draft", "entropy_switch",
                             "prompt_lookup"],
@@ -125,6 +128,13 @@ def _method_kwargs(args) -> dict:
     return kw
 
 
+def _stop_strings(args) -> list[str] | None:
+    """--stop's texts with a literal \\n / \\t turned into a newline / a tab (None: not given)."""
+    if args.stop is None:
+        return None
+    return [s.replace("\\n", "\n").replace("\\t", "\t") for s in args.stop]
+
+
 def _check_args(args, has_draft: bool) -> None:
     """Every argument check that needs no weights: run before any model is loaded."""
     import torch
@@ -151,6 +161,8 @@ def _check_args(args, has_draft: bool) -> None:
         raise ValueError(f"--repetition-penalty must be a finite number > 0 (1.0: none), got {args.repetition_penalty}")
     if args.no_repeat_ngram_size < 0:
         raise ValueError(f"--no-repeat-ngram-size must be >= 0, got {args.no_repeat_ngram_size}")
+    if args.stop is not None and not all(_stop_strings(args)):
+        raise ValueError("--stop needs a non-empty TEXT")
     if args.num_drafts != 1 and not (args.method == "multi_draft" or (args.method == "auto" and has_draft)):
         raise ValueError(f"--num-drafts applies to --method multi_draft (or auto), not to {args.method}")
     engine = {k: _method_kwargs(args).pop(k, None) for k in ("cache_implementation", "compile", "pack_weights")}
@@ -182,7 +194,8 @@ def _compare(args, target, draft, ids, kw, out) -> None:
         return generate(target, ids, draft=draft, method=args.method, **kw).stats.tokens_per_s
 
     base_kw = {k: kw[k] for k in ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
-                                  "no_repeat_ngram_size", "seed", "cache_implementation", "compile", "pack_weights")
+                                  "no_repeat_ngram_size", "stop_strings", "tokenizer", "seed", "cache_implementation",
+                                  "compile", "pack_weights")
                if k in kw}  # the same engine and settings for the baseline
 
     def base_rate():
@@ -190,6 +203,8 @@ def _compare(args, target, draft, ids, kw, out) -> None:
 
     hf_kw = dict(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
                  repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size)
+    if kw.get("stop_strings"):
+        hf_kw.update(stop_strings=kw["stop_strings"], tokenizer=kw["tokenizer"])
     if args.temperature > 0:
         hf_kw.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p or None)
 
@@ -203,6 +218,10 @@ def _compare(args, target, draft, ids, kw, out) -> None:
     # HF's own speculative decoding (assisted generation, on its default cache) when the method is lossless
     # speculation with a draft model
     assisted = draft is not None and out.stats.method in ("speculative", "multi_draft")
+    if assisted and kw.get("stop_strings"):   # (its assistant runs generate() with the strings but no tokenizer)
+        assisted = False
+        print("HF assisted generation is left out: with stop_strings it raises (it finds no tokenizer for its "
+              "assistant's own generate() call)")
     generate(target, ids, method="autoregressive", **{**base_kw, "max_new_tokens": 4})  # warm-ups
     hf_rate(4)
     rates = {out.stats.method: [out.stats.tokens_per_s], "fastdecode autoregressive": [], "HF generate": []}
@@ -262,6 +281,8 @@ def _run_generate(args) -> int:
     kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
               top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
               no_repeat_ngram_size=args.no_repeat_ngram_size, seed=args.seed, **_method_kwargs(args))
+    if args.stop:
+        kw.update(stop_strings=_stop_strings(args), tokenizer=tok)
     with torch.inference_mode():
         # warm-up run so the timing below does not include one-off start-up costs
         generate(target, ids, draft=draft, method=args.method, **{**kw, "max_new_tokens": 4})

@@ -263,8 +263,6 @@ HF_ONLY = {
     "penalty_alpha": "contrastive search is not speculative decoding's target; fastdecode decodes greedily "
                      "(temperature=0) or samples",
     "dola_layers": "DoLa contrasts layers of one model; fastdecode decodes the target's own distribution",
-    "stopping_criteria": "stop on token ids with eos_token_id= (an id or a list), or on text with stop_strings= "
-                         "and tokenizer=",
     "generation_config": "pass its max_new_tokens, temperature, top_k and top_p as arguments, or set it as "
                          "target.generation_config, which generate() reads for every argument left None",
     "return_dict_in_generate": "generate() returns a GenerationResult (.sequences and .stats) always",
@@ -277,7 +275,7 @@ HF_ONLY = {
 
 # values of those options that ask for nothing fastdecode does not do (code written for HF generate may pass them)
 HARMLESS = {"use_cache": True, "return_dict_in_generate": True, "output_scores": False, "output_logits": False,
-            "stopping_criteria": [], **NEUTRAL}
+            **NEUTRAL}
 
 
 def check_hf_options(options) -> dict:

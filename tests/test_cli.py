@@ -34,6 +34,17 @@ def test_generate_prints_text_and_summary(capsys):
 
 
 @pytest.mark.slow  # a real generation with the code pair
+def test_generate_stops_at_a_stop_text(capsys):
+    """--stop '\\n\\n': the generation ends with the blank line (greedy; this prompt's function ends early)."""
+    prompt = "import os\n\ndef walk(root):\n    "
+    assert main(["generate", "--prompt", prompt, "--max-new-tokens", "80", "--stop", "\\n\\n", "--compare"]) == 0
+    out = capsys.readouterr().out
+    text = out.split("[>>]", 2)[2].split("-" * 60)[0]
+    assert text.rstrip(" ").endswith("\n\n\n") and text.count("\n\n") == 1, text  # (the print adds one newline)
+    assert "speed-up of speculative" in out and "HF assisted generation is left out: with stop_strings" in out
+
+
+@pytest.mark.slow  # a real generation with the code pair
 def test_generate_without_packed_weights(capsys):
     assert main(["generate", "--prompt", "def f(x):", "--max-new-tokens", "8", "--no-pack-weights"]) == 0
     out = capsys.readouterr().out
@@ -53,6 +64,7 @@ def test_generate_multi_draft_with_verifier(capsys):
     (["--min-p", "2"], "min_p must be"),
     (["--repetition-penalty", "0"], "--repetition-penalty must be"),
     (["--no-repeat-ngram-size", "-1"], "--no-repeat-ngram-size must be"),
+    (["--stop", ""], "--stop needs a non-empty TEXT"),
     (["--method", "multi_draft", "--num-drafts", "0"], "num_drafts must be"),
     (["--method", "speculative", "--num-drafts", "3"], "--num-drafts applies"),
     (["--verifier", "bogus"], "verifier"),

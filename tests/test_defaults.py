@@ -119,7 +119,7 @@ def test_hf_options_that_ask_for_nothing_pass():
     ref = fastdecode.generate(m, PROMPT, temperature=0, max_new_tokens=3).sequences
     out = fastdecode.generate(m, PROMPT, temperature=0, max_new_tokens=3, num_beams=1, use_cache=True,
                               no_repeat_ngram_size=0, typical_p=1.0, guidance_scale=1.0, return_dict_in_generate=True, output_scores=False,
-                              logits_processor=[], stopping_criteria=None)
+                              logits_processor=[], stopping_criteria=None, max_time=None)
     assert torch.equal(out.sequences, ref)
     with pytest.raises(ValueError, match="use_cache= is an option"):
         fastdecode.generate(m, PROMPT, max_new_tokens=3, use_cache=False)

@@ -211,7 +211,7 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     static: the static engine's preallocated slot caches, else transformers' DynamicCache; mode (static only):
     "eager", or recorded forwards ("cudagraphs" / "inductor", see :class:`_SlotCache`). processors: the logits
     processors (:mod:`~fastdecode.decoding.processors`), each row's with its own text; stop: the rows' stop
-    strings (:class:`~fastdecode.decoding.stream.StopStrings`)."""
+    rules (:class:`~fastdecode.decoding.stream.Stops`), each row checked with its own text."""
     if isinstance(spec, MultiDraftConfig):
         return decode_tree(target, draft, input_ids, attention_mask, max_new_tokens, eos_ids, pad_token_id, sampling,
                            spec, generator, stats, progress, static=static, mode=mode, processors=processors,

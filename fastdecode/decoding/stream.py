@@ -1,6 +1,9 @@
 """Pieces every decoding loop shares: the emitted-token buffer with EOS / budget handling."""
 from __future__ import annotations
 
+import math
+import time
+
 import torch
 
 
@@ -13,8 +16,8 @@ class TokenStream:
     kept tokens of every ``append`` as they are committed (a [1, n] tensor on the CPU).
     ``processors`` (:class:`~fastdecode.decoding.processors.Processors`, active ones only): the prefix-dependent
     logits processors of the generation; :meth:`process` applies them to rows of logits, and the stream keeps
-    their view of the committed text. ``stop`` (:class:`StopStrings`): generation also stops right after a token
-    that completes one of its strings, as after EOS.
+    their view of the committed text. ``stop`` (:class:`Stops`, or any callable of the token list): generation
+    also stops right after a token for which it is true, as after EOS.
     """
 
     def __init__(self, prompt: torch.Tensor, max_new_tokens: int, eos_ids: set[int], streamer=None,
@@ -82,3 +85,67 @@ class StopStrings:
 
     def __call__(self, tokens: list[int]) -> bool:
         return bool(self.criteria(torch.tensor([tokens[-self.window:]]), None)[0])
+
+
+class Stops:
+    """Every stop rule besides EOS and the budget, checked after each committed token, as HF checks its stopping
+    criteria after each generated one: HF's stop strings (:class:`StopStrings`), the caller's
+    ``stopping_criteria`` (callables ``(input_ids, scores) -> BoolTensor [rows]`` such as transformers'
+    ``StoppingCriteria``; called with the row's text as ``input_ids`` [1, length] on ``device`` and ``scores``
+    None, as HF passes them unless it returns scores) and ``max_time`` (seconds from this object's creation,
+    HF's ``MaxTimeCriteria``)."""
+
+    def __init__(self, strings: StopStrings | None = None, criteria=(), max_time: float | None = None,
+                 device="cpu"):
+        self.strings = strings
+        self.criteria = list(criteria)
+        self.device = device
+        self.deadline = None if max_time is None else time.time() + max_time
+
+    def __call__(self, tokens: list[int]) -> bool:
+        if self.deadline is not None and time.time() > self.deadline:
+            return True
+        if self.strings is not None and self.strings(tokens):
+            return True
+        if self.criteria:
+            ids = torch.tensor([tokens], dtype=torch.long, device=self.device)
+            return any(_says_stop(c, c(ids, None)) for c in self.criteria)
+        return False
+
+    @property
+    def active(self) -> bool:
+        return self.strings is not None or bool(self.criteria) or self.deadline is not None
+
+
+def _says_stop(criterion, answer) -> bool:
+    """A criterion's answer for one row: a bool tensor of one element (HF's [rows]) or a Python bool."""
+    if isinstance(answer, torch.Tensor) and answer.numel() == 1 and answer.dtype in (torch.bool, torch.uint8):
+        return bool(answer.reshape(()))
+    if isinstance(answer, bool):
+        return answer
+    shown = f"a tensor of shape {tuple(answer.shape)} and dtype {answer.dtype}" if isinstance(answer, torch.Tensor) \
+        else repr(answer)
+    raise TypeError(f"stopping criterion {type(criterion).__name__} returned {shown} for one row; a stopping "
+                    "criterion must return a bool tensor with one value per row of input_ids (or a bool)")
+
+
+def check_stopping_criteria(criteria) -> list:
+    """The caller's ``stopping_criteria`` (HF's ``StoppingCriteriaList``, a list of callables, or one callable)
+    as a list; anything else is a ValueError."""
+    if criteria is None:
+        return []
+    items = list(criteria) if isinstance(criteria, (list, tuple)) else [criteria]
+    bad = [c for c in items if not callable(c)]
+    if bad:
+        raise ValueError(f"stopping_criteria must be callables (input_ids, scores) -> bool tensor, such as "
+                         f"transformers' StoppingCriteria, in a list or StoppingCriteriaList; got {bad[0]!r}")
+    return items
+
+
+def check_max_time(max_time) -> float | None:
+    """HF's ``max_time`` (seconds, >= 0) or None."""
+    if max_time is None:
+        return None
+    if isinstance(max_time, bool) or not isinstance(max_time, (int, float)) or math.isnan(max_time) or max_time < 0:
+        raise ValueError(f"max_time must be a number of seconds >= 0, got {max_time!r}")
+    return float(max_time)
