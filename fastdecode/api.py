@@ -15,6 +15,7 @@ from .decoding import DYNAMIC, STATIC, batched
 from .decoding.batched_rows import decode_rows
 from .decoding import hf_cache as kv
 from .decoding.processors import Processors
+from .decoding.scores import generated_scores
 from .decoding.stream import StopStrings, Stops, TokenStream, check_max_time, check_stopping_criteria
 from .defaults import eos_from_model, not_applied, resolve, resolve_processors, resolve_warpers
 from .kernels.cpu_linear import check_pack_weights, packed_linears, should_pack
@@ -201,6 +202,8 @@ def generate(
     tokenizer=None,
     stopping_criteria=None,
     max_time: float | None = None,
+    output_scores: bool = False,
+    output_logits: bool = False,
     max_length: int | None = None,
     num_return_sequences: int = 1,
     adaptive_draft: bool | None = None,
@@ -257,6 +260,11 @@ def generate(
     batch's rows each alone, without padding) and scores None; generation stops right after a token for which
     one is true, as after EOS. max_time: seconds from the call's start after which generation stops (checked
     after each committed token, as HF's MaxTimeCriteria); None = the generation config's.
+    output_scores / output_logits: also return HF's ``scores`` (the processed and warped logits) / ``logits``
+    (raw) of the target for every generated token, as the result's ``.scores`` / ``.logits``: a tuple with one
+    [batch, V] float32 tensor per generated column (zeros after a row's end), so that HF's
+    ``target.compute_transition_scores(out.sequences, out.scores)`` works on them; computed after decoding by one
+    forward of the target over each row's text (see :mod:`fastdecode.decoding.scores`).
     repetition_penalty, min_new_tokens, min_length, no_repeat_ngram_size, bad_words_ids, suppress_tokens,
     begin_suppress_tokens, sequence_bias, forced_bos_token_id, forced_eos_token_id,
     exponential_decay_length_penalty: HF's logits processors, applied as HF applies them to every row of logits with its own
@@ -297,6 +305,9 @@ def generate(
     :func:`fastdecode.config.build_method_config`).
     """
     check_models(target, draft)
+    for name, flag in (("output_scores", output_scores), ("output_logits", output_logits)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name} must be True or False, got {flag!r}")
     method, method_cfg = build_method_config(
         method, draft is not None, num_drafts=num_drafts, verifier=verifier, draft_length=draft_length,
         adaptive_draft=adaptive_draft, max_draft_length=max_draft_length,
@@ -416,12 +427,23 @@ def generate(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         stats.wall_time_s = time.perf_counter() - t0
+        scored = None, None
+        if output_scores or output_logits:   # (inside the contexts: Lambda attention scores as it decoded)
+            if input_ids.shape[0] > 1:
+                text, mask = sequences, attention_mask.to(device)
+                counts = [row["new_tokens"] for row in stats.extra["per_row"]]
+            else:
+                text, counts = stream.as_tensor(device), [stream.new_tokens]
+                mask = torch.ones_like(input_ids)
+            t1 = time.perf_counter()
+            scored = generated_scores(target, text, mask, counts, procs, sampling, output_scores, output_logits)
+            stats.extra["scoring_s"] = time.perf_counter() - t1
     if bar is not None:
         bar.close()
     if input_ids.shape[0] > 1:
-        return GenerationResult(sequences=sequences, stats=stats)
+        return GenerationResult(sequences, stats, *scored)
     stats.new_tokens = stream.new_tokens
     sequences = stream.as_tensor(device)
     if padded_prompt is not None:
         sequences = torch.cat([padded_prompt.to(device), sequences[:, input_ids.shape[1]:]], 1)
-    return GenerationResult(sequences=sequences, stats=stats)
+    return GenerationResult(sequences, stats, *scored)

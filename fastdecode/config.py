@@ -265,17 +265,15 @@ HF_ONLY = {
     "dola_layers": "DoLa contrasts layers of one model; fastdecode decodes the target's own distribution",
     "generation_config": "pass its max_new_tokens, temperature, top_k and top_p as arguments, or set it as "
                          "target.generation_config, which generate() reads for every argument left None",
-    "return_dict_in_generate": "generate() returns a GenerationResult (.sequences and .stats) always",
-    "output_scores": "generate() returns tokens and statistics, not scores",
-    "output_logits": "generate() returns tokens and statistics, not logits",
+    "return_dict_in_generate": "generate() returns a GenerationResult (.sequences and .stats; .scores and .logits "
+                               "with output_scores=True / output_logits=True) always",
     "assistant_model": "pass the draft model as draft=",
     "use_cache": "fastdecode always decodes with a cache (cache_implementation='dynamic' or 'static')",
 }
 
 
 # values of those options that ask for nothing fastdecode does not do (code written for HF generate may pass them)
-HARMLESS = {"use_cache": True, "return_dict_in_generate": True, "output_scores": False, "output_logits": False,
-            **NEUTRAL}
+HARMLESS = {"use_cache": True, "return_dict_in_generate": True, **NEUTRAL}
 
 
 def check_hf_options(options) -> dict:

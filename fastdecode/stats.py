@@ -102,3 +102,6 @@ def _bump(hist: list[int], i: int) -> None:
 class GenerationResult:
     sequences: torch.Tensor  # [batch, prompt_len + new_tokens]
     stats: DecodeStats
+    # with output_scores / output_logits (HF's): one [batch, V] float32 tensor per generated column
+    scores: tuple[torch.Tensor, ...] | None = None
+    logits: tuple[torch.Tensor, ...] | None = None

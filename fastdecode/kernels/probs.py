@@ -58,13 +58,7 @@ def probs_reference(logits: torch.Tensor, temperature: float = 1.0, top_k: int =
     if temperature == 0:
         out = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
         return out.scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
-    x = logits.float() / temperature
-    V = x.shape[-1]
-    if top_h < 1.0:
-        x = _top_h(x, top_h)
-    if 0 < top_k < V:
-        kth = torch.topk(x, top_k, dim=-1).values[..., -1:]
-        x = x.masked_fill(x < kth, float("-inf"))
+    x = scaled_logits(logits, temperature, top_k, top_h)
     probs = torch.softmax(x, dim=-1)
     if top_p < 1.0:
         sorted_p, idx = torch.sort(probs, dim=-1, descending=True)
@@ -91,6 +85,17 @@ def probs_reference(logits: torch.Tensor, temperature: float = 1.0, top_k: int =
         eta = torch.clamp(eta_cutoff ** 0.5 * torch.exp(-_entropy(probs, probs.log())), max=eta_cutoff)
         probs = _kept(probs, probs < eta)
     return probs
+
+
+def scaled_logits(logits: torch.Tensor, temperature: float, top_k: int = 0, top_h: float = 1.0) -> torch.Tensor:
+    """float32 ``logits`` / temperature (> 0) with the tokens top-h and top-k drop set to -inf, in HF's order."""
+    x = logits.float() / temperature
+    if top_h < 1.0:
+        x = _top_h(x, top_h)
+    if 0 < top_k < x.shape[-1]:
+        kth = torch.topk(x, top_k, dim=-1).values[..., -1:]
+        x = x.masked_fill(x < kth, float("-inf"))
+    return x
 
 
 TOP_H_CANDIDATES = 100   # HF's top_n: the top-h rule looks at this many most probable tokens
