@@ -67,18 +67,38 @@ def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _unpack_encoding(inputs, attention_mask):
+def _unpack_encoding(inputs, attention_mask, token_type_ids=None):
     """``inputs``: a tensor, or a tokenizer's output (``BatchEncoding``, or any mapping with "input_ids"), whose
-    "attention_mask" is used unless one is passed as well (then a ValueError). Returns (input_ids, mask)."""
+    "attention_mask" and "token_type_ids" are used unless passed as well (then a ValueError). Returns
+    (input_ids, mask, token_type_ids)."""
     if not isinstance(inputs, Mapping):
-        return inputs, attention_mask
+        return inputs, attention_mask, token_type_ids
     if "input_ids" not in inputs:
         raise ValueError(f"input_ids is a mapping without an 'input_ids' entry (keys: {sorted(inputs)})")
-    mask = inputs.get("attention_mask")
-    if mask is not None and attention_mask is not None:
-        raise ValueError("attention_mask given twice: in the tokenizer's output passed as input_ids and as "
-                         "attention_mask=; pass one")
-    return inputs["input_ids"], attention_mask if attention_mask is not None else mask
+    found = {}
+    for name, given in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+        inside = inputs.get(name)
+        if inside is not None and given is not None:
+            raise ValueError(f"{name} given twice: in the tokenizer's output passed as input_ids and as {name}=; "
+                             "pass one")
+        found[name] = given if given is not None else inside
+    return inputs["input_ids"], found["attention_mask"], found["token_type_ids"]
+
+
+def _check_token_type_ids(target, token_type_ids) -> None:
+    """Token type ids are not passed to the model: all zeros for a model whose forward has no such input (what
+    a tokenizer returns for one segment) are dropped; anything else is a ValueError, since the model would
+    read them."""
+    if token_type_ids is None:
+        return
+    import inspect
+
+    takes = "token_type_ids" in inspect.signature(target.forward).parameters
+    zeros = isinstance(token_type_ids, torch.Tensor) and not bool(token_type_ids.any())
+    if takes or not zeros:
+        why = f"{type(target).__name__} reads them" if takes else "they are not all zeros"
+        raise ValueError(f"token_type_ids: fastdecode does not pass token type ids to the model, and {why}; "
+                         "tokenize with return_token_type_ids=False (or drop them) to decode without them")
 
 
 def _check_input_ids(input_ids) -> None:
@@ -204,6 +224,7 @@ def generate(
     max_time: float | None = None,
     output_scores: bool = False,
     output_logits: bool = False,
+    renormalize_logits: bool | None = None,
     max_length: int | None = None,
     num_return_sequences: int = 1,
     adaptive_draft: bool | None = None,
@@ -264,7 +285,10 @@ def generate(
     (raw) of the target for every generated token, as the result's ``.scores`` / ``.logits``: a tuple with one
     [batch, V] float32 tensor per generated column (zeros after a row's end), so that HF's
     ``target.compute_transition_scores(out.sequences, out.scores)`` works on them; computed after decoding by one
-    forward of the target over each row's text (see :mod:`fastdecode.decoding.scores`).
+    forward of the target over each row's text (see :mod:`fastdecode.decoding.scores`). renormalize_logits:
+    HF's, the scores as log-probabilities (log-softmax after the warpers); None = the generation config's.
+    assistant_model (HF's name) is taken as draft=; a tokenizer's token_type_ids (``**tok(...)``) pass when all
+    zeros for a model that does not read them.
     repetition_penalty, min_new_tokens, min_length, no_repeat_ngram_size, bad_words_ids, suppress_tokens,
     begin_suppress_tokens, sequence_bias, forced_bos_token_id, forced_eos_token_id,
     exponential_decay_length_penalty: HF's logits processors, applied as HF applies them to every row of logits with its own
@@ -304,16 +328,26 @@ def generate(
     Options that do not apply to the method raise ValueError (see
     :func:`fastdecode.config.build_method_config`).
     """
+    if method_options.get("assistant_model") is not None:   # HF's name for the draft model
+        if draft is not None:
+            raise ValueError("draft= and assistant_model= both given: they name the same model (the draft); pass one")
+        draft = method_options.pop("assistant_model")
+    method_options.pop("assistant_model", None)
+    token_type_ids = method_options.pop("token_type_ids", None)   # (a tokenizer's output passed as **inputs)
     check_models(target, draft)
-    for name, flag in (("output_scores", output_scores), ("output_logits", output_logits)):
+    if renormalize_logits is None:
+        renormalize_logits = bool(getattr(getattr(target, "generation_config", None), "renormalize_logits", False))
+    for name, flag in (("output_scores", output_scores), ("output_logits", output_logits),
+                       ("renormalize_logits", renormalize_logits)):
         if not isinstance(flag, bool):
             raise ValueError(f"{name} must be True or False, got {flag!r}")
     method, method_cfg = build_method_config(
         method, draft is not None, num_drafts=num_drafts, verifier=verifier, draft_length=draft_length,
         adaptive_draft=adaptive_draft, max_draft_length=max_draft_length,
         confidence_threshold=confidence_threshold, fallback=fallback, **method_options)
-    input_ids, attention_mask = _unpack_encoding(input_ids, attention_mask)
+    input_ids, attention_mask, token_type_ids = _unpack_encoding(input_ids, attention_mask, token_type_ids)
     _check_input_ids(input_ids)
+    _check_token_type_ids(target, token_type_ids)
     if not _is_int(num_return_sequences) or num_return_sequences < 1:
         raise ValueError(f"num_return_sequences must be an int >= 1, got {num_return_sequences!r}")
     if num_return_sequences > 1:   # as HF: each prompt n times, rows of one prompt next to each other
@@ -436,7 +470,8 @@ def generate(
                 text, counts = stream.as_tensor(device), [stream.new_tokens]
                 mask = torch.ones_like(input_ids)
             t1 = time.perf_counter()
-            scored = generated_scores(target, text, mask, counts, procs, sampling, output_scores, output_logits)
+            scored = generated_scores(target, text, mask, counts, procs, sampling, output_scores, output_logits,
+                                      renormalize_logits)
             stats.extra["scoring_s"] = time.perf_counter() - t1
     if bar is not None:
         bar.close()

@@ -267,13 +267,33 @@ HF_ONLY = {
                          "target.generation_config, which generate() reads for every argument left None",
     "return_dict_in_generate": "generate() returns a GenerationResult (.sequences and .stats; .scores and .logits "
                                "with output_scores=True / output_logits=True) always",
-    "assistant_model": "pass the draft model as draft=",
     "use_cache": "fastdecode always decodes with a cache (cache_implementation='dynamic' or 'static')",
+    **{name: "it applies to beam search, which fastdecode does not do (it decodes greedily or samples)"
+       for name in ("length_penalty", "early_stopping", "num_beam_groups", "diversity_penalty", "low_memory",
+                    "force_words_ids", "constraints")},
+    **{name: "it applies to encoder-decoder models; fastdecode decodes causal language models"
+       for name in ("encoder_repetition_penalty", "encoder_no_repeat_ngram_size", "decoder_start_token_id")},
+    "output_attentions": "generate() returns tokens, statistics and (output_scores=True / output_logits=True) the "
+                         "target's scores, not attentions",
+    "output_hidden_states": "generate() returns tokens, statistics and (output_scores=True / output_logits=True) "
+                            "the target's scores, not hidden states",
+    "remove_invalid_values": "NaN or +inf logits are a ValueError in fastdecode, never replaced",
+    "negative_prompt_ids": "it belongs to guidance_scale (classifier-free guidance), which fastdecode does not apply",
+    "negative_prompt_attention_mask": "it belongs to guidance_scale (classifier-free guidance), which fastdecode "
+                                      "does not apply",
+    "past_key_values": "fastdecode builds its own caches: pass the whole prompt as input_ids",
+    "synced_gpus": "one process decodes; DeepSpeed ZeRO-3 / FSDP synchronisation is not supported",
+    "token_healing": "token healing is not applied",
+    "custom_generate": "fastdecode.generate is itself the decoding loop",
+    "assistant_tokenizer": "the draft must share the target's tokenizer (check_pair refuses one that does not)",
 }
 
 
 # values of those options that ask for nothing fastdecode does not do (code written for HF generate may pass them)
-HARMLESS = {"use_cache": True, "return_dict_in_generate": True, **NEUTRAL}
+HARMLESS = {"use_cache": True, "return_dict_in_generate": True, "length_penalty": 1.0, "early_stopping": False,
+            "num_beam_groups": 1, "diversity_penalty": 0.0, "low_memory": False, "encoder_repetition_penalty": 1.0,
+            "encoder_no_repeat_ngram_size": 0, "output_attentions": False, "output_hidden_states": False,
+            "remove_invalid_values": False, "synced_gpus": False, "token_healing": False, **NEUTRAL}
 
 
 def check_hf_options(options) -> dict:
@@ -323,7 +343,8 @@ def _method_config(method: str, has_draft: bool, *, num_drafts=1, verifier=None,
     The arguments are those of :func:`fastdecode.generate`; None (and ``num_drafts=1``) means "not given",
     which selects the documented default (draft_length 4, confidence_threshold 0.4, max_draft_length
     max(16, draft_length), adaptive on for speculative and off for multi_draft). "auto" is speculative
-    when ``has_draft`` (multi_draft when num_drafts > 1), else autoregressive.
+    when ``has_draft`` (multi_draft when num_drafts > 1), else autoregressive; with ``prompt_lookup_num_tokens``
+    given (HF's switch for it), prompt_lookup.
 
     Raises ValueError for bad values and for options given that do not apply to the method:
     draft options (draft_length, adaptive_draft, max_draft_length, confidence_threshold, verifier,
@@ -337,6 +358,9 @@ def _method_config(method: str, has_draft: bool, *, num_drafts=1, verifier=None,
     """
     if not isinstance(method, str):
         raise ValueError(f"method must be a string, got {method!r}")
+    if method == "auto" and method_options.get("prompt_lookup_num_tokens") is not None \
+            and not (_is_int(num_drafts) and num_drafts > 1):
+        method = "prompt_lookup"   # as HF generate: prompt_lookup_num_tokens asks for prompt lookup
     if method == "auto":
         method = ("multi_draft" if _is_int(num_drafts) and num_drafts > 1 else "speculative") if has_draft \
             else "autoregressive"

@@ -107,7 +107,11 @@ def test_hf_only_options_say_what_to_do():
                               ("watermarking_config", {"bias": 2.0}, "changes the distribution"),
                               ("guidance_scale", 1.5, "changes the distribution"),
                               ("generation_config", m.generation_config, "target.generation_config"),
-                              ("assistant_model", m, "draft=")):
+                              ("low_memory", True, "beam search"), ("length_penalty", 0.8, "beam search"),
+                              ("output_hidden_states", True, "not hidden states"),
+                              ("remove_invalid_values", True, "never replaced"),
+                              ("encoder_repetition_penalty", 1.2, "encoder-decoder"),
+                              ("past_key_values", object(), "builds its own caches")):
         for draft in (None, m):
             with pytest.raises(ValueError, match=f"{name}= is an option of transformers' generate.*{hint}"):
                 fastdecode.generate(m, PROMPT, draft=draft, max_new_tokens=2, **{name: value})
@@ -119,7 +123,11 @@ def test_hf_options_that_ask_for_nothing_pass():
     ref = fastdecode.generate(m, PROMPT, temperature=0, max_new_tokens=3).sequences
     out = fastdecode.generate(m, PROMPT, temperature=0, max_new_tokens=3, num_beams=1, use_cache=True,
                               no_repeat_ngram_size=0, typical_p=1.0, guidance_scale=1.0, return_dict_in_generate=True, output_scores=False,
-                              logits_processor=[], stopping_criteria=None, max_time=None)
+                              logits_processor=[], stopping_criteria=None, max_time=None, length_penalty=1.0,
+                              early_stopping=False, num_beam_groups=1, diversity_penalty=0.0, low_memory=None,
+                              output_attentions=False, output_hidden_states=False, remove_invalid_values=False,
+                              synced_gpus=False, past_key_values=None, token_healing=False, constraints=None,
+                              negative_prompt_ids=None, encoder_no_repeat_ngram_size=0)
     assert torch.equal(out.sequences, ref)
     with pytest.raises(ValueError, match="use_cache= is an option"):
         fastdecode.generate(m, PROMPT, max_new_tokens=3, use_cache=False)
@@ -242,3 +250,32 @@ def test_max_length_and_num_return_sequences_as_hf_generate():
     for bad in (0, 1.5, True):
         with pytest.raises(ValueError, match="num_return_sequences must be an int >= 1"):
             fastdecode.generate(m, PROMPT, num_return_sequences=bad)
+
+
+def test_hf_names_for_what_fastdecode_does():
+    """assistant_model is the draft (both at once is an error); prompt_lookup_num_tokens selects prompt lookup
+    under method="auto", as in HF; a tokenizer's all-zero token_type_ids pass for a model that does not read
+    them."""
+    import pytest
+
+
+    m, d = _model(), tiny_lm("llama", 1, seed=4)
+    ref = fastdecode.generate(m, PROMPT, draft=d, temperature=0, max_new_tokens=6, fallback="off")
+    out = fastdecode.generate(m, PROMPT, assistant_model=d, temperature=0, max_new_tokens=6, fallback="off")
+    assert torch.equal(out.sequences, ref.sequences) and out.stats.method == "speculative" and out.stats.draft_calls
+    with pytest.raises(ValueError, match="draft= and assistant_model= both given"):
+        fastdecode.generate(m, PROMPT, draft=d, assistant_model=d, max_new_tokens=2)
+    out = fastdecode.generate(m, PROMPT, temperature=0, max_new_tokens=6, prompt_lookup_num_tokens=3)
+    assert out.stats.method == "prompt_lookup" and torch.equal(out.sequences, fastdecode.generate(
+        m, PROMPT, temperature=0, max_new_tokens=6).sequences)
+    enc = {"input_ids": PROMPT, "attention_mask": torch.ones_like(PROMPT), "token_type_ids": torch.zeros_like(PROMPT)}
+    assert torch.equal(fastdecode.generate(m, **enc, temperature=0, max_new_tokens=6).sequences,
+                       fastdecode.generate(m, enc, temperature=0, max_new_tokens=6).sequences)
+    with pytest.raises(ValueError, match="token_type_ids: .* they are not all zeros; tokenize with "
+                                         "return_token_type_ids=False"):
+        fastdecode.generate(m, PROMPT, token_type_ids=torch.ones_like(PROMPT), max_new_tokens=2)
+    with pytest.raises(ValueError, match="token_type_ids given twice"):
+        fastdecode.generate(m, enc, token_type_ids=torch.zeros_like(PROMPT), max_new_tokens=2)
+    gpt2 = tiny_lm("gpt2", layers=1)
+    with pytest.raises(ValueError, match="GPT2LMHeadModel reads them"):
+        fastdecode.generate(gpt2, PROMPT, token_type_ids=torch.zeros_like(PROMPT), max_new_tokens=2)

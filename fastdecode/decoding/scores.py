@@ -40,11 +40,13 @@ def warped(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
 
 
 def generated_scores(target, sequences: torch.Tensor, prompt_mask: torch.Tensor, new_tokens: list[int],
-                     processors: Processors, sampling: SamplingConfig, scores: bool, logits: bool):
+                     processors: Processors, sampling: SamplingConfig, scores: bool, logits: bool,
+                     renormalize: bool = False):
     """(scores, logits) as HF returns them: each a tuple with one [B, V] float32 tensor per generated column of
     ``sequences`` [B, L + n] (L = the prompt width, ``prompt_mask`` [B, L] its attention mask), or None where not
     asked. Row r's first ``new_tokens[r]`` columns are scored; its columns after its end are 0 (HF fills them
-    with what the model gives its padding)."""
+    with what the model gives its padding). ``renormalize`` (HF's renormalize_logits): the scores as
+    log-probabilities, log-softmax after the warpers."""
     B, W = sequences.shape
     L = prompt_mask.shape[1]
     n = W - L
@@ -66,7 +68,8 @@ def generated_scores(target, sequences: torch.Tensor, prompt_mask: torch.Tensor,
             if processors.active:
                 prefix = Prefix(processors, text[0, :own].tolist(), own, raw.device, row=r)
                 x = prefix.apply(raw, text[0, own : own + k - 1])
-            out_s[r, :k] = warped(x, sampling)
+            x = warped(x, sampling)
+            out_s[r, :k] = x.log_softmax(-1) if renormalize else x
 
     def steps(t):
         return None if t is None else tuple(t[:, i] for i in range(n))

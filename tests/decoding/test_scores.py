@@ -133,3 +133,21 @@ def test_scores_edge_cases_and_errors():
         fastdecode.generate(m, ids, output_scores="yes")
     with pytest.raises(ValueError, match="return_dict_in_generate= is an option.*output_scores=True"):
         fastdecode.generate(m, ids, return_dict_in_generate=False)
+
+
+def test_renormalize_logits_gives_log_probabilities():
+    """renormalize_logits=True (HF's): the scores are the log-softmax of the warped scores (argument or generation
+    config)."""
+    m, d = tiny_llama(1, vocab=40), tiny_llama(2, vocab=40)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    kw = dict(draft=d, max_new_tokens=8, seed=5, top_k=6, output_scores=True)
+    raw = fastdecode.generate(m, ids, **kw)
+    norm = fastdecode.generate(m, ids, renormalize_logits=True, **kw)
+    assert torch.equal(raw.sequences, norm.sequences)
+    torch.testing.assert_close(_stacked(norm.scores), _stacked(raw.scores).log_softmax(-1))
+    m.generation_config.renormalize_logits = True
+    try:
+        again = fastdecode.generate(m, ids, **kw)
+    finally:
+        m.generation_config.renormalize_logits = None
+    torch.testing.assert_close(_stacked(again.scores), _stacked(norm.scores))
