@@ -17,7 +17,7 @@ from .decoding import hf_cache as kv
 from .decoding.processors import Processors
 from .decoding.scores import generated_scores
 from .decoding.stream import StopStrings, Stops, TokenStream, check_max_time, check_stopping_criteria
-from .defaults import eos_from_model, not_applied, resolve, resolve_processors, resolve_warpers
+from .defaults import eos_from_model, not_applied, resolve, resolve_processors, resolve_warpers, takes_generation_config
 from .kernels.cpu_linear import check_pack_weights, packed_linears, should_pack
 from .models import check_pair, shared_vocab
 from .stats import DecodeStats, GenerationResult
@@ -185,6 +185,7 @@ def _stops(target, strings, tokenizer, stopping_criteria, max_time, device) -> S
     return stops if stops.active else None
 
 
+@takes_generation_config
 def generate(
     target,
     input_ids: torch.Tensor,
@@ -287,7 +288,8 @@ def generate(
     ``target.compute_transition_scores(out.sequences, out.scores)`` works on them; computed after decoding by one
     forward of the target over each row's text (see :mod:`fastdecode.decoding.scores`). renormalize_logits:
     HF's, the scores as log-probabilities (log-softmax after the warpers); None = the generation config's.
-    assistant_model (HF's name) is taken as draft=; a tokenizer's token_type_ids (``**tok(...)``) pass when all
+    generation_config (HF's): a ``GenerationConfig`` whose set fields override the target's generation config for
+    this call (every argument left None reads them). assistant_model (HF's name) is taken as draft=; a tokenizer's token_type_ids (``**tok(...)``) pass when all
     zeros for a model that does not read them.
     repetition_penalty, min_new_tokens, min_length, no_repeat_ngram_size, bad_words_ids, suppress_tokens,
     begin_suppress_tokens, sequence_bias, forced_bos_token_id, forced_eos_token_id,

@@ -263,8 +263,6 @@ HF_ONLY = {
     "penalty_alpha": "contrastive search is not speculative decoding's target; fastdecode decodes greedily "
                      "(temperature=0) or samples",
     "dola_layers": "DoLa contrasts layers of one model; fastdecode decodes the target's own distribution",
-    "generation_config": "pass its max_new_tokens, temperature, top_k and top_p as arguments, or set it as "
-                         "target.generation_config, which generate() reads for every argument left None",
     "return_dict_in_generate": "generate() returns a GenerationResult (.sequences and .stats; .scores and .logits "
                                "with output_scores=True / output_logits=True) always",
     "use_cache": "fastdecode always decodes with a cache (cache_implementation='dynamic' or 'static')",

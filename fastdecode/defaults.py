@@ -10,6 +10,10 @@ prompt in ``max_length``).
 """
 from __future__ import annotations
 
+import contextlib
+import copy
+import functools
+
 DEFAULTS = dict(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=128)
 
 
@@ -211,3 +215,37 @@ def eos_from_model(target):
     if gc is not None:
         return getattr(gc, "eos_token_id", None)
     return getattr(target.config, "eos_token_id", None)
+
+
+@contextlib.contextmanager
+def call_generation_config(target, generation_config):
+    """HF's ``generate(generation_config=...)``: for one call, the target's generation config with the fields the
+    given one sets (not None) put over it, as HF merges them, so that every default above reads it; the model's
+    own config is restored afterwards."""
+    if generation_config is None:
+        yield
+        return
+    from transformers import GenerationConfig
+
+    if not isinstance(generation_config, GenerationConfig):
+        raise ValueError(f"generation_config must be a transformers GenerationConfig, got "
+                         f"{type(generation_config).__name__}")
+    own = getattr(target, "generation_config", None)
+    merged = copy.deepcopy(own) if own is not None else GenerationConfig()
+    for name, value in generation_config.to_dict().items():
+        if value is not None and name not in ("transformers_version", "_from_model_config"):
+            setattr(merged, name, value)
+    target.generation_config = merged
+    try:
+        yield
+    finally:
+        target.generation_config = own
+
+
+def takes_generation_config(generate):
+    """``generate`` with HF's ``generation_config=`` keyword (see :func:`call_generation_config`)."""
+    @functools.wraps(generate)
+    def wrapper(target, *args, generation_config=None, **kwargs):
+        with call_generation_config(target, generation_config):
+            return generate(target, *args, **kwargs)
+    return wrapper

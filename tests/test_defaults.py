@@ -106,7 +106,6 @@ def test_hf_only_options_say_what_to_do():
     for name, value, hint in (("num_beams", 4, "beam search"),
                               ("watermarking_config", {"bias": 2.0}, "changes the distribution"),
                               ("guidance_scale", 1.5, "changes the distribution"),
-                              ("generation_config", m.generation_config, "target.generation_config"),
                               ("low_memory", True, "beam search"), ("length_penalty", 0.8, "beam search"),
                               ("output_hidden_states", True, "not hidden states"),
                               ("remove_invalid_values", True, "never replaced"),
@@ -279,3 +278,24 @@ def test_hf_names_for_what_fastdecode_does():
     gpt2 = tiny_lm("gpt2", layers=1)
     with pytest.raises(ValueError, match="GPT2LMHeadModel reads them"):
         fastdecode.generate(gpt2, PROMPT, token_type_ids=torch.zeros_like(PROMPT), max_new_tokens=2)
+
+
+def test_generation_config_argument_as_hf():
+    """generate(generation_config=gc): gc's set fields over the target's config for the call (HF's merge), the
+    arguments over both; the target's own config is left as it was, also after an error."""
+    import pytest
+    from transformers import GenerationConfig
+
+    m = _model(max_new_tokens=3)
+    own = m.generation_config
+    gc = GenerationConfig(max_new_tokens=7, do_sample=False, repetition_penalty=1.5, no_repeat_ngram_size=2)
+    out = fastdecode.generate(m, PROMPT, generation_config=gc)
+    assert torch.equal(out.sequences, m.generate(PROMPT, generation_config=gc))
+    assert out.sequences.shape == (1, 10) and m.generation_config is own and own.max_new_tokens == 3
+    assert fastdecode.generate(m, PROMPT, generation_config=gc, max_new_tokens=2).sequences.shape == (1, 5)
+    assert fastdecode.generate(m, PROMPT, generation_config=GenerationConfig(), temperature=0).sequences.shape == (1, 6)
+    with pytest.raises(ValueError, match="generation_config must be a transformers GenerationConfig, got dict"):
+        fastdecode.generate(m, PROMPT, generation_config={"max_new_tokens": 2})
+    with pytest.raises(ValueError, match="top_p must be"):
+        fastdecode.generate(m, PROMPT, generation_config=GenerationConfig(do_sample=True, top_p=0.0))
+    assert m.generation_config is own
