@@ -67,6 +67,16 @@ class Processors:
                 or (self.decay is not None and bool(self.eos_ids)) or bool(self.custom) or self.allowed_fn is not None)
 
     @property
+    def dense(self) -> bool:
+        """Whether every active rule is one a recorded graph applies (:class:`DenseRules`): the repetition penalty,
+        one-token bans (bad words of one token, suppressed tokens) and the minimum length; they need only which
+        tokens a row's text holds and how many are new."""
+        return self.active and not (self.no_repeat_ngram_size > 0 or any(len(w) > 1 for w in self.bad_words)
+                                    or self.begin_suppress or self.sequence_bias or self.forced_bos is not None
+                                    or self.forced_eos or self.decay is not None or self.custom
+                                    or self.allowed_fn is not None)
+
+    @property
     def reads_text(self) -> bool:
         """Whether a row's tokens, in order, are needed (not only which tokens occur)."""
         return (self.no_repeat_ngram_size > 0 or any(len(w) > 1 for w in self.bad_words)
@@ -87,12 +97,16 @@ class Prefix:
         self.text = torch.zeros(64, dtype=torch.long, device=device)     # the committed tokens (reads_text)
         self.length = 0
         self.new = 0
+        self._new_dev = None   # the new-token count on the device, once a recorded graph asks (dense_inputs)
+        self.rules = DenseRules(procs, device) if procs.dense else None   # (what a recorded graph can apply)
         self.commit(tokens)
         self.new = len(tokens) - prompt_len
 
     def commit(self, tokens: list[int]) -> None:
         """Tokens appended to the committed text (host ints)."""
         self.new += len(tokens)
+        if self._new_dev is not None:
+            self._new_dev.add_(len(tokens))
         if self.procs.reads_text and tokens:
             end = self.length + len(tokens)
             if end > self.text.shape[0]:
@@ -107,6 +121,14 @@ class Prefix:
         self.seen = _grown(self.seen, fresh[-1] + 1)
         self.seen[ids] = True
         self.ids = torch.cat([self.ids, ids])
+
+    def dense_inputs(self, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The committed text as a recorded graph reads it (:class:`DenseRules`): which token ids it holds
+        [width] bool, and its new-token count [1] long, both on the device (no host read, no copy from the
+        host after the first call)."""
+        if self._new_dev is None:
+            self._new_dev = torch.tensor([self.new], dtype=torch.long, device=self.device)
+        return _grown(self.seen, width)[:width], self._new_dev
 
     def apply(self, logits: torch.Tensor, ahead: torch.Tensor | list[int] | None = None) -> torch.Tensor:
         """Processed float32 logits [n, V] for ``logits`` [n, V] whose last row's prefix is the committed text
@@ -308,3 +330,61 @@ def process_nodes(stream, logits: torch.Tensor, tree, nodes) -> torch.Tensor:
         return logits
     return stream.prefix.apply_paths(logits, [[tree.tokens[a] for a in tree.ancestors(n)] if n >= 0 else []
                                               for n in nodes])
+
+
+class DenseRules:
+    """The rules of :attr:`Processors.dense` as device operations over whole rows, with no host read and shapes
+    fixed by the rows, so that a recorded graph (the static engine's draft chain and verification) applies them:
+    the same values as :meth:`Prefix.apply` bit for bit (the same float operations on the same entries), from
+    a mask of the ids each row's text holds and each row's new-token count. The column tensors they index with
+    are made by :meth:`columns`, outside any recording."""
+
+    # (device, width, key) -> columns: kept for the process, since a recorded CUDA graph reads them by address
+    # after the call that recorded it has returned
+    _COLUMNS: dict = {}
+
+    def __init__(self, procs: Processors, device):
+        self.procs = procs
+        self.device = device
+        self.key = (procs.repetition_penalty, procs.bad_words, procs.eos_ids, procs.min_new_tokens)
+
+    def columns(self, width: int):
+        """(banned ids, EOS ids held back by the minimum length) below ``width`` as device tensors, or None."""
+        at = (str(self.device), width, self.key)
+        if at not in self._COLUMNS:
+            def ids(xs):
+                xs = sorted({x for x in xs if x < width})
+                return torch.tensor(xs, dtype=torch.long, device=self.device) if xs else None
+            hold = self.procs.eos_ids if self.procs.min_new_tokens > 0 else ()
+            self._COLUMNS[at] = (ids(w[0] for w in self.procs.bad_words), ids(hold))
+        return self._COLUMNS[at]
+
+    def apply(self, logits: torch.Tensor, seen: torch.Tensor, new: torch.Tensor, cols) -> torch.Tensor:
+        """Processed float32 rows for ``logits`` [n, V]: ``seen`` [n, V] bool, the ids in row i's text; ``new``
+        [n] long, its new-token count; ``cols``: :meth:`columns` of V."""
+        x = logits.float().clone()
+        r = self.procs.repetition_penalty
+        if r != 1.0:
+            x = torch.where(seen, torch.where(x < 0, x * r, x / r), x)
+        banned, hold = cols
+        if banned is not None:
+            x.index_fill_(1, banned, float("-inf"))
+        if hold is not None:
+            x[:, hold] = torch.where((new < self.procs.min_new_tokens)[:, None], float("-inf"), x[:, hold])
+        return x
+
+    def chain(self, logits: torch.Tensor, seen: torch.Tensor, new: torch.Tensor, ahead: torch.Tensor, cols):
+        """:meth:`apply` to the rows of a verify block [g + 1, V] over ``ahead`` [g] (row j's text: the committed
+        one, ``seen`` [V] and ``new`` [1], then ahead[:j])."""
+        n, width = logits.shape
+        hits = torch.zeros(n, width, dtype=torch.int32, device=logits.device)
+        if n > 1:
+            hits[1:].scatter_(1, ahead[: n - 1, None].clamp(max=width - 1), (ahead[: n - 1, None] < width).int())
+        rows = (hits.cumsum(0) > 0) | seen[None, :]
+        return self.apply(logits, rows, new + torch.arange(n, device=logits.device), cols)
+
+    @staticmethod
+    def with_token(seen: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``seen`` [V] with the id ``x`` [1] added (an id past the mask's width adds nothing)."""
+        width = seen.shape[0]
+        return seen | torch.zeros_like(seen).scatter_(0, x.view(1).clamp(max=width - 1), (x.view(1) < width))

@@ -208,8 +208,8 @@ def _decode_chain(target, draft, stream: TokenStream, sampling: SamplingConfig, 
         drun.prefill(seq[None, : stream.length - 1])
     pad = torch.zeros(cap, dtype=torch.long, device=device)
     dlen = stream.length - 1   # draft slots holding committed tokens (the target always holds L - 1)
-    # model drafts: two recorded graphs (not with logits processors, which read the text outside them)
-    recorded = recordable(drun, trun, sampling, verifier, threshold) and stream.prefix is None
+    # model drafts: two recorded graphs (with logits processors only those the graphs apply: DenseRules)
+    recorded = recordable(drun, trun, sampling, verifier, threshold, stream.prefix)
     while not stream.done:
         L = stream.length
         last = seq[L - 1 : L]  # the newest committed token: in neither cache yet
@@ -233,20 +233,23 @@ def _decode_chain(target, draft, stream: TokenStream, sampling: SamplingConfig, 
             stats.extra["ngram_draft_steps"] += 1
         else:          # 1b. the draft model proposes g tokens (no host sync unless the confidence stop is on)
             x, q, dlen = _draft(drun, seq, pad, last, L, dlen, g, sampling, generator, stats, threshold, chunk,
-                                recorded, stream.process)
+                                recorded, stream.process, stream.prefix)
             g = x.shape[0]
             if index is not None:
                 stats.extra["model_draft_steps"] += 1
 
-        # 2. one target forward over [last, x_1..x_g], padded to its bucket when recorded
-        logits = stream.process(score_drafts(trun, last, x, pad, L, chunk, stats), x)
+        # 2. one target forward over [last, x_1..x_g], padded to its bucket when recorded (processed in the
+        # recorded verification when that runs, else here)
+        in_graph = recorded and not proposal and stream.prefix is not None
+        logits = score_drafts(trun, last, x, pad, L, chunk, stats)
+        logits = logits if in_graph else stream.process(logits, x)
 
         # 3. verification on the device (recorded whole, with its draws made first, for model drafts)
         if proposal:   # (greedy: q unused)
             q = None if sampling.greedy else sm.one_hot(x, logits.shape[-1])
             verdict = packed(decide(logits, q, x, sampling, verifier, generator, check_q=False))
         else:
-            verdict = verify_drafts(trun, logits, q, x, sampling, verifier, generator, recorded)
+            verdict = verify_drafts(trun, logits, q, x, sampling, verifier, generator, recorded, stream.prefix)
 
         # 4. the one host sync of the step: (n accepted, next token, all finite) and the drafts
         n_acc, nxt_host, drafts = read_verdict(verdict, x)
@@ -271,11 +274,13 @@ def score_drafts(trun, last, x, pad, L: int, chunk: int, stats: DecodeStats) -> 
     return trun.forward(torch.cat([last, x, pad[: b - g - 1]])[None], L - 1)[: g + 1]
 
 
-def verify_drafts(trun, logits, q, x, sampling: SamplingConfig, verifier: str, generator, recorded: bool):
+def verify_drafts(trun, logits, q, x, sampling: SamplingConfig, verifier: str, generator, recorded: bool,
+                  prefix=None):
     """The packed verdict of a draft model's chain (:func:`~.static_step.decide`): recorded whole, its draws
-    made first, when ``recorded``."""
+    made first, when ``recorded`` (``logits`` then raw: the graph applies ``prefix``'s dense rules; else
+    ``logits`` are processed already)."""
     if recorded:
-        return verify_recorded(trun, logits, q, x, sampling, generator)
+        return verify_recorded(trun, logits, q, x, sampling, generator, prefix)
     return packed(decide(logits, q, x, sampling, verifier, generator))
 
 
@@ -289,13 +294,13 @@ def read_verdict(verdict: torch.Tensor, x: torch.Tensor) -> tuple[int, int, list
 
 
 def _draft(drun, seq, pad, last, L: int, dlen: int, g: int, sampling: SamplingConfig, generator,
-           stats: DecodeStats, threshold: float, chunk: int, recorded: bool = False, process=None):
+           stats: DecodeStats, threshold: float, chunk: int, recorded: bool = False, process=None, prefix=None):
     """The draft model's g tokens after the committed text seq[:L] (the draft holds its first ``dlen``): the
     committed tokens it lacks first (inside its first forward when plain, else fed in pieces of at most
     ``chunk``), then one token per forward, sampled on the device; stops early when the draft's confidence
     falls below ``threshold`` (a host read per token). ``recorded``: the g tokens from one recorded graph
-    (:func:`~.static_step.draft_chain`). ``process``: the stream's logits processors (unrecorded drafting
-    only). Returns (drafts [g'], q rows [g', V] (when greedy: the logits the drafts were chosen by [g'], which
+    (:func:`~.static_step.draft_chain`, with ``prefix``'s dense rules in it). ``process``: the stream's logits
+    processors (unrecorded drafting). Returns (drafts [g'], q rows [g', V] (when greedy: the logits the drafts were chosen by [g'], which
     the verification checks for NaN / +inf), the draft's committed length)."""
     first = L - 1  # the draft's first forward: slots first .. L - 1
     if dlen < L - 1:  # committed tokens the draft has not seen (after a full acceptance, plain or n-gram steps)
@@ -305,7 +310,7 @@ def _draft(drun, seq, pad, last, L: int, dlen: int, g: int, sampling: SamplingCo
             stats.draft_calls += feed(drun, seq, pad, dlen, L - 1 - dlen, most=chunk)
         dlen = L - 1
     if recorded:
-        x, q = draft_chain(drun, last, L - 1, g, sampling, generator)
+        x, q = draft_chain(drun, last, L - 1, g, sampling, generator, prefix)
         stats.draft_calls += g
         return x, q, dlen
     cur, xs, qs, chosen = last, [], [], []

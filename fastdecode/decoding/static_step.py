@@ -22,8 +22,11 @@ of g rows gives exactly the numbers of g calls of one row, so the CPU stand-in t
 dynamic engine), then the g uniforms of the tests, then one noise row for the residual or the bonus.
 
 Used when both runners record (CUDA graphs: ``compile=None`` or ``True`` on CUDA), the draft is a model
-(not n-gram proposals), the confidence stop is off (its host read per draft token cannot be recorded) and
-the rule is greedy or the token verifier (block verification draws inside its batched form: unrecorded).
+(not n-gram proposals), the confidence stop is off (its host read per draft token cannot be recorded), the
+rule is greedy or the token verifier (block verification draws inside its batched form: unrecorded), and the
+logits processors, if any, are the repetition penalty, one-token bans and the minimum length
+(:class:`~fastdecode.decoding.processors.DenseRules`: applied inside both graphs from the committed text's
+id mask and new-token count, which are graph inputs; the other processors read the text on the host).
 """
 from __future__ import annotations
 
@@ -38,31 +41,38 @@ from . import hf_cache as kv
 from . import sampling as sm
 
 
-def recordable(drun, trun, sampling: SamplingConfig, verifier: str, threshold: float) -> bool:
-    """Whether a draft-model step runs recorded (see the module docstring)."""
+def recordable(drun, trun, sampling: SamplingConfig, verifier: str, threshold: float, prefix=None) -> bool:
+    """Whether a draft-model step runs recorded (see the module docstring); ``prefix``: the stream's processors'
+    state (None: no processors)."""
     return (drun is not None and drun.records and trun.records and threshold <= 0
-            and (sampling.greedy or verifier != "block"))
+            and (sampling.greedy or verifier != "block") and (prefix is None or prefix.rules is not None))
 
 
 def _settings(sampling: SamplingConfig) -> tuple:
     return dataclasses.astuple(sampling)
 
 
-def draft_chain(drun, last: torch.Tensor, start: int, g: int, sampling: SamplingConfig, generator):
+def draft_chain(drun, last: torch.Tensor, start: int, g: int, sampling: SamplingConfig, generator, prefix=None):
     """The draft model's g tokens after ``last`` [1] (at slot ``start``), from one recorded graph. Returns (x [g]
     long, and q [g, V] float32 when sampling, else the g logits the drafts were chosen by, for the NaN / +inf
-    check): the graph's own tensors, rewritten by the next replay of this chain."""
+    check): the graph's own tensors, rewritten by the next replay of this chain. ``prefix``: the stream's
+    processors' state; its dense rules process each draft row inside the graph."""
     drun.recording_at(start, g)
     drun.lengths.add(1)
     settings = _settings(sampling)
     fwd = drun.step_forward()
     cache = drun.cache
+    width = kv.logits_width(drun.model)
+    rules = prefix.rules if prefix is not None else None
+    extra, cols = (prefix.dense_inputs(width), rules.columns(width)) if rules is not None else ((), None)
 
-    def chain(ids: torch.Tensor, noise: torch.Tensor | None = None):
+    def chain(ids: torch.Tensor, noise: torch.Tensor | None = None, seen=None, new=None):
         cur, xs, outs = ids.view(1, 1), [], []
         for i in range(g):
             logits = fwd(cur)                                     # [1, V] at slot start + i
             cache.start.add_(1)
+            if rules is not None:   # row i's text: the committed one, then x_1..x_i
+                logits = rules.apply(logits, seen[None], new + i, cols)
             if sampling.greedy:
                 x = logits.argmax(-1)
                 outs.append(logits.gather(-1, x[:, None])[:, 0])
@@ -72,32 +82,44 @@ def draft_chain(drun, last: torch.Tensor, start: int, g: int, sampling: Sampling
                 outs.append(q)
             xs.append(x)
             cur = x.view(1, 1)
+            if rules is not None and i + 1 < g:
+                seen = rules.with_token(seen, x)
         cache.start.sub_(g)                                       # as found: warm-up calls and replays alike
         return torch.cat(xs), torch.cat(outs)
 
+    key = ("draft_chain", g) + settings + ((rules.key,) if rules is not None else ())
     if sampling.greedy:
-        return drun.replay(("draft_chain", g) + settings, chain, last)
-    width = kv.logits_width(drun.model)
+        return drun.replay(key, lambda ids, *rest: chain(ids, None, *rest), last, *extra)
     noise = torch.empty((g, width), dtype=torch.float32, device=last.device).exponential_(generator=generator)
-    return drun.replay(("draft_chain", g) + settings, chain, last, noise)
+    return drun.replay(key, chain, last, noise, *extra)
 
 
 def verify_recorded(trun, logits: torch.Tensor, q: torch.Tensor, x: torch.Tensor, sampling: SamplingConfig,
-                    generator):
+                    generator, prefix=None):
     """:func:`decide` (greedy or the token rule) from one recorded graph of the target runner: its random
     draws made first, in the unrecorded order. Returns its :func:`packed` verdict, the graph's own tensor:
-    read it before the next step."""
+    read it before the next step. ``prefix``: the stream's processors' state; its dense rules process the
+    target's rows (``logits`` raw, then) inside the graph."""
     g, settings = x.shape[0], _settings(sampling)
+    rules = prefix.rules if prefix is not None else None
+    extra, cols = (prefix.dense_inputs(logits.shape[1]), rules.columns(logits.shape[1])) if rules is not None \
+        else ((), None)
+    key = ("verify", g) + settings + ((rules.key,) if rules is not None else ())
+
+    def processed(lg, xx, rest):
+        return rules.chain(lg, *rest, xx, cols) if rules is not None else lg
+
     if sampling.greedy:
-        out = trun.replay(("verify", g) + settings, lambda lg, qq, xx: packed(decide(lg, qq, xx, sampling, "token")),
-                          logits, q, x)
+        out = trun.replay(key, lambda lg, qq, xx, *rest: packed(decide(processed(lg, xx, rest), qq, xx, sampling,
+                                                                       "token")),
+                          logits, q, x, *extra)
     else:
         u = torch.rand(g, generator=generator, device=logits.device, dtype=torch.float64)
         noise = torch.empty((1, logits.shape[1]), dtype=torch.float32, device=logits.device).exponential_(
             generator=generator)
-        out = trun.replay(("verify", g) + settings,
-                          lambda lg, qq, xx, uu, nn: packed(decide(lg, qq, xx, sampling, "token", u=uu, noise=nn)),
-                          logits, q, x, u, noise)
+        out = trun.replay(key, lambda lg, qq, xx, uu, nn, *rest: packed(decide(processed(lg, xx, rest), qq, xx,
+                                                                               sampling, "token", u=uu, noise=nn)),
+                          logits, q, x, u, noise, *extra)
     return out
 
 

@@ -273,3 +273,40 @@ def test_prompt_lookup_model_drafts(pair, recorded, monkeypatch):
     out = fastdecode.generate(target, ids, temperature=0, cache_implementation="static", compile="cudagraphs", **kw)
     assert torch.equal(out.sequences, target.generate(ids, max_new_tokens=20, do_sample=False))
     assert out.stats.extra["model_draft_steps"] > 0 and _kinds(recorded)["draft_chain"] >= 1
+
+
+def _dense_rules(target, new: int) -> dict:
+    """A repetition penalty, a suppressed token and a minimum length whose EOS is a token plain greedy decoding
+    emits early (so that each rule changes the tokens)."""
+    plain = target.generate(PROMPT, max_new_tokens=new, do_sample=False, eos_token_id=None)[0, 5:].tolist()
+    return dict(repetition_penalty=1.4, suppress_tokens=[plain[1]], min_new_tokens=8, eos_token_id=plain[3])
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_dense_processors_run_inside_the_recorded_step(pair, monkeypatch, frozen):
+    """The repetition penalty, one-token bans and the minimum length are applied inside the recorded draft chain
+    and verification (from the committed text's id mask and new-token count, graph inputs): greedy = HF generate
+    with the same settings, seeded samples = the dynamic engine's; frozen: replays of traced copies, Python
+    values baked in. Other processors (an n-gram ban) leave the step unrecorded."""
+    records = fake_graphs.install(monkeypatch, frozen=frozen)
+    target, draft = pair
+    rules = _dense_rules(target, 16)
+    base = dict(draft=draft, method="speculative", max_new_tokens=16, draft_length=3, adaptive_draft=False, **rules)
+    ref = target.generate(PROMPT, max_new_tokens=16, do_sample=False, **rules)
+    out = fastdecode.generate(target, PROMPT, temperature=0, cache_implementation="static", compile="cudagraphs",
+                              **base)
+    assert torch.equal(out.sequences, ref)
+    chains = _kinds(records)["draft_chain"]
+    assert chains >= 1 and _kinds(records)["verify"] >= 1
+    for seed in range(2):
+        a = fastdecode.generate(target, PROMPT, temperature=1.0, seed=seed, **base).sequences
+        b = fastdecode.generate(target, PROMPT, temperature=1.0, seed=seed, cache_implementation="static",
+                                compile="cudagraphs", **base).sequences
+        assert torch.equal(a, b), seed
+    assert _kinds(records)["draft_chain"] > chains
+    before = _kinds(records)["draft_chain"]
+    out = fastdecode.generate(target, PROMPT, temperature=0, cache_implementation="static", compile="cudagraphs",
+                              no_repeat_ngram_size=2, **{**base, "draft_length": 5})
+    assert torch.equal(out.sequences, target.generate(PROMPT, max_new_tokens=16, do_sample=False,
+                                                      no_repeat_ngram_size=2, **rules))
+    assert _kinds(records)["draft_chain"] == before   # (g = 5 is a new length: it would have been recorded)
