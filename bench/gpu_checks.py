@@ -86,6 +86,21 @@ def _static_equals_dynamic(check: str, target, draft, prompts, device, new: int,
     return row
 
 
+def _scores_check(target, draft, prompt: list[int], device, new: int) -> dict:
+    """output_scores on the static engine (speculative, with a repetition penalty) against HF generate's."""
+    ids = torch.tensor([prompt], device=device)
+    hf = target.generate(ids, max_new_tokens=new, do_sample=False, repetition_penalty=1.3, output_scores=True,
+                         return_dict_in_generate=True)
+    got = fastdecode.generate(target, ids, draft=draft, temperature=0, max_new_tokens=new, repetition_penalty=1.3,
+                              cache_implementation="static", output_scores=True)
+    same = bool(torch.equal(got.sequences, hf.sequences))
+    diff = float((torch.stack(got.scores, 1) - torch.stack(hf.scores, 1)).abs().max()) if same else float("nan")
+    row = dict(check="output_scores == HF's (static, speculative)", same_tokens=same, max_abs_diff=diff,
+               ok=same and diff < 1e-3)
+    print(row, flush=True)
+    return row
+
+
 def greedy_checks(device, n_prompts: int, new: int) -> list[dict]:
     target, draft, tok = fastdecode.load_pair(device=device, dtype=torch.float32)
     prompts = stdlib_prompts(tok, n_prompts, 64)
@@ -103,6 +118,13 @@ def greedy_checks(device, n_prompts: int, new: int) -> list[dict]:
                             kwargs=kw, **_greedy_equal(target, draft, prompts, device, new, both=procs,
                                                        cache_implementation=engine, **kw)))
             print(out[-1], flush=True)
+    dense = dict(repetition_penalty=1.3, min_new_tokens=new // 2)   # applied inside the recorded step's graphs
+    for kw in (VARIANTS[1], VARIANTS[3]):
+        out.append(dict(check="with dense processors (recorded step): greedy == HF", engine="static", kwargs=kw,
+                        **_greedy_equal(target, draft, prompts, device, new, both=dense,
+                                        cache_implementation="static", **kw)))
+        print(out[-1], flush=True)
+    out.append(_scores_check(target, draft, prompts[0], device, new))
     cfg = fastdecode.LambdaAttention(window=32, num_global=4, max_rollback=8)
     for kw in LAMBDA_VARIANTS:
         out.append(_static_equals_dynamic("Lambda: static == dynamic", target, draft, prompts, device, new,
