@@ -227,7 +227,7 @@ def generate(
     output_logits: bool = False,
     renormalize_logits: bool | None = None,
     max_length: int | None = None,
-    num_return_sequences: int = 1,
+    num_return_sequences: int | None = None,
     adaptive_draft: bool | None = None,
     max_draft_length: int | None = None,
     confidence_threshold: float | None = None,
@@ -350,6 +350,8 @@ def generate(
     input_ids, attention_mask, token_type_ids = _unpack_encoding(input_ids, attention_mask, token_type_ids)
     _check_input_ids(input_ids)
     _check_token_type_ids(target, token_type_ids)
+    if num_return_sequences is None:   # as HF: the generation config's, else 1
+        num_return_sequences = getattr(getattr(target, "generation_config", None), "num_return_sequences", None) or 1
     if not _is_int(num_return_sequences) or num_return_sequences < 1:
         raise ValueError(f"num_return_sequences must be an int >= 1, got {num_return_sequences!r}")
     if num_return_sequences > 1:   # as HF: each prompt n times, rows of one prompt next to each other
@@ -359,10 +361,7 @@ def generate(
             attention_mask = attention_mask.repeat_interleave(num_return_sequences, 0)
     _check_streamer(streamer, input_ids)
     check_pack_weights(pack_weights)   # (its combination with compile: below, once the engine's mode is known)
-    attention_mask, pad_token_id = batched.check_batch(target, input_ids, attention_mask, pad_token_id)
-    padded_prompt = None
-    if input_ids.shape[0] == 1 and not bool(attention_mask.all()):  # one left-padded row: decode its real tokens
-        padded_prompt, input_ids = input_ids, input_ids[:, attention_mask[0].bool()]
+    # (lengths count the prompt's width, padding included, as HF counts them)
     max_new_tokens, temperature, top_k, top_p = resolve(target, input_ids.shape[1], max_new_tokens, temperature,
                                                         top_k, top_p, do_sample, max_length)
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
@@ -377,6 +376,13 @@ def generate(
     if num_return_sequences > 1 and sampling.greedy:
         raise ValueError(f"num_return_sequences={num_return_sequences} with greedy decoding would return the same "
                          "text n times: sample (temperature > 0 or do_sample=True), as HF generate requires")
+    eos_ids = _eos_ids(target, eos_token_id)
+    if attention_mask is None:   # as HF: leading pad tokens are padding (when the pad id is not an EOS id)
+        attention_mask = batched.inferred_mask(target, input_ids, pad_token_id, eos_ids)
+    attention_mask, pad_token_id = batched.check_batch(target, input_ids, attention_mask, pad_token_id)
+    padded_prompt = None
+    if input_ids.shape[0] == 1 and not bool(attention_mask.all()):  # one left-padded row: decode its real tokens
+        padded_prompt, input_ids = input_ids, input_ids[:, attention_mask[0].bool()]
     if seed is not None and not _is_int(seed):
         raise ValueError(f"seed must be an int, got {seed!r}")
     if seed is not None and not -(2 ** 63) <= int(seed) < 2 ** 64:
@@ -401,12 +407,11 @@ def generate(
         _check_rollback(lambda_attention, method_cfg, static=compile_mode is not None)
     check_pack_weights(pack_weights, inductor=compile_mode == "inductor")
     rows_alone = input_ids.shape[0] > 1 and batched.one_by_one(method, lambda_attention)
-    eos_ids = _eos_ids(target, eos_token_id)
     procs = Processors(**resolve_processors(
         target, (input_ids if padded_prompt is None else padded_prompt).shape[1], eos_ids, repetition_penalty,
         min_new_tokens, min_length, no_repeat_ngram_size, bad_words_ids, suppress_tokens, begin_suppress_tokens,
         sequence_bias, forced_bos_token_id, forced_eos_token_id, exponential_decay_length_penalty, max_new_tokens,
-        logits_processor, prefix_allowed_tokens_fn, num_return_sequences))
+        logits_processor, prefix_allowed_tokens_fn, num_return_sequences, kv.logits_width(target)))
     stop = _stops(target, stop_strings, tokenizer, stopping_criteria, max_time, device)
     # (batches make a stream per row, each with the processors; this one then only carries the EOS ids)
     stream = TokenStream(input_ids, max_new_tokens, eos_ids, streamer, procs if input_ids.shape[0] == 1 else None,

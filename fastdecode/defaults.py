@@ -128,12 +128,15 @@ def resolve_processors(target, prompt_len: int, eos_ids, repetition_penalty=None
                        begin_suppress_tokens=None, sequence_bias=None, forced_bos_token_id=None,
                        forced_eos_token_id=None, exponential_decay_length_penalty=None,
                        max_new_tokens: int = 0, logits_processor=None, prefix_allowed_tokens_fn=None,
-                       group: int = 1) -> dict:
+                       group: int = 1, width: int | None = None) -> dict:
     """HF's prefix-dependent logits processors of a call, as the keyword arguments of
     :class:`~fastdecode.decoding.processors.Processors`: each setting the caller's, else the generation
     config's, else none. ``min_length`` counts the prompt (``prompt_len``: the prompt's width as the caller
-    passed it, padding included, as HF counts it); the two minimum lengths combine as HF applies both. One-token
-    bad words that are an EOS id are dropped, as HF drops them. ValueError for invalid values."""
+    passed it, padding included, as HF counts it); ``min_new_tokens``, when set (0 included), takes precedence over
+    ``min_length``, as in HF (which then sets min_length = min_new_tokens + the prompt's width). One-token
+    bad words that are an EOS id are dropped, as HF drops them. ValueError for invalid values, and, given the
+    logits' ``width``, for a bad word, a sequence bias or a forced token whose (last) id the logits lack, as HF
+    refuses them (suppressed ids past it are ignored, as in HF)."""
     gc = getattr(target, "generation_config", None)
 
     def pick(name, value):
@@ -149,8 +152,10 @@ def resolve_processors(target, prompt_len: int, eos_ids, repetition_penalty=None
         v = pick(name, v)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
             raise ValueError(f"{name} must be an int >= 0, got {v!r}")
-        counts[name] = v or 0
-    words = []
+        counts[name] = v
+    least = counts["min_new_tokens"] if counts["min_new_tokens"] is not None else \
+        max(0, (counts["min_length"] or 0) - prompt_len)
+    words, nested_words = [], set()
     for name, v, nested in (("bad_words_ids", bad_words_ids, True), ("suppress_tokens", suppress_tokens, False)):
         v = pick(name, v)
         for w in (v or []):
@@ -159,6 +164,8 @@ def resolve_processors(target, prompt_len: int, eos_ids, repetition_penalty=None
                 raise ValueError(f"{name} holds an empty sequence")
             if not (len(w) == 1 and w[0] in eos_ids and nested):
                 words.append(tuple(w))
+                if nested:
+                    nested_words.add(tuple(w))
     begin = _token_list("begin_suppress_tokens", pick("begin_suppress_tokens", begin_suppress_tokens) or [])
     bias = pick("sequence_bias", sequence_bias) or {}
     items = bias.items() if isinstance(bias, dict) else bias
@@ -188,10 +195,17 @@ def resolve_processors(target, prompt_len: int, eos_ids, repetition_penalty=None
     if prefix_allowed_tokens_fn is not None and not callable(prefix_allowed_tokens_fn):
         raise ValueError(f"prefix_allowed_tokens_fn must be a callable (batch_id, input_ids) -> allowed token ids, "
                          f"got {prefix_allowed_tokens_fn!r}")
+    if width is not None:
+        named = (("bad_words_ids", [w[-1] for w in nested_words]),
+                 ("sequence_bias", [w[-1] for w, _ in bias]),
+                 ("forced_bos_token_id / forced_eos_token_id", list(eos_forced) + ([bos] if bos is not None else [])))
+        for name, ids in named:
+            past = sorted({t for t in ids if t >= width})
+            if past:
+                raise ValueError(f"{name} names token ids {past}, but the model's logits have {width} entries")
     return dict(custom=custom, allowed_fn=prefix_allowed_tokens_fn, group=group,
                 repetition_penalty=float(r), eos_ids=tuple(sorted(eos_ids)),
-                min_new_tokens=max(counts["min_new_tokens"], counts["min_length"] - prompt_len),
-                no_repeat_ngram_size=counts["no_repeat_ngram_size"], bad_words=tuple(words), begin_suppress=tuple(begin),
+                min_new_tokens=least, no_repeat_ngram_size=counts["no_repeat_ngram_size"] or 0, bad_words=tuple(words), begin_suppress=tuple(begin),
                 sequence_bias=bias, forced_bos=bos if prompt_len == 1 else None,   # (HF forces it at length 1 only)
                 forced_eos=eos_forced, forced_eos_at=max_new_tokens - 1, decay=decay)
 

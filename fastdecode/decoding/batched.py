@@ -80,6 +80,18 @@ def _pad_from_model(target):
     return None
 
 
+def inferred_mask(target, input_ids: torch.Tensor, pad_token_id, eos_ids) -> torch.Tensor | None:
+    """HF's mask for a call that gives none: when the pad id (the argument, else the model's) is known, is not an
+    EOS id and begins some row, each row's leading pad tokens are padding [B, L] long; else None (all real).
+    HF also masks a pad token inside a row's text; here only the leading ones are padding (a left-padded
+    batch's), so a prompt that uses the pad token in its text keeps it."""
+    pad = pad_token_id if pad_token_id is not None else _pad_from_model(target)
+    if not isinstance(pad, int) or isinstance(pad, bool) or pad in eos_ids or not bool((input_ids[:, 0] == pad).any()):
+        return None
+    mask = ((input_ids != pad).long().cumsum(-1) > 0).long()
+    return torch.where(mask.any(-1, keepdim=True), mask, torch.ones_like(mask))   # (a row of pads only: as given)
+
+
 def check_batch(target, input_ids: torch.Tensor, attention_mask, pad_token_id) -> tuple[torch.Tensor, int | None]:
     """Validate a (possibly batched, left-padded) call. Returns (attention_mask [B, L] long, pad id or None).
 

@@ -273,7 +273,7 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 walked.append(walker.walk(trees[i], p))
         # the step's one NaN / +inf read of its draft and target distributions, before any token is committed
         if flags and not bool(torch.stack(flags).all()):
-            raise ValueError(sm.NON_FINITE)
+            raise sm.non_finite(streams[0].prefix is not None)
         flags.clear()
 
         keep_t, keep_d, keep = [], [], []

@@ -99,7 +99,7 @@ class MultiDraftDecoder:
         walk run on flagged rows meanwhile: their draws are discarded with the step)."""
         flags, self._flags = self._flags, []
         if flags and not bool(torch.stack(flags).all()):
-            raise ValueError(sm.NON_FINITE)
+            raise sm.non_finite(self.stream.prefix is not None)
 
     # ------------------------------------------------------------------ the engine: caches and forwards
     # The dynamic engine's (DynamicCache, cropped / selected). The static engine overrides these six

@@ -42,6 +42,24 @@ def warpers(sampling: SamplingConfig) -> dict:
 
 
 NON_FINITE = kernels.NON_FINITE   # the one message for NaN or +inf logits, wherever they are found
+# where a flag cannot tell the two apart: a distribution that is NaN because processors masked every token
+NON_FINITE_OR_MASKED = ("the model returned NaN or +inf logits, or the logits processors masked every token of a "
+                        "row (all -inf), so there is no distribution to sample from (a float16 overflow? try "
+                        "float32 or bfloat16; or processors that allow no token)")
+
+
+def non_finite(processed: bool) -> ValueError:
+    """The error for a failed finiteness flag; ``processed``: logits processors were applied, so the flag may
+    also mean a row they masked whole."""
+    return ValueError(NON_FINITE_OR_MASKED if processed else NON_FINITE)
+
+
+def sampleable(scores: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
+    """A device bool scalar: every row of (processed) ``scores`` has a token to draw: true when greedy (argmax
+    of an all -inf row is token 0, as in HF), else some entry above -inf in each row."""
+    if sampling.greedy:
+        return torch.ones((), dtype=torch.bool, device=scores.device)
+    return (scores > float("-inf")).any(-1).all()
 
 
 def check_logits(logits: torch.Tensor) -> None:

@@ -88,8 +88,8 @@ def feed(run, seq: torch.Tensor, pad: torch.Tensor, start: int, n: int, most: in
     return -(-n // step)
 
 
-def _raise_non_finite() -> None:
-    raise ValueError(sm.NON_FINITE)
+def _raise_non_finite(processed: bool = False) -> None:
+    raise sm.non_finite(processed)
 
 
 def _plain_steps(run, last, pos: int, k: int, most: int, sampling, generator,
@@ -108,25 +108,26 @@ def _plain_steps(run, last, pos: int, k: int, most: int, sampling, generator,
         scores = logits if process is None else process(logits, torch.cat(toks) if toks else None)
         last = sm.next_tokens(scores, sampling, generator, check_finite=False)
         toks.append(last)
-        finite.append(sm.all_finite(logits))
+        finite.append(sm.all_finite(logits) if process is None else
+                      sm.all_finite(logits) & sm.sampleable(scores, sampling))
     toks = torch.cat(toks)
-    return toks, _read(toks, finite)
+    return toks, _read(toks, finite, process is not None)
 
 
-def _read(toks: torch.Tensor, finite: list[torch.Tensor]) -> list[int]:
+def _read(toks: torch.Tensor, finite: list[torch.Tensor], processed: bool = False) -> list[int]:
     """The tokens ``toks`` [k] on the host, in ONE read with the device flags ``finite`` (ValueError if one of
-    them is false: NaN or +inf logits)."""
+    them is false: NaN or +inf logits, or, ``processed``, a row the processors masked whole)."""
     *host, ok = torch.cat([toks, torch.stack(finite).all().long().view(1)]).tolist()
     if not ok:
-        _raise_non_finite()
+        _raise_non_finite(processed)
     return host
 
 
-def _next(logits, sampling, generator) -> tuple[torch.Tensor, int]:
-    """The token after ``logits`` [1, V]: on the device [1] and on the host (one read, which also checks
-    that the logits are finite)."""
-    tok = sm.next_tokens(logits, sampling, generator, check_finite=False)
-    return tok, _read(tok, [sm.all_finite(logits)])[0]
+def _next(scores, sampling, generator, processed: bool = False) -> tuple[torch.Tensor, int]:
+    """The token after ``scores`` [1, V] (logits, ``processed`` or not): on the device [1] and on the host (one
+    read, which also checks that they are finite and leave a token to draw)."""
+    tok = sm.next_tokens(scores, sampling, generator, check_finite=False)
+    return tok, _read(tok, [sm.all_finite(scores) & sm.sampleable(scores, sampling)], processed)[0]
 
 
 QUEUED_STEPS = 8  # plain steps queued on a CUDA device per host read (see decode_autoregressive)
@@ -150,7 +151,8 @@ def decode_autoregressive(target, draft, stream: TokenStream, sampling: Sampling
         return
     prompt = torch.tensor([stream.tokens], device=kv.device(target))
     run = runner(target, capacity_for(stream.length, stream.max_new_tokens, 1), mode, longest=1)
-    last, tok_host = _next(stream.process(run.prefill(prompt)), sampling, generator)   # its logits give token 1
+    last, tok_host = _next(stream.process(run.prefill(prompt)), sampling, generator,   # its logits give token 1
+                           stream.prefix is not None)
     stats.target_calls += 1
     pos, new, queue = stream.length, [tok_host], _queued_steps(run)
     while True:
@@ -252,7 +254,7 @@ def _decode_chain(target, draft, stream: TokenStream, sampling: SamplingConfig, 
             verdict = verify_drafts(trun, logits, q, x, sampling, verifier, generator, recorded, stream.prefix)
 
         # 4. the one host sync of the step: (n accepted, next token, all finite) and the drafts
-        n_acc, nxt_host, drafts = read_verdict(verdict, x)
+        n_acc, nxt_host, drafts = read_verdict(verdict, x, stream.prefix is not None)
         seq[L : L + n_acc] = x[:n_acc]
         seq[L + n_acc : L + n_acc + 1] = verdict[1:2]
         kept = stream.append(drafts[:n_acc] + [nxt_host])
@@ -284,12 +286,12 @@ def verify_drafts(trun, logits, q, x, sampling: SamplingConfig, verifier: str, g
     return packed(decide(logits, q, x, sampling, verifier, generator))
 
 
-def read_verdict(verdict: torch.Tensor, x: torch.Tensor) -> tuple[int, int, list[int]]:
+def read_verdict(verdict: torch.Tensor, x: torch.Tensor, processed: bool = False) -> tuple[int, int, list[int]]:
     """The step's one host read: (n accepted, next token, the drafts on the host); NaN or +inf logits (the
-    verdict's flag) are a ValueError."""
+    verdict's flag; ``processed``: or a row the processors masked whole) are a ValueError."""
     n, nxt, ok, *drafts = torch.cat([verdict, x]).tolist()
     if not ok:
-        _raise_non_finite()
+        _raise_non_finite(processed)
     return n, nxt, drafts
 
 

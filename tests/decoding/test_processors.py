@@ -262,7 +262,7 @@ def test_invalid_values_are_refused():
     m = tiny_llama(1)
     ids = torch.tensor([[1, 2, 3]])
     for bad, match in ((dict(sequence_bias={(): 1.0}), "empty sequence"), (dict(sequence_bias=[[1, 2]]), "sequence_bias"),
-                       (dict(sequence_bias={(99,): 1.0}), "biases token ids \\[99\\]"),
+                       (dict(sequence_bias={(99,): 1.0}), "sequence_bias names token ids \\[99\\]"),
                        (dict(exponential_decay_length_penalty=(1,)), "exponential_decay_length_penalty must"),
                        (dict(forced_eos_token_id="x"), "forced_eos_token_id must hold token ids"),
                        (dict(no_repeat_ngram_size=-2), "no_repeat_ngram_size must be"),
