@@ -5,7 +5,6 @@ import contextlib
 import dataclasses
 import time
 import warnings
-from collections.abc import Mapping
 
 import torch
 
@@ -16,27 +15,14 @@ from .decoding.batched_rows import decode_rows
 from .decoding import hf_cache as kv
 from .decoding.processors import Processors
 from .decoding.scores import generated_scores
-from .decoding.stream import StopStrings, Stops, TokenStream, check_max_time, check_stopping_criteria
-from .defaults import eos_from_model, not_applied, resolve, resolve_processors, resolve_warpers, takes_generation_config
+from .decoding.stream import TokenStream, stops_for
+from .defaults import not_applied, resolve, resolve_processors, resolve_warpers, takes_generation_config
+from .inputs import check_input_ids, check_streamer, check_token_type_ids, eos_ids_of, unpack_encoding
 from .kernels.cpu_linear import check_pack_weights, packed_linears, should_pack
 from .models import check_pair, shared_vocab
 from .stats import DecodeStats, GenerationResult
 
 
-def _eos_ids(target, eos_token_id) -> set[int]:
-    if eos_token_id is None:
-        eos_token_id = eos_from_model(target)  # as HF: generation_config.eos_token_id only
-    if eos_token_id is None:
-        return set()
-    try:  # an int, a list of ints, a tensor or a numpy array of them
-        ids = torch.as_tensor(eos_token_id).flatten()
-    except (TypeError, ValueError, RuntimeError):
-        ids = None
-    if ids is not None and ids.numel() == 0:
-        return set()
-    if ids is None or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-        raise ValueError(f"eos_token_id must be an int, a list of ints or None, got {eos_token_id!r}")
-    return {int(e) for e in ids.tolist()}
 
 
 def _check_rollback(cfg, method_cfg, static: bool = False) -> None:
@@ -67,59 +53,12 @@ def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _unpack_encoding(inputs, attention_mask, token_type_ids=None):
-    """``inputs``: a tensor, or a tokenizer's output (``BatchEncoding``, or any mapping with "input_ids"), whose
-    "attention_mask" and "token_type_ids" are used unless passed as well (then a ValueError). Returns
-    (input_ids, mask, token_type_ids)."""
-    if not isinstance(inputs, Mapping):
-        return inputs, attention_mask, token_type_ids
-    if "input_ids" not in inputs:
-        raise ValueError(f"input_ids is a mapping without an 'input_ids' entry (keys: {sorted(inputs)})")
-    found = {}
-    for name, given in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
-        inside = inputs.get(name)
-        if inside is not None and given is not None:
-            raise ValueError(f"{name} given twice: in the tokenizer's output passed as input_ids and as {name}=; "
-                             "pass one")
-        found[name] = given if given is not None else inside
-    return inputs["input_ids"], found["attention_mask"], found["token_type_ids"]
 
 
-def _check_token_type_ids(target, token_type_ids) -> None:
-    """Token type ids are not passed to the model: all zeros for a model whose forward has no such input (what
-    a tokenizer returns for one segment) are dropped; anything else is a ValueError, since the model would
-    read them."""
-    if token_type_ids is None:
-        return
-    import inspect
-
-    takes = "token_type_ids" in inspect.signature(target.forward).parameters
-    zeros = isinstance(token_type_ids, torch.Tensor) and not bool(token_type_ids.any())
-    if takes or not zeros:
-        why = f"{type(target).__name__} reads them" if takes else "they are not all zeros"
-        raise ValueError(f"token_type_ids: fastdecode does not pass token type ids to the model, and {why}; "
-                         "tokenize with return_token_type_ids=False (or drop them) to decode without them")
 
 
-def _check_input_ids(input_ids) -> None:
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"input_ids must be an integer tensor [batch, prompt_len], got {type(input_ids).__name__}"
-                         + (f" of dtype {input_ids.dtype}" if isinstance(input_ids, torch.Tensor) else ""))
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must have shape [batch, prompt_len], got {tuple(input_ids.shape)}")
-    if input_ids.shape[1] == 0:
-        raise ValueError("the prompt is empty: input_ids must hold at least one token")
 
 
-def _check_streamer(streamer, input_ids: torch.Tensor) -> None:
-    if streamer is None:
-        return
-    if not (callable(getattr(streamer, "put", None)) and callable(getattr(streamer, "end", None))):
-        raise TypeError(f"streamer must have put() and end() methods (transformers' TextStreamer, "
-                        f"TextIteratorStreamer, ...), got {type(streamer).__name__}")
-    if input_ids.shape[0] != 1:
-        raise ValueError(f"streamer= supports batch size 1 (as transformers' streamers do), got a batch of "
-                         f"{input_ids.shape[0]}")
 
 
 CACHE_IMPLEMENTATIONS = ("dynamic", "static")
@@ -160,29 +99,8 @@ def _static_mode(cache_implementation, compile, method, target, draft, lambda_at
     return mode
 
 
-def _stop_strings(target, strings, tokenizer):
-    """HF's stop_strings (the argument, else the generation config's) as a StopStrings test, or None. As in HF,
-    they need the model's tokenizer."""
-    if strings is None:
-        strings = getattr(getattr(target, "generation_config", None), "stop_strings", None)
-    if strings is None or (not isinstance(strings, str) and len(strings) == 0):
-        return None
-    strings = [strings] if isinstance(strings, str) else list(strings)
-    if not all(isinstance(x, str) and x for x in strings):
-        raise ValueError(f"stop_strings must be a non-empty string or a list of them, got {strings!r}")
-    if tokenizer is None:
-        raise ValueError("stop_strings need the model's tokenizer: pass it as tokenizer= (as HF generate requires)")
-    return StopStrings(tokenizer, strings)
 
 
-def _stops(target, strings, tokenizer, stopping_criteria, max_time, device) -> Stops | None:
-    """Every stop rule of the call besides EOS and the budget (:class:`Stops`), or None when there is none.
-    stop_strings and max_time: the argument, else the generation config's, as in HF."""
-    if max_time is None:
-        max_time = getattr(getattr(target, "generation_config", None), "max_time", None)
-    stops = Stops(_stop_strings(target, strings, tokenizer), check_stopping_criteria(stopping_criteria),
-                  check_max_time(max_time), device)
-    return stops if stops.active else None
 
 
 @takes_generation_config
@@ -347,9 +265,9 @@ def generate(
         method, draft is not None, num_drafts=num_drafts, verifier=verifier, draft_length=draft_length,
         adaptive_draft=adaptive_draft, max_draft_length=max_draft_length,
         confidence_threshold=confidence_threshold, fallback=fallback, **method_options)
-    input_ids, attention_mask, token_type_ids = _unpack_encoding(input_ids, attention_mask, token_type_ids)
-    _check_input_ids(input_ids)
-    _check_token_type_ids(target, token_type_ids)
+    input_ids, attention_mask, token_type_ids = unpack_encoding(input_ids, attention_mask, token_type_ids)
+    check_input_ids(input_ids)
+    check_token_type_ids(target, token_type_ids)
     if num_return_sequences is None:   # as HF: the generation config's, else 1
         num_return_sequences = getattr(getattr(target, "generation_config", None), "num_return_sequences", None) or 1
     if not _is_int(num_return_sequences) or num_return_sequences < 1:
@@ -359,7 +277,7 @@ def generate(
         if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 \
                 and attention_mask.shape[0] * num_return_sequences == input_ids.shape[0]:
             attention_mask = attention_mask.repeat_interleave(num_return_sequences, 0)
-    _check_streamer(streamer, input_ids)
+    check_streamer(streamer, input_ids)
     check_pack_weights(pack_weights)   # (its combination with compile: below, once the engine's mode is known)
     # (lengths count the prompt's width, padding included, as HF counts them)
     max_new_tokens, temperature, top_k, top_p = resolve(target, input_ids.shape[1], max_new_tokens, temperature,
@@ -376,7 +294,7 @@ def generate(
     if num_return_sequences > 1 and sampling.greedy:
         raise ValueError(f"num_return_sequences={num_return_sequences} with greedy decoding would return the same "
                          "text n times: sample (temperature > 0 or do_sample=True), as HF generate requires")
-    eos_ids = _eos_ids(target, eos_token_id)
+    eos_ids = eos_ids_of(target, eos_token_id)
     if attention_mask is None:   # as HF: leading pad tokens are padding (when the pad id is not an EOS id)
         attention_mask = batched.inferred_mask(target, input_ids, pad_token_id, eos_ids)
     attention_mask, pad_token_id = batched.check_batch(target, input_ids, attention_mask, pad_token_id)
@@ -412,7 +330,7 @@ def generate(
         min_new_tokens, min_length, no_repeat_ngram_size, bad_words_ids, suppress_tokens, begin_suppress_tokens,
         sequence_bias, forced_bos_token_id, forced_eos_token_id, exponential_decay_length_penalty, max_new_tokens,
         logits_processor, prefix_allowed_tokens_fn, num_return_sequences, kv.logits_width(target)))
-    stop = _stops(target, stop_strings, tokenizer, stopping_criteria, max_time, device)
+    stop = stops_for(target, stop_strings, tokenizer, stopping_criteria, max_time, device)
     # (batches make a stream per row, each with the processors; this one then only carries the EOS ids)
     stream = TokenStream(input_ids, max_new_tokens, eos_ids, streamer, procs if input_ids.shape[0] == 1 else None,
                          stop)

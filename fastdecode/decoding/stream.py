@@ -149,3 +149,28 @@ def check_max_time(max_time) -> float | None:
     if isinstance(max_time, bool) or not isinstance(max_time, (int, float)) or math.isnan(max_time) or max_time < 0:
         raise ValueError(f"max_time must be a number of seconds >= 0, got {max_time!r}")
     return float(max_time)
+
+
+def _stop_strings(target, strings, tokenizer):
+    """HF's stop_strings (the argument, else the generation config's) as a StopStrings test, or None. As in HF,
+    they need the model's tokenizer."""
+    if strings is None:
+        strings = getattr(getattr(target, "generation_config", None), "stop_strings", None)
+    if strings is None or (not isinstance(strings, str) and len(strings) == 0):
+        return None
+    strings = [strings] if isinstance(strings, str) else list(strings)
+    if not all(isinstance(x, str) and x for x in strings):
+        raise ValueError(f"stop_strings must be a non-empty string or a list of them, got {strings!r}")
+    if tokenizer is None:
+        raise ValueError("stop_strings need the model's tokenizer: pass it as tokenizer= (as HF generate requires)")
+    return StopStrings(tokenizer, strings)
+
+
+def stops_for(target, strings, tokenizer, stopping_criteria, max_time, device) -> Stops | None:
+    """Every stop rule of the call besides EOS and the budget (:class:`Stops`), or None when there is none.
+    stop_strings and max_time: the argument, else the generation config's, as in HF."""
+    if max_time is None:
+        max_time = getattr(getattr(target, "generation_config", None), "max_time", None)
+    stops = Stops(_stop_strings(target, strings, tokenizer), check_stopping_criteria(stopping_criteria),
+                  check_max_time(max_time), device)
+    return stops if stops.active else None
