@@ -187,7 +187,7 @@ def generate(
     typical_p, epsilon_cutoff, eta_cutoff: HF's warpers, after min_p in that order; top_h: HF's, before top-k
     (sampling only); None = the generation config's, else off.
     max_length: HF's length limit, prompt included (the padded prompt width in a batch): max_new_tokens =
-    max_length - prompt_len; not together with max_new_tokens.
+    max_length - prompt_len; with max_new_tokens too, max_new_tokens wins (a warning), as in HF.
     num_return_sequences: n sampled continuations of each prompt, as HF returns them (rows [B * n, ...], the
     n rows of a prompt next to each other; a batch of B * n rows, see Batches); greedy decoding raises.
     do_sample: HF's switch, for code written for HF ``generate``: False = greedy (temperature 0), True =

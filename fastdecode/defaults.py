@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import warnings
 
 DEFAULTS = dict(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=128)
 
@@ -52,14 +53,17 @@ def resolve(target, prompt_len: int, max_new_tokens, temperature, top_k, top_p, 
             max_length=None) -> tuple:
     """(max_new_tokens, temperature, top_k, top_p) with every None filled in (priority in the module docstring;
     ``do_sample``: the caller's, see :func:`sampling_choice`; ``max_length``: the caller's length limit,
-    prompt included, which takes the place of max_new_tokens)."""
+    prompt included, which takes the place of max_new_tokens; both given: max_new_tokens, with a warning, as in
+    HF)."""
     if max_length is not None:
         if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
             raise ValueError(f"max_length must be an int >= 1 (prompt included, as in HF generate), got {max_length!r}")
-        if max_new_tokens is not None:
-            raise ValueError("pass max_new_tokens or max_length (prompt included), not both")
-        max_new_tokens = _room(prompt_len, max_length, f"max_length={max_length} counts the prompt (as in HF "
-                                                       "generate): raise it, or pass max_new_tokens=")
+        if max_new_tokens is not None:   # as HF: max_new_tokens takes precedence, with a word
+            warnings.warn(f"both max_new_tokens ({max_new_tokens}) and max_length ({max_length}) are set: "
+                          "max_new_tokens takes precedence, as in HF generate", UserWarning, stacklevel=3)
+        else:
+            max_new_tokens = _room(prompt_len, max_length, f"max_length={max_length} counts the prompt (as in HF "
+                                                           "generate): raise it, or pass max_new_tokens=")
     gc = getattr(target, "generation_config", None)
     temperature = sampling_choice(do_sample, temperature)
     if temperature is None:

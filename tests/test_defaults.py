@@ -231,8 +231,9 @@ def test_max_length_and_num_return_sequences_as_hf_generate():
     m = _model()
     ref = m.generate(PROMPT, max_new_tokens=5, do_sample=False)
     assert torch.equal(fastdecode.generate(m, PROMPT, max_length=8, temperature=0).sequences, ref)
-    with pytest.raises(ValueError, match="not both"):
-        fastdecode.generate(m, PROMPT, max_length=8, max_new_tokens=5)
+    with pytest.warns(UserWarning, match="max_new_tokens takes precedence, as in HF"):
+        out = fastdecode.generate(m, PROMPT, max_length=20, max_new_tokens=5, temperature=0)
+    assert torch.equal(out.sequences, ref)
     with pytest.raises(ValueError, match="prompt has 3 tokens, but max_length=3"):
         fastdecode.generate(m, PROMPT, max_length=3)
     ids = torch.tensor([[0, 0, 5, 6], [1, 2, 3, 4]])
