@@ -15,7 +15,7 @@ from .decoding.batched_rows import decode_rows
 from .decoding import hf_cache as kv
 from .decoding.processors import Processors
 from .decoding.scores import generated_scores
-from .decoding.stream import TokenStream, stops_for
+from .decoding.stream import TokenStream, budget_of_criteria, stops_for
 from .defaults import not_applied, resolve, resolve_processors, resolve_warpers, takes_generation_config
 from .inputs import check_input_ids, check_streamer, check_token_type_ids, eos_ids_of, unpack_encoding
 from .kernels.cpu_linear import check_pack_weights, packed_linears, should_pack
@@ -284,6 +284,7 @@ def generate(
                                                         top_k, top_p, do_sample, max_length)
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    max_new_tokens = budget_of_criteria(stopping_criteria, input_ids.shape[1], max_new_tokens)
     sampling = SamplingConfig(temperature, top_k, top_p, **resolve_warpers(
         target, min_p=min_p, typical_p=typical_p, epsilon_cutoff=epsilon_cutoff, eta_cutoff=eta_cutoff, top_h=top_h))
     ignored = not_applied(target)

@@ -142,9 +142,16 @@ def resolve_processors(target, prompt_len: int, eos_ids, repetition_penalty=None
     logits' ``width``, for a bad word, a sequence bias or a forced token whose (last) id the logits lack, as HF
     refuses them (suppressed ids past it are ignored, as in HF)."""
     gc = getattr(target, "generation_config", None)
+    custom = tuple(logits_processor or ())
+    replaced = _replaced_by_custom(custom)
 
     def pick(name, value):
-        return _field(gc, name) if value is None else value
+        value = _field(gc, name) if value is None else value
+        if name in replaced and value is not None and value != _NEUTRAL_SETTING.get(name):
+            from .decoding.stream import custom_replaces
+            custom_replaces(custom, replaced[name], name)
+            return None
+        return value
 
     r = pick("repetition_penalty", repetition_penalty)
     r = 1.0 if r is None else r
@@ -193,7 +200,6 @@ def resolve_processors(target, prompt_len: int, eos_ids, repetition_penalty=None
             raise ValueError(f"exponential_decay_length_penalty must be (start_index >= 0, decay_factor), "
                              f"got {decay!r}")
         decay = (decay[0], float(decay[1]))
-    custom = tuple(logits_processor or ())
     if not all(callable(f) for f in custom):
         raise ValueError(f"logits_processor must hold callables (input_ids, scores) -> scores, got {logits_processor!r}")
     if prefix_allowed_tokens_fn is not None and not callable(prefix_allowed_tokens_fn):
@@ -212,6 +218,32 @@ def resolve_processors(target, prompt_len: int, eos_ids, repetition_penalty=None
                 min_new_tokens=least, no_repeat_ngram_size=counts["no_repeat_ngram_size"] or 0, bad_words=tuple(words), begin_suppress=tuple(begin),
                 sequence_bias=bias, forced_bos=bos if prompt_len == 1 else None,   # (HF forces it at length 1 only)
                 forced_eos=eos_forced, forced_eos_at=max_new_tokens - 1, decay=decay)
+
+
+# HF's built-in processor for each setting: a caller's processor of that type takes the setting's place, as in
+# HF generate (min_new_tokens is left out: with it set, HF also builds a MinLengthLogitsProcessor that holds EOS
+# back as long, so a custom MinNewTokensLengthLogitsProcessor changes nothing of the built rule)
+_BUILT = {"repetition_penalty": "RepetitionPenaltyLogitsProcessor", "no_repeat_ngram_size": "NoRepeatNGramLogitsProcessor",
+          "bad_words_ids": "NoBadWordsLogitsProcessor", "min_length": "MinLengthLogitsProcessor",
+          "suppress_tokens": "SuppressTokensLogitsProcessor",
+          "begin_suppress_tokens": "SuppressTokensAtBeginLogitsProcessor", "sequence_bias": "SequenceBiasLogitsProcessor",
+          "forced_bos_token_id": "ForcedBOSTokenLogitsProcessor", "forced_eos_token_id": "ForcedEOSTokenLogitsProcessor",
+          "exponential_decay_length_penalty": "ExponentialDecayLengthPenalty"}
+_NEUTRAL_SETTING = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_length": 0}
+
+
+def _replaced_by_custom(custom) -> dict:
+    """setting -> HF processor class, for the settings whose built processor a caller's processor replaces."""
+    if not custom:
+        return {}
+    from transformers.generation import logits_process
+
+    out = {}
+    for name, cls_name in _BUILT.items():
+        cls = getattr(logits_process, cls_name, None)
+        if cls is not None and any(type(c) is cls for c in custom):
+            out[name] = cls
+    return out
 
 
 def _token_list(name: str, value) -> list[int]:

@@ -108,3 +108,51 @@ def test_rows_the_processors_mask_whole(model):
             with pytest.raises(ValueError, match="masked every token|every token is masked"):
                 fastdecode.generate(model, IDS, method=method, cache_implementation=engine, temperature=1.0, seed=0,
                                     **extra, **kw)
+
+
+def test_a_custom_processor_or_criterion_of_a_built_type_takes_its_place(model):
+    """As in HF generate: the caller's RepetitionPenaltyLogitsProcessor replaces the penalty the generation config
+    (or the argument) sets, and a MaxLengthCriteria / MaxTimeCriteria replaces the length / time limit HF builds,
+    each with a warning."""
+    from transformers import (LogitsProcessorList, MaxLengthCriteria, MaxTimeCriteria,
+                              RepetitionPenaltyLogitsProcessor, StoppingCriteriaList)
+
+    ids = torch.tensor([[5, 6, 7, 5, 6, 7, 5, 6]])
+    procs = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(0.5)])
+    ref = model.generate(ids, do_sample=False, max_new_tokens=12, repetition_penalty=0.5)
+    assert not torch.equal(ref, model.generate(ids, do_sample=False, max_new_tokens=12, repetition_penalty=1.3,
+                                               logits_processor=LogitsProcessorList([RepetitionPenaltyLogitsProcessor(0.5),
+                                                                                     RepetitionPenaltyLogitsProcessor(1.3)])))
+    model.generation_config.repetition_penalty = 1.3
+    try:
+        with pytest.warns(UserWarning, match="custom RepetitionPenaltyLogitsProcessor .* takes precedence"):
+            out = fastdecode.generate(model, ids, temperature=0, max_new_tokens=12, logits_processor=procs)
+    finally:
+        model.generation_config.repetition_penalty = None
+    assert torch.equal(out.sequences, ref)
+    crit = StoppingCriteriaList([MaxLengthCriteria(max_length=14)])
+    ref = model.generate(ids, do_sample=False, max_new_tokens=3, stopping_criteria=crit)
+    with pytest.warns(UserWarning, match="custom MaxLengthCriteria .* takes precedence"):
+        out = fastdecode.generate(model, ids, draft=draft_of(model), temperature=0, max_new_tokens=3,
+                                  stopping_criteria=crit)
+    assert torch.equal(out.sequences, ref) and ref.shape[1] == 14
+    crit = StoppingCriteriaList([MaxTimeCriteria(max_time=600)])
+    with pytest.warns(UserWarning, match="custom MaxTimeCriteria .* takes precedence"):
+        out = fastdecode.generate(model, ids, temperature=0, max_new_tokens=5, max_time=0, stopping_criteria=crit)
+    assert out.sequences.shape[1] == 13   # (max_time=0 alone gives one token)
+
+
+def test_a_custom_stop_string_criterion_replaces_stop_strings(code_pair, stdlib_prompts):
+    from transformers import StopStringCriteria, StoppingCriteriaList
+
+    target, _, tok = code_pair
+    ids = torch.tensor([stdlib_prompts[0][:20]])
+    crit = StoppingCriteriaList([StopStringCriteria(tokenizer=tok, stop_strings=["return"])])
+    ref = target.generate(ids, max_new_tokens=40, do_sample=False, stop_strings=[":"], tokenizer=tok,
+                          stopping_criteria=crit)
+    with pytest.warns(UserWarning, match="custom StopStringCriteria .* takes precedence"):
+        out = fastdecode.generate(target, ids, temperature=0, max_new_tokens=40, stop_strings=[":"], tokenizer=tok,
+                                  stopping_criteria=crit)
+    assert torch.equal(out.sequences, ref)
+    assert not torch.equal(ref, target.generate(ids, max_new_tokens=40, do_sample=False, stop_strings=[":"],
+                                                tokenizer=tok))

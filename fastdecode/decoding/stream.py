@@ -168,9 +168,43 @@ def _stop_strings(target, strings, tokenizer):
 
 def stops_for(target, strings, tokenizer, stopping_criteria, max_time, device) -> Stops | None:
     """Every stop rule of the call besides EOS and the budget (:class:`Stops`), or None when there is none.
-    stop_strings and max_time: the argument, else the generation config's, as in HF."""
+    stop_strings and max_time: the argument, else the generation config's, as in HF; and as in HF, a criterion
+    of the caller's of the type HF would build for one of them (``StopStringCriteria``, ``MaxTimeCriteria``)
+    takes its place, with a warning."""
+    from transformers.generation.stopping_criteria import MaxTimeCriteria, StopStringCriteria
+
+    criteria = check_stopping_criteria(stopping_criteria)
     if max_time is None:
         max_time = getattr(getattr(target, "generation_config", None), "max_time", None)
-    stops = Stops(_stop_strings(target, strings, tokenizer), check_stopping_criteria(stopping_criteria),
-                  check_max_time(max_time), device)
+    strings = _stop_strings(target, strings, tokenizer)
+    max_time = check_max_time(max_time)
+    if strings is not None and custom_replaces(criteria, StopStringCriteria, "stop_strings"):
+        strings = None
+    if max_time is not None and custom_replaces(criteria, MaxTimeCriteria, "max_time"):
+        max_time = None
+    stops = Stops(strings, criteria, max_time, device)
     return stops if stops.active else None
+
+
+def budget_of_criteria(stopping_criteria, width: int, max_new_tokens: int) -> int:
+    """The new-token budget when the caller's criteria hold HF's ``MaxLengthCriteria``: as in HF generate, it
+    takes the place of the one HF builds from max_new_tokens / max_length, so the shortest of them bounds the
+    text (prompt width included; at least one token, as HF checks after each); else ``max_new_tokens``."""
+    from transformers.generation.stopping_criteria import MaxLengthCriteria
+
+    criteria = check_stopping_criteria(stopping_criteria)
+    if not custom_replaces(criteria, MaxLengthCriteria, "max_new_tokens / max_length"):
+        return max_new_tokens
+    return max(1, min(c.max_length for c in criteria if type(c) is MaxLengthCriteria) - width)
+
+
+def custom_replaces(custom, kind, setting: str) -> bool:
+    """Whether the caller's processors or criteria ``custom`` hold one of type ``kind``, which, as in HF generate,
+    takes the place of the one HF would build for ``setting`` (warned once per call, as HF warns)."""
+    if not any(type(c) is kind for c in custom):
+        return False
+    import warnings
+
+    warnings.warn(f"a custom {kind.__name__} was passed and {setting} is set too: the custom one takes "
+                  f"precedence, as in HF generate", UserWarning, stacklevel=4)
+    return True
