@@ -9,7 +9,7 @@ import warnings
 import torch
 
 from .checks import check_call, check_models, eval_mode, static_mask_problem
-from .config import METHODS, SamplingConfig, build_method_config  # noqa: F401 (METHODS re-exported)
+from .config import METHODS, SamplingConfig, build_method_config, hf_aliases  # noqa: F401 (METHODS re-exported)
 from .decoding import DYNAMIC, STATIC, batched
 from .decoding.batched_rows import decode_rows
 from .decoding import hf_cache as kv
@@ -141,8 +141,8 @@ def generate(
     tokenizer=None,
     stopping_criteria=None,
     max_time: float | None = None,
-    output_scores: bool = False,
-    output_logits: bool = False,
+    output_scores: bool | None = None,
+    output_logits: bool | None = None,
     renormalize_logits: bool | None = None,
     max_length: int | None = None,
     num_return_sequences: int | None = None,
@@ -153,7 +153,7 @@ def generate(
     verifier: str | None = None,
     num_drafts: int = 1,
     lambda_attention=None,
-    cache_implementation: str = "dynamic",
+    cache_implementation: str | None = "dynamic",
     compile=None,
     pack_weights: bool | None = None,
     progress: bool = False,
@@ -255,19 +255,29 @@ def generate(
     method_options.pop("assistant_model", None)
     token_type_ids = method_options.pop("token_type_ids", None)   # (a tokenizer's output passed as **inputs)
     check_models(target, draft)
-    if renormalize_logits is None:
-        renormalize_logits = bool(getattr(getattr(target, "generation_config", None), "renormalize_logits", False))
+    gc = getattr(target, "generation_config", None)
+    renormalize_logits, output_scores, output_logits = (   # None: the generation config's, else False (as HF)
+        bool(getattr(gc, name, None)) if value is None else value
+        for name, value in (("renormalize_logits", renormalize_logits), ("output_scores", output_scores),
+                            ("output_logits", output_logits)))
+    if cache_implementation is None:   # (HF's default; the generation config's "static" is not read)
+        cache_implementation = "dynamic"
     for name, flag in (("output_scores", output_scores), ("output_logits", output_logits),
                        ("renormalize_logits", renormalize_logits)):
         if not isinstance(flag, bool):
             raise ValueError(f"{name} must be True or False, got {flag!r}")
+    aliased = hf_aliases(method_options, dict(draft_length=draft_length, adaptive_draft=adaptive_draft,
+                                              confidence_threshold=confidence_threshold))
+    draft_length = aliased.get("draft_length", draft_length)
+    adaptive_draft = aliased.get("adaptive_draft", adaptive_draft)
+    confidence_threshold = aliased.get("confidence_threshold", confidence_threshold)
     method, method_cfg = build_method_config(
         method, draft is not None, num_drafts=num_drafts, verifier=verifier, draft_length=draft_length,
         adaptive_draft=adaptive_draft, max_draft_length=max_draft_length,
         confidence_threshold=confidence_threshold, fallback=fallback, **method_options)
     input_ids, attention_mask, token_type_ids = unpack_encoding(input_ids, attention_mask, token_type_ids)
     check_input_ids(input_ids)
-    check_token_type_ids(target, token_type_ids)
+    check_token_type_ids(target, token_type_ids, input_ids)
     if num_return_sequences is None:   # as HF: the generation config's, else 1
         num_return_sequences = getattr(getattr(target, "generation_config", None), "num_return_sequences", None) or 1
     if not _is_int(num_return_sequences) or num_return_sequences < 1:

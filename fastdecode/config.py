@@ -284,6 +284,10 @@ HF_ONLY = {
     "token_healing": "token healing is not applied",
     "custom_generate": "fastdecode.generate is itself the decoding loop",
     "assistant_tokenizer": "the draft must share the target's tokenizer (check_pair refuses one that does not)",
+    "assistant_early_exit": "self-speculation by early exit is not done; pass a draft model as draft=",
+    "assistant_lookbehind": "the draft must share the target's tokenizer (no re-tokenisation between them)",
+    "target_lookbehind": "the draft must share the target's tokenizer (no re-tokenisation between them)",
+    "disable_compile": "fastdecode compiles only with compile=True (or 'inductor'): pass compile=False",
 }
 
 
@@ -291,7 +295,36 @@ HF_ONLY = {
 HARMLESS = {"use_cache": True, "return_dict_in_generate": True, "length_penalty": 1.0, "early_stopping": False,
             "num_beam_groups": 1, "diversity_penalty": 0.0, "low_memory": False, "encoder_repetition_penalty": 1.0,
             "encoder_no_repeat_ngram_size": 0, "output_attentions": False, "output_hidden_states": False,
-            "remove_invalid_values": False, "synced_gpus": False, "token_healing": False, **NEUTRAL}
+            "remove_invalid_values": False, "synced_gpus": False, "token_healing": False, "disable_compile": False,
+            **NEUTRAL}
+
+# HF generate's names for fastdecode's own settings (assisted generation's): HF name -> fastdecode argument
+HF_ALIASES = {"num_assistant_tokens": "draft_length", "assistant_confidence_threshold": "confidence_threshold",
+              "num_assistant_tokens_schedule": "adaptive_draft"}
+# HF's schedules of the draft length: "constant" is a fixed length; "heuristic" is +2 after a fully accepted draft
+# and -1 otherwise, fastdecode's adaptive length ("heuristic_transient": the same, reset each call, as here)
+SCHEDULES = {"constant": False, "heuristic": True, "heuristic_transient": True}
+# options HF generate takes that ask for nothing when a prompt is given (bos_token_id starts an empty prompt)
+UNUSED_WITH_PROMPT = ("bos_token_id",)
+
+
+def hf_aliases(options: dict, given: dict) -> dict:
+    """fastdecode's settings from HF's names for them in ``options`` (popped): num_assistant_tokens -> draft_length,
+    num_assistant_tokens_schedule -> adaptive_draft, assistant_confidence_threshold -> confidence_threshold.
+    ``given``: the fastdecode arguments as passed; both names at once is a ValueError."""
+    out = {}
+    for hf_name, ours in HF_ALIASES.items():
+        value = options.pop(hf_name, None)
+        if value is None:
+            continue
+        if given.get(ours) is not None:
+            raise ValueError(f"{hf_name}= (HF's name) and {ours}= both given: they are one setting; pass one")
+        if hf_name == "num_assistant_tokens_schedule":
+            if value not in SCHEDULES:
+                raise ValueError(f"num_assistant_tokens_schedule must be one of {tuple(SCHEDULES)}, got {value!r}")
+            value = SCHEDULES[value]
+        out[ours] = value
+    return out
 
 
 def check_hf_options(options) -> dict:
@@ -301,6 +334,8 @@ def check_hf_options(options) -> dict:
     rest = {}
     for name in sorted(options):
         value = options[name]
+        if (value is None and _is_hf_option(name)) or name in UNUSED_WITH_PROMPT:
+            continue   # (None asks for nothing: HF's own default for every option of its generate)
         if name not in HF_ONLY:
             rest[name] = value
         elif value is None or (name in HARMLESS and value == HARMLESS[name]
@@ -310,6 +345,15 @@ def check_hf_options(options) -> dict:
             raise ValueError(f"{name}= is an option of transformers' generate() that fastdecode.generate does not "
                              f"take: {HF_ONLY[name]}")
     return rest
+
+
+def _is_hf_option(name: str) -> bool:
+    """Whether transformers' generate() takes ``name`` (a GenerationConfig field or one of its own keywords)."""
+    from transformers import GenerationConfig
+
+    return name in HF_ONLY or name in HF_ALIASES or hasattr(GenerationConfig(), name) or name in (
+        "synced_gpus", "assistant_model", "negative_prompt_ids", "negative_prompt_attention_mask", "custom_generate",
+        "assistant_tokenizer", "tokenizer", "past_key_values", "bos_token_id")
 
 
 def build_method_config(method: str, has_draft: bool, *, num_drafts=1, verifier=None, draft_length=None,

@@ -26,13 +26,14 @@ def sampling_choice(do_sample, temperature):
     """The temperature a call asks for once HF's ``do_sample`` is taken into account (None: still to be read from
     the generation config). do_sample=False is greedy decoding (temperature 0); do_sample=True samples (the
     temperature given, else the generation config's, else 1.0). A temperature that contradicts it is a
-    ValueError, not a silent choice between the two."""
+    ValueError, not a silent choice between the two, except do_sample=False with temperature=1.0, HF's
+    default value, which HF takes silently as greedy decoding."""
     if do_sample is None:
         return temperature
     if not isinstance(do_sample, bool):
         raise ValueError(f"do_sample must be True, False or None, got {do_sample!r}")
     if do_sample is False:
-        if temperature is not None and temperature != 0:
+        if temperature is not None and temperature not in (0, 1.0):
             raise ValueError(f"do_sample=False is greedy decoding, but temperature={temperature!r} asks for sampling: "
                              "pass one of them (greedy: temperature=0)")
         return 0.0
@@ -108,8 +109,8 @@ def resolve_warpers(target, **given) -> dict:
 
 # generation_config fields with which HF generate changes the logits (or the search) and fastdecode does not:
 # field -> the value that changes nothing
-NOT_APPLIED = {"guidance_scale": 1.0, "watermarking_config": None, "num_beams": 1, "penalty_alpha": None,
-               "dola_layers": None}
+NOT_APPLIED = {"guidance_scale": 1.0, "watermarking_config": None, "num_beams": 1, "penalty_alpha": 0.0,
+               "dola_layers": None, "output_attentions": False, "output_hidden_states": False}
 NEUTRAL = {name: neutral for name, neutral in NOT_APPLIED.items() if neutral is not None}
 
 

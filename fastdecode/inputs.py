@@ -46,17 +46,23 @@ def unpack_encoding(inputs, attention_mask, token_type_ids=None):
     return inputs["input_ids"], found["attention_mask"], found["token_type_ids"]
 
 
-def check_token_type_ids(target, token_type_ids) -> None:
-    """Token type ids are not passed to the model: all zeros for a model whose forward has no such input (what
-    a tokenizer returns for one segment) are dropped; anything else is a ValueError, since the model would
-    read them."""
+def check_token_type_ids(target, token_type_ids, input_ids: torch.Tensor) -> None:
+    """Token type ids are not passed to the model: all zeros in the prompt's shape, for a model whose forward has
+    no such input (what a tokenizer returns for one segment), are dropped; anything else is a ValueError, since
+    the model would read them."""
     if token_type_ids is None:
         return
     import inspect
 
+    try:
+        types = torch.as_tensor(token_type_ids)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"token_type_ids must be a tensor (or nested list) of ints, got {token_type_ids!r}") from e
+    if tuple(types.shape) != tuple(input_ids.shape):
+        raise ValueError(f"token_type_ids has shape {tuple(types.shape)}, but input_ids has shape "
+                         f"{tuple(input_ids.shape)}: they must match")
     takes = "token_type_ids" in inspect.signature(target.forward).parameters
-    zeros = isinstance(token_type_ids, torch.Tensor) and not bool(token_type_ids.any())
-    if takes or not zeros:
+    if takes or bool(types.any()):
         why = f"{type(target).__name__} reads them" if takes else "they are not all zeros"
         raise ValueError(f"token_type_ids: fastdecode does not pass token type ids to the model, and {why}; "
                          "tokenize with return_token_type_ids=False (or drop them) to decode without them")

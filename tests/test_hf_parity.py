@@ -156,3 +156,40 @@ def test_a_custom_stop_string_criterion_replaces_stop_strings(code_pair, stdlib_
     assert torch.equal(out.sequences, ref)
     assert not torch.equal(ref, target.generate(ids, max_new_tokens=40, do_sample=False, stop_strings=[":"],
                                                 tokenizer=tok))
+
+
+def test_hf_defaults_and_names_for_fastdecodes_settings(model):
+    """HF's default values pass (do_sample=False with temperature=1.0, None for any of its options,
+    penalty_alpha=0.0, disable_compile=False, bos_token_id); the generation config's output_scores is read;
+    assisted generation's names set fastdecode's draft settings; token type ids in the prompt's shape."""
+    from transformers import GenerationConfig
+
+    ref = model.generate(IDS, max_new_tokens=4, do_sample=False)
+    for kw in (dict(do_sample=False, temperature=1.0), dict(prompt_lookup_num_tokens=None, num_assistant_tokens=None,
+                                                            assistant_confidence_threshold=None, bos_token_id=7),
+               dict(cache_implementation=None, output_scores=None, penalty_alpha=0.0, disable_compile=False)):
+        out = fastdecode.generate(model, IDS, max_new_tokens=4, **{"do_sample": False, **kw})
+        assert torch.equal(out.sequences, ref), kw
+    gc = GenerationConfig(max_new_tokens=4, do_sample=False, return_dict_in_generate=True, output_scores=True)
+    assert len(fastdecode.generate(model, IDS, generation_config=gc).scores) == 4
+    d = draft_of(model)
+    a = fastdecode.generate(model, IDS, draft=d, max_new_tokens=8, seed=1, draft_length=3, adaptive_draft=False)
+    b = fastdecode.generate(model, IDS, draft=d, max_new_tokens=8, seed=1, num_assistant_tokens=3,
+                            num_assistant_tokens_schedule="constant")
+    assert torch.equal(a.sequences, b.sequences) and len(b.stats.position_drafted) == 3   # (drafts of 3)
+    with pytest.raises(ValueError, match="num_assistant_tokens= \\(HF's name\\) and draft_length= both given"):
+        fastdecode.generate(model, IDS, draft=d, draft_length=2, num_assistant_tokens=3)
+    with pytest.raises(ValueError, match="num_assistant_tokens_schedule must be one of"):
+        fastdecode.generate(model, IDS, draft=d, num_assistant_tokens_schedule="fast")
+    with pytest.raises(ValueError, match="disable_compile= is an option.*compile=False"):
+        fastdecode.generate(model, IDS, disable_compile=True)
+    assert torch.equal(fastdecode.generate(model, IDS, token_type_ids=[[0] * 5], max_new_tokens=4,
+                                           temperature=0).sequences, ref)
+    with pytest.raises(ValueError, match="token_type_ids has shape \\(3, 9\\), but input_ids has shape \\(1, 5\\)"):
+        fastdecode.generate(model, IDS, token_type_ids=torch.zeros(3, 9, dtype=torch.long))
+    model.generation_config.output_hidden_states = True
+    try:
+        with pytest.warns(UserWarning, match="sets output_hidden_states=True, which HF generate would apply"):
+            fastdecode.generate(model, IDS, max_new_tokens=2, temperature=0)
+    finally:
+        model.generation_config.output_hidden_states = None
