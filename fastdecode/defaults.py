@@ -149,7 +149,6 @@ def resolve_processors(target, prompt_len: int, eos_ids, repetition_penalty=None
     def pick(name, value):
         value = _field(gc, name) if value is None else value
         if name in replaced and value is not None and value != _NEUTRAL_SETTING.get(name):
-            from .decoding.stream import custom_replaces
             custom_replaces(custom, replaced[name], name)
             return None
         return value
@@ -300,3 +299,14 @@ def takes_generation_config(generate):
         with call_generation_config(target, generation_config):
             return generate(target, *args, **kwargs)
     return wrapper
+
+
+def custom_replaces(custom, kind, setting: str) -> bool:
+    """Whether the caller's processors or criteria ``custom`` hold one of type ``kind``, which, as in HF generate,
+    takes the place of the one HF would build for ``setting`` (warned once per call, as HF warns)."""
+    if not any(type(c) is kind for c in custom):
+        return False
+    warnings.warn(f"a custom {kind.__name__} was passed and {setting} is set too: the custom one takes "
+                  f"precedence, as in HF generate", UserWarning, stacklevel=4)
+    return True
+

@@ -6,6 +6,8 @@ import time
 
 import torch
 
+from ..defaults import custom_replaces
+
 
 class TokenStream:
     """The growing token sequence of one generation (batch 1), with stop conditions.
@@ -196,15 +198,3 @@ def budget_of_criteria(stopping_criteria, width: int, max_new_tokens: int) -> in
     if not custom_replaces(criteria, MaxLengthCriteria, "max_new_tokens / max_length"):
         return max_new_tokens
     return max(1, min(c.max_length for c in criteria if type(c) is MaxLengthCriteria) - width)
-
-
-def custom_replaces(custom, kind, setting: str) -> bool:
-    """Whether the caller's processors or criteria ``custom`` hold one of type ``kind``, which, as in HF generate,
-    takes the place of the one HF would build for ``setting`` (warned once per call, as HF warns)."""
-    if not any(type(c) is kind for c in custom):
-        return False
-    import warnings
-
-    warnings.warn(f"a custom {kind.__name__} was passed and {setting} is set too: the custom one takes "
-                  f"precedence, as in HF generate", UserWarning, stacklevel=4)
-    return True
