@@ -9,7 +9,8 @@ import warnings
 import torch
 
 from .checks import check_call, check_models, eval_mode, static_mask_problem
-from .config import METHODS, SamplingConfig, build_method_config, hf_aliases  # noqa: F401 (METHODS re-exported)
+from .config import METHODS, SamplingConfig, build_method_config  # noqa: F401 (METHODS re-exported)
+from .hf_options import hf_aliases
 from .decoding import DYNAMIC, STATIC, batched
 from .decoding.batched_rows import decode_rows
 from .decoding import hf_cache as kv

@@ -117,7 +117,7 @@ NEUTRAL = {name: neutral for name, neutral in NOT_APPLIED.items() if neutral is 
 def not_applied(target) -> list[str]:
     """The target's generation_config settings that HF generate would apply and fastdecode does not ("name=value"
     each): the caller is warned, since the tokens then differ from HF's. Explicit arguments with these names are
-    refused instead (``config.HF_ONLY``)."""
+    refused instead (``hf_options.HF_ONLY``)."""
     gc = getattr(target, "generation_config", None)
     found = []
     for name, neutral in NOT_APPLIED.items():
