@@ -144,12 +144,13 @@ def resolve_processors(target, prompt_len: int, eos_ids, repetition_penalty=None
     refuses them (suppressed ids past it are ignored, as in HF)."""
     gc = getattr(target, "generation_config", None)
     custom = tuple(logits_processor or ())
-    replaced = _replaced_by_custom(custom)
+    replaced, dropped = _replaced_by_custom(custom), set()
 
     def pick(name, value):
         value = _field(gc, name) if value is None else value
         if name in replaced and value is not None and value != _NEUTRAL_SETTING.get(name):
             custom_replaces(custom, replaced[name], name)
+            dropped.add(name)
             return None
         return value
 
@@ -202,6 +203,7 @@ def resolve_processors(target, prompt_len: int, eos_ids, repetition_penalty=None
         decay = (decay[0], float(decay[1]))
     if not all(callable(f) for f in custom):
         raise ValueError(f"logits_processor must hold callables (input_ids, scores) -> scores, got {logits_processor!r}")
+    custom, in_slot = _placed(list(custom), replaced, dropped)
     if prefix_allowed_tokens_fn is not None and not callable(prefix_allowed_tokens_fn):
         raise ValueError(f"prefix_allowed_tokens_fn must be a callable (batch_id, input_ids) -> allowed token ids, "
                          f"got {prefix_allowed_tokens_fn!r}")
@@ -213,7 +215,7 @@ def resolve_processors(target, prompt_len: int, eos_ids, repetition_penalty=None
             past = sorted({t for t in ids if t >= width})
             if past:
                 raise ValueError(f"{name} names token ids {past}, but the model's logits have {width} entries")
-    return dict(custom=custom, allowed_fn=prefix_allowed_tokens_fn, group=group,
+    return dict(custom=custom, in_slot=in_slot, allowed_fn=prefix_allowed_tokens_fn, group=group,
                 repetition_penalty=float(r), eos_ids=tuple(sorted(eos_ids)),
                 min_new_tokens=least, no_repeat_ngram_size=counts["no_repeat_ngram_size"] or 0, bad_words=tuple(words), begin_suppress=tuple(begin),
                 sequence_bias=bias, forced_bos=bos if prompt_len == 1 else None,   # (HF forces it at length 1 only)
@@ -230,6 +232,22 @@ _BUILT = {"repetition_penalty": "RepetitionPenaltyLogitsProcessor", "no_repeat_n
           "forced_bos_token_id": "ForcedBOSTokenLogitsProcessor", "forced_eos_token_id": "ForcedEOSTokenLogitsProcessor",
           "exponential_decay_length_penalty": "ExponentialDecayLengthPenalty"}
 _NEUTRAL_SETTING = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_length": 0}
+
+
+def _placed(custom: list, replaced: dict, dropped: set) -> tuple[tuple, tuple]:
+    """(custom, in_slot): as in HF, the caller's first processor of the type HF builds for a setting it replaces
+    runs where the built one would: in its slot for the sequence bias and the repetition penalty (whose place in
+    the order changes the values), first of the caller's for the decay penalty (the last built rule); the others
+    replace masks, whose order changes nothing, and run with the rest of the caller's."""
+    in_slot = []
+    for name in ("sequence_bias", "repetition_penalty", "exponential_decay_length_penalty"):
+        if name in dropped:
+            proc = custom.pop(next(i for i, c in enumerate(custom) if type(c) is replaced[name]))
+            if name == "exponential_decay_length_penalty":
+                custom.insert(0, proc)
+            else:
+                in_slot.append((name, proc))
+    return tuple(custom), tuple(in_slot)
 
 
 def _replaced_by_custom(custom) -> dict:

@@ -115,7 +115,7 @@ def test_a_custom_processor_or_criterion_of_a_built_type_takes_its_place(model):
     (or the argument) sets, and a MaxLengthCriteria / MaxTimeCriteria replaces the length / time limit HF builds,
     each with a warning."""
     from transformers import (LogitsProcessorList, MaxLengthCriteria, MaxTimeCriteria,
-                              RepetitionPenaltyLogitsProcessor, StoppingCriteriaList)
+                              RepetitionPenaltyLogitsProcessor, SequenceBiasLogitsProcessor, StoppingCriteriaList)
 
     ids = torch.tensor([[5, 6, 7, 5, 6, 7, 5, 6]])
     procs = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(0.5)])
@@ -130,12 +130,21 @@ def test_a_custom_processor_or_criterion_of_a_built_type_takes_its_place(model):
     finally:
         model.generation_config.repetition_penalty = None
     assert torch.equal(out.sequences, ref)
+    bias = {(6,): 3.0, (7,): 2.0, (5,): 2.5}   # (in the built bias's slot, before the penalty: (l + b) / r)
+    procs = LogitsProcessorList([SequenceBiasLogitsProcessor(bias)])
+    ref = model.generate(ids, do_sample=False, max_new_tokens=12, repetition_penalty=1.8, sequence_bias=bias,
+                         logits_processor=procs)
+    with pytest.warns(UserWarning, match="custom SequenceBiasLogitsProcessor .* takes precedence"):
+        out = fastdecode.generate(model, ids, temperature=0, max_new_tokens=12, repetition_penalty=1.8,
+                                  sequence_bias=bias, logits_processor=procs)
+    assert torch.equal(out.sequences, ref)
     crit = StoppingCriteriaList([MaxLengthCriteria(max_length=14)])
     ref = model.generate(ids, do_sample=False, max_new_tokens=3, stopping_criteria=crit)
-    with pytest.warns(UserWarning, match="custom MaxLengthCriteria .* takes precedence"):
-        out = fastdecode.generate(model, ids, draft=draft_of(model), temperature=0, max_new_tokens=3,
-                                  stopping_criteria=crit)
-    assert torch.equal(out.sequences, ref) and ref.shape[1] == 14
+    for engine in ("dynamic", "static"):
+        with pytest.warns(UserWarning, match="custom MaxLengthCriteria .* takes precedence"):
+            out = fastdecode.generate(model, ids, draft=draft_of(model), temperature=0, max_new_tokens=3,
+                                      stopping_criteria=crit, cache_implementation=engine)
+        assert torch.equal(out.sequences, ref) and ref.shape[1] == 14, engine
     crit = StoppingCriteriaList([MaxTimeCriteria(max_time=600)])
     with pytest.warns(UserWarning, match="custom MaxTimeCriteria .* takes precedence"):
         out = fastdecode.generate(model, ids, temperature=0, max_new_tokens=5, max_time=0, stopping_criteria=crit)

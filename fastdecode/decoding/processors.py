@@ -58,6 +58,9 @@ class Processors:
     forced_eos_at: int = -1
     decay: tuple[int, float] | None = None  # HF's exponential_decay_length_penalty (start, factor), on eos_ids
     custom: tuple = ()                      # the caller's logits_processor: callables (input_ids, scores) -> scores
+    # the caller's processors that take a built rule's place in its slot, as in HF: (setting, processor), for
+    # "sequence_bias" and "repetition_penalty" (the rules whose place in the order changes the values)
+    in_slot: tuple = ()
     allowed_fn: object = None               # HF's prefix_allowed_tokens_fn(batch_id, input_ids 1-D) -> allowed ids
     group: int = 1                          # rows per prompt (num_return_sequences): batch_id = row // group
 
@@ -66,7 +69,8 @@ class Processors:
         return (self.repetition_penalty != 1.0 or (self.min_new_tokens > 0 and bool(self.eos_ids))
                 or self.no_repeat_ngram_size > 0 or bool(self.bad_words) or bool(self.begin_suppress)
                 or bool(self.sequence_bias) or self.forced_bos is not None or bool(self.forced_eos)
-                or (self.decay is not None and bool(self.eos_ids)) or bool(self.custom) or self.allowed_fn is not None)
+                or (self.decay is not None and bool(self.eos_ids)) or bool(self.custom) or self.allowed_fn is not None
+                or bool(self.in_slot))
 
     @property
     def dense(self) -> bool:
@@ -75,14 +79,15 @@ class Processors:
         tokens a row's text holds and how many are new."""
         return self.active and not (self.no_repeat_ngram_size > 0 or any(len(w) > 1 for w in self.bad_words)
                                     or self.begin_suppress or self.sequence_bias or self.forced_bos is not None
-                                    or self.forced_eos or self.decay is not None or self.custom
+                                    or self.forced_eos or self.decay is not None or self.custom or self.in_slot
                                     or self.allowed_fn is not None)
 
     @property
     def reads_text(self) -> bool:
         """Whether a row's tokens, in order, are needed (not only which tokens occur)."""
         return (self.no_repeat_ngram_size > 0 or any(len(w) > 1 for w in self.bad_words)
-                or any(len(w) > 1 for w, _ in self.sequence_bias) or bool(self.custom) or self.allowed_fn is not None)
+                or any(len(w) > 1 for w, _ in self.sequence_bias) or bool(self.custom) or self.allowed_fn is not None
+                or bool(self.in_slot))
 
 
 class Prefix:
@@ -168,8 +173,13 @@ class Prefix:
         x = logits.float()
         x = x.clone() if x is logits else x
         seqs, ends = self._texts(t, lengths) if p.reads_text else (None, None)
+        slot = dict(p.in_slot)
         if p.sequence_bias:   # first, as in HF: the penalty then sees the biased logits
             x = self._bias(x, seqs, ends)
+        elif "sequence_bias" in slot:
+            x = self._custom(x, seqs, lengths, (slot["sequence_bias"],))
+        if "repetition_penalty" in slot:
+            x = self._custom(x, seqs, lengths, (slot["repetition_penalty"],))
         r = p.repetition_penalty
         if r != 1.0:
             if self.seen.shape[0] < width:
@@ -230,14 +240,15 @@ class Prefix:
                     x[i, eos] = sub + pen
         return x
 
-    def _custom(self, x: torch.Tensor, seqs: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-        """The caller's logits processors (HF's ``logits_processor``), after HF's own as in HF: each row's scores
-        [1, V] with that row's own text as ``input_ids`` [1, length] (no padding), one call per row and
-        processor. They must be functions of those two: a row may be a draft that is then rejected."""
+    def _custom(self, x: torch.Tensor, seqs: torch.Tensor, lengths: list[int], procs=None) -> torch.Tensor:
+        """The caller's logits processors (HF's ``logits_processor``; ``procs``, else all but those in a built
+        rule's slot), after HF's own as in HF: each row's scores [1, V] with that row's own text as
+        ``input_ids`` [1, length] (no padding), one call per row and processor. They must be functions of
+        those two: a row may be a draft that is then rejected."""
         rows = []
         for i, k in enumerate(lengths):
             ids, row = seqs[i : i + 1, : self.length + k], x[i : i + 1]
-            for proc in self.procs.custom:
+            for proc in procs or self.procs.custom:
                 row = proc(ids, row)
             rows.append(row)
         return torch.cat(rows).float()

@@ -151,3 +151,15 @@ def test_renormalize_logits_gives_log_probabilities():
     finally:
         m.generation_config.renormalize_logits = None
     torch.testing.assert_close(_stacked(again.scores), _stacked(norm.scores))
+
+
+def test_batch_logits_alone_equal_hf():
+    """output_logits without output_scores, a batch: every row's logits (a first version kept only the last
+    row's, the others zeros)."""
+    m = tiny_llama(1, vocab=40)
+    ids = torch.tensor([[3, 4, 5, 6], [7, 8, 9, 10]])
+    hf = m.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0, output_logits=True,
+                    return_dict_in_generate=True)
+    out = fastdecode.generate(m, ids, temperature=0, max_new_tokens=4, pad_token_id=0, output_logits=True)
+    assert torch.equal(out.sequences, hf.sequences) and out.scores is None
+    torch.testing.assert_close(_stacked(out.logits), _stacked(hf.logits), atol=1e-5, rtol=1e-5)
