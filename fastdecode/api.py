@@ -16,7 +16,7 @@ from .decoding.batched_rows import decode_rows
 from .decoding import hf_cache as kv
 from .decoding.processors import Processors
 from .decoding.scores import generated_scores
-from .decoding.stream import TokenStream, budget_of_criteria, stops_for
+from .decoding.stream import TokenStream, budget_of_criteria, eos_of_criteria, stops_for
 from .defaults import not_applied, resolve, resolve_processors, resolve_warpers, takes_generation_config
 from .inputs import check_input_ids, check_streamer, check_token_type_ids, eos_ids_of, unpack_encoding
 from .kernels.cpu_linear import check_pack_weights, packed_linears, should_pack
@@ -344,8 +344,8 @@ def generate(
         logits_processor, prefix_allowed_tokens_fn, num_return_sequences, kv.logits_width(target)))
     stop = stops_for(target, stop_strings, tokenizer, stopping_criteria, max_time, device)
     # (batches make a stream per row, each with the processors; this one then only carries the EOS ids)
-    stream = TokenStream(input_ids, max_new_tokens, eos_ids, streamer, procs if input_ids.shape[0] == 1 else None,
-                         stop)
+    stream = TokenStream(input_ids, max_new_tokens, eos_of_criteria(stopping_criteria, eos_ids), streamer,
+                         procs if input_ids.shape[0] == 1 else None, stop)
     stats = DecodeStats(method=method)
     if compile_mode is not None and compile is None and input_ids.shape[0] > 1 and not rows_alone:
         compile_mode = "eager"   # batches record their forwards on request only (compile=True / "cudagraphs")

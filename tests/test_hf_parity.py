@@ -202,3 +202,26 @@ def test_hf_defaults_and_names_for_fastdecodes_settings(model):
             fastdecode.generate(model, IDS, max_new_tokens=2, temperature=0)
     finally:
         model.generation_config.output_hidden_states = None
+
+
+def test_a_custom_eos_criterion_replaces_the_eos_ids(model):
+    """As in HF: the caller's EosTokenCriteria takes the place of the EOS ids as a stop (with a warning); the EOS
+    ids still hold EOS back for min_new_tokens; in a batch, finished rows are padded."""
+    from transformers import EosTokenCriteria, StoppingCriteriaList
+
+    plain = model.generate(IDS, max_new_tokens=12, do_sample=False)[0, 5:].tolist()
+    crit = StoppingCriteriaList([EosTokenCriteria(eos_token_id=plain[6])])
+    ref = model.generate(IDS, max_new_tokens=12, do_sample=False, eos_token_id=plain[2], stopping_criteria=crit)
+    assert ref.shape[1] == 5 + 7
+    for engine in ("dynamic", "static"):
+        with pytest.warns(UserWarning, match="custom EosTokenCriteria .* takes precedence"):
+            out = fastdecode.generate(model, IDS, draft=draft_of(model), temperature=0, max_new_tokens=12,
+                                      eos_token_id=plain[2], stopping_criteria=crit, cache_implementation=engine)
+        assert torch.equal(out.sequences, ref), engine
+    batch = torch.tensor([[0, 0, 11, 22, 33], [1, 2, 3, 4, 5]])
+    ref = model.generate(batch, pad_token_id=0, max_new_tokens=12, do_sample=False, eos_token_id=plain[2],
+                         stopping_criteria=crit)
+    with pytest.warns(UserWarning, match="custom EosTokenCriteria"):
+        out = fastdecode.generate(model, batch, pad_token_id=0, temperature=0, max_new_tokens=12,
+                                  eos_token_id=plain[2], stopping_criteria=crit)
+    assert torch.equal(out.sequences, ref)

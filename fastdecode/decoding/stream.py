@@ -188,6 +188,19 @@ def stops_for(target, strings, tokenizer, stopping_criteria, max_time, device) -
     return stops if stops.active else None
 
 
+def eos_of_criteria(stopping_criteria, eos_ids: set[int]) -> set[int]:
+    """The ids generation stops after: ``eos_ids``, unless the caller's criteria hold HF's ``EosTokenCriteria``,
+    which, as in HF generate, takes the place of the one HF builds from the EOS ids (those still hold EOS back
+    for the minimum length): then the first such criterion's ids."""
+    from transformers.generation.stopping_criteria import EosTokenCriteria
+
+    criteria = check_stopping_criteria(stopping_criteria)
+    if not eos_ids or not custom_replaces(criteria, EosTokenCriteria, "eos_token_id"):
+        return eos_ids
+    first = next(c for c in criteria if type(c) is EosTokenCriteria)
+    return {int(e) for e in torch.as_tensor(first.eos_token_id).flatten().tolist()}
+
+
 def budget_of_criteria(stopping_criteria, width: int, max_new_tokens: int) -> int:
     """The new-token budget when the caller's criteria hold HF's ``MaxLengthCriteria``: as in HF generate, it
     takes the place of the one HF builds from max_new_tokens / max_length, so the shortest of them bounds the
