@@ -16,14 +16,12 @@ from .decoding.batched_rows import decode_rows
 from .decoding import hf_cache as kv
 from .decoding.processors import Processors
 from .decoding.scores import generated_scores
-from .decoding.stream import TokenStream, budget_of_criteria, eos_of_criteria, stops_for
+from .decoding.stream import TokenStream, budget_of_criteria, check_stopping_criteria, eos_of_criteria, stops_for
 from .defaults import not_applied, resolve, resolve_processors, resolve_warpers, takes_generation_config
 from .inputs import check_input_ids, check_streamer, check_token_type_ids, eos_ids_of, unpack_encoding
 from .kernels.cpu_linear import check_pack_weights, packed_linears, should_pack
 from .models import check_pair, shared_vocab
 from .stats import DecodeStats, GenerationResult
-
-
 
 
 def _check_rollback(cfg, method_cfg, static: bool = False) -> None:
@@ -52,14 +50,6 @@ def _check_rollback(cfg, method_cfg, static: bool = False) -> None:
 
 def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
-
-
-
-
-
-
-
-
 
 
 CACHE_IMPLEMENTATIONS = ("dynamic", "static")
@@ -98,10 +88,6 @@ def _static_mode(cache_implementation, compile, method, target, draft, lambda_at
     if mode == "cudagraphs" and not cuda:
         raise ValueError("compile='cudagraphs' needs a model on a CUDA device (on the CPU use compile=True: inductor)")
     return mode
-
-
-
-
 
 
 @takes_generation_config
@@ -208,8 +194,8 @@ def generate(
     forward of the target over each row's text (see :mod:`fastdecode.decoding.scores`). renormalize_logits:
     HF's, the scores as log-probabilities (log-softmax after the warpers); None = the generation config's.
     generation_config (HF's): a ``GenerationConfig`` whose set fields override the target's generation config for
-    this call (every argument left None reads them). assistant_model (HF's name) is taken as draft=; a tokenizer's token_type_ids (``**tok(...)``) pass when all
-    zeros for a model that does not read them.
+    this call (every argument left None reads them). assistant_model (HF's name) is taken as draft=; a
+    tokenizer's token_type_ids (``**tok(...)``) pass when all zeros for a model that does not read them.
     repetition_penalty, min_new_tokens, min_length, no_repeat_ngram_size, bad_words_ids, suppress_tokens,
     begin_suppress_tokens, sequence_bias, forced_bos_token_id, forced_eos_token_id,
     exponential_decay_length_penalty: HF's logits processors, applied as HF applies them to every row of logits with its own
@@ -279,8 +265,9 @@ def generate(
     input_ids, attention_mask, token_type_ids = unpack_encoding(input_ids, attention_mask, token_type_ids)
     check_input_ids(input_ids)
     check_token_type_ids(target, token_type_ids, input_ids)
+    criteria = check_stopping_criteria(stopping_criteria)
     if num_return_sequences is None:   # as HF: the generation config's, else 1
-        num_return_sequences = getattr(getattr(target, "generation_config", None), "num_return_sequences", None) or 1
+        num_return_sequences = getattr(gc, "num_return_sequences", None) or 1
     if not _is_int(num_return_sequences) or num_return_sequences < 1:
         raise ValueError(f"num_return_sequences must be an int >= 1, got {num_return_sequences!r}")
     if num_return_sequences > 1:   # as HF: each prompt n times, rows of one prompt next to each other
@@ -295,7 +282,7 @@ def generate(
                                                         top_k, top_p, do_sample, max_length)
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    max_new_tokens = budget_of_criteria(stopping_criteria, input_ids.shape[1], max_new_tokens)
+    max_new_tokens = budget_of_criteria(criteria, input_ids.shape[1], max_new_tokens)
     sampling = SamplingConfig(temperature, top_k, top_p, **resolve_warpers(
         target, min_p=min_p, typical_p=typical_p, epsilon_cutoff=epsilon_cutoff, eta_cutoff=eta_cutoff, top_h=top_h))
     ignored = not_applied(target)
@@ -342,9 +329,9 @@ def generate(
         min_new_tokens, min_length, no_repeat_ngram_size, bad_words_ids, suppress_tokens, begin_suppress_tokens,
         sequence_bias, forced_bos_token_id, forced_eos_token_id, exponential_decay_length_penalty, max_new_tokens,
         logits_processor, prefix_allowed_tokens_fn, num_return_sequences, kv.logits_width(target)))
-    stop = stops_for(target, stop_strings, tokenizer, stopping_criteria, max_time, device)
+    stop = stops_for(target, stop_strings, tokenizer, criteria, max_time, device)
     # (batches make a stream per row, each with the processors; this one then only carries the EOS ids)
-    stream = TokenStream(input_ids, max_new_tokens, eos_of_criteria(stopping_criteria, eos_ids), streamer,
+    stream = TokenStream(input_ids, max_new_tokens, eos_of_criteria(criteria, eos_ids), streamer,
                          procs if input_ids.shape[0] == 1 else None, stop)
     stats = DecodeStats(method=method)
     if compile_mode is not None and compile is None and input_ids.shape[0] > 1 and not rows_alone:

@@ -91,8 +91,8 @@ def check_hf_options(options) -> dict:
             continue   # (None asks for nothing: HF's own default for every option of its generate)
         if name not in HF_ONLY:
             rest[name] = value
-        elif value is None or (name in HARMLESS and value == HARMLESS[name]
-                               and isinstance(value, bool) == isinstance(HARMLESS[name], bool)):
+        elif name in HARMLESS and value == HARMLESS[name] \
+                and isinstance(value, bool) == isinstance(HARMLESS[name], bool):
             continue
         else:
             raise ValueError(f"{name}= is an option of transformers' generate() that fastdecode.generate does not "

@@ -25,7 +25,7 @@ Used when both runners record (CUDA graphs: ``compile=None`` or ``True`` on CUDA
 (not n-gram proposals), the confidence stop is off (its host read per draft token cannot be recorded), the
 rule is greedy or the token verifier (block verification draws inside its batched form: unrecorded), and the
 logits processors, if any, are the repetition penalty, one-token bans and the minimum length
-(:class:`~fastdecode.decoding.processors.DenseRules`: applied inside both graphs from the committed text's
+(:class:`~fastdecode.decoding.dense_rules.DenseRules`: applied inside both graphs from the committed text's
 id mask and new-token count, which are graph inputs; the other processors read the text on the host).
 """
 from __future__ import annotations

@@ -168,14 +168,14 @@ def _stop_strings(target, strings, tokenizer):
     return StopStrings(tokenizer, strings)
 
 
-def stops_for(target, strings, tokenizer, stopping_criteria, max_time, device) -> Stops | None:
-    """Every stop rule of the call besides EOS and the budget (:class:`Stops`), or None when there is none.
+def stops_for(target, strings, tokenizer, criteria: list, max_time, device) -> Stops | None:
+    """Every stop rule of the call besides EOS and the budget (:class:`Stops`), or None when there is none;
+    ``criteria``: the caller's, as :func:`check_stopping_criteria` returns them.
     stop_strings and max_time: the argument, else the generation config's, as in HF; and as in HF, a criterion
     of the caller's of the type HF would build for one of them (``StopStringCriteria``, ``MaxTimeCriteria``)
     takes its place, with a warning."""
     from transformers.generation.stopping_criteria import MaxTimeCriteria, StopStringCriteria
 
-    criteria = check_stopping_criteria(stopping_criteria)
     if max_time is None:
         max_time = getattr(getattr(target, "generation_config", None), "max_time", None)
     strings = _stop_strings(target, strings, tokenizer)
@@ -188,26 +188,24 @@ def stops_for(target, strings, tokenizer, stopping_criteria, max_time, device) -
     return stops if stops.active else None
 
 
-def eos_of_criteria(stopping_criteria, eos_ids: set[int]) -> set[int]:
-    """The ids generation stops after: ``eos_ids``, unless the caller's criteria hold HF's ``EosTokenCriteria``,
+def eos_of_criteria(criteria: list, eos_ids: set[int]) -> set[int]:
+    """The ids generation stops after: ``eos_ids``, unless the caller's ``criteria`` hold HF's ``EosTokenCriteria``,
     which, as in HF generate, takes the place of the one HF builds from the EOS ids (those still hold EOS back
     for the minimum length): then the first such criterion's ids."""
     from transformers.generation.stopping_criteria import EosTokenCriteria
 
-    criteria = check_stopping_criteria(stopping_criteria)
     if not eos_ids or not custom_replaces(criteria, EosTokenCriteria, "eos_token_id"):
         return eos_ids
     first = next(c for c in criteria if type(c) is EosTokenCriteria)
     return {int(e) for e in torch.as_tensor(first.eos_token_id).flatten().tolist()}
 
 
-def budget_of_criteria(stopping_criteria, width: int, max_new_tokens: int) -> int:
-    """The new-token budget when the caller's criteria hold HF's ``MaxLengthCriteria``: as in HF generate, it
+def budget_of_criteria(criteria: list, width: int, max_new_tokens: int) -> int:
+    """The new-token budget when the caller's ``criteria`` hold HF's ``MaxLengthCriteria``: as in HF generate, it
     takes the place of the one HF builds from max_new_tokens / max_length, so the shortest of them bounds the
     text (prompt width included; at least one token, as HF checks after each); else ``max_new_tokens``."""
     from transformers.generation.stopping_criteria import MaxLengthCriteria
 
-    criteria = check_stopping_criteria(stopping_criteria)
     if not custom_replaces(criteria, MaxLengthCriteria, "max_new_tokens / max_length"):
         return max_new_tokens
     return max(1, min(c.max_length for c in criteria if type(c) is MaxLengthCriteria) - width)
