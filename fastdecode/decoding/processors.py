@@ -343,4 +343,3 @@ def process_nodes(stream, logits: torch.Tensor, tree, nodes) -> torch.Tensor:
         return logits
     return stream.prefix.apply_paths(logits, [[tree.tokens[a] for a in tree.ancestors(n)] if n >= 0 else []
                                               for n in nodes])
-
