@@ -93,7 +93,7 @@ def _static_mode(cache_implementation, compile, method, target, draft, lambda_at
 @takes_generation_config
 def generate(
     target,
-    input_ids: torch.Tensor,
+    input_ids: torch.Tensor | None = None,
     draft=None,
     method: str = "auto",
     max_new_tokens: int | None = None,

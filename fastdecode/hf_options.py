@@ -33,6 +33,8 @@ HF_ONLY = {
     "negative_prompt_attention_mask": "it belongs to guidance_scale (classifier-free guidance), which fastdecode "
                                       "does not apply",
     "past_key_values": "fastdecode builds its own caches: pass the whole prompt as input_ids",
+    "inputs_embeds": "fastdecode decodes from token ids (a draft reads them through its own embeddings, and the "
+                     "logits processors read the text): pass the prompt as input_ids",
     "synced_gpus": "one process decodes; DeepSpeed ZeRO-3 / FSDP synchronisation is not supported",
     "token_healing": "token healing is not applied",
     "custom_generate": "fastdecode.generate is itself the decoding loop",

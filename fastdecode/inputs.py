@@ -69,6 +69,9 @@ def check_token_type_ids(target, token_type_ids, input_ids: torch.Tensor) -> Non
 
 
 def check_input_ids(input_ids) -> None:
+    if input_ids is None:
+        raise ValueError("input_ids is required: the prompt's token ids [batch, prompt_len] (or the tokenizer's "
+                         "output passed whole)")
     if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"input_ids must be an integer tensor [batch, prompt_len], got {type(input_ids).__name__}"
                          + (f" of dtype {input_ids.dtype}" if isinstance(input_ids, torch.Tensor) else ""))

@@ -114,6 +114,12 @@ def test_hf_only_options_say_what_to_do():
         for draft in (None, m):
             with pytest.raises(ValueError, match=f"{name}= is an option of transformers' generate.*{hint}"):
                 fastdecode.generate(m, PROMPT, draft=draft, max_new_tokens=2, **{name: value})
+    embeds = m.get_input_embeddings()(PROMPT)
+    for ids in (None, PROMPT):   # HF's inputs_embeds, with or without input_ids: a ValueError that says why
+        with pytest.raises(ValueError, match="inputs_embeds= is an option of transformers' generate.*token ids"):
+            fastdecode.generate(m, ids, inputs_embeds=embeds, max_new_tokens=2)
+    with pytest.raises(ValueError, match="input_ids is required"):
+        fastdecode.generate(m, max_new_tokens=2)
 
 
 def test_hf_options_that_ask_for_nothing_pass():
