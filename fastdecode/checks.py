@@ -5,7 +5,7 @@ transformers or torch into a ``ValueError`` (or a warning) that names the model 
 - :func:`check_models`: a target or draft that is not a model at all;
 - :func:`check_method_support` / :func:`static_mask_problem`: methods and engines a model's attention code
   cannot run (the 4D masks of multi-draft decoding and of the static engine under ALiBi attention, unknown
-  attention layer types);
+  attention layer types; drafts on models with recurrent state, see ``decoding.state_cache``);
 - :func:`check_token_ids`: prompt ids outside a model's input embedding table;
 - :func:`check_positions`: prompt + new tokens past the table of learned absolute position embeddings;
 - :func:`eval_mode`: a model left in training mode (dropout on) is run in eval mode, with a warning,
@@ -18,6 +18,7 @@ import warnings
 
 import torch
 
+from .decoding.state_cache import CONTINUES_STATE, state_model_type
 from .models import input_rows
 
 # model types whose attention builds its own mask from a 2D padding mask and cannot take a 4D one
@@ -77,6 +78,18 @@ def static_mask_problem(model, role: str) -> str | None:
 
 def check_method_support(model, method: str, role: str) -> None:
     """Raise ValueError when ``model`` (``role``: "target" or "draft") cannot run ``method``."""
+    state_type = state_model_type(model) if method != "autoregressive" else None
+    if state_type is not None:
+        what = f"the {role} (model type {state_type!r}) keeps a recurrent state (linear-attention / SSM layers)"
+        if method == "multi_draft":
+            raise ValueError(f"method 'multi_draft' cannot run: {what}, through which the branches of a draft tree "
+                             "cannot pass side by side. Use method='speculative'"
+                             + ("" if state_type in CONTINUES_STATE else " or 'autoregressive'"))
+        if state_type not in CONTINUES_STATE:
+            raise ValueError(f"method {method!r} cannot run: {what}, which fastdecode rewinds past rejected drafts by "
+                             "feeding the accepted tokens again; that is exact only for models whose forwards over "
+                             f"several tokens continue the state, and model type {state_type!r} is not known to "
+                             f"(tested: {', '.join(sorted(CONTINUES_STATE))}). Use method='autoregressive'")
     if method == "multi_draft":
         problem = tree_mask_problem(model)
         if problem is not None:

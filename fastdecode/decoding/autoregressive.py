@@ -14,7 +14,7 @@ def decode(target, draft, stream: TokenStream, sampling: SamplingConfig, cfg, ge
            progress=None) -> None:
     """draft and cfg are unused (the one decode signature of every method)."""
     device = kv.device(target)
-    cache = kv.new_cache(target)
+    cache = kv.new_cache(target, rewindable=False)
     while not stream.done:
         start = kv.cache_length(cache)
         ids = torch.tensor([stream.tokens[start:]], device=device)

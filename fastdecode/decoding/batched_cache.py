@@ -10,6 +10,7 @@ import torch
 
 from ..stats import DecodeStats
 from . import hf_cache as kv
+from . import state_cache
 from .masks import additive, row_causal, with_window
 from .sampling import check_logits
 from .static import bucket as _bucket
@@ -27,7 +28,7 @@ class _Cache:
 
     def __init__(self, model, batch: int, device):
         self.model = model
-        self.cache = kv.new_cache(model)
+        self.cache = kv.new_cache(model, rewindable=False)
         self.mask = torch.zeros(batch, 0, dtype=torch.long, device=device)
         self.valid = torch.zeros(batch, dtype=torch.long, device=device)
         self.window, self.layer_types = kv.attention_layout(model)
@@ -88,6 +89,8 @@ class _Cache:
 
     def select(self, rows: torch.Tensor) -> None:
         for layer in self.cache.layers:
+            if state_cache.is_state_layer(layer):   # recurrent states (batched plain decoding of such models)
+                state_cache.select_rows(layer, rows)
             if getattr(layer, "keys", None) is not None and layer.keys.numel():
                 layer.keys = layer.keys.index_select(0, rows)
                 layer.values = layer.values.index_select(0, rows)

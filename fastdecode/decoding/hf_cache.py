@@ -20,15 +20,24 @@ import inspect
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+try:   # hybrid layers (a recurrent state beside attention): transformers >= 5.2x
+    from transformers.cache_utils import LinearAttentionAndFullAttentionLayer as _HybridFull
+    from transformers.cache_utils import LinearAttentionAndSlidingWindowAttentionLayer as _HybridSliding
+except ImportError:   # pragma: no cover
+    _HybridFull = _HybridSliding = None
 
 from ..attention.windows import attention_layout  # noqa: F401 (kv.attention_layout, as callers know it)
+from . import state_cache
 from .sampling import check_logits
 
 
-def new_cache(model) -> DynamicCache:
+def new_cache(model, rewindable: bool = True) -> DynamicCache:
     """A fresh KV cache for ``model``: a DynamicCache, or the bounded cache a context such as
-    ``fastdecode.lambda_attention`` installed on the model (as ``model._fastdecode_new_cache``)."""
+    ``fastdecode.lambda_attention`` installed on the model (as ``model._fastdecode_new_cache``). A cache with
+    recurrent-state layers gets a :class:`~fastdecode.decoding.state_cache.StateLog` (``rewindable``: it can be
+    cropped, at the cost of a snapshot of the states before each forward; False for loops that never crop)."""
     factory = getattr(model, "_fastdecode_new_cache", None)
     if factory is not None:
         return factory()
@@ -37,8 +46,14 @@ def new_cache(model) -> DynamicCache:
     except TypeError:  # pragma: no cover - older signature
         return DynamicCache()
     for i, layer in enumerate(cache.layers):
-        if getattr(layer, "is_sliding", False) and isinstance(layer, DynamicLayer):
-            cache.layers[i] = DynamicLayer()  # full layer: the model's mask applies the window (module docstring)
+        # full layers: the model's mask applies the window (module docstring); a layer class of a model's own
+        # (DeepSeek-V4's compressed attention) is kept
+        if type(layer) is DynamicSlidingWindowLayer:
+            cache.layers[i] = DynamicLayer()
+        elif _HybridSliding is not None and type(layer) is _HybridSliding:
+            cache.layers[i] = _HybridFull(number_of_states=layer.number_of_states)
+    if any(map(state_cache.is_state_layer, cache.layers)):
+        cache._fastdecode_states = state_cache.StateLog(model, rewindable)
     return cache
 
 
@@ -54,15 +69,21 @@ def device(model) -> torch.device:
 
 
 def cache_length(cache) -> int:
-    return int(cache.get_seq_length())
+    log = getattr(cache, "_fastdecode_states", None)
+    return log.length if log is not None else int(cache.get_seq_length())
 
 
 def crop(cache, length: int) -> None:
-    """Keep the first ``length`` positions of every layer."""
+    """Keep the first ``length`` positions of every layer. A cache with recurrent-state layers is rewound
+    (:mod:`~fastdecode.decoding.state_cache`), which feeds its model again."""
     cur = cache_length(cache)
     if length < 0:
         raise ValueError(f"cannot crop a cache to a negative length ({length})")
-    if length < cur:
+    log = getattr(cache, "_fastdecode_states", None)
+    if log is not None:
+        log.crop(cache, length, lambda ids, pos: forward(log.model, ids, cache, position_ids=pos, logits_to_keep=1,
+                                                          check_finite=False))
+    elif length < cur:
         cache.crop(length - cur)
 
 
@@ -71,6 +92,9 @@ def select(cache, positions: torch.Tensor) -> None:
     if hasattr(cache, "select_positions"):  # caches with their own layout (fastdecode.attention.LambdaCache)
         cache.select_positions(positions)
         return
+    if getattr(cache, "_fastdecode_states", None) is not None:
+        raise ValueError("positions cannot be selected from a cache with recurrent-state layers (a draft tree "
+                         "is refused for these models)")
     for layer in cache.layers:
         if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
             continue
@@ -118,8 +142,13 @@ def forward(model, input_ids: torch.Tensor, cache, position_ids: torch.Tensor | 
     if rows is not None:
         input_ids = input_ids.masked_fill(input_ids >= rows, 0)
     kwargs = {_cache_kwarg(type(model)): cache}
+    log = getattr(cache, "_fastdecode_states", None)
+    if log is not None:
+        log.before_forward(cache, input_ids, position_ids, attention_mask)
     out = model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
                 use_cache=True, logits_to_keep=logits_to_keep, **kwargs)
+    if log is not None:
+        log.after_forward(input_ids.shape[1])
     logits = out.logits.float().to(home)  # sharded models: logits come from the last device
     if check_finite:
         check_logits(logits)

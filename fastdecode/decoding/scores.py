@@ -57,7 +57,7 @@ def generated_scores(target, sequences: torch.Tensor, prompt_mask: torch.Tensor,
             continue
         own = int(prompt_mask[r].sum())
         text = sequences[r : r + 1, L - own : L + k]
-        raw = kv.forward(target, text, kv.new_cache(target), logits_to_keep=k + 1)[0, :-1]   # [k, V]
+        raw = kv.forward(target, text, kv.new_cache(target, rewindable=False), logits_to_keep=k + 1)[0, :-1]   # [k, V]
         if out_s is None and out_l is None:
             out_s, out_l = (torch.zeros(B, n, raw.shape[-1], device=raw.device) if want else None
                             for want in (scores, logits))

@@ -1,0 +1,177 @@
+"""Caches with recurrent state: the layers of Mamba-2 mixers, gated delta nets and short convolutions
+(transformers' linear-attention cache layers), alone or beside attention layers in hybrid models
+(Qwen3-Next, Qwen3.5, Falcon-H1, Granite-4, Nemotron-H, LFM2, OLMo-hybrid).
+
+Such a layer keeps no entry per position, only the result of every token so far, so it cannot be cropped
+back past rejected drafts (transformers' assisted generation refuses these models for that reason). The
+dynamic engine rewinds it instead (:class:`StateLog`, kept on the cache by ``hf_cache.new_cache``):
+- before each forward the state layers' tensors are copied (a snapshot; their size does not grow with the
+  context); the first snapshot after the last crop and the :data:`RECENT` newest are kept, with the tokens
+  fed since that first one;
+- ``crop(length)`` restores the newest snapshot taken at a length <= ``length``, crops the attention layers
+  to that length as usual, and feeds the tokens between that length and ``length`` again (one more forward,
+  its logits unused). A draft chain thus rewinds to a snapshot of its own (nothing fed again); a target's
+  verification that rejects a draft feeds the accepted tokens again (one more target forward per such step,
+  which the measured fallback weighs like any other cost);
+- every crop is a commit: later crops never go below it (the decoding loops crop to the accepted text,
+  which only grows), so older snapshots are dropped.
+
+Rewinding is exact only if a forward of several tokens continues the state as the same tokens fed one by one
+would, which not every model's code does (transformers' Mamba-1 mixers restart their scan from zero when
+given several tokens). :data:`CONTINUES_STATE` lists the model types tested to continue it
+(``tests/end_to_end/test_state_models.py``); the others decode with ``method="autoregressive"`` only.
+A draft tree (``multi_draft``) would run the branches of a tree through one recurrence, so it is refused;
+batches of these models run row by row; the static engine refuses them (its caches hold attention only).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+try:   # transformers >= 5.2x: linear-attention (recurrent state) cache layers
+    from transformers.cache_utils import LinearAttentionCacheLayerMixin as _StateLayer
+except ImportError:   # pragma: no cover - older transformers: no such layers
+    _StateLayer = ()
+
+RECENT = 4   # newest snapshots kept besides the first one after a crop
+
+# model types (their text config's) whose multi-token forwards continue the recurrent state exactly, as
+# tested on tiny random models (tests/end_to_end/test_state_models.py): rewinding by feeding again is exact
+CONTINUES_STATE = frozenset({
+    "falcon_h1", "mamba2", "lfm2", "lfm2_moe", "qwen3_next", "qwen3_5", "qwen3_5_text", "qwen3_5_moe",
+    "qwen3_5_moe_text", "granitemoehybrid", "nemotron_h", "olmo_hybrid", "inkling_text", "lara_mini", "lfm3",
+    "zaya", "zamba",
+})
+
+
+def is_state_layer(layer) -> bool:
+    return bool(_StateLayer) and isinstance(layer, _StateLayer)
+
+
+def state_model_type(model) -> str | None:
+    """The (text) model type of ``model`` when its cache has recurrent-state layers, else None."""
+    from transformers import DynamicCache
+
+    config = model.config
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    try:
+        layers = DynamicCache(config=config).layers
+    except Exception:   # a config transformers' cache cannot read: not one of these models
+        return None
+    return str(getattr(text, "model_type", type(model).__name__)) if any(map(is_state_layer, layers)) else None
+
+
+@dataclass
+class _Snapshot:
+    length: int
+    states: dict   # layer index -> that layer's state tensors and flags
+
+
+def _snapshot(cache, length: int) -> _Snapshot:
+    states = {}
+    for j, layer in enumerate(cache.layers):
+        if not is_state_layer(layer):
+            continue
+        states[j] = dict(
+            conv={i: None if t is None else t.clone() for i, t in layer.conv_states.items()},
+            recurrent={i: None if t is None else t.clone() for i, t in layer.recurrent_states.items()},
+            flags=[dict(getattr(layer, name)) for name in _FLAGS], device=layer.device, dtype=layer.dtype)
+    return _Snapshot(length, states)
+
+
+_FLAGS = ("is_conv_states_initialized", "is_recurrent_states_initialized", "has_previous_state", "conv_kernel_size")
+
+
+def _restore(cache, snap: _Snapshot) -> None:
+    for j, saved in snap.states.items():
+        layer = cache.layers[j]
+        for field, values in (("conv_states", saved["conv"]), ("recurrent_states", saved["recurrent"])):
+            live = getattr(layer, field)
+            for i, t in values.items():
+                if t is not None and live.get(i) is not None and live[i].shape == t.shape:
+                    live[i].copy_(t)     # in place: the tensor keeps its address
+                else:
+                    live[i] = None if t is None else t.clone()
+        for name, value in zip(_FLAGS, saved["flags"]):
+            setattr(layer, name, dict(value))
+        layer.device, layer.dtype = saved["device"], saved["dtype"]
+
+
+def select_rows(layer, rows: torch.Tensor) -> None:
+    """Keep the given batch rows of a state layer's tensors (its attention half, if any, is the caller's)."""
+    for field in ("conv_states", "recurrent_states"):
+        live = getattr(layer, field)
+        for i, t in live.items():
+            if t is not None:
+                live[i] = t.index_select(0, rows.to(t.device))
+
+
+def batches_together(model) -> bool:
+    """Whether a batch of ``model``'s prompts decodes plainly as one batch (True for a model without recurrent
+    state, or one of :data:`CONTINUES_STATE`: tested equal to HF's batched output); drafting methods run the rows
+    of a batch of these models one by one (their ragged columns would pass rejected drafts through the state)."""
+    mtype = state_model_type(model)
+    return mtype is None or mtype in CONTINUES_STATE
+
+
+class StateLog:
+    """The length of a cache with state layers (transformers' ``get_seq_length`` cannot count a cache of state
+    layers alone) and, when ``rewindable``, what rewinding it needs (module docstring)."""
+
+    def __init__(self, model, rewindable: bool = True):
+        self.model = model   # fed again by a rewind
+        self.length = 0
+        self.rewindable = rewindable
+        self.snaps: list[_Snapshot] = []
+        self.fed: list[tuple[torch.Tensor, torch.Tensor]] = []   # (ids [1, n], positions [1, n]) since snaps[0]
+        self.masked = False   # a forward since the last commit took an explicit attention mask
+
+    def before_forward(self, cache, ids: torch.Tensor, positions: torch.Tensor, attention_mask) -> None:
+        if not self.rewindable:
+            return
+        if ids.shape[0] != 1:
+            raise ValueError("a cache with recurrent-state layers is rewound one row at a time (batches of these "
+                             "models run row by row)")
+        snap = _snapshot(cache, self.length)
+        self.snaps.append(snap)
+        if len(self.snaps) > RECENT + 1:
+            del self.snaps[1]
+        self.fed.append((ids, positions))
+        self.masked |= attention_mask is not None
+
+    def after_forward(self, n: int) -> None:
+        self.length += n
+
+    def commit(self) -> None:
+        self.snaps.clear()
+        self.fed.clear()
+        self.masked = False
+
+    def crop(self, cache, length: int, refeed) -> None:
+        """Rewind ``cache`` to its first ``length`` positions; ``refeed(ids, positions)`` runs self.model's forward
+        on it."""
+        if length >= self.length:
+            self.commit()
+            return
+        if not self.rewindable or not self.snaps or self.snaps[0].length > length or self.masked:
+            raise ValueError(f"cannot rewind this cache of recurrent-state layers from {self.length} to {length} "
+                             "positions (no snapshot there)")
+        snap = max((s for s in self.snaps if s.length <= length), key=lambda s: s.length)
+        from transformers.cache_utils import DynamicLayer
+
+        drop = self.length - snap.length
+        for layer in cache.layers:   # the attention layers (and the attention half of hybrid layers)
+            if isinstance(layer, DynamicLayer):
+                DynamicLayer.crop(layer, -drop)
+            elif not is_state_layer(layer):
+                layer.crop(-drop)
+        _restore(cache, snap)
+        ids = torch.cat([i for i, _ in self.fed], 1)   # positions snaps[0].length .. self.length - 1
+        positions = torch.cat([p for _, p in self.fed], 1)
+        lo, hi = snap.length - self.snaps[0].length, length - self.snaps[0].length
+        self.length = snap.length
+        self.commit()
+        if hi > lo:
+            refeed(ids[:, lo:hi], positions[:, lo:hi])
+        self.commit()
