@@ -146,8 +146,15 @@ def _weight_key(layer: torch.nn.Linear) -> tuple:
     sampled elements (an edit that changes none of them, a single element say, is missed: call
     :func:`release_packed` then)."""
     flat = layer.weight.detach().reshape(-1)
-    idx = torch.linspace(0, flat.numel() - 1, min(SAMPLED, flat.numel())).long()
-    return _weight_id(layer), flat[idx].view(torch.int32)
+    return _weight_id(layer), flat[sampled_indices(flat.numel())].view(torch.int32)
+
+
+def sampled_indices(n: int) -> torch.Tensor:
+    """min(SAMPLED, n) indices spread evenly over 0 .. n - 1, ends included. Integer arithmetic: a float32
+    ``linspace`` rounds n - 1 to a multiple of 2, 4, 8, ... past 2**24 elements, often up to n itself (an
+    lm_head of 32000 x 2048 or 151936 x 896 gave an IndexError)."""
+    k = min(SAMPLED, n)
+    return torch.arange(k, dtype=torch.long) * (n - 1) // max(k - 1, 1)
 
 
 def _same_weight(kept_key: tuple, key: tuple) -> bool:

@@ -39,6 +39,15 @@ def test_packed_product_matches_linear(rows, bias):
     assert not _patched(layer)
 
 
+@pytest.mark.parametrize("n", [1, 2, 256, 257, 1000, 2 ** 24 + 4, 32000 * 2048, 151936 * 896, 151936 * 4096])
+def test_sampled_indices_stay_inside_large_weights(n):
+    """The indices a packed weight is fingerprinted by: in range, ends included, increasing, at any size (a float32
+    linspace overshot n - 1 past 2**24 elements: lm_heads of real models gave an IndexError)."""
+    idx = cpu_linear.sampled_indices(n)
+    assert idx.dtype == torch.long and int(idx[0]) == 0 and int(idx[-1]) == n - 1
+    assert len(idx) == min(cpu_linear.SAMPLED, n) and bool((idx[1:] > idx[:-1]).all())
+
+
 def test_model_logits_close_and_model_restored():
     model = tiny_lm("qwen2", layers=2)   # q/k/v projections with bias, tied or not: whatever qwen2 has
     ids = torch.randint(0, model.config.vocab_size, (1, 12))
