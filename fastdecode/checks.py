@@ -25,6 +25,50 @@ from .models import input_rows
 # (ALiBi: the bias is added inside the attention code, which unpacks the mask as [batch, seq])
 _NO_4D_MASK = {
     "bloom": "its ALiBi attention takes only a 2D padding mask (transformers' Bloom cannot take a 4D mask)",
+    "openai-gpt": "its attention adds a 2D padding mask to its own causal mask (transformers' OpenAI GPT cannot "
+                  "take a 4D mask)",
+}
+
+# model types whose forward cannot run on top of a cache that holds only the text before its new tokens
+_NOT_INCREMENTAL = {
+    "cpmant": "CPM-Ant's forward takes the whole text at every step (it prepends its own prompt tokens, slices the "
+              "cached part off itself and adds its segment embedding to one new token only) and lets the tokens of "
+              "one forward attend to each other both ways, so fastdecode's forwards of the new tokens only, several "
+              "at once, cannot run it (use model.generate)",
+}
+
+
+# encoder architectures that transformers lets run as causal LMs only with config.is_decoder=True (else their
+# self-attention is bidirectional: HF warns "If you want to use ... as a standalone, add `is_decoder=True`")
+_ENCODER_AS_DECODER = frozenset({
+    "bert", "bert-generation", "big_bird", "camembert", "data2vec-text", "electra", "ernie", "megatron-bert",
+    "rembert", "roberta", "roberta-prelayernorm", "roc_bert", "roformer", "xlm-roberta", "xlm-roberta-xl", "xmod"})
+
+
+def unsupported_problem(model) -> str | None:
+    """Why no method of fastdecode can run ``model``, or None."""
+    mtype = _model_type(model)
+    if mtype in _NOT_INCREMENTAL:
+        return _NOT_INCREMENTAL[mtype]
+    if mtype in _ENCODER_AS_DECODER and not getattr(model.config, "is_decoder", False):
+        return ("its config has is_decoder=False, so its self-attention is bidirectional: the tokens of one forward "
+                "(a prompt, a draft being verified) would see the ones after them. Load it with is_decoder=True")
+    cfg = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
+    if getattr(cfg, "recurrent_kv_cache_mode", None) == "last_loop":
+        return ("recurrent_kv_cache_mode='last_loop' (its earlier loops read the last loop's cached keys and cut "
+                "them to the sliding window without cutting the mask, which only transformers' own windowed cache "
+                "layers, that cannot be cropped back, keep consistent) is not supported; "
+                "recurrent_kv_cache_mode='per_loop' is")
+    return None
+
+
+# model types that take a 4D mask but place a token by its slot in the cache, not by the position a draft tree
+# gives it: the tree's nodes (at slots past their positions) would be computed at other positions than in
+# sequential decoding (chains and batches are fine: their slots are their positions, or HF's own left padding)
+_TREE_POSITION_BY_SLOT = {
+    "mpt": "its ALiBi bias grows with a key's slot in the cache, not with its position",
+    "trocr": "its forward takes no position_ids: it numbers positions from the cache length",
+    "gpt_neo": "its local attention layers apply their window (and causality) by slot in the cache, not by position",
 }
 
 # learned absolute position embeddings: the config field that bounds the positions
@@ -91,7 +135,7 @@ def check_method_support(model, method: str, role: str) -> None:
                              f"several tokens continue the state, and model type {state_type!r} is not known to "
                              f"(tested: {', '.join(sorted(CONTINUES_STATE))}). Use method='autoregressive'")
     if method == "multi_draft":
-        problem = tree_mask_problem(model)
+        problem = tree_mask_problem(model) or _TREE_POSITION_BY_SLOT.get(_model_type(model))
         if problem is not None:
             raise ValueError(f"method 'multi_draft' needs a 4D tree attention mask, which the {role} (model type "
                              f"{_model_type(model)!r}) cannot take: {problem}. Use method='speculative' instead")
@@ -153,5 +197,8 @@ def check_call(target, draft, method: str, input_ids: torch.Tensor, max_new_toke
     models = [(target, "target")] + ([(draft, "draft")] if draft is not None and method != "autoregressive" else [])
     check_token_ids(target, input_ids, "target")  # ids a smaller draft lacks are bridged (models.shared_vocab)
     for model, role in models:
+        problem = unsupported_problem(model)
+        if problem is not None:
+            raise ValueError(f"the {role} (model type {_model_type(model)!r}) cannot be run by fastdecode: {problem}")
         check_method_support(model, method, role)
         check_positions(model, input_ids.shape[1], max_new_tokens, role)

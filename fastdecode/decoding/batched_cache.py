@@ -91,9 +91,7 @@ class _Cache:
         for layer in self.cache.layers:
             if state_cache.is_state_layer(layer):   # recurrent states (batched plain decoding of such models)
                 state_cache.select_rows(layer, rows)
-            if getattr(layer, "keys", None) is not None and layer.keys.numel():
-                layer.keys = layer.keys.index_select(0, rows)
-                layer.values = layer.values.index_select(0, rows)
+            kv.select_rows(layer, rows)
         self.mask = self.mask.index_select(0, rows)
         self.valid = self.valid.index_select(0, rows)
         self.pos = self.pos.index_select(0, rows)

@@ -119,14 +119,10 @@ class _TreeCache(_TreeMixin, _Cache):
 
     def _permute(self, first: int, idx: torch.Tensor) -> None:
         """Columns first.. of row r reordered by idx[r] (every layer; new tensors)."""
-        n = idx.shape[1]
         for layer in self.cache.layers:
             if getattr(layer, "keys", None) is None or not layer.keys.numel():
                 continue
-            for name in ("keys", "values"):
-                t = getattr(layer, name)                                        # [B, H, C, D]
-                g = idx.to(t.device)[:, None, :, None].expand(t.shape[0], t.shape[1], n, t.shape[3])
-                setattr(layer, name, torch.cat([t[:, :, :first], t[:, :, first:].gather(2, g)], 2))
+            kv.permute_columns(layer, first, idx)
 
 
 class _StaticTreeCache(_TreeMixin, _SlotCache):

@@ -107,6 +107,49 @@ def select(cache, positions: torch.Tensor) -> None:
         idx = positions.to(layer.keys.device)
         layer.keys = layer.keys.index_select(-2, idx)
         layer.values = layer.values.index_select(-2, idx)
+        for name, seq_axis, _ in _EXTRA_PER_POSITION:
+            t = getattr(layer, name, None)
+            if isinstance(t, torch.Tensor) and t.numel():
+                setattr(layer, name, t.index_select(seq_axis, positions.to(t.device)))
+
+
+# Tensors some cache layers keep per position besides keys and values, as (attribute, sequence axis, batch axis):
+# DynamicIndexedLayer (DeepSeek Sparse Attention's indexer: DeepSeek-V3.2, GLM-MoE-DSA, HY-V4, AXK2) appends one
+# indexer key per token [B, T, D] (and, for some models, positions [dims, B, T]). Its own crop() cuts them; a
+# selection of positions (draft trees) or of rows (batches) must take them too, else the indexer scores keys of
+# rejected branches and its key count no longer matches the attention's.
+_EXTRA_PER_POSITION = (("indexer_keys", 1, 0), ("indexer_position_ids", -1, 1))
+
+
+def select_rows(layer, rows: torch.Tensor) -> None:
+    """Keep only the batch rows ``rows`` [r] long of one cache layer: its keys and values and any per-position
+    state it keeps besides them."""
+    if getattr(layer, "keys", None) is not None and layer.keys.numel():
+        layer.keys = layer.keys.index_select(0, rows)
+        layer.values = layer.values.index_select(0, rows)
+    for name, _, batch_axis in _EXTRA_PER_POSITION:
+        t = getattr(layer, name, None)
+        if isinstance(t, torch.Tensor) and t.numel():
+            setattr(layer, name, t.index_select(batch_axis, rows.to(t.device)))
+
+
+def permute_columns(layer, first: int, idx: torch.Tensor) -> None:
+    """Columns first.. of row r of one cache layer reordered by idx [B, n] (new tensors): keys, values and any
+    per-position state."""
+    n = idx.shape[1]
+    for name in ("keys", "values"):
+        t = getattr(layer, name)                                                # [B, H, C, D]
+        g = idx.to(t.device)[:, None, :, None].expand(t.shape[0], t.shape[1], n, t.shape[3])
+        setattr(layer, name, torch.cat([t[:, :, :first], t[:, :, first:].gather(2, g)], 2))
+    for name, seq_axis, batch_axis in _EXTRA_PER_POSITION:
+        t = getattr(layer, name, None)
+        if not isinstance(t, torch.Tensor) or not t.numel():
+            continue
+        seq_axis %= t.dim()
+        u = t.movedim((batch_axis, seq_axis), (0, 1))                            # [B, C, ...]
+        g = idx.to(t.device).view(idx.shape + (1,) * (u.dim() - 2)).expand((u.shape[0], n) + u.shape[2:])
+        u = torch.cat([u[:, :first], u[:, first:].gather(1, g)], 1)
+        setattr(layer, name, u.movedim((0, 1), (batch_axis, seq_axis)).contiguous())
 
 
 _CACHE_KWARG: dict = {}   # model class -> the name of its cache argument (a plain dict: torch.compile traces
@@ -149,7 +192,11 @@ def forward(model, input_ids: torch.Tensor, cache, position_ids: torch.Tensor | 
                 use_cache=True, logits_to_keep=logits_to_keep, **kwargs)
     if log is not None:
         log.after_forward(input_ids.shape[1])
-    logits = out.logits.float().to(home)  # sharded models: logits come from the last device
+    logits = out.logits
+    if logits_to_keep and logits.shape[1] > logits_to_keep:
+        # a model whose forward has no logits_to_keep (it lands in **kwargs: TrOCR, ...) returns every position
+        logits = logits[:, -logits_to_keep:]
+    logits = logits.float().to(home)  # sharded models: logits come from the last device
     if check_finite:
         check_logits(logits)
     return fit_width(logits, getattr(model, "_fastdecode_logits_width", None))

@@ -15,10 +15,20 @@ ARCHITECTURES = [
     "llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "mistral", "mixtral", "qwen2_moe", "qwen3_moe",
     "phi3", "gpt_neox", "opt", "falcon", "olmo", "olmo2", "olmo3", "starcoder2", "cohere", "cohere2", "glm",
     "granite", "granitemoe", "stablelm", "phi", "gptj", "gpt2", "mpt", "smollm3", "exaone4", "seed_oss", "bloom",
+    "deepseek_v3", "deepseek_v32",
 ]
-NO_TREE_MASK = {"bloom"}  # ALiBi attention: multi_draft refused, every other method works
+# ALiBi attention (bloom: no 4D mask at all; mpt: its bias grows with a key's cache slot, not its position):
+# multi_draft refused, every other method works
+NO_TREE_MASK = {"bloom", "mpt"}
 PROMPT, NEW = 6, 12
-OVERRIDES = {"mpt": dict(d_model=64, n_heads=4)}
+# multi-head latent attention (DeepSeek-V3; MLA needs as many KV heads as query heads)
+MLA = dict(num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=8,
+           v_head_dim=16, n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1, first_k_dense_replace=1,
+           moe_intermediate_size=32, n_shared_experts=1)
+OVERRIDES = {"mpt": dict(d_model=64, n_heads=4), "deepseek_v3": MLA,
+             # DeepSeek sparse attention: an indexer keeps a key per token (top-k below the context, so it matters;
+             # 16 indexer heads: fewer tie at the top-k boundary, where HF's own forwards then disagree)
+             "deepseek_v32": dict(MLA, index_topk=4, index_head_dim=16, index_n_heads=16)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -28,7 +38,8 @@ def _case(model_type):
     return target, draft_of(target), prompt, hf_greedy(target, prompt, NEW)
 
 
-STATIC_REFUSED = {"bloom"}   # ALiBi: the static engine's forwards pass a 4D mask (refused up front)
+STATIC_REFUSED = {"bloom",          # ALiBi: the static engine's forwards pass a 4D mask (refused up front)
+                  "deepseek_v32"}   # indexed attention layers: refused up front
 
 
 @pytest.mark.parametrize("model_type", sorted(set(ARCHITECTURES) - STATIC_REFUSED))
@@ -41,6 +52,8 @@ def test_static_engine_equals_hf_greedy(model_type):
             ("multi_draft", target, dict(num_drafts=2, draft_length=4)),
             ("entropy_switch", draft, dict(entropy_threshold=float("-inf"), speculate_when_large=True))]
     for method, d, kw in runs:
+        if method == "multi_draft" and model_type in NO_TREE_MASK:
+            continue
         out = fastdecode.generate(target, prompt, draft=d, method=method, temperature=0, max_new_tokens=NEW,
                                   cache_implementation="static", **kw)
         assert torch.equal(out.sequences, ref), f"{model_type}: static {method} {kw} differs from HF greedy"
@@ -89,3 +102,29 @@ def test_alibi_models_refuse_multi_draft_up_front(model_type, overrides):
     ref = hf_greedy(target, prompt, 6)
     out = fastdecode.generate(target, prompt, draft=target, method="speculative", temperature=0, max_new_tokens=6)
     assert torch.equal(out.sequences, ref)
+
+
+def test_refused_models_name_the_reason():
+    """Models fastdecode cannot run, or cannot run a draft tree on, are refused up front (not a crash, not other
+    tokens): a BERT-style model without is_decoder=True (bidirectional attention), MPT's and GPT-1's trees."""
+    prompt = torch.randint(0, 512, (1, PROMPT), generator=torch.Generator().manual_seed(0))
+    bert = tiny_lm("bert", 2, seed=1)
+    with pytest.raises(ValueError, match="model type 'bert'.*is_decoder=False.*bidirectional"):
+        fastdecode.generate(bert, prompt, max_new_tokens=4)
+    mpt = _case("mpt")[0]
+    with pytest.raises(ValueError, match="'multi_draft'.*'mpt'.*slot in the cache"):
+        fastdecode.generate(mpt, prompt, draft=mpt, method="multi_draft", num_drafts=2, max_new_tokens=4)
+    gpt1 = tiny_lm("openai-gpt", 2, seed=1)
+    for kw in (dict(draft=gpt1, method="multi_draft", num_drafts=2), dict(cache_implementation="static")):
+        with pytest.raises(ValueError, match="'openai-gpt'.*cannot take a 4D mask"):
+            fastdecode.generate(gpt1, prompt, max_new_tokens=4, **kw)
+
+
+def test_a_forward_without_logits_to_keep_is_cut():
+    """TrOCR's forward takes no logits_to_keep (it lands in **kwargs) and returns every position's logits:
+    fastdecode keeps the last ones itself (it used to read the first row: other tokens from the first one)."""
+    model = tiny_lm("trocr", 2, seed=1)
+    prompt = torch.randint(0, 512, (1, PROMPT), generator=torch.Generator().manual_seed(0))
+    out = fastdecode.generate(model, prompt, temperature=0, max_new_tokens=NEW, draft=draft_of(model),
+                              method="speculative")
+    assert torch.equal(out.sequences, hf_greedy(model, prompt, NEW))
