@@ -8,12 +8,11 @@ import warnings
 
 import torch
 
-from .checks import check_call, check_models, eval_mode, static_mask_problem
+from .checks import batch_rows_alone, check_call, check_models, eval_mode, static_mask_problem
 from .config import METHODS, SamplingConfig, build_method_config  # noqa: F401 (METHODS re-exported)
 from .hf_options import hf_aliases
 from .decoding import DYNAMIC, STATIC, batched
 from .decoding.batched_rows import decode_rows
-from .decoding import state_cache
 from .decoding import hf_cache as kv
 from .decoding.processors import Processors
 from .decoding.scores import generated_scores
@@ -324,9 +323,8 @@ def generate(
     if lambda_attention is not None:
         _check_rollback(lambda_attention, method_cfg, static=compile_mode is not None)
     check_pack_weights(pack_weights, inductor=compile_mode == "inductor")
-    rows_alone = input_ids.shape[0] > 1 and (batched.one_by_one(method, lambda_attention) or (
-        not state_cache.batches_together(target) if method == "autoregressive" else any(
-            m is not None and state_cache.state_model_type(m) for m in (target, draft))))
+    rows_alone = input_ids.shape[0] > 1 and (batched.one_by_one(method, lambda_attention)
+                                             or batch_rows_alone(method, target, draft))
     procs = Processors(**resolve_processors(
         target, (input_ids if padded_prompt is None else padded_prompt).shape[1], eos_ids, repetition_penalty,
         min_new_tokens, min_length, no_repeat_ngram_size, bad_words_ids, suppress_tokens, begin_suppress_tokens,

@@ -18,7 +18,7 @@ import warnings
 
 import torch
 
-from .decoding.state_cache import CONTINUES_STATE, state_model_type
+from .decoding.state_cache import CONTINUES_STATE, batches_together, state_model_type
 from .models import input_rows
 
 # model types whose attention builds its own mask from a 2D padding mask and cannot take a 4D one
@@ -139,6 +139,17 @@ def check_method_support(model, method: str, role: str) -> None:
         if problem is not None:
             raise ValueError(f"method 'multi_draft' needs a 4D tree attention mask, which the {role} (model type "
                              f"{_model_type(model)!r}) cannot take: {problem}. Use method='speculative' instead")
+
+
+def batch_rows_alone(method: str, target, draft) -> bool:
+    """Whether a batch must run row by row for these models: plain decoding of a model with recurrent state of a
+    type not tested to continue it; a drafting method on a model with recurrent state (a batch's ragged columns
+    would pass rejected drafts through it) or on one that places tokens by cache slot (the ragged columns would
+    shift them)."""
+    if method == "autoregressive":
+        return not batches_together(target)
+    return any(m is not None and (state_model_type(m) is not None or _model_type(m) in _TREE_POSITION_BY_SLOT)
+               for m in (target, draft))
 
 
 def check_token_ids(model, input_ids: torch.Tensor, role: str) -> None:

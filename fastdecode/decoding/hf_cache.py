@@ -53,7 +53,7 @@ def new_cache(model, rewindable: bool = True) -> DynamicCache:
         elif _HybridSliding is not None and type(layer) is _HybridSliding:
             cache.layers[i] = _HybridFull(number_of_states=layer.number_of_states)
     if any(map(state_cache.is_state_layer, cache.layers)):
-        cache._fastdecode_states = state_cache.StateLog(model, rewindable)
+        cache._fastdecode_states = state_cache.StateLog(rewindable)
     return cache
 
 
@@ -74,15 +74,14 @@ def cache_length(cache) -> int:
 
 
 def crop(cache, length: int) -> None:
-    """Keep the first ``length`` positions of every layer. A cache with recurrent-state layers is rewound
-    (:mod:`~fastdecode.decoding.state_cache`), which feeds its model again."""
+    """Keep the first ``length`` positions of every layer. A cache with recurrent-state layers is rewound to a
+    snapshot (:mod:`~fastdecode.decoding.state_cache`) and may keep fewer: callers feed ``tokens[cache_length:]``."""
     cur = cache_length(cache)
     if length < 0:
         raise ValueError(f"cannot crop a cache to a negative length ({length})")
     log = getattr(cache, "_fastdecode_states", None)
     if log is not None:
-        log.crop(cache, length, lambda ids, pos: forward(log.model, ids, cache, position_ids=pos, logits_to_keep=1,
-                                                          check_finite=False))
+        log.crop(cache, length)
     elif length < cur:
         cache.crop(length - cur)
 
@@ -187,7 +186,7 @@ def forward(model, input_ids: torch.Tensor, cache, position_ids: torch.Tensor | 
     kwargs = {_cache_kwarg(type(model)): cache}
     log = getattr(cache, "_fastdecode_states", None)
     if log is not None:
-        log.before_forward(cache, input_ids, position_ids, attention_mask)
+        log.before_forward(cache, input_ids, attention_mask)
     out = model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
                 use_cache=True, logits_to_keep=logits_to_keep, **kwargs)
     if log is not None:

@@ -6,13 +6,13 @@ Such a layer keeps no entry per position, only the result of every token so far,
 back past rejected drafts (transformers' assisted generation refuses these models for that reason). The
 dynamic engine rewinds it instead (:class:`StateLog`, kept on the cache by ``hf_cache.new_cache``):
 - before each forward the state layers' tensors are copied (a snapshot; their size does not grow with the
-  context); the first snapshot after the last crop and the :data:`RECENT` newest are kept, with the tokens
-  fed since that first one;
-- ``crop(length)`` restores the newest snapshot taken at a length <= ``length``, crops the attention layers
-  to that length as usual, and feeds the tokens between that length and ``length`` again (one more forward,
-  its logits unused). A draft chain thus rewinds to a snapshot of its own (nothing fed again); a target's
-  verification that rejects a draft feeds the accepted tokens again (one more target forward per such step,
-  which the measured fallback weighs like any other cost);
+  context); the first snapshot after the last crop and the :data:`RECENT` newest are kept;
+- ``crop(length)`` restores the newest snapshot taken at a length <= ``length`` and crops the attention layers
+  to that length as usual: the cache may then hold fewer than ``length`` positions. Every decoding loop feeds a
+  model the tokens its cache has not seen (``tokens[cache_length:]``) with its next forward, so the tokens
+  between the snapshot and ``length`` go into that forward together with the new ones: no extra forward.
+  A draft chain rewinds to a snapshot of its own (nothing fed again); after a verification that rejects a
+  draft, the target's next forward also takes the accepted tokens of the last one;
 - every crop is a commit: later crops never go below it (the decoding loops crop to the accepted text,
   which only grows), so older snapshots are dropped.
 
@@ -21,7 +21,8 @@ would, which not every model's code does (transformers' Mamba-1 mixers restart t
 given several tokens). :data:`CONTINUES_STATE` lists the model types tested to continue it
 (``tests/end_to_end/test_state_models.py``); the others decode with ``method="autoregressive"`` only.
 A draft tree (``multi_draft``) would run the branches of a tree through one recurrence, so it is refused;
-batches of these models run row by row; the static engine refuses them (its caches hold attention only).
+a batch runs together for plain decoding and row by row for the drafting methods; the static engine refuses
+these models (its caches hold attention only).
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ try:   # transformers >= 5.2x: linear-attention (recurrent state) cache layers
 except ImportError:   # pragma: no cover - older transformers: no such layers
     _StateLayer = ()
 
-RECENT = 4   # newest snapshots kept besides the first one after a crop
+RECENT = 4   # newest snapshots kept besides the first one after a crop (a draft chain rewinds to its own)
 
 # model types (their text config's) whose multi-token forwards continue the recurrent state exactly, as
 # tested on tiny random models (tests/end_to_end/test_state_models.py): rewinding by feeding again is exact
@@ -119,15 +120,13 @@ class StateLog:
     """The length of a cache with state layers (transformers' ``get_seq_length`` cannot count a cache of state
     layers alone) and, when ``rewindable``, what rewinding it needs (module docstring)."""
 
-    def __init__(self, model, rewindable: bool = True):
-        self.model = model   # fed again by a rewind
+    def __init__(self, rewindable: bool = True):
         self.length = 0
         self.rewindable = rewindable
         self.snaps: list[_Snapshot] = []
-        self.fed: list[tuple[torch.Tensor, torch.Tensor]] = []   # (ids [1, n], positions [1, n]) since snaps[0]
         self.masked = False   # a forward since the last commit took an explicit attention mask
 
-    def before_forward(self, cache, ids: torch.Tensor, positions: torch.Tensor, attention_mask) -> None:
+    def before_forward(self, cache, ids: torch.Tensor, attention_mask) -> None:
         if not self.rewindable:
             return
         if ids.shape[0] != 1:
@@ -137,7 +136,6 @@ class StateLog:
         self.snaps.append(snap)
         if len(self.snaps) > RECENT + 1:
             del self.snaps[1]
-        self.fed.append((ids, positions))
         self.masked |= attention_mask is not None
 
     def after_forward(self, n: int) -> None:
@@ -145,12 +143,11 @@ class StateLog:
 
     def commit(self) -> None:
         self.snaps.clear()
-        self.fed.clear()
         self.masked = False
 
-    def crop(self, cache, length: int, refeed) -> None:
-        """Rewind ``cache`` to its first ``length`` positions; ``refeed(ids, positions)`` runs self.model's forward
-        on it."""
+    def crop(self, cache, length: int) -> None:
+        """Rewind ``cache`` to at most its first ``length`` positions (to the newest snapshot at or before
+        ``length``; the caller feeds the rest again with its next forward)."""
         if length >= self.length:
             self.commit()
             return
@@ -167,11 +164,5 @@ class StateLog:
             elif not is_state_layer(layer):
                 layer.crop(-drop)
         _restore(cache, snap)
-        ids = torch.cat([i for i, _ in self.fed], 1)   # positions snaps[0].length .. self.length - 1
-        positions = torch.cat([p for _, p in self.fed], 1)
-        lo, hi = snap.length - self.snaps[0].length, length - self.snaps[0].length
         self.length = snap.length
-        self.commit()
-        if hi > lo:
-            refeed(ids[:, lo:hi], positions[:, lo:hi])
         self.commit()

@@ -128,3 +128,19 @@ def test_a_forward_without_logits_to_keep_is_cut():
     out = fastdecode.generate(model, prompt, temperature=0, max_new_tokens=NEW, draft=draft_of(model),
                               method="speculative")
     assert torch.equal(out.sequences, hf_greedy(model, prompt, NEW))
+
+
+@pytest.mark.parametrize("method", ["speculative", "prompt_lookup"])
+def test_slot_positioned_models_draft_batches_row_by_row(method):
+    """GPT-Neo's local layers window by cache slot: a batch's ragged columns (rejected drafts, pending blocks of
+    different lengths) would shift them, so its drafting batches run row by row and equal HF's batched output."""
+    target = tiny_lm("gpt_neo", 2, seed=1, attention_types=[[["global", "local"], 1]], window_size=4)
+    ids = torch.randint(1, 512, (2, 7), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    ids[0, :2] = mask[0, :2] = 0
+    ref = target.generate(ids, attention_mask=mask, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False,
+                          pad_token_id=0)
+    out = fastdecode.generate(target, ids, attention_mask=mask, draft=draft_of(target) if method == "speculative"
+                              else None, method=method, temperature=0, max_new_tokens=NEW, min_new_tokens=NEW,
+                              pad_token_id=0)
+    assert torch.equal(out.sequences, ref) and out.stats.extra.get("rows_one_by_one")
