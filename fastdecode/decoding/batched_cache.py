@@ -15,6 +15,7 @@ from .masks import additive, row_causal, with_window
 from .sampling import check_logits
 from .static import bucket as _bucket
 from .static_cache import SlotCache, forward_at, runner_for, static_support_problem
+from .static_windows import cache_layer_types
 from .stream import TokenStream
 
 
@@ -129,9 +130,7 @@ class _SlotCache(_Cache):
         self.valid = torch.zeros(batch, dtype=torch.long, device=device)
         self.runner = None
         if mode == "eager":
-            cfg = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") \
-                else model.config
-            self.cache = SlotCache(cfg.num_hidden_layers, capacity, device)
+            self.cache = SlotCache(len(cache_layer_types(model)), capacity, device)
             self.capacity = capacity
             self.slots = torch.arange(capacity, device=device)
         else:

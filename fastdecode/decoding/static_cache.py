@@ -47,7 +47,7 @@ from .. import graphs
 from . import hf_cache as kv
 from . import static_windows as sw   # (its PREFILL_PIECE read at call time: the tests shrink it)
 from .masks import additive, row_causal, with_window
-from .static_windows import UNWRITTEN, WindowRingLayer, ring_mask, ring_needed, ring_size, windowed_layers
+from .static_windows import UNWRITTEN, WindowRingLayer, cache_layer_types, ring_mask, ring_needed, ring_size, windowed_layers
 from .static_windows import move as ring_move
 from .written_layer import WrittenLayer
 
@@ -184,10 +184,9 @@ class StaticRunner:
         self.model, self.mode, self.capacity, self.device = model, mode, capacity, device
         # recorded CUDA graphs: of the eager forward ("cudagraphs") or of the compiled one ("inductor" on CUDA)
         self.records = mode == "cudagraphs" or (mode == "inductor" and device.type == "cuda")
-        cfg = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
         # ``span`` (single rows): the longest forward the loop makes, which sizes the windowed layers' rings
         self.ring = ring_size(kv.attention_layout(model)[0], capacity, span)
-        self.cache = self._new_cache(cfg.num_hidden_layers, capacity, device)
+        self.cache = self._new_cache(len(cache_layer_types(model)), capacity, device)
         self.prefix = torch.zeros((), dtype=torch.long, device=device)  # tree forwards: slots below it are seen
         self.slots = torch.arange(capacity, device=device)
         self.dtype = next(model.parameters()).dtype

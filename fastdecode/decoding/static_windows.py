@@ -51,12 +51,28 @@ def ring_size(window: int | None, capacity: int, span: int | None) -> int | None
     return ring if ring < capacity else None
 
 
-def windowed_layers(model, num_layers: int) -> list[bool]:
-    """Which decoder layers attend through the model's window (every one, unless ``config.layer_types``
-    says otherwise)."""
+def cache_layer_types(model) -> list[str | None]:
+    """The attention type of each layer of the model's KV cache (None: no ``config.layer_types``). One per decoder
+    layer, except for looped models that give every loop past the first its own copies of the recurrent layers'
+    cache (Dory, ``recurrent_kv_cache_mode="per_loop"``): those copies follow, in loop order. Dory appends them
+    itself (``copy.deepcopy``) to a cache of exactly ``num_hidden_layers`` layers, which for slot layers would
+    copy the cache they share (its write position, width and positions) too; a cache that already has them is
+    used as it is."""
     cfg = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
-    types = getattr(cfg, "layer_types", None)
-    if types is None:
+    n = cfg.num_hidden_layers
+    types = list(getattr(cfg, "layer_types", None) or [None] * n)[:n]
+    loops, rec = getattr(cfg, "n_recurrent_loops", None), getattr(cfg, "n_recurrent_layers", None)
+    if loops and rec and getattr(cfg, "recurrent_kv_cache_mode", None) == "per_loop":
+        first = cfg.n_input_layers
+        types += types[first:first + rec] * (loops - 1)
+    return types
+
+
+def windowed_layers(model, num_layers: int) -> list[bool]:
+    """Which cache layers (:func:`cache_layer_types`) attend through the model's window (every one, unless
+    ``config.layer_types`` says otherwise)."""
+    types = cache_layer_types(model)
+    if types[0] is None:
         return [True] * num_layers
     return [t == "sliding_attention" for t in types[:num_layers]]
 

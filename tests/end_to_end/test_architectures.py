@@ -144,3 +144,17 @@ def test_slot_positioned_models_draft_batches_row_by_row(method):
                               else None, method=method, temperature=0, max_new_tokens=NEW, min_new_tokens=NEW,
                               pad_token_id=0)
     assert torch.equal(out.sequences, ref) and out.stats.extra.get("rows_one_by_one")
+
+
+def test_looped_model_on_the_static_engine():
+    """Dory (a looped transformer: its recurrent layers run several loops, each with its own cache copies) on both
+    engines: the static slot caches are sized for every loop up front (Dory deep-copied slot layers into a cache
+    of exactly num_hidden_layers layers, copying the state they share, and crashed)."""
+    target = tiny_lm("dory", 4, seed=1, n_input_layers=1, n_output_layers=1, head_dim=16, sliding_window=5)
+    prompt = torch.randint(0, 512, (1, PROMPT), generator=torch.Generator().manual_seed(0))
+    ref = hf_greedy(target, prompt, NEW)
+    for engine in ("dynamic", "static"):
+        for method, d in (("autoregressive", None), ("speculative", target)):
+            out = fastdecode.generate(target, prompt, draft=d, method=method, temperature=0, max_new_tokens=NEW,
+                                      cache_implementation=engine)
+            assert torch.equal(out.sequences, ref), (engine, method)
