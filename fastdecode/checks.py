@@ -18,7 +18,7 @@ import warnings
 
 import torch
 
-from .decoding.state_cache import CONTINUES_STATE, batches_together, state_model_type
+from .decoding.state_cache import CONTINUES_STATE, batches_together, foreign_layers, state_model_type
 from .models import input_rows
 
 # model types whose attention builds its own mask from a 2D padding mask and cannot take a 4D one
@@ -122,6 +122,12 @@ def static_mask_problem(model, role: str) -> str | None:
 
 def check_method_support(model, method: str, role: str) -> None:
     """Raise ValueError when ``model`` (``role``: "target" or "draft") cannot run ``method``."""
+    foreign = foreign_layers(model) if method != "autoregressive" else []
+    if foreign:
+        raise ValueError(f"method {method!r} cannot run: the {role} (model type {_model_type(model)!r}) keeps cache "
+                         f"layers of its own ({', '.join(foreign)}) that fastdecode cannot roll back past rejected "
+                         "drafts (transformers' assisted generation refuses such stateful models too). Use "
+                         "method='autoregressive'")
     state_type = state_model_type(model) if method != "autoregressive" else None
     if state_type is not None:
         what = f"the {role} (model type {state_type!r}) keeps a recurrent state (linear-attention / SSM layers)"
@@ -142,10 +148,13 @@ def check_method_support(model, method: str, role: str) -> None:
 
 
 def batch_rows_alone(method: str, target, draft) -> bool:
-    """Whether a batch must run row by row for these models: plain decoding of a model with recurrent state of a
+    """Whether a batch must run row by row for these models: a model with cache layers of its own
+    (:func:`~fastdecode.decoding.state_cache.foreign_layers`); plain decoding of a model with recurrent state of a
     type not tested to continue it; a drafting method on a model with recurrent state (a batch's ragged columns
     would pass rejected drafts through it) or on one that places tokens by cache slot (the ragged columns would
     shift them)."""
+    if foreign_layers(target):   # cache layers of the model's own: its rows selected away would keep their state
+        return True
     if method == "autoregressive":
         return not batches_together(target)
     return any(m is not None and (state_model_type(m) is not None or _model_type(m) in _TREE_POSITION_BY_SLOT)

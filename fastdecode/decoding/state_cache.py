@@ -46,6 +46,23 @@ CONTINUES_STATE = frozenset({
 })
 
 
+# cache layer classes whose positions fastdecode can crop or select (or, for state layers, rewind); a model whose
+# cache has another (DeepSeek-V4's compressed attention: buffers and running compressed entries) decodes plainly
+KNOWN_LAYERS = frozenset({"DynamicLayer", "DynamicSlidingWindowLayer", "DynamicIndexedLayer", "DummyLayer"})
+
+
+def foreign_layers(model) -> list[str]:
+    """Names of the classes of ``model``'s cache layers that fastdecode cannot roll back (none: every method runs)."""
+    from transformers import DynamicCache
+
+    try:
+        layers = DynamicCache(config=model.config).layers
+    except Exception:   # a config transformers' cache cannot read: the model's own code decides
+        return []
+    return sorted({type(layer).__name__ for layer in layers
+                   if not is_state_layer(layer) and type(layer).__name__ not in KNOWN_LAYERS})
+
+
 def is_state_layer(layer) -> bool:
     return bool(_StateLayer) and isinstance(layer, _StateLayer)
 

@@ -158,3 +158,26 @@ def test_looped_model_on_the_static_engine():
             out = fastdecode.generate(target, prompt, draft=d, method=method, temperature=0, max_new_tokens=NEW,
                                       cache_implementation=engine)
             assert torch.equal(out.sequences, ref), (engine, method)
+
+
+def test_models_with_cache_layers_of_their_own_decode_plainly():
+    """DeepSeek-V4's compressed-attention cache layers keep buffers and running compressed entries that cannot be
+    cropped past rejected drafts (HF's assisted generation refuses the model too): plain decoding equals HF past
+    several compressions, alone and in a batch whose rows stop at different steps (run row by row); drafting
+    methods are refused, naming the layer classes."""
+    target = tiny_lm("deepseek_v4", 2, seed=1, layer_types=["compressed_sparse_attention", "heavily_compressed_attention"],
+                     compress_rates={"compressed_sparse_attention": 4, "heavily_compressed_attention": 8},
+                     sliding_window=8, mlp_layer_types=["moe", "moe"], moe_intermediate_size=32, n_routed_experts=4, num_experts_per_tok=2,
+                     head_dim=16, q_lora_rank=32, o_lora_rank=32, qk_rope_head_dim=8, index_n_heads=4, index_head_dim=16)
+    prompt = torch.randint(0, 512, (2, 10), generator=torch.Generator().manual_seed(3))
+    ref = hf_greedy(target, prompt[:1], 14)
+    out = fastdecode.generate(target, prompt[:1], temperature=0, max_new_tokens=14, min_new_tokens=14)
+    assert torch.equal(out.sequences, ref)
+    eos = int(ref[0, 14])
+    ref = target.generate(prompt, max_new_tokens=14, do_sample=False, eos_token_id=eos, pad_token_id=0)
+    out = fastdecode.generate(target, prompt, temperature=0, max_new_tokens=14, eos_token_id=eos, pad_token_id=0)
+    assert torch.equal(out.sequences, ref) and out.stats.extra.get("rows_one_by_one")
+    for method in ("speculative", "prompt_lookup", "multi_draft"):
+        with pytest.raises(ValueError, match="'deepseek_v4'.*layers of its own.*DeepseekV4HCACache"):
+            fastdecode.generate(target, prompt[:1], draft=target if method != "prompt_lookup" else None,
+                                method=method, max_new_tokens=4)
