@@ -25,6 +25,7 @@ build or gradients are on.
 from __future__ import annotations
 
 import contextlib
+import warnings
 import os
 import threading
 import weakref
@@ -203,17 +204,32 @@ def packed_linears(*models, enabled: bool = True):
     """Run the plain float32 ``nn.Linear`` layers of ``models`` (None entries skipped) on packed weights
     until the block ends. ``enabled=False`` (or gradients on): a no-op."""
     patched = []
-    if enabled and not torch.is_grad_enabled() and packing_available():
-        for layer in _unique_layers(models):
-            fwd = _packed_forward(layer)
-            layer.__dict__["forward"] = fwd
-            patched.append((layer, fwd))
-    try:
-        yield len(patched)
-    finally:
+
+    def unpatch():
         for layer, fwd in patched:
             if layer.__dict__.get("forward") is fwd:
                 del layer.__dict__["forward"]
+
+    if enabled and not torch.is_grad_enabled() and packing_available():
+        try:
+            for layer in _unique_layers(models):
+                fwd = _packed_forward(layer)
+                layer.__dict__["forward"] = fwd
+                patched.append((layer, fwd))
+        except (torch.OutOfMemoryError, RuntimeError) as e:   # (the CPU allocator raises a RuntimeError)
+            if not isinstance(e, torch.OutOfMemoryError) and "allocate" not in str(e):
+                raise
+            unpatch()
+            patched = []
+            for model in models:
+                if model is not None:
+                    release_packed(model)
+            warnings.warn(f"packing the linear layers' weights ran out of memory ({str(e).splitlines()[0][:120]}): "
+                          "fastdecode runs them unpacked (pass pack_weights=False to skip packing)", stacklevel=3)
+    try:
+        yield len(patched)
+    finally:
+        unpatch()
 
 
 def release_packed(model) -> int:

@@ -48,6 +48,29 @@ def test_sampled_indices_stay_inside_large_weights(n):
     assert len(idx) == min(cpu_linear.SAMPLED, n) and bool((idx[1:] > idx[:-1]).all())
 
 
+def test_packing_out_of_memory_falls_back_to_plain_products(monkeypatch):
+    """A packed copy that does not fit (the CPU allocator's RuntimeError) leaves every layer unpacked, with a
+    warning, and the tokens are HF's; other errors are not swallowed."""
+    model, prompt = tiny_lm("llama", 2, seed=1), torch.tensor([[3, 14, 15, 92]])
+    real, calls = cpu_linear._packed_weight, []
+
+    def fails_third(layer):
+        calls.append(layer)
+        if len(calls) == 3:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory")
+        return real(layer)
+
+    monkeypatch.setattr(cpu_linear, "MIN_PACKED", 0)
+    monkeypatch.setattr(cpu_linear, "_packed_weight", fails_third)
+    with pytest.warns(UserWarning, match="ran out of memory.*unpacked"):
+        out = fastdecode.generate(model, prompt, temperature=0, max_new_tokens=6, pack_weights=True)
+    assert out.stats.extra["packed_linears"] == 0 and not cpu_linear.runs_packed(model)
+    assert torch.equal(out.sequences, hf_greedy(model, prompt, 6))
+    monkeypatch.setattr(cpu_linear, "_packed_weight", lambda layer: (_ for _ in ()).throw(RuntimeError("other")))
+    with pytest.raises(RuntimeError, match="other"):
+        fastdecode.generate(model, prompt, temperature=0, max_new_tokens=2, pack_weights=True)
+
+
 def test_model_logits_close_and_model_restored():
     model = tiny_lm("qwen2", layers=2)   # q/k/v projections with bias, tied or not: whatever qwen2 has
     ids = torch.randint(0, model.config.vocab_size, (1, 12))
