@@ -147,13 +147,19 @@ def check_method_support(model, method: str, role: str) -> None:
                              f"{_model_type(model)!r}) cannot take: {problem}. Use method='speculative' instead")
 
 
+# model types whose attention code cannot decode a padded batch on top of a cache (OpenAI GPT's attention scores
+# a new token against its own columns only when given a 2D mask): every batch runs row by row
+_BATCH_ROWS_ALONE = {"openai-gpt": "its attention cannot take a padding mask on top of a cache"}
+
+
 def batch_rows_alone(method: str, target, draft) -> bool:
     """Whether a batch must run row by row for these models: a model with cache layers of its own
-    (:func:`~fastdecode.decoding.state_cache.foreign_layers`); plain decoding of a model with recurrent state of a
+    (:func:`~fastdecode.decoding.state_cache.foreign_layers`: its rows selected away would keep their state) or in
+    :data:`_BATCH_ROWS_ALONE`; plain decoding of a model with recurrent state of a
     type not tested to continue it; a drafting method on a model with recurrent state (a batch's ragged columns
     would pass rejected drafts through it) or on one that places tokens by cache slot (the ragged columns would
     shift them)."""
-    if foreign_layers(target):   # cache layers of the model's own: its rows selected away would keep their state
+    if foreign_layers(target) or _model_type(target) in _BATCH_ROWS_ALONE:
         return True
     if method == "autoregressive":
         return not batches_together(target)

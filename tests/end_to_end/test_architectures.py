@@ -118,6 +118,13 @@ def test_refused_models_name_the_reason():
     for kw in (dict(draft=gpt1, method="multi_draft", num_drafts=2), dict(cache_implementation="static")):
         with pytest.raises(ValueError, match="'openai-gpt'.*cannot take a 4D mask"):
             fastdecode.generate(gpt1, prompt, max_new_tokens=4, **kw)
+    batch = torch.randint(1, 512, (2, 7), generator=torch.Generator().manual_seed(1))   # its batches: row by row
+    mask = torch.ones_like(batch)
+    batch[0, :2] = mask[0, :2] = 0
+    ref = gpt1.generate(batch, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0)
+    out = fastdecode.generate(gpt1, batch, attention_mask=mask, temperature=0, max_new_tokens=6, min_new_tokens=6,
+                              pad_token_id=0, draft=gpt1)
+    assert torch.equal(out.sequences, ref) and out.stats.extra.get("rows_one_by_one")
 
 
 def test_a_forward_without_logits_to_keep_is_cut():
