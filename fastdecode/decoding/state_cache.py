@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers.cache_utils import DynamicLayer
 
 try:   # transformers >= 5.2x: linear-attention (recurrent state) cache layers
     from transformers.cache_utils import LinearAttentionCacheLayerMixin as _StateLayer
@@ -80,6 +81,10 @@ def state_model_type(model) -> str | None:
     return str(getattr(text, "model_type", type(model).__name__)) if any(map(is_state_layer, layers)) else None
 
 
+# a state layer's per-state flags, restored with its tensors
+_FLAGS = ("is_conv_states_initialized", "is_recurrent_states_initialized", "has_previous_state", "conv_kernel_size")
+
+
 @dataclass
 class _Snapshot:
     length: int
@@ -96,9 +101,6 @@ def _snapshot(cache, length: int) -> _Snapshot:
             recurrent={i: None if t is None else t.clone() for i, t in layer.recurrent_states.items()},
             flags=[dict(getattr(layer, name)) for name in _FLAGS], device=layer.device, dtype=layer.dtype)
     return _Snapshot(length, states)
-
-
-_FLAGS = ("is_conv_states_initialized", "is_recurrent_states_initialized", "has_previous_state", "conv_kernel_size")
 
 
 def _restore(cache, snap: _Snapshot) -> None:
@@ -172,8 +174,6 @@ class StateLog:
             raise ValueError(f"cannot rewind this cache of recurrent-state layers from {self.length} to {length} "
                              "positions (no snapshot there)")
         snap = max((s for s in self.snaps if s.length <= length), key=lambda s: s.length)
-        from transformers.cache_utils import DynamicLayer
-
         drop = self.length - snap.length
         for layer in cache.layers:   # the attention layers (and the attention half of hybrid layers)
             if isinstance(layer, DynamicLayer):
