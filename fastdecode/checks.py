@@ -18,7 +18,7 @@ import warnings
 
 import torch
 
-from .decoding.state_cache import CONTINUES_STATE, batches_together, foreign_layers, state_model_type
+from .decoding.state_cache import CONTINUES_STATE, foreign_layers, state_model_type
 from .models import input_rows
 
 # model types whose attention builds its own mask from a 2D padding mask and cannot take a 4D one
@@ -64,7 +64,8 @@ def unsupported_problem(model) -> str | None:
 
 # model types that take a 4D mask but place a token by its slot in the cache, not by the position a draft tree
 # gives it: the tree's nodes (at slots past their positions) would be computed at other positions than in
-# sequential decoding (chains and batches are fine: their slots are their positions, or HF's own left padding)
+# sequential decoding (chains are fine: their slots are their positions; drafting batches, whose ragged columns
+# also put tokens past their positions, run row by row: batch_rows_alone)
 _TREE_POSITION_BY_SLOT = {
     "mpt": "its ALiBi bias grows with a key's slot in the cache, not with its position",
     "trocr": "its forward takes no position_ids: it numbers positions from the cache length",
@@ -122,13 +123,15 @@ def static_mask_problem(model, role: str) -> str | None:
 
 def check_method_support(model, method: str, role: str) -> None:
     """Raise ValueError when ``model`` (``role``: "target" or "draft") cannot run ``method``."""
-    foreign = foreign_layers(model) if method != "autoregressive" else []
+    if method == "autoregressive":
+        return
+    foreign = foreign_layers(model)
     if foreign:
         raise ValueError(f"method {method!r} cannot run: the {role} (model type {_model_type(model)!r}) keeps cache "
                          f"layers of its own ({', '.join(foreign)}) that fastdecode cannot roll back past rejected "
                          "drafts (transformers' assisted generation refuses such stateful models too). Use "
                          "method='autoregressive'")
-    state_type = state_model_type(model) if method != "autoregressive" else None
+    state_type = state_model_type(model)
     if state_type is not None:
         what = f"the {role} (model type {state_type!r}) keeps a recurrent state (linear-attention / SSM layers)"
         if method == "multi_draft":
@@ -147,22 +150,23 @@ def check_method_support(model, method: str, role: str) -> None:
                              f"{_model_type(model)!r}) cannot take: {problem}. Use method='speculative' instead")
 
 
-# model types whose attention code cannot decode a padded batch on top of a cache (OpenAI GPT's attention scores
-# a new token against its own columns only when given a 2D mask): every batch runs row by row
-_BATCH_ROWS_ALONE = {"openai-gpt": "its attention cannot take a padding mask on top of a cache"}
+# model types whose attention code cannot decode a padded batch on top of a cache (OpenAI GPT's attention crashes
+# on a padding mask there): every batch runs row by row
+_BATCH_ROWS_ALONE = frozenset({"openai-gpt"})
 
 
 def batch_rows_alone(method: str, target, draft) -> bool:
-    """Whether a batch must run row by row for these models: a model with cache layers of its own
-    (:func:`~fastdecode.decoding.state_cache.foreign_layers`: its rows selected away would keep their state) or in
-    :data:`_BATCH_ROWS_ALONE`; plain decoding of a model with recurrent state of a
-    type not tested to continue it; a drafting method on a model with recurrent state (a batch's ragged columns
-    would pass rejected drafts through it) or on one that places tokens by cache slot (the ragged columns would
-    shift them)."""
+    """Whether a batch must run row by row for these models:
+    - any method, on a target with cache layers of its own (:func:`~fastdecode.decoding.state_cache.foreign_layers`:
+      its rows selected away would keep their state) or in :data:`_BATCH_ROWS_ALONE`;
+    - plain decoding, on a target with recurrent state of a type not tested to continue it;
+    - a drafting method, on a model with recurrent state (a batch's ragged columns would pass rejected drafts
+      through it) or one that places tokens by cache slot (the ragged columns would shift them)."""
     if foreign_layers(target) or _model_type(target) in _BATCH_ROWS_ALONE:
         return True
     if method == "autoregressive":
-        return not batches_together(target)
+        state_type = state_model_type(target)
+        return state_type is not None and state_type not in CONTINUES_STATE
     return any(m is not None and (state_model_type(m) is not None or _model_type(m) in _TREE_POSITION_BY_SLOT)
                for m in (target, draft))
 

@@ -10,7 +10,6 @@ import torch
 
 from ..stats import DecodeStats
 from . import hf_cache as kv
-from . import state_cache
 from .masks import additive, row_causal, with_window
 from .sampling import check_logits
 from .static import bucket as _bucket
@@ -90,8 +89,6 @@ class _Cache:
 
     def select(self, rows: torch.Tensor) -> None:
         for layer in self.cache.layers:
-            if state_cache.is_state_layer(layer):   # recurrent states (batched plain decoding of such models)
-                state_cache.select_rows(layer, rows)
             kv.select_rows(layer, rows)
         self.mask = self.mask.index_select(0, rows)
         self.valid = self.valid.index_select(0, rows)

@@ -121,8 +121,10 @@ _EXTRA_PER_POSITION = (("indexer_keys", 1, 0), ("indexer_position_ids", -1, 1))
 
 
 def select_rows(layer, rows: torch.Tensor) -> None:
-    """Keep only the batch rows ``rows`` [r] long of one cache layer: its keys and values and any per-position
-    state it keeps besides them."""
+    """Keep only the batch rows ``rows`` [r] long of one cache layer: its keys and values, any per-position
+    state it keeps besides them, and a state layer's recurrent and convolution states."""
+    if state_cache.is_state_layer(layer):
+        state_cache.select_rows(layer, rows)
     if getattr(layer, "keys", None) is not None and layer.keys.numel():
         layer.keys = layer.keys.index_select(0, rows)
         layer.values = layer.values.index_select(0, rows)

@@ -52,15 +52,20 @@ CONTINUES_STATE = frozenset({
 KNOWN_LAYERS = frozenset({"DynamicLayer", "DynamicSlidingWindowLayer", "DynamicIndexedLayer", "DummyLayer"})
 
 
-def foreign_layers(model) -> list[str]:
-    """Names of the classes of ``model``'s cache layers that fastdecode cannot roll back (none: every method runs)."""
+def _cache_layers(model) -> list:
+    """The layers transformers' cache gives ``model`` (none for a config its cache cannot read: the model's own
+    code then decides)."""
     from transformers import DynamicCache
 
     try:
-        layers = DynamicCache(config=model.config).layers
-    except Exception:   # a config transformers' cache cannot read: the model's own code decides
+        return DynamicCache(config=model.config).layers
+    except Exception:
         return []
-    return sorted({type(layer).__name__ for layer in layers
+
+
+def foreign_layers(model) -> list[str]:
+    """Names of the classes of ``model``'s cache layers that fastdecode cannot roll back (none: every method runs)."""
+    return sorted({type(layer).__name__ for layer in _cache_layers(model)
                    if not is_state_layer(layer) and type(layer).__name__ not in KNOWN_LAYERS})
 
 
@@ -70,15 +75,11 @@ def is_state_layer(layer) -> bool:
 
 def state_model_type(model) -> str | None:
     """The (text) model type of ``model`` when its cache has recurrent-state layers, else None."""
-    from transformers import DynamicCache
-
+    if not any(map(is_state_layer, _cache_layers(model))):
+        return None
     config = model.config
     text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-    try:
-        layers = DynamicCache(config=config).layers
-    except Exception:   # a config transformers' cache cannot read: not one of these models
-        return None
-    return str(getattr(text, "model_type", type(model).__name__)) if any(map(is_state_layer, layers)) else None
+    return str(getattr(text, "model_type", type(model).__name__))
 
 
 # a state layer's per-state flags, restored with its tensors
@@ -125,14 +126,6 @@ def select_rows(layer, rows: torch.Tensor) -> None:
         for i, t in live.items():
             if t is not None:
                 live[i] = t.index_select(0, rows.to(t.device))
-
-
-def batches_together(model) -> bool:
-    """Whether a batch of ``model``'s prompts decodes plainly as one batch (True for a model without recurrent
-    state, or one of :data:`CONTINUES_STATE`: tested equal to HF's batched output); drafting methods run the rows
-    of a batch of these models one by one (their ragged columns would pass rejected drafts through the state)."""
-    mtype = state_model_type(model)
-    return mtype is None or mtype in CONTINUES_STATE
 
 
 class StateLog:

@@ -25,9 +25,9 @@ build or gradients are on.
 from __future__ import annotations
 
 import contextlib
-import warnings
 import os
 import threading
+import warnings
 import weakref
 
 import torch
