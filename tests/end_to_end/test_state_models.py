@@ -201,3 +201,18 @@ def test_refusals_name_the_model_type():
         fastdecode.generate(hybrid, ids, draft=hybrid, method="multi_draft", num_drafts=2, max_new_tokens=4)
     with pytest.raises(ValueError, match="static engine supports full and sliding-window attention layers only"):
         fastdecode.generate(hybrid, ids, max_new_tokens=4, cache_implementation="static")
+
+
+def test_a_rewind_adds_no_forward():
+    """Rejected drafts cost no extra target forward: the accepted tokens go into the next verification. Every
+    forward the target runs is one of the steps the statistics count."""
+    target = _model("qwen3_next")
+    draft, calls = _noisy(target), []
+    hook = target.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        out = fastdecode.generate(target, _prompt(), draft=draft, method="speculative", temperature=0,
+                                  max_new_tokens=NEW, min_new_tokens=NEW, draft_length=3, adaptive_draft=False)
+    finally:
+        hook.remove()
+    assert out.stats.drafted_tokens > out.stats.accepted_tokens   # drafts were rejected (rewinds happened)
+    assert len(calls) == out.stats.target_calls
