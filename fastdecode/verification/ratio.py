@@ -20,7 +20,9 @@ class RatioTable:
     p_rest: torch.Tensor      # [N, V + 1] p mass of the tokens after the first j
 
     def count_at_least(self, rho: torch.Tensor) -> torch.Tensor:
-        """[N] number of tokens with ratio >= rho [N]."""
+        """[N] (or [N, G]) number of tokens with ratio >= rho [N] (or [N, G]: G thresholds a row)."""
+        if rho.dim() == 2:
+            return torch.searchsorted(self.neg_ratio, -rho, right=True)
         return torch.searchsorted(self.neg_ratio, -rho[:, None], right=True)[:, 0]
 
     def count_above(self, rho: torch.Tensor) -> torch.Tensor:
@@ -28,7 +30,7 @@ class RatioTable:
         return torch.searchsorted(self.neg_ratio, -rho[:, None], right=False)[:, 0]
 
     def at(self, field: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-        return field.gather(1, j[:, None])[:, 0]
+        return field.gather(1, j) if j.dim() == 2 else field.gather(1, j[:, None])[:, 0]
 
 
 def _argsort_descending(x: torch.Tensor) -> torch.Tensor:

@@ -126,3 +126,27 @@ def test_many_k_helpers_equal_single_calls():
     for scheme in ("iid", "without_replacement", "greedy"):
         single = torch.stack([optimal_acceptance_rate(p, q, k, scheme) for k in ks])
         assert torch.allclose(optimal_acceptance_rate_many(p, q, ks, scheme), single, atol=1e-15, rtol=0)
+
+
+@pytest.mark.parametrize("V,k", [(2, 2), (3, 4), (50, 3), (1000, 8), (32000, 16)])
+def test_spectr_rho_star_is_the_smallest_valid_rho(V, k):
+    """K-SEQ's rho* from the sorted table's multi-way search: beta(rho*) is the direct sum, rho* satisfies
+    1 - (1 - beta)^k <= rho beta (valid: the residual keeps no negative mass), and a rho 1e-9 below it does not
+    (or rho* = 1): the smallest valid rho, as the sequential bisection over the direct sums finds it."""
+    from fastdecode.verification.spectr import rho_star
+
+    p, q = _random_pair(V, 8, seed=V + k, scale=3.0)
+    q[1, : V // 2] = 0.0   # tokens only p has, and only q has
+    q[1] /= q[1].sum()
+    p[2, V // 2 :] = 0.0
+    p[2] /= p[2].sum()
+    p, q = p.double(), q.double()
+    rho, beta = rho_star(p, q, k)
+    direct = lambda r: torch.minimum(q, p / r[:, None]).sum(-1)   # noqa: E731
+    assert torch.allclose(beta, direct(rho), atol=1e-12, rtol=0)
+    assert ((1 - rho) <= 0).all() and (rho <= k).all()
+    assert (-torch.expm1(k * torch.log1p(-beta)) <= rho * beta).all()
+    below = rho * (1 - 1e-9)
+    b = direct(below)
+    assert ((-torch.expm1(k * torch.log1p(-b)) > below * b) | (rho - 1 < 1e-9)).all()
+    assert (rho > 1 + 1e-6).any()   # not all trivial
