@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import fastdecode
-from distribution import chi_square_pvalue, exact_law
+from distribution import CHECK_EVERY, LAW_RUNS, caught, chi_square_pvalue, exact_law
 from batches import accept_all, eos_for, left_pad, random_prompts, tiny_pair
 from tiny_models import draft_of, tiny_lm
 
@@ -123,12 +123,13 @@ def test_bad_batch_input(pair, batch, case, match):
 
 # ---------------------------------------------------------------------------------------------- sampling law
 PROMPTS = [[1, 2, 3, 4], [5, 1, 0], [1, 2, 3, 4], [2, 2]]   # rows 0 and 2 share a prompt, lengths differ
-RUNS = 800
+RUNS = LAW_RUNS
 ALPHA = 1e-3
 
 
-def _batched_law(tiny_pair, runs, **kw):
-    """Counts of the first two new tokens of rows 0 + 2 (prompt PROMPTS[0]) and of row 1 over seeded batches."""
+def _batched_law(tiny_pair, runs, stop_when=None, **kw):
+    """Counts of the first two new tokens of rows 0 + 2 (prompt PROMPTS[0]) and of row 1 over seeded batches
+    (``stop_when(counts_a, counts_b)``: see distribution.sample_law)."""
     target, draft = tiny_pair
     ids, mask = left_pad(PROMPTS)
     counts_a, counts_b, joint = {}, {}, {}
@@ -141,6 +142,8 @@ def _batched_law(tiny_pair, runs, **kw):
             counts[key] = counts.get(key, 0) + 1
         pair_key = (int(out.sequences[0, L]), int(out.sequences[2, L]))   # first tokens of rows 0 and 2
         joint[pair_key] = joint.get(pair_key, 0) + 1
+        if stop_when is not None and (seed + 1) % CHECK_EVERY == 0 and stop_when(counts_a, counts_b):
+            break
     return counts_a, counts_b, joint
 
 
@@ -172,7 +175,7 @@ def test_broken_batched_rule_fails(tiny_pair, laws, monkeypatch):
     from fastdecode.decoding import batched
 
     monkeypatch.setattr(batched, "_verify_token", accept_all)
-    a, b, _ = _batched_law(tiny_pair, RUNS, draft_length=2, adaptive_draft=False)
+    a, b, _ = _batched_law(tiny_pair, RUNS, stop_when=caught(*laws), draft_length=2, adaptive_draft=False)
     assert min(chi_square_pvalue(a, laws[0]), chi_square_pvalue(b, laws[1])) < ALPHA
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fastdecode
-from distribution import chi_square_pvalue, exact_law
+from distribution import CHECK_EVERY, LAW_RUNS, caught, chi_square_pvalue, exact_law
 from batches import accept_all, eos_for, left_pad, tiny_pair
 from tiny_models import draft_of, tiny_lm
 
@@ -173,11 +173,11 @@ def test_draft_model_fallback_sampled_runs(target, batch, verifier):
 
 # ---------------------------------------------------------------------------------------------- sampling law
 LAW_PROMPTS = [[1, 2, 3, 1, 2, 3, 1, 2], [4, 5, 4], [1, 2, 3, 1, 2, 3, 1, 2], [0, 5]]  # rows 0 and 2 share a prompt
-RUNS = 800
+RUNS = LAW_RUNS
 ALPHA = 1e-3
 
 
-def _law_counts(tiny_pair, runs, prompts=LAW_PROMPTS, **kw):
+def _law_counts(tiny_pair, runs, prompts=LAW_PROMPTS, stop_when=None, **kw):
     target = tiny_pair[0]
     ids, mask = left_pad(prompts)
     L = ids.shape[1]
@@ -191,6 +191,8 @@ def _law_counts(tiny_pair, runs, prompts=LAW_PROMPTS, **kw):
             counts[key] = counts.get(key, 0) + 1
         drafted += out.stats.drafted_tokens
         model_steps += out.stats.extra["model_draft_steps"]
+        if stop_when is not None and (seed + 1) % CHECK_EVERY == 0 and stop_when(counts_a, counts_b):
+            break
     assert drafted > 0 and (model_steps > 0) == (kw.get("draft") is not None)
     return counts_a, counts_b
 
@@ -235,7 +237,7 @@ def test_broken_rule_fails(tiny_pair, laws, monkeypatch):
     from fastdecode.decoding import batched
 
     monkeypatch.setattr(batched, "_verify_token", accept_all)
-    a, b = _law_counts(tiny_pair, RUNS)
+    a, b = _law_counts(tiny_pair, RUNS, stop_when=caught(*laws))
     assert min(chi_square_pvalue(a, laws[0]), chi_square_pvalue(b, laws[1])) < ALPHA
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fastdecode
-from distribution import chi_square_pvalue, exact_law
+from distribution import CHECK_EVERY, LAW_RUNS, caught, chi_square_pvalue, exact_law
 from batches import eos_for, left_pad, random_prompts, tiny_pair
 
 NEW = 16
@@ -144,11 +144,11 @@ def test_errors(pair, batch, case, match):
 
 # ---------------------------------------------------------------------------------------------- sampling law
 PROMPTS = [[1, 2, 3, 4], [5, 1, 0], [1, 2, 3, 4], [2, 2]]   # rows 0 and 2 share a prompt, lengths differ
-RUNS = 800
+RUNS = LAW_RUNS
 ALPHA = 1e-3
 
 
-def _law_counts(tiny_pair, runs, **kw):
+def _law_counts(tiny_pair, runs, stop_when=None, **kw):
     target, draft = tiny_pair
     ids, mask = left_pad(PROMPTS)
     L = ids.shape[1]
@@ -161,6 +161,8 @@ def _law_counts(tiny_pair, runs, **kw):
             counts[key] = counts.get(key, 0) + 1
         key = (int(out.sequences[0, L]), int(out.sequences[2, L]))
         joint[key] = joint.get(key, 0) + 1
+        if stop_when is not None and (seed + 1) % CHECK_EVERY == 0 and stop_when(counts_a, counts_b):
+            break
     return counts_a, counts_b, joint
 
 
@@ -198,7 +200,7 @@ def test_broken_walk_fails(tiny_pair, laws, monkeypatch):
         return path, int(fastdecode.verification.sample(p[node + 1][None], self.generator)[0])
 
     monkeypatch.setattr(batched_tree._Walker, "walk", follow_first)
-    a, b, _ = _law_counts(tiny_pair, RUNS, num_drafts=2, draft_length=2)
+    a, b, _ = _law_counts(tiny_pair, RUNS, stop_when=caught(*laws), num_drafts=2, draft_length=2)
     assert min(chi_square_pvalue(a, laws[0]), chi_square_pvalue(b, laws[1])) < ALPHA
 
 

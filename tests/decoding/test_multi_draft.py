@@ -52,7 +52,7 @@ def test_broken_tree_walk_fails(tiny_pair, law2, monkeypatch):
         return orig(self, node, sorted(draws, key=lambda t: -float(q[t])))
 
     monkeypatch.setattr(tree_mod.DraftTree, "add_children", sorted_children)
-    assert _pvalue(tiny_pair, law2, method="multi_draft", num_drafts=3, draft_length=2,
+    assert _pvalue(tiny_pair, law2, broken=True, method="multi_draft", num_drafts=3, draft_length=2,
                    verifier="rrs_without_replacement") < ALPHA
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fastdecode
-from distribution import LAW_RUNS, accept_every_draft, chi_square_pvalue, exact_law, sample_law
+from distribution import LAW_RUNS, accept_every_draft, caught, chi_square_pvalue, exact_law, sample_law
 from fastdecode.config import PromptLookupConfig, build_method_config
 from fastdecode.decoding.prompt_lookup import NgramIndex, propose_reference
 from tiny_models import hf_greedy, tiny_lm
@@ -155,9 +155,9 @@ def law2(tiny_pair):
     return exact_law(tiny_pair[0], LAW_PROMPT, 2)
 
 
-def _pvalue(tiny_pair, law2, **kw):
+def _pvalue(tiny_pair, law2, broken=False, **kw):
     counts = sample_law(tiny_pair[0], None, LAW_PROMPT, 2, RUNS, max_new_tokens=3, temperature=1.0,
-                        method="prompt_lookup", **kw)
+                        method="prompt_lookup", stop_when=caught(law2) if broken else None, **kw)
     return chi_square_pvalue(counts, law2)
 
 
@@ -179,7 +179,7 @@ def test_broken_rule_fails(tiny_pair, law2, monkeypatch):
     from fastdecode.decoding import step
 
     monkeypatch.setitem(step.CHAIN_VERIFIERS, "token", accept_every_draft)
-    assert _pvalue(tiny_pair, law2) < ALPHA
+    assert _pvalue(tiny_pair, law2, broken=True) < ALPHA
 
 
 # ------------------------------------------------------------------ options

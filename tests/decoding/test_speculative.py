@@ -30,4 +30,4 @@ def test_broken_speculative_rule_fails(tiny_pair, law2, monkeypatch):
     from fastdecode.decoding import step
 
     monkeypatch.setitem(step.CHAIN_VERIFIERS, "token", accept_every_draft)
-    assert _pvalue(tiny_pair, law2, method="speculative", draft_length=2, adaptive_draft=False) < ALPHA
+    assert _pvalue(tiny_pair, law2, broken=True, method="speculative", draft_length=2, adaptive_draft=False) < ALPHA

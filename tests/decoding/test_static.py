@@ -5,7 +5,7 @@ import torch
 
 import fastdecode
 from tiny_models import tiny_llama
-from distribution import chi_square_pvalue, exact_law, sample_law
+from distribution import LAW_RUNS, caught, chi_square_pvalue, exact_law, sample_law
 from fastdecode.decoding import static, static_step
 from fastdecode.decoding.static import bucket, capacity_for
 
@@ -91,7 +91,7 @@ def law2(tiny_pair):
     return exact_law(tiny_pair[0], PROMPT, 2)
 
 
-RUNS = 800
+RUNS = LAW_RUNS
 
 
 @pytest.mark.slow
@@ -136,7 +136,7 @@ def test_broken_static_rule_fails(tiny_pair, law2, monkeypatch, broken):
         monkeypatch.setattr(static_step.kernels, "verify_speculative",
                             lambda p, q, drafts, u, noise: (drafts[:, 0], torch.zeros(drafts.shape[0], dtype=torch.long)))
     counts = sample_law(*tiny_pair, PROMPT, 2, RUNS, max_new_tokens=3, temperature=1.0, method="speculative",
-                        draft_length=2, adaptive_draft=False, cache_implementation="static")
+                        draft_length=2, adaptive_draft=False, cache_implementation="static", stop_when=caught(law2))
     assert chi_square_pvalue(counts, law2) < ALPHA
 
 

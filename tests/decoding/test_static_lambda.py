@@ -275,13 +275,13 @@ def test_two_token_law_under_lambda(tiny_pair, kw):
     3 < the text, so the far global and the dropped middle both matter). The ring does not depend on the
     verifier (the other rules' laws are tested on the dynamic engine), so one verifier each keeps the suite
     short."""
-    from distribution import chi_square_pvalue, exact_law, sample_law
+    from distribution import LAW_RUNS, chi_square_pvalue, exact_law, sample_law
 
     target, draft = tiny_pair
     cfg = LambdaAttention(window=3, num_global=1, max_rollback=2)
     prompt = [1, 2, 3, 4, 5]
     with torch.inference_mode(), lambda_attention(target, cfg):
         law = exact_law(target, prompt, 2)
-    counts = sample_law(target, draft, prompt, 2, 800, max_new_tokens=3, temperature=1.0, lambda_attention=cfg,
+    counts = sample_law(target, draft, prompt, 2, LAW_RUNS, max_new_tokens=3, temperature=1.0, lambda_attention=cfg,
                         cache_implementation="static", **kw)
     assert chi_square_pvalue(counts, law) > 1e-3

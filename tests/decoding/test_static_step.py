@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import fake_graphs
 import fastdecode
-from distribution import LAW_PROMPT, chi_square_pvalue, sample_law
+from distribution import LAW_PROMPT, LAW_RUNS, caught, chi_square_pvalue, sample_law
 from fastdecode.decoding import static_step
 from tiny_models import draft_of, tiny_lm, tiny_llama
 
@@ -175,7 +175,7 @@ def test_a_step_queues_far_fewer_ops(pair, monkeypatch, temperature):
 @pytest.mark.slow
 def test_two_token_law(tiny_pair, law2, monkeypatch):
     fake_graphs.install(monkeypatch)
-    counts = sample_law(*tiny_pair, LAW_PROMPT, 2, 800, max_new_tokens=3, temperature=1.0, method="speculative",
+    counts = sample_law(*tiny_pair, LAW_PROMPT, 2, LAW_RUNS, max_new_tokens=3, temperature=1.0, method="speculative",
                         draft_length=2, adaptive_draft=False, cache_implementation="static", compile="cudagraphs")
     assert chi_square_pvalue(counts, law2) > ALPHA
 
@@ -188,8 +188,9 @@ def test_broken_recorded_rule_fails(tiny_pair, law2, monkeypatch):
     drop_runners(*tiny_pair)
     fake_graphs.install(monkeypatch)
     monkeypatch.setattr(static_step, "accepted_count", lambda u, px, qx: torch.full((), u.shape[0]))
-    counts = sample_law(*tiny_pair, LAW_PROMPT, 2, 800, max_new_tokens=3, temperature=1.0, method="speculative",
-                        draft_length=2, adaptive_draft=False, cache_implementation="static", compile="cudagraphs")
+    counts = sample_law(*tiny_pair, LAW_PROMPT, 2, LAW_RUNS, max_new_tokens=3, temperature=1.0, method="speculative",
+                        draft_length=2, adaptive_draft=False, cache_implementation="static", compile="cudagraphs",
+                        stop_when=caught(law2))
     assert chi_square_pvalue(counts, law2) < ALPHA
 
 

@@ -8,7 +8,7 @@ import torch
 
 import fastdecode
 from distribution import LAW_ALPHA as ALPHA
-from distribution import LAW_PROMPT, LAW_RUNS, chi_square_pvalue, sample_law
+from distribution import LAW_PROMPT, LAW_RUNS, caught, chi_square_pvalue, sample_law
 from fastdecode.config import MultiDraftConfig, SamplingConfig
 from fastdecode.decoding import hf_cache as kv
 from fastdecode.decoding import static_tree
@@ -256,9 +256,10 @@ def test_other_architectures(model_type):
 RUNS = LAW_RUNS
 
 
-def _pvalue(tiny_pair, law2, **kw):
+def _pvalue(tiny_pair, law2, broken=False, **kw):
     counts = sample_law(*tiny_pair, LAW_PROMPT, 2, RUNS, max_new_tokens=3, temperature=1.0, method="multi_draft",
-                        draft_length=2, cache_implementation="static", **kw)
+                        draft_length=2, cache_implementation="static", stop_when=caught(law2) if broken else None,
+                        **kw)
     return chi_square_pvalue(counts, law2)
 
 
@@ -286,7 +287,7 @@ def test_broken_node_rows_fail(tiny_pair, law2, monkeypatch):
         return logits
 
     monkeypatch.setattr(static_tree.StaticMultiDraftDecoder, "_target_tree", swapped)
-    assert _pvalue(tiny_pair, law2, num_drafts=3, verifier="rrs") < ALPHA
+    assert _pvalue(tiny_pair, law2, broken=True, num_drafts=3, verifier="rrs") < ALPHA
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ q disagree most, so that a broken rule is caught.
 import pytest
 import torch
 
-from distribution import chi_square_pvalue, exact_law, sample_law
+from distribution import caught, chi_square_pvalue, exact_law, sample_law
 from fastdecode import kernels
 
 pytestmark = pytest.mark.slow  # chi-square tests on the real code pair, 2-3 minutes each on 2 cores
@@ -33,11 +33,11 @@ def hard_prompt(code_pair, stdlib_prompts):
     return best
 
 
-def _pvalue(code_pair, prompt, n_tokens, top_k, **kw):
+def _pvalue(code_pair, prompt, n_tokens, top_k, broken=False, **kw):
     target, draft, _ = code_pair
     law = exact_law(target, prompt, n_tokens, top_k=top_k)
     counts = sample_law(target, draft, prompt, n_tokens, RUNS, max_new_tokens=n_tokens + 1, temperature=1.0,
-                        top_k=top_k, **kw)
+                        top_k=top_k, stop_when=caught(law, alpha=ALPHA) if broken else None, **kw)
     return chi_square_pvalue(counts, law)
 
 
@@ -58,7 +58,7 @@ def test_broken_rule_fails_on_code_pair(code_pair, hard_prompt, monkeypatch):
         return torch.where(index == 0, tokens, (p.float() / noise).argmax(-1)), index
 
     monkeypatch.setattr(K, "verify_speculative", p_instead_of_residual)
-    assert _pvalue(code_pair, hard_prompt, 1, 4, method="speculative", draft_length=3) < ALPHA
+    assert _pvalue(code_pair, hard_prompt, 1, 4, broken=True, method="speculative", draft_length=3) < ALPHA
 
 
 def test_multi_draft_two_token_law(code_pair, hard_prompt):
