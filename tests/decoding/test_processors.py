@@ -17,7 +17,7 @@ from fastdecode.decoding import step
 from fastdecode.decoding.processors import Prefix, Processors
 from fastdecode.decoding.stream import TokenStream
 
-from distribution import LAW_ALPHA, LAW_PROMPT, LAW_RUNS, chi_square_pvalue, sample_law
+from distribution import LAW_ALPHA, LAW_PROMPT, LAW_RUNS, caught, chi_square_pvalue, sample_law
 from tiny_models import tiny_llama
 
 
@@ -333,7 +333,8 @@ def test_unprocessed_target_rows_are_caught(tiny_pair, penalty_law, monkeypatch)
     monkeypatch.setattr(fastdecode.decoding.speculative, "verify_step",
                         lambda *a, process=None, **k: real(*a, **k))
     counts = sample_law(*tiny_pair, LAW_PROMPT, 2, LAW_RUNS, max_new_tokens=3, temperature=1.0,
-                        method="speculative", draft_length=2, adaptive_draft=False, repetition_penalty=PENALTY)
+                        method="speculative", draft_length=2, adaptive_draft=False, repetition_penalty=PENALTY,
+                        stop_when=caught(penalty_law, alpha=1e-6))
     assert chi_square_pvalue(counts, penalty_law) < 1e-6, chi_square_pvalue(counts, penalty_law)
 
 
@@ -378,7 +379,7 @@ def test_sampled_law_with_ngram_bans(tiny_pair):
 
 def test_static_engine_samples_the_dynamic_engine_s_tokens(tiny_pair):
     """The static engine's chain steps with processors draw what the dynamic engine's draw, seed for seed (so the
-    dynamic engine's law test covers them; 800 runs of each would cost twice as much)."""
+    dynamic engine's law test covers them; the law test of each would cost twice as much)."""
     ids = torch.tensor([LAW_PROMPT])
     for seed in range(40):
         kw = dict(draft=tiny_pair[1], max_new_tokens=6, temperature=1.0, seed=seed, eos_token_id=[], draft_length=2,
