@@ -105,3 +105,26 @@ class GenerationResult:
     # with output_scores / output_logits (HF's): one [batch, V] float32 tensor per generated column
     scores: tuple[torch.Tensor, ...] | None = None
     logits: tuple[torch.Tensor, ...] | None = None
+
+    # Read like HF's output (a ModelOutput): out["sequences"], out[0], "scores" in out, out.keys(), out.to_tuple().
+    # Its keys are HF's fields that are set (sequences, and scores / logits when asked for); stats is ours, an
+    # attribute only, so that out[0], out[1], ... are what HF's output gives at those places.
+    _HF_FIELDS = ("sequences", "scores", "logits")
+
+    def keys(self) -> list[str]:
+        return [k for k in self._HF_FIELDS if getattr(self, k) is not None]
+
+    def to_tuple(self) -> tuple:
+        return tuple(getattr(self, k) for k in self.keys())
+
+    def __contains__(self, key) -> bool:
+        return key in self.keys()
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            if key not in self.keys():
+                why = (" (None: pass output_scores=True / output_logits=True)" if key in self._HF_FIELDS else
+                       "; the statistics are .stats" if key == "stats" else "")
+                raise KeyError(f"{key!r}: the result's keys are {self.keys()}{why}")
+            return getattr(self, key)
+        return self.to_tuple()[key]

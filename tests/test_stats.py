@@ -38,3 +38,24 @@ def test_summary_names_the_fallback():
     s = DecodeStats(method="speculative", new_tokens=9, target_calls=7, drafted_tokens=4, accepted_tokens=2,
                     wall_time_s=1.0, extra=dict(plain_steps=5, measured_tokens_per_s=dict(drafting=80.0, plain=120.0)))
     assert "plain steps=5 (measured: drafting 80 tok/s, plain 120 tok/s)" in s.summary()
+
+
+def test_the_result_reads_like_hf_output():
+    """A GenerationResult is read like HF's ModelOutput (return_dict_in_generate=True): by key, by index, with
+    `in`, keys() and to_tuple(), its keys being HF's fields that are set."""
+    import pytest
+    import torch
+
+    from fastdecode.stats import GenerationResult
+
+    seqs, scores = torch.tensor([[1, 2, 3]]), (torch.zeros(1, 4),)
+    out = GenerationResult(seqs, DecodeStats(), scores=scores)
+    assert out["sequences"] is seqs and out["scores"] is scores and out[0] is seqs and out[1] is scores
+    assert out.keys() == ["sequences", "scores"] and out.to_tuple() == (seqs, scores)
+    assert "scores" in out and "logits" not in out and "stats" not in out
+    with pytest.raises(KeyError, match="output_logits=True"):
+        out["logits"]
+    with pytest.raises(KeyError, match=r"\.stats"):
+        out["stats"]
+    plain = GenerationResult(seqs, DecodeStats())
+    assert plain.keys() == ["sequences"] and plain[-1] is seqs
