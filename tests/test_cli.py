@@ -267,3 +267,19 @@ def test_benchmark_runs_as_a_script():
     r = subprocess.run([sys.executable, "bench/batch.py", "--help"], cwd=REPO, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("usage: batch.py") and "--batch" in r.stdout
+
+
+def test_python_dash_m_fastdecode_runs_the_command_line():
+    """python -m fastdecode is the fastdecode script (before, Python found no fastdecode.__main__); a user mistake is
+    still one line with exit status 2."""
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-m", "fastdecode", "--help"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("usage: fastdecode") and "generate" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "fastdecode", "generate", "--max-new-tokens", "-5"], cwd=REPO, env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "fastdecode generate: error: --max-new-tokens must be >= 0, got -5"]
