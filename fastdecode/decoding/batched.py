@@ -121,7 +121,9 @@ def check_batch(target, input_ids: torch.Tensor, attention_mask, pad_token_id) -
             raise ValueError(f"row {int(empty[0])} of attention_mask is all padding: every row needs a real token")
         right = (mask[:, 1:] < mask[:, :-1]).any(-1).nonzero()
         if right.numel():
-            raise ValueError(f"row {int(right[0])} of attention_mask has a 0 after a 1 (right padding): fastdecode "
+            r = int(right[0])
+            what = "right padding" if mask[r, -1] == 0 else "a masked token inside the text, which is not padding"
+            raise ValueError(f"row {r} of attention_mask has a 0 after a 1 ({what}): fastdecode "
                              "takes left padding only, as HF generate does (tokenizer.padding_side = 'left')")
     if pad_token_id is not None and (not isinstance(pad_token_id, int) or isinstance(pad_token_id, bool)
                                      or pad_token_id < 0):

@@ -94,6 +94,7 @@ def test_pad_token_from_generation_config(pair, batch):
 @pytest.mark.parametrize("case,match", [
     ("mask_shape", "must match"),
     ("right_padding", "right padding"),
+    ("hole", "inside the text"),
     ("all_padding", "all padding"),
     ("empty_batch", "batch size 0"),
     ("no_pad", "pad_token_id"),
@@ -107,6 +108,10 @@ def test_bad_batch_input(pair, batch, case, match):
         kw["attention_mask"] = mask[:, 1:]
     elif case == "right_padding":
         kw["attention_mask"] = mask.flip(-1)
+    elif case == "hole":   # a 0 between 1s is not right padding: the message says what it is
+        m = mask.clone()
+        m[0, -2] = 0
+        kw["attention_mask"] = m
     elif case == "all_padding":
         m = mask.clone()
         m[1] = 0
