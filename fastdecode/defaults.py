@@ -2,8 +2,10 @@
 the way HF ``generate`` reads them.
 
 Priority, per argument: the caller's explicit value > ``target.generation_config`` > fastdecode's documented
-default (temperature 1.0, top_k 0, top_p 1.0, max_new_tokens 128). A generation config field that is None
-(the transformers 5 convention for "not set") says nothing. Greedy is temperature 0: ``do_sample=False``
+default (temperature 1.0, top_k 0, top_p 1.0, max_new_tokens 128), except that sampling asked for with HF's switch
+(``do_sample=True`` in the call, or in the generation config when the call does not give ``do_sample``) falls back
+to HF's top_k of 50, as HF does. A generation config field that is None (the
+transformers 5 convention for "not set") says nothing. Greedy is temperature 0: ``do_sample=False``
 in the generation config means temperature 0 unless the caller passes a temperature or ``do_sample``;
 the caller's ``do_sample`` (HF's name) is checked against its temperature in :func:`sampling_choice`. The length: ``max_new_tokens``, else ``max_length`` minus the prompt (HF counts the
 prompt in ``max_length``).
@@ -16,6 +18,7 @@ import functools
 import warnings
 
 DEFAULTS = dict(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=128)
+HF_SAMPLING_TOP_K = 50   # HF's fallback top_k when sampling is asked for with do_sample=True and no top_k is set
 
 
 def _field(gc, name):
@@ -66,6 +69,9 @@ def resolve(target, prompt_len: int, max_new_tokens, temperature, top_k, top_p, 
             max_new_tokens = _room(prompt_len, max_length, f"max_length={max_length} counts the prompt (as in HF "
                                                            "generate): raise it, or pass max_new_tokens=")
     gc = getattr(target, "generation_config", None)
+    # HF's switch said to sample (the call's do_sample=True, else the generation config's): then HF's fallback
+    # top_k, 50, where no top_k is set, so that a call written for HF samples HF's law
+    switched = do_sample is True or (do_sample is None and _field(gc, "do_sample") is True)
     temperature = sampling_choice(do_sample, temperature)
     if temperature is None:
         do_sample = _field(gc, "do_sample") if do_sample is None else do_sample
@@ -76,7 +82,7 @@ def resolve(target, prompt_len: int, max_new_tokens, temperature, top_k, top_p, 
             temperature = DEFAULTS["temperature"] if temperature is None else temperature
     if top_k is None:
         top_k = _field(gc, "top_k")
-        top_k = DEFAULTS["top_k"] if top_k is None else top_k
+        top_k = (HF_SAMPLING_TOP_K if switched else DEFAULTS["top_k"]) if top_k is None else top_k
     if top_p is None:
         top_p = _field(gc, "top_p")
         top_p = DEFAULTS["top_p"] if top_p is None else top_p

@@ -78,7 +78,8 @@ def test_max_length_without_room_for_the_prompt_is_an_error_as_in_hf():
 
 def test_do_sample_as_hf_generate():
     """HF's do_sample: False is greedy (HF's own greedy output), True samples with the temperature given or the
-    generation config's (the same tokens as that temperature and seed); a contradicting temperature raises."""
+    generation config's, and HF's fallback top_k = 50 (the same tokens as that temperature, top_k 50 and seed); a
+    contradicting temperature raises."""
     import pytest
 
     m = _model(do_sample=False, temperature=0.7)    # a config that decodes greedily unless told otherwise
@@ -89,7 +90,8 @@ def test_do_sample_as_hf_generate():
     assert resolve(m, 3, None, 0.5, None, None, do_sample=True)[1] == 0.5
     for draft, method in ((None, "autoregressive"), (m, "speculative")):
         a = fastdecode.generate(m, PROMPT, draft=draft, method=method, do_sample=True, seed=3, max_new_tokens=10)
-        b = fastdecode.generate(m, PROMPT, draft=draft, method=method, temperature=0.7, seed=3, max_new_tokens=10)
+        b = fastdecode.generate(m, PROMPT, draft=draft, method=method, temperature=0.7, top_k=50, seed=3,
+                                max_new_tokens=10)
         assert torch.equal(a.sequences, b.sequences)
     with pytest.raises(ValueError, match="do_sample=False is greedy decoding, but temperature=0.7"):
         fastdecode.generate(m, PROMPT, do_sample=False, temperature=0.7)
@@ -97,6 +99,26 @@ def test_do_sample_as_hf_generate():
         fastdecode.generate(m, PROMPT, do_sample=True, temperature=0)
     with pytest.raises(ValueError, match="do_sample must be True, False or None"):
         fastdecode.generate(m, PROMPT, do_sample=1)
+
+
+@pytest.mark.parametrize("how", ["call", "generation_config", "model_config"])
+def test_do_sample_true_samples_hf_s_law(how):
+    """Sampling asked for with HF's switch and no top_k anywhere: HF falls back to top_k = 50, and so does
+    fastdecode (the first step's scores, -inf pattern included, equal HF's); asked for with a temperature alone,
+    fastdecode samples the whole distribution (its documented default), and an explicit top_k wins."""
+    from transformers import GenerationConfig
+
+    m = _model(do_sample=True) if how == "model_config" else _model()
+    kw = dict(do_sample=True) if how == "call" else (
+        dict(generation_config=GenerationConfig(do_sample=True)) if how == "generation_config" else {})
+    common = dict(max_new_tokens=2, output_scores=True, return_dict_in_generate=True, temperature=0.8)
+    ref = m.generate(PROMPT, **common, **kw).scores[0]
+    assert int(torch.isfinite(ref).sum()) == 50 < m.config.vocab_size
+    out = fastdecode.generate(m, PROMPT, seed=0, **common, **kw).scores[0]
+    assert torch.equal(torch.isfinite(out), torch.isfinite(ref))
+    assert torch.allclose(out[torch.isfinite(out)], ref[torch.isfinite(ref)], atol=1e-5)
+    assert resolve(m, 3, None, 0.8, 7, None, do_sample=True)[2] == 7   # an explicit top_k wins
+    assert resolve(_model(), 3, None, 0.8, None, None)[2] == 0          # no switch: the whole distribution
 
 
 def test_hf_only_options_say_what_to_do():
