@@ -35,6 +35,12 @@ HF_ONLY = {
     "past_key_values": "fastdecode builds its own caches: pass the whole prompt as input_ids",
     "inputs_embeds": "fastdecode decodes from token ids (a draft reads them through its own embeddings, and the "
                      "logits processors read the text): pass the prompt as input_ids",
+    **{name: "fastdecode generates from text token ids: images, video and audio are not passed to the model (an "
+             "image-text model such as Gemma-3's decodes text prompts; pass input_ids and attention_mask only)"
+       for name in ("pixel_values", "pixel_values_videos", "image_sizes", "image_grid_thw", "video_grid_thw",
+                    "pixel_attention_mask", "image_attention_mask", "aspect_ratio_ids", "aspect_ratio_mask",
+                    "cross_attention_mask", "input_features", "input_features_mask", "input_values",
+                    "audio_values", "feature_attention_mask")},
     "synced_gpus": "one process decodes; DeepSpeed ZeRO-3 / FSDP synchronisation is not supported",
     "token_healing": "token healing is not applied",
     "custom_generate": "fastdecode.generate is itself the decoding loop",

@@ -132,7 +132,9 @@ def test_hf_only_options_say_what_to_do():
                               ("output_hidden_states", True, "not hidden states"),
                               ("remove_invalid_values", True, "never replaced"),
                               ("encoder_repetition_penalty", 1.2, "encoder-decoder"),
-                              ("past_key_values", object(), "builds its own caches")):
+                              ("past_key_values", object(), "builds its own caches"),
+                              ("pixel_values", torch.zeros(1, 3, 28, 28), "images, video and audio are not passed"),
+                              ("input_features", torch.zeros(1, 80, 30), "images, video and audio are not passed")):
         for draft in (None, m):
             with pytest.raises(ValueError, match=f"{name}= is an option of transformers' generate.*{hint}"):
                 fastdecode.generate(m, PROMPT, draft=draft, max_new_tokens=2, **{name: value})

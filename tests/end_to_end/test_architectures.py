@@ -188,3 +188,48 @@ def test_models_with_cache_layers_of_their_own_decode_plainly():
         with pytest.raises(ValueError, match="'deepseek_v4'.*layers of its own.*DeepseekV4HCACache"):
             fastdecode.generate(target, prompt[:1], draft=target if method != "prompt_lookup" else None,
                                 method=method, max_new_tokens=4)
+
+
+def test_multimodal_target_with_a_text_draft():
+    """AutoModelForCausalLM gives Gemma-3's image-text class (Gemma3ForConditionalGeneration: a vision tower, and
+    the text model under a wrapper whose config nests a text config) for the larger Gemma-3 checkpoints; a
+    text-only Gemma3ForCausalLM drafts for it, as the 1B model would. Text prompts past the sliding window: every
+    method on both engines, and a left-padded batch, give HF's greedy tokens."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tiny_models import BASE
+
+    text = dict(BASE, num_hidden_layers=2, head_dim=16, sliding_window=4,
+                layer_types=["sliding_attention", "full_attention"])
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28,
+                  patch_size=14)
+    cfg = AutoConfig.for_model("gemma3", text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                               image_token_index=511, boi_token_index=509, eoi_token_index=510)
+    torch.manual_seed(1)
+    target = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    with torch.no_grad():
+        target.get_output_embeddings().weight.mul_(4.0)
+    torch.manual_seed(2)
+    draft = AutoModelForCausalLM.from_config(
+        AutoConfig.for_model("gemma3_text", **dict(text, num_hidden_layers=1, layer_types=["sliding_attention"])),
+        dtype=torch.float32).eval()
+    assert type(target).__name__ == "Gemma3ForConditionalGeneration" and type(draft).__name__ == "Gemma3ForCausalLM"
+    prompt = torch.randint(0, 500, (1, PROMPT), generator=torch.Generator().manual_seed(0))
+    ref = hf_greedy(target, prompt, NEW)
+    batch = torch.randint(0, 500, (2, 8), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(batch)
+    batch[1, :3], mask[1, :3] = 0, 0
+    ref_batch = target.generate(batch, attention_mask=mask, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False,
+                                pad_token_id=0)
+    runs = [("autoregressive", None, {}), ("speculative", draft, dict(draft_length=3, adaptive_draft=False)),
+            ("speculative", draft, dict(verifier="block")), ("prompt_lookup", None, {}),
+            ("multi_draft", draft, dict(num_drafts=2, draft_length=3))]
+    for engine in ("dynamic", "static"):
+        for method, d, kw in runs:
+            out = fastdecode.generate(target, prompt, draft=d, method=method, temperature=0, max_new_tokens=NEW,
+                                      cache_implementation=engine, **kw)
+            assert torch.equal(out.sequences, ref), f"{engine} {method} {kw}"
+            out = fastdecode.generate(target, batch, attention_mask=mask, draft=d, method=method, temperature=0,
+                                      max_new_tokens=NEW, min_new_tokens=NEW, pad_token_id=0,
+                                      cache_implementation=engine, **kw)
+            assert torch.equal(out.sequences, ref_batch), f"batch: {engine} {method} {kw}"
