@@ -56,7 +56,7 @@ from ..verification.block import verify_block_batched
 from ..verification.primitives import residual, sample, uniform
 from . import hf_cache as kv
 from . import sampling as sm
-from .batched_cache import _block, _bucket, _Cache, _SlotCache, batch_output
+from .batched_cache import _block, _bucket, _Cache, _SlotCache, batch_output, static_capacity
 from .batched_tree import decode as decode_tree
 from .policy import DraftLengthPolicy, measured_switch, report_fallback
 from .processors import process_rows
@@ -241,7 +241,10 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     lookup_threshold = DEFAULT_CONFIDENCE_THRESHOLD if lookup and spec.adaptive else 0.0
     if static:
         longest = 0 if spec is None else (spec.max_draft_length if spec.adaptive else spec.draft_length)
-        cap = L + max_new_tokens * (longest + 2) + longest + 2   # columns grow by at most g + 2 per step
+        # a step's columns at most: the draft's pending block (accepted drafts it has not seen and the bonus) and
+        # its fed drafts; the target's pending token and the drafts
+        step = 2 * longest + 2
+        cap = static_capacity(L, max_new_tokens, step)
         if mode != "eager":
             cap += _bucket(longest + 2)                          # a recorded forward's padding columns
         tc = _SlotCache(target, len(active), device, cap, mode, "target")
@@ -269,6 +272,10 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     plain_steps = 0
 
     while active:
+        if static:
+            for c in (tc, dc):
+                if c is not None:
+                    c.make_room(step)
         nb = len(active)
         switch = None
         if measured:

@@ -94,6 +94,14 @@ class _Cache:
         self.valid = self.valid.index_select(0, rows)
         self.pos = self.pos.index_select(0, rows)
 
+    def _permute(self, first: int, idx: torch.Tensor) -> None:
+        """Columns first.. of row r replaced by its columns first + idx[r] (idx [B, n], n at most the columns
+        from first on: fewer drops the rest), in every layer (new tensors)."""
+        for layer in self.cache.layers:
+            if getattr(layer, "keys", None) is None or not layer.keys.numel():
+                continue
+            kv.permute_columns(layer, first, idx)
+
 
 class _SlotCache(_Cache):
     """The same columns and masks on the static engine's preallocated cache (``static_cache.SlotCache``):
@@ -126,6 +134,7 @@ class _SlotCache(_Cache):
         self.mask = torch.zeros(batch, 0, dtype=torch.long, device=device)
         self.valid = torch.zeros(batch, dtype=torch.long, device=device)
         self.runner = None
+        self.compactions = 0
         if mode == "eager":
             self.cache = SlotCache(len(cache_layer_types(model)), capacity, device)
             self.capacity = capacity
@@ -202,16 +211,60 @@ class _SlotCache(_Cache):
         if self.pos is not None:
             self.pos = self.pos[:, :used]
 
+    def make_room(self, n: int) -> None:
+        """Before a step that adds up to ``n`` columns: if they would not fit the capacity, :meth:`compact`.
+        Rejected drafts leave invalid columns in some rows while others keep theirs, so the columns can grow
+        faster than any row's text; sizing the cache for that worst case (every step's drafts rejected in some
+        row: max_new_tokens x (drafts + 2) columns) would allocate many times the memory a row's text needs."""
+        if self.columns + n > (self.capacity if self.runner is None else self.runner.capacity):
+            self.compact()
+            self.compactions += 1
+
+    def compact(self) -> None:
+        """Each row's valid columns moved, in order, to the right end of the narrowest width that holds the
+        longest row's (left padding, as after the prompts); the invalid columns other rows' rejected drafts left
+        are dropped. Keys, values, validity and positions move together; the order of a row's columns (its
+        causal order) and each column's position are kept, so every query sees the same keys at the same
+        positions as before."""
+        C = self.columns
+        W = int(self.valid.max()) if C else 0
+        if W >= C:
+            return
+        valid = self.mask.bool()
+        order = torch.argsort(valid.long() * C + torch.arange(C, device=valid.device), dim=1)   # invalid, then valid
+        idx = order[:, C - W:]                                                                  # [nb, W]
+        self._permute(0, idx)
+        self.mask = valid.gather(1, idx).long()
+        if self.pos is not None:
+            self.pos = self.pos.gather(1, idx)
+
+    def _permute(self, first: int, idx: torch.Tensor) -> None:
+        """Columns first .. first + n - 1 of each active row replaced by its columns first + idx[r] (idx [nb, n],
+        n at most the columns from first on), in place in the active rows' cache rows."""
+        nb, n = idx.shape
+        span = self.columns - first
+        rows = self.rows if self.runner is not None else torch.arange(nb, device=idx.device)
+        for layer in self.cache.layers:
+            if not getattr(layer, "is_initialized", False):
+                continue
+            for t in (layer.keys, layer.values):                                  # [rows, H, capacity, D]
+                src = t[rows, :, first : first + span]                            # [nb, H, span, D] (a copy)
+                t[rows, :, first : first + n] = src.gather(2, idx[:, None, :, None].expand(nb, t.shape[1], n,
+                                                                                         t.shape[3]))
+
     def select(self, rows: torch.Tensor) -> None:
         self.mask = self.mask.index_select(0, rows)
         self.valid = self.valid.index_select(0, rows)
         if self.pos is not None:
             self.pos = self.pos.index_select(0, rows)
-        if self.runner is None:
+        if self.runner is None:   # the kept rows (increasing) moved up in place, their used columns only
+            nb, c = rows.shape[0], self.columns
             for layer in self.cache.layers:
                 if getattr(layer, "is_initialized", False):
-                    layer.keys = layer.keys.index_select(0, rows)
-                    layer.values = layer.values.index_select(0, rows)
+                    for name in ("keys", "values"):
+                        t = getattr(layer, name)
+                        t[:nb, :, :c] = t[rows, :, :c]
+                        setattr(layer, name, t[:nb])
             return
         self.rows = self.rows.index_select(0, rows)
         nb, B = rows.shape[0], self.runner.batch
@@ -227,6 +280,14 @@ class _SlotCache(_Cache):
                 dst.keys[:nb, :, :c] = src.keys[self.rows, :, :c]
                 dst.values[:nb, :, :c] = src.values[self.rows, :, :c]
             self.rows = torch.arange(nb, device=self.rows.device)
+
+
+def static_capacity(prompt_width: int, max_new_tokens: int, step: int) -> int:
+    """Columns of a batch's static caches: every row's text (a row's valid columns never exceed the prompts'
+    width plus max_new_tokens), one step's worst growth ``step``, and room for invalid columns (a quarter of
+    the text, at least four steps' worth) so that :meth:`_SlotCache.compact` runs once in many steps."""
+    text = prompt_width + max_new_tokens
+    return text + step + max(4 * step, text // 4)
 
 
 def _block(lists: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:

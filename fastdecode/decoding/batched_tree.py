@@ -45,7 +45,7 @@ from ..verification import method_info
 from ..verification.primitives import sample
 from . import hf_cache as kv
 from . import sampling as sm
-from .batched_cache import _block, _bucket, _Cache, _SlotCache, batch_output
+from .batched_cache import _block, _bucket, _Cache, _SlotCache, batch_output, static_capacity
 from .masks import row_causal
 from .processors import process_nodes
 from .stream import TokenStream
@@ -117,13 +117,6 @@ class _TreeCache(_TreeMixin, _Cache):
         return kv.forward(self.model, ids, self.cache, position_ids=qpos, attention_mask=self.attention(allow, qpos),
                           logits_to_keep=keep)
 
-    def _permute(self, first: int, idx: torch.Tensor) -> None:
-        """Columns first.. of row r reordered by idx[r] (every layer; new tensors)."""
-        for layer in self.cache.layers:
-            if getattr(layer, "keys", None) is None or not layer.keys.numel():
-                continue
-            kv.permute_columns(layer, first, idx)
-
 
 class _StaticTreeCache(_TreeMixin, _SlotCache):
     """Batched trees on the static engine's slots (eager or recorded forwards, see
@@ -133,16 +126,6 @@ class _StaticTreeCache(_TreeMixin, _SlotCache):
 
     def _tree_feed(self, ids, qpos, allow, c0, keep):
         return self._feed(ids, qpos, c0, keep, allow)
-
-    def _permute(self, first: int, idx: torch.Tensor) -> None:
-        nb, n = idx.shape
-        rows = self.rows if self.runner is not None else torch.arange(nb, device=idx.device)
-        for layer in self.cache.layers:
-            if not getattr(layer, "is_initialized", False):
-                continue
-            for t in (layer.keys, layer.values):                                  # [rows, H, capacity, D]
-                sub = t[rows, :, first : first + n]                               # [nb, H, n, D] (a copy)
-                t[rows, :, first : first + n] = sub.gather(2, idx[:, None, :, None].expand(sub.shape))
 
 
 class _Walker(MultiDraftDecoder):
@@ -178,7 +161,8 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     if static:
         deepest = cfg.max_draft_length if cfg.adaptive else cfg.draft_length
         longest = 2 + cfg.num_drafts * deepest                   # the widest forward after the prompts'
-        cap = L + max_new_tokens * (deepest + 2) + longest + 2   # columns grow by at most the path + 2 per step
+        step = longest + deepest + 1   # a step's columns at most: the draft's pending block and scored nodes
+        cap = static_capacity(L, max_new_tokens, step)
         if mode != "eager":
             cap += _bucket(longest)
         tc = _StaticTreeCache(target, len(active), device, cap, mode, "target")
@@ -197,6 +181,9 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 
     flags: list[torch.Tensor] = []   # device bools: this step's distributions are finite (read once per step)
     while active:
+        if static:
+            tc.make_room(step)
+            dc.make_room(step)
         nb = len(active)
         dr = [max(0, min(depths[i], streams[r].remaining - 1)) for i, r in enumerate(active)]
         D = max(dr)

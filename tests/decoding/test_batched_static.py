@@ -191,3 +191,86 @@ def test_cudagraphs_path_rows_fewer_than_their_smaller_bucket(pair, fake_cudagra
     lengths = sorted(r["new_tokens"] for r in out.stats.extra["per_row"])
     assert lengths[0] == lengths[1] < lengths[2]                     # two rows ended before the other three
     assert {k[1][0] for _, k in fake_cudagraphs} >= {8, 4}           # recorded at 8 rows, then at 4
+
+
+# ------------------------------------------------------------------------ compaction: caches sized for the text
+@pytest.fixture
+def tight(monkeypatch):
+    """The batch caches sized with no room for invalid columns (the text and one step), and compacted before
+    every step (a roomier cache compacts only when a step would not fit); returns the (columns before, after) of
+    each compaction that dropped columns."""
+    from fastdecode.decoding import batched, batched_cache, batched_tree
+
+    monkeypatch.setattr(batched, "static_capacity", lambda width, new, step: width + new + step)
+    monkeypatch.setattr(batched_tree, "static_capacity", lambda width, new, step: width + new + step)
+    done = []
+    real = batched_cache._SlotCache.make_room
+
+    def always(self, n):
+        before = self.columns
+        self.compact()
+        if self.columns < before:
+            done.append((before, self.columns))
+        real(self, n)   # (never compacts again: what is left fits)
+    monkeypatch.setattr(batched_cache._SlotCache, "make_room", always)
+    return done
+
+
+@pytest.mark.parametrize("compile", [False, "cudagraphs"])
+@pytest.mark.parametrize("method,kw", [CONFIGS[3], CONFIGS[4], CONFIGS[5], CONFIGS[6], CONFIGS[8]])
+def test_compacted_caches_keep_hf_greedy(pair, batch, tight, fake_cudagraphs, fresh, method, kw, compile):
+    """Rows that reject drafts leave invalid columns while other rows keep theirs; a cache that runs out of room
+    moves each row's valid columns together (left-padded) and drops the rest. Greedy output still equals HF's
+    (and per-row counts the roomy eager engine's), rows ending at different steps, compacted several times."""
+    target, _ = pair
+    ids, mask = batch
+    new = 24
+    eos = eos_for(target, batch, new, row=2, at=18)
+    hf = target.generate(ids, attention_mask=mask, max_new_tokens=new, do_sample=False, pad_token_id=0,
+                         eos_token_id=eos)
+    out = _run(pair, ids, mask, method, kw, temperature=0, eos_token_id=[eos], max_new_tokens=new, compile=compile)
+    assert torch.equal(out.sequences, hf)
+    assert len(tight) >= 2
+    assert len({r["new_tokens"] for r in out.stats.extra["per_row"]}) > 1
+
+
+def test_compacted_windowed_model_keeps_hf_greedy(tight):
+    """A sliding-window model (its masks built from each column's position, which moves with the column)."""
+    from tiny_models import draft_of, tiny_lm
+
+    target = tiny_lm("mistral", 2, seed=1, sliding_window=4)
+    draft = draft_of(target)
+    ids, mask = left_pad(random_prompts([7, 3, 10], seed=6))
+    hf = target.generate(ids, attention_mask=mask, max_new_tokens=20, do_sample=False, pad_token_id=0)
+    for method, kw in (("speculative", dict(adaptive_draft=False, draft_length=3)),
+                       ("multi_draft", dict(num_drafts=2, draft_length=3))):
+        out = fastdecode.generate(target, ids, attention_mask=mask, draft=draft, method=method, temperature=0,
+                                  max_new_tokens=20, eos_token_id=[], pad_token_id=0, cache_implementation="static",
+                                  **kw)
+        assert torch.equal(out.sequences, hf), method
+    assert tight
+
+
+def test_long_budget_keeps_the_cache_small():
+    """max_new_tokens = 2000 with drafts of up to 16: the caches hold the text and some room (they held
+    max_new_tokens x 18 columns before, 36 066 for these prompts), and the call stays quick."""
+    from fastdecode.decoding import batched_cache
+
+    target, draft = tiny_pair()
+    ids, mask = left_pad(random_prompts([5, 9, 3]))
+    sizes = []
+    real = batched_cache._SlotCache.__init__
+
+    def spy(self, model, batch, device, capacity, *a, **k):
+        sizes.append(capacity)
+        real(self, model, batch, device, capacity, *a, **k)
+    try:
+        batched_cache._SlotCache.__init__ = spy
+        out = fastdecode.generate(target, ids, attention_mask=mask, draft=draft, method="speculative",
+                                  temperature=0, max_new_tokens=2000, eos_token_id=[], pad_token_id=0,
+                                  cache_implementation="static", max_length=None,
+                                  stopping_criteria=[lambda i, s: torch.tensor([i.shape[1] >= 16])])
+    finally:
+        batched_cache._SlotCache.__init__ = real
+    assert sizes and max(sizes) <= 9 + 2000 + 34 + 4 * 34 + 2009 // 4
+    assert out.sequences.shape[1] <= 9 + 16
