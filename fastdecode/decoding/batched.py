@@ -239,11 +239,11 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     with_draft = spec is not None and draft is not None
     # prompt lookup's model drafts stop early below this confidence, as alone (prompt_lookup.decode)
     lookup_threshold = DEFAULT_CONFIDENCE_THRESHOLD if lookup and spec.adaptive else 0.0
+    longest = 0 if spec is None else (spec.max_draft_length if spec.adaptive else spec.draft_length)
+    # a step's columns at most: the draft's pending block (accepted drafts it has not seen and the bonus) and its
+    # fed drafts; the target's pending token and the drafts
+    step = 2 * longest + 2
     if static:
-        longest = 0 if spec is None else (spec.max_draft_length if spec.adaptive else spec.draft_length)
-        # a step's columns at most: the draft's pending block (accepted drafts it has not seen and the bonus) and
-        # its fed drafts; the target's pending token and the drafts
-        step = 2 * longest + 2
         cap = static_capacity(L, max_new_tokens, step)
         if mode != "eager":
             cap += _bucket(longest + 2)                          # a recorded forward's padding columns
@@ -272,10 +272,9 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     plain_steps = 0
 
     while active:
-        if static:
-            for c in (tc, dc):
-                if c is not None:
-                    c.make_room(step)
+        for c in (tc, dc):
+            if c is not None:
+                c.make_room(step)
         nb = len(active)
         switch = None
         if measured:

@@ -34,6 +34,8 @@ class _Cache:
         self.window, self.layer_types = kv.attention_layout(model)
         self.pos = torch.zeros(batch, 0, dtype=torch.long, device=device)   # each column's position
         self.dtype = next(model.parameters()).dtype
+        self.compactions = 0
+        self._check_at = 64   # (make_room)
 
     @property
     def columns(self) -> int:
@@ -93,6 +95,36 @@ class _Cache:
         self.mask = self.mask.index_select(0, rows)
         self.valid = self.valid.index_select(0, rows)
         self.pos = self.pos.index_select(0, rows)
+
+    def make_room(self, n: int) -> None:
+        """Before a step (``n``: its columns at most; this cache grows as needed): :meth:`compact` once the
+        invalid columns that rejected drafts leave outnumber the valid ones, so that memory and attention follow
+        the text, not the drafts. The longest row's count is read from the device only when the columns reach
+        twice its last reading."""
+        if self.columns >= self._check_at:
+            longest = int(self.valid.max())
+            if self.columns > 2 * longest:
+                self.compact()
+                self.compactions += 1
+            self._check_at = max(2 * longest, self.columns + 1, 64)
+
+    def compact(self) -> None:
+        """Each row's valid columns moved, in order, to the right end of the narrowest width that holds the
+        longest row's (left padding, as after the prompts); the invalid columns other rows' rejected drafts left
+        are dropped. Keys, values, validity and positions move together; the order of a row's columns (its
+        causal order) and each column's position are kept, so every query sees the same keys at the same
+        positions as before."""
+        C = self.columns
+        W = int(self.valid.max()) if C else 0
+        if W >= C:
+            return
+        valid = self.mask.bool()
+        order = torch.argsort(valid.long() * C + torch.arange(C, device=valid.device), dim=1)   # invalid, then valid
+        idx = order[:, C - W:]                                                                  # [nb, W]
+        self._permute(0, idx)
+        self.mask = valid.gather(1, idx).long()
+        if self.pos is not None:
+            self.pos = self.pos.gather(1, idx)
 
     def _permute(self, first: int, idx: torch.Tensor) -> None:
         """Columns first.. of row r replaced by its columns first + idx[r] (idx [B, n], n at most the columns
@@ -219,24 +251,6 @@ class _SlotCache(_Cache):
         if self.columns + n > (self.capacity if self.runner is None else self.runner.capacity):
             self.compact()
             self.compactions += 1
-
-    def compact(self) -> None:
-        """Each row's valid columns moved, in order, to the right end of the narrowest width that holds the
-        longest row's (left padding, as after the prompts); the invalid columns other rows' rejected drafts left
-        are dropped. Keys, values, validity and positions move together; the order of a row's columns (its
-        causal order) and each column's position are kept, so every query sees the same keys at the same
-        positions as before."""
-        C = self.columns
-        W = int(self.valid.max()) if C else 0
-        if W >= C:
-            return
-        valid = self.mask.bool()
-        order = torch.argsort(valid.long() * C + torch.arange(C, device=valid.device), dim=1)   # invalid, then valid
-        idx = order[:, C - W:]                                                                  # [nb, W]
-        self._permute(0, idx)
-        self.mask = valid.gather(1, idx).long()
-        if self.pos is not None:
-            self.pos = self.pos.gather(1, idx)
 
     def _permute(self, first: int, idx: torch.Tensor) -> None:
         """Columns first .. first + n - 1 of each active row replaced by its columns first + idx[r] (idx [nb, n],

@@ -158,10 +158,10 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     streams = [TokenStream(input_ids[r : r + 1, L - int(attention_mask[r].sum()):], max_new_tokens, eos_ids,
                            processors=processors, stop=stop, row=r) for r in range(B)]
     active = [r for r in range(B) if not streams[r].done]
+    deepest = cfg.max_draft_length if cfg.adaptive else cfg.draft_length
+    longest = 2 + cfg.num_drafts * deepest                       # the widest forward after the prompts'
+    step = longest + deepest + 1       # a step's columns at most: the draft's pending block and scored nodes
     if static:
-        deepest = cfg.max_draft_length if cfg.adaptive else cfg.draft_length
-        longest = 2 + cfg.num_drafts * deepest                   # the widest forward after the prompts'
-        step = longest + deepest + 1   # a step's columns at most: the draft's pending block and scored nodes
         cap = static_capacity(L, max_new_tokens, step)
         if mode != "eager":
             cap += _bucket(longest)
@@ -181,9 +181,8 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 
     flags: list[torch.Tensor] = []   # device bools: this step's distributions are finite (read once per step)
     while active:
-        if static:
-            tc.make_room(step)
-            dc.make_room(step)
+        tc.make_room(step)
+        dc.make_room(step)
         nb = len(active)
         dr = [max(0, min(depths[i], streams[r].remaining - 1)) for i, r in enumerate(active)]
         D = max(dr)

@@ -49,8 +49,9 @@ def _run(pair, ids, mask, method, kw, **extra):
     kw = dict(kw)
     with_draft = kw.pop("with_draft", method in ("speculative", "multi_draft"))
     extra = {"max_new_tokens": NEW, **extra}
+    extra = {"cache_implementation": "static", **extra}
     return fastdecode.generate(target, ids, attention_mask=mask, draft=draft if with_draft else None,
-                               method=method, pad_token_id=0, cache_implementation="static", **kw, **extra)
+                               method=method, pad_token_id=0, **kw, **extra)
 
 
 def _check_same(pair, batch, eos, method, kw, with_eos, **recorded):
@@ -204,19 +205,18 @@ def tight(monkeypatch):
     monkeypatch.setattr(batched, "static_capacity", lambda width, new, step: width + new + step)
     monkeypatch.setattr(batched_tree, "static_capacity", lambda width, new, step: width + new + step)
     done = []
-    real = batched_cache._SlotCache.make_room
-
-    def always(self, n):
-        before = self.columns
-        self.compact()
-        if self.columns < before:
-            done.append((before, self.columns))
-        real(self, n)   # (never compacts again: what is left fits)
-    monkeypatch.setattr(batched_cache._SlotCache, "make_room", always)
+    for cls in (batched_cache._Cache, batched_cache._SlotCache):   # (the dynamic engine's and the static one's)
+        def always(self, n, real=cls.make_room):
+            before = self.columns
+            self.compact()
+            if self.columns < before:
+                done.append((before, self.columns))
+            real(self, n)   # (compacts nothing more: what is left fits)
+        monkeypatch.setattr(cls, "make_room", always)
     return done
 
 
-@pytest.mark.parametrize("compile", [False, "cudagraphs"])
+@pytest.mark.parametrize("compile", [False, "cudagraphs", "dynamic engine"])
 @pytest.mark.parametrize("method,kw", [CONFIGS[3], CONFIGS[4], CONFIGS[5], CONFIGS[6], CONFIGS[8]])
 def test_compacted_caches_keep_hf_greedy(pair, batch, tight, fake_cudagraphs, fresh, method, kw, compile):
     """Rows that reject drafts leave invalid columns while other rows keep theirs; a cache that runs out of room
@@ -228,7 +228,8 @@ def test_compacted_caches_keep_hf_greedy(pair, batch, tight, fake_cudagraphs, fr
     eos = eos_for(target, batch, new, row=2, at=18)
     hf = target.generate(ids, attention_mask=mask, max_new_tokens=new, do_sample=False, pad_token_id=0,
                          eos_token_id=eos)
-    out = _run(pair, ids, mask, method, kw, temperature=0, eos_token_id=[eos], max_new_tokens=new, compile=compile)
+    engine = dict(cache_implementation="dynamic") if compile == "dynamic engine" else dict(compile=compile)
+    out = _run(pair, ids, mask, method, kw, temperature=0, eos_token_id=[eos], max_new_tokens=new, **engine)
     assert torch.equal(out.sequences, hf)
     assert len(tight) >= 2
     assert len({r["new_tokens"] for r in out.stats.extra["per_row"]}) > 1
@@ -242,12 +243,13 @@ def test_compacted_windowed_model_keeps_hf_greedy(tight):
     draft = draft_of(target)
     ids, mask = left_pad(random_prompts([7, 3, 10], seed=6))
     hf = target.generate(ids, attention_mask=mask, max_new_tokens=20, do_sample=False, pad_token_id=0)
-    for method, kw in (("speculative", dict(adaptive_draft=False, draft_length=3)),
-                       ("multi_draft", dict(num_drafts=2, draft_length=3))):
-        out = fastdecode.generate(target, ids, attention_mask=mask, draft=draft, method=method, temperature=0,
-                                  max_new_tokens=20, eos_token_id=[], pad_token_id=0, cache_implementation="static",
-                                  **kw)
-        assert torch.equal(out.sequences, hf), method
+    for engine in ("static", "dynamic"):
+        for method, kw in (("speculative", dict(adaptive_draft=False, draft_length=3)),
+                           ("multi_draft", dict(num_drafts=2, draft_length=3))):
+            out = fastdecode.generate(target, ids, attention_mask=mask, draft=draft, method=method, temperature=0,
+                                      max_new_tokens=20, eos_token_id=[], pad_token_id=0,
+                                      cache_implementation=engine, **kw)
+            assert torch.equal(out.sequences, hf), (engine, method)
     assert tight
 
 
