@@ -34,7 +34,6 @@ class _Cache:
         self.window, self.layer_types = kv.attention_layout(model)
         self.pos = torch.zeros(batch, 0, dtype=torch.long, device=device)   # each column's position
         self.dtype = next(model.parameters()).dtype
-        self.compactions = 0
         self._check_at = 64   # (make_room)
 
     @property
@@ -105,7 +104,6 @@ class _Cache:
             longest = int(self.valid.max())
             if self.columns > 2 * longest:
                 self.compact()
-                self.compactions += 1
             self._check_at = max(2 * longest, self.columns + 1, 64)
 
     def compact(self) -> None:
@@ -166,7 +164,6 @@ class _SlotCache(_Cache):
         self.mask = torch.zeros(batch, 0, dtype=torch.long, device=device)
         self.valid = torch.zeros(batch, dtype=torch.long, device=device)
         self.runner = None
-        self.compactions = 0
         if mode == "eager":
             self.cache = SlotCache(len(cache_layer_types(model)), capacity, device)
             self.capacity = capacity
@@ -250,7 +247,6 @@ class _SlotCache(_Cache):
         row: max_new_tokens x (drafts + 2) columns) would allocate many times the memory a row's text needs."""
         if self.columns + n > (self.capacity if self.runner is None else self.runner.capacity):
             self.compact()
-            self.compactions += 1
 
     def _permute(self, first: int, idx: torch.Tensor) -> None:
         """Columns first .. first + n - 1 of each active row replaced by its columns first + idx[r] (idx [nb, n],
