@@ -244,7 +244,9 @@ def decode(target, draft, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     # fed drafts; the target's pending token and the drafts
     step = 2 * longest + 2
     if static:
-        cap = static_capacity(L, max_new_tokens, step)
+        # (prompt lookup with a draft model: the draft sees the rows' tokens only when some row has no n-gram
+        # match, so one row's fed text and another's pending tokens may together reach twice the budget)
+        cap = static_capacity(L, 2 * max_new_tokens if lookup and with_draft else max_new_tokens, step)
         if mode != "eager":
             cap += _bucket(longest + 2)                          # a recorded forward's padding columns
         tc = _SlotCache(target, len(active), device, cap, mode, "target")
