@@ -225,6 +225,10 @@ def eval_mode(*models):
 def check_call(target, draft, method: str, input_ids: torch.Tensor, max_new_tokens: int) -> None:
     """Every check above for one generate() call (the draft only when the method uses it)."""
     models = [(target, "target")] + ([(draft, "draft")] if draft is not None and method != "autoregressive" else [])
+    for model, role in models:   # (accelerate's offloaded weights sit on meta between forwards: not these)
+        if getattr(model, "hf_device_map", None) is None and any(p.device.type == "meta" for p in model.parameters()):
+            raise ValueError(f"the {role}'s weights are on the meta device, which holds no data (a model built "
+                             "without its weights, or parts of it never loaded): load it onto a real device")
     check_token_ids(target, input_ids, "target")  # ids a smaller draft lacks are bridged (models.shared_vocab)
     for model, role in models:
         problem = unsupported_problem(model)

@@ -150,6 +150,8 @@ def _check_args(args, has_draft: bool) -> None:
         torch.device(args.device)
     except (RuntimeError, ValueError) as e:
         raise ValueError(f"--device {args.device}: not a device name torch knows (cpu, cuda, cuda:1, ...)") from e
+    if torch.device(args.device).type == "meta":
+        raise ValueError(f"--device {args.device}: the meta device holds no data, so nothing can be generated on it")
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: this torch build sees no CUDA device")
     if args.max_new_tokens < 0:

@@ -80,6 +80,16 @@ def test_bad_input_ids(pair):
         fastdecode.generate(target, torch.tensor([[1.0, 2.0]]), draft=draft)
 
 
+def test_models_without_weights_are_named():
+    """A model on the meta device (built without its weights) is named (a draft there: by the device check)."""
+    real = tiny_llama(1)
+    empty = tiny_llama(1).to("meta")
+    with pytest.raises(ValueError, match="the target's weights are on the meta device"):
+        fastdecode.generate(empty, IDS, max_new_tokens=2)
+    with pytest.raises(ValueError, match="target is on cpu but draft is on meta"):
+        fastdecode.generate(real, IDS, draft=empty, method="speculative", max_new_tokens=2)
+
+
 def test_mismatched_vocabularies(pair):
     target = pair[0]
     other = tiny_llama(3, vocab=7)

@@ -71,6 +71,7 @@ def test_generate_multi_draft_with_verifier(capsys):
     (["--prompt-file", "/nonexistent.txt"], "no such file"),
     (["--prompt-file", "/"], "a folder, not a file"),
     (["--device", "bogus"], "--device bogus: not a device name torch knows"),
+    (["--device", "meta"], "--device meta: the meta device holds no data"),
     (["--prompt", ""], "prompt is empty"),
     (["--draft", "none", "--method", "speculative"], "needs a draft"),
     (["--target", "/nonexistent"], "no such model folder"),
