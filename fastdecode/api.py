@@ -358,7 +358,8 @@ def generate(
             for m in (target, draft) if draft is not None else (target,):
                 stack.enter_context(lambda_ctx(m, lambda_attention))
         if compile_mode != "inductor" and should_pack(pack_weights, (target, drafter)):
-            stats.extra["packed_linears"] = stack.enter_context(packed_linears(target, drafter))
+            stats.extra["packed_linears"] = stack.enter_context(packed_linears(target, drafter,
+                                                                               measured=pack_weights is None))
         if compile_mode == "inductor":
             from .decoding.static_cache import compile_limits
             stack.enter_context(compile_limits())

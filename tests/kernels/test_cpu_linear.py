@@ -229,3 +229,58 @@ def test_generate_rejects_bad_pack_weights():
     with pytest.raises(ValueError, match="does not combine with compile"):
         fastdecode.generate(target, ids, max_new_tokens=2, pack_weights=True, cache_implementation="static",
                             compile=True)
+
+
+def test_measured_dispatch_follows_the_timings(monkeypatch):
+    """pack_weights=None (measured=True): each (shape, row bucket) is timed once, both products on the call's own
+    input, and the faster one runs from then on. Here the packed product is made slow for one row and the BLAS's
+    slow for more: one row then runs on the BLAS, four rows packed, and later calls time nothing again."""
+    import time
+
+    monkeypatch.setattr(cpu_linear, "_FASTER", {})
+    calls = []
+    real_packed, real_blas = cpu_linear._packed_product, cpu_linear._blas_product
+
+    def slow_when(product, name, slow):
+        def run(x, w, b):
+            calls.append(name)
+            if slow(x.numel() // x.shape[-1]):
+                time.sleep(0.003)
+            return product(x, w, b)
+        return run
+    monkeypatch.setattr(cpu_linear, "_packed_product", slow_when(real_packed, "packed", lambda rows: rows == 1))
+    monkeypatch.setattr(cpu_linear, "_blas_product", slow_when(real_blas, "blas", lambda rows: rows > 1))
+    layer = torch.nn.Linear(48, 80)
+    one, four = torch.randn(1, 1, 48), torch.randn(1, 4, 48)
+    with torch.no_grad(), packed_linears(layer, measured=True):
+        for x in (one, four):
+            got = layer(x)   # (timed here)
+            torch.testing.assert_close(got, torch.nn.functional.linear(x, layer.weight, layer.bias), rtol=1e-5,
+                                       atol=1e-5)
+        calls.clear()
+        layer(one)
+        layer(four)
+        layer(torch.randn(3, 48))   # 3 rows: the 4-row bucket's decision, timed already
+    assert calls == ["blas", "packed", "packed"]
+    assert cpu_linear._FASTER == {(80, 48, 1, torch.get_num_threads()): False,
+                                  (80, 48, 4, torch.get_num_threads()): True}
+
+
+def test_packed_on_request_times_nothing(monkeypatch):
+    """pack_weights=True (measured=False) always runs the packed product; generate() measures with None only."""
+    monkeypatch.setattr(cpu_linear, "_FASTER", {})
+    layer = torch.nn.Linear(48, 80)
+    with torch.no_grad(), packed_linears(layer):
+        layer(torch.randn(1, 48))
+    assert cpu_linear._FASTER == {}
+    seen = []
+    real = cpu_linear.packed_linears
+
+    def spy(*models, **kw):
+        seen.append(kw.get("measured"))
+        return real(*models, **kw)
+    monkeypatch.setattr(fastdecode.api, "packed_linears", spy)
+    target = tiny_llama(1)
+    for pw in (None, True):
+        fastdecode.generate(target, torch.tensor([[1, 2]]), max_new_tokens=2, temperature=0, pack_weights=pw)
+    assert seen == [True, False]
