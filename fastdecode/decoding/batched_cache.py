@@ -103,17 +103,17 @@ class _Cache:
         if self.columns >= self._check_at:
             longest = int(self.valid.max())
             if self.columns > 2 * longest:
-                self.compact()
+                self.compact(longest)
             self._check_at = max(2 * longest, self.columns + 1, 64)
 
-    def compact(self) -> None:
+    def compact(self, longest: int | None = None) -> None:
         """Each row's valid columns moved, in order, to the right end of the narrowest width that holds the
         longest row's (left padding, as after the prompts); the invalid columns other rows' rejected drafts left
         are dropped. Keys, values, validity and positions move together; the order of a row's columns (its
         causal order) and each column's position are kept, so every query sees the same keys at the same
-        positions as before."""
+        positions as before. ``longest``: the longest row's valid count, when the caller has read it already."""
         C = self.columns
-        W = int(self.valid.max()) if C else 0
+        W = longest if longest is not None else (int(self.valid.max()) if C else 0)
         if W >= C:
             return
         valid = self.mask.bool()

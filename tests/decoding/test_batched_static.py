@@ -276,3 +276,39 @@ def test_long_budget_keeps_the_cache_small():
         batched_cache._SlotCache.__init__ = real
     assert sizes and max(sizes) <= 9 + 2000 + 34 + 4 * 34 + 2009 // 4
     assert out.sequences.shape[1] <= 9 + 16
+
+
+@pytest.mark.parametrize("engine", ["dynamic", "static"])
+def test_make_room_compacts_a_fragmented_cache(engine):
+    """The trigger itself (the tests above force a compaction at every step): rows that keep their drafts in turn
+    leave each row mostly invalid columns; the dynamic cache compacts once they outnumber the valid ones, the
+    static one once a step would not fit. A compacted cache gives the logits of the same cache left as it was."""
+    from fastdecode.decoding.batched_cache import _Cache, _SlotCache
+
+    target, _ = tiny_pair()
+    g = torch.Generator().manual_seed(0)
+
+    def build():
+        return (_Cache(target, 3, torch.device("cpu")) if engine == "dynamic" else
+                _SlotCache(target, 3, torch.device("cpu"), capacity=96))
+    caches = [build(), build()]
+    with torch.no_grad():
+        prompt = torch.randint(1, 500, (3, 2), generator=g)
+        for c in caches:
+            c.forward(prompt, torch.ones_like(prompt), 1)
+        for step in range(8):   # 8 columns a step (66 in all: past the dynamic cache's first look at 64); row step % 3 keeps them all, the others none
+            block = torch.randint(1, 500, (3, 8), generator=g)
+            keep = torch.tensor([8 if r == step % 3 else 0 for r in range(3)])
+            for c in caches:
+                first = c.columns
+                c.forward(block, torch.ones_like(block), 1)
+                c.invalidate(first, keep)
+                c.trim()
+        before = caches[0].columns
+        assert before > 2 * int(caches[0].valid.max())
+        caches[0].make_room(40 if engine == "static" else 1)   # (static: 66 + 40 > 96)
+        assert caches[0].columns == int(caches[0].valid.max()) < before
+        assert caches[1].columns == before
+        nxt = torch.randint(1, 500, (3, 1), generator=g)
+        a, b = (c.forward(nxt, torch.ones_like(nxt), 1) for c in caches)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
